@@ -1,0 +1,41 @@
+# moe-workbench: two commands on a fresh machine.
+#   make demo   capture the embedded default model into demo.duckdb and summarise it
+#   make test   lint, type-check and run the test suite
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+TORCH   ?= torch==2.13.0
+
+.PHONY: demo test lint typecheck pytest bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# torch first, pinned to the local CPU wheel: an unpinned resolve pulls a multi-GB CUDA build.
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m workbench.demo --db demo.duckdb
+
+lint: $(STAMP)
+	$(BIN)/ruff check workbench tests benchmarks dashboards
+	$(BIN)/ruff format --check workbench tests benchmarks dashboards
+
+typecheck: $(STAMP)
+	$(BIN)/mypy workbench
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q -rs
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/capture.py
+
+clean:
+	rm -rf $(VENV) demo.duckdb .pytest_cache .mypy_cache .ruff_cache

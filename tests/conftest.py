@@ -1,0 +1,31 @@
+"""Shared fixtures: tiny models built from configs, a byte tokenizer, temp stores."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "runs.duckdb"
+
+
+@pytest.fixture
+def probe_file(tmp_path: Path) -> Path:
+    import json
+
+    rows = [
+        {"text": "def f(x):\n    return x + 1", "label": "code", "pair_id": "a"},
+        {"text": "The cat sat on the mat.", "label": "prose", "pair_id": "a"},
+        {"text": "12 + 30 = 42", "label": "math", "split": "test", "meta": {"source": "gen"}},
+        {"text": "Le chat est sur le tapis, et il dort profondément.", "label": "french"},
+        {"text": "x", "label": "prose"},
+    ]
+    path = tmp_path / "probe.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path

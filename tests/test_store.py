@@ -1,0 +1,540 @@
+"""Tests for workbench.store: schema contract, atomic Arrow ingest, readers, migrations, locks."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from workbench import store
+from workbench.store import SCHEMA_VERSION, Store, StoreError, StoreLockedError
+from workbench.store import schema as schema_mod
+from workbench.store.errors import SchemaVersionError, UnknownRunError
+
+LAYERS = [
+    {
+        "layer": 3,
+        "module_path": "model.layers.3.mlp",
+        "n_experts": 8,
+        "top_k": 2,
+        "n_shared": 1,
+        "score_fn": "softmax",
+    },
+    {
+        "layer": 7,
+        "module_path": "model.layers.7.mlp",
+        "n_experts": 8,
+        "top_k": 2,
+        "n_shared": 1,
+        "score_fn": "softmax",
+    },
+]
+
+# The contract, written out independently of schema.py so that a silent change fails here.
+CONTRACT = {
+    "runs": [("run_id", "VARCHAR"), ("model", "VARCHAR"), ("architecture", "VARCHAR"), ("probe", "VARCHAR"),
+             ("n_experts", "INTEGER"), ("top_k", "INTEGER"), ("created_at", "TIMESTAMP"),
+             ("status", "VARCHAR"), ("config", "JSON")],
+    "layers": [("run_id", "VARCHAR"), ("layer", "INTEGER"), ("module_path", "VARCHAR"), ("n_experts", "INTEGER"),
+               ("top_k", "INTEGER"), ("n_shared", "INTEGER"), ("score_fn", "VARCHAR")],
+    "prompts": [("run_id", "VARCHAR"), ("prompt_id", "INTEGER"), ("text", "VARCHAR"), ("label", "VARCHAR"),
+                ("pair_id", "VARCHAR"), ("split", "VARCHAR"), ("meta", "JSON"), ("n_tokens", "INTEGER")],
+    "tokens": [("run_id", "VARCHAR"), ("prompt_id", "INTEGER"), ("position", "INTEGER"), ("token_id", "INTEGER"),
+               ("token", "VARCHAR"), ("nll", "FLOAT")],
+    "routing": [("run_id", "VARCHAR"), ("prompt_id", "INTEGER"), ("position", "INTEGER"), ("layer", "INTEGER"),
+                ("experts", "SMALLINT[]"), ("weights", "FLOAT[]"), ("logits", "FLOAT[]")],
+    "expert_stats": [("run_id", "VARCHAR"), ("prompt_id", "INTEGER"), ("position", "INTEGER"), ("layer", "INTEGER"),
+                     ("expert", "SMALLINT"), ("out_norm", "FLOAT"), ("zero_frac", "FLOAT"), ("shared", "BOOLEAN")],
+    "interventions": [("intervention_id", "VARCHAR"), ("run_id", "VARCHAR"), ("kind", "VARCHAR"), ("spec", "JSON"),
+                      ("created_at", "TIMESTAMP")],
+    "evaluations": [("intervention_id", "VARCHAR"), ("label", "VARCHAR"), ("metric", "VARCHAR"), ("value", "DOUBLE"),
+                    ("ci_low", "DOUBLE"), ("ci_high", "DOUBLE"), ("n", "INTEGER"), ("meta", "JSON")],
+    "schema_version": [("version", "INTEGER"), ("applied_at", "TIMESTAMP")],
+}  # fmt: skip
+
+
+def fixed_lists(values: np.ndarray) -> pa.ListArray:
+    """A 2-D array as an Arrow list column (one list per row), built without Python loops."""
+    n_rows, width = values.shape
+    return pa.ListArray.from_arrays(
+        pa.array(np.arange(n_rows + 1, dtype=np.int32) * width), pa.array(values.ravel())
+    )
+
+
+def make_batch(
+    prompt_ids: list[int],
+    *,
+    n_pos: int = 3,
+    layers: tuple[int, ...] = (3, 7),
+    k: int = 2,
+    labels: list[str | None] | None = None,
+    logits_every: int = 2,
+) -> dict[str, pa.Table]:
+    """A consistent batch; every ``logits_every``-th routing row has logits, the rest null."""
+    n_prompts = len(prompt_ids)
+    labels = labels or [f"label{p % 2}" for p in prompt_ids]
+    prompts = pa.table({
+        "prompt_id": pa.array(prompt_ids, pa.int32()),
+        "text": [f"prompt {p}" for p in prompt_ids],
+        "label": pa.array(labels, pa.string()),
+        "pair_id": [f"pair{p // 2}" for p in prompt_ids],
+        "split": ["train"] * n_prompts,
+        "meta": pa.array([json.dumps({"p": p}) if p % 3 else None for p in prompt_ids], pa.string()),
+        "n_tokens": pa.array([n_pos] * n_prompts, pa.int32()),
+    })  # fmt: skip
+    pid_tok = np.repeat(np.asarray(prompt_ids, np.int32), n_pos)
+    pos_tok = np.tile(np.arange(n_pos, dtype=np.int32), n_prompts)
+    tokens = pa.table({
+        "prompt_id": pid_tok,
+        "position": pos_tok,
+        "token_id": (pid_tok * 100 + pos_tok).astype(np.int32),
+        "token": [f"t{p}_{q}" for p, q in zip(pid_tok, pos_tok, strict=True)],
+        "nll": np.linspace(0.5, 3.0, len(pid_tok), dtype=np.float32),
+    })  # fmt: skip
+    n_rows = len(pid_tok) * len(layers)
+    pid = np.repeat(pid_tok, len(layers))
+    pos = np.repeat(pos_tok, len(layers))
+    lay = np.tile(np.asarray(layers, np.int32), len(pid_tok))
+    experts = ((np.arange(n_rows)[:, None] + np.arange(k)[None, :]) % 8).astype(np.int16)
+    weights = np.tile(np.linspace(0.9, 0.1, k, dtype=np.float32), (n_rows, 1))
+    logit_values = np.arange(8, dtype=np.float32)[None, :] + np.arange(n_rows, dtype=np.float32)[:, None]
+    has_logits = np.arange(n_rows) % logits_every == 0
+    logits = pa.ListArray.from_arrays(
+        pa.array(np.arange(n_rows + 1, dtype=np.int32) * 8),
+        pa.array(logit_values.ravel()),
+        mask=pa.array(~has_logits),
+    )
+    routing = pa.table({
+        "prompt_id": pid, "position": pos, "layer": lay,
+        "experts": fixed_lists(experts),
+        "weights": fixed_lists(weights),
+        "logits": logits,
+    })  # fmt: skip
+    stats = pa.table({
+        "prompt_id": pid, "position": pos, "layer": lay,
+        "expert": pa.array(experts[:, 0], pa.int16()),
+        "out_norm": np.full(n_rows, 1.5, np.float32),
+        "zero_frac": np.full(n_rows, 0.25, np.float32),
+        "shared": pa.array([False] * n_rows),
+    })  # fmt: skip
+    return {"prompts": prompts, "tokens": tokens, "routing": routing, "expert_stats": stats}
+
+
+def new_run(st: Store, run_id: str | None = None) -> str:
+    return st.create_run(
+        model="tiny-moe", architecture="MixtralForCausalLM", probe="domains", n_experts=8, top_k=2,
+        config={"batch_size": 4, "dtype": "float32"}, layers=LAYERS, run_id=run_id,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "runs.duckdb"
+
+
+@pytest.fixture
+def st(db: Path) -> Iterator[Store]:
+    with Store(db) as s:
+        yield s
+
+
+@pytest.fixture
+def restore_migrations() -> Iterator[None]:
+    saved = dict(schema_mod.MIGRATIONS)
+    yield
+    schema_mod.MIGRATIONS.clear()
+    schema_mod.MIGRATIONS.update(saved)
+
+
+# -- schema ------------------------------------------------------------------------------
+def test_schema_has_exactly_the_contract_columns(st: Store) -> None:
+    rows = st.con.execute(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = 'main' ORDER BY table_name, ordinal_position"
+    ).fetchall()
+    found: dict[str, list[tuple[str, str]]] = {}
+    for table, col, typ in rows:
+        found.setdefault(table, []).append((col, typ))
+    assert found == CONTRACT
+    assert SCHEMA_VERSION == 1 and st.schema_version == 1
+    big = ["routing", "tokens", "expert_stats"]
+    assert st.con.execute(
+        "SELECT count(*) FROM duckdb_indexes() WHERE table_name = ANY(?)", [big]
+    ).fetchone() == (0,)
+    assert st.con.execute(
+        "SELECT count(*) FROM duckdb_constraints() WHERE table_name = ANY(?)", [big]
+    ).fetchone() == (0,)
+
+
+def test_migration_from_empty_db_applies_once(db: Path) -> None:
+    for _ in range(2):
+        Store(db).close()
+    con = duckdb.connect(str(db))
+    assert con.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    con.close()
+
+
+def test_migration_chain_with_registered_migration(
+    db: Path, tmp_path: Path, restore_migrations: None
+) -> None:
+    with Store(db) as st:
+        run_id = new_run(st)
+    calls: list[int] = []
+
+    @schema_mod.migration(2)
+    def _add_note(con: duckdb.DuckDBPyConnection) -> None:
+        calls.append(2)
+        con.execute("ALTER TABLE runs ADD COLUMN note VARCHAR")
+
+    with pytest.raises(SchemaVersionError, match=r"(?s)v1.*Open it writable once"):
+        Store(db, read_only=True)
+    with Store(db) as st:
+        assert st.schema_version == 2
+        assert "note" in st.sql("SELECT * FROM runs").columns
+        assert st.run(run_id)["status"] == "running"  # data survived
+    with Store(db, read_only=True) as st:
+        assert st.schema_version == 2
+    # a fresh file walks the whole chain 0 -> 1 -> 2, in order
+    with Store(tmp_path / "fresh.duckdb") as st:
+        assert st.sql("SELECT version FROM schema_version ORDER BY version")["version"].to_list() == [1, 2]
+    assert calls == [2, 2]
+
+    @schema_mod.migration(3)
+    def _broken(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute("CREATE TABLE half_done (x INTEGER)")
+        raise RuntimeError("boom")
+
+    with pytest.raises(StoreError, match="boom"):
+        Store(db)
+    schema_mod.MIGRATIONS.pop(3)
+    with Store(db) as st:  # the failed migration rolled back completely
+        assert st.schema_version == 2
+        assert st.sql("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = 'half_done'")["n"][0] == 0
+
+
+def test_duplicate_migration_registration_refused(restore_migrations: None) -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        schema_mod.migration(1)(lambda con: None)
+
+
+def test_newer_schema_version_is_refused(db: Path) -> None:
+    Store(db).close()
+    con = duckdb.connect(str(db))
+    con.execute("INSERT INTO schema_version VALUES (99, now()::TIMESTAMP)")
+    con.close()
+    for read_only in (False, True):
+        with pytest.raises(SchemaVersionError, match=r"(?s)v99.*[Uu]pgrade moe-workbench"):
+            Store(db, read_only=read_only)
+
+
+# -- open / lock errors -------------------------------------------------------------------
+def test_missing_file_read_only(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.duckdb"
+    with pytest.raises(StoreError, match="does not exist") as info:
+        store.open(missing, read_only=True)
+    assert str(missing) in str(info.value)
+    assert not missing.exists()
+
+
+def test_lock_held_by_another_process(db: Path) -> None:
+    Store(db).close()
+    holder = textwrap.dedent(f"""
+        import duckdb, sys, time
+        con = duckdb.connect({str(db)!r})
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        for read_only in (False, True):
+            with pytest.raises(StoreLockedError) as info:
+                Store(db, read_only=read_only)
+            msg = str(info.value)
+            assert str(db) in msg and "another process" in msg and "--db" in msg
+            assert f"PID {proc.pid}" in msg
+            assert isinstance(info.value, StoreError)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    with Store(db, read_only=True) as st:  # lock released with the process
+        assert st.runs().height == 0
+
+
+def test_read_only_store_refuses_writes(db: Path) -> None:
+    with Store(db) as st:
+        run_id = new_run(st)
+    with Store.open(db, read_only=True) as st:
+        assert st.read_only
+        with pytest.raises(StoreError, match="read-only"):
+            st.set_status(run_id, "complete")
+        with pytest.raises(StoreError, match="read-only"):
+            st.write_batch(run_id, **make_batch([0]))
+
+
+def test_closed_store_errors_clearly(db: Path) -> None:
+    st = Store(db)
+    st.close()
+    st.close()  # idempotent
+    with pytest.raises(StoreError, match="closed"):
+        st.runs()
+
+
+# -- runs ----------------------------------------------------------------------------------
+def test_create_run_ids_and_duplicates(st: Store) -> None:
+    run_id = new_run(st)
+    assert re.fullmatch(r"run-\d{8}-\d{6}-[0-9a-f]{4}", run_id)
+    assert new_run(st, "mine") == "mine"
+    with pytest.raises(StoreError, match="already exists"):
+        new_run(st, "mine")
+    info = st.run(run_id)
+    assert info["status"] == "running" and info["error"] is None
+    assert info["config"] == {"batch_size": 4, "dtype": "float32"}
+    assert info["model"] == "tiny-moe" and info["n_experts"] == 8
+    layers = st.layers(run_id)
+    assert layers["layer"].to_list() == [3, 7]
+    assert layers["module_path"].to_list() == ["model.layers.3.mlp", "model.layers.7.mlp"]
+    assert "run_id" not in layers.columns
+    assert set(st.runs()["run_id"].to_list()) == {run_id, "mine"}
+
+
+def test_create_run_rejects_bad_layers(st: Store) -> None:
+    with pytest.raises(StoreError, match="module_path"):
+        st.create_run(model="m", architecture="a", probe="p", n_experts=8, top_k=2, config={},
+                      layers=[{"layer": 0, "n_experts": 8, "top_k": 2}])  # fmt: skip
+    assert st.runs().height == 0
+
+
+def test_unknown_run_lists_existing_runs(st: Store) -> None:
+    with pytest.raises(UnknownRunError, match="no runs yet"):
+        st.run("ghost")
+    new_run(st, "alpha")
+    new_run(st, "beta")
+    for call in (lambda: st.run("ghost"), lambda: st.routing("ghost"), lambda: st.done_prompt_ids("ghost")):
+        with pytest.raises(UnknownRunError) as info:
+            call()
+        assert "alpha" in str(info.value) and "beta" in str(info.value)
+
+
+def test_status_transitions(st: Store) -> None:
+    run_id = new_run(st)
+    st.set_status(run_id, "failed", error="CUDA out of memory")
+    info = st.run(run_id)
+    assert info["status"] == "failed" and info["error"] == "CUDA out of memory"
+    assert info["config"] == {"batch_size": 4, "dtype": "float32"}
+    with pytest.raises(StoreError, match="cannot become 'complete'"):
+        st.set_status(run_id, "complete")
+    with pytest.raises(StoreError, match="'running'"):
+        st.write_batch(run_id, **make_batch([0]))
+    st.set_status(run_id, "running")
+    assert st.run(run_id)["error"] is None
+    st.write_batch(run_id, **make_batch([0]))
+    st.set_status(run_id, "complete")
+    assert st.run(run_id)["status"] == "complete"
+    with pytest.raises(StoreError, match="cannot become 'failed'"):
+        st.set_status(run_id, "failed", error="late")
+    with pytest.raises(StoreError, match="unknown run status"):
+        st.set_status(run_id, "done")
+    with pytest.raises(StoreError, match="only recorded"):
+        st.set_status(run_id, "running", error="x")
+
+
+# -- ingest ------------------------------------------------------------------------------
+def test_round_trip_arrow_in_polars_out(st: Store) -> None:
+    run_id = new_run(st)
+    batch = make_batch([0, 1, 2])
+    st.write_batch(run_id, **batch)
+
+    prompts = st.prompts(run_id)
+    assert prompts.columns == ["prompt_id", "text", "label", "pair_id", "split", "meta", "n_tokens"]
+    assert prompts["prompt_id"].to_list() == [0, 1, 2]
+    assert prompts["meta"].to_list() == batch["prompts"]["meta"].to_pylist()
+    assert prompts["meta"][1] is not None and json.loads(prompts["meta"][1]) == {"p": 1}
+
+    tokens = st.tokens(run_id)
+    assert tokens.height == 9
+    assert tokens["token"].to_list() == batch["tokens"]["token"].to_pylist()
+    assert np.allclose(tokens["nll"].to_numpy(), batch["tokens"]["nll"].to_numpy())
+
+    routing = st.routing(run_id)
+    assert routing.columns == ["prompt_id", "position", "layer", "experts", "weights", "logits"]
+    assert routing.schema["experts"] == pl.List(pl.Int16)
+    assert routing.schema["weights"] == pl.List(pl.Float32)
+    assert routing.schema["logits"] == pl.List(pl.Float32)
+    expected = pl.from_arrow(batch["routing"])
+    assert isinstance(expected, pl.DataFrame)
+    assert routing["experts"].to_list() == expected["experts"].to_list()
+    assert routing["weights"].to_list() == expected["weights"].to_list()
+    assert routing["logits"].to_list() == expected["logits"].to_list()
+    assert routing["logits"].null_count() == routing.height // 2 > 0
+    assert routing.select("prompt_id", "position", "layer").rows() == sorted(
+        expected.select("prompt_id", "position", "layer").rows()
+    )
+    assert "logits" not in st.routing(run_id, logits=False).columns
+
+    stats = st.expert_stats(run_id, layers=[7])
+    assert stats.height == 9 and set(stats["layer"].to_list()) == {7}
+    assert stats.schema["expert"] == pl.Int16 and stats["shared"].to_list() == [False] * 9
+
+
+def test_write_batch_accepts_polars_and_optional_columns(st: Store) -> None:
+    run_id = new_run(st)
+    batch = make_batch([5])
+    prompts = pl.from_arrow(batch["prompts"]).drop("label", "pair_id", "split", "meta")  # type: ignore[union-attr]
+    routing = pl.from_arrow(batch["routing"]).drop("logits")  # type: ignore[union-attr]
+    st.write_batch(run_id, prompts=prompts, tokens=batch["tokens"], routing=routing)
+    assert st.prompts(run_id)["label"].to_list() == [None]
+    assert st.routing(run_id)["logits"].null_count() == 6
+    assert st.expert_stats(run_id).height == 0
+
+
+def test_batch_is_atomic(st: Store) -> None:
+    run_id = new_run(st)
+    st.write_batch(run_id, **make_batch([0, 1]))
+    bad = make_batch([2, 3])
+    n = bad["routing"].num_rows
+    bad_experts = pa.array([["x", "y"]] * n, pa.list_(pa.string()))  # cannot become SMALLINT[]
+    bad["routing"] = bad["routing"].set_column(3, "experts", bad_experts)
+    with pytest.raises(StoreError, match="rolled back"):
+        st.write_batch(run_id, **bad)
+    assert st.done_prompt_ids(run_id) == {0, 1}
+    assert set(st.tokens(run_id)["prompt_id"].to_list()) == {0, 1}
+    assert st.routing(run_id).height == 12
+    assert st.sql("SELECT count(*) AS n FROM prompts WHERE prompt_id >= 2")["n"][0] == 0
+    st.write_batch(run_id, **make_batch([2, 3]))  # the connection is usable afterwards
+    assert st.done_prompt_ids(run_id) == {0, 1, 2, 3}
+
+
+def test_batch_validation(st: Store) -> None:
+    run_id = new_run(st)
+    st.write_batch(run_id, **make_batch([0]))
+    with pytest.raises(StoreError, match=r"already has prompts \[0\]"):
+        st.write_batch(run_id, **make_batch([0, 1]))
+    orphan = make_batch([1])
+    orphan["tokens"] = make_batch([9])["tokens"]
+    with pytest.raises(StoreError, match="not in this batch"):
+        st.write_batch(run_id, **orphan)
+    typo = make_batch([1])
+    typo["tokens"] = typo["tokens"].rename_columns(["prompt", "position", "token_id", "token", "nll"])
+    with pytest.raises(StoreError, match=r"missing columns \['prompt_id'\]"):
+        st.write_batch(run_id, **typo)
+    assert st.done_prompt_ids(run_id) == {0}
+
+
+def test_done_prompt_ids(st: Store) -> None:
+    run_a, run_b = new_run(st, "a"), new_run(st, "b")
+    assert st.done_prompt_ids(run_a) == set()
+    st.write_batch(run_a, **make_batch([0, 1, 2]))
+    st.write_batch(run_a, **make_batch([10]))
+    st.write_batch(run_b, **make_batch([0]))
+    assert st.done_prompt_ids(run_a) == {0, 1, 2, 10}
+    assert st.done_prompt_ids(run_b) == {0}
+
+
+def test_ingest_is_bulk_arrow_not_executemany(st: Store) -> None:
+    src = Path(store.__file__).parent
+    for module in src.glob("*.py"):
+        assert ".executemany(" not in module.read_text(), module
+    run_id = new_run(st)
+    batch = make_batch(list(range(1000)), n_pos=100, logits_every=1)  # 1000 * 100 * 2 layers
+    assert batch["routing"].num_rows == 200_000
+    st.write_batch(run_id, prompts=batch["prompts"], tokens=batch["tokens"], routing=batch["routing"])
+    assert st.sql("SELECT count(*) AS n FROM routing WHERE run_id = ?", [run_id])["n"][0] == 200_000
+    streamed = list(st.iter_routing(run_id, layers=[3], batch_rows=30_000, logits=False))
+    assert sum(f.height for f in streamed) == 100_000 and len(streamed) >= 4
+
+
+# -- readers -----------------------------------------------------------------------------
+def test_parameterised_filters(st: Store) -> None:
+    run_id = new_run(st)
+    labels: list[str | None] = ["O'Brien", "plain", "x' OR '1'='1", None]
+    st.write_batch(run_id, **make_batch([0, 1, 2, 3], labels=labels))
+    assert st.prompts(run_id, labels=["O'Brien"])["prompt_id"].to_list() == [0]
+    assert st.prompts(run_id, labels="O'Brien")["prompt_id"].to_list() == [0]
+    assert st.prompts(run_id, labels=["x' OR '1'='1"])["prompt_id"].to_list() == [2]
+    assert st.prompts(run_id, labels=["x"]).height == 0
+    assert st.prompts(run_id, labels=[]).height == 0
+    assert st.prompts(run_id).height == 4
+
+    r = st.routing(run_id, labels=["O'Brien", "plain"], layers=[7])
+    assert r.columns == ["prompt_id", "position", "layer", "label", "experts", "weights", "logits"]
+    assert set(r["label"].to_list()) == {"O'Brien", "plain"}
+    assert set(r["layer"].to_list()) == {7} and r.height == 6
+    assert r.select("prompt_id", "position").rows() == sorted(r.select("prompt_id", "position").rows())
+    assert set(st.routing(run_id, prompt_ids=[np.int64(3)])["prompt_id"].to_list()) == {3}
+    assert st.routing(run_id, prompt_ids=[]).height == 0
+    assert st.tokens(run_id, prompt_ids=[1, 2])["prompt_id"].unique().sort().to_list() == [1, 2]
+
+
+def test_export_parquet_round_trips_row_counts(st: Store, tmp_path: Path) -> None:
+    run_id = new_run(st)
+    other = new_run(st, "other")
+    st.write_batch(run_id, **make_batch([0, 1]))
+    st.write_batch(other, **make_batch([0]))
+    iv = st.create_intervention(run_id, kind="ablate", spec={"layer": 3, "experts": [1]})
+    st.write_evaluations(iv, pa.table({"label": ["math"], "metric": ["nll_delta"], "value": [0.12]}))
+    files = st.export_parquet(run_id, tmp_path / "export")
+    names = {f.stem for f in files}
+    assert names == {
+        "runs",
+        "layers",
+        "prompts",
+        "tokens",
+        "routing",
+        "expert_stats",
+        "interventions",
+        "evaluations",
+    }
+    expected = {"runs": 1, "layers": 2, "prompts": 2, "tokens": 6, "routing": 12, "expert_stats": 12,
+                "interventions": 1, "evaluations": 1}  # fmt: skip
+    for f in files:
+        table = pq.read_table(f)
+        assert table.num_rows == expected[f.stem], f.stem
+        if "run_id" in table.column_names:
+            assert set(table["run_id"].to_pylist()) <= {run_id}
+    runs = pq.read_table(tmp_path / "export" / "runs.parquet")
+    assert json.loads(runs["config"][0].as_py()) == {"batch_size": 4, "dtype": "float32"}
+    routing = pq.read_table(tmp_path / "export" / "routing.parquet")
+    assert routing.schema.field("experts").type == pa.list_(pa.int16())
+
+
+def test_interventions_and_delete_run(st: Store) -> None:
+    run_id, keep = new_run(st, "gone"), new_run(st, "keep")
+    st.write_batch(run_id, **make_batch([0, 1]))
+    st.write_batch(keep, **make_batch([0]))
+    iv = st.create_intervention(run_id, kind="ablate", spec={"layer": 3}, intervention_id="iv-1")
+    st.write_evaluations(
+        iv, pl.DataFrame({"label": ["O'Brien"], "metric": ["acc"], "value": [0.5], "n": [10]})
+    )
+    assert st.interventions(run_id)["intervention_id"].to_list() == ["iv-1"]
+    ev = st.evaluations(run_id=run_id)
+    assert ev["value"].to_list() == [0.5] and ev["n"].to_list() == [10]
+    with pytest.raises(StoreError, match="already exists"):
+        st.create_intervention(run_id, kind="ablate", spec={}, intervention_id="iv-1")
+    st.delete_run(run_id)
+    for table in ("runs", "layers", "prompts", "tokens", "routing", "expert_stats", "interventions"):
+        assert st.sql(f"SELECT count(*) AS n FROM {table} WHERE run_id = 'gone'")["n"][0] == 0, table
+    assert st.evaluations().height == 0
+    assert st.done_prompt_ids(keep) == {0} and st.routing(keep).height == 6
+    with pytest.raises(UnknownRunError):
+        st.delete_run(run_id)
+
+
+def test_module_open_and_in_memory() -> None:
+    with store.open(":memory:") as st:
+        run_id = new_run(st)
+        st.write_batch(run_id, **make_batch([0]))
+        assert st.path is None and st.routing(run_id).height == 6
+    with pytest.raises(StoreError, match="in-memory"):
+        store.open(":memory:", read_only=True)

@@ -1,0 +1,1 @@
+"""Capture engine: backends (hooks, nnsight, transformer_lens), batching, the streaming writer."""

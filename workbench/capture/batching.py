@@ -1,0 +1,102 @@
+"""Tokenise prompts into padded batches that remember where the real tokens are.
+
+Positions index the tokenizer's default encoding of each text (its own special tokens included).
+Both padding sides are handled: ``position_ids`` are computed from the attention mask so a
+left-padded row sees the same positions as a right-padded one, and padding is masked out before
+anything reaches the store.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+
+import torch
+
+from workbench.probefile import Prompt
+
+
+class PromptTooLongWarning(UserWarning):
+    """A prompt was truncated to --max-length tokens."""
+
+
+@dataclass
+class Batch:
+    """A padded batch; ``mask`` is 1 on real tokens. Row r holds ``prompts[r]``."""
+
+    prompts: list[Prompt]
+    input_ids: torch.Tensor  # [B,T] long
+    mask: torch.Tensor  # [B,T] long
+    position_ids: torch.Tensor  # [B,T] long
+    lengths: list[int]
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(self.lengths)
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.prompts,
+            self.input_ids.to(device, non_blocking=True),
+            self.mask.to(device, non_blocking=True),
+            self.position_ids.to(device, non_blocking=True),
+            self.lengths,
+        )
+
+
+def encode(tokenizer: object, text: str) -> list[int]:
+    """The tokenizer's default encoding of ``text`` (special tokens included)."""
+    ids = tokenizer(text)["input_ids"]  # type: ignore[operator]
+    return list(ids)
+
+
+def make_batch(
+    prompts: list[Prompt], tokenizer: object, *, max_length: int | None, padding_side: str
+) -> Batch:
+    """Tokenise and pad ``prompts``; truncates (with a warning) beyond ``max_length``."""
+    encoded: list[list[int]] = []
+    for prompt in prompts:
+        ids = encode(tokenizer, prompt.text)
+        if not ids:
+            ids = [_pad_id(tokenizer)]
+        if max_length is not None and len(ids) > max_length:
+            warnings.warn(
+                f"prompt {prompt.prompt_id} has {len(ids)} tokens; truncated to --max-length {max_length}",
+                PromptTooLongWarning,
+                stacklevel=2,
+            )
+            ids = ids[:max_length]
+        encoded.append(ids)
+    width = max(len(ids) for ids in encoded)
+    pad = _pad_id(tokenizer)
+    input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, ids in enumerate(encoded):
+        cols = slice(width - len(ids), width) if padding_side == "left" else slice(0, len(ids))
+        input_ids[row, cols] = torch.tensor(ids, dtype=torch.long)
+        mask[row, cols] = 1
+    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    return Batch(prompts, input_ids, mask, position_ids, [len(ids) for ids in encoded])
+
+
+def _pad_id(tokenizer: object) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(tokenizer, "eos_token_id", None)
+    return int(pad) if pad is not None else 0
+
+
+def batches(
+    prompts: Iterable[Prompt],
+    tokenizer: object,
+    *,
+    batch_size: int,
+    max_length: int | None,
+    padding_side: str,
+) -> Iterator[Batch]:
+    """Stream batches from a (possibly endless) prompt iterator; holds one batch at a time."""
+    it = iter(prompts)
+    while chunk := list(islice(it, batch_size)):
+        yield make_batch(chunk, tokenizer, max_length=max_length, padding_side=padding_side)

@@ -1,0 +1,236 @@
+"""The capture engine: prompts → model → routing records → DuckDB, streaming.
+
+The compute thread tokenises a batch, runs the backend under ``torch.inference_mode``, selects the
+real tokens and starts their device→host copy; the writer thread turns the previous batch into
+Arrow and ingests it in one transaction. A run stays ``running`` until every batch is in, becomes
+``failed`` (with the error) if capture raises, and can be resumed if the process died: resume
+skips every prompt already committed, so no row is written twice.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench.capture.backends import make_backend
+from workbench.capture.batching import batches
+from workbench.capture.packing import LogitsMode, to_arrow, to_host
+from workbench.capture.progress import TokenProgress
+from workbench.capture.writer import StreamingWriter
+from workbench.models.loading import LoadedModel, load_model
+from workbench.probefile import Prompt, iter_probe_file
+from workbench.store import Store
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    """Everything that shapes a run's records; stored in ``runs.config`` so resume can repeat it."""
+
+    batch_size: int = 16
+    max_length: int | None = None
+    logits: LogitsMode = "fp16"
+    expert_stats: bool = False
+    backend: str = "hooks"
+    device: str | None = None
+    dtype: str | None = None
+    padding_side: str | None = None
+    max_pending: int = 2
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+        if self.logits not in ("fp32", "fp16", "none"):
+            raise ValueError(f"logits must be fp32, fp16 or none, got {self.logits!r}")
+
+
+def _prompts(source: str | Path | Iterable[Prompt]) -> tuple[Iterator[Prompt], str]:
+    if isinstance(source, (str, Path)):
+        it = iter_probe_file(source)
+        first = next(it)  # validates the file (and that it is not empty) before a run is created
+        return _chain(first, it), str(source)
+    return iter(source), "<python>"
+
+
+def _chain(first: Prompt, rest: Iterator[Prompt]) -> Iterator[Prompt]:
+    yield first
+    yield from rest
+
+
+def _layer_rows(loaded: LoadedModel) -> list[dict[str, Any]]:
+    return [
+        {
+            "layer": layer.layer,
+            "module_path": layer.path,
+            "n_experts": layer.n_experts,
+            "top_k": layer.top_k,
+            "n_shared": layer.n_shared,
+            "score_fn": layer.family.score_fn,
+        }
+        for layer in loaded.layers
+    ]
+
+
+def capture(
+    model: LoadedModel | str | Path | torch.nn.Module,
+    probes: str | Path | Iterable[Prompt],
+    db: str | Path | Store,
+    *,
+    tokenizer: Any = None,
+    run_id: str | None = None,
+    options: CaptureOptions | None = None,
+    progress: bool = True,
+    **option_overrides: Any,
+) -> str:
+    """Capture routing of ``model`` on ``probes`` into ``db``; returns the run id.
+
+    ``probes`` is a probe file (JSONL/CSV/Parquet) or any iterable of :class:`Prompt` (a generator
+    streams: memory is bounded by the batch, not the number of prompts).
+    """
+    opts = options or CaptureOptions()
+    if option_overrides:
+        opts = CaptureOptions(**{**asdict(opts), **option_overrides})
+    prompts, probe_name = _prompts(probes)
+    loaded = (
+        model
+        if isinstance(model, LoadedModel)
+        else load_model(model, tokenizer, device=opts.device, dtype=opts.dtype)
+    )
+    store = db if isinstance(db, Store) else Store(db)
+    try:
+        first = loaded.layers[0]
+        config = {"options": asdict(opts), "model_source": loaded.name, "workbench": _version()}
+        rid = store.create_run(
+            run_id=run_id,
+            model=loaded.name,
+            architecture=loaded.architecture,
+            probe=probe_name,
+            n_experts=first.n_experts,
+            top_k=first.top_k,
+            config=config,
+            layers=_layer_rows(loaded),
+        )
+        _run(loaded, prompts, store, rid, opts, progress=progress)
+        return rid
+    finally:
+        if not isinstance(db, Store):
+            store.close()
+
+
+def resume(
+    db: str | Path,
+    run_id: str,
+    *,
+    model: LoadedModel | torch.nn.Module | None = None,
+    tokenizer: Any = None,
+    probes: Iterable[Prompt] | None = None,
+    progress: bool = True,
+) -> str:
+    """Finish an interrupted run: re-open its model and probe file, skip committed prompts."""
+    with Store(db) as store:
+        info = store.run(run_id)
+        if info["status"] == "complete":
+            return run_id
+        config = info["config"]
+        opts = CaptureOptions(**config["options"])
+        if probes is None:
+            if info["probe"] == "<python>":
+                raise ValueError(
+                    f"run {run_id} captured prompts from Python; pass them again with probes=..."
+                )
+            probes = iter_probe_file(info["probe"])
+        done = store.done_prompt_ids(run_id)
+        loaded = (
+            model
+            if isinstance(model, LoadedModel)
+            else load_model(
+                model if model is not None else config["model_source"],
+                tokenizer,
+                device=opts.device,
+                dtype=opts.dtype,
+            )
+        )
+        store.set_status(run_id, "running")
+        remaining = (p for p in probes if p.prompt_id not in done)
+        _run(loaded, remaining, store, run_id, opts, progress=progress)
+        return run_id
+
+
+def _run(
+    loaded: LoadedModel,
+    prompts: Iterator[Prompt],
+    store: Store,
+    run_id: str,
+    opts: CaptureOptions,
+    *,
+    progress: bool,
+) -> None:
+    tokenizer = loaded.tokenizer
+    padding_side = opts.padding_side or getattr(tokenizer, "padding_side", "right") or "right"
+    device = loaded.device
+    backend = make_backend(
+        opts.backend,
+        loaded.model,
+        loaded.layers,
+        expert_stats=opts.expert_stats,
+        want_logits=opts.logits != "none",
+    )
+
+    def sink(host: Any) -> None:
+        tables = to_arrow(host, tokenizer)
+        store.write_batch(
+            run_id,
+            prompts=tables["prompts"],
+            tokens=tables["tokens"],
+            routing=tables["routing"],
+            expert_stats=tables["expert_stats"],
+        )
+        bar.advance(host.batch.n_tokens, len(host.batch.prompts))
+
+    bar = TokenProgress(enabled=progress)
+    writer = StreamingWriter(sink, max_pending=opts.max_pending)
+    try:
+        with torch.inference_mode(), bar:
+            for batch in batches(
+                prompts,
+                tokenizer,
+                batch_size=opts.batch_size,
+                max_length=opts.max_length,
+                padding_side=padding_side,
+            ):
+                on_device = batch.to(device)
+                cap = backend.run(on_device)
+                writer.put(to_host(on_device, cap, opts.logits))
+            writer.close()
+    except BaseException as exc:
+        _drain(writer)
+        store.set_status(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        backend.close()
+    store.set_status(run_id, "complete")
+
+
+def _drain(writer: StreamingWriter) -> None:
+    """Let the writer finish what it holds so committed prompts are exactly the ingested ones."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            writer.close()
+        except Exception:  # the original error is the one worth reporting
+            return
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("moe-workbench")
+    except PackageNotFoundError:
+        return "dev"

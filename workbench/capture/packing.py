@@ -1,0 +1,196 @@
+"""From a batch's device tensors to the store's Arrow tables.
+
+Two steps, split so the device never waits on the host:
+
+1. :func:`to_host` (on the compute thread) selects the real tokens and starts one ``non_blocking``
+   copy per tensor into pinned host memory, recording a CUDA event;
+2. :func:`to_arrow` (on the writer thread) waits for that event and builds Arrow columns
+   zero-copy from the host tensors' NumPy views.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from workbench.capture.batching import Batch
+from workbench.capture.records import BatchCapture
+
+LogitsMode = Literal["fp32", "fp16", "none"]
+
+
+@dataclass
+class HostBatch:
+    """A batch's records on the host (possibly still being copied until ``event`` completes)."""
+
+    batch: Batch
+    layers: list[int]
+    token_ids: torch.Tensor  # [n]
+    nll: torch.Tensor  # [n]
+    indices: list[torch.Tensor]  # per layer [n,k]
+    weights: list[torch.Tensor]  # per layer [n,k]
+    logits: list[torch.Tensor | None]  # per layer [n,E]
+    stats: list[tuple[torch.Tensor, ...]] | None
+    event: torch.cuda.Event | None
+
+
+def _host(t: torch.Tensor, pin: bool) -> torch.Tensor:
+    if t.device.type == "cpu":
+        return t
+    out = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pin)
+    out.copy_(t, non_blocking=True)
+    return out
+
+
+def to_host(batch: Batch, cap: BatchCapture, logits_mode: LogitsMode) -> HostBatch:
+    """Select real tokens and start the device→host copies (no sync on CPU or CUDA)."""
+    flat_mask = batch.mask.reshape(-1).bool()
+    keep = torch.nonzero(flat_mask, as_tuple=True)[0]
+    pin = batch.input_ids.device.type == "cuda"
+    layers = sorted(cap.routing)
+    logit_dtype = torch.float16 if logits_mode == "fp16" else torch.float32
+    indices: list[torch.Tensor] = []
+    weights: list[torch.Tensor] = []
+    logits: list[torch.Tensor | None] = []
+    stats: list[tuple[torch.Tensor, ...]] | None = [] if cap.stats else None
+    for layer in layers:
+        r = cap.routing[layer]
+        indices.append(_host(r.indices.index_select(0, keep).to(torch.int16), pin))
+        weights.append(_host(r.weights.index_select(0, keep).float(), pin))
+        if logits_mode == "none" or r.logits is None:
+            logits.append(None)
+        else:
+            logits.append(_host(r.logits.index_select(0, keep).to(logit_dtype), pin))
+        if stats is not None:
+            s = cap.stats[layer]
+            parts = [s.out_norm, s.zero_frac]
+            if s.shared_norm is not None and s.shared_zero is not None:
+                parts += [s.shared_norm, s.shared_zero]
+            stats.append(tuple(_host(p.index_select(0, keep).float(), pin) for p in parts))
+    event = None
+    if pin:
+        event = torch.cuda.Event()
+        event.record()
+    return HostBatch(
+        batch=batch,
+        layers=layers,
+        token_ids=_host(batch.input_ids.reshape(-1).index_select(0, keep), pin),
+        nll=_host(cap.nll.reshape(-1).index_select(0, keep).float(), pin),
+        indices=indices,
+        weights=weights,
+        logits=logits,
+        stats=stats,
+        event=event,
+    )
+
+
+def _list_array(values: np.ndarray, width: int, value_type: pa.DataType) -> pa.Array:
+    n = values.size // width if width else 0
+    offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1), type=value_type))
+
+
+def _positions(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+    prompt_ids = np.repeat(np.array([p.prompt_id for p in batch.prompts], dtype=np.int32), batch.lengths)
+    positions = np.concatenate([np.arange(n, dtype=np.int32) for n in batch.lengths])
+    return prompt_ids, positions
+
+
+def to_arrow(host: HostBatch, tokenizer: object) -> dict[str, pa.Table | None]:
+    """Arrow tables (prompts, tokens, routing, expert_stats) for the store, without run_id."""
+    if host.event is not None:
+        host.event.synchronize()
+    batch = host.batch
+    prompt_ids, positions = _positions(batch)
+    n, n_layers = prompt_ids.size, len(host.layers)
+    token_ids = host.token_ids.numpy().astype(np.int32)
+    tokens_text = tokenizer.convert_ids_to_tokens(token_ids.tolist())  # type: ignore[attr-defined]
+    nll = host.nll.numpy()
+    prompts = pa.table(
+        {
+            "prompt_id": pa.array([p.prompt_id for p in batch.prompts], pa.int32()),
+            "text": pa.array([p.text for p in batch.prompts], pa.string()),
+            "label": pa.array([p.label for p in batch.prompts], pa.string()),
+            "pair_id": pa.array([p.pair_id for p in batch.prompts], pa.string()),
+            "split": pa.array([p.split for p in batch.prompts], pa.string()),
+            "meta": pa.array(
+                [None if p.meta is None else json.dumps(p.meta) for p in batch.prompts], pa.string()
+            ),
+            "n_tokens": pa.array(batch.lengths, pa.int32()),
+        }
+    )
+    tokens = pa.table(
+        {
+            "prompt_id": prompt_ids,
+            "position": positions,
+            "token_id": token_ids,
+            "token": pa.array([str(t) for t in tokens_text], pa.string()),
+            "nll": pa.array(nll, pa.float32(), mask=np.isnan(nll)),
+        }
+    )
+    # rows ordered (prompt, position, layer): stack layers on axis 1 then flatten
+    k = host.indices[0].shape[1]
+    idx = np.stack([t.numpy() for t in host.indices], axis=1)  # [n, L, k]
+    w = np.stack([t.numpy() for t in host.weights], axis=1)
+    columns: dict[str, pa.Array | np.ndarray] = {
+        "prompt_id": np.repeat(prompt_ids, n_layers),
+        "position": np.repeat(positions, n_layers),
+        "layer": np.tile(np.array(host.layers, dtype=np.int32), n),
+        "experts": _list_array(idx, k, pa.int16()),
+        "weights": _list_array(w, k, pa.float32()),
+    }
+    if host.logits[0] is not None:
+        lg = np.stack([t.numpy() for t in host.logits if t is not None], axis=1).astype(np.float32)
+        columns["logits"] = _list_array(lg, lg.shape[-1], pa.float32())
+    else:
+        columns["logits"] = pa.nulls(n * n_layers, pa.list_(pa.float32()))
+    routing = pa.table(columns)
+    return {
+        "prompts": prompts,
+        "tokens": tokens,
+        "routing": routing,
+        "expert_stats": _stats_table(host, prompt_ids, positions),
+    }
+
+
+def _stats_table(host: HostBatch, prompt_ids: np.ndarray, positions: np.ndarray) -> pa.Table | None:
+    if host.stats is None:
+        return None
+    parts: list[pa.Table] = []
+    for layer, idx, stat in zip(host.layers, host.indices, host.stats, strict=True):
+        ids = idx.numpy()
+        k = ids.shape[1]
+        parts.append(
+            pa.table(
+                {
+                    "prompt_id": np.repeat(prompt_ids, k),
+                    "position": np.repeat(positions, k),
+                    "layer": np.full(ids.size, layer, np.int32),
+                    "expert": ids.reshape(-1).astype(np.int16),
+                    "out_norm": stat[0].numpy().reshape(-1),
+                    "zero_frac": stat[1].numpy().reshape(-1),
+                    "shared": np.zeros(ids.size, dtype=bool),
+                }
+            )
+        )
+        if len(stat) == 4:
+            s = stat[2].shape[1]
+            parts.append(
+                pa.table(
+                    {
+                        "prompt_id": np.repeat(prompt_ids, s),
+                        "position": np.repeat(positions, s),
+                        "layer": np.full(prompt_ids.size * s, layer, np.int32),
+                        "expert": np.tile(np.arange(s, dtype=np.int16), prompt_ids.size),
+                        "out_norm": stat[2].numpy().reshape(-1),
+                        "zero_frac": stat[3].numpy().reshape(-1),
+                        "shared": np.ones(prompt_ids.size * s, dtype=bool),
+                    }
+                )
+            )
+    return pa.concat_tables(parts)

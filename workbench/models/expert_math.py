@@ -1,0 +1,115 @@
+"""Per-expert outputs recomputed from the experts' own weights.
+
+Fused experts (``gate_up_proj[E,2I,H]``, ``down_proj[E,H,I]``) cannot be hooked per expert, so the
+hidden units and output of expert e on token x are recomputed from the ``W[e]`` slices:
+``h = act(x·W_gate[e]ᵀ) ⊙ (x·W_up[e]ᵀ)`` and ``y = h·W_down[e]ᵀ``. Experts held as separate
+modules (Switch, NLLB-MoE, and shared experts) are called directly, with a hook on their down
+projection's input to read ``h``.
+
+``zero_frac`` is the share of hidden units with ``|h| <= tau`` (METHODS §3: exact zeros for
+ReLU-family activations, ``tau`` for SiLU/GELU; default 1e-3). ``out_norm`` is the L2 norm of the
+unweighted expert output ``y``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from workbench.models.discovery import MoELayer
+
+DEFAULT_TAU = 1e-3
+
+
+@dataclass
+class ExpertStats:
+    """Per token and selected expert: output norm and zero fraction of hidden units ([N,k] each).
+
+    ``shared_norm``/``shared_zero`` are [N,S] for the S shared experts (S may be 0).
+    """
+
+    out_norm: torch.Tensor
+    zero_frac: torch.Tensor
+    shared_norm: torch.Tensor | None = None
+    shared_zero: torch.Tensor | None = None
+
+
+class ExpertStatsUnsupported(NotImplementedError):
+    """This family's experts do not expose weights we know how to slice."""
+
+
+def _fused_hidden(experts: nn.Module, e: int, x: torch.Tensor) -> torch.Tensor:
+    gate_up = experts.gate_up_proj[e]  # type: ignore[index]
+    proj = x @ gate_up.transpose(0, 1) if gate_up.shape[-1] == x.shape[-1] else x @ gate_up
+    bias = getattr(experts, "gate_up_proj_bias", None)
+    if bias is not None:
+        proj = proj + bias[e]
+    gate, up = proj.chunk(2, dim=-1)
+    act: Any = experts.act_fn
+    return act(gate) * up
+
+
+def _fused_output(experts: nn.Module, e: int, h: torch.Tensor) -> torch.Tensor:
+    down = experts.down_proj[e]  # type: ignore[index]
+    out = h @ down.transpose(0, 1) if down.shape[-1] == h.shape[-1] else h @ down
+    bias = getattr(experts, "down_proj_bias", None)
+    return out + bias[e] if bias is not None else out
+
+
+def _module_hidden_and_output(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Call an expert module; read its hidden units at the input of its last Linear."""
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ExpertStatsUnsupported(
+            f"{type(module).__name__} has no Linear layers to read hidden units from"
+        )
+    seen: list[torch.Tensor] = []
+    handle = linears[-1].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        out = module(x)
+    finally:
+        handle.remove()
+    return seen[-1], out
+
+
+def _expert_modules(experts: nn.Module) -> list[nn.Module] | None:
+    if isinstance(experts, nn.ModuleList):
+        return list(experts)
+    if isinstance(experts, nn.ModuleDict):
+        return list(experts.values())
+    return None
+
+
+def expert_stats(
+    layer: MoELayer, hidden: torch.Tensor, indices: torch.Tensor, tau: float = DEFAULT_TAU
+) -> ExpertStats:
+    """Stats for each token's selected experts ([N,k]) and for the shared experts ([N,S])."""
+    x = hidden.reshape(-1, hidden.shape[-1])
+    n, k = indices.shape
+    out_norm = torch.zeros((n, k), device=x.device, dtype=torch.float32)
+    zero_frac = torch.zeros((n, k), device=x.device, dtype=torch.float32)
+    modules = _expert_modules(layer.experts)
+    if modules is None and not hasattr(layer.experts, "gate_up_proj"):
+        raise ExpertStatsUnsupported(
+            f"{layer.path}: {type(layer.experts).__name__} has neither fused gate_up_proj/down_proj nor expert "
+            "modules; --expert-stats is not available for this family"
+        )
+    for e in torch.unique(indices).tolist():
+        rows, slots = torch.nonzero(indices == e, as_tuple=True)
+        xe = x[rows]
+        if modules is not None:
+            h, y = _module_hidden_and_output(modules[e], xe)
+        else:
+            h = _fused_hidden(layer.experts, e, xe)
+            y = _fused_output(layer.experts, e, h)
+        out_norm[rows, slots] = y.float().norm(dim=-1)
+        zero_frac[rows, slots] = (h.abs() <= tau).float().mean(dim=-1)
+    stats = ExpertStats(out_norm=out_norm, zero_frac=zero_frac)
+    if layer.shared:
+        pairs = [_module_hidden_and_output(m, x) for m in layer.shared]
+        stats.shared_norm = torch.stack([y.float().norm(dim=-1) for _, y in pairs], dim=1)
+        stats.shared_zero = torch.stack([(h.abs() <= tau).float().mean(dim=-1) for h, _ in pairs], dim=1)
+    return stats

@@ -1,0 +1,36 @@
+"""DuckDB run store: schema v1 + migrations, atomic Arrow ingest, polars readers.
+
+Usage::
+
+    from workbench import store
+    with store.open("runs.duckdb") as st:
+        run_id = st.create_run(model=..., architecture=..., probe=..., n_experts=8,
+                               top_k=2, config={...}, layers=[...])
+        st.write_batch(run_id, prompts=..., tokens=..., routing=...)
+        st.set_status(run_id, "complete")
+        df = st.routing(run_id, layers=[1], labels=["math"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from workbench.store.backend import Store
+from workbench.store.errors import SchemaVersionError, StoreError, StoreLockedError, UnknownRunError
+from workbench.store.schema import RUN_STATUSES, SCHEMA_VERSION
+
+__all__ = [
+    "RUN_STATUSES",
+    "SCHEMA_VERSION",
+    "SchemaVersionError",
+    "Store",
+    "StoreError",
+    "StoreLockedError",
+    "UnknownRunError",
+    "open",
+]
+
+
+def open(path: str | Path, read_only: bool = False) -> Store:
+    """Open (creating and migrating if writable) the store at ``path``."""
+    return Store(path, read_only=read_only)

@@ -1,0 +1,270 @@
+"""`Store`: the one object the rest of the workbench uses to read and write a run store.
+
+It owns a single DuckDB connection (one writer process per file; see
+``connection.py``), serialises its own calls with a lock so a capture thread and the
+main thread can share it, and delegates the SQL to small modules: ``runs`` (life
+cycle), ``ingest`` (atomic Arrow batches), ``readers`` (polars out), ``maintenance``
+(export, delete).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from workbench.store import effects, ingest, maintenance, readers
+from workbench.store import runs as runs_mod
+from workbench.store.connection import connect
+from workbench.store.errors import StoreError
+from workbench.store.readers import Query
+from workbench.store.schema import current_version
+
+
+class Store:
+    """A DuckDB file holding many capture runs (schema: ``workbench.store.schema``)."""
+
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        self._conn, self._path = connect(path, read_only=read_only)
+        self._read_only = read_only
+        self._lock = threading.RLock()
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: str | Path, read_only: bool = False) -> Store:
+        """Same as ``Store(path, read_only)``; reads well at call sites."""
+        return cls(path, read_only=read_only)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self._read_only else "writable"
+        return f"Store({str(self._path or ':memory:')!r}, {mode}{', closed' if self._closed else ''})"
+
+    def close(self) -> None:
+        """Close the connection (idempotent); releases the file lock for other processes."""
+        with self._lock:
+            if not self._closed:
+                self._conn.close()
+                self._closed = True
+
+    @property
+    def path(self) -> Path | None:
+        """Resolved file path, or None for ``":memory:"``."""
+        return self._path
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this store was opened read-only."""
+        return self._read_only
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The underlying DuckDB connection, for ad-hoc SQL (prefer :meth:`sql`)."""
+        if self._closed:
+            raise StoreError(f"{self!r} is closed")
+        return self._conn
+
+    @property
+    def schema_version(self) -> int:
+        """Schema version recorded in the file."""
+        with self._lock:
+            return current_version(self.con)
+
+    def _writable(self) -> duckdb.DuckDBPyConnection:
+        if self._read_only:
+            raise StoreError(
+                f"store {self._path} was opened read-only; open it with read_only=False to write"
+            )
+        return self.con
+
+    def sql(self, query: str, params: list[Any] | None = None) -> pl.DataFrame:
+        """Run a parameterised query and return a polars DataFrame."""
+        with self._lock:
+            return readers.frame(self.con, query, params)
+
+    # -- runs --------------------------------------------------------------------------
+    def create_run(
+        self,
+        *,
+        model: str,
+        architecture: str,
+        probe: str,
+        n_experts: int,
+        top_k: int,
+        config: dict[str, Any],
+        layers: list[dict[str, Any]],
+        run_id: str | None = None,
+    ) -> str:
+        """Create a ``running`` run with its layers; returns its id (generated if None)."""
+        with self._lock:
+            return runs_mod.create_run(
+                self._writable(), run_id=run_id, model=model, architecture=architecture, probe=probe,
+                n_experts=n_experts, top_k=top_k, config=config, layers=layers,
+            )  # fmt: skip
+
+    def set_status(self, run_id: str, status: str, error: str | None = None) -> None:
+        """Set a run's status ('running', 'complete', 'failed'); ``error`` goes with 'failed'."""
+        with self._lock:
+            runs_mod.set_status(self._writable(), run_id, status, error)
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        """One run's row as a dict with ``config`` parsed and its ``error`` (or None)."""
+        with self._lock:
+            return runs_mod.run_info(self.con, run_id)
+
+    def runs(self) -> pl.DataFrame:
+        """All runs, oldest first."""
+        with self._lock:
+            return readers.runs(self.con)
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete a run with its layers, prompts, tokens, routing, stats and interventions."""
+        with self._lock:
+            runs_mod.status_of(self._writable(), run_id)
+            maintenance.delete_run(self.con, run_id)
+
+    def export_parquet(self, run_id: str, out_dir: str | Path) -> list[Path]:
+        """Write one ``<table>.parquet`` per table for this run into ``out_dir``."""
+        with self._lock:
+            runs_mod.status_of(self.con, run_id)
+            return maintenance.export_parquet(self.con, run_id, out_dir)
+
+    # -- ingest ------------------------------------------------------------------------
+    def write_batch(
+        self,
+        run_id: str,
+        *,
+        prompts: ingest.ArrowLike,
+        tokens: ingest.ArrowLike,
+        routing: ingest.ArrowLike,
+        expert_stats: ingest.ArrowLike | None = None,
+    ) -> None:
+        """Insert one batch atomically (all tables or none). The run must be 'running'."""
+        with self._lock:
+            status = runs_mod.status_of(self._writable(), run_id)
+            if status != "running":
+                raise StoreError(
+                    f"run {run_id!r} is {status!r}; batches can only be written to a 'running' run "
+                    f"(resume it with set_status({run_id!r}, 'running'))"
+                )
+            tables = {"prompts": prompts, "tokens": tokens, "routing": routing, "expert_stats": expert_stats}
+            ingest.write_batch(self.con, run_id, tables)
+
+    def done_prompt_ids(self, run_id: str) -> set[int]:
+        """Prompt ids whose batch was committed (skip these when resuming)."""
+        with self._lock:
+            runs_mod.status_of(self.con, run_id)
+            rows = self.con.execute("SELECT prompt_id FROM prompts WHERE run_id = ?", [run_id]).fetchall()
+            return {int(r[0]) for r in rows}
+
+    # -- readers -----------------------------------------------------------------------
+    def _per_run(self, table: str, query: Query) -> pl.DataFrame:
+        run_id = query.params[0]
+        with self._lock:
+            runs_mod.status_of(self.con, run_id)
+            return readers.per_run(self.con, table, query)
+
+    def layers(self, run_id: str) -> pl.DataFrame:
+        """The run's MoE layers, by layer index."""
+        return self._per_run("layers", Query().eq("run_id", run_id))
+
+    def prompts(self, run_id: str, labels: Iterable[str] | None = None) -> pl.DataFrame:
+        """The run's prompts (optionally only those with one of ``labels``), by prompt_id."""
+        return self._per_run("prompts", Query().eq("run_id", run_id).any_of("label", labels, str))
+
+    def tokens(self, run_id: str, prompt_ids: Iterable[int] | None = None) -> pl.DataFrame:
+        """The run's tokens, by (prompt_id, position)."""
+        return self._per_run("tokens", Query().eq("run_id", run_id).any_of("prompt_id", prompt_ids, int))
+
+    def routing(
+        self,
+        run_id: str,
+        layers: Iterable[int] | None = None,
+        labels: Iterable[str] | None = None,
+        prompt_ids: Iterable[int] | None = None,
+        logits: bool = True,
+    ) -> pl.DataFrame:
+        """Routing rows by (prompt_id, position, layer).
+
+        Filters combine with AND. Passing ``labels`` joins ``prompts`` and adds a
+        ``label`` column; ``logits=False`` leaves the (large) logits column out.
+        """
+        sql, params = readers.routing_sql(run_id, layers, labels, prompt_ids, logits)
+        with self._lock:
+            runs_mod.status_of(self.con, run_id)
+            return readers.frame(self.con, sql, params)
+
+    def iter_routing(
+        self,
+        run_id: str,
+        layers: Iterable[int] | None = None,
+        labels: Iterable[str] | None = None,
+        prompt_ids: Iterable[int] | None = None,
+        logits: bool = True,
+        batch_rows: int = 1_000_000,
+    ) -> Iterator[pl.DataFrame]:
+        """Like :meth:`routing` but streamed in frames of at most ``batch_rows`` rows.
+
+        Runs on its own cursor, so other Store calls may interleave with the iteration.
+        An unknown run id raises here, not at the first ``next()``.
+        """
+        sql, params = readers.routing_sql(run_id, layers, labels, prompt_ids, logits)
+        with self._lock:
+            runs_mod.status_of(self.con, run_id)
+            cursor = self.con.cursor()
+        return _stream(cursor, sql, params, batch_rows)
+
+    def expert_stats(
+        self, run_id: str, layers: Iterable[int] | None = None, prompt_ids: Iterable[int] | None = None
+    ) -> pl.DataFrame:
+        """Per-expert output statistics, by (prompt_id, position, layer, shared, expert)."""
+        q = Query().eq("run_id", run_id).any_of("layer", layers, int).any_of("prompt_id", prompt_ids, int)
+        return self._per_run("expert_stats", q)
+
+    # -- interventions and their evaluations -------------------------------------------
+    def create_intervention(
+        self, run_id: str, *, kind: str, spec: dict[str, Any], intervention_id: str | None = None
+    ) -> str:
+        """Record an intervention on a run; returns its id (``iv-xxxxxxxx`` if None)."""
+        with self._lock:
+            return effects.create_intervention(self._writable(), run_id, kind, spec, intervention_id)
+
+    def write_evaluations(self, intervention_id: str, table: ingest.ArrowLike) -> None:
+        """Append evaluation rows (all ``evaluations`` columns but intervention_id) via Arrow."""
+        with self._lock:
+            effects.write_evaluations(self._writable(), intervention_id, table)
+
+    def interventions(self, run_id: str | None = None) -> pl.DataFrame:
+        """Interventions (of one run, or all), oldest first; ``spec`` as a JSON string."""
+        sql, params = effects.interventions_sql(run_id)
+        with self._lock:
+            return readers.frame(self.con, sql, params)
+
+    def evaluations(self, intervention_id: str | None = None, run_id: str | None = None) -> pl.DataFrame:
+        """Evaluation rows of one intervention and/or of a run's interventions."""
+        sql, params = effects.evaluations_sql(intervention_id, run_id)
+        with self._lock:
+            return readers.frame(self.con, sql, params)
+
+
+def _stream(
+    cursor: duckdb.DuckDBPyConnection, sql: str, params: list[Any], batch_rows: int
+) -> Iterator[pl.DataFrame]:
+    """Yield query batches from ``cursor`` and close it when done or abandoned."""
+    try:
+        yield from readers.batches(cursor, sql, params, batch_rows)
+    finally:
+        cursor.close()

@@ -1,0 +1,239 @@
+"""Store schema (contract v1) and the versioned migration registry.
+
+The table and column names below are public API: tests, notebooks and analysis code
+rely on them (see ARCHITECTURE.md, "Store"). They only ever change through a new
+migration registered here, never by editing the v1 definition in place.
+
+Design notes
+------------
+* The big tables (``tokens``, ``routing``, ``expert_stats``) deliberately have no
+  PRIMARY KEY and no indexes: DuckDB maintains ART indexes row by row, which slows
+  bulk Arrow ingest by an order of magnitude. Uniqueness of ``(run_id, prompt_id)`` is
+  checked by the writer per batch instead (see ``ingest.py``).
+* ``runs.status`` is one of :data:`RUN_STATUSES`. When a run fails, the error message
+  is kept **inside** ``runs.config`` under the key ``"error"`` (so the ``runs`` columns
+  stay exactly the contract's); ``Store.run()`` also surfaces it as ``error``.
+* ``expert_stats.shared`` is true for a model's always-on shared experts; ``expert``
+  then indexes the shared experts (0..n_shared-1), not the routed ones.
+* Versions: an empty file is version 0. Migration ``v`` turns a version ``v-1`` store
+  into a version ``v`` one. Pending migrations run in one transaction when a store is
+  opened writable; ``schema_version`` gets one row per applied version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from workbench.store.errors import SchemaVersionError, StoreError
+from workbench.store.sqlutil import first
+
+#: The schema version this release of moe-workbench writes.
+SCHEMA_VERSION = 1
+
+#: Allowed values of ``runs.status``.
+RUN_STATUSES: tuple[str, ...] = ("running", "complete", "failed")
+
+Columns = tuple[tuple[str, str], ...]
+
+#: Schema v1, table -> ((column, DuckDB type), ...). Order is the physical column order.
+SCHEMA_V1: dict[str, Columns] = {
+    "runs": (
+        ("run_id", "VARCHAR PRIMARY KEY"),
+        ("model", "VARCHAR"),
+        ("architecture", "VARCHAR"),
+        ("probe", "VARCHAR"),
+        ("n_experts", "INTEGER"),
+        ("top_k", "INTEGER"),
+        ("created_at", "TIMESTAMP"),
+        ("status", "VARCHAR"),
+        ("config", "JSON"),
+    ),
+    "layers": (
+        ("run_id", "VARCHAR"),
+        ("layer", "INTEGER"),
+        ("module_path", "VARCHAR"),
+        ("n_experts", "INTEGER"),
+        ("top_k", "INTEGER"),
+        ("n_shared", "INTEGER"),
+        ("score_fn", "VARCHAR"),
+    ),
+    "prompts": (
+        ("run_id", "VARCHAR"),
+        ("prompt_id", "INTEGER"),
+        ("text", "VARCHAR"),
+        ("label", "VARCHAR"),
+        ("pair_id", "VARCHAR"),
+        ("split", "VARCHAR"),
+        ("meta", "JSON"),
+        ("n_tokens", "INTEGER"),
+    ),
+    "tokens": (
+        ("run_id", "VARCHAR"),
+        ("prompt_id", "INTEGER"),
+        ("position", "INTEGER"),
+        ("token_id", "INTEGER"),
+        ("token", "VARCHAR"),
+        ("nll", "FLOAT"),
+    ),
+    "routing": (
+        ("run_id", "VARCHAR"),
+        ("prompt_id", "INTEGER"),
+        ("position", "INTEGER"),
+        ("layer", "INTEGER"),
+        ("experts", "SMALLINT[]"),
+        ("weights", "FLOAT[]"),
+        ("logits", "FLOAT[]"),
+    ),
+    "expert_stats": (
+        ("run_id", "VARCHAR"),
+        ("prompt_id", "INTEGER"),
+        ("position", "INTEGER"),
+        ("layer", "INTEGER"),
+        ("expert", "SMALLINT"),
+        ("out_norm", "FLOAT"),
+        ("zero_frac", "FLOAT"),
+        ("shared", "BOOLEAN"),
+    ),
+    "interventions": (
+        ("intervention_id", "VARCHAR PRIMARY KEY"),
+        ("run_id", "VARCHAR"),
+        ("kind", "VARCHAR"),
+        ("spec", "JSON"),
+        ("created_at", "TIMESTAMP"),
+    ),
+    "evaluations": (
+        ("intervention_id", "VARCHAR"),
+        ("label", "VARCHAR"),
+        ("metric", "VARCHAR"),
+        ("value", "DOUBLE"),
+        ("ci_low", "DOUBLE"),
+        ("ci_high", "DOUBLE"),
+        ("n", "INTEGER"),
+        ("meta", "JSON"),
+    ),
+    "schema_version": (
+        ("version", "INTEGER"),
+        ("applied_at", "TIMESTAMP"),
+    ),
+}
+
+#: Natural row order of each per-run table (used by readers and exports).
+ORDER_BY: dict[str, str] = {
+    "runs": "created_at, run_id",
+    "layers": "layer",
+    "prompts": "prompt_id",
+    "tokens": "prompt_id, position",
+    "routing": "prompt_id, position, layer",
+    "expert_stats": "prompt_id, position, layer, shared, expert",
+    "interventions": "created_at, intervention_id",
+    "evaluations": "intervention_id, label, metric",
+}
+
+
+def column_names(table: str) -> list[str]:
+    """Column names of ``table`` in schema v1 (the public contract)."""
+    return [name for name, _ in SCHEMA_V1[table]]
+
+
+def column_type(table: str, column: str) -> str:
+    """DuckDB type of ``table.column`` without constraints (e.g. ``VARCHAR``)."""
+    for name, typ in SCHEMA_V1[table]:
+        if name == column:
+            return typ.replace(" PRIMARY KEY", "")
+    raise KeyError(f"{table}.{column}")
+
+
+Migration = Callable[[duckdb.DuckDBPyConnection], None]
+
+#: Ordered registry: target version -> function that upgrades a store from version-1.
+MIGRATIONS: dict[int, Migration] = {}
+
+
+def migration(version: int) -> Callable[[Migration], Migration]:
+    """Decorator registering ``fn`` as the migration that produces ``version``."""
+
+    def register(fn: Migration) -> Migration:
+        if version in MIGRATIONS:
+            raise ValueError(f"migration to schema v{version} is already registered")
+        MIGRATIONS[version] = fn
+        return fn
+
+    return register
+
+
+@migration(1)
+def _create_v1(con: duckdb.DuckDBPyConnection) -> None:
+    """v0 (empty file) -> v1: create every contract table."""
+    for table, columns in SCHEMA_V1.items():
+        cols = ", ".join(f'"{name}" {typ}' for name, typ in columns)
+        con.execute(f'CREATE TABLE "{table}" ({cols})')
+
+
+def latest_version() -> int:
+    """Highest version the registered migrations reach (what this code expects)."""
+    versions = sorted(MIGRATIONS)
+    if versions != list(range(1, len(versions) + 1)):
+        raise StoreError(f"migration registry has gaps: {versions}; expected 1..{len(versions)}")
+    return versions[-1] if versions else 0
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    """Schema version recorded in the open file; 0 when it has no ``schema_version``."""
+    found = first(
+        con,
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = 'main' AND table_name = 'schema_version'",
+    )
+    if not found or not found[0]:
+        return 0
+    row = first(con, "SELECT max(version) FROM schema_version")
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _describe(path: Path | None) -> str:
+    return str(path) if path is not None else "the in-memory store"
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path | None) -> int:
+    """Bring the store to :func:`latest_version` (writable) or check it is there (read-only).
+
+    Returns the version the store is at afterwards. Raises :class:`SchemaVersionError`
+    when the file is newer than this code, or when a read-only open finds an older one.
+    """
+    target = latest_version()
+    have = current_version(con)
+    where = _describe(path)
+    if have > target:
+        raise SchemaVersionError(
+            f"{where} has store schema v{have}, but this moe-workbench only knows up to "
+            f"v{target}. Upgrade moe-workbench (pip install -U moe-workbench) to open it."
+        )
+    if have == target:
+        return have
+    if read_only:
+        raise SchemaVersionError(
+            f"{where} has store schema v{have}, older than v{target} used by this "
+            "moe-workbench. Open it writable once (read_only=False) to migrate it, then "
+            "read-only opens will work."
+        )
+    con.execute("BEGIN TRANSACTION")
+    version = have
+    try:
+        for version in range(have + 1, target + 1):
+            MIGRATIONS[version](con)
+            con.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                [version, datetime.now(timezone.utc).replace(tzinfo=None)],
+            )
+        con.execute("COMMIT")
+    except Exception as exc:
+        con.execute("ROLLBACK")
+        raise StoreError(
+            f"migrating {where} from schema v{have} to v{target} failed at v{version}: {exc}. "
+            "The file was left unchanged."
+        ) from exc
+    return target
