@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from workbench.models.decode import Routing
 from workbench.models.expert_math import ExpertStats
@@ -27,9 +26,11 @@ def next_token_nll(lm_logits: torch.Tensor, input_ids: torch.Tensor, mask: torch
     position whose routing is recorded, so routing and difficulty line up. The last real token of
     each row has no next token and gets NaN (stored as NULL).
     """
-    logp = F.log_softmax(lm_logits[:, :-1].float(), dim=-1)
+    logits = lm_logits[:, :-1]
     target = input_ids[:, 1:]
-    nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    # logsumexp - logit[target]: no [B,T,V] log-softmax tensor is materialised
+    picked = logits.gather(-1, target.unsqueeze(-1)).squeeze(-1).float()
+    nll = torch.logsumexp(logits.float(), dim=-1) - picked
     valid = (mask[:, :-1] * mask[:, 1:]).bool()
     out = torch.full(input_ids.shape, float("nan"), device=lm_logits.device)
     out[:, :-1] = torch.where(valid, nll, torch.full_like(nll, float("nan")))

@@ -15,6 +15,9 @@ from torch import nn
 
 from workbench.models.discovery import MoELayer, find_moe_layers
 
+#: Files of which at least one must sit in a local model directory for its tokenizer to load.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
 
 class ModelLoadError(RuntimeError):
     """A model or its tokenizer could not be loaded; the message says why and what to do."""
@@ -87,13 +90,20 @@ def _load_pretrained(
             "its local directory instead"
         )
         raise ModelLoadError(f"cannot load {where} {source!r}: {exc}. Hint: {hint}.") from exc
+    no_tokenizer = (
+        f"{source!r} has no usable tokenizer{{why}}. Save one next to the weights with "
+        "tokenizer.save_pretrained(dir), or pass an in-memory model together with its tokenizer."
+    )
+    if local and not any((Path(source) / name).exists() for name in TOKENIZER_FILES):
+        raise ModelLoadError(
+            no_tokenizer.format(why=f" (none of {', '.join(TOKENIZER_FILES)} in the directory)")
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as exc:
-        raise ModelLoadError(
-            f"{source!r} has no usable tokenizer ({exc}). Save one next to the weights with "
-            "tokenizer.save_pretrained(dir), or pass an in-memory model together with its tokenizer."
-        ) from exc
+        raise ModelLoadError(no_tokenizer.format(why=f" ({exc})")) from exc
+    if len(tokenizer) < 2:  # transformers 5 builds an empty tokenizer when files are missing
+        raise ModelLoadError(no_tokenizer.format(why=" (it loaded with an empty vocabulary)"))
     cls = _auto_model(config)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if dtype is not None:

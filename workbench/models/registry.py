@@ -67,14 +67,15 @@ def lookup(block: nn.Module) -> RoutingFamily | None:
 
 def unknown_architecture_message(model: nn.Module, candidates: list[str]) -> str:
     """A message that says what was found, what is supported, and what to do."""
-    listed = ", ".join(registered_classes()[:12])
+    listed = ", ".join(registered_classes()[:12]) or "none"
     more = len(_BY_CLASS) - 12
+    rules = "; ".join(name for name, _, _ in _RULES) or "none"
     found = ", ".join(sorted(set(candidates))) or "no block with an `experts` child"
     return (
         f"{type(model).__name__}: found MoE-looking blocks of class {found}, but no adapter describes how "
-        f"they route. Supported block classes include {listed}"
+        f"they route. Supported block classes: {listed}"
         + (f" and {more} more (see docs/supported-models.md)" if more > 0 else "")
-        + ". Describe the family with workbench.models.RoutingFamily and call "
+        + f"; structural rules: {rules}. Describe the family with workbench.models.RoutingFamily and call "
         "workbench.models.register_adapter('<BlockClass>', family)."
     )
 

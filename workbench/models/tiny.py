@@ -65,7 +65,16 @@ def shrink_config(config: PretrainedConfig, **overrides: Any) -> PretrainedConfi
             if hasattr(target, key):
                 with contextlib.suppress(AttributeError, TypeError, ValueError):
                     setattr(target, key, value)
+        _fit_layer_types(target)
     return config
+
+
+def _fit_layer_types(config: PretrainedConfig) -> None:
+    """Per-layer lists computed for the full-size config must match the new layer count."""
+    n = getattr(config, "num_hidden_layers", None)
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(n, int) and isinstance(layer_types, list) and len(layer_types) != n:
+        config.layer_types = layer_types[:n]
 
 
 def tiny_config(model_type: str, **overrides: Any) -> PretrainedConfig:

@@ -13,10 +13,9 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import polars as pl
 
 from workbench.store import effects, ingest, maintenance, readers
 from workbench.store import runs as runs_mod
@@ -24,6 +23,9 @@ from workbench.store.connection import connect
 from workbench.store.errors import StoreError
 from workbench.store.readers import Query
 from workbench.store.schema import current_version
+
+if TYPE_CHECKING:  # polars is imported lazily: the capture path does not need it
+    import polars as pl
 
 
 class Store:

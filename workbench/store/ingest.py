@@ -12,15 +12,17 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import duckdb
-import polars as pl
 import pyarrow as pa
 
 from workbench.store.errors import StoreError
 from workbench.store.schema import column_names
 from workbench.store.sqlutil import first
+
+if TYPE_CHECKING:  # polars is imported lazily: the capture path does not need it
+    import polars as pl
 
 ArrowLike: TypeAlias = "pa.Table | pl.DataFrame"
 
@@ -50,7 +52,7 @@ def as_arrow(table: ArrowLike, name: str) -> pa.Table:
     """Accept a pyarrow Table or a polars DataFrame; anything else is an error."""
     if isinstance(table, pa.Table):
         return table
-    if isinstance(table, pl.DataFrame):
+    if type(table).__module__.startswith("polars"):
         return table.to_arrow()
     raise StoreError(f"{name} must be a pyarrow.Table or polars.DataFrame, got {type(table).__name__}")
 

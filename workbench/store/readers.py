@@ -10,12 +10,14 @@ tables with tens of millions of rows.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import polars as pl
 
 from workbench.store.schema import ORDER_BY, column_names, column_type
+
+if TYPE_CHECKING:  # polars is imported lazily: the capture path does not need it
+    import polars as pl
 
 
 class Query:
@@ -52,6 +54,8 @@ class Query:
 
 def frame(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
     """Run ``sql`` with ``params`` and return the result as a polars DataFrame."""
+    import polars  # noqa: F401  (``.pl()`` needs it importable)
+
     return con.sql(sql, params=list(params) if params else None).pl()
 
 
@@ -59,6 +63,8 @@ def batches(
     con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any], batch_rows: int
 ) -> Iterator[pl.DataFrame]:
     """Stream a query as polars frames of at most ``batch_rows`` rows each."""
+    import polars as pl
+
     reader = con.sql(sql, params=list(params)).to_arrow_reader(batch_rows)
     for batch in reader:
         yield pl.from_arrow(batch)  # type: ignore[misc]

@@ -1,0 +1,289 @@
+"""Bad input gets a clear error and loses nothing; a killed capture resumes without duplicates."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from workbench.capture.engine import capture, resume
+from workbench.cli import app
+from workbench.models.discovery import NoMoELayersError
+from workbench.models.loading import ModelLoadError, load_model
+from workbench.models.registry import UnknownArchitectureError
+from workbench.models.tiny import byte_tokenizer, tiny_model
+from workbench.probefile import ProbeFileError, read_probe_file
+from workbench.store import Store, StoreLockedError
+
+HERE = Path(__file__).parent
+
+
+def _many_prompts(path: Path, n: int = 60) -> Path:
+    with path.open("w") as fh:
+        for i in range(n):
+            fh.write(
+                json.dumps({"text": f"prompt {i}: " + "word " * (i % 7), "label": ["a", "b", "c"][i % 3]})
+                + "\n"
+            )
+    return path
+
+
+def _table(db: Path, run: str, name: str) -> pl.DataFrame:
+    with Store(db, read_only=True) as store:
+        return getattr(store, name)(run)
+
+
+def test_killed_capture_resumes_without_duplicates(tmp_path: Path) -> None:
+    probe = _many_prompts(tmp_path / "many.jsonl")
+    db = tmp_path / "killed.duckdb"
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    child = subprocess.Popen(
+        [sys.executable, str(HERE / "kill_child.py"), str(probe), str(db), "victim"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert child.stdout is not None
+    commits = 0
+    for line in child.stdout:
+        commits += line.startswith("committed")
+        if commits == 3:
+            child.send_signal(signal.SIGKILL)
+            break
+    child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL, "the child must be killed mid-run"
+
+    with Store(db, read_only=True) as store:
+        info = store.run("victim")
+        done = store.done_prompt_ids("victim")
+        prompts = store.prompts("victim")
+        tokens = store.tokens("victim")
+        routing = store.routing("victim", logits=False)
+    assert info["status"] == "running"  # clearly marked as unfinished, never looks whole
+    assert 12 <= len(done) < 60
+    # every committed prompt is whole: all its tokens and all its routing rows
+    assert tokens.height == prompts["n_tokens"].sum()
+    assert routing.height == tokens.height * 2
+
+    assert resume(db, "victim", progress=False) == "victim"
+    clean_db = tmp_path / "clean.duckdb"
+    clean = capture("tiny:qwen2_moe", probe, clean_db, run_id="clean", batch_size=4, progress=False)
+    assert _table(db, "victim", "run")["status"] == "complete"
+    key = ["prompt_id", "position", "layer"]
+    resumed = _table(db, "victim", "routing").sort(key)
+    reference = _table(clean_db, clean, "routing").sort(key)
+    assert resumed.select(key).is_duplicated().sum() == 0
+    assert resumed.height == reference.height
+    assert resumed["experts"].to_list() == reference["experts"].to_list()
+    assert _table(db, "victim", "prompts").height == 60
+
+
+def test_failed_capture_is_marked_and_resumable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    probe = _many_prompts(tmp_path / "p.jsonl", 20)
+    db = tmp_path / "f.duckdb"
+    loaded = load_model("tiny:qwen2_moe")
+    calls = {"n": 0}
+    original = Store.write_batch
+
+    def flaky(self: Store, run_id: str, **tables: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk full (simulated)")
+        original(self, run_id, **tables)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Store, "write_batch", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        capture(loaded, probe, db, run_id="r", batch_size=4, progress=False)
+    monkeypatch.setattr(Store, "write_batch", original)
+    info = _table(db, "r", "run")
+    assert info["status"] == "failed" and "disk full" in info["error"]
+    resume(db, "r", model=loaded, progress=False)
+    assert _table(db, "r", "prompts").height == 20
+    assert _table(db, "r", "run")["status"] == "complete"
+
+
+def test_non_moe_model_is_refused() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    dense = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            vocab_size=300,
+        )
+    )
+    with pytest.raises(NoMoELayersError, match="no mixture-of-experts layers"):
+        load_model(dense, byte_tokenizer())
+
+
+def test_unknown_architecture_lists_what_is_supported() -> None:
+    class OddRouter(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    class OddBlock(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.experts = torch.nn.ModuleList([torch.nn.Linear(4, 4) for _ in range(3)])
+            self.switch = OddRouter()
+
+    class OddModel(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = torch.nn.ModuleList([OddBlock()])
+
+    with pytest.raises(UnknownArchitectureError) as err:
+        load_model(OddModel(), byte_tokenizer())
+    message = str(err.value)
+    assert "OddBlock" in message and "register_adapter" in message and "Supported block classes" in message
+
+
+def test_missing_tokenizer_and_missing_model_dir(tmp_path: Path) -> None:
+    model = tiny_model("qwen2_moe")
+    model.save_pretrained(tmp_path / "no-tok")
+    with pytest.raises(ModelLoadError, match="tokenizer"):
+        load_model(str(tmp_path / "no-tok"))
+    with pytest.raises(ModelLoadError, match="no such model directory"):
+        load_model(str(tmp_path / "nowhere" / "x"))
+    with pytest.raises(ModelLoadError, match="tokenizer"):
+        load_model(model)
+
+
+def test_local_directory_round_trip(tmp_path: Path) -> None:
+    model = tiny_model("qwen2_moe")
+    model.save_pretrained(tmp_path / "m")
+    byte_tokenizer().save_pretrained(tmp_path / "m")
+    assert any((tmp_path / "m").glob("*.safetensors"))
+    loaded = load_model(str(tmp_path / "m"))
+    assert [layer.layer for layer in loaded.layers] == [0, 1]
+    ids = torch.tensor([[1, 50, 60]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix", "expected"),
+    [
+        ('{"text": "ok", "label": "a"}\n{"text": "broken", "label": \n', ".jsonl", r":2: not valid JSON"),
+        (
+            '{"text": "ok", "label": "a"}\n{"text": "no label"}\n',
+            ".jsonl",
+            r":2: missing required field\(s\) label",
+        ),
+        ("", ".jsonl", "has no prompts"),
+        ("text,label\nhello,a\n,b\n", ".csv", r":3: missing required field\(s\) text"),
+        ("prompt,label\nhello,a\n", ".csv", "header lacks column"),
+        ('{"text": "x", "label": "a", "meta": [1]}\n', ".jsonl", "meta` must be a JSON object"),
+        ("text\tlabel\n", ".tsv", "unknown probe format"),
+    ],
+)
+def test_malformed_probe_files_name_the_line(
+    tmp_path: Path, content: str, suffix: str, expected: str
+) -> None:
+    path = tmp_path / f"bad{suffix}"
+    path.write_text(content)
+    with pytest.raises(ProbeFileError, match=expected):
+        read_probe_file(path)
+
+
+def test_bad_probe_creates_no_run(tmp_path: Path) -> None:
+    bad = tmp_path / "empty.jsonl"
+    bad.write_text("\n")
+    db = tmp_path / "x.duckdb"
+    with pytest.raises(ProbeFileError):
+        capture("tiny:qwen2_moe", bad, db, progress=False)
+    if db.exists():
+        with Store(db, read_only=True) as store:
+            assert store.runs().height == 0
+
+
+def test_parquet_probe_file(tmp_path: Path) -> None:
+    path = tmp_path / "p.parquet"
+    pl.DataFrame({"text": ["a b", "c"], "label": ["x", "y"], "pair_id": ["1", None]}).write_parquet(path)
+    prompts = read_probe_file(path)
+    assert [(p.prompt_id, p.label, p.pair_id) for p in prompts] == [(0, "x", "1"), (1, "y", None)]
+
+
+def test_locked_db_gives_a_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "locked.duckdb"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, sys, time; c = duckdb.connect({str(db)!r}); print('ready', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreLockedError, match="another process"):
+            capture("tiny:qwen2_moe", [read_probe_file_stub()], db, progress=False)
+        result = CliRunner().invoke(app, ["runs", "--db", str(db)])
+        assert (
+            result.exit_code == 2 and "another process" in result.output and "Traceback" not in result.output
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def read_probe_file_stub():  # a single prompt, built without a file
+    from workbench.probefile import Prompt
+
+    return Prompt(0, "hello", "a")
+
+
+def test_cli_capture_runs_export_and_errors(tmp_path: Path, probe_file: Path) -> None:
+    runner = CliRunner()
+    db = tmp_path / "cli.duckdb"
+    result = runner.invoke(
+        app,
+        [
+            "capture",
+            "--model",
+            "tiny:qwen2_moe",
+            "--probe",
+            str(probe_file),
+            "--db",
+            str(db),
+            "--run-id",
+            "cli-run",
+            "--batch-size",
+            "2",
+            "--max-length",
+            "8",
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "cli-run" in result.output and "truncated" in result.output
+    listed = runner.invoke(app, ["runs", "--db", str(db)])
+    assert listed.exit_code == 0 and "cli-run" in listed.output and "complete" in listed.output
+    exported = runner.invoke(
+        app, ["export", "--db", str(db), "--run", "cli-run", "--parquet", str(tmp_path / "pq")]
+    )
+    assert exported.exit_code == 0
+    assert pl.read_parquet(tmp_path / "pq" / "routing.parquet").height > 0
+    bad = runner.invoke(
+        app, ["capture", "--model", "tiny:no_such_arch", "--probe", str(probe_file), "--db", str(db)]
+    )
+    assert bad.exit_code == 2 and "error" in bad.output and "Traceback" not in bad.output
+    missing = runner.invoke(
+        app, ["export", "--db", str(db), "--run", "nope", "--parquet", str(tmp_path / "x")]
+    )
+    assert missing.exit_code == 2 and "cli-run" in missing.output  # lists the runs that exist
+    helped = runner.invoke(app, ["capture", "--help"])
+    assert "--expert-stats" in helped.output and "--backend" in helped.output
