@@ -36,7 +36,7 @@ def router_logits(family: RoutingFamily, output: Any, n_experts: int) -> torch.T
         logits = _first_tensor(output)
     elif layout in ("scores_logits",):
         logits = output[1]
-    elif layout == "dispatch_probs_logits":
+    elif layout in ("dispatch_probs_logits", "mask_combine_logits"):
         logits = output[2]
     else:  # pragma: no cover - Literal exhausts the cases
         raise ValueError(f"unknown router_output layout {layout!r}")
@@ -60,6 +60,13 @@ def router_selection(
         chosen = logits.argmax(dim=-1, keepdim=True)
         kept = dispatch.reshape(-1, n_experts).gather(1, chosen).to(probs.dtype)
         return chosen, probs.reshape(-1, 1) * kept
+    if layout == "mask_combine_logits":
+        # NLLB-MoE: the pair is the top-2 of the logits; its weights are the combine weights the
+        # router kept (0 where capacity dropped the token)
+        _, combine, logits = output
+        logits = logits.reshape(-1, n_experts)
+        indices = torch.topk(logits, top_k, dim=-1).indices
+        return indices, combine.reshape(-1, n_experts).gather(1, indices)
     raise ValueError(f"family {family.name!r}: router output {layout!r} carries no selection")
 
 

@@ -50,8 +50,9 @@ _INDEX = re.compile(r"\.(\d+)(?:\.|$)")
 
 
 def _block_index(path: str) -> int | None:
+    """The outermost index in ``path``: the block (``encoder.block.1.layer.2.mlp`` → 1)."""
     found = _INDEX.findall(path)
-    return int(found[-1]) if found else None
+    return int(found[0]) if found else None
 
 
 def _child(module: nn.Module, names: tuple[str, ...]) -> tuple[str, nn.Module] | None:
@@ -62,8 +63,10 @@ def _child(module: nn.Module, names: tuple[str, ...]) -> tuple[str, nn.Module] |
     return None
 
 
-def _n_experts(router: nn.Module, experts: nn.Module) -> int:
-    for attr in ("num_experts", "n_routed_experts", "num_local_experts"):
+def _n_experts(router: nn.Module, experts: nn.Module, family_attr: str | None = None) -> int:
+    for attr in (family_attr, "num_experts", "n_routed_experts", "num_local_experts"):
+        if attr is None:
+            continue
         value = getattr(router, attr, None) or getattr(experts, attr, None)
         if isinstance(value, int) and value > 0:
             return value
@@ -85,7 +88,7 @@ def _top_k(block: nn.Module, router: nn.Module, config: object) -> int:
             value = getattr(owner, attr, None)
             if isinstance(value, int) and value > 0:
                 return value
-    for attr in ("num_experts_per_tok", "moe_topk", "top_k", "moe_k"):
+    for attr in ("num_experts_per_tok", "moe_topk", "top_k", "moe_k", "top_k_experts"):
         value = getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
             return value
@@ -121,11 +124,14 @@ def find_moe_layers(model: nn.Module) -> list[MoELayer]:
         if family is None:
             unknown.append(type(module).__name__)
             continue
+        if path.rsplit(".", 1)[-1] in family.skip_names:
+            continue  # e.g. vision-only experts, which never run on text
         router = _child(module, family.router_attrs)
         if router is None:
             unknown.append(type(module).__name__)
             continue
-        shared = _child(module, family.shared_attrs)
+        owner = model.get_submodule(path.rsplit(".", 1)[0]) if family.shared_on_parent else module
+        shared = _child(owner, family.shared_attrs)
         shared_mods = [] if shared is None else [shared[1]]
         gate = getattr(module, family.shared_gate_attr, None) if family.shared_gate_attr else None
         index = _block_index(path)
@@ -139,8 +145,8 @@ def find_moe_layers(model: nn.Module) -> list[MoELayer]:
                 shared=shared_mods,
                 shared_gate=gate if isinstance(gate, nn.Module) else None,
                 family=family,
-                n_experts=_n_experts(router[1], experts),
-                top_k=_top_k(module, router[1], text_config),
+                n_experts=_n_experts(router[1], experts, family.n_experts_attr),
+                top_k=family.top_k or _top_k(module, router[1], text_config),
                 stack=_stack(path),
             )
         )

@@ -1,0 +1,128 @@
+"""The conformance sweep over every MoE text architecture of the installed transformers.
+
+One module-scoped sweep (tiny random models, two right-padded prompts, the hooks backend) feeds
+all tests; ``pytest -rA`` shows the table of architectures that do not pass, with their reasons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from workbench.models.discovery import find_moe_layers
+from workbench.models.families import BLOCK_FAMILIES
+from workbench.models.supported import Result, check_architecture, render, sweep
+from workbench.models.tiny import tiny_model
+
+MIN_PASSING = 55
+
+#: Important families, checked one by one (a failure names the architecture and its reason).
+IMPORTANT = [
+    "qwen2_moe",
+    "mixtral",
+    "deepseek_v3",
+    "llama4",
+    "switch_transformers",
+    "nllb-moe",
+    "gpt_oss",
+    "dbrx",
+    "olmoe",
+    "qwen3_moe",
+    "gemma4_text",
+    "phimoe",
+]
+
+
+@pytest.fixture(scope="module")
+def results() -> Iterator[dict[str, Result]]:
+    yield {r.model_type: r for r in sweep()}
+
+
+def test_sweep_passes_enough_architectures(results: dict[str, Result]) -> None:
+    passed = sorted(mt for mt, r in results.items() if r.status == "pass")
+    not_passing = [r for r in results.values() if r.status != "pass"]
+    print(f"\n{len(passed)}/{len(results)} MoE text architectures pass the conformance sweep")
+    print(f"{'architecture':30s} {'status':12s} reason")
+    for r in not_passing:
+        print(f"{r.model_type:30s} {r.status:12s} {r.reason}")
+    assert len(passed) >= MIN_PASSING, f"only {len(passed)} pass: {passed}"
+
+
+def test_every_non_passing_architecture_has_a_reason(results: dict[str, Result]) -> None:
+    doc = render(list(results.values()))
+    for r in results.values():
+        if r.status != "pass":
+            assert r.reason, r.model_type
+            assert f"`{r.model_type}` ({r.status}): " in doc
+
+
+def test_no_architecture_fails_unexpectedly(results: dict[str, Result]) -> None:
+    """Everything either passes or is a known, explained exclusion (unsupported)."""
+    failing = {mt: r.reason for mt, r in results.items() if r.status == "fail"}
+    assert not failing, failing
+
+
+@pytest.mark.parametrize("model_type", IMPORTANT)
+def test_important_family_passes(results: dict[str, Result], model_type: str) -> None:
+    result = results.get(model_type) or check_architecture(model_type)
+    assert result.status == "pass", f"{model_type}: {result.reason}"
+
+
+@pytest.mark.parametrize(
+    ("model_type", "n_shared"),
+    [("qwen2_moe", 1), ("deepseek_v3", 1), ("llama4", 1), ("ernie4_5_vl_moe", 1), ("mixtral", 0)],
+)
+def test_shared_experts_are_found(model_type: str, n_shared: int) -> None:
+    layers = find_moe_layers(tiny_model(model_type))
+    assert {layer.n_shared for layer in layers} == {n_shared}
+
+
+@pytest.mark.parametrize("model_type", ["switch_transformers", "nllb-moe"])
+def test_encoder_decoder_layers_are_numbered_decoder_after_encoder(
+    results: dict[str, Result], model_type: str
+) -> None:
+    model = tiny_model(model_type)
+    layers = find_moe_layers(model)
+    encoder = [x for x in layers if x.stack == "encoder"]
+    decoder = [x for x in layers if x.stack == "decoder"]
+    assert encoder and decoder
+    assert max(x.layer for x in encoder) < min(x.layer for x in decoder)
+    assert len({x.layer for x in layers}) == len(layers)
+    assert results[model_type].stacks == "encoder+decoder"
+
+
+@pytest.mark.parametrize("model_type", ["switch_transformers", "nllb-moe"])
+def test_capacity_drops_are_recorded_with_weight_zero(results: dict[str, Result], model_type: str) -> None:
+    """The sweep shrinks capacities so tokens are dropped; they pass with their expert at weight 0."""
+    assert results[model_type].status == "pass"
+    assert results[model_type].dropped > 0
+
+
+def test_llama4_and_probability_routers_are_described_as_data() -> None:
+    assert BLOCK_FAMILIES["Llama4TextMoe"].router_output == "scores_logits"
+    assert BLOCK_FAMILIES["Gemma4TextDecoderLayer"].score_fn == "probs"
+    assert BLOCK_FAMILIES["Gemma4TextDecoderLayer"].router_input_norm == "norm"
+
+
+def test_zero_initialised_routers_get_random_weights() -> None:
+    model = tiny_model("deepseek_v3")
+    layer = find_moe_layers(model)[0]
+    assert torch.count_nonzero(layer.router.weight) > 0
+    assert torch.count_nonzero(layer.router.e_score_correction_bias) > 0  # a buffer, not a parameter
+
+
+def test_a_wrong_recipe_is_caught() -> None:
+    """Negative control: declaring Mixtral without renormalisation makes check (b) fail."""
+    from dataclasses import replace
+
+    from workbench.models.registry import register_adapter
+
+    original = BLOCK_FAMILIES["MixtralSparseMoeBlock"]
+    register_adapter("MixtralSparseMoeBlock", replace(original, renorm=False), overwrite=True)
+    try:
+        result = check_architecture("mixtral")
+    finally:
+        register_adapter("MixtralSparseMoeBlock", original, overwrite=True)
+    assert result.status == "fail" and "(b)" in result.reason
