@@ -30,7 +30,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy workbench
 
 pytest: $(STAMP)
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rfEsP
 
 test: lint typecheck pytest
 

@@ -10,9 +10,11 @@ exactly ``--tokens`` tokens, so no batch has padding) and one table of ratios:
 2. Baselines that write the same rows (prompt_id, position, layer, experts, weights, logits) to
    DuckDB: an nnsight trace, HF ``output_router_logits=True`` + Python lists + pandas +
    ``executemany`` (executemany timed on a subset and extrapolated), and a TransformerLens 4.x
-   ``TransformerBridge.run_with_cache`` filtered to router hooks. Each runs once.
+   ``TransformerBridge.run_with_cache`` filtered to router hooks. Each runs once, timed per batch;
+   the row reports median batch × batches (robust to CPU spikes on shared machines).
 3. Ingest: ``Store.write_batch`` on prebuilt Arrow tables (≥ 1M token×layer rows by default) and
-   bytes per token×layer on disk after CHECKPOINT, for logits fp16 / fp32 / none.
+   bytes per token×layer on disk after CHECKPOINT, for logits fp16 / fp32 / none, in capture-sized
+   writes (what ``capture`` does today) and in writes of ≥ 4 DuckDB row groups ("coalesced").
 
 Run ``python benchmarks/capture.py --help``; the command that reproduces a table is printed with it.
 """
@@ -26,6 +28,7 @@ import os
 import platform
 import random
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -52,6 +55,8 @@ ROWS = (
     "ingest_logits_fp16",
     "ingest_logits_fp32",
     "ingest_logits_none",
+    "ingest_logits_fp16_coalesced",
+    "ingest_logits_none_coalesced",
 )
 
 #: --quick: tiny sizes so every row runs in seconds (timings then mean little).
@@ -88,10 +93,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--repeats", type=int, default=3, help="interleaved timings of bare and ours")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved timings of bare and ours")
     p.add_argument("--ingest-rows", type=int, default=1_048_576, help="token×layer rows for the ingest test")
     p.add_argument("--executemany-rows", type=int, default=2000, help="rows timed through executemany")
-    p.add_argument("--only-ours", action="store_true", help="skip the nnsight / HF / TransformerLens baselines")
+    p.add_argument(
+        "--only-ours", action="store_true", help="skip the nnsight / HF / TransformerLens baselines"
+    )
     p.add_argument("--skip-ingest", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=None, help="where DuckDB files go (default: a temp dir)")
@@ -125,7 +132,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
 
 def build_model(args: argparse.Namespace) -> torch.nn.Module:
     """A random-init MoE of ``--model-type`` with the requested sizes, on ``--device``/``--dtype``."""
-    from workbench.models.tiny import tiny_model
+    from workbench.models import tiny
 
     n = args.experts
     overrides = {
@@ -145,7 +152,16 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
         "vocab_size": args.vocab,
         "max_position_embeddings": max(512, args.tokens),
     }
-    model = tiny_model(args.model_type, seed=args.seed, **overrides)
+    # tiny_model() refuses > 20M parameters (a guard for tests); build the same way without it,
+    # directly on the target device so a ~1B-parameter GPU model initialises there.
+    config = tiny.tiny_config(args.model_type, **overrides)
+    cls = tiny.model_class(config)
+    torch.manual_seed(args.seed)
+    with torch.device(args.device):
+        model = cls._from_config(config)
+    if not any(s in cls.__name__ for s in ("ForCausalLM", "ForConditionalGeneration", "LMHead")):
+        model = tiny.TextLM(model).to(args.device)
+    tiny.randomise_routers(model, args.seed)
     model.config.architectures = [type(model).__name__]  # the TransformerLens bridge needs it
     return model.to(dtype=getattr(torch, args.dtype), device=args.device).eval()
 
@@ -207,6 +223,7 @@ def ours(loaded: Any, prompts: list[Any], path: Path, args: argparse.Namespace, 
     from workbench.capture.engine import CaptureOptions, capture
 
     path.unlink(missing_ok=True)
+    path.with_name(path.name + ".wal").unlink(missing_ok=True)
     opts = CaptureOptions(batch_size=args.batch_size, logits=logits, backend="hooks")  # type: ignore[arg-type]
     return capture(loaded, prompts, path, options=opts, progress=False)
 
@@ -236,7 +253,9 @@ def fresh_db(path: Path) -> Any:
     return con
 
 
-def rows_frame(batch: Any, layer: int, logits: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> Any:
+def rows_frame(
+    batch: Any, layer: int, logits: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor
+) -> Any:
     """A pandas frame of one layer's rows (padding dropped) built the usual way: .cpu(), lists."""
     import pandas as pd
 
@@ -279,7 +298,35 @@ def envoy_at(root: Any, path: str) -> Any:
     return node
 
 
-def nnsight_baseline(model: torch.nn.Module, loaded: Any, batches: list[Any], path: Path) -> int:
+class Clock:
+    """Per-batch wall times of a single baseline run (synchronised on CUDA)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.laps: list[float] = []
+        self._t = 0.0
+
+    def start(self) -> None:
+        sync(self.device)
+        self._t = time.perf_counter()
+
+    def lap(self) -> None:
+        sync(self.device)
+        self.laps.append(time.perf_counter() - self._t)
+
+    @property
+    def total(self) -> float:
+        return sum(self.laps)
+
+    @property
+    def robust(self) -> float:
+        """Median batch time × batches: a single run, minus other tenants' CPU spikes."""
+        return float(np.median(self.laps)) * len(self.laps) if self.laps else 0.0
+
+
+def nnsight_baseline(
+    model: torch.nn.Module, loaded: Any, batches: list[Any], path: Path, clock: Clock
+) -> int:
     """nnsight trace saving each router's output (logits, weights, indices), then pandas → DuckDB."""
     import nnsight
 
@@ -288,6 +335,7 @@ def nnsight_baseline(model: torch.nn.Module, loaded: Any, batches: list[Any], pa
     con = fresh_db(path)
     with torch.inference_mode():
         for batch in batches:
+            clock.start()
             saved: list[Any] = []
             with traced.trace(
                 input_ids=batch.input_ids,
@@ -295,31 +343,34 @@ def nnsight_baseline(model: torch.nn.Module, loaded: Any, batches: list[Any], pa
                 position_ids=batch.position_ids,
                 use_cache=False,
             ):
-                for _, router in paths:
+                for _, router in paths:  # a plain loop: names bound in a comprehension don't come back
                     saved.append(nnsight.save(envoy_at(traced, router).output))
             for (layer, _), (logits, weights, experts) in zip(paths, saved, strict=True):
                 insert_frame(con, rows_frame(batch, layer, logits, weights, experts))
+            clock.lap()
     n = con.execute("SELECT count(*) FROM routing").fetchone()[0]  # type: ignore[index]
     con.close()
     return int(n)
 
 
 def hf_baseline(
-    model: torch.nn.Module, loaded: Any, batches: list[Any], path: Path, executemany_rows: int
-) -> tuple[float, float, int, int]:
+    model: torch.nn.Module, loaded: Any, batches: list[Any], path: Path, executemany_rows: int, clock: Clock
+) -> tuple[float, int, int]:
     """HF output_router_logits=True → top-k in torch → Python row lists → pandas → executemany.
 
-    Returns (seconds without executemany, extrapolated executemany seconds, rows, rows timed).
+    ``clock`` gets forward + lists + DataFrame per batch. Returns (executemany seconds extrapolated
+    to all rows, rows, rows actually inserted through executemany).
     """
     import pandas as pd
 
     cfg = model.config
     k, renorm = loaded.layers[0].top_k, bool(getattr(cfg, "norm_topk_prob", False))
     layer_ids = [layer.layer for layer in loaded.layers]
+    columns = ["prompt_id", "position", "layer", "experts", "weights", "logits"]
     frames = []
-    start = time.perf_counter()
     with torch.inference_mode():
         for batch in batches:
+            clock.start()
             out = model(
                 input_ids=batch.input_ids,
                 attention_mask=batch.mask,
@@ -330,30 +381,31 @@ def hf_baseline(
             width = batch.mask.shape[1]
             lengths = batch.mask.sum(dim=1).tolist()
             rows = []
-            for layer, logits in zip(layer_ids, out.router_logits, strict=True):
+            for layer, logits in zip(layer_ids, out.router_logits, strict=True):  # [B*T, E] each
                 probs = torch.softmax(logits.float(), dim=-1)
                 weights, experts = torch.topk(probs, k, dim=-1)
                 if renorm:
                     weights = weights / weights.sum(dim=-1, keepdim=True)
                 lg, w, e = logits.float().tolist(), weights.tolist(), experts.tolist()
                 for r, prompt in enumerate(batch.prompts):
-                    for t in range(int(lengths[r])):
+                    for t in range(int(lengths[r])):  # drop padding by hand
                         i = r * width + t
                         rows.append((prompt.prompt_id, t, layer, e[i], w[i], lg[i]))
-            frames.append(pd.DataFrame(rows, columns=["prompt_id", "position", "layer", "experts", "weights", "logits"]))
-    sync(str(batches[0].input_ids.device))
-    frame = pd.concat(frames, ignore_index=True)
-    before = time.perf_counter() - start
+            frames.append(pd.DataFrame(rows, columns=columns))
+            clock.lap()
+    n_rows = sum(len(f) for f in frames)
     con = fresh_db(path)
-    subset = frame.head(executemany_rows).values.tolist()
+    subset = frames[0].head(executemany_rows).values.tolist()
     t0 = time.perf_counter()
     con.executemany("INSERT INTO routing VALUES (?, ?, ?, ?, ?, ?)", subset)
     per_row = (time.perf_counter() - t0) / max(1, len(subset))
     con.close()
-    return before, per_row * len(frame), len(frame), len(subset)
+    return per_row * n_rows, n_rows, len(subset)
 
 
-def tl_baseline(model: torch.nn.Module, tokenizer: Any, loaded: Any, batches: list[Any], path: Path) -> tuple[int, str]:
+def tl_baseline(
+    model: torch.nn.Module, tokenizer: Any, loaded: Any, batches: list[Any], path: Path, clock: Clock
+) -> tuple[int, str]:
     """TransformerLens 4.x TransformerBridge around the HF model; run_with_cache on router hooks only."""
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -362,14 +414,17 @@ def tl_baseline(model: torch.nn.Module, tokenizer: Any, loaded: Any, batches: li
     # tokenizer built in code has neither, so say it adds <bos> (it does, via its post-processor).
     tok.init_kwargs.setdefault("name_or_path", "byte-tokenizer")
     tok.init_kwargs["add_bos_token"] = True
+    t0 = time.perf_counter()
     bridge = TransformerBridge.boot_transformers(
         model.config.architectures[0], hf_model=model, tokenizer=tok, device=str(batches[0].input_ids.device)
     )
+    boot = time.perf_counter() - t0
     layer_ids = [layer.layer for layer in loaded.layers]
     wanted = ("gate.hook_out", "gate.hook_expert_weights", "gate.hook_expert_indices")
     con = fresh_db(path)
     with torch.inference_mode():
         for batch in batches:
+            clock.start()
             _, cache = bridge.run_with_cache(
                 batch.input_ids, attention_mask=batch.mask, names_filter=lambda name: name.endswith(wanted)
             )
@@ -379,10 +434,11 @@ def tl_baseline(model: torch.nn.Module, tokenizer: Any, loaded: Any, batches: li
                 dense = cache[f"blocks.{i}.mlp.gate.hook_expert_weights"]  # [N,E], zero off top-k
                 weights = dense.gather(-1, experts)
                 insert_frame(con, rows_frame(batch, layer, logits, weights, experts))
+            clock.lap()
     n = con.execute("SELECT count(*) FROM routing").fetchone()[0]  # type: ignore[index]
     con.close()
     attn = getattr(model.config, "_attn_implementation", "?")
-    return int(n), f"attention forced to {attn!r} by the bridge"
+    return int(n), f"bridge forces attention {attn!r}; boot {boot:.2f}s not counted"
 
 
 # -- 3. ingest ---------------------------------------------------------------------------------
@@ -451,13 +507,21 @@ def _lists(values: np.ndarray, value_type: Any) -> Any:
     return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1), type=value_type))
 
 
-def ingest(args: argparse.Namespace, workdir: Path, logits_mode: str) -> tuple[float, int, int]:
-    """(seconds in write_batch, routing rows, file bytes after CHECKPOINT) for one logits mode."""
+#: DuckDB's row group size: an append of at least this many rows in one transaction is written
+#: straight to the database file (no WAL, no later re-compression at checkpoint).
+ROW_GROUP = 122_880
+
+
+def ingest(
+    args: argparse.Namespace, workdir: Path, logits_mode: str, prompts_per_write: int
+) -> tuple[float, int, int, int]:
+    """(seconds in write_batch, routing rows, file bytes after CHECKPOINT, rows per write)."""
     from workbench.store import Store
 
-    rows_per_batch = args.batch_size * args.tokens * args.layers
-    n_batches = max(1, -(-args.ingest_rows // rows_per_batch))
-    tables = synthetic_tables(args, logits_mode, n_batches)
+    sub = argparse.Namespace(**{**vars(args), "batch_size": prompts_per_write})
+    rows_per_write = prompts_per_write * args.tokens * args.layers
+    n_writes = max(1, -(-args.ingest_rows // rows_per_write))
+    tables = synthetic_tables(sub, logits_mode, n_writes)
     path = workdir / f"ingest-{logits_mode}.duckdb"
     path.unlink(missing_ok=True)
     with Store(path) as store:
@@ -473,15 +537,42 @@ def ingest(args: argparse.Namespace, workdir: Path, logits_mode: str) -> tuple[f
         start = time.perf_counter()
         for t in tables:
             store.write_batch(run, prompts=t["prompts"], tokens=t["tokens"], routing=t["routing"])
+        store.con.execute("CHECKPOINT")  # part of the cost: rows in the WAL are compressed here
         seconds = time.perf_counter() - start
         store.set_status(run, "complete")
         store.con.execute("CHECKPOINT")
         size = path.stat().st_size
         wal = path.with_name(path.name + ".wal")
         size += wal.stat().st_size if wal.exists() else 0
-    rows = n_batches * rows_per_batch
     path.unlink(missing_ok=True)
-    return seconds, rows, size
+    return seconds, n_writes * rows_per_write, size, rows_per_write
+
+
+def ingest_rows(args: argparse.Namespace, workdir: Path) -> list[tuple[str, str, str, str]]:
+    """Per capture batch (what capture() writes today) for fp16/fp32/none, then coalesced writes."""
+    per_prompt = args.tokens * args.layers
+    # ≥ 4 DuckDB row groups per write (but not more than the whole ingest test)
+    coalesced = max(args.batch_size, min(-(-4 * ROW_GROUP // per_prompt), -(-args.ingest_rows // per_prompt)))
+    cases = [
+        ("ingest_logits_fp16", "fp16", args.batch_size),
+        ("ingest_logits_fp32", "fp32", args.batch_size),
+        ("ingest_logits_none", "none", args.batch_size),
+        ("ingest_logits_fp16_coalesced", "fp16", coalesced),
+        ("ingest_logits_none_coalesced", "none", coalesced),
+    ]
+    out = []
+    for name, mode, prompts_per_write in cases:
+        seconds, n, size, per_write = ingest(args, workdir, mode, prompts_per_write)
+        out.append(
+            (
+                name,
+                f"{n / seconds:,.0f}",
+                f"{size / n:.1f}",
+                f"{n:,} rows in writes of {per_write:,} ({prompts_per_write} prompts) + tokens/prompts "
+                f"tables, {seconds:.2f}s incl. final CHECKPOINT",
+            )
+        )
+    return out
 
 
 # -- the table -----------------------------------------------------------------------------------
@@ -492,7 +583,6 @@ class Row:
     name: str
     seconds: float | None
     note: str
-    vs_bare: bool = True
 
 
 def fmt_ratio(a: float | None, b: float | None) -> str:
@@ -500,7 +590,7 @@ def fmt_ratio(a: float | None, b: float | None) -> str:
 
 
 def render(rows: list[Row], bare: float, ours_s: float, ingest_rows: list[tuple[str, str, str, str]]) -> str:
-    name_w = max(len(r.name) for r in [*rows, Row("ingest_logits_fp16", 0, "")]) + 2
+    name_w = max(len(name) for name in ROWS) + 2
     lines = [f"{'row':<{name_w}}{'seconds':>10}{'/ bare':>10}{'/ ours':>10}  notes"]
     for r in rows:
         secs = "—" if r.seconds is None else f"{r.seconds:.2f}"
@@ -557,8 +647,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.prompts} prompts × {args.tokens} tokens (byte tokenizer, no padding), batch {args.batch_size}, "
         f"{args.device}/{args.dtype}; {n_rows:,} token×layer rows"
     )
+    own_workdir = args.workdir is None
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="wb-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _measure(args, model, loaded, tokenizer, prompts, batches, workdir, n_rows)
+    finally:
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _measure(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    loaded: Any,
+    tokenizer: Any,
+    prompts: list[Any],
+    batches: list[Any],
+    workdir: Path,
+    n_rows: int,
+) -> int:
     db = workdir / "ours.duckdb"
 
     # warm up: kernels, allocator, DuckDB, the writer thread
@@ -569,7 +677,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     bare_t: list[float] = []
     ours_t: list[float] = []
     for r in range(args.repeats):
-        steps = [("bare", lambda: bare_forward(model, batches)), ("ours", lambda: ours(loaded, prompts, db, args))]
+        steps = [
+            ("bare", lambda: bare_forward(model, batches)),
+            ("ours", lambda: ours(loaded, prompts, db, args)),
+        ]
         for which, fn in steps if r % 2 == 0 else steps[::-1]:
             seconds, _ = timed(args.device, fn)
             (bare_t if which == "bare" else ours_t).append(seconds)
@@ -594,21 +705,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         rows += run_baselines(args, loaded, tokenizer, batches, workdir, n_rows)
 
-    ingest_rows: list[tuple[str, str, str, str]] = []
-    if not args.skip_ingest:
-        for mode in ("fp16", "fp32", "none"):
-            seconds, n, size = ingest(args, workdir, mode)
-            ingest_rows.append(
-                (
-                    f"ingest_logits_{mode}",
-                    f"{n / seconds:,.0f}",
-                    f"{size / n:.1f}",
-                    f"Store.write_batch on prebuilt Arrow, {n:,} routing rows (+ tokens, prompts) in "
-                    f"{seconds:.2f}s; file size after CHECKPOINT / rows",
-                )
-            )
+    ingest = [] if args.skip_ingest else ingest_rows(args, workdir)
     print()
-    print(render(rows, bare, ours_s, ingest_rows))
+    print(render(rows, bare, ours_s, ingest))
     print()
     print(f"reproduce: {reproduce_command(args)}")
     return 0
@@ -617,45 +716,52 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_baselines(
     args: argparse.Namespace, loaded: Any, tokenizer: Any, batches: list[Any], workdir: Path, n_rows: int
 ) -> list[Row]:
+    """Each baseline once, on its own copy of the model (the TL bridge modifies a model in place)."""
     from workbench.models.loading import load_model
 
+    def rows_note(n: int) -> str:
+        return f"{n:,} rows" + ("" if n == n_rows else f" (expected {n_rows:,})")
+
+    def timing(clock: Clock) -> str:
+        return f"median batch × {len(clock.laps)} (raw total {clock.total:.2f}s)"
+
     out = []
-    # each baseline gets its own copy of the model: the TL bridge modifies the model in place
-    model = copy.deepcopy(loaded.model)
-    seconds, n = timed(args.device, lambda: nnsight_baseline(model, loaded, batches, workdir / "nnsight.duckdb"))
-    out.append(Row("nnsight_trace", seconds, f"NNsight(model).trace, save router outputs, pandas → DuckDB; {n:,} rows"))
-    del model
-
-    model = copy.deepcopy(loaded.model)
+    clock = Clock(args.device)
     try:
-        fwd, em, n, timed_rows = hf_baseline(model, loaded, batches, workdir / "hf.duckdb", args.executemany_rows)
-        rate = timed_rows / em * n if em else float("inf")
-        out.append(
-            Row(
-                "hf_router_logits_executemany",
-                fwd + em,
-                f"EXTRAPOLATED: forward+lists+pandas {fwd:.2f}s measured + executemany {em:.1f}s "
-                f"extrapolated from {timed_rows:,} of {n:,} rows ({rate:,.0f} rows/s)",
-            )
-        )
+        n = nnsight_baseline(copy.deepcopy(loaded.model), loaded, batches, workdir / "nnsight.duckdb", clock)
+        note = f"NNsight.trace, save router outputs, pandas → DuckDB; {timing(clock)}; {rows_note(n)}"
+        out.append(Row("nnsight_trace", clock.robust, note))
     except Exception as exc:  # report, don't hide the other rows
-        out.append(Row("hf_router_logits_executemany", None, f"failed: {type(exc).__name__}: {exc}"))
-    del model
+        out.append(Row("nnsight_trace", None, f"failed: {type(exc).__name__}: {str(exc)[:200]}"))
 
-    model = copy.deepcopy(loaded.model)
-    tl_loaded = load_model(model, tokenizer)
+    clock = Clock(args.device)
     try:
-        seconds, (n, note) = timed(
-            args.device, lambda: tl_baseline(model, tokenizer, tl_loaded, batches, workdir / "tl.duckdb")
+        model = copy.deepcopy(loaded.model)
+        em, n, timed_rows = hf_baseline(
+            model, loaded, batches, workdir / "hf.duckdb", args.executemany_rows, clock
         )
-        out.append(
-            Row("tl_bridge_run_with_cache", seconds, f"boot_transformers(hf_model=...) + run_with_cache(names_filter=router hooks), pandas → DuckDB; {note}; {n:,} rows")
+        note = (
+            f"EXTRAPOLATED: forward+lists+pandas {clock.robust:.2f}s ({timing(clock)}) + executemany "
+            f"{em:.1f}s extrapolated from {timed_rows:,} of {n:,} rows ({n / em if em else 0:,.0f} rows/s)"
         )
+        out.append(Row("hf_router_logits_executemany", clock.robust + em, note))
     except Exception as exc:
-        out.append(Row("tl_bridge_run_with_cache", None, f"not built: {type(exc).__name__}: {str(exc)[:200]}"))
-    for r in out:
-        if r.seconds is not None and "rows" in r.note and f"{n_rows:,} rows" not in r.note and "EXTRAPOLATED" not in r.note:
-            r.note += f" (expected {n_rows:,})"
+        out.append(
+            Row("hf_router_logits_executemany", None, f"failed: {type(exc).__name__}: {str(exc)[:200]}")
+        )
+
+    clock = Clock(args.device)
+    try:
+        model = copy.deepcopy(loaded.model)
+        n, how = tl_baseline(
+            model, tokenizer, load_model(model, tokenizer), batches, workdir / "tl.duckdb", clock
+        )
+        note = f"TransformerBridge.run_with_cache(names_filter=router hooks), pandas → DuckDB; {how}; {timing(clock)}; {rows_note(n)}"
+        out.append(Row("tl_bridge_run_with_cache", clock.robust, note))
+    except Exception as exc:
+        out.append(
+            Row("tl_bridge_run_with_cache", None, f"not built: {type(exc).__name__}: {str(exc)[:200]}")
+        )
     return out
 
 

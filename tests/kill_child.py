@@ -21,5 +21,5 @@ Store.write_batch = _reporting  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     probe, db, run_id = sys.argv[1:4]
-    capture("tiny:qwen2_moe", probe, db, run_id=run_id, batch_size=4, progress=False)
+    capture("tiny:qwen2_moe", probe, db, run_id=run_id, batch_size=4, write_rows=1, progress=False)
     print("finished", flush=True)

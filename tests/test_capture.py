@@ -197,8 +197,42 @@ def test_streaming_keeps_memory_bounded_by_the_batch(db: Path, monkeypatch: pyte
 
     batch_size, pending = 8, 2
     capture(
-        _loaded(), endless(600), db, batch_size=batch_size, max_pending=pending, logits="none", progress=False
+        _loaded(),
+        endless(600),
+        db,
+        batch_size=batch_size,
+        max_pending=pending,
+        write_rows=1,
+        logits="none",
+        progress=False,
     )
     assert committed == 600
     # in flight: the batch being read + the one computing + `pending` queued + the one being written
     assert max(lead) <= batch_size * (pending + 3)
+
+
+def test_coalesced_writes_are_bounded_and_lose_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several batches go into one write, never more than write_rows rows (plus one batch)."""
+    writes: list[int] = []
+    original = Store.write_batch
+
+    def counting(self: Store, run_id: str, **tables: object) -> None:
+        original(self, run_id, **tables)  # type: ignore[arg-type]
+        writes.append(tables["routing"].num_rows)  # type: ignore[union-attr]
+
+    monkeypatch.setattr(Store, "write_batch", counting)
+    prompts = [Prompt(i, f"text {i} " * (1 + i % 4), "gen") for i in range(50)]
+    db = tmp_path / "c.duckdb"
+    run = capture(_loaded(), prompts, db, batch_size=4, write_rows=300, progress=False)
+    writes, coalesced = [], list(writes)
+    reference = _routing(
+        tmp_path / "r.duckdb",
+        capture(_loaded(), prompts, tmp_path / "r.duckdb", write_rows=1, batch_size=4, progress=False),
+    )
+    assert len(writes) == 13  # reference: one write per batch
+    assert 1 < len(coalesced) < 13  # 13 batches coalesced into fewer writes
+    assert max(coalesced) < 300 + max(writes)  # a write stops at the first batch past the bound
+    got = _routing(db, run)
+    assert got.height == reference.height and got["experts"].to_list() == reference["experts"].to_list()

@@ -102,7 +102,7 @@ def test_failed_capture_is_marked_and_resumable(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(Store, "write_batch", flaky)
     with pytest.raises(OSError, match="disk full"):
-        capture(loaded, probe, db, run_id="r", batch_size=4, progress=False)
+        capture(loaded, probe, db, run_id="r", batch_size=4, write_rows=1, progress=False)
     monkeypatch.setattr(Store, "write_batch", original)
     info = _table(db, "r", "run")
     assert info["status"] == "failed" and "disk full" in info["error"]

@@ -19,12 +19,15 @@ import torch
 
 from workbench.capture.backends import make_backend
 from workbench.capture.batching import batches
+from workbench.capture.coalesce import DEFAULT_WRITE_ROWS, WriteBuffer
 from workbench.capture.packing import LogitsMode, to_arrow, to_host
 from workbench.capture.progress import TokenProgress
 from workbench.capture.writer import StreamingWriter
 from workbench.models.loading import LoadedModel, load_model
 from workbench.probefile import Prompt, iter_probe_file
 from workbench.store import Store
+
+_FLUSH = object()  # writer-thread sentinel: commit what the buffer holds
 
 
 @dataclass(frozen=True)
@@ -40,12 +43,16 @@ class CaptureOptions:
     dtype: str | None = None
     padding_side: str | None = None
     max_pending: int = 2
+    #: routing rows per store write (several batches coalesced; see capture/coalesce.py)
+    write_rows: int = DEFAULT_WRITE_ROWS
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_length is not None and self.max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+        if self.write_rows < 1:
+            raise ValueError(f"write_rows must be >= 1, got {self.write_rows}")
         if self.logits not in ("fp32", "fp16", "none"):
             raise ValueError(f"logits must be fp32, fp16 or none, got {self.logits!r}")
 
@@ -182,8 +189,7 @@ def _run(
         want_logits=opts.logits != "none",
     )
 
-    def sink(host: Any) -> None:
-        tables = to_arrow(host, tokenizer)
+    def write(tables: dict[str, Any]) -> None:
         store.write_batch(
             run_id,
             prompts=tables["prompts"],
@@ -191,6 +197,14 @@ def _run(
             routing=tables["routing"],
             expert_stats=tables["expert_stats"],
         )
+
+    buffer = WriteBuffer(write, max_rows=opts.write_rows)
+
+    def sink(host: Any) -> None:  # runs on the writer thread
+        if host is _FLUSH:
+            buffer.flush()
+            return
+        buffer.add(to_arrow(host, tokenizer))
         bar.advance(host.batch.n_tokens, len(host.batch.prompts))
 
     bar = TokenProgress(enabled=progress)
@@ -207,6 +221,7 @@ def _run(
                 on_device = batch.to(device)
                 cap = backend.run(on_device)
                 writer.put(to_host(on_device, cap, opts.logits))
+            writer.put(_FLUSH)
             writer.close()
     except BaseException as exc:
         _drain(writer)
@@ -218,13 +233,14 @@ def _run(
 
 
 def _drain(writer: StreamingWriter) -> None:
-    """Let the writer finish what it holds so committed prompts are exactly the ingested ones."""
+    """Let the writer commit what it holds (whole prompts only) before the run is marked failed."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            writer.close()
-        except Exception:  # the original error is the one worth reporting
-            return
+        for step in (lambda: writer.put(_FLUSH), writer.close):
+            try:
+                step()
+            except Exception:  # the original error is the one worth reporting
+                continue
 
 
 def _version() -> str:

