@@ -31,6 +31,7 @@ class Batch:
     mask: torch.Tensor  # [B,T] long
     position_ids: torch.Tensor  # [B,T] long
     lengths: list[int]
+    keep: torch.Tensor  # [n_real] long: flat indices of real tokens, computed on the host
 
     @property
     def n_tokens(self) -> int:
@@ -43,6 +44,7 @@ class Batch:
             self.mask.to(device, non_blocking=True),
             self.position_ids.to(device, non_blocking=True),
             self.lengths,
+            self.keep.to(device, non_blocking=True),
         )
 
 
@@ -78,7 +80,8 @@ def make_batch(
         input_ids[row, cols] = torch.tensor(ids, dtype=torch.long)
         mask[row, cols] = 1
     position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    return Batch(prompts, input_ids, mask, position_ids, [len(ids) for ids in encoded])
+    keep = torch.nonzero(mask.reshape(-1), as_tuple=True)[0]
+    return Batch(prompts, input_ids, mask, position_ids, [len(ids) for ids in encoded], keep)
 
 
 def _pad_id(tokenizer: object) -> int:

@@ -47,26 +47,38 @@ def _host(t: torch.Tensor, pin: bool) -> torch.Tensor:
     return out
 
 
+def _per_layer(
+    tensors: list[torch.Tensor], keep: torch.Tensor, dtype: torch.dtype, pin: bool
+) -> list[torch.Tensor]:
+    """Select kept rows of each layer's tensor and copy them to the host in one transfer when shapes allow."""
+    selected = [t.index_select(0, keep).to(dtype) for t in tensors]
+    if len({t.shape for t in selected}) == 1:
+        return list(_host(torch.stack(selected), pin).unbind(0))
+    return [_host(t, pin) for t in selected]
+
+
 def to_host(batch: Batch, cap: BatchCapture, logits_mode: LogitsMode) -> HostBatch:
-    """Select real tokens and start the device→host copies (no sync on CPU or CUDA)."""
-    flat_mask = batch.mask.reshape(-1).bool()
-    keep = torch.nonzero(flat_mask, as_tuple=True)[0]
+    """Select real tokens and start the device→host copies (no host sync on CPU or CUDA).
+
+    The real-token index ``batch.keep`` was computed on the host when the batch was built, so no
+    ``nonzero`` on the device (which would sync) is needed; all layers of a kind travel together.
+    """
+    keep = batch.keep
     pin = batch.input_ids.device.type == "cuda"
     layers = sorted(cap.routing)
+    routes = [cap.routing[layer] for layer in layers]
     logit_dtype = torch.float16 if logits_mode == "fp16" else torch.float32
-    indices: list[torch.Tensor] = []
-    weights: list[torch.Tensor] = []
-    logits: list[torch.Tensor | None] = []
-    stats: list[tuple[torch.Tensor, ...]] | None = [] if cap.stats else None
-    for layer in layers:
-        r = cap.routing[layer]
-        indices.append(_host(r.indices.index_select(0, keep).to(torch.int16), pin))
-        weights.append(_host(r.weights.index_select(0, keep).float(), pin))
-        if logits_mode == "none" or r.logits is None:
-            logits.append(None)
-        else:
-            logits.append(_host(r.logits.index_select(0, keep).to(logit_dtype), pin))
-        if stats is not None:
+    indices = _per_layer([r.indices for r in routes], keep, torch.int16, pin)
+    weights = _per_layer([r.weights for r in routes], keep, torch.float32, pin)
+    logits: list[torch.Tensor | None]
+    if logits_mode == "none" or any(r.logits is None for r in routes):
+        logits = [None] * len(layers)
+    else:
+        logits = list(_per_layer([r.logits for r in routes if r.logits is not None], keep, logit_dtype, pin))
+    stats: list[tuple[torch.Tensor, ...]] | None = None
+    if cap.stats:
+        stats = []
+        for layer in layers:
             s = cap.stats[layer]
             parts = [s.out_norm, s.zero_frac]
             if s.shared_norm is not None and s.shared_zero is not None:
