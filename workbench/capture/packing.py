@@ -67,14 +67,18 @@ def to_host(batch: Batch, cap: BatchCapture, logits_mode: LogitsMode) -> HostBat
     pin = batch.input_ids.device.type == "cuda"
     layers = sorted(cap.routing)
     routes = [cap.routing[layer] for layer in layers]
-    logit_dtype = torch.float16 if logits_mode == "fp16" else torch.float32
     indices = _per_layer([r.indices for r in routes], keep, torch.int16, pin)
     weights = _per_layer([r.weights for r in routes], keep, torch.float32, pin)
     logits: list[torch.Tensor | None]
     if logits_mode == "none" or any(r.logits is None for r in routes):
         logits = [None] * len(layers)
     else:
-        logits = list(_per_layer([r.logits for r in routes if r.logits is not None], keep, logit_dtype, pin))
+        # fp16 mode rounds to half precision on the device, then ships float32 (the store's FLOAT[]),
+        # so the writer thread does no conversion
+        raw = [r.logits for r in routes if r.logits is not None]
+        if logits_mode == "fp16":
+            raw = [t.to(torch.float16) for t in raw]
+        logits = list(_per_layer(raw, keep, torch.float32, pin))
     stats: list[tuple[torch.Tensor, ...]] | None = None
     if cap.stats:
         stats = []
@@ -157,7 +161,7 @@ def to_arrow(host: HostBatch, tokenizer: object) -> dict[str, pa.Table | None]:
         "weights": _list_array(w, k, pa.float32()),
     }
     if host.logits[0] is not None:
-        lg = np.stack([t.numpy() for t in host.logits if t is not None], axis=1).astype(np.float32)
+        lg = np.stack([t.numpy() for t in host.logits if t is not None], axis=1)
         columns["logits"] = _list_array(lg, lg.shape[-1], pa.float32())
     else:
         columns["logits"] = pa.nulls(n * n_layers, pa.list_(pa.float32()))
