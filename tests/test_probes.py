@@ -126,3 +126,15 @@ def test_bad_manifest(tmp_path: Path) -> None:
     )
     with pytest.raises(SuiteError, match="unknown key"):
         list_suites(tmp_path)
+
+
+def test_cli_probes_list_shows_every_suite() -> None:
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+    from workbench.data.suites import list_suites
+
+    result = CliRunner().invoke(app, ["probes", "list"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    for suite in list_suites():
+        assert suite.name in result.output and suite.file in result.output
