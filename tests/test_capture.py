@@ -164,7 +164,7 @@ def test_expert_stats_match_independent_expert_outputs(db: Path, model_type: str
     x = hidden[0].reshape(-1, 64)
     with Store(db, read_only=True) as store:
         stats = store.expert_stats(run).filter((pl.col("prompt_id") == 0) & (pl.col("layer") == 1))
-    routed = stats.filter(~pl.col("shared")).sort(["position"], maintain_order=True)
+    routed = stats.filter(pl.col("expert") < layer.n_experts).sort(["position"], maintain_order=True)
     assert routed.height == x.shape[0] * layer.top_k
     for row in routed.iter_rows(named=True):
         e, pos = row["expert"], row["position"]
@@ -173,8 +173,14 @@ def test_expert_stats_match_independent_expert_outputs(db: Path, model_type: str
             y = layer.experts(x[pos : pos + 1], torch.tensor([[e]]), torch.tensor([[1.0]]))
         assert row["out_norm"] == pytest.approx(float(y.norm()), rel=1e-4)
         assert 0.0 <= row["zero_frac"] <= 1.0
-    shared = stats.filter(pl.col("shared"))
+    shared = stats.filter(pl.col("expert") >= layer.n_experts)
     assert shared.height == (x.shape[0] * layer.n_shared)
+    if layer.n_shared:  # pseudo-expert ids n_experts + s, values from the shared module itself
+        assert set(shared["expert"].to_list()) == {layer.n_experts}
+        row = shared.sort("position").row(0, named=True)
+        with torch.no_grad():
+            y = layer.shared[0](x[row["position"] : row["position"] + 1])
+        assert row["out_norm"] == pytest.approx(float(y.norm()), rel=1e-4)
 
 
 def test_streaming_keeps_memory_bounded_by_the_batch(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:

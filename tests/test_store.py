@@ -55,7 +55,7 @@ CONTRACT = {
     "routing": [("run_id", "VARCHAR"), ("prompt_id", "INTEGER"), ("position", "INTEGER"), ("layer", "INTEGER"),
                 ("experts", "SMALLINT[]"), ("weights", "FLOAT[]"), ("logits", "FLOAT[]")],
     "expert_stats": [("run_id", "VARCHAR"), ("prompt_id", "INTEGER"), ("position", "INTEGER"), ("layer", "INTEGER"),
-                     ("expert", "SMALLINT"), ("out_norm", "FLOAT"), ("zero_frac", "FLOAT"), ("shared", "BOOLEAN")],
+                     ("expert", "SMALLINT"), ("out_norm", "FLOAT"), ("zero_frac", "FLOAT")],
     "interventions": [("intervention_id", "VARCHAR"), ("run_id", "VARCHAR"), ("kind", "VARCHAR"), ("spec", "JSON"),
                       ("created_at", "TIMESTAMP")],
     "evaluations": [("intervention_id", "VARCHAR"), ("label", "VARCHAR"), ("metric", "VARCHAR"), ("value", "DOUBLE"),
@@ -126,7 +126,6 @@ def make_batch(
         "expert": pa.array(experts[:, 0], pa.int16()),
         "out_norm": np.full(n_rows, 1.5, np.float32),
         "zero_frac": np.full(n_rows, 0.25, np.float32),
-        "shared": pa.array([False] * n_rows),
     })  # fmt: skip
     return {"prompts": prompts, "tokens": tokens, "routing": routing, "expert_stats": stats}
 
@@ -385,7 +384,7 @@ def test_round_trip_arrow_in_polars_out(st: Store) -> None:
 
     stats = st.expert_stats(run_id, layers=[7])
     assert stats.height == 9 and set(stats["layer"].to_list()) == {7}
-    assert stats.schema["expert"] == pl.Int16 and stats["shared"].to_list() == [False] * 9
+    assert stats.schema["expert"] == pl.Int16 and "shared" not in stats.columns
 
 
 def test_write_batch_accepts_polars_and_optional_columns(st: Store) -> None:

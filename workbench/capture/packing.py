@@ -37,6 +37,7 @@ class HostBatch:
     logits: list[torch.Tensor | None]  # per layer [n,E]
     stats: list[tuple[torch.Tensor, ...]] | None
     event: torch.cuda.Event | None
+    n_experts: list[int] | None = None  # per layer, for shared pseudo-expert ids
 
 
 def _host(t: torch.Tensor, pin: bool) -> torch.Tensor:
@@ -80,6 +81,7 @@ def to_host(batch: Batch, cap: BatchCapture, logits_mode: LogitsMode) -> HostBat
             raw = [t.to(torch.float16) for t in raw]
         logits = list(_per_layer(raw, keep, torch.float32, pin))
     stats: list[tuple[torch.Tensor, ...]] | None = None
+    n_experts = [cap.stats[layer].n_experts for layer in layers] if cap.stats else None
     if cap.stats:
         stats = []
         for layer in layers:
@@ -102,6 +104,7 @@ def to_host(batch: Batch, cap: BatchCapture, logits_mode: LogitsMode) -> HostBat
         logits=logits,
         stats=stats,
         event=event,
+        n_experts=n_experts,
     )
 
 
@@ -178,7 +181,10 @@ def _stats_table(host: HostBatch, prompt_ids: np.ndarray, positions: np.ndarray)
     if host.stats is None:
         return None
     parts: list[pa.Table] = []
-    for layer, idx, stat in zip(host.layers, host.indices, host.stats, strict=True):
+    assert host.n_experts is not None
+    for layer, idx, stat, n_experts in zip(
+        host.layers, host.indices, host.stats, host.n_experts, strict=True
+    ):
         ids = idx.numpy()
         k = ids.shape[1]
         parts.append(
@@ -190,7 +196,6 @@ def _stats_table(host: HostBatch, prompt_ids: np.ndarray, positions: np.ndarray)
                     "expert": ids.reshape(-1).astype(np.int16),
                     "out_norm": stat[0].numpy().reshape(-1),
                     "zero_frac": stat[1].numpy().reshape(-1),
-                    "shared": np.zeros(ids.size, dtype=bool),
                 }
             )
         )
@@ -202,10 +207,11 @@ def _stats_table(host: HostBatch, prompt_ids: np.ndarray, positions: np.ndarray)
                         "prompt_id": np.repeat(prompt_ids, s),
                         "position": np.repeat(positions, s),
                         "layer": np.full(prompt_ids.size * s, layer, np.int32),
-                        "expert": np.tile(np.arange(s, dtype=np.int16), prompt_ids.size),
+                        "expert": np.tile(
+                            np.arange(n_experts, n_experts + s, dtype=np.int16), prompt_ids.size
+                        ),
                         "out_norm": stat[2].numpy().reshape(-1),
                         "zero_frac": stat[3].numpy().reshape(-1),
-                        "shared": np.ones(prompt_ids.size * s, dtype=bool),
                     }
                 )
             )

@@ -28,11 +28,13 @@ DEFAULT_TAU = 1e-3
 class ExpertStats:
     """Per token and selected expert: output norm and zero fraction of hidden units ([N,k] each).
 
-    ``shared_norm``/``shared_zero`` are [N,S] for the S shared experts (S may be 0).
+    ``shared_norm``/``shared_zero`` are [N,S] for the S shared experts (S may be 0); the store
+    files them as pseudo-experts ``n_experts + s``.
     """
 
     out_norm: torch.Tensor
     zero_frac: torch.Tensor
+    n_experts: int = 0
     shared_norm: torch.Tensor | None = None
     shared_zero: torch.Tensor | None = None
 
@@ -107,7 +109,7 @@ def expert_stats(
             y = _fused_output(layer.experts, e, h)
         out_norm[rows, slots] = y.float().norm(dim=-1)
         zero_frac[rows, slots] = (h.abs() <= tau).float().mean(dim=-1)
-    stats = ExpertStats(out_norm=out_norm, zero_frac=zero_frac)
+    stats = ExpertStats(out_norm=out_norm, zero_frac=zero_frac, n_experts=layer.n_experts)
     if layer.shared:
         pairs = [_module_hidden_and_output(m, x) for m in layer.shared]
         stats.shared_norm = torch.stack([y.float().norm(dim=-1) for _, y in pairs], dim=1)

@@ -232,7 +232,7 @@ class Store:
     def expert_stats(
         self, run_id: str, layers: Iterable[int] | None = None, prompt_ids: Iterable[int] | None = None
     ) -> pl.DataFrame:
-        """Per-expert output statistics, by (prompt_id, position, layer, shared, expert)."""
+        """Per-expert output statistics, by (prompt_id, position, layer, expert); shared experts have ids >= n_experts."""
         q = Query().eq("run_id", run_id).any_of("layer", layers, int).any_of("prompt_id", prompt_ids, int)
         return self._per_run("expert_stats", q)
 

@@ -31,7 +31,7 @@ OPTIONAL_COLUMNS: dict[str, dict[str, str]] = {
     "prompts": {"label": "NULL", "pair_id": "NULL", "split": "NULL", "meta": "NULL"},
     "tokens": {"nll": "NULL"},
     "routing": {"logits": "NULL"},
-    "expert_stats": {"zero_frac": "NULL", "shared": "FALSE"},
+    "expert_stats": {"zero_frac": "NULL"},
     "evaluations": {"label": "NULL", "ci_low": "NULL", "ci_high": "NULL", "n": "NULL", "meta": "NULL"},
 }
 

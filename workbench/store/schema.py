@@ -13,8 +13,9 @@ Design notes
 * ``runs.status`` is one of :data:`RUN_STATUSES`. When a run fails, the error message
   is kept **inside** ``runs.config`` under the key ``"error"`` (so the ``runs`` columns
   stay exactly the contract's); ``Store.run()`` also surfaces it as ``error``.
-* ``expert_stats.shared`` is true for a model's always-on shared experts; ``expert``
-  then indexes the shared experts (0..n_shared-1), not the routed ones.
+* ``expert_stats`` rows for a model's always-on shared experts are *pseudo-experts* with
+  ``expert = n_experts + s`` (s = 0..n_shared-1, see ``layers``), so they never collide with a
+  routed expert id and the table keeps exactly the contract's columns.
 * Versions: an empty file is version 0. Migration ``v`` turns a version ``v-1`` store
   into a version ``v`` one. Pending migrations run in one transaction when a store is
   opened writable; ``schema_version`` gets one row per applied version.
@@ -96,7 +97,6 @@ SCHEMA_V1: dict[str, Columns] = {
         ("expert", "SMALLINT"),
         ("out_norm", "FLOAT"),
         ("zero_frac", "FLOAT"),
-        ("shared", "BOOLEAN"),
     ),
     "interventions": (
         ("intervention_id", "VARCHAR PRIMARY KEY"),
@@ -128,7 +128,7 @@ ORDER_BY: dict[str, str] = {
     "prompts": "prompt_id",
     "tokens": "prompt_id, position",
     "routing": "prompt_id, position, layer",
-    "expert_stats": "prompt_id, position, layer, shared, expert",
+    "expert_stats": "prompt_id, position, layer, expert",
     "interventions": "created_at, intervention_id",
     "evaluations": "intervention_id, label, metric",
 }
