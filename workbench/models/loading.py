@@ -124,7 +124,28 @@ def _load_pretrained(
 
 
 def _zoo(name: str) -> tuple[nn.Module, Any] | None:
-    """Built-in models by name: ``tiny:<model_type>`` is a tiny random model of that architecture."""
+    """Built-in models by name.
+
+    ``tiny-ref`` is the committed reference model (datasets/tiny-ref); ``smollm2-moe`` is the
+    decomposed SmolLM2 built by ``moe-workbench zoo build smollm2-moe``; ``tiny:<model_type>`` is a
+    tiny random model of that architecture.
+    """
+    if name == "tiny-ref":
+        from workbench.zoo import tiny_ref
+
+        try:
+            return tiny_ref.load()
+        except FileNotFoundError as exc:
+            raise ModelLoadError(str(exc)) from exc
+    if name == "smollm2-moe":
+        from workbench.zoo.smollm2 import default_dir
+
+        built = default_dir()
+        if not (built / "config.json").exists():
+            raise ModelLoadError(
+                f"smollm2-moe is not built yet (looked in {built}); run `moe-workbench zoo build smollm2-moe` first"
+            )
+        return _load_pretrained(str(built), trust_remote_code=False, dtype=None, local=True)
     if name.startswith("tiny:"):
         from workbench.models.tiny import byte_tokenizer, tiny_model
 
