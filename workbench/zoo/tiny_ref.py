@@ -42,6 +42,7 @@ def save(result: TrainResult, out_dir: str | Path) -> Path:
     model.config.output_router_logits = False
     model.half().save_pretrained(out, safe_serialization=True)
     model.float()
+    (out / "model.safetensors").chmod(0o644)  # written through a private temp file
     config_path = out / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["dtype"] = "float32"
@@ -92,7 +93,10 @@ def build(
 
 def main(argv: Sequence[str] | None = None) -> None:
     defaults = TrainConfig()
-    parser = argparse.ArgumentParser(prog="python -m workbench.zoo.tiny_ref", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m workbench.zoo.tiny_ref",
+        description="Train tiny-ref, save it and write its model card.",
+    )
     parser.add_argument("--out", type=Path, default=None, help="output directory (default datasets/tiny-ref)")
     parser.add_argument("--steps", type=int, default=defaults.steps, help="optimiser steps")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)

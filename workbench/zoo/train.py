@@ -4,8 +4,9 @@
     result = train(TrainConfig(steps=5, batch_size=4, seq_len=64, vocab_size=512, tokenizer_rows=2000))
 
 Everything is seeded: the tokenizer is trained on a fixed text list, the data order comes from
-``random.Random(f"tiny-ref:{seed}")``, the weights from ``torch.manual_seed(seed)``. On the same
-machine and thread count two runs give bit-identical weights. The budget is a step count
+``random.Random(f"tiny-ref:{seed}")``, the weights from ``torch.manual_seed(seed)``. Two runs with
+the same torch build and thread count give bit-identical weights; training runs on one thread by
+default (``threads=1``) so the result does not depend on how many cores the machine has. The budget is a step count
 (``steps × batch_size × seq_len`` tokens), never wall time, so a loaded machine trains the same model.
 
 Data: each domain gets a share of the token budget (:data:`SHARES`), filled by cycling through its
