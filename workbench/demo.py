@@ -2,8 +2,8 @@
 
 Captures ``tiny-ref`` (the committed reference MoE) on the ``domains`` and ``refusal`` suites into
 ``demo.duckdb`` (recreated each time), then prints, per layer, each label's most specialised
-experts: the share of the label's tokens routed to the expert and its lift over uniform routing
-(share / (k/E)). The full analyses with confidence intervals are the analysis suite's job; this is
+experts: the share of the label's tokens routed to the expert, and its specificity (that share
+over the expert's share of all tokens). The full analyses with confidence intervals are the analysis suite's job; this is
 the quick look.
 """
 
@@ -25,7 +25,12 @@ DEFAULT_SUITES = ("domains", "refusal")
 
 
 def expert_shares(store: Store, run_id: str) -> pl.DataFrame:
-    """Per (layer, label, expert): share of the label's tokens whose top-k includes the expert, and lift."""
+    """Per (layer, label, expert): the label's token share routed to the expert, and how specific that is.
+
+    ``share`` = n(e in top-k, label) / n(label tokens) (OLMoE's domain specialisation);
+    ``specificity`` = share / the expert's share over all labels' tokens, so an expert that every
+    label uses heavily is not reported as a specialist of each.
+    """
     return store.sql(
         """
         WITH sel AS (
@@ -34,30 +39,33 @@ def expert_shares(store: Store, run_id: str) -> pl.DataFrame:
             WHERE r.run_id = ?
         ), n AS (
             SELECT label, sum(n_tokens) AS n_tokens FROM prompts WHERE run_id = ? GROUP BY label
-        ), shape AS (
-            SELECT layer, any_value(top_k) AS k, any_value(n_experts) AS e FROM layers WHERE run_id = ? GROUP BY layer
+        ), per_label AS (
+            SELECT layer, label, expert, count(*) / any_value(n.n_tokens) AS share
+            FROM sel JOIN n USING (label) GROUP BY layer, label, expert
+        ), overall AS (
+            SELECT layer, expert, count(*) / (SELECT sum(n_tokens) FROM n) AS overall_share
+            FROM sel GROUP BY layer, expert
         )
-        SELECT layer, label, expert, count(*) / any_value(n.n_tokens) AS share,
-               count(*) / any_value(n.n_tokens) / (any_value(k) / any_value(e)) AS lift
-        FROM sel JOIN n USING (label) JOIN shape USING (layer)
-        GROUP BY layer, label, expert
-        ORDER BY layer, label, lift DESC
+        SELECT layer, label, expert, share, share / overall_share AS specificity
+        FROM per_label JOIN overall USING (layer, expert)
+        ORDER BY layer, label, specificity DESC, share DESC
         """,
-        [run_id, run_id, run_id],
+        [run_id, run_id],
     )
 
 
-def summary(shares: pl.DataFrame, top: int = 2) -> str:
-    """One line per (layer, label): its ``top`` most specialised experts with share and lift."""
+def summary(shares: pl.DataFrame, top: int = 2, min_share: float = 0.10) -> str:
+    """One line per (layer, label): its ``top`` most specific experts that take >= ``min_share`` of it."""
     lines = []
+    shares = shares.filter((pl.col("share") >= min_share) & (pl.col("specificity") > 1.0))
     for (layer,), per_layer in shares.group_by(["layer"], maintain_order=True):
         lines.append(f"layer {layer}")
         for (label,), rows in per_layer.group_by(["label"], maintain_order=True):
             best = ", ".join(
-                f"e{r['expert']} {r['share']:.0%} ({r['lift']:.1f}x)"
+                f"e{r['expert']} {r['share']:.0%} ({r['specificity']:.1f}x)"
                 for r in rows.head(top).iter_rows(named=True)
             )
-            lines.append(f"  {label:<9} {best}")
+            lines.append(f"  {label:<9} {best or '-'}")
     return "\n".join(lines)
 
 
@@ -84,7 +92,10 @@ def main(argv: list[str] | None = None) -> None:
         for suite, run_id in runs.items():
             n_rows = store.sql("SELECT count(*) AS n FROM routing WHERE run_id = ?", [run_id])["n"][0]
             print(f"\n{args.model} on `{suite}`: run {run_id}, {n_rows:,} token×layer records in {db}")
-            print("share of each label's tokens routed to its most specialised experts (lift over uniform):")
+            print(
+                "per layer, each label's most specialised experts: share of the label's tokens routed to the "
+                "expert (and that share relative to the expert's share of all tokens)"
+            )
             print(summary(expert_shares(store, run_id)))
 
 
