@@ -287,3 +287,12 @@ def test_cli_capture_runs_export_and_errors(tmp_path: Path, probe_file: Path) ->
     assert missing.exit_code == 2 and "cli-run" in missing.output  # lists the runs that exist
     helped = runner.invoke(app, ["capture", "--help"])
     assert "--expert-stats" in helped.output and "--backend" in helped.output
+
+
+def test_expert_stats_on_an_unsliceable_family_fails_before_any_run(tmp_path: Path) -> None:
+    from workbench.models.expert_math import ExpertStatsUnsupported
+
+    db = tmp_path / "s.duckdb"
+    with pytest.raises(ExpertStatsUnsupported, match="expert-stats is not available"):
+        capture("tiny:gpt_oss", [read_probe_file_stub()], db, expert_stats=True, progress=False)
+    assert not db.exists()

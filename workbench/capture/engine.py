@@ -23,6 +23,7 @@ from workbench.capture.coalesce import DEFAULT_WRITE_ROWS, WriteBuffer
 from workbench.capture.packing import LogitsMode, to_arrow, to_host
 from workbench.capture.progress import TokenProgress
 from workbench.capture.writer import StreamingWriter
+from workbench.models.expert_math import check_expert_stats
 from workbench.models.loading import LoadedModel, load_model
 from workbench.probefile import Prompt, iter_probe_file
 from workbench.store import Store
@@ -109,6 +110,8 @@ def capture(
         if isinstance(model, LoadedModel)
         else load_model(model, tokenizer, device=opts.device, dtype=opts.dtype)
     )
+    if opts.expert_stats:
+        check_expert_stats(loaded.layers)
     store = db if isinstance(db, Store) else Store(db)
     try:
         first = loaded.layers[0]

@@ -39,8 +39,27 @@ class ExpertStats:
     shared_zero: torch.Tensor | None = None
 
 
-class ExpertStatsUnsupported(NotImplementedError):
+class ExpertStatsUnsupported(ValueError):
     """This family's experts do not expose weights we know how to slice."""
+
+
+def check_expert_stats(layers: list[MoELayer]) -> None:
+    """Raise :class:`ExpertStatsUnsupported` (before any run is created) for layers we cannot slice.
+
+    Fused experts need ``gate_up_proj``/``down_proj`` and a plain ``act_fn`` (gpt-oss's clamped,
+    interleaved SwiGLU has none); module experts need a Linear to read hidden units from.
+    """
+    for layer in layers:
+        experts = layer.experts
+        fused = (
+            hasattr(experts, "gate_up_proj") and hasattr(experts, "down_proj") and hasattr(experts, "act_fn")
+        )
+        if not fused and _expert_modules(experts) is None:
+            raise ExpertStatsUnsupported(
+                f"--expert-stats is not available for {type(experts).__name__} ({layer.path}): its experts are "
+                "neither fused gate_up_proj/down_proj with an act_fn nor separate modules. Capture without "
+                "--expert-stats, or register a family whose experts can be sliced."
+            )
 
 
 def _fused_hidden(experts: nn.Module, e: int, x: torch.Tensor) -> torch.Tensor:
