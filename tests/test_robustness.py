@@ -209,6 +209,13 @@ def test_bad_probe_creates_no_run(tmp_path: Path) -> None:
             assert store.runs().height == 0
 
 
+def test_empty_prompt_iterable_creates_no_run(tmp_path: Path) -> None:
+    db = tmp_path / "e.duckdb"
+    with pytest.raises(ProbeFileError, match="empty"):
+        capture("tiny:qwen2_moe", iter([]), db, progress=False)
+    assert not db.exists()
+
+
 def test_parquet_probe_file(tmp_path: Path) -> None:
     path = tmp_path / "p.parquet"
     pl.DataFrame({"text": ["a b", "c"], "label": ["x", "y"], "pair_id": ["1", None]}).write_parquet(path)
@@ -230,7 +237,7 @@ def test_locked_db_gives_a_clear_error(tmp_path: Path) -> None:
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
         with pytest.raises(StoreLockedError, match="another process"):
-            capture("tiny:qwen2_moe", [read_probe_file_stub()], db, progress=False)
+            capture("tiny:qwen2_moe", [one_prompt()], db, progress=False)
         result = CliRunner().invoke(app, ["runs", "--db", str(db)])
         assert (
             result.exit_code == 2 and "another process" in result.output and "Traceback" not in result.output
@@ -240,7 +247,7 @@ def test_locked_db_gives_a_clear_error(tmp_path: Path) -> None:
         holder.wait()
 
 
-def read_probe_file_stub():  # a single prompt, built without a file
+def one_prompt():  # a single prompt, built without a file
     from workbench.probefile import Prompt
 
     return Prompt(0, "hello", "a")
@@ -294,5 +301,5 @@ def test_expert_stats_on_an_unsliceable_family_fails_before_any_run(tmp_path: Pa
 
     db = tmp_path / "s.duckdb"
     with pytest.raises(ExpertStatsUnsupported, match="expert-stats is not available"):
-        capture("tiny:gpt_oss", [read_probe_file_stub()], db, expert_stats=True, progress=False)
+        capture("tiny:gpt_oss", [one_prompt()], db, expert_stats=True, progress=False)
     assert not db.exists()

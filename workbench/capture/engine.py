@@ -25,7 +25,7 @@ from workbench.capture.progress import TokenProgress
 from workbench.capture.writer import StreamingWriter
 from workbench.models.expert_math import check_expert_stats
 from workbench.models.loading import LoadedModel, load_model
-from workbench.probefile import Prompt, iter_probe_file
+from workbench.probefile import ProbeFileError, Prompt, iter_probe_file
 from workbench.store import Store
 
 _FLUSH = object()  # writer-thread sentinel: commit what the buffer holds
@@ -59,11 +59,12 @@ class CaptureOptions:
 
 
 def _prompts(source: str | Path | Iterable[Prompt]) -> tuple[Iterator[Prompt], str]:
-    if isinstance(source, (str, Path)):
-        it = iter_probe_file(source)
+    it = iter_probe_file(source) if isinstance(source, (str, Path)) else iter(source)
+    try:
         first = next(it)  # validates the file (and that it is not empty) before a run is created
-        return _chain(first, it), str(source)
-    return iter(source), "<python>"
+    except StopIteration:
+        raise ProbeFileError("no prompts to capture: the prompt iterable is empty") from None
+    return _chain(first, it), str(source) if isinstance(source, (str, Path)) else "<python>"
 
 
 def _chain(first: Prompt, rest: Iterator[Prompt]) -> Iterator[Prompt]:

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from workbench.capture.batching import Batch
-from workbench.capture.records import BatchCapture, ExpertStats, next_token_nll
+from workbench.capture.records import BatchCapture, next_token_nll
 from workbench.models.decode import (
     Routing,
     experts_selection,
@@ -115,4 +115,4 @@ class HooksBackend:
         self.handles.clear()
 
 
-__all__ = ["ExpertStats", "HooksBackend"]
+__all__ = ["HooksBackend"]
