@@ -1,0 +1,196 @@
+"""Known-answer tests for domain specialisation (METHODS §2) and its statistics helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from workbench.analysis import (
+    benjamini_hochberg,
+    cluster_bootstrap,
+    cluster_permutation_pvalue,
+    domain_share_polars,
+    domain_specialisation,
+)
+from workbench.store import Store
+
+E, K = 8, 2
+LABELS = ("code", "math", "prose")
+PLANT_LAYER, PLANT_EXPERT, PLANT_PROB = 1, 5, 0.9
+#: share of code tokens selecting expert 5: planted 90%, else uniform top-2 picks it with prob k/E.
+TRUE_SHARE = PLANT_PROB + (1 - PLANT_PROB) * K / E
+
+
+def _lists(values: np.ndarray) -> pa.ListArray:
+    n_rows, width = values.shape
+    return pa.ListArray.from_arrays(
+        pa.array(np.arange(n_rows + 1, dtype=np.int32) * width), pa.array(values.ravel())
+    )
+
+
+def _write_run(
+    path: Path,
+    *,
+    planted: bool,
+    seed: int,
+    n_per_label: int = 20,
+    n_pos: int = 20,
+    layers: tuple[int, ...] = (0, 1),
+) -> str:
+    """A synthetic run: uniform random top-2 routing, plus (if ``planted``) code → expert 5 at layer 1."""
+    rng = np.random.default_rng(seed)
+    labels = [lab for lab in LABELS for _ in range(n_per_label)]
+    n_prompts = len(labels)
+    # Varying prompt lengths, so that the ratio-of-sums estimators are exercised.
+    lengths = rng.integers(n_pos // 2, n_pos + 1, size=n_prompts)
+    pid_tok = np.repeat(np.arange(n_prompts, dtype=np.int32), lengths)
+    pos_tok = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
+    prompts = pa.table({
+        "prompt_id": pa.array(np.arange(n_prompts), pa.int32()),
+        "text": [f"prompt {i}" for i in range(n_prompts)],
+        "label": labels,
+        "pair_id": pa.array([None] * n_prompts, pa.string()),
+        "split": ["test"] * n_prompts,
+        "meta": pa.array([None] * n_prompts, pa.string()),
+        "n_tokens": pa.array(lengths, pa.int32()),
+    })  # fmt: skip
+    tokens = pa.table({
+        "prompt_id": pid_tok,
+        "position": pos_tok,
+        "token_id": pos_tok,
+        "token": [f"t{q}" for q in pos_tok],
+        "nll": np.ones(pid_tok.size, np.float32),
+    })  # fmt: skip
+    n_rows = pid_tok.size * len(layers)
+    pid = np.repeat(pid_tok, len(layers))
+    pos = np.repeat(pos_tok, len(layers))
+    lay = np.tile(np.asarray(layers, np.int32), pid_tok.size)
+    experts = np.argsort(rng.random((n_rows, E)), axis=1)[:, :K].astype(np.int16)
+    if planted:
+        is_code = np.asarray(labels)[pid] == "code"
+        hit = is_code & (lay == PLANT_LAYER) & (rng.random(n_rows) < PLANT_PROB)
+        others = np.array([e for e in range(E) if e != PLANT_EXPERT], np.int16)
+        experts[hit, 0] = PLANT_EXPERT
+        experts[hit, 1] = others[rng.integers(0, E - 1, size=int(hit.sum()))]
+    weights = np.tile(np.array([0.7, 0.3], np.float32), (n_rows, 1))
+    routing = pa.table({
+        "prompt_id": pid, "position": pos, "layer": lay,
+        "experts": _lists(experts), "weights": _lists(weights),
+        "logits": pa.nulls(n_rows, pa.list_(pa.float32())),
+    })  # fmt: skip
+    layer_rows = [{"layer": lay_, "module_path": f"m.{lay_}", "n_experts": E, "top_k": K} for lay_ in layers]
+    with Store(path) as st:
+        run = st.create_run(
+            model="synthetic", architecture="Synthetic", probe="domains", n_experts=E, top_k=K,
+            config={}, layers=layer_rows, run_id=f"run-{seed}",
+        )  # fmt: skip
+        st.write_batch(run, prompts=prompts, tokens=tokens, routing=routing)
+        st.set_status(run, "complete")
+    return run
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, pl.DataFrame]:
+    path = tmp_path_factory.mktemp("spec") / "planted.duckdb"
+    run = _write_run(path, planted=True, seed=1)
+    with Store(path, read_only=True) as st:
+        # The Monte Carlo floor is 1/(n_perm+1): with 48 rows and ~2 of them at the floor, BH gives
+        # q = 24/(n_perm+1), so q < 0.01 needs more than the default 1000 permutations.
+        return path, run, domain_specialisation(st, run, n_perm=4999)
+
+
+def test_planted_expert_is_recovered(planted: tuple[Path, str, pl.DataFrame]) -> None:
+    _, _, df = planted
+    assert df.columns == [
+        "layer", "expert", "label", "share", "lift", "ci_low", "ci_high", "p", "q", "n_tokens", "n_prompts",
+    ]  # fmt: skip
+    assert df.height == 2 * E * len(LABELS)
+    top = df.sort("lift", descending=True).row(0, named=True)
+    assert (top["layer"], top["expert"], top["label"]) == (PLANT_LAYER, PLANT_EXPERT, "code")
+    assert top["lift"] > 3
+    assert top["q"] < 0.01
+    assert top["ci_low"] <= TRUE_SHARE <= top["ci_high"]
+    assert top["n_prompts"] == 20
+    # Layer 0 has no plant: nothing there is a discovery.
+    assert df.filter(pl.col("layer") == 0)["q"].min() > 0.05  # type: ignore[operator]
+
+
+def test_shares_sum_to_k(planted: tuple[Path, str, pl.DataFrame]) -> None:
+    _, _, df = planted
+    sums = df.group_by("layer", "label").agg(pl.col("share").sum())
+    np.testing.assert_allclose(sums["share"].to_numpy(), K, rtol=0, atol=1e-12)
+    assert ((df["ci_low"] <= df["share"]) & (df["share"] <= df["ci_high"])).all()
+
+
+def test_sql_and_polars_shares_agree(planted: tuple[Path, str, pl.DataFrame]) -> None:
+    path, run, df = planted
+    with Store(path, read_only=True) as st:
+        ref = domain_share_polars(st.routing(run, logits=False), st.prompts(run))
+    joined = df.select("layer", "expert", "label", "share").join(
+        ref, on=["layer", "expert", "label"], how="left", suffix="_pl"
+    )
+    assert joined.height == df.height
+    # Experts never selected are absent from the polars result and 0 in the SQL one.
+    pl_share = joined["share_pl"].fill_null(0.0).to_numpy()
+    assert np.array_equal(joined["share"].to_numpy(), pl_share)
+    assert ref.height <= df.height
+
+
+def test_null_routing_is_quiet(tmp_path: Path) -> None:
+    path = tmp_path / "null.duckdb"
+    run = _write_run(path, planted=False, seed=2)
+    with Store(path, read_only=True) as st:
+        df = domain_specialisation(st, run, n_boot=200, n_perm=500, seed=3)
+    assert float(np.mean(df["q"].to_numpy() > 0.05)) >= 0.95
+    assert df["lift"].is_between(0.5, 1.5).all()
+
+
+def test_layer_filter_and_single_label(tmp_path: Path) -> None:
+    path = tmp_path / "one.duckdb"
+    run = _write_run(path, planted=True, seed=4, n_per_label=5)
+    with Store(path, read_only=True) as st:
+        df = domain_specialisation(st, run, layers=[1], n_boot=50, n_perm=50)
+    assert df["layer"].unique().to_list() == [1]
+    # One label only: nothing to compare with, so no p-value.
+    num = np.ones((4, 3))
+    _, p = cluster_permutation_pvalue(num, np.full(4, 2.0), np.zeros(4, np.int64), n_perm=20)
+    assert np.isnan(p).all()
+
+
+def test_benjamini_hochberg_known_values() -> None:
+    p = np.array([0.01, 0.04, 0.03, 0.005, np.nan, 0.9])
+    q = benjamini_hochberg(p)
+    # m = 5 non-NaN; sorted 0.005, 0.01, 0.03, 0.04, 0.9 → 0.025, 0.025, 0.05, 0.05, 0.9
+    np.testing.assert_allclose(q[[3, 0, 2, 1, 5]], [0.025, 0.025, 0.05, 0.05, 0.9])
+    assert np.isnan(q[4])
+    assert benjamini_hochberg(np.array([0.5, 0.9]))[1] == 0.9
+    assert (benjamini_hochberg(np.array([0.6, 0.7, 0.8])) <= 1).all()
+
+
+def test_permutation_pvalue_has_plus_one_floor() -> None:
+    num = np.r_[np.full(10, 9.0), np.full(10, 1.0)][:, None]
+    den = np.full(20, 10.0)
+    codes = np.r_[np.zeros(10), np.ones(10)].astype(np.int64)
+    obs, p = cluster_permutation_pvalue(num, den, codes, n_perm=99, seed=0)
+    assert obs[0, 0] == pytest.approx(0.8)
+    assert p[0, 0] == pytest.approx(1 / 100)
+    assert p[1, 0] > 0.9  # one-sided: the low group is not "greater"
+    _, p2 = cluster_permutation_pvalue(num, den, codes, n_perm=99, seed=0, alternative="two-sided")
+    assert p2[1, 0] <= 0.03  # |d| as extreme only for the observed split and its mirror image
+
+
+def test_cluster_bootstrap_coverage() -> None:
+    """Prompt-level random effects: CIs from resampling prompts cover the true share ≥ 90% of the time."""
+    rng = np.random.default_rng(0)
+    true, n_prompts, n_sims, covered = 0.3, 40, 200, 0
+    for sim in range(n_sims):
+        lengths = rng.integers(5, 30, size=n_prompts)
+        rate = rng.beta(true * 4, (1 - true) * 4, size=n_prompts)  # prompt-level correlation, mean 0.3
+        hits = rng.binomial(lengths, rate)
+        _, low, high = cluster_bootstrap(hits, lengths, n_boot=300, seed=sim)
+        covered += int(low[0] <= true <= high[0])
+    assert covered / n_sims >= 0.90

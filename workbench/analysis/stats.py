@@ -1,0 +1,174 @@
+"""Statistics shared by the analyses: BH q-values, prompt-cluster bootstrap and permutation.
+
+Tokens of one prompt are correlated (same topic, same context), so treating tokens as
+independent draws gives CIs that are far too narrow and p-values that are far too small.
+Every estimate in the workbench is therefore a *ratio of sums over prompts* — e.g. the
+share of label-t tokens routed to expert e is ``sum_p count[p, e] / sum_p tokens[p]`` — and
+uncertainty comes from resampling or relabelling whole prompts (the clusters), never tokens
+(METHODS.md, preamble). The functions here take the per-prompt sufficient statistics
+(numerator and denominator arrays with one row per prompt), so the heavy counting can happen
+elsewhere (DuckDB) and the resampling is a few matrix products in numpy.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+__all__ = ["benjamini_hochberg", "cluster_bootstrap", "cluster_permutation_pvalue"]
+
+#: Resamples are processed in blocks of this many so that the (block, n_prompts) weight
+#: matrix stays small whatever ``n_boot`` / ``n_perm`` is.
+_BLOCK = 256
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg q-values (step-up FDR adjustment) of the p-values ``p``.
+
+    ``q_(i) = min_{j >= i} p_(j) * m / j`` over the sorted p-values, capped at 1, so q is
+    monotone in p and rejecting ``q <= α`` controls the false discovery rate at α (under
+    independence or positive dependence). NaN p-values (untestable rows) are ignored: they
+    do not count towards ``m`` and their q-value is NaN. Any shape is accepted; the result
+    has the same shape.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    q = np.full(p.shape, np.nan)
+    flat = p.ravel()
+    ok = np.flatnonzero(~np.isnan(flat))
+    m = ok.size
+    if m == 0:
+        return q
+    order = ok[np.argsort(flat[ok], kind="stable")]
+    ranked = flat[order] * m / np.arange(1, m + 1)
+    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = q.ravel()
+    out[order] = np.minimum(ranked, 1.0)
+    return out.reshape(p.shape)
+
+
+def _as_2d(num: np.ndarray, den: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    if num.ndim == 1:
+        num = num[:, None]
+    if num.ndim != 2:
+        raise ValueError(f"num must be (n_prompts,) or (n_prompts, m), got shape {num.shape}")
+    if den.ndim == 1:
+        den = den[:, None]
+    if den.shape[0] != num.shape[0] or den.shape[1] not in (1, num.shape[1]):
+        raise ValueError(f"den shape {den.shape} does not match num shape {num.shape}")
+    return num, den
+
+
+def _ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(bottom > 0, top / np.where(bottom > 0, bottom, 1.0), np.nan)
+
+
+def cluster_bootstrap(
+    num: np.ndarray,
+    den: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int | np.random.Generator = 0,
+    level: float = 0.95,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Percentile bootstrap CI of the ratio of sums ``Σ_p num[p] / Σ_p den[p]``, resampling prompts.
+
+    ``num`` is ``(n_prompts, m)`` (or ``(n_prompts,)``): one row of per-prompt sums per
+    cluster, one column per statistic (e.g. per-prompt token counts routed to each expert).
+    ``den`` is ``(n_prompts,)`` (shared by all columns, e.g. the prompt's token count) or
+    ``(n_prompts, m)``. Each replicate draws ``n_prompts`` prompts with replacement — the
+    multinomial count of how often each prompt is drawn is a weight vector ``w`` — and
+    computes ``(w @ num) / (w @ den)``; all replicates of a block are one matrix product.
+    Resampling whole prompts keeps within-prompt token correlation in every replicate,
+    which is what makes the interval honest for token-level shares.
+
+    Returns ``(estimate, low, high)``, each of shape ``(m,)``; the interval is the
+    ``(1-level)/2`` and ``(1+level)/2`` percentiles of the replicates. Columns whose
+    denominator is 0 give NaN. With no prompts everything is NaN.
+    """
+    num2, den2 = _as_2d(num, den)
+    n, m = num2.shape
+    estimate = _ratio(num2.sum(axis=0), den2.sum(axis=0))
+    if n == 0 or n_boot <= 0:
+        nan = np.full(m, np.nan)
+        return estimate, nan, nan.copy()
+    rng = np.random.default_rng(seed)
+    reps = np.empty((n_boot, m))
+    uniform = np.full(n, 1.0 / n)
+    for start in range(0, n_boot, _BLOCK):
+        b = min(_BLOCK, n_boot - start)
+        w = rng.multinomial(n, uniform, size=b).astype(np.float64)  # (b, n) draw counts
+        reps[start : start + b] = _ratio(w @ num2, w @ den2)
+    alpha = (1.0 - level) / 2.0
+    with np.errstate(invalid="ignore"):
+        low, high = np.nanquantile(reps, [alpha, 1.0 - alpha], axis=0) if m else (np.empty(0), np.empty(0))
+    return estimate, np.asarray(low), np.asarray(high)
+
+
+def cluster_permutation_pvalue(
+    num: np.ndarray,
+    den: np.ndarray,
+    groups: np.ndarray,
+    *,
+    n_perm: int = 1000,
+    seed: int | np.random.Generator = 0,
+    alternative: Literal["greater", "less", "two-sided"] = "greater",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Label-permutation test of "the ratio in group g differs from the ratio in the other groups".
+
+    ``num``/``den`` are per-prompt sums as in :func:`cluster_bootstrap`; ``groups`` gives
+    each prompt's group as an integer code ``0..G-1`` (e.g. its label). For every group g
+    and column, the statistic is ``d_g = Σ_{p∈g} num / Σ_{p∈g} den − Σ_{p∉g} num / Σ_{p∉g} den``
+    (e.g. an expert's share of label-g tokens minus its share of all other tokens). The
+    null distribution comes from shuffling the labels **across prompts** (each prompt
+    keeps all its tokens), ``n_perm`` times; the same shuffles serve every group and column.
+
+    ``alternative``: ``"greater"`` (default) tests ``d_g > 0`` — "is this expert used more
+    by label g than by the rest" — ``"less"`` tests ``d_g < 0``, ``"two-sided"`` compares
+    ``|d|``. p-values use the +1 correction ``(count + 1) / (n_perm + 1)`` so that a Monte
+    Carlo p-value is never 0 and the test stays valid.
+
+    Returns ``(observed, p)``, each ``(G, m)``. Where a group or its complement has no
+    denominator (e.g. only one group) the statistic and p are NaN.
+    """
+    num2, den2 = _as_2d(num, den)
+    codes = np.asarray(groups)
+    if codes.shape != (num2.shape[0],):
+        raise ValueError(f"groups must have shape ({num2.shape[0]},), got {codes.shape}")
+    n_groups = int(codes.max()) + 1 if codes.size else 0
+    tot_num, tot_den = num2.sum(axis=0), den2.sum(axis=0)
+
+    def diff(onehot: np.ndarray) -> np.ndarray:
+        # onehot: (..., n) 0/1 membership; returns ratio(in) - ratio(out) with shape (..., m)
+        in_num, in_den = onehot @ num2, onehot @ den2
+        return _ratio(in_num, in_den) - _ratio(tot_num - in_num, tot_den - in_den)
+
+    member = (codes[None, :] == np.arange(n_groups)[:, None]).astype(np.float64)  # (G, n)
+    observed = diff(member)
+    if n_groups == 0 or n_perm <= 0:
+        return observed, np.full(observed.shape, np.nan)
+    rng = np.random.default_rng(seed)
+    count = np.zeros(observed.shape)
+    # Tolerance so that a permutation reproducing the observed split counts as ">=" despite
+    # floating-point summation order.
+    tol = 1e-12 * np.maximum(1.0, np.abs(np.nan_to_num(observed)))
+    for start in range(0, n_perm, _BLOCK):
+        b = min(_BLOCK, n_perm - start)
+        perm = rng.permuted(np.broadcast_to(codes, (b, codes.size)), axis=1)  # (b, n)
+        for g in range(n_groups):
+            null = diff((perm == g).astype(np.float64))  # (b, m)
+            if alternative == "greater":
+                hit = null >= observed[g] - tol[g]
+            elif alternative == "less":
+                hit = null <= observed[g] + tol[g]
+            elif alternative == "two-sided":
+                hit = np.abs(null) >= np.abs(observed[g]) - tol[g]
+            else:
+                raise ValueError(f"alternative must be 'greater', 'less' or 'two-sided', not {alternative!r}")
+            count[g] += hit.sum(axis=0)
+    p = (count + 1.0) / (n_perm + 1.0)
+    p[np.isnan(observed)] = np.nan
+    return observed, p
