@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from workbench.analysis.coactivation import coactivation, fixed_partners, pathways
+from workbench.analysis.dynamic import dynamic_k, k_at_p
+from workbench.analysis.health import expert_load, load_balance, router_confidence, super_experts
+from workbench.analysis.scores import router_scores
 from workbench.analysis.specialisation import domain_share_polars, domain_specialisation
 from workbench.analysis.stats import benjamini_hochberg, cluster_bootstrap, cluster_permutation_pvalue
 
@@ -9,6 +13,16 @@ __all__ = [
     "benjamini_hochberg",
     "cluster_bootstrap",
     "cluster_permutation_pvalue",
+    "coactivation",
     "domain_share_polars",
     "domain_specialisation",
+    "dynamic_k",
+    "expert_load",
+    "fixed_partners",
+    "k_at_p",
+    "load_balance",
+    "pathways",
+    "router_confidence",
+    "router_scores",
+    "super_experts",
 ]

@@ -1,0 +1,32 @@
+"""The router's score distribution ``π`` recomputed from stored logits (METHODS.md notation).
+
+``π`` is what the model computes from its raw logits ``z``: softmax for most routers, sigmoid
+for DeepSeek-V3-style ones (the correction bias only steers selection and is not stored),
+sqrt-softplus for a few, and the stored values themselves for routers that return probabilities.
+Non-softmax scores do not sum to 1; ``normalise=True`` rescales them so they do (for entropies
+and cumulative-mass thresholds), ``normalise=False`` keeps the model's own scale (for margins).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SCORE_FNS = ("softmax", "sigmoid", "sqrtsoftplus", "probs")
+
+
+def router_scores(logits: np.ndarray, score_fn: str | None, *, normalise: bool = True) -> np.ndarray:
+    """``π`` as float64 from ``(N, E)`` logits under the layer's ``score_fn`` (None means softmax)."""
+    z = np.asarray(logits, dtype=np.float64)
+    fn = "softmax" if score_fn is None else score_fn
+    if fn == "softmax":
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    if fn == "probs":
+        s = z
+    elif fn == "sigmoid":
+        s = 1.0 / (1.0 + np.exp(-z))
+    elif fn == "sqrtsoftplus":
+        s = np.sqrt(np.logaddexp(0.0, z))
+    else:
+        raise ValueError(f"unknown score_fn {score_fn!r}; expected one of {', '.join(SCORE_FNS)}")
+    return s / s.sum(axis=1, keepdims=True) if normalise and fn != "probs" else s
