@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from workbench.analysis.coactivation import coactivation, fixed_partners, pathways
+from workbench.analysis.compare import expert_weight_similarity, merge_candidates, routing_drift
 from workbench.analysis.dynamic import dynamic_k, k_at_p
 from workbench.analysis.health import expert_load, load_balance, router_confidence, super_experts
+from workbench.analysis.home import expert_collapse, expert_degradation, underfitting
 from workbench.analysis.scores import router_scores
 from workbench.analysis.specialisation import domain_share_polars, domain_specialisation
 from workbench.analysis.stats import benjamini_hochberg, cluster_bootstrap, cluster_permutation_pvalue
@@ -17,12 +19,18 @@ __all__ = [
     "domain_share_polars",
     "domain_specialisation",
     "dynamic_k",
+    "expert_collapse",
+    "expert_degradation",
     "expert_load",
+    "expert_weight_similarity",
     "fixed_partners",
     "k_at_p",
     "load_balance",
+    "merge_candidates",
     "pathways",
     "router_confidence",
     "router_scores",
+    "routing_drift",
     "super_experts",
+    "underfitting",
 ]

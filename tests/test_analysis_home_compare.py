@@ -1,0 +1,173 @@
+"""Known-answer tests for expert health (METHODS §3, HoME) and run comparison (§7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+import torch
+
+from workbench.analysis.compare import expert_weight_similarity, merge_candidates, routing_drift
+from workbench.analysis.home import expert_collapse, expert_degradation, underfitting
+from workbench.store import Store
+
+E, K = 8, 2
+LABELS = ("A", "B", "C")
+COLLAPSED = 3
+
+
+def _lists(values: np.ndarray) -> pa.ListArray:
+    n_rows, width = values.shape
+    return pa.ListArray.from_arrays(
+        pa.array(np.arange(n_rows + 1, dtype=np.int32) * width), pa.array(values.ravel())
+    )
+
+
+def _write_run(
+    path: Path, run_id: str, *, seed: int, stats: bool = True, pid_offset: int = 0, n_per_label: int = 8
+) -> str:
+    """Uniform random top-2 routing on one layer; expert 3 mostly zero; shared expert E only active on A."""
+    rng = np.random.default_rng(seed)
+    labels = [lab for lab in LABELS for _ in range(n_per_label)]
+    n_prompts = len(labels)
+    lengths = np.full(n_prompts, 10)
+    pids = np.arange(n_prompts, dtype=np.int32) + pid_offset
+    pid = np.repeat(pids, lengths)
+    pos = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
+    lay = np.zeros(pid.size, np.int32)
+    prompts = pa.table({
+        "prompt_id": pa.array(pids, pa.int32()),
+        "text": [f"prompt {i}" for i in range(n_prompts)],
+        "label": labels,
+        "pair_id": pa.array([None] * n_prompts, pa.string()),
+        "split": ["test"] * n_prompts,
+        "meta": pa.array([None] * n_prompts, pa.string()),
+        "n_tokens": pa.array(lengths, pa.int32()),
+    })  # fmt: skip
+    tokens = pa.table({
+        "prompt_id": pid, "position": pos, "token_id": pos,
+        "token": [f"t{q}" for q in pos], "nll": np.ones(pid.size, np.float32),
+    })  # fmt: skip
+    experts = np.argsort(rng.random((pid.size, E)), axis=1)[:, :K].astype(np.int16)
+    weights = np.tile(np.array([0.7, 0.3], np.float32), (pid.size, 1))
+    routing = pa.table({
+        "prompt_id": pid, "position": pos, "layer": lay,
+        "experts": _lists(experts), "weights": _lists(weights),
+        "logits": pa.nulls(pid.size, pa.list_(pa.float32())),
+    })  # fmt: skip
+    expert_stats = None
+    if stats:
+        # Routed rows for each selection, plus the shared pseudo-expert E on every token.
+        ids = np.concatenate([experts, np.full((pid.size, 1), E, np.int16)], axis=1)
+        s_pid, s_pos = np.repeat(pid, K + 1), np.repeat(pos, K + 1)
+        flat = ids.ravel()
+        zero = np.where(flat == COLLAPSED, 0.9, rng.uniform(0.0, 0.2, flat.size))
+        is_a = np.asarray(labels)[s_pid - pid_offset] == "A"
+        norm = np.where(flat == E, np.where(is_a, 1.0, 0.0), rng.uniform(0.5, 1.5, flat.size))
+        expert_stats = pa.table({
+            "prompt_id": s_pid, "position": s_pos, "layer": np.zeros(flat.size, np.int32),
+            "expert": flat, "out_norm": norm.astype(np.float32), "zero_frac": zero.astype(np.float32),
+        })  # fmt: skip
+    with Store(path) as st:
+        run = st.create_run(
+            model="synthetic", architecture="Synthetic", probe="domains", n_experts=E, top_k=K, config={},
+            layers=[{"layer": 0, "module_path": "m.0", "n_experts": E, "top_k": K, "n_shared": 1}],
+            run_id=run_id,
+        )  # fmt: skip
+        st.write_batch(run, prompts=prompts, tokens=tokens, routing=routing, expert_stats=expert_stats)
+        st.set_status(run, "complete")
+    return run
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("home") / "runs.duckdb"
+    _write_run(path, "a", seed=1)
+    _write_run(path, "a-copy", seed=1)
+    _write_run(path, "b", seed=2)
+    _write_run(path, "disjoint", seed=3, pid_offset=1000)
+    _write_run(path, "nostats", seed=4, stats=False)
+    return path
+
+
+def test_mostly_zero_expert_is_top_collapse(store_path: Path) -> None:
+    with Store(store_path, read_only=True) as st:
+        df = expert_collapse(st, "a")
+    assert df.height == E + 1
+    top = df.sort("mean_zero_frac", descending=True).row(0, named=True)
+    assert top["expert"] == COLLAPSED and top["mean_zero_frac"] == pytest.approx(0.9)
+    assert df.filter(pl.col("shared"))["expert"].to_list() == [E]
+    row = df.row(0, named=True)
+    assert row["out_norm_max_min"] >= 1 and 0 < row["out_norm_cv"] < 0.5
+    assert 0.1 <= row["routing_collapse"] < 0.3  # one expert of 8, uniform ≈ 1/8
+
+
+def test_collapse_needs_expert_stats(store_path: Path) -> None:
+    with Store(store_path, read_only=True) as st, pytest.raises(ValueError, match="--expert-stats"):
+        expert_collapse(st, "nostats")
+
+
+def test_shared_expert_used_by_one_label_is_degraded(store_path: Path) -> None:
+    with Store(store_path, read_only=True) as st:
+        df = expert_degradation(st, "a")
+    shared = df.filter(pl.col("shared")).row(0, named=True)
+    assert (shared["expert"], shared["dominant_label"], shared["degraded"]) == (E, "A", True)
+    assert shared["concentration"] == pytest.approx(1.0)
+    routed = df.filter(~pl.col("shared"))
+    assert routed.height == E and not routed["degraded"].any()
+    assert routed["load"].sum() == pytest.approx(1.0)
+
+
+def test_underfitting_columns(store_path: Path) -> None:
+    with Store(store_path, read_only=True) as st:
+        df = underfitting(st, "a", n_perm=99)
+    assert df["label"].to_list() == list(LABELS)
+    # Shared norm only on A tokens.
+    assert df.filter(pl.col("label") == "B")["shared_norm_share"][0] == 0
+    assert df.filter(pl.col("label") == "A")["shared_norm_share"][0] > 0
+    mass = df["specialist_gate_mass"].to_numpy()
+    assert np.all((mass > 0) & (mass < 1))
+    assert df["underfit"].to_list() == list(mass < np.median(mass))
+
+
+def test_routing_drift(store_path: Path) -> None:
+    with Store(store_path, read_only=True) as st:
+        same = routing_drift(st, "a", "a-copy", n_boot=200)
+        other = routing_drift(st, "a", "b", n_boot=200)
+        with pytest.raises(ValueError, match="share no tokens"):
+            routing_drift(st, "a", "disjoint")
+    assert same["overlap"][0] == pytest.approx(1.0)
+    row = other.row(0, named=True)
+    assert row["chance"] == pytest.approx(K / E)
+    assert abs(row["overlap"] - K / E) < 0.08
+    assert row["ci_low"] <= row["overlap"] <= row["ci_high"]
+    assert row["n_tokens"] == 10 * 8 * len(LABELS)
+
+
+class _Fused(torch.nn.Module):
+    def __init__(self, n: int = 6, hidden: int = 8, inter: int = 4) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        gate_up = torch.randn(n, 2 * inter, hidden, generator=gen)
+        down = torch.randn(n, hidden, inter, generator=gen)
+        gate_up[4] = gate_up[1]
+        down[4] = down[1]
+        self.gate_up_proj = torch.nn.Parameter(gate_up)
+        self.down_proj = torch.nn.Parameter(down)
+
+
+def test_weight_similarity_fused_and_list() -> None:
+    sim = expert_weight_similarity(_Fused())
+    assert sim.height == 36
+    pair = sim.filter((pl.col("a") == 1) & (pl.col("b") == 4))["cosine"][0]
+    assert pair == pytest.approx(1.0)
+    top = merge_candidates(sim, top=3)
+    assert top.height == 3 and top.row(0)[:2] == (1, 4)
+    torch.manual_seed(0)
+    experts = torch.nn.ModuleList([torch.nn.Linear(4, 3) for _ in range(4)])
+    experts[2].load_state_dict(experts[0].state_dict())
+    listed = merge_candidates(expert_weight_similarity(experts), top=1)
+    assert listed.row(0)[:2] == (0, 2) and listed["cosine"][0] == pytest.approx(1.0)

@@ -1,0 +1,158 @@
+"""Comparing runs and experts (METHODS.md §7): routing drift and expert weight similarity.
+
+* **Routing drift / router saturation** (OLMoE), :func:`routing_drift`: for two runs over the
+  same tokens, per layer the mean of ``|S ∩ S'| / k`` over the tokens present in both runs,
+  matched on ``(prompt_id, position, layer)`` — so the runs must have captured the same prompt
+  set in the same order (same probe / dataset). ``k = max(|S|, |S'|)`` per token (the top-k
+  of the two runs normally agree). 1 = identical routing; two independent uniform top-k
+  routers give ``k/E`` in expectation (``E|S ∩ S'| = k²/E``), reported as ``chance``. The 95%
+  CI is a prompt-cluster percentile bootstrap of the ratio of sums (``Σ_p overlap_p /
+  Σ_p tokens_p``). Raises ``ValueError`` when the runs share no tokens.
+* **Expert weight similarity** ("A Closer Look into MoE"), :func:`expert_weight_similarity`:
+  cosine similarity of the flattened weights of every pair of experts of one layer, from a
+  fused experts module (``gate_up_proj [E, 2I, H]`` and ``down_proj [E, H, I]``, as in
+  recent transformers) or a sequence of per-expert modules (all parameters of each expert,
+  in ``named_parameters`` order, concatenated). The Gram matrix is accumulated tensor by
+  tensor in float64 on the weights' device, so no ``E × P`` copy is materialised.
+  :func:`merge_candidates` lists the most similar distinct pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from workbench.analysis.stats import cluster_bootstrap
+from workbench.store import Store
+
+__all__ = ["DRIFT_COLUMNS", "expert_weight_similarity", "merge_candidates", "routing_drift"]
+
+DRIFT_COLUMNS: tuple[str, ...] = ("layer", "overlap", "ci_low", "ci_high", "chance", "n_tokens", "n_prompts")
+
+
+def routing_drift(
+    store: Store,
+    run_a: str,
+    run_b: str,
+    layers: Iterable[int] | None = None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pl.DataFrame:
+    """Mean top-k overlap ``|S ∩ S'| / k`` per layer between two runs (module docstring).
+
+    One row per layer with matched tokens, sorted by layer. ``chance`` = ``k/E`` from run A's
+    ``layers`` table (NaN for a layer it does not describe).
+    """
+    info = store.layers(run_a)  # raise UnknownRunError for unknown runs
+    store.layers(run_b)
+    clause, values = "", []
+    if layers is not None:
+        values = [int(x) for x in layers]
+        clause = f" AND a.layer IN ({', '.join('?' for _ in values)})" if values else " AND FALSE"
+    per_prompt = store.sql(
+        "SELECT a.layer, a.prompt_id, count(*) AS n,"
+        " sum(len(list_intersect(a.experts, b.experts)) / greatest(len(a.experts), len(b.experts), 1))"
+        " AS overlap"
+        " FROM routing a JOIN routing b"
+        " ON a.prompt_id = b.prompt_id AND a.position = b.position AND a.layer = b.layer"
+        f" WHERE a.run_id = ? AND b.run_id = ?{clause}"
+        " GROUP BY a.layer, a.prompt_id ORDER BY a.layer, a.prompt_id",
+        [run_a, run_b, *values],
+    )
+    if per_prompt.height == 0:
+        raise ValueError(
+            f"runs {run_a!r} and {run_b!r} share no tokens (matched on prompt_id, position, layer"
+            f"{' in the selected layers' if layers is not None else ''}); drift needs two captures of "
+            "the same prompts"
+        )
+    chance = {
+        int(layer): (k / e if e else math.nan)
+        for layer, e, k in info.select("layer", "n_experts", "top_k").iter_rows()
+    }
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, object]] = []
+    for (layer,), part in per_prompt.group_by(["layer"], maintain_order=True):
+        num = part["overlap"].to_numpy().astype(np.float64)
+        den = part["n"].to_numpy().astype(np.float64)
+        est, low, high = cluster_bootstrap(num, den, n_boot=n_boot, seed=rng)
+        rows.append({
+            "layer": int(layer),  # type: ignore[call-overload]
+            "overlap": float(est[0]), "ci_low": float(low[0]), "ci_high": float(high[0]),
+            "chance": chance.get(int(layer), math.nan),  # type: ignore[call-overload]
+            "n_tokens": int(den.sum()), "n_prompts": int(part.height),
+        })  # fmt: skip
+    schema = {
+        "layer": pl.Int32, "overlap": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64,
+        "chance": pl.Float64, "n_tokens": pl.Int64, "n_prompts": pl.Int64,
+    }  # fmt: skip
+    return pl.DataFrame(rows, schema=schema).sort("layer")
+
+
+def _expert_tensors(experts: Any) -> tuple[int, list[Any]]:
+    """(E, list of tensors each shaped [E, ...]) or per-expert parameter lists, normalised to [E, P_j]."""
+    import torch
+
+    if hasattr(experts, "gate_up_proj") and hasattr(experts, "down_proj"):
+        tensors = []
+        for name in ("gate_up_proj", "down_proj"):
+            value = getattr(experts, name)
+            weight = value.weight if isinstance(value, torch.nn.Module) else value
+            if not isinstance(weight, torch.Tensor) or weight.dim() != 3:
+                raise TypeError(f"fused experts module: {name} must be a 3-D tensor [E, ., .]")
+            tensors.append(weight.detach().reshape(weight.shape[0], -1))
+        n = int(tensors[0].shape[0])
+        if int(tensors[1].shape[0]) != n:
+            raise ValueError("gate_up_proj and down_proj disagree on the number of experts")
+        return n, tensors
+    if isinstance(experts, torch.nn.Module) and not isinstance(experts, torch.nn.ModuleList):
+        raise TypeError(
+            "expected a fused experts module (gate_up_proj, down_proj) or a sequence of expert modules, "
+            f"got {type(experts).__name__}"
+        )
+    modules: Sequence[Any] = list(experts)
+    if not modules:
+        raise ValueError("no experts given")
+    per_expert = [[p.detach().reshape(-1) for _, p in m.named_parameters()] for m in modules]
+    shapes = {tuple(int(p.numel()) for p in ps) for ps in per_expert}
+    if len(shapes) != 1:
+        raise ValueError("experts have different parameter shapes; cannot compare flattened weights")
+    n_params = len(per_expert[0])
+    return len(modules), [torch.stack([ps[j] for ps in per_expert]) for j in range(n_params)]
+
+
+def expert_weight_similarity(model_layer_experts: Any) -> pl.DataFrame:
+    """Cosine similarity of flattened expert weights: tidy ``(a, b, cosine)``, all E×E pairs.
+
+    Accepts a fused experts module (``gate_up_proj [E, 2I, H]``, ``down_proj [E, H, I]``) or a
+    sequence / ``ModuleList`` of per-expert modules. Sorted by a, b; the diagonal is 1 (NaN for
+    an all-zero expert).
+    """
+    import torch
+
+    n, tensors = _expert_tensors(model_layer_experts)
+    gram = torch.zeros((n, n), dtype=torch.float64)
+    with torch.no_grad():
+        for t in tensors:
+            x = t.to(torch.float64)
+            gram += (x @ x.T).cpu()
+    g = gram.numpy()
+    norms = np.sqrt(np.clip(np.diag(g), 0.0, None))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = g / np.outer(norms, norms)
+    cos = np.clip(cos, -1.0, 1.0)
+    a, b = np.meshgrid(np.arange(n, dtype=np.int32), np.arange(n, dtype=np.int32), indexing="ij")
+    return pl.DataFrame({"a": a.ravel(), "b": b.ravel(), "cosine": cos.ravel().astype(np.float64)})
+
+
+def merge_candidates(sim: pl.DataFrame, top: int = 5) -> pl.DataFrame:
+    """The ``top`` most similar distinct pairs (``a < b``) of a similarity table, most similar first."""
+    return (
+        sim.filter((pl.col("a") < pl.col("b")) & pl.col("cosine").is_not_nan())
+        .sort(["cosine", "a", "b"], descending=[True, False, False])
+        .head(top)
+    )
