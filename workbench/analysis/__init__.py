@@ -7,6 +7,8 @@ from workbench.analysis.compare import expert_weight_similarity, merge_candidate
 from workbench.analysis.dynamic import dynamic_k, k_at_p
 from workbench.analysis.health import expert_load, load_balance, router_confidence, super_experts
 from workbench.analysis.home import expert_collapse, expert_degradation, underfitting
+from workbench.analysis.information import routing_mutual_information, routing_probe
+from workbench.analysis.relevance import esft_scores, expert_top_tokens, tcess, vocab_specialisation
 from workbench.analysis.scores import router_scores
 from workbench.analysis.specialisation import domain_share_polars, domain_specialisation
 from workbench.analysis.stats import benjamini_hochberg, cluster_bootstrap, cluster_permutation_pvalue
@@ -19,9 +21,11 @@ __all__ = [
     "domain_share_polars",
     "domain_specialisation",
     "dynamic_k",
+    "esft_scores",
     "expert_collapse",
     "expert_degradation",
     "expert_load",
+    "expert_top_tokens",
     "expert_weight_similarity",
     "fixed_partners",
     "k_at_p",
@@ -31,6 +35,10 @@ __all__ = [
     "router_confidence",
     "router_scores",
     "routing_drift",
+    "routing_mutual_information",
+    "routing_probe",
     "super_experts",
+    "tcess",
     "underfitting",
+    "vocab_specialisation",
 ]

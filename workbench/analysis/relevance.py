@@ -1,0 +1,266 @@
+"""Expert relevance to a label (METHODS.md §2): ESFT scores, PreMoe's TCESS, vocabulary specialisation.
+
+* **ESFT** (DeepSeek ESFT). Over the label-t tokens of layer l, the gate score
+  ``GS[l,e,t] = mean_i g[i,l,e]`` (the applied gate weight, 0 when e is not selected) and the
+  token selection ratio ``TSR[l,e,t] = mean_i 1[e ∈ S[i,l]] / k``. The label's expert set at
+  layer l is the smallest set of experts whose scores, sorted in descending order and
+  divided by the layer's total for that label, reach a cumulative share ``p`` (the expert
+  that crosses p is included). The share is normalised **per (layer, label)**: the public
+  ESFT script divides by the sum over all layers, which makes a layer's set depend on every
+  other layer; we do not reproduce that.
+* **TCESS** (PreMoe). ``mean_i π[i,l,e]`` over label-t tokens, with π recomputed from the
+  stored logits (:func:`workbench.analysis.scores.router_scores`, normalised). With a
+  threshold ``r`` only the tokens whose score for e is ``>= r`` count: the mean is over that
+  subset (0 when it is empty), and ``n_counted`` says how many tokens it had.
+* **Vocabulary specialisation** (OLMoE). Under top-1 routing (the first *routed* expert of
+  the descending-weight list), ``max_e n(e,x) / n(x)`` for each token id x with
+  ``n(x) >= min_count``, averaged over those token ids, per layer. 1 means every token id
+  always goes to one expert; uniform routing gives about ``1/E`` (a little more, from noise).
+
+Prompts with a NULL label are left out of the label-conditioned scores (ESFT, TCESS); the
+vocabulary scores use every prompt. Expert ids ``>= n_experts`` (shared pseudo-experts) are
+never counted. Counting happens in DuckDB; TCESS loads one layer's logits at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import polars as pl
+
+from workbench.analysis.scores import router_scores
+from workbench.store import Store
+
+__all__ = ["esft_scores", "expert_top_tokens", "tcess", "vocab_specialisation"]
+
+_LABELLED = "prompt_id IN (SELECT prompt_id FROM prompts WHERE run_id = ? AND label IS NOT NULL)"
+
+
+def _layer_info(store: Store, run_id: str, layers: Iterable[int] | None) -> pl.DataFrame:
+    info = store.layers(run_id)  # raises UnknownRunError for an unknown run
+    if layers is not None:
+        info = info.filter(pl.col("layer").is_in(sorted({int(x) for x in layers})))
+    return info.sort("layer")
+
+
+def _cumulative_set(scores: np.ndarray, p: float) -> np.ndarray:
+    """Boolean mask of the smallest set of entries whose descending cumulative share reaches ``p``."""
+    total = float(scores.sum())
+    mask = np.zeros(scores.shape, dtype=bool)
+    if total <= 0:
+        return mask
+    order = np.argsort(-scores, kind="stable")
+    cum = np.cumsum(scores[order]) / total
+    n_in = int(np.searchsorted(cum, p - 1e-12, side="left")) + 1
+    mask[order[: min(n_in, scores.size)]] = True
+    return mask
+
+
+def esft_scores(
+    store: Store, run_id: str, *, layers: Iterable[int] | None = None, p: float = 0.2
+) -> pl.DataFrame:
+    """ESFT gate score and token selection ratio per (layer, expert, label), with each one's expert set.
+
+    Columns ``layer, expert, label, gs, tsr, in_set_gs, in_set_tsr, n_tokens``; one row for
+    every routed expert ``0..E-1`` of each selected layer and every non-null label with tokens
+    there (unselected experts score 0). ``in_set_*`` marks the label's ESFT expert set at that
+    layer for the score, with cumulative share ``p`` normalised within the layer.
+    """
+    if not 0 < p <= 1:
+        raise ValueError(f"p must be in (0, 1], got {p}")
+    info = _layer_info(store, run_id, layers)
+    frames: list[pl.DataFrame] = []
+    for layer, n_experts, top_k in info.select("layer", "n_experts", "top_k").iter_rows():
+        sums = store.sql(
+            "SELECT pr.label, CAST(u.expert AS INTEGER) AS expert, sum(u.w) AS w, count(*) AS n FROM ("
+            "  SELECT prompt_id, unnest(experts) AS expert, unnest(weights) AS w FROM routing"
+            f"  WHERE run_id = ? AND layer = ? AND {_LABELLED}"
+            ") u JOIN prompts pr ON pr.run_id = ? AND pr.prompt_id = u.prompt_id"
+            " WHERE u.expert < ? GROUP BY pr.label, u.expert",
+            [run_id, int(layer), run_id, run_id, int(n_experts)],
+        )
+        totals = store.sql(
+            "SELECT pr.label, count(*) AS n_tokens FROM routing r"
+            " JOIN prompts pr ON pr.run_id = r.run_id AND pr.prompt_id = r.prompt_id"
+            " WHERE r.run_id = ? AND r.layer = ? AND pr.label IS NOT NULL GROUP BY pr.label ORDER BY pr.label",
+            [run_id, int(layer)],
+        )
+        for label, n_tokens in totals.iter_rows():
+            part = sums.filter(pl.col("label") == label)
+            idx = part["expert"].to_numpy().astype(np.int64)
+            gs = np.zeros(n_experts)
+            tsr = np.zeros(n_experts)
+            gs[idx] = part["w"].to_numpy().astype(np.float64) / n_tokens
+            tsr[idx] = part["n"].to_numpy().astype(np.float64) / (n_tokens * top_k)
+            frames.append(
+                pl.DataFrame(
+                    {
+                        "layer": np.full(n_experts, layer, np.int32),
+                        "expert": np.arange(n_experts, dtype=np.int32),
+                        "label": [label] * n_experts,
+                        "gs": gs,
+                        "tsr": tsr,
+                        "in_set_gs": _cumulative_set(gs, p),
+                        "in_set_tsr": _cumulative_set(tsr, p),
+                        "n_tokens": np.full(n_experts, n_tokens, np.int64),
+                    }
+                )
+            )
+    if not frames:
+        return pl.DataFrame(
+            schema={
+                "layer": pl.Int32, "expert": pl.Int32, "label": pl.Utf8, "gs": pl.Float64, "tsr": pl.Float64,
+                "in_set_gs": pl.Boolean, "in_set_tsr": pl.Boolean, "n_tokens": pl.Int64,
+            }
+        )  # fmt: skip
+    return pl.concat(frames).sort("layer", "expert", "label")
+
+
+def tcess(
+    store: Store, run_id: str, *, layers: Iterable[int] | None = None, r: float | None = None
+) -> pl.DataFrame:
+    """PreMoe's task-conditioned expected selection score per (layer, expert, label).
+
+    Columns ``layer, expert, label, tcess, n_counted, n_tokens``. Needs router logits (a run
+    captured with ``--logits fp16`` or ``--logits fp32``); raises ``ValueError`` when the
+    selected layers have none. Rows with NULL logits are skipped. ``r=None`` averages π over
+    all label-t tokens; otherwise only over those whose score for e is ``>= r``.
+    """
+    info = _layer_info(store, run_id, layers)
+    frames: list[pl.DataFrame] = []
+    any_logits = False
+    for layer, n_experts, score_fn in info.select("layer", "n_experts", "score_fn").iter_rows():
+        df = store.sql(
+            "SELECT pr.label, r.logits FROM routing r"
+            " JOIN prompts pr ON pr.run_id = r.run_id AND pr.prompt_id = r.prompt_id"
+            " WHERE r.run_id = ? AND r.layer = ? AND pr.label IS NOT NULL AND r.logits IS NOT NULL",
+            [run_id, int(layer)],
+        )
+        if df.height == 0:
+            continue
+        any_logits = True
+        if (df["logits"].list.len() != n_experts).any():
+            raise ValueError(f"layer {layer}: logits rows must have length n_experts={n_experts}")
+        z = df["logits"].explode().to_numpy().astype(np.float64).reshape(df.height, n_experts)
+        pi = router_scores(z, score_fn)
+        labels = np.asarray(df["label"].to_list(), dtype=object)
+        for label in sorted(set(labels.tolist())):
+            sub = pi[labels == label]
+            if r is None:
+                mean = sub.mean(axis=0)
+                counted = np.full(n_experts, sub.shape[0], np.int64)
+            else:
+                keep = sub >= r
+                counted = keep.sum(axis=0).astype(np.int64)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    mean = np.where(counted > 0, (sub * keep).sum(axis=0) / np.maximum(counted, 1), 0.0)
+            frames.append(
+                pl.DataFrame(
+                    {
+                        "layer": np.full(n_experts, layer, np.int32),
+                        "expert": np.arange(n_experts, dtype=np.int32),
+                        "label": [label] * n_experts,
+                        "tcess": mean,
+                        "n_counted": counted,
+                        "n_tokens": np.full(n_experts, sub.shape[0], np.int64),
+                    }
+                )
+            )
+    if not any_logits and info.height > 0:
+        raise ValueError(
+            f"run {run_id!r} has no router logits for the selected layers; TCESS needs the full router "
+            "scores: capture the run with --logits fp16 or --logits fp32"
+        )
+    if not frames:
+        return pl.DataFrame(
+            schema={
+                "layer": pl.Int32, "expert": pl.Int32, "label": pl.Utf8, "tcess": pl.Float64,
+                "n_counted": pl.Int64, "n_tokens": pl.Int64,
+            }
+        )  # fmt: skip
+    return pl.concat(frames).sort("layer", "expert", "label")
+
+
+def _top1_counts(store: Store, run_id: str, layer: int, n_experts: int) -> pl.DataFrame:
+    """(token_id, expert, n): top-1 routed expert counts per token id at one layer."""
+    return store.sql(
+        "SELECT t.token_id, CAST(r.top1 AS INTEGER) AS expert, count(*) AS n FROM ("
+        "  SELECT prompt_id, position, list_filter(experts, lambda x: x < ?)[1] AS top1 FROM routing"
+        "  WHERE run_id = ? AND layer = ?"
+        ") r JOIN tokens t ON t.run_id = ? AND t.prompt_id = r.prompt_id AND t.position = r.position"
+        " WHERE r.top1 IS NOT NULL GROUP BY t.token_id, r.top1",
+        [int(n_experts), run_id, int(layer), run_id],
+    )
+
+
+def vocab_specialisation(
+    store: Store, run_id: str, *, layers: Iterable[int] | None = None, min_count: int = 5
+) -> pl.DataFrame:
+    """OLMoE vocabulary specialisation per layer.
+
+    Columns ``layer, vocab_specialisation, uniform, n_token_ids, n_tokens``: the mean over
+    token ids with ``n(x) >= min_count`` of ``max_e n(e,x)/n(x)`` under top-1 routing, the
+    uniform reference ``1/E``, how many token ids qualified and how many tokens they cover.
+    ``vocab_specialisation`` is NaN for a layer where no token id qualifies.
+    """
+    info = _layer_info(store, run_id, layers)
+    rows: list[dict[str, object]] = []
+    for layer, n_experts in info.select("layer", "n_experts").iter_rows():
+        per_id = (
+            _top1_counts(store, run_id, layer, n_experts)
+            .group_by("token_id")
+            .agg(pl.col("n").max().alias("n_max"), pl.col("n").sum().alias("n_x"))
+            .filter(pl.col("n_x") >= min_count)
+        )
+        value = (
+            float(np.mean(per_id["n_max"].to_numpy() / per_id["n_x"].to_numpy()))
+            if per_id.height
+            else float("nan")
+        )
+        rows.append({
+            "layer": layer, "vocab_specialisation": value, "uniform": 1.0 / n_experts,
+            "n_token_ids": per_id.height, "n_tokens": int(per_id["n_x"].sum()) if per_id.height else 0,
+        })  # fmt: skip
+    schema = {
+        "layer": pl.Int32, "vocab_specialisation": pl.Float64, "uniform": pl.Float64,
+        "n_token_ids": pl.Int64, "n_tokens": pl.Int64,
+    }  # fmt: skip
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def expert_top_tokens(
+    store: Store, run_id: str, layer: int, expert: int, *, n: int = 20, min_count: int = 5
+) -> pl.DataFrame:
+    """The token ids most specialised to one expert at one layer, under top-1 routing.
+
+    Columns ``token_id, token, n_routed, n_total, share``: ``share = n(e,x)/n(x)``, over token
+    ids with ``n(x) >= min_count`` that the expert receives at least once; sorted by share then
+    ``n_routed`` (descending), the first ``n`` rows.
+    """
+    info = _layer_info(store, run_id, [layer])
+    if info.height == 0:
+        raise ValueError(f"run {run_id!r} has no MoE layer {layer}")
+    n_experts = int(info["n_experts"][0])
+    if not 0 <= expert < n_experts:
+        raise ValueError(f"expert must be in [0, {n_experts}), got {expert}")
+    counts = _top1_counts(store, run_id, layer, n_experts)
+    totals = counts.group_by("token_id").agg(pl.col("n").sum().alias("n_total"))
+    names = store.sql(
+        "SELECT token_id, any_value(token) AS token FROM tokens WHERE run_id = ? GROUP BY token_id", [run_id]
+    )
+    return (
+        counts.filter(pl.col("expert") == expert)
+        .join(totals, on="token_id")
+        .filter(pl.col("n_total") >= min_count)
+        .join(names, on="token_id", how="left")
+        .select(
+            "token_id",
+            "token",
+            pl.col("n").cast(pl.Int64).alias("n_routed"),
+            pl.col("n_total").cast(pl.Int64),
+            (pl.col("n") / pl.col("n_total")).cast(pl.Float64).alias("share"),
+        )
+        .sort(["share", "n_routed", "token_id"], descending=[True, True, False])
+        .head(n)
+    )
