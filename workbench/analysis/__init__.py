@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from workbench.analysis.agreement import scorer_agreement
 from workbench.analysis.coactivation import coactivation, fixed_partners, pathways
 from workbench.analysis.compare import expert_weight_similarity, merge_candidates, routing_drift
 from workbench.analysis.dynamic import dynamic_k, k_at_p
@@ -37,6 +38,7 @@ __all__ = [
     "routing_drift",
     "routing_mutual_information",
     "routing_probe",
+    "scorer_agreement",
     "super_experts",
     "tcess",
     "underfitting",

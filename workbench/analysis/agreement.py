@@ -1,0 +1,90 @@
+"""Agreement between expert-relevance scorers (METHODS.md §2, last bullet).
+
+Spearman rank correlation, per label, between the per-(layer, expert) scores of domain
+specialisation (``lift``), ESFT (``gs``, ``tsr``) and TCESS (``tcess``) on the same run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Iterable
+
+import numpy as np
+import polars as pl
+from scipy.stats import spearmanr
+
+from workbench.analysis.relevance import esft_scores, tcess
+from workbench.analysis.specialisation import domain_specialisation
+from workbench.store import Store
+
+_KEYS = ["layer", "expert", "label"]
+AGREEMENT_COLUMNS = ("label", "scorer_a", "scorer_b", "spearman", "n", "note")
+_SCHEMA = {
+    "label": pl.Utf8,
+    "scorer_a": pl.Utf8,
+    "scorer_b": pl.Utf8,
+    "spearman": pl.Float64,
+    "n": pl.Int64,
+    "note": pl.Utf8,
+}
+
+
+def scorer_scores(
+    store: Store, run_id: str, *, layers: Iterable[int] | None = None, n_boot: int = 0, n_perm: int = 0
+) -> tuple[pl.DataFrame, str | None]:
+    """Joined per-(layer, expert, label) scores ``lift, gs, tsr[, tcess]`` and a note (or None).
+
+    ``tcess`` is left out, with a note saying why, when the run has no router logits.
+    """
+    layer_list = None if layers is None else [int(x) for x in layers]
+    spec = domain_specialisation(store, run_id, layers=layer_list, n_boot=n_boot, n_perm=n_perm)
+    esft = esft_scores(store, run_id, layers=layer_list)
+    joined = spec.select(*_KEYS, "lift").join(esft.select(*_KEYS, "gs", "tsr"), on=_KEYS, how="inner")
+    note: str | None = None
+    try:
+        tc = tcess(store, run_id, layers=layer_list)
+    except ValueError as exc:
+        note = f"tcess skipped: {exc}"
+    else:
+        joined = joined.join(tc.select(*_KEYS, "tcess"), on=_KEYS, how="inner")
+    return joined.sort(_KEYS), note
+
+
+def scorer_agreement(
+    store: Store, run_id: str, *, layers: Iterable[int] | None = None, n_boot: int = 0, n_perm: int = 0
+) -> pl.DataFrame:
+    """Spearman rank correlation between each pair of scorers, per label, over (layer, expert) rows.
+
+    Columns ``label, scorer_a, scorer_b, spearman, n, note``. Scorers are ``lift`` (domain
+    specialisation), ``gs`` and ``tsr`` (ESFT) and ``tcess`` (PreMoe; only when the run has
+    router logits, otherwise absent and ``note`` says why). ``n`` is the number of (layer,
+    expert) rows correlated; ``spearman`` is NaN where a score is constant within the label.
+    ``n_boot`` / ``n_perm`` go to :func:`domain_specialisation` (only its lift is used).
+    """
+    scores, note = scorer_scores(store, run_id, layers=layers, n_boot=n_boot, n_perm=n_perm)
+    scorers = [c for c in ("lift", "gs", "tsr", "tcess") if c in scores.columns]
+    rows: list[dict[str, object]] = []
+    for label in sorted(set(scores["label"].to_list())):
+        part = scores.filter(pl.col("label") == label)
+        for a, b in itertools.combinations(scorers, 2):
+            x = part[a].to_numpy().astype(np.float64)
+            y = part[b].to_numpy().astype(np.float64)
+            rho = float("nan")
+            if x.size >= 2 and np.ptp(x) > 0 and np.ptp(y) > 0:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    rho = float(spearmanr(x, y).statistic)
+            rows.append(
+                {
+                    "label": label,
+                    "scorer_a": a,
+                    "scorer_b": b,
+                    "spearman": rho,
+                    "n": int(x.size),
+                    "note": note,
+                }
+            )
+    if not rows:
+        return pl.DataFrame(schema=_SCHEMA)
+    return pl.DataFrame(rows, schema=_SCHEMA)
