@@ -1,0 +1,121 @@
+"""`moe-workbench analyse`: the registry, --list, every output format and the error paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from workbench.analysis.registry import ANALYSES, UnknownAnalysisError, get_analysis
+from workbench.capture.engine import capture
+from workbench.cli import app
+from workbench.probefile import Prompt
+
+runner = CliRunner()
+
+EXPECTED_NAMES = {
+    "agreement",
+    "specialisation", "load", "balance", "router-confidence", "super-experts", "coactivation",
+    "pathways", "fixed-partners", "dynamic-k", "esft", "tcess", "vocab", "mutual-information",
+    "probe", "collapse", "degradation", "underfitting", "drift",
+}  # fmt: skip
+
+TEXTS = {
+    "code": ["def f(x): return x + 1", "for i in range(3): print(i)", "import os\nos.listdir('.')",
+             "class A:\n    pass"],
+    "prose": ["The cat sat on the mat.", "It rained all day in the valley.", "She read a long novel.",
+              "The river ran quietly to the sea."],
+    "math": ["2 + 2 = 4", "The integral of x is x^2 / 2.", "Let n be a prime number.", "3 * 7 = 21"],
+}  # fmt: skip
+
+
+def _prompts() -> list[Prompt]:
+    flat = [(label, text) for label, texts in TEXTS.items() for text in texts]
+    return [Prompt(i, text, label) for i, (label, text) in enumerate(flat)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    db = tmp_path_factory.mktemp("analyse") / "runs.duckdb"
+    first = capture("tiny:qwen2_moe", _prompts(), db, progress=False)
+    second = capture("tiny:qwen2_moe", _prompts(), db, progress=False)
+    return db, first, second
+
+
+def test_registry_names_and_unknown() -> None:
+    assert set(ANALYSES) == EXPECTED_NAMES
+    assert get_analysis("drift").is_compare
+    with pytest.raises(UnknownAnalysisError) as err:
+        get_analysis("nope")
+    assert isinstance(err.value, KeyError)
+    assert all(name in str(err.value) for name in EXPECTED_NAMES)
+
+
+def test_list_shows_every_analysis() -> None:
+    result = runner.invoke(app, ["analyse", "--list"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    for name in EXPECTED_NAMES:
+        assert name in result.stdout
+
+
+def test_specialisation_csv(runs: tuple[Path, str, str], tmp_path: Path) -> None:
+    db, run, _ = runs
+    target = tmp_path / "spec.csv"
+    result = runner.invoke(
+        app,
+        ["analyse", "specialisation", "--db", str(db), "--run", run, "--by", "label", "--out", str(target)],
+    )
+    assert result.exit_code == 0, result.output
+    frame = pl.read_csv(target)
+    assert {"layer", "expert", "label", "share", "lift", "ci_low", "ci_high", "p", "q"} <= set(frame.columns)
+    assert set(frame["label"].unique()) == set(TEXTS)
+
+
+def test_parquet_json_and_list_columns_in_csv(runs: tuple[Path, str, str], tmp_path: Path) -> None:
+    db, run, _ = runs
+    pq = tmp_path / "load.parquet"
+    assert (
+        runner.invoke(app, ["analyse", "load", "--db", str(db), "--run", run, "--out", str(pq)]).exit_code
+        == 0
+    )
+    assert pl.read_parquet(pq).height > 0
+    js = tmp_path / "balance.json"
+    assert (
+        runner.invoke(app, ["analyse", "balance", "--db", str(db), "--run", run, "--out", str(js)]).exit_code
+        == 0
+    )
+    assert len(json.loads(js.read_text())) > 0
+    # dynamic-k carries a list column (k_counts): CSV must still be written
+    csv = tmp_path / "dynk.csv"
+    result = runner.invoke(app, ["analyse", "dynamic-k", "--db", str(db), "--run", run, "--out", str(csv)])
+    assert result.exit_code == 0, result.output
+    assert "k_counts" in pl.read_csv(csv).columns
+
+
+def test_errors_exit_2(runs: tuple[Path, str, str]) -> None:
+    db, run, _ = runs
+    result = runner.invoke(app, ["analyse", "nope", "--db", str(db), "--run", run])
+    assert result.exit_code == 2
+    assert "unknown analysis" in result.output and "specialisation" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    result = runner.invoke(app, ["analyse", "load", "--db", str(db), "--run", "missing-run"])
+    assert result.exit_code == 2
+    result = runner.invoke(app, ["analyse", "drift", "--db", str(db), "--run", run])
+    assert result.exit_code == 2
+    assert "--compare" in result.output
+    result = runner.invoke(app, ["analyse", "load", "--db", str(db), "--run", run, "--by", "prompt"])
+    assert result.exit_code == 2
+
+
+def test_drift_with_compare(runs: tuple[Path, str, str], tmp_path: Path) -> None:
+    db, run, other = runs
+    target = tmp_path / "drift.csv"
+    result = runner.invoke(
+        app, ["analyse", "drift", "--db", str(db), "--run", run, "--compare", other, "--out", str(target)]
+    )
+    assert result.exit_code == 0, result.output
+    frame = pl.read_csv(target)
+    assert frame.height > 0
