@@ -29,6 +29,7 @@ from collections.abc import Iterable
 
 import polars as pl
 
+from workbench.analysis.common import layer_filter
 from workbench.store import Store
 
 __all__ = [
@@ -62,22 +63,13 @@ _FIXED_SCHEMA: dict[str, type[pl.DataType]] = {
 }  # fmt: skip
 
 
-def _layer_filter(layers: Iterable[int] | None, column: str = "r.layer") -> tuple[str, list[int]]:
-    if layers is None:
-        return "", []
-    values = [int(x) for x in layers]
-    if not values:
-        return " AND FALSE", []
-    return f" AND {column} IN ({', '.join('?' for _ in values)})", values
-
-
 def coactivation(store: Store, run_id: str, layers: Iterable[int] | None = None) -> pl.DataFrame:
     """``n_ab``, ``P(b|a)``, ``P(b)`` and lift for every observed ordered pair ``a ≠ b`` per layer.
 
     Sorted by layer, a, b. ``n_tokens`` is N at that layer. Raises for an unknown run.
     """
     store.layers(run_id)  # raises UnknownRunError for an unknown run
-    clause, values = _layer_filter(layers)
+    clause, values = layer_filter(layers, "r.layer")
     sel = (
         "SELECT r.layer, r.prompt_id, r.position,"
         "  list_filter(r.experts, lambda x: x < l.n_experts) AS experts"

@@ -48,6 +48,7 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 
+from workbench.analysis.common import layer_filter, layer_info
 from workbench.analysis.scores import router_scores
 from workbench.analysis.stats import cluster_bootstrap
 from workbench.store import Store
@@ -113,22 +114,6 @@ _SUPER_SCHEMA: dict[str, type[pl.DataType]] = {
 }
 
 
-def _layer_filter(layers: Iterable[int] | None) -> tuple[str, list[int]]:
-    if layers is None:
-        return "", []
-    values = [int(x) for x in layers]
-    if not values:
-        return " AND FALSE", []
-    return f" AND layer IN ({', '.join('?' for _ in values)})", values
-
-
-def _layer_info(store: Store, run_id: str, layers: Iterable[int] | None) -> pl.DataFrame:
-    info = store.layers(run_id)  # raises UnknownRunError for an unknown run
-    if layers is not None:
-        info = info.filter(pl.col("layer").is_in(sorted({int(x) for x in layers})))
-    return info
-
-
 def expert_load(
     store: Store,
     run_id: str,
@@ -144,8 +129,8 @@ def expert_load(
     experts get ``f = 0``), sorted by layer, expert. All prompts count, labelled or not.
     ``dead`` is ``f < dead_threshold / E``. Deterministic for a given ``seed``.
     """
-    info = _layer_info(store, run_id, layers)
-    clause, values = _layer_filter(info["layer"].to_list())
+    info = layer_info(store, run_id, layers)
+    clause, values = layer_filter(info["layer"].to_list())
     selections = store.sql(
         "SELECT prompt_id, layer, CAST(expert AS INTEGER) AS expert, count(*) AS n FROM ("
         f"  SELECT prompt_id, layer, unnest(experts) AS expert FROM routing WHERE run_id = ?{clause}"
@@ -206,8 +191,8 @@ def load_balance(
     without tokens are left out.
     """
     load = expert_load(store, run_id, layers, n_boot=0, dead_threshold=dead_threshold)
-    info = _layer_info(store, run_id, layers)
-    clause, values = _layer_filter(info["layer"].to_list())
+    info = layer_info(store, run_id, layers)
+    clause, values = layer_filter(info["layer"].to_list())
     ntok = store.sql(
         f"SELECT layer, count(*) AS n FROM routing WHERE run_id = ?{clause} GROUP BY layer", [run_id, *values]
     )
@@ -261,11 +246,11 @@ def router_confidence(
     skipped (``n_tokens`` counts the rows used). ``noise`` is the relative perturbation σ of
     the fragility test. Deterministic for a given ``seed`` and ``batch_rows``.
     """
-    info = _layer_info(store, run_id, layers)
+    info = layer_info(store, run_id, layers)
     layer_list = [int(x) for x in info["layer"].to_list()]
     if not layer_list:
         return pl.DataFrame(schema=_CONFIDENCE_SCHEMA)
-    clause, values = _layer_filter(layer_list)
+    clause, values = layer_filter(layer_list)
     have = store.sql(
         f"SELECT count(*) AS n FROM routing WHERE run_id = ?{clause} AND logits IS NOT NULL",
         [run_id, *values],
@@ -337,7 +322,7 @@ def super_experts(
             f"run {run_id!r} has no expert_stats; super experts need per-expert output norms: "
             "capture the run with --expert-stats"
         )
-    clause, values = _layer_filter(layers)
+    clause, values = layer_filter(layers)
     maxima = store.sql(
         "SELECT layer, CAST(expert AS INTEGER) AS expert, max(abs(out_norm)) AS max_out_norm, count(*) AS n_tokens"
         f" FROM expert_stats WHERE run_id = ?{clause} GROUP BY layer, expert",

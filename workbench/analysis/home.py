@@ -51,6 +51,7 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 
+from workbench.analysis.common import layer_filter, layer_info
 from workbench.analysis.specialisation import domain_specialisation
 from workbench.store import Store
 
@@ -77,22 +78,6 @@ UNDERFITTING_COLUMNS: tuple[str, ...] = (
 _LABELLED = "prompt_id IN (SELECT prompt_id FROM prompts WHERE run_id = ? AND label IS NOT NULL)"
 
 
-def _layer_filter(layers: Iterable[int] | None) -> tuple[str, list[int]]:
-    if layers is None:
-        return "", []
-    values = [int(x) for x in layers]
-    if not values:
-        return " AND FALSE", []
-    return f" AND layer IN ({', '.join('?' for _ in values)})", values
-
-
-def _layer_info(store: Store, run_id: str, layers: Iterable[int] | None) -> pl.DataFrame:
-    info = store.layers(run_id)  # raises UnknownRunError for an unknown run
-    if layers is not None:
-        info = info.filter(pl.col("layer").is_in(sorted({int(x) for x in layers})))
-    return info
-
-
 def _has_expert_stats(store: Store, run_id: str) -> bool:
     n = store.sql("SELECT count(*) AS n FROM expert_stats WHERE run_id = ?", [run_id])
     return int(n["n"][0]) > 0
@@ -104,13 +89,13 @@ def expert_collapse(store: Store, run_id: str, layers: Iterable[int] | None = No
     One row per (layer, expert) present in ``expert_stats`` (shared pseudo-experts included),
     sorted by layer, expert. Raises ``ValueError`` when the run has no ``expert_stats``.
     """
-    info = _layer_info(store, run_id, layers)
+    info = layer_info(store, run_id, layers)
     if not _has_expert_stats(store, run_id):
         raise ValueError(
             f"run {run_id!r} has no expert_stats; collapse needs per-expert zero fractions and "
             "output norms: capture the run with --expert-stats"
         )
-    clause, values = _layer_filter(info["layer"].to_list())
+    clause, values = layer_filter(info["layer"].to_list())
     per_expert = store.sql(
         "SELECT layer, CAST(expert AS INTEGER) AS expert, avg(zero_frac) AS mean_zero_frac,"
         " avg(out_norm) AS mean_out_norm, count(*) AS n_tokens"
@@ -197,8 +182,8 @@ def expert_degradation(
     layer's selections, ``f``), plus one per shared pseudo-expert present in ``expert_stats``
     (``load`` NaN). Sorted by layer, expert.
     """
-    info = _layer_info(store, run_id, layers)
-    clause, values = _layer_filter(info["layer"].to_list())
+    info = layer_info(store, run_id, layers)
+    clause, values = layer_filter(info["layer"].to_list())
     selections = store.sql(
         "SELECT layer, label, CAST(expert AS INTEGER) AS expert, count(*) AS n FROM ("
         "  SELECT r.layer, p.label, unnest(r.experts) AS expert FROM routing r"
@@ -288,9 +273,9 @@ def underfitting(
     ``n_perm`` and ``seed`` go to :func:`domain_specialisation` (which picks the specialists).
     One row per non-null label with routed tokens in the selected layers, sorted by label.
     """
-    info = _layer_info(store, run_id, layers)
+    info = layer_info(store, run_id, layers)
     layer_list = info["layer"].to_list()
-    clause, values = _layer_filter(layer_list)
+    clause, values = layer_filter(layer_list)
     spec = domain_specialisation(store, run_id, layers=layer_list, n_boot=0, n_perm=n_perm, seed=seed)
     significant = spec.filter((pl.col("lift") > 1) & (pl.col("q") < alpha))
     top = spec.sort("lift", descending=True).group_by("layer", "label", maintain_order=True).first()

@@ -26,16 +26,10 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from workbench.analysis.common import layer_info
 from workbench.store import Store
 
 __all__ = ["routing_mutual_information", "routing_probe"]
-
-
-def _layer_info(store: Store, run_id: str, layers: Iterable[int] | None) -> pl.DataFrame:
-    info = store.layers(run_id)  # raises UnknownRunError for an unknown run
-    if layers is not None:
-        info = info.filter(pl.col("layer").is_in(sorted({int(x) for x in layers})))
-    return info.sort("layer")
 
 
 def _entropy(counts: np.ndarray) -> float:
@@ -54,7 +48,7 @@ def routing_mutual_information(
     Columns ``layer, mi, h_label, mi_norm, bias, n_tokens, n_labels`` (mi, h_label and bias in
     nats; ``mi_norm = mi / h_label``, NaN when there is a single label).
     """
-    info = _layer_info(store, run_id, layers)
+    info = layer_info(store, run_id, layers)
     rows: list[dict[str, object]] = []
     for layer, n_experts in info.select("layer", "n_experts").iter_rows():
         df = store.sql(
@@ -98,7 +92,7 @@ def routing_probe(
     is ``min(folds, smallest label's prompt count)``; a layer with fewer than two labels or
     fewer than two prompts per label gets NaN accuracy.
     """
-    info = _layer_info(store, run_id, layers)
+    info = layer_info(store, run_id, layers)
     rows: list[dict[str, object]] = []
     for layer, n_experts in info.select("layer", "n_experts").iter_rows():
         df = store.sql(

@@ -29,19 +29,13 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 
+from workbench.analysis.common import layer_info
 from workbench.analysis.scores import router_scores
 from workbench.store import Store
 
 __all__ = ["esft_scores", "expert_top_tokens", "tcess", "vocab_specialisation"]
 
 _LABELLED = "prompt_id IN (SELECT prompt_id FROM prompts WHERE run_id = ? AND label IS NOT NULL)"
-
-
-def _layer_info(store: Store, run_id: str, layers: Iterable[int] | None) -> pl.DataFrame:
-    info = store.layers(run_id)  # raises UnknownRunError for an unknown run
-    if layers is not None:
-        info = info.filter(pl.col("layer").is_in(sorted({int(x) for x in layers})))
-    return info.sort("layer")
 
 
 def _cumulative_set(scores: np.ndarray, p: float) -> np.ndarray:
@@ -69,7 +63,7 @@ def esft_scores(
     """
     if not 0 < p <= 1:
         raise ValueError(f"p must be in (0, 1], got {p}")
-    info = _layer_info(store, run_id, layers)
+    info = layer_info(store, run_id, layers)
     frames: list[pl.DataFrame] = []
     for layer, n_experts, top_k in info.select("layer", "n_experts", "top_k").iter_rows():
         sums = store.sql(
@@ -127,7 +121,7 @@ def tcess(
     selected layers have none. Rows with NULL logits are skipped. ``r=None`` averages π over
     all label-t tokens; otherwise only over those whose score for e is ``>= r``.
     """
-    info = _layer_info(store, run_id, layers)
+    info = layer_info(store, run_id, layers)
     frames: list[pl.DataFrame] = []
     any_logits = False
     for layer, n_experts, score_fn in info.select("layer", "n_experts", "score_fn").iter_rows():
@@ -204,7 +198,7 @@ def vocab_specialisation(
     uniform reference ``1/E``, how many token ids qualified and how many tokens they cover.
     ``vocab_specialisation`` is NaN for a layer where no token id qualifies.
     """
-    info = _layer_info(store, run_id, layers)
+    info = layer_info(store, run_id, layers)
     rows: list[dict[str, object]] = []
     for layer, n_experts in info.select("layer", "n_experts").iter_rows():
         per_id = (
@@ -238,7 +232,7 @@ def expert_top_tokens(
     ids with ``n(x) >= min_count`` that the expert receives at least once; sorted by share then
     ``n_routed`` (descending), the first ``n`` rows.
     """
-    info = _layer_info(store, run_id, [layer])
+    info = layer_info(store, run_id, [layer])
     if info.height == 0:
         raise ValueError(f"run {run_id!r} has no MoE layer {layer}")
     n_experts = int(info["n_experts"][0])

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 
+from workbench.analysis.common import layer_filter
 from workbench.analysis.stats import benjamini_hochberg, cluster_bootstrap, cluster_permutation_pvalue
 from workbench.store import Store
 
@@ -52,20 +53,11 @@ _SCHEMA: dict[str, type[pl.DataType]] = {
 }
 
 
-def _layer_filter(layers: Iterable[int] | None) -> tuple[str, list[int]]:
-    if layers is None:
-        return "", []
-    values = [int(x) for x in layers]
-    if not values:
-        return " AND FALSE", []
-    return f" AND layer IN ({', '.join('?' for _ in values)})", values
-
-
 def _per_prompt_counts(
     store: Store, run_id: str, layers: Iterable[int] | None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(prompt_id, layer, expert, n) selections and (prompt_id, layer, n_tokens), labelled prompts only."""
-    clause, values = _layer_filter(layers)
+    clause, values = layer_filter(layers)
     labelled = "prompt_id IN (SELECT prompt_id FROM prompts WHERE run_id = ? AND label IS NOT NULL)"
     selections = store.sql(
         "SELECT prompt_id, layer, CAST(expert AS INTEGER) AS expert, count(*) AS n FROM ("
