@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
+from synthetic import save_run, skeleton
 
 from workbench.analysis.agreement import scorer_agreement
 from workbench.store import Store
@@ -17,65 +17,24 @@ LAYERS = (0, 1)
 PLANT = {"code": 5, "math": 2, "prose": 7}
 
 
-def _lists(values: np.ndarray) -> pa.ListArray:
-    n_rows, width = values.shape
-    return pa.ListArray.from_arrays(
-        pa.array(np.arange(n_rows + 1, dtype=np.int32) * width), pa.array(values.ravel())
-    )
-
-
 def _write_run(path: Path, *, with_logits: bool, seed: int = 3) -> str:
     rng = np.random.default_rng(seed)
     labels = [lab for lab in LABELS for _ in range(12)]
-    n_prompts = len(labels)
-    lengths = rng.integers(8, 16, size=n_prompts)
-    pid_tok = np.repeat(np.arange(n_prompts, dtype=np.int32), lengths)
-    pos_tok = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
-    prompts = pa.table({
-        "prompt_id": pa.array(np.arange(n_prompts), pa.int32()),
-        "text": [f"prompt {i}" for i in range(n_prompts)],
-        "label": labels,
-        "pair_id": pa.array([None] * n_prompts, pa.string()),
-        "split": ["test"] * n_prompts,
-        "meta": pa.array([None] * n_prompts, pa.string()),
-        "n_tokens": pa.array(lengths, pa.int32()),
-    })  # fmt: skip
-    tokens = pa.table({
-        "prompt_id": pid_tok,
-        "position": pos_tok,
-        "token_id": pos_tok,
-        "token": [f"t{q}" for q in pos_tok],
-        "nll": np.ones(pid_tok.size, np.float32),
-    })  # fmt: skip
-    n_rows = pid_tok.size * len(LAYERS)
-    pid = np.repeat(pid_tok, len(LAYERS))
-    pos = np.repeat(pos_tok, len(LAYERS))
-    lay = np.tile(np.asarray(LAYERS, np.int32), pid_tok.size)
-    lab = np.asarray(labels)[pid]
-    experts = np.argsort(rng.random((n_rows, E)), axis=1)[:, :K].astype(np.int16)
+    sk = skeleton(labels, rng.integers(8, 16, size=len(labels)), LAYERS)
+    lab = np.asarray(labels)[sk.pid]
+    experts = np.argsort(rng.random((sk.n_rows, E)), axis=1)[:, :K].astype(np.int16)
     for name, e in PLANT.items():
-        hit = (lab == name) & (rng.random(n_rows) < 0.8)
+        hit = (lab == name) & (rng.random(sk.n_rows) < 0.8)
         top1 = np.full(int(hit.sum()), e)
         experts[hit, 0] = top1
         experts[hit, 1] = (top1 + 1 + rng.integers(0, E - 1, size=top1.size)) % E
-    weights = np.tile(np.array([0.7, 0.3], np.float32), (n_rows, 1))
-    logits = rng.normal(0, 1.0, size=(n_rows, E)).astype(np.float32)
-    logits[np.arange(n_rows), experts[:, 0]] += 3.0
-    cols: dict[str, object] = {
-        "prompt_id": pid, "position": pos, "layer": lay,
-        "experts": _lists(experts), "weights": _lists(weights),
-    }  # fmt: skip
-    if with_logits:
-        cols["logits"] = _lists(logits)
-    layer_rows = [{"layer": x, "module_path": f"m.{x}", "n_experts": E, "top_k": K} for x in LAYERS]
-    with Store(path) as st:
-        run = st.create_run(
-            model="synthetic", architecture="Synthetic", probe="domains", n_experts=E, top_k=K,
-            config={}, layers=layer_rows, run_id=f"run-{int(with_logits)}",
-        )  # fmt: skip
-        st.write_batch(run, prompts=prompts, tokens=tokens, routing=pa.table(cols))
-        st.set_status(run, "complete")
-    return run
+    weights = np.tile(np.array([0.7, 0.3], np.float32), (sk.n_rows, 1))
+    logits = rng.normal(0, 1.0, size=(sk.n_rows, E)).astype(np.float32)
+    logits[np.arange(sk.n_rows), experts[:, 0]] += 3.0
+    return save_run(
+        path, sk, experts=experts, weights=weights, n_experts=E, top_k=K,
+        run_id=f"run-{int(with_logits)}", logits=logits if with_logits else None,
+    )  # fmt: skip
 
 
 def test_agreement_with_logits(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import pytest
+from synthetic import save_run, skeleton
 
 from workbench.analysis.information import routing_mutual_information, routing_probe
 from workbench.analysis.relevance import esft_scores, expert_top_tokens, tcess, vocab_specialisation
@@ -25,41 +25,12 @@ PLANT_PROB = 0.9
 SHARED = E  # a shared pseudo-expert appended to every selection; must never be counted
 
 
-def _lists(values: np.ndarray) -> pa.ListArray:
-    n_rows, width = values.shape
-    return pa.ListArray.from_arrays(
-        pa.array(np.arange(n_rows + 1, dtype=np.int32) * width), pa.array(values.ravel())
-    )
-
-
 def _write_run(path: Path, *, seed: int = 1, n_per_label: int = 20, n_pos: int = 20) -> tuple[str, dict]:
     rng = np.random.default_rng(seed)
     labels = [lab for lab in LABELS for _ in range(n_per_label)]
-    n_prompts = len(labels)
-    lengths = rng.integers(n_pos // 2, n_pos + 1, size=n_prompts)
-    pid_tok = np.repeat(np.arange(n_prompts, dtype=np.int32), lengths)
-    pos_tok = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
-    prompts = pa.table({
-        "prompt_id": pa.array(np.arange(n_prompts), pa.int32()),
-        "text": [f"prompt {i}" for i in range(n_prompts)],
-        "label": labels,
-        "pair_id": pa.array([None] * n_prompts, pa.string()),
-        "split": ["test"] * n_prompts,
-        "meta": pa.array([None] * n_prompts, pa.string()),
-        "n_tokens": pa.array(lengths, pa.int32()),
-    })  # fmt: skip
-    tokens = pa.table({
-        "prompt_id": pid_tok,
-        "position": pos_tok,
-        "token_id": pos_tok,
-        "token": [f"t{q}" for q in pos_tok],
-        "nll": np.ones(pid_tok.size, np.float32),
-    })  # fmt: skip
-    n_rows = pid_tok.size * len(LAYERS)
-    pid = np.repeat(pid_tok, len(LAYERS))
-    pos = np.repeat(pos_tok, len(LAYERS))
-    lay = np.tile(np.asarray(LAYERS, np.int32), pid_tok.size)
-    lab = np.asarray(labels)[pid]
+    sk = skeleton(labels, rng.integers(n_pos // 2, n_pos + 1, size=len(labels)), LAYERS)
+    n_rows, pos, lay = sk.n_rows, sk.pos, sk.lay
+    lab = np.asarray(labels)[sk.pid]
     experts = np.argsort(rng.random((n_rows, E)), axis=1)[:, :K].astype(np.int16)
 
     def force_top1(mask: np.ndarray, top1: np.ndarray) -> None:
@@ -77,18 +48,16 @@ def _write_run(path: Path, *, seed: int = 1, n_per_label: int = 20, n_pos: int =
     all_experts = np.hstack([experts, np.full((n_rows, 1), SHARED, np.int16)])
     all_weights = np.hstack([weights, np.ones((n_rows, 1), np.float32)])
     logits = rng.normal(0, 1.5, size=(n_rows, E)).astype(np.float32)
-    routing = pa.table({
-        "prompt_id": pid, "position": pos, "layer": lay,
-        "experts": _lists(all_experts), "weights": _lists(all_weights), "logits": _lists(logits),
-    })  # fmt: skip
-    layer_rows = [{"layer": x, "module_path": f"m.{x}", "n_experts": E, "top_k": K} for x in LAYERS]
-    with Store(path) as st:
-        run = st.create_run(
-            model="synthetic", architecture="Synthetic", probe="domains", n_experts=E, top_k=K,
-            config={}, layers=layer_rows, run_id=f"run-{seed}",
-        )  # fmt: skip
-        st.write_batch(run, prompts=prompts, tokens=tokens, routing=routing)
-        st.set_status(run, "complete")
+    run = save_run(
+        path,
+        sk,
+        experts=all_experts,
+        weights=all_weights,
+        n_experts=E,
+        top_k=K,
+        run_id=f"run-{seed}",
+        logits=logits,
+    )
     return run, {"lay": lay, "lab": lab, "logits": logits}
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import pytest
+from synthetic import save_run, skeleton
 
 from workbench.analysis import (
     benjamini_hochberg,
@@ -25,13 +25,6 @@ PLANT_LAYER, PLANT_EXPERT, PLANT_PROB = 1, 5, 0.9
 TRUE_SHARE = PLANT_PROB + (1 - PLANT_PROB) * K / E
 
 
-def _lists(values: np.ndarray) -> pa.ListArray:
-    n_rows, width = values.shape
-    return pa.ListArray.from_arrays(
-        pa.array(np.arange(n_rows + 1, dtype=np.int32) * width), pa.array(values.ravel())
-    )
-
-
 def _write_run(
     path: Path,
     *,
@@ -44,31 +37,9 @@ def _write_run(
     """A synthetic run: uniform random top-2 routing, plus (if ``planted``) code → expert 5 at layer 1."""
     rng = np.random.default_rng(seed)
     labels = [lab for lab in LABELS for _ in range(n_per_label)]
-    n_prompts = len(labels)
     # Varying prompt lengths, so that the ratio-of-sums estimators are exercised.
-    lengths = rng.integers(n_pos // 2, n_pos + 1, size=n_prompts)
-    pid_tok = np.repeat(np.arange(n_prompts, dtype=np.int32), lengths)
-    pos_tok = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
-    prompts = pa.table({
-        "prompt_id": pa.array(np.arange(n_prompts), pa.int32()),
-        "text": [f"prompt {i}" for i in range(n_prompts)],
-        "label": labels,
-        "pair_id": pa.array([None] * n_prompts, pa.string()),
-        "split": ["test"] * n_prompts,
-        "meta": pa.array([None] * n_prompts, pa.string()),
-        "n_tokens": pa.array(lengths, pa.int32()),
-    })  # fmt: skip
-    tokens = pa.table({
-        "prompt_id": pid_tok,
-        "position": pos_tok,
-        "token_id": pos_tok,
-        "token": [f"t{q}" for q in pos_tok],
-        "nll": np.ones(pid_tok.size, np.float32),
-    })  # fmt: skip
-    n_rows = pid_tok.size * len(layers)
-    pid = np.repeat(pid_tok, len(layers))
-    pos = np.repeat(pos_tok, len(layers))
-    lay = np.tile(np.asarray(layers, np.int32), pid_tok.size)
+    sk = skeleton(labels, rng.integers(n_pos // 2, n_pos + 1, size=len(labels)), layers)
+    n_rows, pid, lay = sk.n_rows, sk.pid, sk.lay
     experts = np.argsort(rng.random((n_rows, E)), axis=1)[:, :K].astype(np.int16)
     if planted:
         is_code = np.asarray(labels)[pid] == "code"
@@ -77,20 +48,7 @@ def _write_run(
         experts[hit, 0] = PLANT_EXPERT
         experts[hit, 1] = others[rng.integers(0, E - 1, size=int(hit.sum()))]
     weights = np.tile(np.array([0.7, 0.3], np.float32), (n_rows, 1))
-    routing = pa.table({
-        "prompt_id": pid, "position": pos, "layer": lay,
-        "experts": _lists(experts), "weights": _lists(weights),
-        "logits": pa.nulls(n_rows, pa.list_(pa.float32())),
-    })  # fmt: skip
-    layer_rows = [{"layer": lay_, "module_path": f"m.{lay_}", "n_experts": E, "top_k": K} for lay_ in layers]
-    with Store(path) as st:
-        run = st.create_run(
-            model="synthetic", architecture="Synthetic", probe="domains", n_experts=E, top_k=K,
-            config={}, layers=layer_rows, run_id=f"run-{seed}",
-        )  # fmt: skip
-        st.write_batch(run, prompts=prompts, tokens=tokens, routing=routing)
-        st.set_status(run, "complete")
-    return run
+    return save_run(path, sk, experts=experts, weights=weights, n_experts=E, top_k=K, run_id=f"run-{seed}")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,99 @@
+"""Synthetic runs written through the real store, for the analysis known-answer tests.
+
+A test decides the routing (who is planted where); this module builds the prompt/token tables,
+the (prompt, position, layer) index of the routing rows, and writes everything as one run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from workbench.store import Store
+
+
+def lists(values: np.ndarray) -> pa.ListArray:
+    """A [rows, width] array as an Arrow list column (the store's SMALLINT[] / FLOAT[])."""
+    n_rows, width = values.shape
+    return pa.ListArray.from_arrays(
+        pa.array(np.arange(n_rows + 1, dtype=np.int32) * width), pa.array(values.ravel())
+    )
+
+
+@dataclass
+class Skeleton:
+    """Prompts and tokens of a run, and the index of its routing rows (token-major, then layer)."""
+
+    labels: list[str]
+    layers: tuple[int, ...]
+    prompts: pa.Table
+    tokens: pa.Table
+    pid: np.ndarray  # per routing row
+    pos: np.ndarray
+    lay: np.ndarray
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.pid.size)
+
+
+def skeleton(labels: list[str], lengths: np.ndarray, layers: tuple[int, ...]) -> Skeleton:
+    """Prompts ``i`` with label ``labels[i]`` and ``lengths[i]`` tokens; token ids = positions."""
+    n_prompts = len(labels)
+    pid_tok = np.repeat(np.arange(n_prompts, dtype=np.int32), lengths)
+    pos_tok = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
+    prompts = pa.table({
+        "prompt_id": pa.array(np.arange(n_prompts), pa.int32()),
+        "text": [f"prompt {i}" for i in range(n_prompts)],
+        "label": labels,
+        "pair_id": pa.array([None] * n_prompts, pa.string()),
+        "split": ["test"] * n_prompts,
+        "meta": pa.array([None] * n_prompts, pa.string()),
+        "n_tokens": pa.array(lengths, pa.int32()),
+    })  # fmt: skip
+    tokens = pa.table({
+        "prompt_id": pid_tok, "position": pos_tok, "token_id": pos_tok,
+        "token": [f"t{q}" for q in pos_tok], "nll": np.ones(pid_tok.size, np.float32),
+    })  # fmt: skip
+    return Skeleton(
+        labels=list(labels),
+        layers=tuple(layers),
+        prompts=prompts,
+        tokens=tokens,
+        pid=np.repeat(pid_tok, len(layers)),
+        pos=np.repeat(pos_tok, len(layers)),
+        lay=np.tile(np.asarray(layers, np.int32), pid_tok.size),
+    )
+
+
+def save_run(
+    path: Path,
+    sk: Skeleton,
+    *,
+    experts: np.ndarray,
+    weights: np.ndarray,
+    n_experts: int,
+    top_k: int,
+    run_id: str,
+    logits: np.ndarray | None = None,
+) -> str:
+    """Write ``sk`` with the given per-row routing as one complete run; returns its id."""
+    routing = pa.table({
+        "prompt_id": sk.pid, "position": sk.pos, "layer": sk.lay,
+        "experts": lists(experts), "weights": lists(weights),
+        "logits": lists(logits) if logits is not None else pa.nulls(sk.n_rows, pa.list_(pa.float32())),
+    })  # fmt: skip
+    layer_rows = [
+        {"layer": x, "module_path": f"m.{x}", "n_experts": n_experts, "top_k": top_k} for x in sk.layers
+    ]
+    with Store(path) as st:
+        run = st.create_run(
+            model="synthetic", architecture="Synthetic", probe="domains", n_experts=n_experts, top_k=top_k,
+            config={}, layers=layer_rows, run_id=run_id,
+        )  # fmt: skip
+        st.write_batch(run, prompts=sk.prompts, tokens=sk.tokens, routing=routing)
+        st.set_status(run, "complete")
+    return run
