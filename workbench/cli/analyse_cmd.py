@@ -1,0 +1,92 @@
+"""`moe-workbench analyse`: run one registered analysis and write its tidy table."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from workbench.cli.app import app, console, fail, out, user_errors
+
+
+class GroupBy(str, Enum):
+    label = "label"
+
+
+@app.command()
+def analyse(
+    name: Annotated[
+        str | None, typer.Argument(help="Analysis to run (see --list), e.g. specialisation, load, drift.")
+    ] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the analyses and exit.")] = False,
+    db: Annotated[Path | None, typer.Option("--db", help="DuckDB file to read.")] = None,
+    run: Annotated[str | None, typer.Option("--run", "-r", help="Run id to analyse.")] = None,
+    by: Annotated[
+        GroupBy,
+        typer.Option(
+            "--by", help="Grouping of prompts; 'label' (the probe's labels) is the only one for now."
+        ),
+    ] = GroupBy.label,
+    compare: Annotated[
+        str | None, typer.Option("--compare", help="Second run id, for comparison analyses (drift).")
+    ] = None,
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Write the table to FILE: .csv, .parquet or .json (default: print the head)."
+        ),
+    ] = None,
+) -> None:
+    """Run one analysis (METHODS.md §1–§7) on a stored run and write its tidy table.
+
+    Example: moe-workbench analyse specialisation --db runs.duckdb --run R --out spec.csv
+
+    Compare two runs: moe-workbench analyse drift --db runs.duckdb --run R --compare R2 --out drift.parquet
+    """
+    from workbench.analysis.registry import ANALYSES, UnknownAnalysisError, run_analysis
+
+    if list_:
+        from rich.table import Table
+
+        table = Table(title="analyses (moe-workbench analyse NAME --db DB --run R --out FILE)")
+        for col in ("name", "section", "needs", "summary"):
+            table.add_column(col)
+        for spec in ANALYSES.values():
+            table.add_row(spec.name, spec.section, ", ".join(spec.needs), spec.summary)
+        out.print(table)
+        return
+    if name is None:
+        fail("give an analysis NAME (see `moe-workbench analyse --list`)")
+    if db is None or run is None:
+        fail(f"--db and --run are required, e.g. moe-workbench analyse {name} --db runs.duckdb --run R")
+    suffix = out_file.suffix.lower() if out_file is not None else None
+    if suffix not in (None, ".csv", ".parquet", ".json"):
+        fail(f"--out must end in .csv, .parquet or .json, got {out_file}")
+    assert db is not None and run is not None and name is not None  # for the type checker: _fail exits
+    from workbench.store import Store
+
+    errors: tuple[type[BaseException], ...] = (UnknownAnalysisError, *user_errors())
+    try:
+        with Store(db, read_only=True) as store:
+            frame = run_analysis(name, store, run, compare=compare)
+    except errors as exc:
+        fail(str(exc))
+    if out_file is None:
+        out.print(frame.head(20))
+        return
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".csv":
+        import polars as pl
+
+        nested = [c for c, t in frame.schema.items() if isinstance(t, pl.List | pl.Array | pl.Struct)]
+        flat = frame.with_columns(
+            pl.Series(c, [str(v) for v in frame[c].to_list()], dtype=pl.Utf8) for c in nested
+        )
+        flat.write_csv(out_file)
+    elif suffix == ".parquet":
+        frame.write_parquet(out_file)
+    else:
+        frame.write_json(out_file)
+    console.print(f"wrote {frame.height} rows × {frame.width} columns to {out_file}")

@@ -1,0 +1,184 @@
+"""Commands that write and manage runs: capture, resume, runs, export, models."""
+
+from __future__ import annotations
+
+import warnings
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from workbench.cli.app import app, console, fail, out, user_errors
+
+
+class Backend(str, Enum):
+    hooks = "hooks"
+    nnsight = "nnsight"
+    transformer_lens = "transformer_lens"
+
+
+class Logits(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    none = "none"
+
+
+@app.command()
+def capture(
+    model: Annotated[
+        str,
+        typer.Option("--model", "-m", help="Local HF directory, hub id, or zoo name (e.g. tiny:qwen2_moe)."),
+    ],
+    probe: Annotated[
+        Path,
+        typer.Option("--probe", "-p", help="Probe file: .jsonl/.csv/.parquet with text and label columns."),
+    ],
+    db: Annotated[
+        Path, typer.Option("--db", help="DuckDB file to write (created if missing; holds many runs).")
+    ],
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Name for the run (default: generated).")
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", min=1, help="Prompts per forward pass.")
+    ] = 16,
+    max_length: Annotated[
+        int | None, typer.Option("--max-length", min=1, help="Truncate longer prompts (with a warning).")
+    ] = None,
+    logits: Annotated[
+        Logits, typer.Option("--logits", help="Store raw router logits as fp32, fp16-rounded, or not at all.")
+    ] = Logits.fp16,
+    expert_stats: Annotated[
+        bool,
+        typer.Option(
+            "--expert-stats",
+            help="Also record each selected expert's output norm and hidden-unit zero fraction.",
+        ),
+    ] = False,
+    backend: Annotated[
+        Backend,
+        typer.Option(
+            "--backend",
+            help="How to read routing: plain torch hooks, nnsight tracing, or TransformerLens' TransformerBridge.",
+        ),
+    ] = Backend.hooks,
+    device: Annotated[
+        str | None,
+        typer.Option("--device", help="cpu, cuda, cuda:1, mps ... (default: cuda when available)."),
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's).")
+    ] = None,
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option(
+            "--trust-remote-code", help="Allow the checkpoint's own Python code to run (off by default)."
+        ),
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Record per-token routing of MODEL on the prompts of PROBE into DB; prints the run id.
+
+    Example: moe-workbench capture --model tiny:qwen2_moe --probe probes/example.jsonl --db runs.duckdb
+    """
+    import torch
+
+    from workbench.capture.batching import PromptTooLongWarning
+    from workbench.capture.engine import CaptureOptions
+    from workbench.capture.engine import capture as run_capture
+    from workbench.models.loading import load_model
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        opts = CaptureOptions(
+            batch_size=batch_size,
+            max_length=max_length,
+            logits=logits.value,
+            expert_stats=expert_stats,
+            backend=backend.value,
+            device=device,
+            dtype=dtype,
+        )
+        loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PromptTooLongWarning)
+            rid = run_capture(loaded, probe, db, run_id=run_id, options=opts, progress=not quiet)
+        truncated = [w for w in caught if issubclass(w.category, PromptTooLongWarning)]
+        if truncated:
+            console.print(
+                f"[yellow]warning:[/] {len(truncated)} prompt(s) truncated to --max-length {max_length} "
+                f"(first: {truncated[0].message})"
+            )
+    except user_errors() as exc:
+        fail(str(exc))
+    out.print(rid)
+
+
+@app.command()
+def resume(
+    db: Annotated[Path, typer.Option("--db", help="DuckDB file holding the interrupted run.")],
+    run: Annotated[str, typer.Option("--run", "-r", help="Run id to complete.")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Complete an interrupted (running/failed) capture without duplicating committed prompts."""
+    from workbench.capture.engine import resume as run_resume
+
+    try:
+        out.print(run_resume(db, run, progress=not quiet))
+    except user_errors() as exc:
+        fail(str(exc))
+
+
+@app.command()
+def runs(db: Annotated[Path, typer.Option("--db", help="DuckDB file to read.")]) -> None:
+    """List the runs stored in DB with their model, probe, size and status."""
+    from rich.table import Table
+
+    from workbench.store import Store
+
+    try:
+        with Store(db, read_only=True) as store:
+            frame = store.runs()
+    except user_errors() as exc:
+        fail(str(exc))
+    table = Table(title=str(db))
+    cols = [
+        c
+        for c in ("run_id", "model", "architecture", "probe", "n_experts", "top_k", "status", "created_at")
+        if c in frame.columns
+    ]
+    for col in cols:
+        table.add_column(col)
+    for row in frame.select(cols).iter_rows():
+        table.add_row(*(str(v) for v in row))
+    out.print(table)
+
+
+@app.command()
+def export(
+    db: Annotated[Path, typer.Option("--db", help="DuckDB file to read.")],
+    run: Annotated[str, typer.Option("--run", "-r", help="Run id to export.")],
+    parquet: Annotated[
+        Path, typer.Option("--parquet", help="Directory to write one Parquet file per table into.")
+    ],
+) -> None:
+    """Export one run's tables (prompts, tokens, routing, ...) as Parquet files."""
+    from workbench.store import Store
+
+    try:
+        with Store(db, read_only=True) as store:
+            paths = store.export_parquet(run, parquet)
+    except user_errors() as exc:
+        fail(str(exc))
+    for path in paths:
+        out.print(str(path))
+
+
+@app.command()
+def models() -> None:
+    """List the MoE block classes with a built-in adapter (see docs/supported-models.md)."""
+    from workbench.models.registry import registered_classes
+
+    for name in registered_classes():
+        out.print(name)
