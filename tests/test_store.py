@@ -61,6 +61,12 @@ CONTRACT = {
     "evaluations": [("intervention_id", "VARCHAR"), ("label", "VARCHAR"), ("metric", "VARCHAR"), ("value", "DOUBLE"),
                     ("ci_low", "DOUBLE"), ("ci_high", "DOUBLE"), ("n", "INTEGER"), ("meta", "JSON")],
     "schema_version": [("version", "INTEGER"), ("applied_at", "TIMESTAMP")],
+    # v2
+    "resonance": [("map_id", "VARCHAR"), ("run_id", "VARCHAR"), ("target", "VARCHAR"), ("control", "VARCHAR"),
+                  ("span", "VARCHAR"), ("method", "VARCHAR"), ("layer", "INTEGER"), ("expert", "INTEGER"),
+                  ("rd", "DOUBLE"), ("ftri", "DOUBLE"), ("effect", "DOUBLE"), ("attribution", "DOUBLE"),
+                  ("ci_low", "DOUBLE"), ("ci_high", "DOUBLE"), ("p", "DOUBLE"), ("q", "DOUBLE"),
+                  ("n_target", "INTEGER"), ("n_control", "INTEGER"), ("created_at", "TIMESTAMP")],
 }  # fmt: skip
 
 
@@ -166,7 +172,7 @@ def test_schema_has_exactly_the_contract_columns(st: Store) -> None:
     for table, col, typ in rows:
         found.setdefault(table, []).append((col, typ))
     assert found == CONTRACT
-    assert SCHEMA_VERSION == 1 and st.schema_version == 1
+    assert SCHEMA_VERSION == 2 and st.schema_version == 2
     big = ["routing", "tokens", "expert_stats"]
     assert st.con.execute(
         "SELECT count(*) FROM duckdb_indexes() WHERE table_name = ANY(?)", [big]
@@ -180,8 +186,22 @@ def test_migration_from_empty_db_applies_once(db: Path) -> None:
     for _ in range(2):
         Store(db).close()
     con = duckdb.connect(str(db))
-    assert con.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert con.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [(1,), (2,)]
     con.close()
+
+
+def test_v1_store_migrates_to_v2_keeping_its_runs(db: Path, restore_migrations: None) -> None:
+    v2 = schema_mod.MIGRATIONS.pop(2)
+    with Store(db) as st:  # a store as the v1 release wrote it
+        assert st.schema_version == 1
+        run_id = new_run(st)
+    schema_mod.MIGRATIONS[2] = v2
+    with pytest.raises(SchemaVersionError, match=r"(?s)v1.*Open it writable once"):
+        Store(db, read_only=True)
+    with Store(db) as st:
+        assert st.schema_version == 2
+        assert st.run(run_id)["status"] == "running"
+        assert st.sql("SELECT count(*) AS n FROM resonance")["n"][0] == 0
 
 
 def test_migration_chain_with_registered_migration(
@@ -191,34 +211,34 @@ def test_migration_chain_with_registered_migration(
         run_id = new_run(st)
     calls: list[int] = []
 
-    @schema_mod.migration(2)
+    @schema_mod.migration(3)
     def _add_note(con: duckdb.DuckDBPyConnection) -> None:
-        calls.append(2)
+        calls.append(3)
         con.execute("ALTER TABLE runs ADD COLUMN note VARCHAR")
 
-    with pytest.raises(SchemaVersionError, match=r"(?s)v1.*Open it writable once"):
+    with pytest.raises(SchemaVersionError, match=r"(?s)v2.*Open it writable once"):
         Store(db, read_only=True)
     with Store(db) as st:
-        assert st.schema_version == 2
+        assert st.schema_version == 3
         assert "note" in st.sql("SELECT * FROM runs").columns
         assert st.run(run_id)["status"] == "running"  # data survived
     with Store(db, read_only=True) as st:
-        assert st.schema_version == 2
-    # a fresh file walks the whole chain 0 -> 1 -> 2, in order
+        assert st.schema_version == 3
+    # a fresh file walks the whole chain 0 -> 1 -> 2 -> 3, in order
     with Store(tmp_path / "fresh.duckdb") as st:
-        assert st.sql("SELECT version FROM schema_version ORDER BY version")["version"].to_list() == [1, 2]
-    assert calls == [2, 2]
+        assert st.sql("SELECT version FROM schema_version ORDER BY version")["version"].to_list() == [1, 2, 3]
+    assert calls == [3, 3]
 
-    @schema_mod.migration(3)
+    @schema_mod.migration(4)
     def _broken(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("CREATE TABLE half_done (x INTEGER)")
         raise RuntimeError("boom")
 
     with pytest.raises(StoreError, match="boom"):
         Store(db)
-    schema_mod.MIGRATIONS.pop(3)
+    schema_mod.MIGRATIONS.pop(4)
     with Store(db) as st:  # the failed migration rolled back completely
-        assert st.schema_version == 2
+        assert st.schema_version == 3
         assert st.sql("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = 'half_done'")["n"][0] == 0
 
 
@@ -483,6 +503,21 @@ def test_export_parquet_round_trips_row_counts(st: Store, tmp_path: Path) -> Non
     st.write_batch(other, **make_batch([0]))
     iv = st.create_intervention(run_id, kind="ablate", spec={"layer": 3, "experts": [1]})
     st.write_evaluations(iv, pa.table({"label": ["math"], "metric": ["nll_delta"], "value": [0.12]}))
+    mid = st.write_resonance(
+        run_id, pa.table({"layer": [3, 3], "expert": [0, 1], "rd": [0.1, -0.2]}), target="math", control="code",
+        method="rd",
+    )  # fmt: skip
+    stored = st.resonance(map_id=mid)
+    assert stored["rd"].to_list() == [0.1, -0.2] and stored["span"].to_list() == ["all", "all"]
+    assert stored["effect"].null_count() == 2 and set(stored["target"]) == {"math"}
+    with pytest.raises(StoreError, match="already exists"):
+        st.write_resonance(
+            run_id, pa.table({"layer": [3], "expert": [0]}), target="a", control="b", method="rd", map_id=mid
+        )
+    with pytest.raises(StoreError, match="unexpected columns"):
+        st.write_resonance(
+            run_id, pa.table({"layer": [3], "expert": [0], "oops": [1]}), target="a", control="b", method="rd"
+        )
     files = st.export_parquet(run_id, tmp_path / "export")
     names = {f.stem for f in files}
     assert names == {
@@ -493,10 +528,11 @@ def test_export_parquet_round_trips_row_counts(st: Store, tmp_path: Path) -> Non
         "routing",
         "expert_stats",
         "interventions",
+        "resonance",
         "evaluations",
     }
     expected = {"runs": 1, "layers": 2, "prompts": 2, "tokens": 6, "routing": 12, "expert_stats": 12,
-                "interventions": 1, "evaluations": 1}  # fmt: skip
+                "interventions": 1, "evaluations": 1, "resonance": 2}  # fmt: skip
     for f in files:
         table = pq.read_table(f)
         assert table.num_rows == expected[f.stem], f.stem

@@ -12,11 +12,18 @@ elsewhere (DuckDB) and the resampling is a few matrix products in numpy.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-__all__ = ["benjamini_hochberg", "cluster_bootstrap", "cluster_permutation_pvalue"]
+__all__ = [
+    "Contrast",
+    "benjamini_hochberg",
+    "cluster_bootstrap",
+    "cluster_permutation_pvalue",
+    "contrast_test",
+]
 
 #: Resamples are processed in blocks of this many so that the (block, n_prompts) weight
 #: matrix stays small whatever ``n_boot`` / ``n_perm`` is.
@@ -172,3 +179,90 @@ def cluster_permutation_pvalue(
     p = (count + 1.0) / (n_perm + 1.0)
     p[np.isnan(observed)] = np.nan
     return observed, p
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """Result of :func:`contrast_test`: each array has one entry per statistic (column)."""
+
+    diff: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    p: np.ndarray
+    rate_target: np.ndarray
+    rate_control: np.ndarray
+
+
+def contrast_test(
+    num: np.ndarray,
+    den: np.ndarray,
+    is_target: np.ndarray,
+    *,
+    pairs: np.ndarray | None = None,
+    n_boot: int = 1000,
+    n_perm: int = 1000,
+    seed: int | np.random.SeedSequence = 0,
+    level: float = 0.95,
+) -> Contrast:
+    """Two-class difference of ratios of sums, ``Σ_T num/Σ_T den − Σ_C num/Σ_C den``, with CI and p.
+
+    Rows are prompts (clusters); rows whose denominator is 0 everywhere take no part.
+    Unpaired: the CI is a stratified percentile bootstrap (target and control prompts
+    resampled separately, so each class keeps its size) and p a two-sided permutation test
+    shuffling the class labels across prompts. With ``pairs`` (``(P, 2)`` row indices of
+    matched (target, control) prompts, which must cover every participating row) the
+    bootstrap resamples whole pairs and the permutation swaps the two members of each pair
+    with probability ½ — the matching is kept in every replicate. p uses the +1 correction.
+    """
+    num2, den2 = _as_2d(num, den)
+    target = np.asarray(is_target, dtype=bool)
+    active = np.asarray((den2 > 0).any(axis=1), dtype=bool)
+    rng = np.random.default_rng(seed)
+
+    def rates(w_t: np.ndarray, w_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _ratio(w_t @ num2, w_t @ den2), _ratio(w_c @ num2, w_c @ den2)
+
+    t_mask, c_mask = (target & active).astype(np.float64), (~target & active).astype(np.float64)
+    rate_t, rate_c = rates(t_mask, c_mask)
+    diff = rate_t - rate_c
+    m = diff.shape[0]
+    alpha = (1.0 - level) / 2.0
+    reps = np.empty((max(n_boot, 0), m))
+    n = num2.shape[0]
+    for start in range(0, max(n_boot, 0), _BLOCK):
+        b = min(_BLOCK, n_boot - start)
+        w_t, w_c = np.zeros((b, n)), np.zeros((b, n))
+        if pairs is not None:
+            draws = rng.multinomial(len(pairs), np.full(len(pairs), 1.0 / len(pairs)), size=b).astype(float)
+            w_t[:, pairs[:, 0]], w_c[:, pairs[:, 1]] = draws, draws
+        else:
+            for mask, w in ((t_mask > 0, w_t), (c_mask > 0, w_c)):
+                idx = np.flatnonzero(mask)
+                if idx.size:
+                    w[:, idx] = rng.multinomial(idx.size, np.full(idx.size, 1.0 / idx.size), size=b)
+        r_t, r_c = rates(w_t, w_c)
+        reps[start : start + b] = r_t - r_c
+    nan = np.full(m, np.nan)
+    low, high = nan, nan.copy()
+    if n_boot > 0 and m:
+        with np.errstate(invalid="ignore"):
+            low, high = np.nanquantile(reps, [alpha, 1.0 - alpha], axis=0)
+    count = np.zeros(m)
+    tol = 1e-12 * np.maximum(1.0, np.abs(np.nan_to_num(diff)))
+    idx = np.flatnonzero(active)
+    n_t = int((target & active).sum())
+    for start in range(0, max(n_perm, 0), _BLOCK):
+        b = min(_BLOCK, n_perm - start)
+        w_t = np.zeros((b, n))
+        if pairs is not None:
+            flip = (rng.random((b, len(pairs))) < 0.5).astype(np.float64)
+            w_t[:, pairs[:, 0]], w_t[:, pairs[:, 1]] = 1.0 - flip, flip
+        else:
+            order = rng.permuted(np.broadcast_to(np.arange(idx.size), (b, idx.size)), axis=1)
+            w_t[np.arange(b)[:, None], idx[order[:, :n_t]]] = 1.0
+        w_c = np.logical_and(active[None, :], w_t == 0).astype(np.float64)
+        r_t, r_c = rates(w_t, w_c)
+        count += (np.abs(r_t - r_c) >= np.abs(diff) - tol).sum(axis=0)
+    p = (count + 1.0) / (n_perm + 1.0) if n_perm > 0 else nan.copy()
+    p = np.where(np.isnan(diff), np.nan, p)
+    return Contrast(diff, np.asarray(low), np.asarray(high), p, rate_t, rate_c)

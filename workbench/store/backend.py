@@ -261,6 +261,31 @@ class Store:
         with self._lock:
             return readers.frame(self.con, sql, params)
 
+    # -- resonance maps ----------------------------------------------------------------
+    def write_resonance(
+        self,
+        run_id: str,
+        table: ingest.ArrowLike,
+        *,
+        target: str,
+        control: str,
+        method: str,
+        span: str | None = None,
+        map_id: str | None = None,
+    ) -> str:
+        """Store a resonance map (one row per layer, expert: rd, ftri, effect, CI, p, q ...); returns its id."""
+        with self._lock:
+            return effects.write_resonance(
+                self._writable(), run_id, table, target=target, control=control, span=span, method=method,
+                map_id=map_id,
+            )  # fmt: skip
+
+    def resonance(self, run_id: str | None = None, map_id: str | None = None) -> pl.DataFrame:
+        """Stored resonance-map rows of one run and/or one map (``map_id``), oldest map first."""
+        sql, params = effects.resonance_sql(run_id, map_id)
+        with self._lock:
+            return readers.frame(self.con, sql, params)
+
 
 def _stream(
     cursor: duckdb.DuckDBPyConnection, sql: str, params: list[Any], batch_rows: int

@@ -1,4 +1,4 @@
-"""Interventions on a run and their evaluations (the "effects" half of the store).
+"""Interventions on a run, their evaluations, and resonance maps (the "effects" half of the store).
 
 Kept apart from capture ingest because these rows are written later, by the
 interventions package, and are small: one row per intervention, a handful of metric
@@ -79,4 +79,57 @@ def evaluations_sql(intervention_id: str | None, run_id: str | None) -> tuple[st
         f"SELECT {select_cols('evaluations', exclude=())} FROM evaluations {q.clause()} "
         "ORDER BY intervention_id, label, metric"
     )
+    return sql, q.params
+
+
+RESONANCE_KEYS: tuple[str, ...] = ("target", "control", "span", "method")
+
+
+def write_resonance(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    table: ingest.ArrowLike,
+    *,
+    target: str,
+    control: str,
+    span: str | None,
+    method: str,
+    map_id: str | None,
+) -> str:
+    """Store one resonance map (rows: layer, expert and its scores) atomically; returns its id."""
+    import pyarrow as pa
+
+    mid = map_id or f"rm-{secrets.token_hex(4)}"
+    status_of(con, run_id)
+    if first(con, "SELECT 1 FROM resonance WHERE map_id = ?", [mid]):
+        raise StoreError(f"resonance map {mid!r} already exists; choose another map_id")
+    arrow = ingest.as_arrow(table, "resonance")
+    n = arrow.num_rows
+    for name, value in (
+        ("run_id", run_id), ("target", target), ("control", control), ("span", span or "all"), ("method", method),
+    ):  # fmt: skip
+        if name in arrow.column_names:
+            arrow = arrow.drop_columns([name])
+        arrow = arrow.append_column(name, pa.array([value] * n, pa.string()))
+    arrow = arrow.append_column("created_at", pa.array([utcnow()] * n, pa.timestamp("us")))
+    ingest.select_list("resonance", arrow, leading="map_id")
+    view = ingest.register(con, "resonance", arrow)
+    try:
+        with ingest.transaction(con):
+            ingest.insert_view(con, "resonance", view, arrow, mid, leading="map_id")
+    except duckdb.Error as exc:
+        raise StoreError(f"resonance map {mid!r} was rolled back: {exc}") from exc
+    finally:
+        con.unregister(view)
+    return mid
+
+
+def resonance_sql(run_id: str | None, map_id: str | None) -> tuple[str, list[Any]]:
+    """SQL + params for stored resonance rows (of one run and/or one map), oldest map first."""
+    q = Query()
+    if run_id is not None:
+        q.eq("run_id", run_id)
+    if map_id is not None:
+        q.eq("map_id", map_id)
+    sql = f"SELECT {select_cols('resonance', exclude=())} FROM resonance {q.clause()} ORDER BY created_at, map_id, layer, expert"
     return sql, q.params

@@ -33,6 +33,22 @@ OPTIONAL_COLUMNS: dict[str, dict[str, str]] = {
     "routing": {"logits": "NULL"},
     "expert_stats": {"zero_frac": "NULL"},
     "evaluations": {"label": "NULL", "ci_low": "NULL", "ci_high": "NULL", "n": "NULL", "meta": "NULL"},
+    "resonance": {
+        c: "NULL"
+        for c in (
+            "span",
+            "rd",
+            "ftri",
+            "effect",
+            "attribution",
+            "ci_low",
+            "ci_high",
+            "p",
+            "q",
+            "n_target",
+            "n_control",
+        )
+    },
 }
 
 

@@ -24,6 +24,7 @@ RUN_TABLES: tuple[str, ...] = (
     "routing",
     "expert_stats",
     "interventions",
+    "resonance",
 )
 
 _RUN_INTERVENTIONS = "intervention_id IN (SELECT intervention_id FROM interventions WHERE run_id = ?)"

@@ -1,4 +1,4 @@
-"""Store schema (contract v1) and the versioned migration registry.
+"""Store schema (contract v1, plus the v2 ``resonance`` table) and the versioned migration registry.
 
 The table and column names below are public API: tests, notebooks and analysis code
 rely on them (see ARCHITECTURE.md, "Store"). They only ever change through a new
@@ -19,6 +19,8 @@ Design notes
 * Versions: an empty file is version 0. Migration ``v`` turns a version ``v-1`` store
   into a version ``v`` one. Pending migrations run in one transaction when a store is
   opened writable; ``schema_version`` gets one row per applied version.
+* v2 adds ``resonance``: stored resonance maps (METHODS.md §5), one row per (map, layer,
+  expert). The v1 tables are unchanged.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from workbench.store.errors import SchemaVersionError, StoreError
 from workbench.store.sqlutil import first
 
 #: The schema version this release of moe-workbench writes.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Allowed values of ``runs.status``.
 RUN_STATUSES: tuple[str, ...] = ("running", "complete", "failed")
@@ -121,6 +123,39 @@ SCHEMA_V1: dict[str, Columns] = {
     ),
 }
 
+#: Tables added after v1, by the version that adds them. Same shape as ``SCHEMA_V1``.
+SCHEMA_ADDED: dict[int, dict[str, Columns]] = {
+    2: {
+        "resonance": (
+            ("map_id", "VARCHAR"),
+            ("run_id", "VARCHAR"),
+            ("target", "VARCHAR"),
+            ("control", "VARCHAR"),
+            ("span", "VARCHAR"),
+            ("method", "VARCHAR"),
+            ("layer", "INTEGER"),
+            ("expert", "INTEGER"),
+            ("rd", "DOUBLE"),
+            ("ftri", "DOUBLE"),
+            ("effect", "DOUBLE"),
+            ("attribution", "DOUBLE"),
+            ("ci_low", "DOUBLE"),
+            ("ci_high", "DOUBLE"),
+            ("p", "DOUBLE"),
+            ("q", "DOUBLE"),
+            ("n_target", "INTEGER"),
+            ("n_control", "INTEGER"),
+            ("created_at", "TIMESTAMP"),
+        ),
+    },
+}
+
+#: Every table of the current schema.
+TABLES: dict[str, Columns] = {
+    **SCHEMA_V1,
+    **{t: c for added in SCHEMA_ADDED.values() for t, c in added.items()},
+}
+
 #: Natural row order of each per-run table (used by readers and exports).
 ORDER_BY: dict[str, str] = {
     "runs": "created_at, run_id",
@@ -131,17 +166,18 @@ ORDER_BY: dict[str, str] = {
     "expert_stats": "prompt_id, position, layer, expert",
     "interventions": "created_at, intervention_id",
     "evaluations": "intervention_id, label, metric",
+    "resonance": "created_at, map_id, layer, expert",
 }
 
 
 def column_names(table: str) -> list[str]:
-    """Column names of ``table`` in schema v1 (the public contract)."""
-    return [name for name, _ in SCHEMA_V1[table]]
+    """Column names of ``table`` in the current schema (the public contract)."""
+    return [name for name, _ in TABLES[table]]
 
 
 def column_type(table: str, column: str) -> str:
     """DuckDB type of ``table.column`` without constraints (e.g. ``VARCHAR``)."""
-    for name, typ in SCHEMA_V1[table]:
+    for name, typ in TABLES[table]:
         if name == column:
             return typ.replace(" PRIMARY KEY", "")
     raise KeyError(f"{table}.{column}")
@@ -169,6 +205,14 @@ def migration(version: int) -> Callable[[Migration], Migration]:
 def _create_v1(con: duckdb.DuckDBPyConnection) -> None:
     """v0 (empty file) -> v1: create every contract table."""
     for table, columns in SCHEMA_V1.items():
+        cols = ", ".join(f'"{name}" {typ}' for name, typ in columns)
+        con.execute(f'CREATE TABLE "{table}" ({cols})')
+
+
+@migration(2)
+def _add_resonance(con: duckdb.DuckDBPyConnection) -> None:
+    """v1 -> v2: add the ``resonance`` table (stored resonance maps)."""
+    for table, columns in SCHEMA_ADDED[2].items():
         cols = ", ".join(f'"{name}" {typ}' for name, typ in columns)
         con.execute(f'CREATE TABLE "{table}" ({cols})')
 

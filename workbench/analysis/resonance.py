@@ -1,0 +1,267 @@
+"""Correlational resonance maps (METHODS.md §5; fTRI, MoTE, SteerMoE's detection).
+
+Given a contrast set — *target* prompts that show a behaviour B and *control* prompts that do
+not, by label — every routed expert (l, e) gets two scores:
+
+* ``rd`` (SteerMoE's risk difference): ``a1/(a1+d1) − a0/(a0+d0)``, the rate at which target
+  tokens select e minus the rate for control tokens (a = tokens where e ∈ S, d = where not).
+  Tokens are pooled within a class, i.e. a ratio of sums over prompts.
+* ``ftri``: mean over target prompts of the prompt's summed gate weight on e, minus the same
+  over control prompts (prompt-level maps summed over tokens, then averaged per class).
+
+``ci_low``/``ci_high``, ``p`` and ``q`` refer to the score named in ``method`` (``rd`` by
+default). The CI is a stratified prompt-cluster bootstrap (target and control prompts are
+resampled separately, so both classes keep their size); p is a two-sided permutation test:
+class labels are shuffled across prompts, or — when ``paired`` and the prompts carry
+``pair_id`` — swapped within each (target, control) pair, which keeps the matching; q is
+Benjamini–Hochberg over the whole L×E map.
+
+``span`` restricts the tokens: ``"all"`` (default), ``"last:N"`` / ``"first:N"`` (the last or
+first N tokens of each prompt) or ``"positions:A-B"`` (positions A..B inclusive). Prompts with
+no token in the span drop out.
+
+These scores are correlational: an expert can fire more on the target without causing the
+behaviour. The causal map (``effect``) needs the model and lives in the interventions package;
+always report the rank correlation between the two.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import numpy as np
+import polars as pl
+
+from workbench.analysis.common import layer_filter, layer_info
+from workbench.analysis.stats import benjamini_hochberg, contrast_test
+from workbench.store import Store
+
+__all__ = ["RESONANCE_COLUMNS", "SPAN_HELP", "resonance_map", "resonance_tokens", "span_clause"]
+
+RESONANCE_COLUMNS: tuple[str, ...] = (
+    "layer", "expert", "rd", "ftri", "method", "ci_low", "ci_high", "p", "q",
+    "rate_target", "rate_control", "n_target", "n_control",
+)  # fmt: skip
+
+SPAN_HELP = "all | last:N | first:N | positions:A-B"
+
+_SCHEMA: dict[str, type[pl.DataType]] = {
+    "layer": pl.Int32, "expert": pl.Int32, "rd": pl.Float64, "ftri": pl.Float64, "method": pl.Utf8,
+    "ci_low": pl.Float64, "ci_high": pl.Float64, "p": pl.Float64, "q": pl.Float64,
+    "rate_target": pl.Float64, "rate_control": pl.Float64, "n_target": pl.Int64, "n_control": pl.Int64,
+}  # fmt: skip
+
+
+def span_clause(span: str | None) -> tuple[str, list[int]]:
+    """SQL condition on a routing/tokens row ``r`` joined to its prompt ``p``, with parameters."""
+    if span is None or span == "all":
+        return "TRUE", []
+    match = re.fullmatch(r"(last|first):(\d+)|positions:(\d+)-(\d+)", span.strip())
+    if match is None:
+        raise ValueError(f"span {span!r} not understood; use {SPAN_HELP}")
+    if match.group(1) == "last":
+        return "r.position >= p.n_tokens - ?", [int(match.group(2))]
+    if match.group(1) == "first":
+        return "r.position < ?", [int(match.group(2))]
+    lo, hi = int(match.group(3)), int(match.group(4))
+    if hi < lo:
+        raise ValueError(f"span {span!r}: the end position is before the start")
+    return "r.position BETWEEN ? AND ?", [lo, hi]
+
+
+def _classes(store: Store, run_id: str, target: str, control: str) -> pl.DataFrame:
+    """(prompt_id, is_target, pair_id) of the contrast set's prompts; errors name the labels."""
+    prompts = store.sql(
+        "SELECT prompt_id, label = ? AS is_target, pair_id FROM prompts "
+        "WHERE run_id = ? AND label IN (?, ?) ORDER BY prompt_id",
+        [target, run_id, target, control],
+    )
+    if target == control:
+        raise ValueError(f"target and control are the same label ({target!r}); pick two labels")
+    have = prompts.group_by("is_target").len()
+    counts = {bool(k): int(v) for k, v in have.iter_rows()}
+    if not counts.get(True) or not counts.get(False):
+        labels = store.sql("SELECT DISTINCT label FROM prompts WHERE run_id = ? ORDER BY label", [run_id])
+        missing = [lab for lab, flag in ((target, True), (control, False)) if not counts.get(flag)]
+        raise ValueError(
+            f"run {run_id!r} has no prompts labelled {missing}; its labels are {labels['label'].to_list()}"
+        )
+    return prompts
+
+
+def _pairs(classes: pl.DataFrame) -> np.ndarray | None:
+    """(n_pairs, 2) row indices (target, control) of complete pairs, or None when there are none."""
+    with_pair = classes.with_row_index("row").filter(pl.col("pair_id").is_not_null())
+    wide = with_pair.group_by("pair_id").agg(
+        pl.col("row").filter(pl.col("is_target")).first().alias("t"),
+        pl.col("row").filter(~pl.col("is_target")).first().alias("c"),
+        pl.len().alias("n"),
+    )
+    wide = wide.filter(pl.col("t").is_not_null() & pl.col("c").is_not_null() & (pl.col("n") == 2))
+    if wide.height == 0:
+        return None
+    return wide.sort("pair_id").select("t", "c").to_numpy().astype(np.int64)
+
+
+def resonance_map(
+    store: Store,
+    run_id: str,
+    *,
+    target: str,
+    control: str,
+    span: str | None = None,
+    method: str = "rd",
+    paired: bool = True,
+    layers: Iterable[int] | None = None,
+    n_boot: int = 1000,
+    n_perm: int = 1000,
+    seed: int = 0,
+) -> pl.DataFrame:
+    """The L×E correlational resonance map of ``target`` vs ``control`` prompts (see module doc).
+
+    One row per (layer, routed expert), sorted by layer and expert. ``rate_target`` and
+    ``rate_control`` are the two selection rates behind ``rd``; ``n_target``/``n_control`` the
+    prompts that have tokens in the span. Deterministic for a given ``seed``.
+    """
+    if method not in ("rd", "ftri"):
+        raise ValueError(f"method must be 'rd' or 'ftri' (the causal map needs the model), not {method!r}")
+    classes = _classes(store, run_id, target, control)
+    info = layer_info(store, run_id, layers)
+    cond, cond_params = span_clause(span)
+    lclause, lvalues = layer_filter(info["layer"].to_list(), "r.layer")
+    # Per (prompt, layer): tokens in span; per (prompt, layer, expert): selections and gate mass.
+    base = (
+        "FROM routing r JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id "
+        f"WHERE r.run_id = ? AND p.label IN (?, ?) AND {cond}{lclause}"
+    )
+    params = [run_id, target, control, *cond_params, *lvalues]
+    tokens = store.sql(f"SELECT r.prompt_id, r.layer, count(*) AS n {base} GROUP BY ALL", params)
+    picks = store.sql(
+        "SELECT prompt_id, layer, CAST(expert AS INTEGER) AS expert, count(*) AS n, sum(weight) AS g FROM ("
+        f"  SELECT r.prompt_id, r.layer, unnest(r.experts) AS expert, unnest(r.weights) AS weight {base}"
+        ") GROUP BY ALL",
+        params,
+    )
+    row_of = {int(pid): i for i, pid in enumerate(classes["prompt_id"].to_list())}
+    is_target_all = classes["is_target"].to_numpy().astype(bool)
+    pairs = _pairs(classes) if paired else None
+    frames = []
+    for li, (layer, n_experts) in enumerate(info.select("layer", "n_experts").iter_rows()):
+        tok = tokens.filter(pl.col("layer") == layer)
+        if tok.height == 0:
+            continue
+        n_prompts = classes.height
+        den = np.zeros(n_prompts)
+        den[[row_of[int(x)] for x in tok["prompt_id"].to_list()]] = tok["n"].to_numpy()
+        sel = picks.filter((pl.col("layer") == layer) & (pl.col("expert") < n_experts))
+        rows = np.array([row_of[int(x)] for x in sel["prompt_id"].to_list()], dtype=np.int64)
+        cols = sel["expert"].to_numpy().astype(np.int64)
+        counts = np.zeros((n_prompts, int(n_experts)))
+        mass = np.zeros((n_prompts, int(n_experts)))
+        np.add.at(counts, (rows, cols), sel["n"].to_numpy())
+        np.add.at(mass, (rows, cols), sel["g"].to_numpy())
+        present = den > 0
+        keep_pairs = None
+        if pairs is not None:  # paired only when every participating prompt is in a complete pair
+            complete = pairs[present[pairs[:, 0]] & present[pairs[:, 1]]]
+            if len(complete) >= 2 and 2 * len(complete) == int(present.sum()):
+                keep_pairs = complete
+        ones = present.astype(np.float64)
+        rng_seed = np.random.SeedSequence([seed, li])
+        rd = contrast_test(
+            counts, den, is_target_all, pairs=keep_pairs, n_boot=n_boot, n_perm=n_perm, seed=rng_seed
+        )
+        ftri = contrast_test(
+            mass, ones, is_target_all, pairs=keep_pairs, n_boot=n_boot, n_perm=n_perm, seed=rng_seed
+        )
+        chosen = rd if method == "rd" else ftri
+        tgt, ctl = is_target_all & present, ~is_target_all & present
+        frames.append(
+            pl.DataFrame(
+                {
+                    "layer": np.full(int(n_experts), layer),
+                    "expert": np.arange(int(n_experts)),
+                    "rd": rd.diff,
+                    "ftri": ftri.diff,
+                    "method": [method] * int(n_experts),
+                    "ci_low": chosen.low,
+                    "ci_high": chosen.high,
+                    "p": chosen.p,
+                    "q": np.nan,
+                    "rate_target": rd.rate_target,
+                    "rate_control": rd.rate_control,
+                    "n_target": np.full(int(n_experts), int(tgt.sum())),
+                    "n_control": np.full(int(n_experts), int(ctl.sum())),
+                }
+            )
+        )
+    if not frames:
+        raise ValueError(
+            f"run {run_id!r}: no routed tokens of {target!r}/{control!r} in span {span or 'all'!r}"
+        )
+    out = pl.concat(frames, how="vertical_relaxed")
+    out = out.with_columns(pl.Series("q", benjamini_hochberg(out["p"].to_numpy())))
+    return out.select(list(RESONANCE_COLUMNS)).cast(_SCHEMA).sort("layer", "expert")  # type: ignore[arg-type]
+
+
+def resonance_tokens(
+    store: Store,
+    run_id: str,
+    *,
+    layer: int,
+    expert: int,
+    target: str,
+    control: str,
+    span: str | None = None,
+    top: int = 20,
+    min_count: int = 2,
+) -> pl.DataFrame:
+    """Drill-down: the tokens that drive expert (``layer``, ``expert``) on the target prompts.
+
+    Per token string: how often it occurs in target and control prompts (within ``span``), how
+    often e was selected on it there, the two selection rates, their difference, and
+    ``excess`` = target selections beyond the control rate (``n_sel_target − n_target ×
+    rate_control``, with rate_control falling back to the expert's overall control rate for
+    tokens never seen in control). Sorted by excess: the top rows are what makes the expert
+    resonate. Tokens seen fewer than ``min_count`` times in the target are left out.
+    """
+    _classes(store, run_id, target, control)
+    cond, cond_params = span_clause(span)
+    frame = store.sql(
+        "SELECT t.token, p.label = ? AS is_target, count(*) AS n, "
+        "  count(*) FILTER (WHERE list_contains(r.experts, ?)) AS n_sel "
+        "FROM routing r "
+        "JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id "
+        "JOIN tokens t ON t.run_id = r.run_id AND t.prompt_id = r.prompt_id AND t.position = r.position "
+        f"WHERE r.run_id = ? AND r.layer = ? AND p.label IN (?, ?) AND {cond} GROUP BY ALL",
+        [target, expert, run_id, layer, target, control, *cond_params],
+    )
+    tgt = frame.filter(pl.col("is_target")).drop("is_target")
+    ctl = frame.filter(~pl.col("is_target")).drop("is_target")
+    base_rate = float(ctl["n_sel"].sum()) / max(int(ctl["n"].sum()), 1)
+    out = (
+        tgt.rename({"n": "n_target", "n_sel": "n_sel_target"})
+        .join(ctl.rename({"n": "n_control", "n_sel": "n_sel_control"}), on="token", how="left")
+        .with_columns(pl.col("n_control", "n_sel_control").fill_null(0))
+        .filter(pl.col("n_target") >= min_count)
+        .with_columns(
+            (pl.col("n_sel_target") / pl.col("n_target")).alias("rate_target"),
+            pl.when(pl.col("n_control") > 0)
+            .then(pl.col("n_sel_control") / pl.col("n_control"))
+            .otherwise(None)
+            .alias("rate_control"),
+        )
+        .with_columns(
+            (pl.col("n_sel_target") - pl.col("n_target") * pl.col("rate_control").fill_null(base_rate)).alias(
+                "excess"
+            ),
+            (pl.col("rate_target") - pl.col("rate_control")).alias("rate_diff"),
+        )
+        .sort("excess", "n_target", descending=[True, True])
+        .head(top)
+    )
+    return out.select(
+        "token", "n_target", "n_sel_target", "rate_target", "n_control", "n_sel_control", "rate_control",
+        "rate_diff", "excess",
+    )  # fmt: skip
