@@ -97,3 +97,26 @@ def save_run(
         st.write_batch(run, prompts=sk.prompts, tokens=sk.tokens, routing=routing)
         st.set_status(run, "complete")
     return run
+
+
+def uniform_topk(rng: np.random.Generator, n_rows: int, n_experts: int, top_k: int) -> np.ndarray:
+    """``[n_rows, top_k]`` distinct experts per row, uniformly at random (the null router)."""
+    return np.argsort(rng.random((n_rows, n_experts)), axis=1)[:, :top_k].astype(np.int16)
+
+
+def plant_first(
+    rng: np.random.Generator, experts: np.ndarray, rows: np.ndarray, expert: int, prob: float
+) -> np.ndarray:
+    """Put ``expert`` in slot 0 of each of ``rows`` with probability ``prob`` (top-k stays distinct).
+
+    Where ``expert`` already sits in another slot it is swapped with slot 0, so no row selects
+    an expert twice. Returns the modified copy.
+    """
+    out = experts.copy()
+    hit = rows[rng.random(rows.size) < prob]
+    for row in hit:
+        where = np.flatnonzero(out[row] == expert)
+        if where.size:
+            out[row, where[0]] = out[row, 0]
+        out[row, 0] = expert
+    return out

@@ -1,4 +1,10 @@
-"""Known-answer tests for expert health (METHODS §3, HoME) and run comparison (§7)."""
+"""Known-answer tests for expert health (METHODS §3, HoME) and run comparison (§7).
+
+Plants: an expert whose hidden units are mostly zero (collapse), a shared expert used by one
+label only (degradation), a data-sparse label whose specialists get little gate mass
+(underfitting) with its null run, identical experts (weight similarity). Output similarity
+has its own file, tests/test_expert_similarity.py.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,9 @@ import pyarrow as pa
 import pytest
 import torch
 
+from tests.synthetic import plant_first, save_run, skeleton, uniform_topk
 from workbench.analysis.compare import expert_weight_similarity, merge_candidates, routing_drift
-from workbench.analysis.home import expert_collapse, expert_degradation, underfitting
+from workbench.analysis.home import UNDERFITTING_COLUMNS, expert_collapse, expert_degradation, underfitting
 from workbench.store import Store
 
 E, K = 8, 2
@@ -123,14 +130,70 @@ def test_shared_expert_used_by_one_label_is_degraded(store_path: Path) -> None:
 
 def test_underfitting_columns(store_path: Path) -> None:
     with Store(store_path, read_only=True) as st:
-        df = underfitting(st, "a", n_perm=99)
+        df = underfitting(st, "a", n_perm=99, n_boot=200)
+    assert df.columns == list(UNDERFITTING_COLUMNS)
     assert df["label"].to_list() == list(LABELS)
     # Shared norm only on A tokens.
     assert df.filter(pl.col("label") == "B")["shared_norm_share"][0] == 0
     assert df.filter(pl.col("label") == "A")["shared_norm_share"][0] > 0
     mass = df["specialist_gate_mass"].to_numpy()
     assert np.all((mass > 0) & (mass < 1))
-    assert df["underfit"].to_list() == list(mass < np.median(mass))
+    assert np.all((df["ci_low"].to_numpy() <= mass) & (mass <= df["ci_high"].to_numpy()))
+    median = np.median(mass)
+    expected = (mass < median) & (df["ci_high"].to_numpy() < median)
+    assert df["underfit"].to_list() == list(expected)
+    with Store(store_path, read_only=True) as st:  # no CI: the bare below-the-median rule
+        bare = underfitting(st, "a", n_perm=99, n_boot=0)
+    assert bare["ci_high"].is_nan().all() and bare["underfit"].to_list() == list(mass < median)
+
+
+UF_E, UF_K, UF_LAYERS = 8, 2, (0, 1)
+
+
+def _underfit_run(path: Path, run_id: str, *, seed: int, planted: bool) -> str:
+    """Labels A, B, C (12 prompts each) and data-sparse D (3 prompts), 20 tokens each.
+
+    Planted: label j of A/B/C puts its specialist expert j in slot 0 (gate 0.7) on 85% of its
+    tokens; D's tokens are routed uniformly (its "specialists" get only chance gate mass).
+    Null (``planted=False``): every token is routed uniformly.
+    """
+    rng = np.random.default_rng(seed)
+    labels = [lab for lab in "ABC" for _ in range(12)] + ["D"] * 3
+    sk = skeleton(labels, np.full(len(labels), 20), UF_LAYERS)
+    experts = uniform_topk(rng, sk.n_rows, UF_E, UF_K)
+    if planted:
+        label_of_row = np.asarray(labels)[sk.pid]
+        for j, lab in enumerate("ABC"):
+            experts = plant_first(rng, experts, np.flatnonzero(label_of_row == lab), j, 0.85)
+    weights = np.tile(np.array([0.7, 0.3], np.float32), (sk.n_rows, 1))
+    return save_run(path, sk, experts=experts, weights=weights, n_experts=UF_E, top_k=UF_K, run_id=run_id)
+
+
+def test_underfitting_flags_the_data_sparse_label(tmp_path: Path) -> None:
+    path = tmp_path / "underfit.duckdb"
+    run = _underfit_run(path, "planted", seed=0, planted=True)
+    with Store(path, read_only=True) as st:
+        df = underfitting(st, run, n_perm=199, n_boot=500)
+    by_label = {r["label"]: r for r in df.iter_rows(named=True)}
+    assert [lab for lab, r in by_label.items() if r["underfit"]] == ["D"]
+    median = float(np.median(df["specialist_gate_mass"].to_numpy()))
+    assert by_label["D"]["specialist_gate_mass"] < 0.5 * median
+    assert by_label["D"]["ci_high"] < median
+    for lab in "ABC":
+        assert by_label[lab]["specialist_gate_mass"] > 0.5
+    assert by_label["D"]["n_tokens"] == 3 * 20 * len(UF_LAYERS)
+
+
+def test_underfitting_is_quiet_on_null_routing(tmp_path: Path) -> None:
+    path = tmp_path / "null.duckdb"
+    flagged = 0
+    for seed in range(5):
+        run = _underfit_run(path, f"null-{seed}", seed=100 + seed, planted=False)
+        with Store(path, read_only=True) as st:
+            df = underfitting(st, run, n_perm=199, n_boot=500)
+        flagged += int(df["underfit"].sum())
+    # 5 runs × 4 labels: the bare median rule would flag 10; chance level here is ≲ 1.
+    assert flagged <= 1
 
 
 def test_routing_drift(store_path: Path) -> None:

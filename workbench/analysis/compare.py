@@ -11,10 +11,13 @@
 * **Expert weight similarity** ("A Closer Look into MoE"), :func:`expert_weight_similarity`:
   cosine similarity of the flattened weights of every pair of experts of one layer, from a
   fused experts module (``gate_up_proj [E, 2I, H]`` and ``down_proj [E, H, I]``, as in
-  recent transformers) or a sequence of per-expert modules (all parameters of each expert,
-  in ``named_parameters`` order, concatenated). The Gram matrix is accumulated tensor by
+  recent transformers) or a sequence of per-expert modules (a ``ModuleList``, a ``ModuleDict``
+  as in Switch Transformers, or a plain list: all parameters of each expert, in
+  ``named_parameters`` order, concatenated). The Gram matrix is accumulated tensor by
   tensor in float64 on the weights' device, so no ``E × P`` copy is materialised.
-  :func:`merge_candidates` lists the most similar distinct pairs.
+  :func:`merge_candidates` lists the most similar distinct pairs. Output similarity, and the
+  registered ``expert-similarity`` analysis that joins both, live in
+  :mod:`workbench.analysis.expert_similarity`.
 """
 
 from __future__ import annotations
@@ -109,12 +112,15 @@ def _expert_tensors(experts: Any) -> tuple[int, list[Any]]:
         if int(tensors[1].shape[0]) != n:
             raise ValueError("gate_up_proj and down_proj disagree on the number of experts")
         return n, tensors
-    if isinstance(experts, torch.nn.Module) and not isinstance(experts, torch.nn.ModuleList):
+    if isinstance(experts, torch.nn.ModuleDict):  # Switch Transformers: experts["expert_0"], ...
+        modules: Sequence[Any] = list(experts.values())
+    elif isinstance(experts, torch.nn.Module) and not isinstance(experts, torch.nn.ModuleList):
         raise TypeError(
             "expected a fused experts module (gate_up_proj, down_proj) or a sequence of expert modules, "
             f"got {type(experts).__name__}"
         )
-    modules: Sequence[Any] = list(experts)
+    else:
+        modules = list(experts)
     if not modules:
         raise ValueError("no experts given")
     per_expert = [[p.detach().reshape(-1) for _, p in m.named_parameters()] for m in modules]

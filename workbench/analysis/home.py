@@ -35,9 +35,15 @@ the pseudo-experts ``expert = E + s`` of ``expert_stats`` and carry ``shared = T
   specialists of t at layer l are the routed experts with ``lift > 1`` and ``q < alpha``
   (default 0.05) in :func:`~workbench.analysis.specialisation.domain_specialisation`; when
   no expert passes for (l, t) the single expert with the largest lift is used instead, so
-  every label has at least one specialist per layer. ``underfit`` flags labels whose
-  specialist gate mass is below the median over labels (strictly below; the median label
-  itself is not flagged).
+  every label has at least one specialist per layer. ``ci_low``/``ci_high`` are the 95%
+  prompt-cluster bootstrap CI of ``specialist_gate_mass`` (ratio of per-prompt sums).
+  ``underfit`` flags labels whose specialist gate mass is below the median over labels
+  (strictly below; the median label itself is not flagged) **and** whose CI lies entirely
+  below that median. The bare "below the median" rule of METHODS §3 flags about half the
+  labels whatever the data (with four labels, always the lower two), so on a null run it
+  would never be quiet; requiring the CI to clear the median keeps the flag for labels
+  whose specialists are clearly starved (typically data-sparse labels). With ``n_boot=0``
+  there is no CI and the bare median rule applies.
 
 Prompts with a NULL label are left out of degradation and underfitting. Counting is done in
 DuckDB (``store.sql``); the small per-layer tables are finished in polars / numpy.
@@ -53,6 +59,7 @@ import polars as pl
 
 from workbench.analysis.common import layer_filter, layer_info
 from workbench.analysis.specialisation import domain_specialisation
+from workbench.analysis.stats import cluster_bootstrap
 from workbench.store import Store
 
 __all__ = [
@@ -72,7 +79,8 @@ DEGRADATION_COLUMNS: tuple[str, ...] = (
     "layer", "expert", "shared", "load", "general", "concentration", "dominant_label", "dominant_share", "degraded",
 )  # fmt: skip
 UNDERFITTING_COLUMNS: tuple[str, ...] = (
-    "label", "shared_norm_share", "specialist_gate_mass", "generalist_gate_mass", "n_tokens", "underfit",
+    "label", "shared_norm_share", "specialist_gate_mass", "ci_low", "ci_high", "generalist_gate_mass",
+    "n_tokens", "underfit",
 )  # fmt: skip
 
 _LABELLED = "prompt_id IN (SELECT prompt_id FROM prompts WHERE run_id = ? AND label IS NOT NULL)"
@@ -266,11 +274,13 @@ def underfitting(
     *,
     alpha: float = 0.05,
     n_perm: int = 1000,
+    n_boot: int = 1000,
     seed: int = 0,
 ) -> pl.DataFrame:
     """Shared vs routed output-norm share and specialist gate mass per label (module docstring).
 
-    ``n_perm`` and ``seed`` go to :func:`domain_specialisation` (which picks the specialists).
+    ``n_perm`` and ``seed`` go to :func:`domain_specialisation` (which picks the specialists);
+    ``n_boot`` resamples of prompts give the CI of ``specialist_gate_mass``.
     One row per non-null label with routed tokens in the selected layers, sorted by label.
     """
     info = layer_info(store, run_id, layers)
@@ -285,11 +295,11 @@ def underfitting(
     )
     specialists = specialists.with_columns(pl.lit(True).alias("is_specialist"))
     gate = store.sql(
-        "SELECT layer, label, CAST(expert AS INTEGER) AS expert, sum(weight) AS mass FROM ("
-        "  SELECT r.layer, p.label, unnest(r.experts) AS expert, unnest(r.weights) AS weight FROM routing r"
-        "  JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id"
+        "SELECT prompt_id, layer, label, CAST(expert AS INTEGER) AS expert, sum(weight) AS mass FROM ("
+        "  SELECT r.prompt_id, r.layer, p.label, unnest(r.experts) AS expert, unnest(r.weights) AS weight"
+        "  FROM routing r JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id"
         f"  WHERE r.run_id = ? AND p.label IS NOT NULL{clause.replace('layer', 'r.layer')}"
-        ") GROUP BY layer, label, expert",
+        ") GROUP BY prompt_id, layer, label, expert",
         [run_id, *values],
     )
     tokens = store.sql(
@@ -303,10 +313,31 @@ def underfitting(
         on=["layer", "label", "expert"],
         how="left",
     )
-    gate_mass = gate.group_by("label").agg(
-        (pl.col("mass").filter(pl.col("is_specialist").fill_null(False)).sum() / pl.col("mass").sum())
-        .cast(pl.Float64)
-        .alias("specialist_gate_mass")
+    per_prompt = gate.group_by("label", "prompt_id").agg(
+        pl.col("mass").filter(pl.col("is_specialist").fill_null(False)).sum().cast(pl.Float64).alias("spec"),
+        pl.col("mass").sum().cast(pl.Float64).alias("total"),
+    )
+    mass_rows: list[dict[str, object]] = []
+    for (label,), part in per_prompt.sort("label", "prompt_id").group_by(["label"], maintain_order=True):
+        est, low, high = cluster_bootstrap(
+            part["spec"].to_numpy(), part["total"].to_numpy(), n_boot=n_boot, seed=seed
+        )
+        mass_rows.append(
+            {
+                "label": label,
+                "specialist_gate_mass": float(est[0]),
+                "ci_low": float(low[0]),
+                "ci_high": float(high[0]),
+            }
+        )
+    gate_mass = pl.DataFrame(
+        mass_rows,
+        schema={
+            "label": pl.Utf8,
+            "specialist_gate_mass": pl.Float64,
+            "ci_low": pl.Float64,
+            "ci_high": pl.Float64,
+        },
     )
     norms = store.sql(
         "SELECT p.label, sum(CASE WHEN s.expert >= l.n_experts THEN s.out_norm ELSE 0 END) AS shared_norm,"
@@ -325,10 +356,15 @@ def underfitting(
         .with_columns(
             pl.col("shared_norm_share").fill_null(math.nan),
             pl.col("specialist_gate_mass").fill_null(math.nan),
+            pl.col("ci_low").fill_null(math.nan),
+            pl.col("ci_high").fill_null(math.nan),
             pl.col("n_tokens").cast(pl.Int64),
         )
         .with_columns((1.0 - pl.col("specialist_gate_mass")).alias("generalist_gate_mass"))
     )
-    median = float(np.nanmedian(out["specialist_gate_mass"].to_numpy())) if out.height else math.nan
-    out = out.with_columns((pl.col("specialist_gate_mass") < median).fill_null(False).alias("underfit"))
+    mass = out["specialist_gate_mass"].to_numpy()
+    median = float(np.nanmedian(mass)) if out.height and not np.isnan(mass).all() else math.nan
+    # numpy comparisons with NaN are False: no CI (n_boot=0) leaves the bare median rule
+    flag = (mass < median) & ~(out["ci_high"].to_numpy() >= median)
+    out = out.with_columns(pl.Series("underfit", flag, dtype=pl.Boolean))
     return out.select(list(UNDERFITTING_COLUMNS)).sort("label")

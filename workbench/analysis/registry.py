@@ -3,8 +3,9 @@
 ``ANALYSES`` maps a short name (``specialisation``, ``drift`` ...) to an :class:`AnalysisSpec`
 describing the function, its METHODS.md section, a one-line summary and what the run must
 hold (``routing`` always; ``logits`` = stored router logits, ``expert_stats`` = captured with
-``--expert-stats``, ``compare`` = a second run to compare against). :func:`run_analysis`
-dispatches by name and returns the analysis' tidy polars DataFrame.
+``--expert-stats``, ``compare`` = a second run to compare against, ``model`` = the model the run
+was captured from, loaded, because the analysis runs it — expert output similarity).
+:func:`run_analysis` dispatches by name and returns the analysis' tidy polars DataFrame.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from workbench.analysis.agreement import scorer_agreement
 from workbench.analysis.coactivation import coactivation, fixed_partners, pathways
 from workbench.analysis.compare import routing_drift
 from workbench.analysis.dynamic import dynamic_k
+from workbench.analysis.expert_similarity import expert_similarity
 from workbench.analysis.health import expert_load, load_balance, router_confidence, super_experts
 from workbench.analysis.home import expert_collapse, expert_degradation, underfitting
 from workbench.analysis.information import routing_mutual_information, routing_probe
@@ -51,6 +53,10 @@ class AnalysisSpec:
     @property
     def is_compare(self) -> bool:
         return "compare" in self.needs
+
+    @property
+    def needs_model(self) -> bool:
+        return "model" in self.needs
 
 
 _SPECS: tuple[AnalysisSpec, ...] = (
@@ -128,6 +134,13 @@ _SPECS: tuple[AnalysisSpec, ...] = (
         "Routing drift: per-layer top-k overlap between two captures of the same prompts.",
         ("routing", "compare"),
     ),
+    AnalysisSpec(
+        "expert-similarity",
+        expert_similarity,
+        "§7",
+        "Expert similarity: weight cosine and output angular similarity of expert pairs; merge candidates.",
+        ("routing", "model"),
+    ),
 )
 
 ANALYSES: dict[str, AnalysisSpec] = {spec.name: spec for spec in _SPECS}
@@ -144,10 +157,29 @@ def get_analysis(name: str) -> AnalysisSpec:
 
 
 def run_analysis(
-    name: str, store: Store, run_id: str, compare: str | None = None, **kwargs: Any
+    name: str,
+    store: Store,
+    run_id: str,
+    compare: str | None = None,
+    model: Any = None,
+    **kwargs: Any,
 ) -> pl.DataFrame:
-    """Run analysis ``name`` on ``run_id`` (``compare`` is the second run for comparison analyses)."""
+    """Run analysis ``name`` on ``run_id`` and return its tidy table.
+
+    ``compare`` is the second run for comparison analyses (``needs`` has ``"compare"``).
+    ``model`` is the loaded model (``workbench.models.loading.load_model``) for analyses whose
+    ``needs`` has ``"model"``; it is passed on as ``model=`` and ignored by the others, so a
+    caller holding a model may pass it to every analysis. Other keyword arguments go to the
+    analysis function.
+    """
     spec = get_analysis(name)
+    if spec.needs_model:
+        if model is None:
+            raise ValueError(
+                f"analysis {name!r} needs the model: give --model M on the CLI (model=... in Python), "
+                "the model the run was captured from"
+            )
+        kwargs["model"] = model
     if spec.is_compare:
         if compare is None:
             raise ValueError(

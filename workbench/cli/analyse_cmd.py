@@ -32,6 +32,21 @@ def analyse(
     compare: Annotated[
         str | None, typer.Option("--compare", help="Second run id, for comparison analyses (drift).")
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model the run was captured from (zoo name, directory or hub id), for analyses that "
+            "run it (expert-similarity).",
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device", help="Device for --model: cpu, cuda, cuda:1 ... (default: cuda if available)."
+        ),
+    ] = None,
     out_file: Annotated[
         Path | None,
         typer.Option(
@@ -44,6 +59,8 @@ def analyse(
     Example: moe-workbench analyse specialisation --db runs.duckdb --run R --out spec.csv
 
     Compare two runs: moe-workbench analyse drift --db runs.duckdb --run R --compare R2 --out drift.parquet
+
+    Analyses that run the model: moe-workbench analyse expert-similarity --db runs.duckdb --run R --model M
     """
     from workbench.analysis.registry import ANALYSES, UnknownAnalysisError, run_analysis
 
@@ -69,8 +86,9 @@ def analyse(
 
     errors: tuple[type[BaseException], ...] = (UnknownAnalysisError, *user_errors())
     try:
+        loaded = _load_model(name, model, device)
         with Store(db, read_only=True) as store:
-            frame = run_analysis(name, store, run, compare=compare)
+            frame = run_analysis(name, store, run, compare=compare, model=loaded)
     except errors as exc:
         fail(str(exc))
     if out_file is None:
@@ -90,3 +108,18 @@ def analyse(
     else:
         frame.write_json(out_file)
     console.print(f"wrote {frame.height} rows × {frame.width} columns to {out_file}")
+
+
+def _load_model(name: str, model: str | None, device: str | None) -> object:
+    """The loaded ``--model`` when analysis ``name`` needs one (else None: nothing is loaded)."""
+    from workbench.analysis.registry import get_analysis
+
+    if model is None or not get_analysis(name).needs_model:
+        return None
+    from workbench.models.loading import load_model
+
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return load_model(model, device=device)

@@ -1,0 +1,156 @@
+"""Shared pieces of the figure builders: layout, input checks, default choices, grids and lines.
+
+Every builder in :mod:`workbench.plots` takes a polars DataFrame returned by an analysis and
+returns a ``plotly.graph_objects.Figure``; it never queries the store. The helpers here keep the
+builders consistent: the same template, the same ``ValueError`` wording for a missing column or
+an absent label/layer, and the same way of turning a (layer, expert) table into a heatmap grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import polars as pl
+
+_LAYOUT: dict[str, Any] = {"template": "plotly_white", "hovermode": "closest"}
+#: Qualitative colours, cycled by position (labels, experts) so a colour means the same thing
+#: across the traces of one figure.
+PALETTE: tuple[str, ...] = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)  # fmt: skip
+
+
+def _require(df: pl.DataFrame, columns: Iterable[str], what: str) -> None:
+    """Raise ``ValueError`` naming the missing columns and the ones the frame has."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: missing column(s) {missing}; frame has {df.columns}")
+
+
+def _check(df: pl.DataFrame, columns: Iterable[str], what: str) -> None:
+    """:func:`_require` plus a clear error for an empty table (a figure of nothing hides a bug)."""
+    _require(df, columns, what)
+    if df.height == 0:
+        raise ValueError(f"{what}: empty frame (the analysis returned no rows)")
+
+
+def _floats(values: pl.Series | Sequence[Any]) -> np.ndarray:
+    """A float array with nulls as NaN (plotly draws NaN as a gap and hover prints ``NaN``)."""
+    series = values if isinstance(values, pl.Series) else pl.Series(list(values))
+    return series.cast(pl.Float64).fill_null(np.nan).to_numpy().astype(float)
+
+
+def colour(i: int) -> str:
+    """The ``i``-th palette colour, cycling."""
+    return PALETTE[i % len(PALETTE)]
+
+
+def rgba(hex_colour: str, alpha: float) -> str:
+    """``#rrggbb`` as an ``rgba(...)`` string with the given opacity (for Sankey links, bands)."""
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def labels_of(df: pl.DataFrame, column: str = "label") -> list[str]:
+    """The distinct non-null labels of ``column``, sorted."""
+    return sorted({str(x) for x in df[column].drop_nulls().unique().to_list()})
+
+
+def layers_of(df: pl.DataFrame, column: str = "layer") -> list[int]:
+    """The distinct layers of ``column``, sorted."""
+    return sorted(int(x) for x in df[column].drop_nulls().unique().to_list())
+
+
+def _pick_label(df: pl.DataFrame, label: str | None, what: str) -> str:
+    """``label`` if the frame has it, else (when ``None``) the first label in sorted order."""
+    present = labels_of(df)
+    if label is None:
+        if not present:
+            raise ValueError(f"{what}: no labels in the frame")
+        return present[0]
+    if label not in present:
+        raise ValueError(f"{what}: label {label!r} absent; labels present: {present}")
+    return label
+
+
+def _pick_layer(df: pl.DataFrame, layer: int | None, what: str, score: pl.Expr | None = None) -> int:
+    """``layer`` if the frame has it; when ``None`` the layer with the largest ``score``.
+
+    ``score`` is an aggregate expression evaluated per layer (``group_by("layer").agg``), e.g.
+    a weighted mean ``|lift − 1|``; NaN scores rank last, ties go to the lower layer. Without a
+    score, the first layer.
+    """
+    present = layers_of(df)
+    if layer is None:
+        if not present:
+            raise ValueError(f"{what}: no layers in the frame")
+        if score is None:
+            return present[0]
+        scores = (
+            df.group_by("layer")
+            .agg(score.cast(pl.Float64).alias("s"))
+            .with_columns(pl.col("s").fill_nan(None))
+            .sort(["s", "layer"], descending=[True, False], nulls_last=True)
+        )
+        return int(scores["layer"][0])
+    if int(layer) not in present:
+        raise ValueError(f"{what}: layer {layer} absent; layers present: {present}")
+    return int(layer)
+
+
+def _grid(
+    part: pl.DataFrame, value: str, custom: Sequence[str]
+) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
+    """Layer × expert grid of ``value`` and the ``custom`` columns (hover data) of one slice.
+
+    Returns ``(layers, experts, z, customdata)`` with ``z`` of shape ``(n_layers, n_experts)``
+    and ``customdata`` of shape ``(n_layers, n_experts, len(custom))``; missing cells are NaN.
+    Boolean custom columns become 0/1.
+    """
+    layers = layers_of(part)
+    experts = layers_of(part, "expert")
+    li = np.searchsorted(layers, part["layer"].to_numpy())
+    ei = np.searchsorted(experts, part["expert"].to_numpy())
+    z = np.full((len(layers), len(experts)), np.nan)
+    z[li, ei] = _floats(part[value])
+    cd = np.full((len(layers), len(experts), len(custom)), np.nan)
+    for c, name in enumerate(custom):
+        cd[li, ei, c] = _floats(part[name])
+    return layers, experts, z, cd
+
+
+def _ci_error(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> dict[str, Any]:
+    """Asymmetric error bars from a CI (``ci_low``/``ci_high``) around ``y``."""
+    return {"type": "data", "array": hi - y, "arrayminus": y - lo, "visible": True}
+
+
+def _layer_line(
+    df: pl.DataFrame, y: str, lo: np.ndarray, hi: np.ndarray, name: str, hover: str
+) -> go.Scatter:
+    """A per-layer line of ``y`` with error bars from ``lo``/``hi`` (also in ``customdata``)."""
+    yv = _floats(df[y])
+    return go.Scatter(
+        x=df["layer"].to_list(),
+        y=yv,
+        mode="lines+markers",
+        name=name,
+        error_y=_ci_error(yv, lo, hi),
+        customdata=np.column_stack([lo, hi]),
+        hovertemplate=hover,
+    )
+
+
+def _chance_line(df: pl.DataFrame, column: str = "chance", name: str = "chance") -> go.Scatter:
+    """A dashed grey per-layer reference line (chance, uniform routing ...)."""
+    return go.Scatter(
+        x=df["layer"].to_list(),
+        y=_floats(df[column]),
+        mode="lines",
+        name=name,
+        line={"dash": "dash", "color": "grey"},
+        hovertemplate=f"layer %{{x}}<br>{name} %{{y:.4f}}<extra></extra>",
+    )

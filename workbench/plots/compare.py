@@ -1,0 +1,123 @@
+"""Figures for comparisons (METHODS.md §7): routing drift between two runs, expert similarity within one."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import polars as pl
+from plotly.subplots import make_subplots
+
+from workbench.plots.common import _LAYOUT, _chance_line, _check, _ci_error, _floats, _layer_line, _pick_layer
+
+__all__ = ["drift_lines", "expert_similarity_heatmap"]
+
+
+def drift_lines(df: pl.DataFrame) -> go.Figure:
+    """Top-k overlap between two runs per layer with 95% CI and the ``k/E`` chance line, from ``routing_drift``."""
+    _check(df, ["layer", "overlap", "ci_low", "ci_high", "chance"], "drift_lines")
+    part = df.sort("layer")
+    fig = go.Figure(
+        [
+            _layer_line(
+                part,
+                "overlap",
+                _floats(part["ci_low"]),
+                _floats(part["ci_high"]),
+                "overlap",
+                "layer %{x}<br>overlap %{y:.4f} (95% CI %{customdata[0]:.4f}–%{customdata[1]:.4f})"
+                "<extra></extra>",
+            ),
+            _chance_line(part),
+        ]
+    )
+    fig.update_layout(
+        title="Routing drift: top-k overlap per layer",
+        xaxis_title="layer",
+        yaxis_title="overlap |S∩S'|/k",
+        **_LAYOUT,
+    )
+    return fig
+
+
+def expert_similarity_heatmap(
+    df: pl.DataFrame, layer: int | None = None, measure: str = "output_angular", top: int = 10
+) -> go.Figure:
+    """Expert similarity for one layer from ``expert_similarity``: pair matrix and merge candidates.
+
+    Left: symmetric expert × expert heatmap of ``measure`` (``output_angular``, 1 = same
+    output direction, 0.5 = orthogonal; or ``output_cos`` / ``weight_cos``), shared
+    pseudo-experts included as extra ids. Right: the layer's ``top`` merge candidates (smallest
+    ``merge_rank``) as bars of output angular similarity with the 95% prompt-bootstrap CI.
+    ``layer`` defaults to the layer with the most similar routed pair (the strongest merge
+    candidate). Hover gives all three similarities, the CI, tokens and the merge rank.
+    """
+    what = "expert_similarity_heatmap"
+    cols = ["layer", "expert_a", "expert_b", "shared", "weight_cos", "output_cos", "output_angular"]
+    _check(df, [*cols, "ci_low", "ci_high", "n_tokens", "merge_rank"], what)
+    measures = ("output_angular", "output_cos", "weight_cos")
+    if measure not in measures:
+        raise ValueError(f"{what}: measure must be one of {list(measures)}, got {measure!r}")
+    score = pl.col("output_angular").filter(~pl.col("shared").fill_null(False)).max()
+    layer = _pick_layer(df, layer, what, score)
+    part = df.filter(pl.col("layer") == layer)
+    ids = sorted({int(x) for x in (*part["expert_a"].to_list(), *part["expert_b"].to_list())})
+    pos = {e: i for i, e in enumerate(ids)}
+    extra = ("weight_cos", "output_cos", "output_angular", "ci_low", "ci_high", "n_tokens", "merge_rank")
+    z = np.full((len(ids), len(ids)), np.nan)
+    custom = np.full((len(ids), len(ids), len(extra)), np.nan)
+    a = np.array([pos[int(x)] for x in part["expert_a"].to_list()], dtype=int)
+    b = np.array([pos[int(x)] for x in part["expert_b"].to_list()], dtype=int)
+    values = _floats(part[measure])
+    rows = np.column_stack([_floats(part[c]) for c in extra])
+    z[a, b] = z[b, a] = values
+    custom[a, b] = custom[b, a] = rows
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.6, 0.4],
+        horizontal_spacing=0.14,
+        subplot_titles=(f"{measure} of expert pairs", f"top {top} merge candidates (95% CI)"),
+    )
+    fig.add_trace(
+        go.Heatmap(
+            z=z,
+            x=ids,
+            y=ids,
+            customdata=custom,
+            colorscale="Viridis",
+            colorbar={"title": measure, "x": 0.55},
+            hovertemplate=(
+                "experts %{y} & %{x}<br>weight cos %{customdata[0]:.4f}<br>output cos %{customdata[1]:.4f}"
+                "<br>output angular %{customdata[2]:.4f} (95% CI %{customdata[3]:.4f}–%{customdata[4]:.4f})"
+                "<br>tokens %{customdata[5]:.0f}, merge rank %{customdata[6]:.0f}<extra></extra>"
+            ),
+        ),
+        row=1,
+        col=1,
+    )
+    best = part.filter(pl.col("merge_rank").is_not_null()).sort("merge_rank").head(top)
+    y = _floats(best["output_angular"])
+    fig.add_trace(
+        go.Bar(
+            x=y,
+            y=[f"{ea}–{eb}" for ea, eb in best.select("expert_a", "expert_b").iter_rows()],
+            orientation="h",
+            name="merge candidates",
+            showlegend=False,
+            marker_color="#2ca02c",
+            error_x=_ci_error(y, _floats(best["ci_low"]), _floats(best["ci_high"])),
+            customdata=np.column_stack([_floats(best[c]) for c in extra]),
+            hovertemplate=(
+                "experts %{y}<br>output angular %{x:.4f} (95% CI %{customdata[3]:.4f}–%{customdata[4]:.4f})"
+                "<br>weight cos %{customdata[0]:.4f}<br>merge rank %{customdata[6]:.0f}<extra></extra>"
+            ),
+        ),
+        row=1,
+        col=2,
+    )
+    fig.update_xaxes(title_text="expert", row=1, col=1)
+    fig.update_yaxes(title_text="expert", row=1, col=1)
+    fig.update_xaxes(title_text="output angular similarity (0.5 = orthogonal)", row=1, col=2)
+    fig.update_yaxes(title_text="pair (merge rank order)", autorange="reversed", row=1, col=2)
+    fig.update_layout(title=f"Expert similarity, layer {layer}", **_LAYOUT)
+    return fig

@@ -1,0 +1,220 @@
+"""Figures for load and router health (METHODS.md §1): load, balance, router confidence, super experts."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import polars as pl
+from plotly.subplots import make_subplots
+
+from workbench.plots.common import _LAYOUT, _check, _ci_error, _floats, _require, colour, layers_of
+
+__all__ = ["balance_lines", "load_bars", "router_confidence_lines", "super_expert_strip"]
+
+
+def load_bars(df: pl.DataFrame) -> go.Figure:
+    """Grouped bars of routing fraction ``f`` per expert, one trace per layer, from ``expert_load``.
+
+    Error bars span the 95% CI; a dashed line marks uniform load ``1/E`` (E = experts in ``df``).
+    """
+    _require(df, ["layer", "expert", "f", "ci_low", "ci_high"], "load_bars")
+    if df.height == 0:
+        raise ValueError("load_bars: empty frame")
+    n_experts = df["expert"].n_unique()
+    fig = go.Figure()
+    for layer in layers_of(df):
+        part = df.filter(pl.col("layer") == layer).sort("expert")
+        f = _floats(part["f"])
+        lo, hi = _floats(part["ci_low"]), _floats(part["ci_high"])
+        dead = part["dead"].to_list() if "dead" in part.columns else [False] * part.height
+        fig.add_trace(
+            go.Bar(
+                name=f"layer {layer}",
+                x=part["expert"].to_list(),
+                y=f,
+                error_y=_ci_error(f, lo, hi),
+                customdata=np.column_stack([lo, hi, np.array(dead, dtype=object)]),
+                hovertemplate=(
+                    f"layer {layer}, expert %{{x}}<br>f %{{y:.4f}} "
+                    "(95% CI %{customdata[0]:.4f}–%{customdata[1]:.4f})<br>dead %{customdata[2]}<extra></extra>"
+                ),
+            )
+        )
+    fig.add_hline(
+        y=1.0 / n_experts, line_dash="dash", line_color="grey", annotation_text=f"uniform 1/{n_experts}"
+    )
+    fig.update_layout(
+        title="Expert load: routing fraction f per expert",
+        xaxis_title="expert",
+        yaxis_title="f (fraction of routed slots)",
+        barmode="group",
+        **_LAYOUT,
+    )
+    return fig
+
+
+def balance_lines(df: pl.DataFrame) -> go.Figure:
+    """Per-layer load balance from ``load_balance``: two stacked panels sharing the layer axis.
+
+    Top: the 0–1 measures — normalised load entropy and balancedness (1 = uniform) and the
+    share of selections taken by the top 10% of experts (uniform ≈ 0.1). Bottom: the
+    coefficient of variation of ``f`` (0 = uniform). Hover carries every number of the row,
+    including the dead-expert count, so one glance tells which layers are skewed and how.
+    """
+    cols = ["layer", "n_experts", "top_k", "n_tokens", "cv", "entropy_norm", "balancedness", "n_dead"]
+    _check(df, [*cols, "top10_share"], "balance_lines")
+    part = df.sort("layer")
+    x = part["layer"].to_list()
+    custom = np.column_stack([_floats(part[c]) for c in ("n_experts", "top_k", "n_tokens", "n_dead", "cv")])
+    info = (
+        "E %{customdata[0]:.0f}, k %{customdata[1]:.0f}, tokens %{customdata[2]:.0f}"
+        "<br>dead experts %{customdata[3]:.0f}<extra></extra>"
+    )
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        row_heights=[0.6, 0.4],
+        subplot_titles=("0–1 measures (1 = uniform, except top-10% share)", "coefficient of variation"),
+    )
+    for i, (column, name) in enumerate(
+        [
+            ("entropy_norm", "entropy H(f)/log E"),
+            ("balancedness", "balancedness mean(f)/max(f)"),
+            ("top10_share", "top-10% experts' share"),
+        ]
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=_floats(part[column]),
+                mode="lines+markers",
+                name=name,
+                line={"color": colour(i)},
+                customdata=custom,
+                hovertemplate=f"layer %{{x}}<br>{name} %{{y:.4f}}<br>{info}",
+            ),
+            row=1,
+            col=1,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=_floats(part["cv"]),
+            mode="lines+markers",
+            name="CV std(f)/mean(f)",
+            line={"color": colour(3)},
+            customdata=custom,
+            hovertemplate=f"layer %{{x}}<br>CV %{{y:.4f}}<br>{info}",
+        ),
+        row=2,
+        col=1,
+    )
+    fig.update_yaxes(title_text="ratio (0–1)", range=[0, 1.05], row=1, col=1)
+    fig.update_yaxes(title_text="CV (unitless)", rangemode="tozero", row=2, col=1)
+    fig.update_xaxes(title_text="layer", row=2, col=1)
+    fig.update_layout(title="Load balance per layer", **_LAYOUT)
+    return fig
+
+
+def router_confidence_lines(df: pl.DataFrame) -> go.Figure:
+    """Router confidence per layer from ``router_confidence``, three panels sharing the layer axis.
+
+    Normalised router entropy ``H(π)/log E`` (1 = the router is undecided), the mean score
+    margin between the k-th and (k+1)-th expert (in the router's own score units) and the
+    fragility: the share of tokens whose top-k set changes under a 1% logit perturbation.
+    """
+    _check(df, ["layer", "n_tokens", "entropy", "entropy_norm", "margin", "fragility"], "router_confidence")
+    part = df.sort("layer")
+    x = part["layer"].to_list()
+    custom = np.column_stack([_floats(part["entropy"]), _floats(part["n_tokens"])])
+    panels = [
+        ("entropy_norm", "entropy H/log E", "normalised entropy (0–1)"),
+        ("margin", "margin π(k) − π(k+1)", "margin (score units)"),
+        ("fragility", "fragility", "share of tokens"),
+    ]
+    fig = make_subplots(
+        rows=3,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.07,
+        subplot_titles=(
+            "router entropy (1 = undecided)",
+            "top-k margin (k-th minus (k+1)-th score)",
+            "fragility: top-k set changes under 1% logit noise",
+        ),
+    )
+    for row, (column, name, unit) in enumerate(panels, start=1):
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=_floats(part[column]),
+                mode="lines+markers",
+                name=name,
+                line={"color": colour(row - 1)},
+                customdata=custom,
+                hovertemplate=(
+                    f"layer %{{x}}<br>{name} %{{y:.4f}}<br>entropy %{{customdata[0]:.4f}} nats"
+                    "<br>tokens %{customdata[1]:.0f}<extra></extra>"
+                ),
+            ),
+            row=row,
+            col=1,
+        )
+        fig.update_yaxes(title_text=unit, rangemode="tozero", row=row, col=1)
+    fig.update_xaxes(title_text="layer", row=3, col=1)
+    fig.update_layout(title="Router confidence per layer", height=750, **_LAYOUT)
+    return fig
+
+
+def super_expert_strip(df: pl.DataFrame) -> go.Figure:
+    """Maximum output norm of every expert, by layer, from ``super_experts`` (log y axis).
+
+    Routed experts are circles, shared (pseudo-)experts diamonds and flagged super experts red
+    stars. The dotted line is the flagging threshold recomputed from the table:
+    ``max(99.5th percentile of the maxima, 0.1 × largest maximum)``, as in the analysis.
+    """
+    _check(df, ["layer", "expert", "shared", "max_out_norm", "n_tokens", "super"], "super_expert_strip")
+    fig = go.Figure()
+    groups = [
+        ("routed expert", ~pl.col("shared") & ~pl.col("super"), "circle", colour(0), 7),
+        ("shared expert", pl.col("shared") & ~pl.col("super"), "diamond", colour(2), 9),
+        ("super expert", pl.col("super"), "star", "#d62728", 14),
+    ]
+    for name, mask, symbol, col, size in groups:
+        part = df.filter(mask.fill_null(False))
+        if part.height == 0:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=part["layer"].to_list(),
+                y=_floats(part["max_out_norm"]),
+                mode="markers",
+                name=name,
+                marker={"symbol": symbol, "color": col, "size": size, "opacity": 0.8},
+                customdata=np.column_stack([_floats(part["expert"]), _floats(part["n_tokens"])]),
+                hovertemplate=(
+                    f"{name}<br>layer %{{x}}, expert %{{customdata[0]:.0f}}<br>max ‖out‖ %{{y:.4g}}"
+                    "<br>tokens %{customdata[1]:.0f}<extra></extra>"
+                ),
+            )
+        )
+    maxima = _floats(df["max_out_norm"])
+    maxima = maxima[np.isfinite(maxima)]
+    if maxima.size:
+        threshold = max(float(np.percentile(maxima, 99.5)), 0.1 * float(maxima.max()))
+        fig.add_hline(
+            y=threshold,
+            line_dash="dot",
+            line_color="grey",
+            annotation_text=f"flag threshold {threshold:.3g}",
+        )
+    fig.update_layout(
+        title="Super experts: maximum output norm per expert",
+        xaxis_title="layer",
+        yaxis_title="max output norm ‖out‖ (log scale)",
+        yaxis_type="log",
+        **_LAYOUT,
+    )
+    return fig
