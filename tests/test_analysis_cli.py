@@ -20,7 +20,7 @@ EXPECTED_NAMES = {
     "agreement",
     "specialisation", "load", "balance", "router-confidence", "super-experts", "coactivation",
     "pathways", "fixed-partners", "dynamic-k", "esft", "tcess", "vocab", "mutual-information",
-    "probe", "collapse", "degradation", "underfitting", "drift", "expert-similarity",
+    "probe", "collapse", "degradation", "underfitting", "drift", "expert-similarity", "resonance",
 }  # fmt: skip
 
 TEXTS = {

@@ -187,3 +187,32 @@ def test_resonate_cli_writes_and_stores_the_map(tmp_path: Path) -> None:
     assert stored.height == 2 * E and set(stored["target"]) == {"harmful"}
     bad = CliRunner().invoke(app, [*args[:-1], "refusal"])
     assert bad.exit_code == 2 and "labels are" in bad.output
+
+
+def test_registered_analysis_finds_the_contrast_set(planted: tuple[Path, str]) -> None:
+    from workbench.analysis.registry import run_analysis
+    from workbench.analysis.resonance import default_contrast
+
+    path, run = planted
+    with Store(path, read_only=True) as st:
+        assert default_contrast(st, run) == ("harmful", "benign")  # the first member of each pair
+        res = run_analysis("resonance", st, run, n_perm=99, n_boot=99)
+        flipped = run_analysis("resonance", st, run, target="benign", n_perm=0, n_boot=0)
+    assert res.sort("rd", descending=True).select("layer", "expert").row(0) == PLANT
+    assert np.allclose(flipped["rd"].to_numpy(), -res["rd"].to_numpy())
+
+
+def test_unpaired_run_needs_explicit_labels(tmp_path: Path) -> None:
+    from workbench.analysis.resonance import resonance
+
+    rng = np.random.default_rng(0)
+    sk = skeleton(["a", "b", "c"] * 4, rng.integers(4, 8, size=12), (0,))
+    experts = np.argsort(rng.random((sk.n_rows, E)), axis=1)[:, :K].astype(np.int16)
+    weights = np.full((sk.n_rows, K), 0.5, np.float32)
+    run = save_run(
+        tmp_path / "u.duckdb", sk, experts=experts, weights=weights, n_experts=E, top_k=K, run_id="u"
+    )
+    with Store(tmp_path / "u.duckdb", read_only=True) as st:
+        with pytest.raises(ValueError, match=r"give target= and control=.*\['a', 'b', 'c'\]"):
+            resonance(st, run)
+        assert resonance(st, run, target="a", control="c", n_perm=0, n_boot=0).height == E

@@ -23,6 +23,7 @@ from workbench.analysis.health import expert_load, load_balance, router_confiden
 from workbench.analysis.home import expert_collapse, expert_degradation, underfitting
 from workbench.analysis.information import routing_mutual_information, routing_probe
 from workbench.analysis.relevance import esft_scores, tcess, vocab_specialisation
+from workbench.analysis.resonance import resonance
 from workbench.analysis.specialisation import domain_specialisation
 
 if TYPE_CHECKING:
@@ -126,6 +127,13 @@ _SPECS: tuple[AnalysisSpec, ...] = (
         scorer_agreement,
         "§2",
         "Spearman rank agreement of the specialisation scorers (lift, ESFT GS/TSR, TCESS) per label.",
+    ),
+    AnalysisSpec(
+        "resonance",
+        resonance,
+        "§5",
+        "Resonance map of a contrast set (target vs control label): rate difference (rd) and fTRI with CI, p, q.",
+        ("routing", "contrast"),
     ),
     AnalysisSpec(
         "drift",

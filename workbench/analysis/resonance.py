@@ -37,7 +37,10 @@ from workbench.analysis.common import layer_filter, layer_info
 from workbench.analysis.stats import benjamini_hochberg, contrast_test
 from workbench.store import Store
 
-__all__ = ["RESONANCE_COLUMNS", "SPAN_HELP", "resonance_map", "resonance_tokens", "span_clause"]
+__all__ = [
+    "RESONANCE_COLUMNS", "SPAN_HELP", "default_contrast", "resonance", "resonance_map", "resonance_tokens",
+    "span_clause",
+]  # fmt: skip
 
 RESONANCE_COLUMNS: tuple[str, ...] = (
     "layer", "expert", "rd", "ftri", "method", "ci_low", "ci_high", "p", "q",
@@ -203,6 +206,47 @@ def resonance_map(
     out = pl.concat(frames, how="vertical_relaxed")
     out = out.with_columns(pl.Series("q", benjamini_hochberg(out["p"].to_numpy())))
     return out.select(list(RESONANCE_COLUMNS)).cast(_SCHEMA).sort("layer", "expert")  # type: ignore[arg-type]
+
+
+def default_contrast(store: Store, run_id: str) -> tuple[str, str] | None:
+    """The run's contrast set (target, control) when it is unambiguous, else None.
+
+    A run is a contrast set when its paired prompts (``pair_id``) carry exactly two labels;
+    the label of the pair member that comes first in the probe file is the target (the
+    convention of ``probes/refusal.jsonl``: harmful request, then its benign twin).
+    """
+    firsts = store.sql(
+        "SELECT label, count(*) AS n FROM ("
+        "  SELECT pair_id, arg_min(label, prompt_id) AS label FROM prompts"
+        "  WHERE run_id = ? AND pair_id IS NOT NULL GROUP BY pair_id"
+        ") GROUP BY label ORDER BY n DESC",
+        [run_id],
+    )
+    labels = store.sql(
+        "SELECT DISTINCT label FROM prompts WHERE run_id = ? AND pair_id IS NOT NULL AND label IS NOT NULL",
+        [run_id],
+    )["label"].to_list()
+    if len(labels) != 2 or firsts.height == 0:
+        return None
+    target = str(firsts["label"][0])
+    return target, next(str(x) for x in labels if x != target)
+
+
+def resonance(
+    store: Store, run_id: str, *, target: str | None = None, control: str | None = None, **options: object
+) -> pl.DataFrame:
+    """:func:`resonance_map`, with target/control defaulting to the run's contrast set (:func:`default_contrast`)."""
+    if target is None or control is None:
+        found = default_contrast(store, run_id)
+        if found is None:
+            labels = store.sql("SELECT DISTINCT label FROM prompts WHERE run_id = ? ORDER BY label", [run_id])
+            raise ValueError(
+                f"run {run_id!r} is not a paired two-label contrast set: give target= and control= "
+                f"(its labels are {labels['label'].to_list()})"
+            )
+        target = target or found[0]
+        control = control or (found[1] if found[0] == target else found[0])
+    return resonance_map(store, run_id, target=target, control=control, **options)  # type: ignore[arg-type]
 
 
 def resonance_tokens(

@@ -23,7 +23,7 @@ from workbench.plots.health import balance_lines, load_bars, router_confidence_l
 from workbench.plots.home import collapse_panels, degradation_scatter, underfitting_bars
 from workbench.plots.information import mutual_information_lines, probe_accuracy
 from workbench.plots.relevance import agreement_heatmap, esft_heatmap, tcess_heatmap, vocab_lines
-from workbench.plots.specialisation import specialisation_heatmap
+from workbench.plots.specialisation import resonance_heatmap, specialisation_heatmap
 
 __all__ = ["FIGURES", "UnknownFigureError", "figure_for", "figure_options"]
 
@@ -50,6 +50,7 @@ FIGURES: dict[str, FigureBuilder] = {
     "agreement": agreement_heatmap,
     "drift": drift_lines,
     "expert-similarity": expert_similarity_heatmap,
+    "resonance": resonance_heatmap,
 }
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 import polars as pl
 
-from workbench.plots.common import _LAYOUT, _grid, _pick_label, _require
+from workbench.plots.common import _LAYOUT, _check, _grid, _pick_label, _require
 
 __all__ = ["resonance_heatmap", "specialisation_heatmap"]
 
@@ -59,12 +59,10 @@ def resonance_heatmap(df: pl.DataFrame) -> go.Figure:
     Diverging around 0 (red = the expert fires more on target prompts than on control ones);
     cells with ``q < 0.05`` are marked ``*``. Hover gives the score with its 95% CI, both
     scores, the target/control selection rates and prompt counts, and p, q.
-    Not yet registered in :data:`workbench.plots.registry.FIGURES`; register it under the
-    analysis' name when the analysis is.
     """
     what = "resonance_heatmap"
     cols = ["layer", "expert", "rd", "ftri", "method", "ci_low", "ci_high", "p", "q"]
-    _require(df, [*cols, "rate_target", "rate_control", "n_target", "n_control"], what)
+    _check(df, [*cols, "rate_target", "rate_control", "n_target", "n_control"], what)
     methods = sorted({str(x) for x in df["method"].drop_nulls().unique().to_list()}) or ["rd"]
     method = methods[0]
     if method not in ("rd", "ftri"):
