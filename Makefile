@@ -1,5 +1,5 @@
 # moe-workbench: two commands on a fresh machine.
-#   make demo   capture the embedded default model into demo.duckdb and summarise it
+#   make demo   capture the embedded default model into demo.duckdb, summarise it, write demo.html
 #   make test   lint, type-check and run the test suite
 PY      ?= python3
 VENV    ?= .venv
@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest browser bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,7 +32,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy workbench
 
-pytest: $(STAMP)
+# Headless Chromium for the report's browser test (tests/test_report.py drives it with Playwright;
+# no browser download: Playwright uses Debian's /usr/bin/chromium). Needs root and apt.
+browser:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium chromium-driver)
+
+pytest: $(STAMP) browser
 	$(BIN)/python -m pytest -q -rfEsP
 
 test: lint typecheck pytest
@@ -41,4 +46,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/capture.py
 
 clean:
-	rm -rf $(VENV) demo.duckdb .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo.duckdb demo*.html .pytest_cache .mypy_cache .ruff_cache

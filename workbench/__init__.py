@@ -1,10 +1,12 @@
 """moe-workbench: capture, analyse and intervene on the routing of Mixture-of-Experts models.
 
 import workbench as wb
-run = wb.capture("tiny:qwen2_moe", "probes/example.jsonl", "runs.duckdb")
-store = wb.open("runs.duckdb")
-store.runs()                       # polars DataFrame
-store.routing(run, layers=[1], labels=["code"])
+run_id = wb.capture("tiny:qwen2_moe", "probes/example.jsonl", "runs.duckdb")
+db = wb.open("runs.duckdb")        # a Session: the store's readers plus analysis handles
+db.runs()                          # polars DataFrame
+db.routing(run_id, layers=[1], labels=["code"])
+spec = db.run(run_id).specialisation(by="label")   # polars DataFrame (layer, expert, label, share, lift, CI, p, q)
+spec.plot(label="code")                              # plotly figure
 """
 
 from __future__ import annotations
@@ -13,16 +15,47 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from workbench.session import Session
+
+#: Intervention specs and ``intervene`` (METHODS §8), exported lazily from workbench.interventions.
+_INTERVENE = frozenset(
+    [
+        "intervene",
+        "Intervention",
+        "Ablate",
+        "Zero",
+        "Reroute",
+        "Force",
+        "Bias",
+        "TopK",
+        "TopP",
+        "Scale",
+        "Prune",
+    ]
+)
+
+__all__ = [
+    "RoutingFamily",
+    "capture",
+    "load_model",
+    "open",
+    "register_adapter",
+    "resume",
+    *sorted(_INTERVENE),
+]
+
+
+def open(path: str | Path, read_only: bool = True, model: Any = None) -> Session:
+    """Open a run store for analysis: a :class:`~workbench.session.Session` (read-only by default).
+
+    ``session.run(R)`` gives a run's analyses as methods; the store's readers (``runs``,
+    ``routing``, ``prompts`` ...) are available on the session too. ``model`` (optional, from
+    :func:`load_model`) is used by analyses that need the weights (expert similarity).
+    """
+    from workbench.session import Session
     from workbench.store import Store
 
-__all__ = ["RoutingFamily", "capture", "load_model", "open", "register_adapter", "resume"]
-
-
-def open(path: str | Path, read_only: bool = True) -> Store:
-    """Open a run store (read-only by default; pass ``read_only=False`` to write)."""
-    from workbench.store import Store
-
-    return Store(path, read_only=read_only)
+    return Session(Store(path, read_only=read_only), model=model)
 
 
 def capture(model: Any, probes: Any, db: str | Path, **kwargs: Any) -> str:
@@ -55,4 +88,8 @@ def __getattr__(name: str) -> Any:
         from workbench.models.family import RoutingFamily
 
         return RoutingFamily
+    if name in _INTERVENE:
+        import importlib
+
+        return getattr(importlib.import_module("workbench.interventions"), name)
     raise AttributeError(name)

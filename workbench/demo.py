@@ -1,10 +1,11 @@
 """``make demo``: capture the reference model on the probe suites and print who specialises in what.
 
-Captures ``tiny-ref`` (the committed reference MoE) on the ``domains`` and ``refusal`` suites into
-``demo.duckdb`` (recreated each time), then prints, per layer, each label's most specialised
-experts: the share of the label's tokens routed to the expert, and its specificity (that share
-over the expert's share of all tokens). The full analyses with confidence intervals are the analysis suite's job; this is
-the quick look.
+Captures ``tiny-ref`` (the committed reference MoE, with expert statistics) on the ``domains``
+and ``refusal`` suites into ``demo.duckdb`` (recreated each time), then prints, per layer, each
+label's most specialised experts: the share of the label's tokens routed to the expert, and its
+specificity (that share over the expert's share of all tokens). That is the quick look; the full analyses with confidence
+intervals go into an HTML probing report per run (``demo.html`` next to the DB for the first suite,
+``demo-<suite>.html`` for the others, or ``--report PATH``), which opens offline in a browser.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import polars as pl
 from workbench.capture.engine import capture
 from workbench.data.suites import suite_path
 from workbench.models.loading import load_model
+from workbench.reports import write_report
 from workbench.store import Store
 from workbench.zoo.tiny_ref import model_dir
 
@@ -69,11 +71,27 @@ def summary(shares: pl.DataFrame, top: int = 2, min_share: float = 0.10) -> str:
     return "\n".join(lines)
 
 
+def report_paths(db: Path, suites: list[str], report: Path | None = None) -> dict[str, Path]:
+    """Where each suite's report goes: ``report`` (default ``<db stem>.html``) for the first suite,
+    ``<stem>-<suite>.html`` beside it for the others."""
+    first = report if report is not None else db.with_suffix(".html")
+    return {
+        suite: first if i == 0 else first.with_name(f"{first.stem}-{suite}{first.suffix}")
+        for i, suite in enumerate(suites)
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--db", default="demo.duckdb")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--suite", action="append", dest="suites", help="probe suite (repeatable)")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="HTML report of the first suite's run (default: DB stem + .html)",
+    )
     args = parser.parse_args(argv)
     db = Path(args.db)
     for stale in (db, db.with_suffix(db.suffix + ".wal")):
@@ -85,9 +103,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         args.model = "tiny:qwen2_moe"
     loaded = load_model(args.model)
+    suites = list(args.suites or DEFAULT_SUITES)
     runs = {}
-    for suite in args.suites or DEFAULT_SUITES:
-        runs[suite] = capture(loaded, suite_path(suite), db, run_id=f"{args.model}-{suite}", progress=True)
+    for suite in suites:
+        runs[suite] = capture(
+            loaded, suite_path(suite), db, run_id=f"{args.model}-{suite}", progress=True, expert_stats=True
+        )
     with Store(db, read_only=True) as store:
         for suite, run_id in runs.items():
             n_rows = store.sql("SELECT count(*) AS n FROM routing WHERE run_id = ?", [run_id])["n"][0]
@@ -97,6 +118,10 @@ def main(argv: list[str] | None = None) -> None:
                 "expert (and that share relative to the expert's share of all tokens)"
             )
             print(summary(expert_shares(store, run_id)))
+    paths = report_paths(db, suites, args.report)
+    for suite, run_id in runs.items():
+        path = write_report(db, run_id, paths[suite], model=loaded)
+        print(f"\nreport of run {run_id}: {path.resolve()} (self-contained HTML; open it in a browser)")
 
 
 if __name__ == "__main__":

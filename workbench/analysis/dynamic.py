@@ -108,13 +108,23 @@ def dynamic_k(
         n_scores = int(width[0])
         logits = df["logits"].explode().to_numpy().astype(np.float64).reshape(df.height, n_scores)
         scores = router_scores(logits, score_fn)
-        labels = df["label"].to_list()
+        label_col = df["label"]
         nll = df["nll"].cast(pl.Float64).fill_null(np.nan).to_numpy()
         n_bins = max(int(n_experts), n_scores)
+        # One boolean mask per label (NULL first), computed once per layer in polars rather than
+        # by comparing Python objects token by token for every p.
+        groups = sorted(set(label_col.unique().to_list()), key=lambda x: (x is not None, x or ""))
+        masks = [
+            (label_col.is_null() if label is None else (label_col == label).fill_null(False)).to_numpy()
+            for label in groups
+        ]
+        # Sorted cumulative scores once per layer; k_at_p(scores, p) for every p reads them.
+        cum = np.cumsum(-np.sort(-scores, axis=1), axis=1)
         for p in levels:
-            k = k_at_p(scores, p)
-            for label in sorted(set(labels), key=lambda x: (x is not None, x or "")):
-                mask = np.array([lab == label for lab in labels])
+            reached = cum >= p - _TOL
+            reached[:, -1] = True
+            k = np.argmax(reached, axis=1).astype(np.int64) + 1
+            for label, mask in zip(groups, masks, strict=True):
                 k_l, nll_l = k[mask], nll[mask]
                 ok = ~np.isnan(nll_l)
                 rows.append({

@@ -14,7 +14,14 @@ from workbench.cli.app import app
 
 __all__ = ["COMMAND_MODULES", "app", "main"]
 
-COMMAND_MODULES: tuple[str, ...] = ("capture_cmds", "analyse_cmd", "resonate_cmd", "probes_cmd", "zoo_cmd")
+COMMAND_MODULES: tuple[str, ...] = (
+    "capture_cmds",
+    "analyse_cmd",
+    "resonate_cmd",
+    "probes_cmd",
+    "zoo_cmd",
+    "report_cmd",
+)
 
 for _name in COMMAND_MODULES:
     import_module(f"workbench.cli.{_name}")

@@ -1,0 +1,57 @@
+"""Behaviours an intervention is meant to change, and how to score them (METHODS.md §8).
+
+A :class:`Behaviour` says how a request is asked (``ask``), how a greedy continuation is
+judged (``judge``: True when the behaviour shows), and which first answer tokens express it
+(``yes``) or its alternative (``no``) — the latter give the *behaviour margin* used by causal
+resonance (METHODS §5): ``log p(yes₀) − log p(no₀)`` at the position where the answer starts.
+
+The first behaviour is refusal on tiny-ref's chat format, judged by the transparent pattern
+scorer :mod:`workbench.zoo.refusal_scorer` (its accuracy on labelled examples is measured in
+tests/test_interventions_effects.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from workbench.zoo import chat
+from workbench.zoo.refusal_scorer import is_refusal
+
+__all__ = ["BEHAVIOURS", "REFUSAL", "Behaviour", "get_behaviour"]
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How to elicit, judge and measure one behaviour."""
+
+    name: str
+    ask: Callable[[str], str]
+    judge: Callable[[str], bool]
+    yes: str
+    no: str
+    max_new_tokens: int = 12
+    description: str = ""
+
+
+REFUSAL = Behaviour(
+    name="refusal",
+    ask=chat.prompt,
+    judge=is_refusal,
+    yes=" " + chat.REFUSAL,
+    no=" " + chat.COMPLIANCE,
+    description=(
+        "Asked as 'User: {request}\\nAssistant:'; a greedy 12-token continuation is a refusal when a "
+        "pattern of workbench.zoo.refusal_scorer.PATTERNS matches ('I cannot', 'I won't', 'I'm sorry' ...)."
+    ),
+)
+
+BEHAVIOURS: dict[str, Behaviour] = {REFUSAL.name: REFUSAL}
+
+
+def get_behaviour(name: str) -> Behaviour:
+    """The registered behaviour ``name``; the error lists the ones that exist."""
+    try:
+        return BEHAVIOURS[name]
+    except KeyError:
+        raise KeyError(f"unknown behaviour {name!r}; available: {', '.join(sorted(BEHAVIOURS))}") from None
