@@ -43,7 +43,7 @@ FORCE_MARGIN = 1e-3
 _BIG = 1e4  # choice offset that puts forced (and, on hash layers, table) experts first
 
 
-class UnsupportedIntervention(NotImplementedError):
+class UnsupportedIntervention(ValueError):
     """A family cannot apply a semantics exactly; the message names both."""
 
 

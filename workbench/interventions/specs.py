@@ -31,6 +31,7 @@ round-trip exactly; the store's interventions table keeps the JSON.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
@@ -85,7 +86,7 @@ def _span(value: Any) -> Span | None:
 
 
 @dataclass(frozen=True)
-class Intervention:
+class Intervention(ABC):
     """Base of all specs: the kind, the layers touched and an optional token span."""
 
     kind: ClassVar[Kind]
@@ -94,9 +95,9 @@ class Intervention:
     def __post_init__(self) -> None:
         object.__setattr__(self, "span", _span(self.span))
 
+    @abstractmethod
     def layer_experts(self) -> dict[int, tuple[int, ...]]:
         """{layer: experts} this spec names ({layer: ()} for whole-layer specs)."""
-        raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: ``kind`` plus every field (layer keys become strings in JSON)."""
