@@ -40,13 +40,16 @@ class Skeleton:
         return int(self.pid.size)
 
 
-def skeleton(labels: list[str], lengths: np.ndarray, layers: tuple[int, ...]) -> Skeleton:
-    """Prompts ``i`` with label ``labels[i]`` and ``lengths[i]`` tokens; token ids = positions."""
+def prompt_tables(
+    labels: list[str], lengths: np.ndarray, *, pid_offset: int = 0, nll: np.ndarray | None = None
+) -> tuple[pa.Table, pa.Table, np.ndarray, np.ndarray]:
+    """``prompts`` and ``tokens`` tables (token ids = positions), and the per-token prompt ids and positions."""
     n_prompts = len(labels)
-    pid_tok = np.repeat(np.arange(n_prompts, dtype=np.int32), lengths)
+    pids = np.arange(n_prompts, dtype=np.int32) + pid_offset
+    pid_tok = np.repeat(pids, lengths)
     pos_tok = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
     prompts = pa.table({
-        "prompt_id": pa.array(np.arange(n_prompts), pa.int32()),
+        "prompt_id": pa.array(pids, pa.int32()),
         "text": [f"prompt {i}" for i in range(n_prompts)],
         "label": labels,
         "pair_id": pa.array([None] * n_prompts, pa.string()),
@@ -56,8 +59,15 @@ def skeleton(labels: list[str], lengths: np.ndarray, layers: tuple[int, ...]) ->
     })  # fmt: skip
     tokens = pa.table({
         "prompt_id": pid_tok, "position": pos_tok, "token_id": pos_tok,
-        "token": [f"t{q}" for q in pos_tok], "nll": np.ones(pid_tok.size, np.float32),
+        "token": [f"t{q}" for q in pos_tok],
+        "nll": (np.ones(pid_tok.size) if nll is None else nll).astype(np.float32),
     })  # fmt: skip
+    return prompts, tokens, pid_tok, pos_tok
+
+
+def skeleton(labels: list[str], lengths: np.ndarray, layers: tuple[int, ...]) -> Skeleton:
+    """Prompts ``i`` with label ``labels[i]`` and ``lengths[i]`` tokens; token ids = positions."""
+    prompts, tokens, pid_tok, pos_tok = prompt_tables(labels, lengths)
     return Skeleton(
         labels=list(labels),
         layers=tuple(layers),

@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
+from synthetic import lists, prompt_tables
 
 from workbench.analysis.coactivation import coactivation, fixed_partners, pathways
 from workbench.analysis.dynamic import dynamic_k
@@ -21,13 +22,6 @@ LAYERS = (0, 1, 3)  # non-contiguous: "next MoE layer" of 1 is 3
 PAIR = (2, 5)
 #: layer l+1's experts are SIGMA applied to layer l's, so top-1 transitions are deterministic.
 SIGMA = np.array([3, 0, 6, 1, 7, 4, 2, 5], np.int16)
-
-
-def _lists(values: np.ndarray) -> pa.ListArray:
-    n_rows, width = values.shape
-    return pa.ListArray.from_arrays(
-        pa.array(np.arange(n_rows + 1, dtype=np.int32) * width), pa.array(values.ravel())
-    )
 
 
 def _write(
@@ -44,31 +38,16 @@ def _write(
     """Write ``experts`` ((tokens, layers, K)) as a run of ``n_prompts`` equal-length prompts."""
     n_tok, n_lay, k = experts.shape
     per = n_tok // n_prompts
-    pid_tok = np.repeat(np.arange(n_prompts, dtype=np.int32), per)
-    pos_tok = np.tile(np.arange(per, dtype=np.int32), n_prompts)
     labels = ["hard" if i % 2 else "easy" for i in range(n_prompts)]
-    prompts = pa.table({
-        "prompt_id": pa.array(np.arange(n_prompts), pa.int32()),
-        "text": [f"prompt {i}" for i in range(n_prompts)],
-        "label": labels,
-        "pair_id": pa.array([None] * n_prompts, pa.string()),
-        "split": ["test"] * n_prompts,
-        "meta": pa.array([None] * n_prompts, pa.string()),
-        "n_tokens": pa.array(np.full(n_prompts, per), pa.int32()),
-    })  # fmt: skip
-    tokens = pa.table({
-        "prompt_id": pid_tok, "position": pos_tok, "token_id": pos_tok,
-        "token": [f"t{q}" for q in pos_tok],
-        "nll": (np.ones(n_tok) if nll is None else nll).astype(np.float32),
-    })  # fmt: skip
+    prompts, tokens, pid_tok, pos_tok = prompt_tables(labels, np.full(n_prompts, per), nll=nll)
     n_rows = n_tok * n_lay
     weights = np.tile(np.linspace(0.5, 0.1, k, dtype=np.float32), (n_rows, 1))
     routing = pa.table({
         "prompt_id": np.repeat(pid_tok, n_lay), "position": np.repeat(pos_tok, n_lay),
         "layer": np.tile(np.asarray(layers, np.int32), n_tok),
-        "experts": _lists(experts.reshape(n_rows, k).astype(np.int16)), "weights": _lists(weights),
+        "experts": lists(experts.reshape(n_rows, k).astype(np.int16)), "weights": lists(weights),
         "logits": pa.nulls(n_rows, pa.list_(pa.float32())) if logits is None
-        else _lists(logits.reshape(n_rows, -1).astype(np.float32)),
+        else lists(logits.reshape(n_rows, -1).astype(np.float32)),
     })  # fmt: skip
     fns = score_fns or ("softmax",) * n_lay
     layer_rows = [

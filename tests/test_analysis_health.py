@@ -9,16 +9,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
+from synthetic import lists, prompt_tables
 
 from workbench.analysis.health import expert_load, load_balance, router_confidence, super_experts
 from workbench.store import Store
-
-
-def _lists(values: np.ndarray) -> pa.ListArray:
-    n_rows, width = values.shape
-    return pa.ListArray.from_arrays(
-        pa.array(np.arange(n_rows + 1, dtype=np.int32) * width), pa.array(values.ravel())
-    )
 
 
 def _index(lengths: list[int], layers: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -47,30 +41,15 @@ def _write_run(
     expert_stats: pa.Table | None = None,
 ) -> str:
     """A synthetic run with the given routing rows (ordered as :func:`_index`)."""
-    n_prompts = len(lengths)
-    pid_tok = np.repeat(np.arange(n_prompts, dtype=np.int32), lengths)
-    pos_tok = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
-    prompts = pa.table({
-        "prompt_id": pa.array(np.arange(n_prompts), pa.int32()),
-        "text": [f"prompt {i}" for i in range(n_prompts)],
-        "label": ["x"] * n_prompts,
-        "pair_id": pa.array([None] * n_prompts, pa.string()),
-        "split": ["test"] * n_prompts,
-        "meta": pa.array([None] * n_prompts, pa.string()),
-        "n_tokens": pa.array(lengths, pa.int32()),
-    })  # fmt: skip
-    tokens = pa.table({
-        "prompt_id": pid_tok, "position": pos_tok, "token_id": pos_tok,
-        "token": [f"t{q}" for q in pos_tok], "nll": np.ones(pid_tok.size, np.float32),
-    })  # fmt: skip
+    prompts, tokens, _, _ = prompt_tables(["x"] * len(lengths), lengths)
     pid, pos, lay = _index(lengths, layers)
     n_rows = pid.size
     weights = np.full((n_rows, top_k), 1.0 / top_k, np.float32)
     routing = pa.table({
         "prompt_id": pid, "position": pos, "layer": lay,
-        "experts": _lists(experts.astype(np.int16)), "weights": _lists(weights),
+        "experts": lists(experts.astype(np.int16)), "weights": lists(weights),
         "logits": pa.nulls(n_rows, pa.list_(pa.float32())) if logits is None
-        else _lists(logits.astype(np.float32)),
+        else lists(logits.astype(np.float32)),
     })  # fmt: skip
     fns = score_fns or {}
     layer_rows = [

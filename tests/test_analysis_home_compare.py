@@ -15,8 +15,8 @@ import polars as pl
 import pyarrow as pa
 import pytest
 import torch
+from synthetic import lists, plant_first, prompt_tables, save_run, skeleton, uniform_topk
 
-from tests.synthetic import plant_first, save_run, skeleton, uniform_topk
 from workbench.analysis.compare import expert_weight_similarity, merge_candidates, routing_drift
 from workbench.analysis.home import UNDERFITTING_COLUMNS, expert_collapse, expert_degradation, underfitting
 from workbench.store import Store
@@ -26,43 +26,20 @@ LABELS = ("A", "B", "C")
 COLLAPSED = 3
 
 
-def _lists(values: np.ndarray) -> pa.ListArray:
-    n_rows, width = values.shape
-    return pa.ListArray.from_arrays(
-        pa.array(np.arange(n_rows + 1, dtype=np.int32) * width), pa.array(values.ravel())
-    )
-
-
 def _write_run(
     path: Path, run_id: str, *, seed: int, stats: bool = True, pid_offset: int = 0, n_per_label: int = 8
 ) -> str:
     """Uniform random top-2 routing on one layer; expert 3 mostly zero; shared expert E only active on A."""
     rng = np.random.default_rng(seed)
     labels = [lab for lab in LABELS for _ in range(n_per_label)]
-    n_prompts = len(labels)
-    lengths = np.full(n_prompts, 10)
-    pids = np.arange(n_prompts, dtype=np.int32) + pid_offset
-    pid = np.repeat(pids, lengths)
-    pos = np.concatenate([np.arange(n, dtype=np.int32) for n in lengths])
+    lengths = np.full(len(labels), 10)
+    prompts, tokens, pid, pos = prompt_tables(labels, lengths, pid_offset=pid_offset)
     lay = np.zeros(pid.size, np.int32)
-    prompts = pa.table({
-        "prompt_id": pa.array(pids, pa.int32()),
-        "text": [f"prompt {i}" for i in range(n_prompts)],
-        "label": labels,
-        "pair_id": pa.array([None] * n_prompts, pa.string()),
-        "split": ["test"] * n_prompts,
-        "meta": pa.array([None] * n_prompts, pa.string()),
-        "n_tokens": pa.array(lengths, pa.int32()),
-    })  # fmt: skip
-    tokens = pa.table({
-        "prompt_id": pid, "position": pos, "token_id": pos,
-        "token": [f"t{q}" for q in pos], "nll": np.ones(pid.size, np.float32),
-    })  # fmt: skip
     experts = np.argsort(rng.random((pid.size, E)), axis=1)[:, :K].astype(np.int16)
     weights = np.tile(np.array([0.7, 0.3], np.float32), (pid.size, 1))
     routing = pa.table({
         "prompt_id": pid, "position": pos, "layer": lay,
-        "experts": _lists(experts), "weights": _lists(weights),
+        "experts": lists(experts), "weights": lists(weights),
         "logits": pa.nulls(pid.size, pa.list_(pa.float32())),
     })  # fmt: skip
     expert_stats = None

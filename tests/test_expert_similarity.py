@@ -17,9 +17,9 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from synthetic import save_run, skeleton
 from typer.testing import CliRunner
 
-from tests.synthetic import save_run, skeleton
 from workbench.analysis import expert_similarity as es
 from workbench.analysis.expert_similarity import (
     OUTPUT_SIMILARITY_COLUMNS,
