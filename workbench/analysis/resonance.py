@@ -172,11 +172,14 @@ def resonance_map(
                 keep_pairs = complete
         ones = present.astype(np.float64)
         rng_seed = np.random.SeedSequence([seed, li])
+        # Resampling only for the score the CI, p and q refer to; the other needs its point estimate.
+        rs = (n_boot, n_perm) if method == "rd" else (0, 0)
+        fs = (n_boot, n_perm) if method == "ftri" else (0, 0)
         rd = contrast_test(
-            counts, den, is_target_all, pairs=keep_pairs, n_boot=n_boot, n_perm=n_perm, seed=rng_seed
+            counts, den, is_target_all, pairs=keep_pairs, n_boot=rs[0], n_perm=rs[1], seed=rng_seed
         )
         ftri = contrast_test(
-            mass, ones, is_target_all, pairs=keep_pairs, n_boot=n_boot, n_perm=n_perm, seed=rng_seed
+            mass, ones, is_target_all, pairs=keep_pairs, n_boot=fs[0], n_perm=fs[1], seed=rng_seed
         )
         chosen = rd if method == "rd" else ftri
         tgt, ctl = is_target_all & present, ~is_target_all & present
