@@ -124,8 +124,9 @@ def test_bad_grouping_and_repr(db: Path) -> None:
 def test_frames_derived_by_polars_keep_plotting(db: Path) -> None:
     with wb.open(db) as session:
         load = session.run("first").load()
-    head = load.sort("f", descending=True).head(4)
-    # polars builds sort/head results as type(self), so the derived frame keeps plotting
+    # polars builds head()/slice() as type(self) (the derived frame keeps plotting), sort() as a plain frame
+    assert type(load.sort("f")) is pl.DataFrame
+    head = load.head(4)
     assert isinstance(head, AnalysisFrame)
     assert head.analysis == "load" and head.options == {}
     assert isinstance(head.plot(), go.Figure)
