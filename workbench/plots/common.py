@@ -8,7 +8,7 @@ an absent label/layer, and the same way of turning a (layer, expert) table into 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -121,6 +121,50 @@ def _grid(
     for c, name in enumerate(custom):
         cd[li, ei, c] = _floats(part[name])
     return layers, experts, z, cd
+
+
+def significant(q: np.ndarray, alpha: float = 0.05) -> np.ndarray:
+    """Cells with ``q < alpha`` (NaN is not significant)."""
+    return np.nan_to_num(q, nan=1.0) < alpha
+
+
+def flagged(values: np.ndarray) -> np.ndarray:
+    """Cells whose 0/1 flag is set (NaN is not)."""
+    return np.nan_to_num(values) > 0
+
+
+def layer_expert_heatmap(
+    part: pl.DataFrame,
+    value: str,
+    custom: Sequence[str],
+    *,
+    title: str,
+    colorbar: str,
+    hover: str,
+    mark: tuple[str, str, Callable[[np.ndarray], np.ndarray]] | None = None,
+    **scale: Any,
+) -> go.Figure:
+    """A layer × expert heatmap of ``value`` with ``custom`` columns as hover data.
+
+    ``hover`` is the hover template after ``"layer %{y}, expert %{x}<br>"``; ``mark`` is
+    ``(column, symbol, test)``: cells where ``test`` of that ``custom`` column is true get
+    ``symbol`` (e.g. ``("q", "*", significant)``). ``scale`` goes to ``go.Heatmap``
+    (``colorscale``, ``zmid``, ``zmin`` ...).
+    """
+    layers, experts, z, cd = _grid(part, value, custom)
+    text = None
+    if mark is not None:
+        column, symbol, test = mark
+        text = np.where(test(cd[..., list(custom).index(column)]), symbol, "").astype(object)
+    heatmap = go.Heatmap(
+        z=z, x=experts, y=layers, customdata=cd, colorbar={"title": colorbar},
+        hovertemplate="layer %{y}, expert %{x}<br>" + hover + "<extra></extra>", **scale,
+    )  # fmt: skip
+    if text is not None:
+        heatmap.update(text=text, texttemplate="%{text}")
+    fig = go.Figure(heatmap)
+    fig.update_layout(title=title, xaxis_title="expert", yaxis_title="layer", **_LAYOUT)
+    return fig
 
 
 def _ci_error(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> dict[str, Any]:

@@ -13,10 +13,11 @@ from workbench.plots.common import (
     _chance_line,
     _check,
     _floats,
-    _grid,
     _pick_label,
     _require,
+    flagged,
     labels_of,
+    layer_expert_heatmap,
 )
 
 __all__ = ["agreement_heatmap", "esft_heatmap", "tcess_heatmap", "vocab_lines"]
@@ -73,34 +74,13 @@ def esft_heatmap(df: pl.DataFrame, label: str | None = None, score: str = "gs") 
         raise ValueError(f"{what}: score must be one of {sorted(_ESFT_SCORES)}, got {score!r}")
     label = _pick_label(df, label, what)
     part = df.filter(pl.col("label") == label)
-    layers, experts, z, custom = _grid(part, score, ("gs", "tsr", "in_set_gs", "in_set_tsr", "n_tokens"))
-    in_set = custom[..., 2 if score == "gs" else 3]
-    text = np.where(np.nan_to_num(in_set) > 0, "●", "").astype(object)
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=experts,
-            y=layers,
-            text=text,
-            texttemplate="%{text}",
-            customdata=custom,
-            colorscale="Viridis",
-            zmin=0.0,
-            colorbar={"title": score.upper()},
-            hovertemplate=(
-                "layer %{y}, expert %{x}<br>GS %{customdata[0]:.4f} (in set %{customdata[2]:.0f})"
-                "<br>TSR %{customdata[1]:.4f} (in set %{customdata[3]:.0f})"
-                "<br>tokens %{customdata[4]:.0f}<extra></extra>"
-            ),
-        )
-    )
-    fig.update_layout(
+    return layer_expert_heatmap(
+        part, score, ("gs", "tsr", "in_set_gs", "in_set_tsr", "n_tokens"),
         title=f"ESFT {_ESFT_SCORES[score]} for label {label!r} (● = in the {score.upper()} expert set)",
-        xaxis_title="expert",
-        yaxis_title="layer",
-        **_LAYOUT,
-    )
-    return fig
+        colorbar=score.upper(), colorscale="Viridis", zmin=0.0, mark=(f"in_set_{score}", "●", flagged),
+        hover="GS %{customdata[0]:.4f} (in set %{customdata[2]:.0f})"
+        "<br>TSR %{customdata[1]:.4f} (in set %{customdata[3]:.0f})<br>tokens %{customdata[4]:.0f}",
+    )  # fmt: skip
 
 
 def tcess_heatmap(df: pl.DataFrame, label: str | None = None) -> go.Figure:
@@ -113,29 +93,12 @@ def tcess_heatmap(df: pl.DataFrame, label: str | None = None) -> go.Figure:
     _require(df, ["layer", "expert", "label", "tcess", "n_counted", "n_tokens"], what)
     label = _pick_label(df, label, what)
     part = df.filter(pl.col("label") == label)
-    layers, experts, z, custom = _grid(part, "tcess", ("n_counted", "n_tokens"))
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=experts,
-            y=layers,
-            customdata=custom,
-            colorscale="Viridis",
-            zmin=0.0,
-            colorbar={"title": "TCESS"},
-            hovertemplate=(
-                "layer %{y}, expert %{x}<br>TCESS %{z:.4f}<br>counted %{customdata[0]:.0f}"
-                " of %{customdata[1]:.0f} tokens<extra></extra>"
-            ),
-        )
-    )
-    fig.update_layout(
+    return layer_expert_heatmap(
+        part, "tcess", ("n_counted", "n_tokens"),
         title=f"TCESS: mean router probability for label {label!r}",
-        xaxis_title="expert",
-        yaxis_title="layer",
-        **_LAYOUT,
-    )
-    return fig
+        colorbar="TCESS", colorscale="Viridis", zmin=0.0,
+        hover="TCESS %{z:.4f}<br>counted %{customdata[0]:.0f} of %{customdata[1]:.0f} tokens",
+    )  # fmt: skip
 
 
 def agreement_heatmap(df: pl.DataFrame) -> go.Figure:

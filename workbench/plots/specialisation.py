@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import plotly.graph_objects as go
 import polars as pl
 
-from workbench.plots.common import _LAYOUT, _check, _grid, _pick_label, _require
+from workbench.plots.common import _check, _pick_label, _require, layer_expert_heatmap, significant
 
 __all__ = ["resonance_heatmap", "specialisation_heatmap"]
 
@@ -23,34 +22,13 @@ def specialisation_heatmap(df: pl.DataFrame, label: str | None = None) -> go.Fig
     _require(df, ["layer", "expert", "label", "share", "lift", "ci_low", "ci_high", "q"], what)
     label = _pick_label(df, label, what)
     part = df.filter(pl.col("label") == label)
-    layers, experts, z, custom = _grid(part, "lift", ("share", "ci_low", "ci_high", "q"))
-    q = custom[..., 3]
-    text = np.where(np.nan_to_num(q, nan=1.0) < 0.05, "*", "").astype(object)
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=experts,
-            y=layers,
-            text=text,
-            texttemplate="%{text}",
-            customdata=custom,
-            colorscale="RdBu_r",
-            zmid=1.0,
-            colorbar={"title": "lift"},
-            hovertemplate=(
-                "layer %{y}, expert %{x}<br>lift %{z:.3f}<br>"
-                "share %{customdata[0]:.4f} (95% CI %{customdata[1]:.4f}–%{customdata[2]:.4f})"
-                "<br>q %{customdata[3]:.3g}<extra></extra>"
-            ),
-        )
-    )
-    fig.update_layout(
+    return layer_expert_heatmap(
+        part, "lift", ("share", "ci_low", "ci_high", "q"),
         title=f"Domain specialisation: lift for label {label!r} (* = q < 0.05)",
-        xaxis_title="expert",
-        yaxis_title="layer",
-        **_LAYOUT,
-    )
-    return fig
+        colorbar="lift", colorscale="RdBu_r", zmid=1.0, mark=("q", "*", significant),
+        hover="lift %{z:.3f}<br>share %{customdata[0]:.4f} (95% CI %{customdata[1]:.4f}–%{customdata[2]:.4f})"
+        "<br>q %{customdata[3]:.3g}",
+    )  # fmt: skip
 
 
 def resonance_heatmap(df: pl.DataFrame) -> go.Figure:
@@ -68,33 +46,13 @@ def resonance_heatmap(df: pl.DataFrame) -> go.Figure:
     if method not in ("rd", "ftri"):
         raise ValueError(f"{what}: unknown method {method!r}; expected 'rd' or 'ftri'")
     extra = ("ci_low", "ci_high", "rd", "ftri", "rate_target", "rate_control", "n_target", "n_control")
-    layers, experts, z, custom = _grid(df, method, (*extra, "p", "q"))
-    text = np.where(np.nan_to_num(custom[..., -1], nan=1.0) < 0.05, "*", "").astype(object)
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=experts,
-            y=layers,
-            text=text,
-            texttemplate="%{text}",
-            customdata=custom,
-            colorscale="RdBu_r",
-            zmid=0.0,
-            colorbar={"title": method},
-            hovertemplate=(
-                f"layer %{{y}}, expert %{{x}}<br>{method} %{{z:.4f}}"
-                " (95% CI %{customdata[0]:.4f}–%{customdata[1]:.4f})"
-                "<br>rd %{customdata[2]:.4f}, fTRI %{customdata[3]:.4f}"
-                "<br>rate target %{customdata[4]:.4f}, control %{customdata[5]:.4f}"
-                "<br>prompts target %{customdata[6]:.0f}, control %{customdata[7]:.0f}"
-                "<br>p %{customdata[8]:.3g}, q %{customdata[9]:.3g}<extra></extra>"
-            ),
-        )
-    )
-    fig.update_layout(
+    return layer_expert_heatmap(
+        df, method, (*extra, "p", "q"),
         title=f"Resonance: {method} per expert, target vs control (* = q < 0.05)",
-        xaxis_title="expert",
-        yaxis_title="layer",
-        **_LAYOUT,
-    )
-    return fig
+        colorbar=method, colorscale="RdBu_r", zmid=0.0, mark=("q", "*", significant),
+        hover=f"{method} %{{z:.4f}} (95% CI %{{customdata[0]:.4f}}–%{{customdata[1]:.4f}})"
+        "<br>rd %{customdata[2]:.4f}, fTRI %{customdata[3]:.4f}"
+        "<br>rate target %{customdata[4]:.4f}, control %{customdata[5]:.4f}"
+        "<br>prompts target %{customdata[6]:.0f}, control %{customdata[7]:.0f}"
+        "<br>p %{customdata[8]:.3g}, q %{customdata[9]:.3g}",
+    )  # fmt: skip
