@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from workbench.cli.app import app, console, fail, out, user_errors
 
+if TYPE_CHECKING:
+    import polars as pl
+
+    from workbench.store import Store
+
 
 class Method(str, Enum):
     rd = "rd"
     ftri = "ftri"
+    causal = "causal"
 
 
 @app.command()
@@ -26,8 +32,23 @@ def resonate(
         str, typer.Option("--span", help="Tokens to score: all | last:N | first:N | positions:A-B.")
     ] = "all",
     method: Annotated[
-        Method, typer.Option("--method", help="Score the CI, p and q refer to: rd (rate difference) or ftri.")
+        Method,
+        typer.Option(
+            "--method",
+            help="Score the CI, p and q refer to: rd (rate difference), ftri, or causal (needs --model: "
+            "each expert ablated alone, change of the behaviour margin on target prompts, plus attribution).",
+        ),
     ] = Method.rd,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Model of the run (zoo name or directory), for --method causal."),
+    ] = None,
+    behaviour: Annotated[
+        str, typer.Option("--behaviour", help="Behaviour whose margin --method causal measures (refusal).")
+    ] = "refusal",
+    max_prompts: Annotated[
+        int, typer.Option("--max-prompts", help="Target prompts used by --method causal (first N).")
+    ] = 64,
     paired: Annotated[
         bool,
         typer.Option("--paired/--unpaired", help="Permute within pair_id pairs when every prompt has one."),
@@ -51,6 +72,8 @@ def resonate(
 
     Example: moe-workbench resonate --db demo.duckdb --run R --target harmful --control benign --out map.csv
     """
+    import polars as pl
+
     from workbench.analysis.resonance import resonance_map, resonance_tokens
     from workbench.store import Store
 
@@ -64,15 +87,24 @@ def resonate(
             cell = (int(layer_s), int(expert_s))
         except ValueError:
             fail(f"--drill must be LAYER:EXPERT, e.g. 3:5; got {drill!r}")
+    if method is Method.causal and model is None:
+        fail(
+            "--method causal ablates experts in the model: give --model M (the model the run was captured from)"
+        )
+    agreement = None
     try:
         with Store(db, read_only=not store_map) as store:
             frame = resonance_map(
-                store, run, target=target, control=control, span=span, method=method.value, paired=paired
-            )
+                store, run, target=target, control=control, span=span,
+                method="rd" if method is Method.causal else method.value, paired=paired,
+            )  # fmt: skip
+            if method is Method.causal:
+                assert model is not None  # checked above
+                frame, agreement = _with_causal(store, run, frame, target, model, behaviour, max_prompts)
             if store_map:
                 map_id = store.write_resonance(
-                    run, frame.drop("method", "rate_target", "rate_control"), target=target, control=control,
-                    method=method.value, span=span,
+                    run, frame.drop("method", "rate_target", "rate_control"),
+                    target=target, control=control, method=method.value, span=span,
                 )  # fmt: skip
                 console.print(f"stored as resonance map {map_id}")
             tokens = None
@@ -82,8 +114,16 @@ def resonate(
                 )
     except user_errors() as exc:
         fail(str(exc))
-    top = frame.sort(method.value, descending=True).head(10)
-    out.print(top.select("layer", "expert", "rd", "ftri", "ci_low", "ci_high", "q"))
+    key = "effect" if method is Method.causal else method.value
+    shown = [
+        c
+        for c in ("layer", "expert", "rd", "ftri", "effect", "attribution", "ci_low", "ci_high", "q")
+        if c in frame.columns
+    ]
+    out.print(frame.sort(pl.col(key).abs(), descending=True).head(10).select(shown))
+    if agreement is not None:
+        out.print("rank agreement with the causal effect:")
+        out.print(agreement)
     if tokens is not None:
         out.print(tokens)
     if out_file is not None:
@@ -93,3 +133,35 @@ def resonate(
         else:
             frame.write_parquet(out_file)
         console.print(f"wrote {frame.height} rows to {out_file}")
+
+
+def _with_causal(
+    store: Store, run: str, frame: pl.DataFrame, target: str, model: str, behaviour: str, max_prompts: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Add ``effect`` (its CI, p, q replace rd's) and ``attribution`` to the correlational map."""
+    import polars as pl
+
+    from workbench.interventions.behaviour import get_behaviour
+    from workbench.interventions.causal import attribution, causal_resonance, rank_agreement
+    from workbench.models.loading import load_model
+    from workbench.probefile import Prompt
+
+    rows = store.prompts(run, labels=[target]).head(max_prompts)
+    prompts = [
+        Prompt(prompt_id=int(r["prompt_id"]), text=r["text"], label=r["label"])
+        for r in rows.iter_rows(named=True)
+    ]
+    loaded = load_model(model)
+    spec = get_behaviour(behaviour)
+    console.print(
+        f"causal map: {sum(x.n_experts for x in loaded.layers)} single-expert ablations on {len(prompts)} prompts"
+    )
+    causal = causal_resonance(loaded, prompts, spec)
+    attr = attribution(loaded, prompts, spec)
+    merged = (
+        frame.drop("ci_low", "ci_high", "p", "q")
+        .join(causal.drop("n_target"), on=["layer", "expert"], how="left")
+        .join(attr, on=["layer", "expert"], how="left")
+        .with_columns(pl.lit("causal").alias("method"))
+    )
+    return merged, rank_agreement(merged)
