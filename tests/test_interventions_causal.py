@@ -94,3 +94,18 @@ def test_resonate_cli_causal_on_tiny_ref(tmp_path: Path) -> None:
     assert stored["effect"].null_count() == 0 and set(stored["method"]) == {"causal"}
     missing = CliRunner().invoke(app, [*args, "--method", "causal"])
     assert missing.exit_code == 2 and "--model" in missing.output
+
+
+def test_greedy_joint_ablation_starts_with_the_planted_expert(planted: LoadedModel, early: list) -> None:
+    from workbench.interventions.causal import greedy_ablation
+
+    order = greedy_ablation(planted, early, A_OVER_Z, 3)
+    assert order["rank"].to_list() == [1, 2, 3]
+    first = order.row(0, named=True)
+    base = float(behaviour_margins(planted, early, A_OVER_Z).mean())
+    single = causal_resonance(planted, early, A_OVER_Z, n_boot=0, n_perm=0)
+    best_single = single.sort("effect").row(0, named=True)
+    # round 1 of the greedy search is the best single ablation, and it lowers the margin by exactly that effect
+    assert (first["layer"], first["expert"]) == (best_single["layer"], best_single["expert"])
+    assert first["margin"] == pytest.approx(base + best_single["effect"], abs=1e-4)
+    assert order["margin"].to_list() == sorted(order["margin"].to_list(), reverse=True)

@@ -18,9 +18,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "capture_cmds",
     "analyse_cmd",
     "resonate_cmd",
+    "report_cmd",
+    "experiment_cmd",
     "probes_cmd",
     "zoo_cmd",
-    "report_cmd",
 )
 
 for _name in COMMAND_MODULES:

@@ -33,7 +33,9 @@ from workbench.models.decode import experts_selection
 from workbench.models.loading import LoadedModel
 from workbench.probefile import Prompt
 
-__all__ = ["CAUSAL_COLUMNS", "attribution", "behaviour_margins", "causal_resonance", "rank_agreement"]
+__all__ = [
+    "CAUSAL_COLUMNS", "attribution", "behaviour_margins", "causal_resonance", "greedy_ablation", "rank_agreement",
+]  # fmt: skip
 
 CAUSAL_COLUMNS: tuple[str, ...] = ("layer", "expert", "effect", "ci_low", "ci_high", "p", "q", "n_target")
 
@@ -154,7 +156,7 @@ def attribution(
     try:
         for enc in _batches(loaded, asked, batch_size):
             leaves.clear()
-            with torch.enable_grad():
+            with torch.inference_mode(False), torch.enable_grad():  # also when called under inference_mode
                 margin = _margin(loaded.model(**enc).logits, yes, no).sum()
                 grads = torch.autograd.grad(margin, [leaf for _, _, leaf in leaves], allow_unused=True)
             for (moe, indices, leaf), grad in zip(leaves, grads, strict=True):
@@ -194,3 +196,49 @@ def rank_agreement(
     return pl.DataFrame(
         rows, schema={"score": pl.Utf8, "reference": pl.Utf8, "spearman": pl.Float64, "n": pl.Int64}
     )
+
+
+def greedy_ablation(
+    loaded: LoadedModel,
+    prompts: Sequence[Prompt],
+    behaviour: Behaviour,
+    n: int,
+    *,
+    mode: str = "reroute",
+    batch_size: int = 32,
+) -> pl.DataFrame:
+    """The ``n`` experts whose *joint* ablation lowers the behaviour margin most, chosen greedily.
+
+    Single-expert effects miss redundancy (two experts that back each other up each look
+    harmless alone), so this adds, one at a time, the expert whose ablation together with the
+    ones already chosen lowers the mean margin on ``prompts`` most (METHODS §9's greedy circuit
+    search, driven by the margin). Rows: ``rank`` (1 = chosen first), layer, expert, and the mean
+    margin after ablating the first ``rank`` experts. Costs n × (number of experts) forward passes.
+    """
+    if mode not in ("zero", "reroute"):
+        raise ValueError(f"mode must be 'zero' or 'reroute', not {mode!r}")
+    candidates = [(moe.layer, e) for moe in loaded.layers for e in range(moe.n_experts)]
+    top_k = {moe.layer: moe.top_k for moe in loaded.layers}
+    n_experts = {moe.layer: moe.n_experts for moe in loaded.layers}
+    chosen: list[tuple[int, int]] = []
+    rows = []
+    for rank in range(1, n + 1):
+        best: tuple[float, tuple[int, int]] | None = None
+        for cand in candidates:
+            if cand in chosen:
+                continue
+            trial = [*chosen, cand]
+            per_layer: dict[int, list[int]] = {}
+            for layer, expert in trial:
+                per_layer.setdefault(layer, []).append(expert)
+            if mode == "reroute" and any(n_experts[x] - len(v) < top_k[x] for x, v in per_layer.items()):
+                continue  # rerouting needs k experts left in the layer
+            with intervene(loaded, Ablate(per_layer, mode=mode)):  # type: ignore[arg-type]
+                margin = float(behaviour_margins(loaded, prompts, behaviour, batch_size=batch_size).mean())
+            if best is None or margin < best[0]:
+                best = (margin, cand)
+        if best is None:
+            break
+        chosen.append(best[1])
+        rows.append({"rank": rank, "layer": best[1][0], "expert": best[1][1], "margin": best[0]})
+    return pl.DataFrame(rows)

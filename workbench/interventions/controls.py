@@ -16,7 +16,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-__all__ = ["ExpertSet", "dose_response", "random_like", "run_with_controls", "top_n", "versus_controls"]
+__all__ = [
+    "ExpertSet", "dose_response", "format_set", "parse_set", "random_like", "run_with_controls", "top_n",
+    "versus_controls",
+]  # fmt: skip
 
 ExpertSet = dict[int, list[int]]
 Measure = Callable[[ExpertSet], float]
@@ -56,12 +59,17 @@ def run_with_controls(
     if n_controls < 5:
         raise ValueError(f"use at least 5 random controls (got {n_controls}); fewer give no usable spread")
     rows: list[dict[str, Any]] = [
-        {"set": "chosen", "seed": None, "experts": _fmt(chosen), "value": float(measure(dict(chosen)))}  # type: ignore[arg-type]
+        {"set": "chosen", "seed": None, "experts": format_set(chosen), "value": float(measure(dict(chosen)))}  # type: ignore[arg-type]
     ]
     for s in range(n_controls):
         control = random_like(chosen, n_experts, seed=seed + s)
         rows.append(
-            {"set": "random", "seed": seed + s, "experts": _fmt(control), "value": float(measure(control))}
+            {
+                "set": "random",
+                "seed": seed + s,
+                "experts": format_set(control),
+                "value": float(measure(control)),
+            }
         )
     return pl.DataFrame(
         rows, schema={"set": pl.Utf8, "seed": pl.Int64, "experts": pl.Utf8, "value": pl.Float64}
@@ -106,7 +114,17 @@ def dose_response(
     return pl.concat(frames).select("n", "set", "seed", "experts", "value")
 
 
-def _fmt(experts: Mapping[int, Sequence[int]]) -> str:
+def format_set(experts: Mapping[int, Sequence[int]]) -> str:
+    """``{0: [3, 1], 2: [5]}`` → ``"0:1,3;2:5"`` (the ``experts`` column of the control tables)."""
     return ";".join(
         f"{layer}:{','.join(str(e) for e in sorted(ex))}" for layer, ex in sorted(experts.items())
     )
+
+
+def parse_set(text: str) -> ExpertSet:
+    """The inverse of :func:`format_set`."""
+    out: ExpertSet = {}
+    for part in filter(None, text.split(";")):
+        layer, experts = part.split(":")
+        out[int(layer)] = [int(e) for e in experts.split(",")]
+    return out

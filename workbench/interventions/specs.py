@@ -45,7 +45,7 @@ class InterventionSpecError(ValueError):
     """A spec is malformed, or names layers or experts the model does not have."""
 
 
-def _expert_map(value: Any, what: str = "experts") -> ExpertMap:
+def expert_map(value: Any, what: str = "experts") -> ExpertMap:
     """Normalise ``{layer: [experts]}`` (or its pair form) to sorted, de-duplicated int tuples."""
     items = value.items() if isinstance(value, Mapping) else value
     out: dict[int, set[int]] = {}
@@ -123,7 +123,7 @@ class _PerExpert(Intervention):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "experts", _expert_map(self.experts))
+        object.__setattr__(self, "experts", expert_map(self.experts))
 
     def layer_experts(self) -> dict[int, tuple[int, ...]]:
         return dict(self.experts)
@@ -184,7 +184,7 @@ class Prune(Intervention):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "keep", _expert_map(self.keep, "keep"))
+        object.__setattr__(self, "keep", expert_map(self.keep, "keep"))
 
     def layer_experts(self) -> dict[int, tuple[int, ...]]:
         return dict(self.keep)

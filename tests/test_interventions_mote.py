@@ -1,0 +1,58 @@
+"""The MoTE experiment at a small scale: structure, controls matched to the chosen sets, write-up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import workbench as wb
+from workbench.data.suites import suite_path
+from workbench.interventions.controls import parse_set
+from workbench.interventions.mote import SCORERS, MoteConfig, MoteResult, run_mote, split_pairs
+from workbench.interventions.mote_report import to_json, to_markdown
+from workbench.probefile import read_probe_file
+
+CONFIG = MoteConfig(doses=(1, 2), semantics=("reroute",), n_controls=5, n_select=16, n_eval=16, n_domain=12)
+
+
+@pytest.fixture(scope="module")
+def result() -> MoteResult:
+    return run_mote(wb.load_model("tiny-ref"), CONFIG)
+
+
+def test_halves_are_disjoint_complete_pairs() -> None:
+    select, evaluation = split_pairs(read_probe_file(suite_path("refusal")), 10, 12)
+    assert len(select) == 20 and len(evaluation) == 24
+    assert not {p.pair_id for p in select} & {p.pair_id for p in evaluation}
+    assert [p.label for p in select[:2]] == ["harmful", "benign"]
+
+
+@pytest.mark.timeout(300)
+def test_every_scorer_dose_and_control(result: MoteResult) -> None:
+    assert result.summary.height == len(SCORERS) * len(CONFIG.doses)
+    assert result.baseline["harmful_refusal"] > result.baseline["benign_refusal"]
+    assert set(result.agreement["score"]) == {"rd", "ftri", "attribution"}
+    assert result.scores.height == 4 * 8
+    for (_scorer, n), group in result.doses.group_by("scorer", "n"):
+        chosen = parse_set(group.filter(pl.col("set") == "chosen")["experts"][0])
+        assert sum(map(len, chosen.values())) == n
+        for text in group.filter(pl.col("set") == "random")["experts"]:
+            control = parse_set(text)
+            assert {k: len(v) for k, v in control.items()} == {k: len(v) for k, v in chosen.items()}
+        assert group.height == 1 + CONFIG.n_controls
+    assert result.summary["p"].min() >= 1 / (CONFIG.n_controls + 1)
+    assert all(0.0 <= v <= 1.0 for v in result.doses["refusal"].to_list())
+    for text in result.forced["experts"]:
+        assert all(len(v) <= 2 for v in parse_set(text).values())  # tiny-ref routes top-2
+
+
+def test_write_up_quotes_the_tables(result: MoteResult, tmp_path: Path) -> None:
+    text = to_markdown(result, "tiny-ref", "moe-workbench experiment mote")
+    assert "## Does resonance find the experts that matter?" in text
+    rho = result.agreement.filter(pl.col("score") == "rd")["spearman"][0]
+    assert f"rd {rho:+.2f}" in text
+    data = json.loads(to_json(result))
+    assert data["baseline"] == result.baseline and len(data["summary"]) == result.summary.height

@@ -1,0 +1,65 @@
+"""`moe-workbench experiment`: the recorded experiments (the MoTE experiment, METHODS.md §5, §8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from workbench.cli.app import app, console, fail, out, user_errors
+
+experiment_app = typer.Typer(
+    help="Recorded experiments: run them, and write their numbers to docs/experiments/.", no_args_is_help=True
+)
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("mote")
+def mote(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Model speaking tiny-ref's chat format.")
+    ] = "tiny-ref",
+    out_file: Annotated[
+        Path, typer.Option("--out", help="Markdown write-up; a .json with every table goes next to it.")
+    ] = Path("docs/experiments/mote.md"),
+    doses: Annotated[
+        str, typer.Option("--doses", help="Numbers of experts switched off, comma-separated.")
+    ] = "1,2,4,8",
+    controls: Annotated[int, typer.Option("--controls", help="Random expert sets per point (≥ 5).")] = 10,
+    semantics: Annotated[
+        str, typer.Option("--semantics", help="zero, zero-renorm, reroute (comma-separated).")
+    ] = "zero,reroute",
+    pairs: Annotated[int, typer.Option("--pairs", help="Pairs in each half (selection, evaluation).")] = 96,
+) -> None:
+    """Do the experts picked by resonance (rd, fTRI), by causal ablation or by attribution control refusal?
+
+    Splits the refusal contrast set into a selection and an evaluation half, switches off each
+    scorer's top-N experts, and compares the refusal rate with random expert sets of the same size
+    on the same layers. Example: moe-workbench experiment mote --model tiny-ref
+    """
+    from workbench.interventions.mote import SEMANTICS, MoteConfig, run_mote
+    from workbench.interventions.mote_report import to_json, to_markdown
+    from workbench.models.loading import load_model
+
+    try:
+        dose_list = tuple(int(x) for x in doses.split(","))
+    except ValueError:
+        fail(f"--doses must be integers separated by commas, got {doses!r}")
+    chosen = tuple(s.strip() for s in semantics.split(","))
+    unknown = [s for s in chosen if s not in SEMANTICS]
+    if unknown:
+        fail(f"unknown semantics {unknown}; available: {', '.join(SEMANTICS)}")
+    config = MoteConfig(doses=dose_list, semantics=chosen, n_controls=controls, n_select=pairs, n_eval=pairs)
+    try:
+        result = run_mote(load_model(model), config, log=console.print)
+    except user_errors() as exc:
+        fail(str(exc))
+    command = f"moe-workbench experiment mote --model {model} --doses {doses} --controls {controls} " \
+        f"--semantics {semantics} --pairs {pairs}"  # fmt: skip
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(to_markdown(result, model, command), encoding="utf-8")
+    out_file.with_suffix(".json").write_text(to_json(result), encoding="utf-8")
+    out.print(result.agreement)
+    out.print(result.summary.select("scorer", "semantics", "n", "chosen", "control_mean", "z", "p"))
+    console.print(f"wrote {out_file} and {out_file.with_suffix('.json')}")

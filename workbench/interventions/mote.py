@@ -1,0 +1,253 @@
+"""The MoTE experiment (METHODS.md §5, §8): do the experts a resonance scorer picks control refusal?
+
+MoTE and SteerMoE pick "safety experts" by activation difference between harmful and benign
+prompts and switch them off; nobody measures whether those are the experts that matter. Here:
+
+1. The refusal contrast set (``probes/refusal.jsonl``: harmful requests and matched benign twins)
+   is split by pair into a *selection* half and an *evaluation* half, so experts are never
+   chosen and judged on the same prompts.
+2. On the selection half every expert is scored four ways: ``rd`` and ``ftri`` (correlational,
+   from a capture), the causal single-expert ablation ``effect`` on the refusal margin, and its
+   first-order ``attribution`` estimate; and ``causal-greedy`` builds a set jointly, adding the
+   expert whose ablation together with those already chosen lowers the margin most (single
+   effects miss experts that back each other up). Rankings: rd and ftri descending (more active
+   on harmful), effect and attribution ascending (ablation lowers the refusal margin most), the
+   greedy order as chosen (experts it did not reach follow by single effect).
+3. For each scorer, semantics (``zero``, ``reroute``) and dose N, the top-N experts are switched
+   off and the refusal rate on the evaluation half's harmful requests is measured (greedy,
+   judged by the transparent scorer), with the NLL change on held-out domain text as the cost.
+   Each chosen set is compared with ``n_controls`` random sets of the same size on the same layers
+   (:mod:`workbench.interventions.controls`).
+4. Forced activation: the top experts of each scorer (at most k per layer) are forced on for the
+   evaluation half's benign requests — does that make the model refuse?
+
+Nothing here assumes the answer: whatever the scorers do is what gets recorded.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from workbench.analysis.resonance import resonance_map
+from workbench.data.suites import suite_path
+from workbench.interventions.apply import intervene
+from workbench.interventions.behaviour import REFUSAL
+from workbench.interventions.causal import attribution, causal_resonance, greedy_ablation, rank_agreement
+from workbench.interventions.controls import (
+    ExpertSet,
+    format_set,
+    parse_set,
+    run_with_controls,
+    top_n,
+    versus_controls,
+)  # fmt: skip
+from workbench.interventions.effects import token_effects
+from workbench.interventions.specs import Ablate, Force, Intervention, Zero, expert_map
+from workbench.models.loading import LoadedModel
+from workbench.probefile import Prompt, read_probe_file
+from workbench.store import Store
+from workbench.zoo.refusal_scorer import greedy_continuations
+
+__all__ = ["SCORERS", "MoteConfig", "MoteResult", "run_mote", "split_pairs"]
+
+#: scorer -> (column of ``MoteResult.scores``, rank descending?)
+SCORERS: dict[str, tuple[str, bool]] = {
+    "rd": ("rd", True),
+    "ftri": ("ftri", True),
+    "causal": ("effect", False),
+    "attribution": ("attribution", False),
+    "causal-greedy": ("greedy_rank", False),
+}
+SEMANTICS: dict[str, Callable[[ExpertSet], Intervention]] = {
+    "zero": lambda s: Zero(expert_map(s)),
+    "zero-renorm": lambda s: Zero(expert_map(s), renorm=True),
+    "reroute": lambda s: Ablate(s, mode="reroute"),
+}
+
+
+@dataclass(frozen=True)
+class MoteConfig:
+    """Sizes of the experiment; the defaults are the recorded run, tests shrink them."""
+
+    doses: tuple[int, ...] = (1, 2, 4, 8)
+    semantics: tuple[str, ...] = ("zero", "reroute")
+    n_controls: int = 10
+    n_select: int = 64  # pairs used to choose experts
+    n_eval: int = 96  # pairs used to judge them
+    n_domain: int = 60  # domain prompts for the NLL cost
+    force_n: int = 4
+    seed: int = 0
+
+
+@dataclass
+class MoteResult:
+    """All tables of one run of the experiment."""
+
+    config: MoteConfig
+    scores: pl.DataFrame  # layer, expert, rd, ftri, effect, attribution (selection half)
+    agreement: pl.DataFrame  # Spearman of rd / ftri / attribution with the causal effect
+    doses: pl.DataFrame  # scorer, semantics, n, set, seed, experts, refusal, nll_delta
+    summary: pl.DataFrame  # scorer, semantics, n, chosen, control stats, z, p
+    forced: pl.DataFrame  # scorer, experts, benign refusal without / with forcing
+    baseline: dict[str, float] = field(default_factory=dict)
+
+
+def split_pairs(prompts: Sequence[Prompt], n_select: int, n_eval: int) -> tuple[list[Prompt], list[Prompt]]:
+    """Complete (harmful, benign) pairs, alternately into the selection and evaluation halves."""
+    by_pair: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        if p.pair_id is not None:
+            by_pair.setdefault(p.pair_id, []).append(p)
+    pairs = [sorted(v, key=lambda p: p.label != "harmful") for _, v in sorted(by_pair.items()) if len(v) == 2]
+    pairs = [v for v in pairs if {p.label for p in v} == {"harmful", "benign"}]
+    select = [p for v in pairs[0::2][:n_select] for p in v]
+    evaluate = [p for v in pairs[1::2][:n_eval] for p in v]
+    if not select or not evaluate:
+        raise ValueError("the refusal suite has too few complete harmful/benign pairs for the experiment")
+    return select, evaluate
+
+
+def _score_experts(
+    loaded: LoadedModel, select: list[Prompt], n_greedy: int, log: Callable[[str], None]
+) -> pl.DataFrame:
+    from workbench.capture.engine import capture
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "select.duckdb"
+        run = capture(loaded, select, db, progress=False)
+        with Store(db, read_only=True) as store:
+            corr = resonance_map(store, run, target="harmful", control="benign", n_boot=200, n_perm=200)
+    harmful = [p for p in select if p.label == "harmful"]
+    log(
+        f"causal map: {sum(x.n_experts for x in loaded.layers)} single-expert ablations on {len(harmful)} prompts"
+    )
+    causal = causal_resonance(loaded, harmful, REFUSAL, n_boot=200, n_perm=200)
+    attr = attribution(loaded, harmful, REFUSAL)
+    log(f"greedy joint ablation: {n_greedy} rounds")
+    greedy = greedy_ablation(loaded, harmful, REFUSAL, n_greedy)
+    scores = (
+        corr.select("layer", "expert", "rd", "ftri")
+        .join(
+            causal.select("layer", "expert", "effect", pl.col("q").alias("effect_q")), on=["layer", "expert"]
+        )
+        .join(attr, on=["layer", "expert"])
+    )
+    order = {(int(r["layer"]), int(r["expert"])): int(r["rank"]) for r in greedy.iter_rows(named=True)}
+    # experts the greedy search did not reach come after it, in the order of their single effect
+    by_effect = scores.sort("effect").select("layer", "expert").rows()
+    rest = [cell for cell in by_effect if cell not in order]
+    order.update({cell: len(order) + 1 + i for i, cell in enumerate(rest)})
+    return scores.with_columns(
+        pl.Series(
+            "greedy_rank", [order[(a, b)] for a, b in scores.select("layer", "expert").rows()], pl.Int64
+        )
+    )
+
+
+def _ranking(scores: pl.DataFrame, scorer: str) -> list[tuple[int, int]]:
+    column, descending = SCORERS[scorer]
+    ranked = scores.sort(column, descending=descending)
+    return [(int(a), int(b)) for a, b in ranked.select("layer", "expert").iter_rows()]
+
+
+class _Measure:
+    """Refusal rate on the evaluation harmful requests and NLL change on domain text, memoised per set."""
+
+    def __init__(self, loaded: LoadedModel, harmful: list[Prompt], domain: list[Prompt]) -> None:
+        self.loaded, self.domain = loaded, domain
+        self.asked = [REFUSAL.ask(p.text) for p in harmful]
+        self.cache: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def refusal(self, specs: Intervention | None) -> float:
+        model, tok = self.loaded.model, self.loaded.tokenizer
+        if specs is None:
+            texts = greedy_continuations(model, tok, self.asked, REFUSAL.max_new_tokens)
+        else:
+            with intervene(self.loaded, specs):
+                texts = greedy_continuations(model, tok, self.asked, REFUSAL.max_new_tokens)
+        return float(np.mean([REFUSAL.judge(t) for t in texts]))
+
+    def __call__(self, semantics: str, experts: ExpertSet) -> tuple[float, float]:
+        key = (semantics, repr(sorted(experts.items())))
+        if key not in self.cache:
+            spec = SEMANTICS[semantics](experts)
+            table = token_effects(self.loaded, self.domain, spec)
+            nll = float((table["nll_int"] - table["nll_base"]).sum() / max(int(table["n_tokens"].sum()), 1))
+            self.cache[key] = (self.refusal(spec), nll)
+        return self.cache[key]
+
+
+def _force_set(ranking: list[tuple[int, int]], n: int, top_k: dict[int, int]) -> ExpertSet:
+    """The first ``n`` experts of ``ranking`` with at most k per layer (forcing more than k is impossible)."""
+    out: ExpertSet = {}
+    for layer, expert in ranking:
+        if sum(map(len, out.values())) == n:
+            break
+        if len(out.get(layer, [])) < top_k[layer]:
+            out.setdefault(layer, []).append(expert)
+    return out
+
+
+def run_mote(
+    loaded: LoadedModel, config: MoteConfig | None = None, log: Callable[[str], None] = lambda _: None
+) -> MoteResult:
+    """Run the whole experiment on ``loaded`` (a model that speaks tiny-ref's chat format)."""
+    cfg = config or MoteConfig()
+    select, evaluation = split_pairs(read_probe_file(suite_path("refusal")), cfg.n_select, cfg.n_eval)
+    domain_pool = read_probe_file(suite_path("domains"))
+    labels = sorted({p.label for p in domain_pool})
+    per_label = max(1, cfg.n_domain // len(labels))
+    domain = [p for label in labels for p in [q for q in domain_pool if q.label == label][:per_label]]
+    scores = _score_experts(loaded, select, max(cfg.doses), log)
+    agreement = rank_agreement(scores)
+    harmful = [p for p in evaluation if p.label == "harmful"]
+    benign = [p for p in evaluation if p.label == "benign"]
+    measure = _Measure(loaded, harmful, domain)
+    n_experts = {x.layer: x.n_experts for x in loaded.layers}
+    frames, summaries = [], []
+    for scorer in SCORERS:
+        ranking = _ranking(scores, scorer)
+        for semantics in cfg.semantics:
+            for n in cfg.doses:
+                log(f"{scorer} / {semantics} / N={n}: chosen and {cfg.n_controls} random sets")
+                table = run_with_controls(
+                    lambda s, sem=semantics: measure(sem, s)[0],  # type: ignore[misc]
+                    top_n(ranking, n), n_experts, n_controls=cfg.n_controls, seed=cfg.seed + 97 * n,
+                )  # fmt: skip
+                nll = [measure(semantics, parse_set(e))[1] for e in table["experts"].to_list()]
+                frames.append(
+                    table.rename({"value": "refusal"}).with_columns(
+                        pl.Series("nll_delta", nll),
+                        pl.lit(scorer).alias("scorer"),
+                        pl.lit(semantics).alias("semantics"),
+                        pl.lit(n).alias("n"),
+                    )
+                )
+                summaries.append({"scorer": scorer, "semantics": semantics, "n": n, **versus_controls(table)})
+    top_k = {x.layer: x.top_k for x in loaded.layers}
+    benign_asked = [REFUSAL.ask(p.text) for p in benign]
+    base_benign = float(
+        np.mean(
+            [REFUSAL.judge(t) for t in greedy_continuations(loaded.model, loaded.tokenizer, benign_asked)]
+        )
+    )
+    forced = []
+    for scorer in SCORERS:
+        chosen = _force_set(_ranking(scores, scorer), cfg.force_n, top_k)
+        with intervene(loaded, Force(expert_map(chosen))):
+            texts = greedy_continuations(loaded.model, loaded.tokenizer, benign_asked)
+        forced.append({
+            "scorer": scorer, "experts": format_set(chosen), "benign_refusal_base": base_benign,
+            "benign_refusal_forced": float(np.mean([REFUSAL.judge(t) for t in texts])),
+        })  # fmt: skip
+    baseline = {"harmful_refusal": measure.refusal(None), "benign_refusal": base_benign}
+    return MoteResult(
+        cfg, scores, agreement, pl.concat(frames, how="diagonal_relaxed"), pl.DataFrame(summaries),
+        pl.DataFrame(forced), baseline,
+    )  # fmt: skip
