@@ -1,5 +1,8 @@
 """Causal resonance (METHODS.md §5) and first-order attribution (§9): which experts move a behaviour.
 
+Every function takes a :class:`~workbench.interventions.metrics.Metric` (a behaviour's margin, a
+task's gold log-prob) or a :class:`~workbench.interventions.behaviour.Behaviour` (its margin).
+
 * ``effect[l, e]``: the mean change, over target prompts, of the behaviour margin
   ``log p(yes₀) − log p(no₀)`` at the answer position (see
   :class:`~workbench.interventions.behaviour.Behaviour`) when expert (l, e) alone is ablated
@@ -28,6 +31,7 @@ from scipy.stats import spearmanr
 from workbench.analysis.stats import benjamini_hochberg, cluster_bootstrap
 from workbench.interventions.apply import intervene
 from workbench.interventions.behaviour import Behaviour
+from workbench.interventions.metrics import Metric, as_metric, last_logprobs, metric_values, prompt_batches
 from workbench.interventions.specs import Ablate
 from workbench.models.decode import experts_selection
 from workbench.models.loading import LoadedModel
@@ -40,42 +44,11 @@ __all__ = [
 CAUSAL_COLUMNS: tuple[str, ...] = ("layer", "expert", "effect", "ci_low", "ci_high", "p", "q", "n_target")
 
 
-def _answer_tokens(loaded: LoadedModel, behaviour: Behaviour) -> tuple[int, int]:
-    ids = [
-        loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
-        for text in (behaviour.yes, behaviour.no)
-    ]
-    if not ids[0] or not ids[1] or ids[0][0] == ids[1][0]:
-        raise ValueError(f"behaviour {behaviour.name!r}: its two answers need different first tokens")
-    return int(ids[0][0]), int(ids[1][0])
-
-
-def _batches(loaded: LoadedModel, texts: Sequence[str], batch_size: int) -> Any:
-    tok = loaded.tokenizer
-    saved = tok.padding_side
-    tok.padding_side = "left"  # the answer position is the last one of every row
-    try:
-        for start in range(0, len(texts), batch_size):
-            enc = tok(list(texts[start : start + batch_size]), return_tensors="pt", padding=True)
-            yield {k: v.to(loaded.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-    finally:
-        tok.padding_side = saved
-
-
-def _margin(logits: torch.Tensor, yes: int, no: int) -> torch.Tensor:
-    last = logits[:, -1].float().log_softmax(-1)
-    return last[:, yes] - last[:, no]
-
-
-@torch.inference_mode()
 def behaviour_margins(
-    loaded: LoadedModel, prompts: Sequence[Prompt], behaviour: Behaviour, *, batch_size: int = 32
+    loaded: LoadedModel, prompts: Sequence[Prompt], target: Behaviour | Metric, *, batch_size: int = 32
 ) -> np.ndarray:
-    """Per prompt: the behaviour margin at the answer position (positive = the behaviour's answer is preferred)."""
-    yes, no = _answer_tokens(loaded, behaviour)
-    asked = [behaviour.ask(p.text) for p in prompts]
-    out = [_margin(loaded.model(**enc).logits, yes, no).cpu() for enc in _batches(loaded, asked, batch_size)]
-    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+    """Per prompt: the metric (a behaviour's margin: positive = the behaviour's answer is preferred)."""
+    return metric_values(loaded, prompts, as_metric(loaded, target), batch_size=batch_size)
 
 
 def _signflip_p(diffs: np.ndarray, n_perm: int, rng: np.random.Generator) -> float:
@@ -91,7 +64,7 @@ def _signflip_p(diffs: np.ndarray, n_perm: int, rng: np.random.Generator) -> flo
 def causal_resonance(
     loaded: LoadedModel,
     prompts: Sequence[Prompt],
-    behaviour: Behaviour,
+    behaviour: Behaviour | Metric,
     *,
     layers: Sequence[int] | None = None,
     mode: str = "reroute",
@@ -106,7 +79,8 @@ def causal_resonance(
     if mode not in ("zero", "reroute"):
         raise ValueError(f"mode must be 'zero' or 'reroute', not {mode!r}")
     wanted = None if layers is None else {int(x) for x in layers}
-    base = behaviour_margins(loaded, prompts, behaviour, batch_size=batch_size)
+    metric = as_metric(loaded, behaviour)
+    base = metric_values(loaded, prompts, metric, batch_size=batch_size)
     rng = np.random.default_rng(seed)
     rows = []
     for moe in loaded.layers:
@@ -114,7 +88,7 @@ def causal_resonance(
             continue
         for expert in range(moe.n_experts):
             with intervene(loaded, Ablate({moe.layer: [expert]}, mode=mode)):  # type: ignore[arg-type]
-                diffs = behaviour_margins(loaded, prompts, behaviour, batch_size=batch_size) - base
+                diffs = metric_values(loaded, prompts, metric, batch_size=batch_size) - base
             est, lo, hi = cluster_bootstrap(diffs, np.ones_like(diffs), n_boot=n_boot, seed=rng)
             rows.append({
                 "layer": moe.layer, "expert": expert, "effect": float(est[0]), "ci_low": float(lo[0]),
@@ -125,7 +99,7 @@ def causal_resonance(
 
 
 def attribution(
-    loaded: LoadedModel, prompts: Sequence[Prompt], behaviour: Behaviour, *, batch_size: int = 16
+    loaded: LoadedModel, prompts: Sequence[Prompt], behaviour: Behaviour | Metric, *, batch_size: int = 16
 ) -> pl.DataFrame:
     """Per (layer, expert): mean over prompts of ``−Σ_tokens g·∂margin/∂g`` (first-order zero-ablation effect)."""
     for moe in loaded.layers:
@@ -134,8 +108,7 @@ def attribution(
                 f"attribution needs the gate weights as an argument of the experts module; family "
                 f"{moe.family.name!r} (layer {moe.layer}) applies them elsewhere — use causal_resonance"
             )
-    yes, no = _answer_tokens(loaded, behaviour)
-    asked = [behaviour.ask(p.text) for p in prompts]
+    metric = as_metric(loaded, behaviour)
     totals = {moe.layer: np.zeros(moe.n_experts) for moe in loaded.layers}
     leaves: list[tuple[Any, torch.Tensor, torch.Tensor]] = []
 
@@ -154,10 +127,10 @@ def attribution(
 
     handles = [moe.experts.register_forward_pre_hook(tap(moe), with_kwargs=True) for moe in loaded.layers]
     try:
-        for enc in _batches(loaded, asked, batch_size):
+        for chunk, enc in prompt_batches(loaded, prompts, metric, batch_size):
             leaves.clear()
             with torch.inference_mode(False), torch.enable_grad():  # also when called under inference_mode
-                margin = _margin(loaded.model(**enc).logits, yes, no).sum()
+                margin = metric.score(last_logprobs(loaded, enc), chunk).sum()
                 grads = torch.autograd.grad(margin, [leaf for _, _, leaf in leaves], allow_unused=True)
             for (moe, indices, leaf), grad in zip(leaves, grads, strict=True):
                 if grad is None:
@@ -201,7 +174,7 @@ def rank_agreement(
 def greedy_ablation(
     loaded: LoadedModel,
     prompts: Sequence[Prompt],
-    behaviour: Behaviour,
+    behaviour: Behaviour | Metric,
     n: int,
     *,
     mode: str = "reroute",
@@ -217,6 +190,7 @@ def greedy_ablation(
     """
     if mode not in ("zero", "reroute"):
         raise ValueError(f"mode must be 'zero' or 'reroute', not {mode!r}")
+    metric = as_metric(loaded, behaviour)
     candidates = [(moe.layer, e) for moe in loaded.layers for e in range(moe.n_experts)]
     top_k = {moe.layer: moe.top_k for moe in loaded.layers}
     n_experts = {moe.layer: moe.n_experts for moe in loaded.layers}
@@ -234,7 +208,7 @@ def greedy_ablation(
             if mode == "reroute" and any(n_experts[x] - len(v) < top_k[x] for x, v in per_layer.items()):
                 continue  # rerouting needs k experts left in the layer
             with intervene(loaded, Ablate(per_layer, mode=mode)):  # type: ignore[arg-type]
-                margin = float(behaviour_margins(loaded, prompts, behaviour, batch_size=batch_size).mean())
+                margin = float(metric_values(loaded, prompts, metric, batch_size=batch_size).mean())
             if best is None or margin < best[0]:
                 best = (margin, cand)
         if best is None:
