@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "resonate_cmd",
     "report_cmd",
     "experiment_cmd",
+    "circuits_cmd",
     "probes_cmd",
     "zoo_cmd",
 )

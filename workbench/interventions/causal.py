@@ -38,7 +38,7 @@ from workbench.models.loading import LoadedModel
 from workbench.probefile import Prompt
 
 __all__ = [
-    "CAUSAL_COLUMNS", "attribution", "behaviour_margins", "causal_resonance", "greedy_ablation", "rank_agreement",
+    "CAUSAL_COLUMNS", "ablation_diffs", "attribution", "behaviour_margins", "causal_resonance", "greedy_ablation", "rank_agreement",
 ]  # fmt: skip
 
 CAUSAL_COLUMNS: tuple[str, ...] = ("layer", "expert", "effect", "ci_low", "ci_high", "p", "q", "n_target")
@@ -61,6 +61,35 @@ def _signflip_p(diffs: np.ndarray, n_perm: int, rng: np.random.Generator) -> flo
     return float((1 + (null >= observed - 1e-12 * max(1.0, observed)).sum()) / (n_perm + 1))
 
 
+def ablation_diffs(
+    loaded: LoadedModel,
+    prompts: Sequence[Prompt],
+    target: Behaviour | Metric,
+    *,
+    layers: Sequence[int] | None = None,
+    mode: str = "reroute",
+    batch_size: int = 32,
+) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Per-prompt metric changes ``[n_prompts, n_cells]`` when each (layer, expert) alone is ablated.
+
+    The per-prompt matrix (not just its mean) is what lets callers bootstrap anything built on
+    the effects — an importance ranking's rank correlation, for instance — by resampling prompts.
+    """
+    if mode not in ("zero", "reroute"):
+        raise ValueError(f"mode must be 'zero' or 'reroute', not {mode!r}")
+    wanted = None if layers is None else {int(x) for x in layers}
+    metric = as_metric(loaded, target)
+    base = metric_values(loaded, prompts, metric, batch_size=batch_size)
+    cells = [
+        (m.layer, e) for m in loaded.layers if wanted is None or m.layer in wanted for e in range(m.n_experts)
+    ]
+    diffs = np.empty((len(prompts), len(cells)))
+    for j, (layer, expert) in enumerate(cells):
+        with intervene(loaded, Ablate({layer: [expert]}, mode=mode)):  # type: ignore[arg-type]
+            diffs[:, j] = metric_values(loaded, prompts, metric, batch_size=batch_size) - base
+    return cells, diffs
+
+
 def causal_resonance(
     loaded: LoadedModel,
     prompts: Sequence[Prompt],
@@ -76,24 +105,15 @@ def causal_resonance(
     """The L×E causal map: per (layer, expert), the margin change when it alone is ablated (see module doc)."""
     if not prompts:
         raise ValueError("causal resonance needs target prompts (the ones showing the behaviour)")
-    if mode not in ("zero", "reroute"):
-        raise ValueError(f"mode must be 'zero' or 'reroute', not {mode!r}")
-    wanted = None if layers is None else {int(x) for x in layers}
-    metric = as_metric(loaded, behaviour)
-    base = metric_values(loaded, prompts, metric, batch_size=batch_size)
+    cells, diffs = ablation_diffs(loaded, prompts, behaviour, layers=layers, mode=mode, batch_size=batch_size)
     rng = np.random.default_rng(seed)
     rows = []
-    for moe in loaded.layers:
-        if wanted is not None and moe.layer not in wanted:
-            continue
-        for expert in range(moe.n_experts):
-            with intervene(loaded, Ablate({moe.layer: [expert]}, mode=mode)):  # type: ignore[arg-type]
-                diffs = metric_values(loaded, prompts, metric, batch_size=batch_size) - base
-            est, lo, hi = cluster_bootstrap(diffs, np.ones_like(diffs), n_boot=n_boot, seed=rng)
-            rows.append({
-                "layer": moe.layer, "expert": expert, "effect": float(est[0]), "ci_low": float(lo[0]),
-                "ci_high": float(hi[0]), "p": _signflip_p(diffs, n_perm, rng), "n_target": len(prompts),
-            })  # fmt: skip
+    for j, (layer, expert) in enumerate(cells):
+        est, lo, hi = cluster_bootstrap(diffs[:, j], np.ones(len(prompts)), n_boot=n_boot, seed=rng)
+        rows.append({
+            "layer": layer, "expert": expert, "effect": float(est[0]), "ci_low": float(lo[0]),
+            "ci_high": float(hi[0]), "p": _signflip_p(diffs[:, j], n_perm, rng), "n_target": len(prompts),
+        })  # fmt: skip
     out = pl.DataFrame(rows)
     return out.with_columns(pl.Series("q", benjamini_hochberg(out["p"].to_numpy()))).select(CAUSAL_COLUMNS)
 
