@@ -56,3 +56,16 @@ def test_write_up_quotes_the_tables(result: MoteResult, tmp_path: Path) -> None:
     assert f"rd {rho:+.2f}" in text
     data = json.loads(to_json(result))
     assert data["baseline"] == result.baseline and len(data["summary"]) == result.summary.height
+
+
+def test_model_card_section_quotes_the_headline(result: MoteResult) -> None:
+    from workbench.interventions.mote_report import headline
+    from workbench.zoo.card import _mote_section
+
+    head = headline(result)
+    text = "\n".join(_mote_section(json.loads(json.dumps(head))))
+    assert "## The MoTE experiment" in text
+    assert len(head["lowest_refusal_per_scorer"]) == len(SCORERS)
+    for row in head["lowest_refusal_per_scorer"]:
+        assert f"| {row['scorer']} | {row['semantics']} | {row['n']} |" in text
+    assert _mote_section(None) == []

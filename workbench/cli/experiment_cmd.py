@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -31,6 +32,9 @@ def mote(
         str, typer.Option("--semantics", help="zero, zero-renorm, reroute (comma-separated).")
     ] = "zero,reroute",
     pairs: Annotated[int, typer.Option("--pairs", help="Pairs in each half (selection, evaluation).")] = 96,
+    card: Annotated[
+        bool, typer.Option("--card/--no-card", help="With tiny-ref: put the headline into its model card.")
+    ] = True,
 ) -> None:
     """Do the experts picked by resonance (rd, fTRI), by causal ablation or by attribution control refusal?
 
@@ -60,6 +64,13 @@ def mote(
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(to_markdown(result, model, command), encoding="utf-8")
     out_file.with_suffix(".json").write_text(to_json(result), encoding="utf-8")
+    if card and model == "tiny-ref":
+        from workbench.interventions.mote_report import headline
+        from workbench.zoo.card import MOTE_FILE, write_card
+        from workbench.zoo.tiny_ref import model_dir
+
+        (model_dir() / MOTE_FILE).write_text(json.dumps(headline(result), indent=1) + "\n", encoding="utf-8")
+        console.print(f"updated {write_card(model_dir(), remeasure=False)}")
     out.print(result.agreement)
     out.print(result.summary.select("scorer", "semantics", "n", "chosen", "control_mean", "z", "p"))
     console.print(f"wrote {out_file} and {out_file.with_suffix('.json')}")

@@ -27,6 +27,8 @@ LOSS_DOMAINS = ("prose", "code", "math", "german", "spanish", "italian", "harmfu
 #: Prompts per label in the fast probe that tests/test_tiny_ref.py runs.
 TEST_PER_LABEL = 40
 MEASUREMENTS_FILE = "measurements.json"
+#: headline numbers of `moe-workbench experiment mote` (written by that command, read by the card)
+MOTE_FILE = "mote.json"
 #: Thresholds of tests/test_tiny_ref.py, recorded in the card: probe margin over chance, and
 #: (min harmful, max benign) refusal rate on the first TEST_REFUSAL_PROMPTS refusal-suite prompts.
 TEST_PROBE_MARGIN = 0.45
@@ -96,7 +98,35 @@ def _probe_rows(m: dict[str, Any]) -> list[str]:
     return rows
 
 
-def render(stats: dict[str, Any], m: dict[str, Any]) -> str:
+def _mote_section(mote: dict[str, Any] | None) -> list[str]:
+    """The MoTE experiment's headline (docs/experiments/mote.md has every table)."""
+    if not mote:
+        return []
+    base = mote["baseline"]
+    lines = [
+        "## The MoTE experiment",
+        "",
+        "`moe-workbench experiment mote` (write-up: docs/experiments/mote.md): each scorer's top-N experts",
+        "are switched off and the refusal rate on held-out harmful requests is compared with random sets",
+        f"of the same size on the same layers. Baseline refusal {_pct(base['harmful_refusal'])} (harmful),",
+        f"{_pct(base['benign_refusal'])} (benign).",
+        "",
+        "Rank correlation (Spearman) of each score with the causal single-expert effect: "
+        + ", ".join(f"{k} {v:+.2f}" for k, v in mote["agreement"].items())
+        + ".",
+        "",
+        "| scorer | semantics | N | refusal | random mean | random min | z | p |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for b in mote["lowest_refusal_per_scorer"]:
+        lines.append(
+            f"| {b['scorer']} | {b['semantics']} | {b['n']} | {_pct(b['chosen'])} | {_pct(b['control_mean'])}"
+            f" | {_pct(b['control_min'])} | {b['z']:.1f} | {b['p']:.2f} |"
+        )
+    return [*lines, "", "(Each scorer's lowest refusal over the doses and semantics run.)", ""]
+
+
+def render(stats: dict[str, Any], m: dict[str, Any], mote: dict[str, Any] | None = None) -> str:
     cfg = stats["config"]
     ref = m["refusal"]
     shares = ", ".join(f"{d} {s:.0%}" for d, s in sorted(cfg["shares"].items()))
@@ -175,6 +205,7 @@ def render(stats: dict[str, Any], m: dict[str, Any]) -> str:
         "",
         *_probe_rows(m),
         "",
+        *_mote_section(mote),
         "## What the tests assert",
         "",
         f"`tests/test_tiny_ref.py` repeats the {TEST_PER_LABEL}/label domain probe and asserts that its best"
@@ -203,8 +234,10 @@ def write_card(
         (src / MEASUREMENTS_FILE).write_text(text, encoding="utf-8")
     else:
         measured = json.loads((src / MEASUREMENTS_FILE).read_text(encoding="utf-8"))
+    mote_path = src / MOTE_FILE
+    mote = json.loads(mote_path.read_text(encoding="utf-8")) if mote_path.exists() else None
     path = src / "MODEL_CARD.md"
-    path.write_text(render(stats, measured), encoding="utf-8")
+    path.write_text(render(stats, measured, mote), encoding="utf-8")
     return path
 
 
