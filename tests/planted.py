@@ -54,3 +54,15 @@ def prompts(n: int = 12, length: int = 24, seed: int = 0) -> list[Prompt]:
             text = "".join(letters[i] for i in idx)
             out.append(Prompt(prompt_id=len(out), text=text, label=label))
     return out
+
+
+def gold_prompts(n: int = 12, length: int = 24, seed: int = 0) -> list[Prompt]:
+    """:func:`prompts` with a ``meta.gold`` answer (the prompt's first letter), for task metrics.
+
+    The planted model is random apart from the plant, so the gold is arbitrary: what the pruning
+    test measures is how far its log-prob moves, not whether the model gets it right.
+    """
+    return [
+        Prompt(prompt_id=p.prompt_id, text=p.text, label=p.label, meta={"gold": p.text[0]})
+        for p in prompts(n, length, seed)
+    ]

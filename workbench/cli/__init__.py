@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "report_cmd",
     "experiment_cmd",
     "circuits_cmd",
+    "prune_cmd",
     "probes_cmd",
     "zoo_cmd",
 )

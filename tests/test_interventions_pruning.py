@@ -1,0 +1,123 @@
+"""Task pruning: retention-curve table shape, keep = 1.0 is the baseline, and a planted known answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+from planted import PLANT_EXPERT, PLANT_LAYER, gold_prompts, planted_model
+from typer.testing import CliRunner
+
+import workbench as wb
+from workbench.cli import app
+from workbench.data.suites import load_suite
+from workbench.interventions.controls import parse_set
+from workbench.interventions.pruning import (
+    METHODS,
+    TaskMeasure,
+    expert_scores,
+    keep_count,
+    retention_curve,
+    split_halves,
+    summary_lines,
+    top_keep,
+)
+from workbench.models.loading import LoadedModel
+
+KEEPS = (0.25, 0.5, 1.0)
+N_RANDOM = 2
+
+
+@pytest.fixture(scope="module")
+def tiny_ref() -> LoadedModel:
+    return wb.load_model("tiny-ref")
+
+
+@pytest.fixture(scope="module")
+def table(tiny_ref: LoadedModel) -> pl.DataFrame:
+    return retention_curve(
+        tiny_ref, load_suite("tasks"), label="arithmetic", keep=KEEPS, n_random=N_RANDOM, n_select=6, n_eval=6
+    )
+
+
+def test_keep_count_never_below_top_k() -> None:
+    assert keep_count(0.25, 8, 2) == 2 and keep_count(0.1, 8, 2) == 2
+    assert keep_count(0.5, 8, 2) == 4 and keep_count(0.75, 60, 4) == 45 and keep_count(1.0, 8, 2) == 8
+    with pytest.raises(ValueError):
+        keep_count(0.0, 8, 2)
+
+
+def test_halves_are_disjoint_and_one_label() -> None:
+    select, evaluate = split_halves(load_suite("tasks"), "brackets", n_select=5, n_eval=7)
+    assert len(select) == 5 and len(evaluate) == 7
+    assert {p.label for p in select + evaluate} == {"brackets"}
+    assert not {p.prompt_id for p in select} & {p.prompt_id for p in evaluate}
+    with pytest.raises(ValueError, match="too few"):
+        split_halves(load_suite("tasks"), "nonexistent")
+
+
+def test_table_rows_columns_and_sizes(table: pl.DataFrame, tiny_ref: LoadedModel) -> None:
+    assert table.columns == [
+        "method", "keep", "seed", "n_kept_per_layer", "experts", "exact_match", "gold_logprob", "retention",
+        "lp_retention",
+    ]  # fmt: skip
+    assert table.height == 1 + len(KEEPS) * (len(METHODS) + N_RANDOM)
+    top_k = {x.layer: x.top_k for x in tiny_ref.layers}
+    for _keep, part in table.filter(pl.col("method") != "baseline").group_by("keep"):
+        sizes = {tuple(int(n) for n in s.split(",")) for s in part["n_kept_per_layer"]}
+        assert len(sizes) == 1  # random sets have the chosen sets' sizes
+        for text in part["experts"]:
+            chosen = parse_set(text)
+            assert sorted(chosen) == sorted(top_k)
+            assert all(len(v) >= top_k[layer] for layer, v in chosen.items())
+        assert part.filter(pl.col("method") == "random")["seed"].to_list() == list(range(N_RANDOM))
+        assert part.filter(pl.col("method") != "random")["seed"].null_count() == len(METHODS)
+    assert all(0.0 <= v <= 1.0 for v in table["exact_match"])
+    assert len(summary_lines(table)) == len(METHODS)
+
+
+def test_keep_all_reproduces_the_baseline_exactly(table: pl.DataFrame) -> None:
+    base = table.filter(pl.col("method") == "baseline").row(0, named=True)
+    full = table.filter(pl.col("keep") == 1.0, pl.col("method") != "baseline")
+    assert full.height == len(METHODS) + N_RANDOM
+    for row in full.iter_rows(named=True):
+        assert row["exact_match"] == base["exact_match"] and row["gold_logprob"] == base["gold_logprob"]
+        assert row["lp_retention"] == 1.0 and row["retention"] in (1.0, None)
+
+
+def test_planted_expert_is_kept_and_matters() -> None:
+    loaded = planted_model()
+    early = gold_prompts(n=8, length=12)
+    select, evaluate = split_halves(early, "early")
+    scores = expert_scores(loaded, select, "early")
+    sizes = {x.layer: keep_count(0.25, x.n_experts, x.top_k) for x in loaded.layers}
+    chosen = top_keep(scores, "frequency", sizes)
+    assert PLANT_EXPERT in chosen[PLANT_LAYER]
+    # the same keep set, but with the planted expert swapped for an unchosen one at its layer
+    others = [e for e in range(8) if e not in chosen[PLANT_LAYER]]
+    without = {
+        **chosen,
+        PLANT_LAYER: sorted([e for e in chosen[PLANT_LAYER] if e != PLANT_EXPERT] + others[:1]),
+    }
+    measure = TaskMeasure(loaded, evaluate)
+    base = measure(None)[1]
+    kept, pruned = measure(chosen)[1], measure(without)[1]
+    # the plant's effect on a random model's last-position log-prob is small but clear (≈ 0.07 nats)
+    assert abs(pruned - base) > 0.02
+    assert abs(kept - base) < abs(pruned - base) / 10
+
+
+def test_cli_prints_and_writes(tmp_path: Path) -> None:
+    out = tmp_path / "prune.csv"
+    result = CliRunner().invoke(
+        app,
+        ["prune", "--task", "brackets", "--keep", "0.25", "--random", "1", "--max-prompts", "3",
+         "--methods", "frequency", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "frequency: f=0.25" in result.output
+    written = pl.read_csv(out)
+    assert written["method"].to_list() == ["baseline", "frequency", "random"]
+    bad = CliRunner().invoke(app, ["prune", "--task", "brackets", "--keep", "half"])
+    assert bad.exit_code == 2
