@@ -32,6 +32,10 @@ def mote(
         str, typer.Option("--semantics", help="zero, zero-renorm, reroute (comma-separated).")
     ] = "zero,reroute",
     pairs: Annotated[int, typer.Option("--pairs", help="Pairs in each half (selection, evaluation).")] = 96,
+    behaviour: Annotated[
+        str,
+        typer.Option("--behaviour", help="refusal (tiny-ref's chat format) or refusal-chatml (SmolLM2's)."),
+    ] = "refusal",
     card: Annotated[
         bool, typer.Option("--card/--no-card", help="With tiny-ref: put the headline into its model card.")
     ] = True,
@@ -50,17 +54,28 @@ def mote(
         dose_list = tuple(int(x) for x in doses.split(","))
     except ValueError:
         fail(f"--doses must be integers separated by commas, got {doses!r}")
+    from workbench.interventions.behaviour import BEHAVIOURS
+
+    if behaviour not in BEHAVIOURS:
+        fail(f"unknown behaviour {behaviour!r}; available: {', '.join(BEHAVIOURS)}")
     chosen = tuple(s.strip() for s in semantics.split(","))
     unknown = [s for s in chosen if s not in SEMANTICS]
     if unknown:
         fail(f"unknown semantics {unknown}; available: {', '.join(SEMANTICS)}")
-    config = MoteConfig(doses=dose_list, semantics=chosen, n_controls=controls, n_select=pairs, n_eval=pairs)
+    config = MoteConfig(
+        doses=dose_list,
+        semantics=chosen,
+        n_controls=controls,
+        n_select=pairs,
+        n_eval=pairs,
+        behaviour=behaviour,
+    )
     try:
         result = run_mote(load_model(model), config, log=console.print)
     except user_errors() as exc:
         fail(str(exc))
     command = f"moe-workbench experiment mote --model {model} --doses {doses} --controls {controls} " \
-        f"--semantics {semantics} --pairs {pairs}"  # fmt: skip
+        f"--semantics {semantics} --pairs {pairs} --behaviour {behaviour}"  # fmt: skip
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(to_markdown(result, model, command), encoding="utf-8")
     out_file.with_suffix(".json").write_text(to_json(result), encoding="utf-8")

@@ -37,7 +37,7 @@ import polars as pl
 from workbench.analysis.resonance import resonance_map
 from workbench.data.suites import suite_path
 from workbench.interventions.apply import intervene
-from workbench.interventions.behaviour import REFUSAL
+from workbench.interventions.behaviour import Behaviour, get_behaviour
 from workbench.interventions.causal import attribution, causal_resonance, greedy_ablation, rank_agreement
 from workbench.interventions.controls import (
     ExpertSet,
@@ -83,6 +83,7 @@ class MoteConfig:
     n_domain: int = 60  # domain prompts for the NLL cost
     force_n: int = 4
     seed: int = 0
+    behaviour: str = "refusal"  # a name in workbench.interventions.behaviour.BEHAVIOURS
 
 
 @dataclass
@@ -114,7 +115,7 @@ def split_pairs(prompts: Sequence[Prompt], n_select: int, n_eval: int) -> tuple[
 
 
 def _score_experts(
-    loaded: LoadedModel, select: list[Prompt], n_greedy: int, log: Callable[[str], None]
+    loaded: LoadedModel, select: list[Prompt], behaviour: Behaviour, n_greedy: int, log: Callable[[str], None]
 ) -> pl.DataFrame:
     from workbench.capture.engine import capture
 
@@ -127,10 +128,10 @@ def _score_experts(
     log(
         f"causal map: {sum(x.n_experts for x in loaded.layers)} single-expert ablations on {len(harmful)} prompts"
     )
-    causal = causal_resonance(loaded, harmful, REFUSAL, n_boot=200, n_perm=200)
-    attr = attribution(loaded, harmful, REFUSAL)
+    causal = causal_resonance(loaded, harmful, behaviour, n_boot=200, n_perm=200)
+    attr = attribution(loaded, harmful, behaviour)
     log(f"greedy joint ablation: {n_greedy} rounds")
-    greedy = greedy_ablation(loaded, harmful, REFUSAL, n_greedy)
+    greedy = greedy_ablation(loaded, harmful, behaviour, n_greedy)
     scores = (
         corr.select("layer", "expert", "rd", "ftri")
         .join(
@@ -159,19 +160,21 @@ def _ranking(scores: pl.DataFrame, scorer: str) -> list[tuple[int, int]]:
 class _Measure:
     """Refusal rate on the evaluation harmful requests and NLL change on domain text, memoised per set."""
 
-    def __init__(self, loaded: LoadedModel, harmful: list[Prompt], domain: list[Prompt]) -> None:
-        self.loaded, self.domain = loaded, domain
-        self.asked = [REFUSAL.ask(p.text) for p in harmful]
+    def __init__(
+        self, loaded: LoadedModel, behaviour: Behaviour, harmful: list[Prompt], domain: list[Prompt]
+    ) -> None:
+        self.loaded, self.domain, self.behaviour = loaded, domain, behaviour
+        self.asked = [behaviour.ask(p.text) for p in harmful]
         self.cache: dict[tuple[str, str], tuple[float, float]] = {}
 
     def refusal(self, specs: Intervention | None) -> float:
         model, tok = self.loaded.model, self.loaded.tokenizer
         if specs is None:
-            texts = greedy_continuations(model, tok, self.asked, REFUSAL.max_new_tokens)
+            texts = greedy_continuations(model, tok, self.asked, self.behaviour.max_new_tokens)
         else:
             with intervene(self.loaded, specs):
-                texts = greedy_continuations(model, tok, self.asked, REFUSAL.max_new_tokens)
-        return float(np.mean([REFUSAL.judge(t) for t in texts]))
+                texts = greedy_continuations(model, tok, self.asked, self.behaviour.max_new_tokens)
+        return float(np.mean([self.behaviour.judge(t) for t in texts]))
 
     def __call__(self, semantics: str, experts: ExpertSet) -> tuple[float, float]:
         key = (semantics, repr(sorted(experts.items())))
@@ -204,11 +207,12 @@ def run_mote(
     labels = sorted({p.label for p in domain_pool})
     per_label = max(1, cfg.n_domain // len(labels))
     domain = [p for label in labels for p in [q for q in domain_pool if q.label == label][:per_label]]
-    scores = _score_experts(loaded, select, max(cfg.doses), log)
+    behaviour = get_behaviour(cfg.behaviour)
+    scores = _score_experts(loaded, select, behaviour, max(cfg.doses), log)
     agreement = rank_agreement(scores)
     harmful = [p for p in evaluation if p.label == "harmful"]
     benign = [p for p in evaluation if p.label == "benign"]
-    measure = _Measure(loaded, harmful, domain)
+    measure = _Measure(loaded, behaviour, harmful, domain)
     n_experts = {x.layer: x.n_experts for x in loaded.layers}
     frames, summaries = [], []
     for scorer in SCORERS:
@@ -231,20 +235,20 @@ def run_mote(
                 )
                 summaries.append({"scorer": scorer, "semantics": semantics, "n": n, **versus_controls(table)})
     top_k = {x.layer: x.top_k for x in loaded.layers}
-    benign_asked = [REFUSAL.ask(p.text) for p in benign]
+    benign_asked = [behaviour.ask(p.text) for p in benign]
     base_benign = float(
         np.mean(
-            [REFUSAL.judge(t) for t in greedy_continuations(loaded.model, loaded.tokenizer, benign_asked)]
+            [behaviour.judge(t) for t in greedy_continuations(loaded.model, loaded.tokenizer, benign_asked, behaviour.max_new_tokens)]
         )
     )
     forced = []
     for scorer in SCORERS:
         chosen = _force_set(_ranking(scores, scorer), cfg.force_n, top_k)
         with intervene(loaded, Force(expert_map(chosen))):
-            texts = greedy_continuations(loaded.model, loaded.tokenizer, benign_asked)
+            texts = greedy_continuations(loaded.model, loaded.tokenizer, benign_asked, behaviour.max_new_tokens)
         forced.append({
             "scorer": scorer, "experts": format_set(chosen), "benign_refusal_base": base_benign,
-            "benign_refusal_forced": float(np.mean([REFUSAL.judge(t) for t in texts])),
+            "benign_refusal_forced": float(np.mean([behaviour.judge(t) for t in texts])),
         })  # fmt: skip
     baseline = {"harmful_refusal": measure.refusal(None), "benign_refusal": base_benign}
     return MoteResult(
