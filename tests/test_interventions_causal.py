@@ -109,3 +109,15 @@ def test_greedy_joint_ablation_starts_with_the_planted_expert(planted: LoadedMod
     assert (first["layer"], first["expert"]) == (best_single["layer"], best_single["expert"])
     assert first["margin"] == pytest.approx(base + best_single["effect"], abs=1e-4)
     assert order["margin"].to_list() == sorted(order["margin"].to_list(), reverse=True)
+
+
+def test_unplanted_model_has_no_significant_expert() -> None:
+    """Null: a random tiny MoE has no behaviour to find; no expert's ablation effect survives BH."""
+    from workbench.models.loading import load_model
+    from workbench.models.tiny import byte_tokenizer, tiny_model
+
+    null = load_model(tiny_model("qwen2_moe", seed=3), byte_tokenizer())
+    items = [p for p in prompts(8, seed=2) if p.label == "early"]
+    causal = causal_resonance(null, items, A_OVER_Z, n_boot=200, n_perm=999)
+    assert (causal["q"] > 0.05).all()
+    assert causal["effect"].abs().max() < 0.01  # effects exist but are tiny and inconsistent across prompts
