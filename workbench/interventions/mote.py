@@ -238,14 +238,21 @@ def run_mote(
     benign_asked = [behaviour.ask(p.text) for p in benign]
     base_benign = float(
         np.mean(
-            [behaviour.judge(t) for t in greedy_continuations(loaded.model, loaded.tokenizer, benign_asked, behaviour.max_new_tokens)]
+            [
+                behaviour.judge(t)
+                for t in greedy_continuations(
+                    loaded.model, loaded.tokenizer, benign_asked, behaviour.max_new_tokens
+                )
+            ]
         )
     )
     forced = []
     for scorer in SCORERS:
         chosen = _force_set(_ranking(scores, scorer), cfg.force_n, top_k)
         with intervene(loaded, Force(expert_map(chosen))):
-            texts = greedy_continuations(loaded.model, loaded.tokenizer, benign_asked, behaviour.max_new_tokens)
+            texts = greedy_continuations(
+                loaded.model, loaded.tokenizer, benign_asked, behaviour.max_new_tokens
+            )
         forced.append({
             "scorer": scorer, "experts": format_set(chosen), "benign_refusal_base": base_benign,
             "benign_refusal_forced": float(np.mean([behaviour.judge(t) for t in texts])),

@@ -10,7 +10,7 @@ import polars as pl
 
 from workbench.interventions.mote import MoteResult
 
-__all__ = ["headline", "to_json", "to_markdown"]
+__all__ = ["headline", "to_json", "to_markdown", "verdict"]
 
 
 def _table(df: pl.DataFrame, floats: str = "{:.3f}") -> str:
@@ -35,6 +35,23 @@ def headline(result: MoteResult) -> dict[str, Any]:
         "agreement": {r["score"]: r["spearman"] for r in result.agreement.iter_rows(named=True)},
         "lowest_refusal_per_scorer": best.to_dicts(),
     }
+
+
+def verdict(summary: pl.DataFrame) -> list[str]:
+    """Per scorer: the doses where its set lies outside the whole random range (below the minimum)."""
+    lines = []
+    for scorer in summary["scorer"].unique(maintain_order=True).to_list():
+        rows = summary.filter((pl.col("scorer") == scorer) & (pl.col("chosen") < pl.col("control_min")))
+        if rows.height == 0:
+            lines.append(f"- `{scorer}`: never below the lowest random set.")
+            continue
+        hits = "; ".join(
+            f"{r['semantics']} N={r['n']}: {r['chosen']:.1%} vs random {r['control_min']:.1%}–{r['control_max']:.1%}"
+            f" (mean {r['control_mean']:.1%}, z = {r['z']:.1f}, p = {r['p']:.2f})"
+            for r in rows.iter_rows(named=True)
+        )
+        lines.append(f"- `{scorer}`: below every random set at {hits}.")
+    return lines
 
 
 def to_json(result: MoteResult) -> str:
@@ -83,7 +100,8 @@ def to_markdown(result: MoteResult, model: str, command: str) -> str:
         f"{cfg.n_eval} other pairs judge them (greedy 12-token continuation, transparent refusal patterns).",
         "- Scorers, all on the selection half: `rd` (selection-rate difference), `ftri` (gate-mass "
         "difference), `causal` (refusal-margin change when the expert alone is rerouted), `attribution` "
-        "(gate weight × gradient of the margin).",
+        "(gate weight × gradient of the margin), `causal-greedy` (experts added one at a time by the largest "
+        "drop of the margin under their *joint* ablation).",
         f"- Semantics {', '.join(cfg.semantics)}; doses N = {', '.join(map(str, cfg.doses))}; "
         f"{cfg.n_controls} random sets per point; p = empirical two-sided p against the random sets "
         f"(smallest possible {1 / (cfg.n_controls + 1):.3f}), z = (chosen − random mean) / random sd.",
@@ -113,6 +131,10 @@ def to_markdown(result: MoteResult, model: str, command: str) -> str:
         + ".",
         "",
         _table(summary),
+        "",
+        "Where a chosen set lies outside the random distribution (p cannot go below 1/(controls + 1)):",
+        "",
+        *verdict(result.summary),
         "",
         "NLL change on domain text (mean over the chosen set and over the random sets):",
         "",
