@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check workbench tests benchmarks dashboards
 
 typecheck: $(STAMP)
-	$(BIN)/mypy workbench
+	$(BIN)/mypy workbench dashboards
 
 # Headless Chromium for the report's browser test (tests/test_report.py drives it with Playwright;
 # no browser download: Playwright uses Debian's /usr/bin/chromium). Needs root and apt.

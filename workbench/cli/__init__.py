@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "prune_cmd",
     "probes_cmd",
     "zoo_cmd",
+    "serve_cmd",
 )
 
 for _name in COMMAND_MODULES:

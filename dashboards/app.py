@@ -1,0 +1,81 @@
+"""The Dash app: ``create_app(db)`` → a multi-page dashboard over a run store.
+
+Pages live in ``dashboards/pages/`` (one module each, registered with ``dash.register_page``);
+this module builds the shell around them — a navigation bar whose links keep the current run,
+the page container, and the app-level ``wb-run`` store that the pages' URL state feeds (see
+:mod:`dashboards.components.url`). The store is never held open: each request opens it
+read-only through :mod:`dashboards.data`, so a capture can write between requests.
+
+Dash imports the page modules when the app is created and their ``dash.callback``s are global
+until the first request binds them to the app: create one app per process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dash
+from dash import Input, Output, dcc, html
+
+from dashboards.components.url import RUN_STORE
+from dashboards.views.runs import PAGE_LINKS
+from workbench.store import StoreError
+
+__all__ = ["NAV", "create_app"]
+
+PAGES_DIR = Path(__file__).resolve().parent / "pages"
+NAV: tuple[tuple[str, str], ...] = (("/", "Runs"), *PAGE_LINKS)
+"""(path, title) of every page, in navigation-bar order."""
+
+
+def _nav_id(path: str) -> str:
+    return "nav-" + (path.strip("/") or "runs")
+
+
+def _navbar() -> html.Nav:
+    links = [dcc.Link(name, href=path, id=_nav_id(path), className="wb-nav-link") for path, name in NAV]
+    return html.Nav([html.Span("moe-workbench", className="wb-brand"), *links], className="wb-nav")
+
+
+def create_app(db_path: str | Path, model: Any = None) -> dash.Dash:
+    """A Dash app showing the store at ``db_path`` (read-only); ``model`` is kept for the lab.
+
+    Raises ``StoreError`` when there is no store file at ``db_path``: a dashboard over nothing
+    would only show messages.
+    """
+    db = Path(db_path).expanduser().resolve()
+    if not db.is_file():
+        raise StoreError(f"no store at {db}: the file does not exist (check --db, or capture a run first)")
+    app = dash.Dash(
+        "dashboards",
+        use_pages=True,
+        pages_folder=str(PAGES_DIR),
+        title="moe-workbench",
+        update_title="",  # no "Updating..." flicker in the tab title
+    )
+    app.server.config["WORKBENCH_DB"] = str(db)
+    app.server.config["WORKBENCH_MODEL"] = model
+    app.layout = html.Div(
+        [
+            dcc.Store(id=RUN_STORE),
+            _navbar(),
+            html.Main(dash.page_container, className="wb-main"),
+        ]
+    )
+
+    @app.callback(
+        [Output(_nav_id(path), "href") for path, _ in NAV],
+        Input(RUN_STORE, "data"),
+    )
+    def _nav_hrefs(run: str | None) -> list[str]:
+        return nav_hrefs(run)
+
+    return app
+
+
+def nav_hrefs(run: str | None) -> list[str]:
+    """Every navigation link, carrying ``run`` in its query string when one is chosen."""
+    from dashboards.components import query_string
+
+    return [path + query_string(run=run) for path, _ in NAV]

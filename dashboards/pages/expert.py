@@ -1,0 +1,84 @@
+"""Expert card (``/expert?run=R&layer=L&expert=E``): everything the store says about one expert.
+
+Every heatmap of the other pages links here with the clicked cell in the query string.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dash
+from dash import Input, Output, callback, dcc, html
+
+from dashboards.components import choices, guarded, query_string, to_int
+from dashboards.components.url import register_url_sync, url_components
+from dashboards.data import current_db
+from dashboards.views import expert as view
+from dashboards.views.common import layer_options, pick, run_options
+
+dash.register_page(__name__, path="/expert", name="Expert card", title="moe-workbench · expert", order=6)
+PAGE = "expert"
+
+
+def layout(run: str | None = None, layer: str | None = None, expert: str | None = None, **_: Any) -> html.Div:
+    """Run, layer and expert pickers (from the query string; default layer 0 of the newest run, expert 0)."""
+    db = current_db()
+    runs, problem = choices(run_options, db)
+    run = pick(run, runs)
+    layers, _ = choices(layer_options, db, run)
+    chosen = to_int(expert)
+    return html.Div(
+        [
+            *url_components(PAGE),
+            html.H2("Expert card"),
+            problem,
+            html.Div(
+                [
+                    dcc.Dropdown(
+                        id="expert-run", options=runs, value=run, clearable=False, className="wb-pick"
+                    ),
+                    dcc.Dropdown(
+                        id="expert-layer",
+                        options=layers,
+                        value=pick(to_int(layer), layers),
+                        clearable=False,
+                        className="wb-pick",
+                    ),
+                    dcc.Input(
+                        id="expert-expert",
+                        type="number",
+                        min=0,
+                        step=1,
+                        value=0 if chosen is None else chosen,
+                        debounce=True,
+                        className="wb-number",
+                    ),
+                ],
+                className="wb-controls",
+            ),
+            html.Div(id="expert-card"),
+        ]
+    )
+
+
+def layers_of(run: str | None) -> list[Any]:
+    """The run's layers."""
+    layers, _ = choices(layer_options, current_db(), run)
+    return layers
+
+
+def update(run: str | None, layer: int | None, expert: Any) -> tuple[Any, str]:
+    """The card for the choices, and the view's query string."""
+    layer_i, expert_i = to_int(layer), to_int(expert)
+    card = guarded(view.expert_card, current_db(), run, layer_i, expert_i)
+    return card, query_string(run=run, layer=layer_i, expert=expert_i)
+
+
+callback(Output("expert-layer", "options"), Input("expert-run", "value"), prevent_initial_call=True)(
+    layers_of
+)
+callback(
+    Output("expert-card", "children"), Output("expert-query", "data"),
+    Input("expert-run", "value"), Input("expert-layer", "value"), Input("expert-expert", "value"),
+)(update)  # fmt: skip
+register_url_sync(PAGE)

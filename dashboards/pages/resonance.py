@@ -1,0 +1,122 @@
+"""Resonance (``/resonance``): pick target and control labels to get the layer × expert map;
+click a cell to list the tokens that drive that expert (with a link to its card)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dash
+from dash import Input, Output, State, callback, dcc, html
+
+from dashboards.components import choices, fill, guarded, query_string, slot, to_int
+from dashboards.components.url import clicked_expert, register_url_sync, url_components
+from dashboards.data import current_db
+from dashboards.views import resonance as view
+from dashboards.views.common import label_options, pick, run_options
+
+dash.register_page(__name__, path="/resonance", name="Resonance", title="moe-workbench · resonance", order=5)
+PAGE = "resonance"
+
+
+def _defaults(db: str, run: str | None, target: Any, control: Any) -> tuple[list[Any], Any, Any]:
+    labels, _ = choices(label_options, db, run, False)
+    pair = guarded(view.default_pair, db, run) if run else (None, None)
+    found = pair if isinstance(pair, tuple) else (None, None)
+    values = [o["value"] for o in labels]
+    return labels, target if target in values else found[0], control if control in values else found[1]
+
+
+def layout(
+    run: str | None = None,
+    target: str | None = None,
+    control: str | None = None,
+    method: str | None = None,
+    layer: str | None = None,
+    expert: str | None = None,
+    **_: Any,
+) -> html.Div:
+    """Run, target, control and method pickers (from the query string); a clicked cell is kept too."""
+    db = current_db()
+    runs, problem = choices(run_options, db)
+    run = pick(run, runs)
+    labels, target, control = _defaults(db, run, target, control)
+    cell = (to_int(layer), to_int(expert))
+    methods = [{"label": m, "value": m} for m in view.METHODS]
+    return html.Div(
+        [
+            *url_components(PAGE),
+            dcc.Store(id="resonance-cell", data=list(cell) if None not in cell else None),
+            html.H2("Resonance map"),
+            problem,
+            html.Div(
+                [
+                    dcc.Dropdown(id="res-run", options=runs, value=run, clearable=False, className="wb-pick"),
+                    html.Span("target", className="wb-muted"),
+                    dcc.Dropdown(id="res-target", options=labels, value=target, className="wb-pick"),
+                    html.Span("control", className="wb-muted"),
+                    dcc.Dropdown(id="res-control", options=labels, value=control, className="wb-pick"),
+                    dcc.Dropdown(
+                        id="res-method",
+                        options=methods,
+                        value=pick(method, methods),
+                        clearable=False,
+                        className="wb-pick-small",
+                    ),
+                ],
+                className="wb-controls",
+            ),
+            slot("res-heatmap"),
+            html.Div(id="res-tokens"),
+        ]
+    )
+
+
+def labels_of(run: str | None, target: Any, control: Any) -> tuple[list[Any], Any, list[Any], Any]:
+    """The run's labels for both pickers, keeping the chosen ones it has (else its contrast set)."""
+    labels, target, control = _defaults(current_db(), run, target, control)
+    return labels, target, labels, control
+
+
+def remember_cell(click: Any, run: Any, target: Any, control: Any) -> Any:
+    """The clicked (layer, expert); a new run or label pair clears it."""
+    if dash.ctx.triggered_id != "res-heatmap":
+        return None
+    cell = clicked_expert(click)
+    return list(cell) if cell else dash.no_update
+
+
+def update(
+    run: str | None, target: str | None, control: str | None, method: str, cell: Any
+) -> tuple[Any, ...]:
+    """The map, the clicked cell's driving tokens, and the view's query string."""
+    db = current_db()
+    at = (int(cell[0]), int(cell[1])) if cell else None
+    query = query_string(
+        run=run, target=target, control=control, method=method,
+        layer=at[0] if at else None, expert=at[1] if at else None,
+    )  # fmt: skip
+    return (
+        *fill(view.resonance_figure, db, run, target, control, method),
+        guarded(view.driving_tokens, db, run, target, control, at),
+        query,
+    )
+
+
+callback(
+    Output("res-target", "options"), Output("res-target", "value"),
+    Output("res-control", "options"), Output("res-control", "value"),
+    Input("res-run", "value"), State("res-target", "value"), State("res-control", "value"),
+    prevent_initial_call=True,
+)(labels_of)  # fmt: skip
+callback(
+    Output("resonance-cell", "data"), Input("res-heatmap", "clickData"),
+    Input("res-run", "value"), Input("res-target", "value"), Input("res-control", "value"),
+    prevent_initial_call=True,
+)(remember_cell)  # fmt: skip
+callback(
+    Output("res-heatmap", "figure"), Output("res-heatmap", "style"), Output("res-heatmap-msg", "children"),
+    Output("res-tokens", "children"), Output("resonance-query", "data"),
+    Input("res-run", "value"), Input("res-target", "value"), Input("res-control", "value"),
+    Input("res-method", "value"), Input("resonance-cell", "data"),
+)(update)  # fmt: skip
+register_url_sync(PAGE)

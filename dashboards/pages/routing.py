@@ -1,0 +1,132 @@
+"""Routing explorer (``/routing``): selection-share heatmap by label, and a prompt's tokens
+coloured by their top-1 expert with the top-k, weights and logits on hover."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dash
+from dash import Input, Output, State, callback, dcc, html
+
+from dashboards.components import choices, expert_href, fill, guarded, query_string, slot, to_int
+from dashboards.components.url import clicked_expert, register_url_sync, url_components
+from dashboards.data import current_db
+from dashboards.views import routing as view
+from dashboards.views.common import ALL, label_options, layer_options, pick, run_options
+
+dash.register_page(__name__, path="/routing", name="Routing", title="moe-workbench · routing", order=1)
+PAGE = "routing"
+
+
+def layout(
+    run: str | None = None,
+    label: str | None = None,
+    prompt: str | None = None,
+    layer: str | None = None,
+    **_: Any,
+) -> html.Div:
+    """Controls initialised from the query string (``run``, ``label``, ``prompt``, ``layer``)."""
+    db = current_db()
+    runs, problem = choices(run_options, db)
+    run = pick(run, runs)
+    labels, _ = choices(label_options, db, run)
+    label = pick(label, labels)
+    prompts, _ = choices(view.prompt_options, db, run, label)
+    layers, _ = choices(layer_options, db, run)
+    return html.Div(
+        [
+            *url_components(PAGE),
+            html.H2("Routing explorer"),
+            problem,
+            html.Div(
+                [
+                    dcc.Dropdown(
+                        id="routing-run", options=runs, value=run, clearable=False, className="wb-pick"
+                    ),
+                    dcc.Dropdown(
+                        id="routing-label", options=labels, value=label, clearable=False, className="wb-pick"
+                    ),
+                ],
+                className="wb-controls",
+            ),
+            slot("routing-heatmap"),
+            html.H3("Token view"),
+            html.Div(
+                [
+                    dcc.Dropdown(
+                        id="routing-prompt",
+                        options=prompts,
+                        value=pick(to_int(prompt), prompts),
+                        className="wb-pick-wide",
+                        placeholder="prompt",
+                    ),
+                    dcc.Dropdown(
+                        id="routing-layer",
+                        options=layers,
+                        value=pick(to_int(layer), layers),
+                        className="wb-pick",
+                        placeholder="layer",
+                    ),
+                ],
+                className="wb-controls",
+            ),
+            html.Div(id="routing-tokens"),
+            slot("routing-grid"),
+        ]
+    )
+
+
+def options(
+    run: str | None, label: str | None, prompt: int | None, layer: int | None
+) -> tuple[list[Any], Any, list[Any], Any, list[Any], Any]:
+    """Label, prompt and layer options of a run, keeping each choice the run still offers."""
+    db = current_db()
+    labels, _ = choices(label_options, db, run)
+    label = pick(label, labels)
+    prompts, _ = choices(view.prompt_options, db, run, label)
+    layers, _ = choices(layer_options, db, run)
+    return labels, label, prompts, pick(prompt, prompts), layers, pick(layer, layers)
+
+
+def update(run: str | None, label: str | None, prompt: int | None, layer: int | None) -> tuple[Any, ...]:
+    """Heatmap, token text and token grid for the choices, and the query string of this view."""
+    db = current_db()
+    heat = fill(view.share_heatmap, db, run, label)
+    text = guarded(view.token_text, db, run, prompt, layer)
+    grid = fill(view.token_grid, db, run, prompt)
+    query = query_string(run=run, label=None if label == ALL else label, prompt=prompt, layer=layer)
+    return (*heat, text, *grid, query)
+
+
+def open_card(heat_click: Any, grid_click: Any, run: str | None) -> Any:
+    """The expert card of the clicked cell (heatmap: x is the expert; token grid: the cell's top-1)."""
+    trigger = dash.ctx.triggered_id
+    cell = (
+        clicked_expert(grid_click, "customdata") if trigger == "routing-grid" else clicked_expert(heat_click)
+    )
+    if cell is None:
+        return dash.no_update
+    return expert_href(run, *cell)
+
+
+callback(
+    Output("routing-label", "options"), Output("routing-label", "value"),
+    Output("routing-prompt", "options"), Output("routing-prompt", "value"),
+    Output("routing-layer", "options"), Output("routing-layer", "value"),
+    Input("routing-run", "value"), Input("routing-label", "value"),
+    State("routing-prompt", "value"), State("routing-layer", "value"), prevent_initial_call=True,
+)(options)  # fmt: skip
+callback(
+    Output("routing-heatmap", "figure"), Output("routing-heatmap", "style"), Output("routing-heatmap-msg", "children"),
+    Output("routing-tokens", "children"),
+    Output("routing-grid", "figure"), Output("routing-grid", "style"), Output("routing-grid-msg", "children"),
+    Output("routing-query", "data"),
+    Input("routing-run", "value"), Input("routing-label", "value"),
+    Input("routing-prompt", "value"), Input("routing-layer", "value"),
+)(update)  # fmt: skip
+callback(
+    Output("routing-nav", "href"),
+    Input("routing-heatmap", "clickData"), Input("routing-grid", "clickData"), State("routing-run", "value"),
+    prevent_initial_call=True,
+)(open_card)  # fmt: skip
+register_url_sync(PAGE)

@@ -1,0 +1,95 @@
+"""Specialisation (``/specialisation``): lift heatmap per label with CIs on hover (click a cell
+for the expert card); vocabulary specialisation and scorer agreement below."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dash
+from dash import Input, Output, State, callback, dcc, html
+
+from dashboards.components import choices, expert_href, fill, guarded, query_string, slot
+from dashboards.components.url import clicked_expert, register_url_sync, url_components
+from dashboards.data import current_db
+from dashboards.views import specialisation as view
+from dashboards.views.common import label_options, pick, run_options
+
+dash.register_page(
+    __name__, path="/specialisation", name="Specialisation", title="moe-workbench · specialisation", order=2
+)
+PAGE = "specialisation"
+
+
+def layout(run: str | None = None, label: str | None = None, **_: Any) -> html.Div:
+    """Run and label pickers (from ``?run=&label=``), the heatmap, the vocabulary and agreement views."""
+    db = current_db()
+    runs, problem = choices(run_options, db)
+    run = pick(run, runs)
+    labels, _ = choices(label_options, db, run, False)
+    return html.Div(
+        [
+            *url_components(PAGE),
+            html.H2("Domain specialisation"),
+            problem,
+            html.Div(
+                [
+                    dcc.Dropdown(
+                        id="spec-run", options=runs, value=run, clearable=False, className="wb-pick"
+                    ),
+                    dcc.Dropdown(
+                        id="spec-label",
+                        options=labels,
+                        value=pick(label, labels),
+                        clearable=False,
+                        className="wb-pick",
+                    ),
+                ],
+                className="wb-controls",
+            ),
+            slot("spec-heatmap"),
+            html.H3("Vocabulary specialisation"),
+            slot("spec-vocab"),
+            html.H3("Scorer agreement"),
+            html.Div(id="spec-agreement"),
+        ]
+    )
+
+
+def labels_of(run: str | None, label: str | None) -> tuple[list[Any], Any]:
+    """The run's labels, keeping the chosen one when the run has it."""
+    labels, _ = choices(label_options, current_db(), run, False)
+    return labels, pick(label, labels)
+
+
+def update(run: str | None, label: str | None) -> tuple[Any, ...]:
+    """Lift heatmap, vocabulary figure and agreement for the choices, and the view's query string."""
+    db = current_db()
+    return (
+        *fill(view.lift_heatmap, db, run, label),
+        *fill(view.vocab, db, run),
+        guarded(view.agreement, db, run),
+        query_string(run=run, label=label),
+    )
+
+
+def open_card(click: Any, run: str | None) -> Any:
+    """The expert card of the clicked (layer, expert) cell."""
+    cell = clicked_expert(click)
+    return dash.no_update if cell is None else expert_href(run, *cell)
+
+
+callback(
+    Output("spec-label", "options"), Output("spec-label", "value"),
+    Input("spec-run", "value"), State("spec-label", "value"), prevent_initial_call=True,
+)(labels_of)  # fmt: skip
+callback(
+    Output("spec-heatmap", "figure"), Output("spec-heatmap", "style"), Output("spec-heatmap-msg", "children"),
+    Output("spec-vocab", "figure"), Output("spec-vocab", "style"), Output("spec-vocab-msg", "children"),
+    Output("spec-agreement", "children"), Output("specialisation-query", "data"),
+    Input("spec-run", "value"), Input("spec-label", "value"),
+)(update)  # fmt: skip
+callback(
+    Output("specialisation-nav", "href"), Input("spec-heatmap", "clickData"), State("spec-run", "value"),
+    prevent_initial_call=True,
+)(open_card)  # fmt: skip
+register_url_sync(PAGE)

@@ -1,0 +1,87 @@
+"""Health page: per-expert load, and the collapse, degradation and underfitting flags with the
+numbers behind each flag (METHODS.md §1 and §3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+import polars as pl
+from dash import html
+
+from dashboards import data
+from dashboards.components import figure, guarded, message, table
+from workbench.plots import figure_for
+
+__all__ = ["FLAGS", "balance", "flag_section", "load", "load_click"]
+
+FLAGS: dict[str, tuple[str, str, str]] = {
+    # analysis: (flag column, or the column to rank by when there is no flag; what it means; evidence)
+    "collapse": (
+        "mean_zero_frac",
+        "Collapse: experts whose hidden units are mostly zero or whose output norm is tiny "
+        "(no yes/no flag: ranked by mean zero fraction).",
+        "mean zero fraction, mean output norm, their spread per layer",
+    ),
+    "degradation": (
+        "degraded",
+        "Degradation: experts that one label nearly monopolises (a general expert turned narrow).",
+        "load, concentration, the dominant label and its share",
+    ),
+    "underfitting": (
+        "underfit",
+        "Underfitting: labels whose tokens lean on shared/generalist experts more than on specialists.",
+        "shared-expert norm share, specialist vs generalist gate mass with CI",
+    ),
+}
+
+
+def load(db: str, run: str) -> go.Figure:
+    """``figure_for("load")``: each expert's selection share with its bootstrap CI; dead experts marked."""
+    return figure_for("load", data.analysis(db, run, "load"))
+
+
+def load_click(db: str, run: str, click: dict[str, Any] | None) -> tuple[int, int] | None:
+    """(layer, expert) of a click on the load figure: its traces are the layers in order, x the expert."""
+    if not click or not click.get("points"):
+        return None
+    point = click["points"][0]
+    layers = sorted(int(x) for x in data.analysis(db, run, "load")["layer"].unique().to_list())
+    curve = int(point.get("curveNumber", -1))
+    if not 0 <= curve < len(layers) or point.get("x") is None:
+        return None
+    return layers[curve], int(point["x"])
+
+
+def balance(db: str, run: str) -> Any:
+    """Per-layer load balance (CV, normalised entropy, dead experts) as a table."""
+    return table(data.analysis(db, run, "balance"))
+
+
+def _flag_table(db: str, run: str, name: str) -> Any:
+    column, _, _ = FLAGS[name]
+    df = data.analysis(db, run, name)
+    if df.height == 0:
+        return message(f"{name}: the analysis returned no rows for this run.")
+    if df.schema.get(column) == pl.Boolean:
+        summary = f"{int(df[column].fill_null(False).sum())} of {df.height} rows flagged ({column})."
+    else:
+        summary = f"{df.height} rows, highest {column} first."
+    ordered = df.sort(column, descending=True, nulls_last=True) if column in df.columns else df
+    return html.Div(
+        [html.P(summary, className="wb-summary"), figure(figure_for(name, df)), table(ordered, page_size=10)]
+    )
+
+
+def flag_section(db: str, run: str, name: str) -> html.Div:
+    """One health check: what its flag means, how many rows are flagged, the figure and the evidence table."""
+    _, meaning, evidence = FLAGS[name]
+    return html.Div(
+        [
+            html.H3(name.capitalize()),
+            html.P(f"{meaning} Evidence: {evidence}."),
+            guarded(_flag_table, db, run, name),
+        ],
+        className="wb-section",
+        id=f"health-{name}",
+    )

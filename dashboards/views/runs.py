@@ -1,0 +1,70 @@
+"""Runs page: every run's metadata, and the chosen run's layers and labels with links into it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+from dash import dcc, html
+
+from dashboards import data
+from dashboards.components import message, query_string, table
+
+__all__ = ["PAGE_LINKS", "run_detail", "runs_table"]
+
+RUN_COLUMNS = ("run_id", "model", "architecture", "probe", "n_experts", "top_k", "status", "created_at")
+PAGE_LINKS: tuple[tuple[str, str], ...] = (
+    ("/routing", "Routing"),
+    ("/specialisation", "Specialisation"),
+    ("/health", "Health"),
+    ("/coactivation", "Co-activation"),
+    ("/resonance", "Resonance"),
+    ("/expert", "Expert card"),
+)
+
+
+def runs_table(db: str) -> Any:
+    """The store's runs (metadata columns), or a message saying how to capture one."""
+    runs = data.runs(db)
+    if runs.height == 0:
+        return message(
+            f"The store {db} holds no runs yet: capture one with "
+            "`moe-workbench capture --model M --probe P --db DB`, then reload."
+        )
+    shown = runs.select(RUN_COLUMNS).with_columns(pl.col("created_at").cast(pl.Utf8)).reverse()
+    return table(shown, table_id="runs-table")
+
+
+def run_detail(db: str, run: str | None) -> Any:
+    """One run: its metadata, its MoE layers, its labels (prompts and tokens), links to every view."""
+    if not run:
+        return message("Pick a run above.")
+    info = data.run_info(db, run)
+    keys = ("model", "architecture", "probe", "n_experts", "top_k", "status", "created_at", "error")
+    meta = pl.DataFrame({"field": list(keys), "value": [str(info.get(k)) for k in keys]})
+    prompts = data.prompts(db, run)
+    labels = (
+        prompts.group_by("label")
+        .agg(pl.len().alias("prompts"), pl.col("n_tokens").sum().alias("tokens"))
+        .sort("label", nulls_last=True)
+    )
+    links = [
+        dcc.Link(name, href=path + query_string(run=run), className="wb-link") for path, name in PAGE_LINKS
+    ]
+    return html.Div(
+        [
+            html.H3(f"Run {run}"),
+            html.Div(links, className="wb-links"),
+            html.Div(
+                [
+                    html.Div([html.H4("Metadata"), table(meta)], className="wb-col"),
+                    html.Div([html.H4("MoE layers"), table(data.layers(db, run))], className="wb-col"),
+                    html.Div(
+                        [html.H4("Labels"), table(labels, empty="the run has no prompts yet")],
+                        className="wb-col",
+                    ),
+                ],
+                className="wb-row",
+            ),
+        ]
+    )

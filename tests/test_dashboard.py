@@ -1,0 +1,244 @@
+"""Dashboard callbacks as plain functions (``dashboards.views``), its data layer and ``serve``.
+
+The views are what the pages' callbacks call, so testing them on a small synthetic store
+covers the callbacks without a browser; ``test_dashboard_browser.py`` drives the real app.
+The synthetic run (:func:`dashboard_db`) is also that test's data: three labels (code and
+math paired, a contrast set), router logits (so every logit analysis works), a planted
+expert (code → layer 1 expert 5) and one stored resonance map.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import polars as pl
+import pyarrow as pa
+import pytest
+from dash import html
+from dash.dash_table.DataTable import DataTable
+from synthetic import save_run, skeleton
+from typer.testing import CliRunner
+
+from dashboards import data
+from dashboards.components import expert_href, guarded, query_string, to_int
+from dashboards.components.url import clicked_expert
+from dashboards.views import coactivation, expert, health, resonance, routing, runs, specialisation
+from dashboards.views.common import ALL, default_run, label_options, pick, run_options
+from workbench.analysis.resonance import resonance_map
+from workbench.cli import app as cli_app
+from workbench.store import Store
+
+E, K = 8, 2
+RUN = "dash-run"
+PLANT = (1, 5)  # code tokens go to layer 1, expert 5
+
+
+def dashboard_db(path: Path) -> Path:
+    """Write the synthetic dashboard run (see module doc) to ``path``; returns it."""
+    rng = np.random.default_rng(3)
+    labels = [lab for lab in ("code", "math", "prose") for _ in range(8)]
+    sk = skeleton(labels, rng.integers(8, 13, size=len(labels)), (0, 1))
+    pairs = [f"pair{i % 8}" if lab in ("code", "math") else None for i, lab in enumerate(labels)]
+    sk.prompts = sk.prompts.set_column(
+        sk.prompts.schema.get_field_index("pair_id"), "pair_id", pa.array(pairs, pa.string())
+    )
+    logits = rng.normal(size=(sk.n_rows, E)).astype(np.float32)
+    code = (np.asarray(labels)[sk.pid] == "code") & (sk.lay == PLANT[0])
+    logits[code, PLANT[1]] += 4.0
+    experts = np.argsort(-logits, axis=1)[:, :K].astype(np.int16)
+    top = np.take_along_axis(logits, experts.astype(np.int64), axis=1)
+    weights = (np.exp(top) / np.exp(top).sum(axis=1, keepdims=True)).astype(np.float32)
+    save_run(path, sk, experts=experts, weights=weights, n_experts=E, top_k=K, run_id=RUN, logits=logits)
+    with Store(path) as st:
+        rmap = resonance_map(st, RUN, target="code", control="math", n_boot=50, n_perm=50)
+        st.write_resonance(
+            RUN, rmap.drop("rate_target", "rate_control"), target="code", control="math", method="rd"
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    data.clear_cache()
+    return str(dashboard_db(tmp_path_factory.mktemp("dash") / "dash.duckdb"))
+
+
+def _text(component: Any) -> str:
+    """All text inside a Dash component tree (for asserting what a view says)."""
+    if component is None:
+        return ""
+    if isinstance(component, (str, int, float)):
+        return str(component)
+    if isinstance(component, (list, tuple)):
+        return " ".join(_text(c) for c in component)
+    parts = [_text(getattr(component, "children", None))]
+    if isinstance(component, DataTable):
+        parts.append(" ".join(str(v) for row in component.data for v in row.values()))
+    return " ".join(parts)
+
+
+def _is_message(component: Any) -> bool:
+    return isinstance(component, html.Div) and "wb-message" in (component.className or "")
+
+
+# -- data layer --------------------------------------------------------------------------------
+def test_data_layer_caches_and_sees_new_writes(db: str, tmp_path: Path) -> None:
+    first = data.analysis(db, RUN, "load")
+    assert data.analysis(db, RUN, "load") is first  # served from the cache
+    assert data.analysis(db, RUN, "load", n_boot=10) is not first  # options are part of the key
+    assert data.labels(db, RUN) == ["code", "math", "prose"]
+    assert data.contrast(db, RUN) == ("code", "math")
+    # A store that changes on disk is read afresh: the file version is part of the key.
+    copy = tmp_path / "copy.duckdb"
+    copy.write_bytes(Path(db).read_bytes())
+    before = data.runs(str(copy))
+    with Store(copy) as st:
+        st.delete_run(RUN)
+    assert before.height == 1 and data.runs(str(copy)).height == 0
+
+
+def test_data_layer_is_read_only_and_parameterised(db: str) -> None:
+    hostile = "x' OR 1=1; DROP TABLE runs; --"
+    out = guarded(data.analysis, db, hostile, "load")
+    assert _is_message(out) and "no run" in _text(out)
+    assert data.prompts(db, RUN, label=hostile).height == 0
+    assert data.runs(db).height == 1  # nothing was dropped
+    with data.open_store(db) as st:
+        assert st.read_only
+
+
+def test_missing_store_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    out = guarded(runs.runs_table, str(tmp_path / "nope.duckdb"))
+    assert _is_message(out) and "no store" in _text(out)
+
+
+def test_empty_store_and_no_run_are_explained(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.duckdb"
+    Store(empty).close()
+    assert default_run(str(empty)) is None and run_options(str(empty)) == []
+    assert "holds no runs yet" in _text(runs.runs_table(str(empty)))
+    out = guarded(routing.share_heatmap, str(empty), None, ALL)
+    assert _is_message(out) and "no run chosen" in _text(out)
+
+
+# -- components --------------------------------------------------------------------------------
+def test_url_helpers() -> None:
+    assert query_string(run="a b", label=None, layer=0) == "?run=a+b&layer=0"
+    assert query_string() == ""
+    assert expert_href("r", "1", 5) == "/expert?run=r&layer=1&expert=5"
+    assert to_int("3") == 3 and to_int("x") is None and to_int(None) is None
+    assert clicked_expert({"points": [{"x": 5, "y": 1}]}) == (1, 5)
+    assert clicked_expert({"points": [{"x": 9, "y": 0, "customdata": 3.0}]}, "customdata") == (0, 3)
+    assert clicked_expert(None) is None and clicked_expert({"points": []}) is None
+    assert pick("2", [{"value": 1}, {"value": 2}]) == 2 and pick("z", [{"value": 1}]) == 1
+    assert pick("z", []) is None
+
+
+# -- views (the callback bodies) ---------------------------------------------------------------
+def test_runs_views(db: str) -> None:
+    assert default_run(db) == RUN
+    assert [o["value"] for o in run_options(db)] == [RUN]
+    assert isinstance(runs.runs_table(db), DataTable)
+    detail = _text(runs.run_detail(db, RUN))
+    assert "Synthetic" in detail and "code" in detail and "m.1" in detail
+    assert _is_message(runs.run_detail(db, None))
+
+
+def test_routing_views(db: str) -> None:
+    share = routing.selection_share(db, RUN, ALL)
+    sums = share.group_by("layer").agg(pl.col("share").sum())["share"].to_list()
+    assert all(abs(s - K) < 1e-6 for s in sums)  # every token selects k experts
+    code = routing.selection_share(db, RUN, "code")
+    top = code.sort("share", descending=True).row(0, named=True)
+    assert (top["layer"], top["expert"]) == PLANT
+    fig = routing.share_heatmap(db, RUN, "code")
+    assert isinstance(fig, go.Figure) and fig.data[0].z.shape == (2, E)
+    with pytest.raises(ValueError, match="no tokens labelled"):
+        routing.selection_share(db, RUN, "nope")
+    prompts = routing.prompt_options(db, RUN, "math")
+    assert len(prompts) == 8 and "[math]" in prompts[0]["label"]
+    pid = prompts[0]["value"]
+    text = routing.token_text(db, RUN, pid, 1)
+    spans = [c for c in text.children if isinstance(c, html.Span)]
+    assert spans and "top-k experts" in spans[0].title and "their logits" in spans[0].title
+    assert "not stored" not in spans[0].title  # logits were captured
+    grid = routing.token_grid(db, RUN, pid)
+    assert grid.data[0].z.shape[0] == 2
+    with pytest.raises(ValueError, match="pick a prompt"):
+        routing.token_text(db, RUN, None, 1)
+    with pytest.raises(ValueError, match="layer 7 was not captured"):
+        routing.token_text(db, RUN, pid, 7)
+
+
+def test_specialisation_views(db: str) -> None:
+    fig = specialisation.lift_heatmap(db, RUN, "code")
+    assert "code" in fig.layout.title.text and "CI" in fig.data[0].hovertemplate
+    assert isinstance(specialisation.vocab(db, RUN), go.Figure)
+    agreement = specialisation.agreement(db, RUN)
+    assert isinstance(agreement, html.Div) and "lift" in _text(agreement)
+
+
+def test_health_views(db: str) -> None:
+    assert isinstance(health.load(db, RUN), go.Figure)
+    assert isinstance(health.balance(db, RUN), DataTable)
+    collapse = _text(health.flag_section(db, RUN, "collapse"))
+    assert "capture the run with --expert-stats" in collapse  # explained, not a traceback
+    degradation = _text(health.flag_section(db, RUN, "degradation"))
+    assert "rows flagged (degraded)" in degradation and "dominant" in degradation
+    assert "rows flagged (underfit)" in _text(health.flag_section(db, RUN, "underfitting"))
+    click = {"points": [{"curveNumber": 1, "x": 5, "y": 0.2}]}
+    assert health.load_click(db, RUN, click) == (1, 5)
+
+
+def test_coactivation_views(db: str) -> None:
+    layer = coactivation.default_layer(db, RUN)
+    assert layer in (0, 1)
+    fig = coactivation.matrix(db, RUN, 0)
+    assert "layer 0" in fig.layout.title.text
+    assert isinstance(coactivation.pathways(db, RUN), go.Figure)
+    with pytest.raises(ValueError, match="layer 9"):
+        coactivation.matrix(db, RUN, 9)
+    assert coactivation.partners(db, RUN, 1, 5).height > 0
+
+
+def test_resonance_views(db: str) -> None:
+    assert resonance.default_pair(db, RUN) == ("code", "math")
+    fig = resonance.resonance_figure(db, RUN, "code", "math", "rd")
+    z = fig.data[0].z
+    assert np.nanargmax(z) == PLANT[0] * E + PLANT[1]  # the planted expert resonates most
+    tokens = resonance.driving_tokens(db, RUN, "code", "math", PLANT)
+    assert "open the expert card" in _text(tokens) and "excess" not in _text(tokens)
+    assert _is_message(resonance.driving_tokens(db, RUN, "code", "math", None))
+    with pytest.raises(ValueError, match="pick a target"):
+        resonance.resonance_figure(db, RUN, None, "math", "rd")
+    with pytest.raises(ValueError, match="same label"):
+        resonance.resonance_figure(db, RUN, "code", "code", "rd")
+
+
+def test_expert_card(db: str) -> None:
+    card = expert.expert_card(db, RUN, *PLANT)
+    text = _text(card)
+    assert "Layer 1 · expert 5" in text and "routed slots" in text
+    assert "Degradation:" in text and "no expert stats" in text
+    assert "rm-" in text  # the stored resonance map's row
+    assert isinstance(expert.label_shares(db, RUN, *PLANT), go.Figure)
+    with pytest.raises(ValueError, match=r"experts 0\.\.7, not 8"):
+        expert.expert_card(db, RUN, 1, 8)
+    with pytest.raises(ValueError, match="no MoE layer 4"):
+        expert.expert_card(db, RUN, 4, 0)
+    assert label_options(db, RUN, False)[0] == {"label": "code", "value": "code"}
+
+
+# -- serve ---------------------------------------------------------------------------------------
+def test_serve_refuses_a_missing_store(tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli_app, ["serve", "--db", str(tmp_path / "missing.duckdb")])
+    assert res.exit_code == 2
+    assert "no store" in res.output and "missing.duckdb" in res.output
+
+
+def test_serve_help_defaults_to_localhost() -> None:
+    res = CliRunner().invoke(cli_app, ["serve", "--help"])
+    assert res.exit_code == 0 and "127.0.0.1" in res.output and "8050" in res.output
