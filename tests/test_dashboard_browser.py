@@ -1,9 +1,11 @@
 """The dashboard in headless Chromium: every page loads without console errors and draws its
 figures and tables; a specialisation heatmap click opens the expert card; a resonance click
-lists the driving tokens. Screenshots go to a pytest tmp folder (printed with ``-rP``).
+lists the driving tokens; the intervention lab runs an ablation on tiny-ref and shows the diff.
+Screenshots go to a pytest tmp folder (printed with ``-rP``).
 
 The app runs in a background thread on a free port over the synthetic run of
-``test_dashboard.py`` (logits, a contrast set, a stored resonance map). Chromium and Playwright
+``test_dashboard.py`` (logits, a contrast set, a stored resonance map), with tiny-ref attached
+from the start: Dash pages are created once per process, so the one app has the model. Chromium and Playwright
 are test requirements (``make test`` installs them); when either is missing this test fails,
 saying so, as ``test_report.py`` does.
 """
@@ -43,7 +45,10 @@ PAGES: dict[str, tuple[str, ...]] = {
     f"/coactivation?run={RUN}": ("#coact-matrix .main-svg", "#coact-sankey .main-svg"),
     f"/resonance?run={RUN}": ("#res-heatmap .main-svg",),
     f"/expert?run={RUN}&layer={PLANT[0]}&expert={PLANT[1]}": ("#expert-title", "#expert-card .main-svg"),
+    f"/lab?run={RUN}": ("#lab-go", "#lab-experts"),
+    f"/circuits?run={RUN}": ("#circ-go", "#circ-a"),
 }
+LAB = f"/lab?run={RUN}&layer=0&experts=1,3&semantics=reroute&labels=__typed__&text=The+cat+sat+on+the"
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +57,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from werkzeug.serving import make_server
 
     from dashboards.app import create_app
+    from workbench.models.loading import load_model
 
     data.clear_cache()
     db = dashboard_db(tmp_path_factory.mktemp("dash-browser") / "dash.duckdb")
-    srv = make_server("127.0.0.1", 0, create_app(db).server, threaded=True)
+    srv = make_server("127.0.0.1", 0, create_app(db, model=load_model("tiny-ref")).server, threaded=True)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:
@@ -149,11 +155,19 @@ def test_dashboard_in_headless_chromium(server: str, tmp_path: Path) -> None:
             page.locator("#resonance-tokens").wait_for(state="visible", timeout=TIMEOUT_MS)
             page.wait_for_url(f"**layer={PLANT[0]}&expert={PLANT[1]}", timeout=TIMEOUT_MS)
             page.screenshot(path=str(shots / "resonance-tokens.png"), full_page=True)
+
+            # The lab reroutes two experts of tiny-ref in a background job and shows the diff.
+            page.goto(server + LAB, wait_until="load")
+            page.locator("#lab-go").click()
+            _drawn(page, ("#lab-diff", "#lab-effects .main-svg", "#lab-shift .main-svg"))
+            assert "reroute" in page.locator("#lab-output").inner_text()
+            assert "Saved as intervention" in page.locator("#lab-output").inner_text()
+            page.screenshot(path=str(shots / "lab-result.png"), full_page=True)
             assert errors == [], errors
             assert outside == [], outside
         finally:
             browser.close()
     written = sorted(p.name for p in shots.glob("*.png"))
     print(f"screenshots in {shots}: {written}")
-    assert len(written) == len(PAGES) + 2
+    assert len(written) == len(PAGES) + 3
     assert all((shots / n).stat().st_size > 5_000 for n in written)

@@ -6,12 +6,19 @@ label's most specialised experts: the share of the label's tokens routed to the 
 specificity (that share over the expert's share of all tokens). That is the quick look; the full analyses with confidence
 intervals go into an HTML probing report per run (``demo.html`` next to the DB for the first suite,
 ``demo-<suite>.html`` for the others, or ``--report PATH``), which opens offline in a browser.
+
+Finally it prints the ``moe-workbench serve`` command for the dashboard and, unless ``--no-serve``
+(or ``SERVE=0`` in the environment, which ``make demo SERVE=0`` passes on), serves it on
+http://127.0.0.1:8050/ with the model attached, so the intervention lab works (Ctrl-C stops it).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -81,8 +88,14 @@ def report_paths(db: Path, suites: list[str], report: Path | None = None) -> dic
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+HOST, PORT = "127.0.0.1", 8050
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The demo's options; ``--serve``/``--no-serve`` default to the ``SERVE`` variable (serve unless 0)."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--db", default="demo.duckdb")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--suite", action="append", dest="suites", help="probe suite (repeatable)")
@@ -92,7 +105,36 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="HTML report of the first suite's run (default: DB stem + .html)",
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--serve",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("SERVE", "1").strip() not in ("0", "false", "no", ""),
+        help=f"serve the dashboard on http://{HOST}:{PORT}/ at the end (default: yes unless SERVE=0)",
+    )
+    return parser.parse_args(argv)
+
+
+def serve_dashboard(db: Path, loaded: Any) -> None:
+    """Serve the dashboard over ``db`` with ``loaded`` attached (blocks until Ctrl-C)."""
+    from dashboards.app import create_app
+
+    create_app(db, model=loaded).run(host=HOST, port=PORT, debug=False)
+
+
+def finish(
+    db: Path, model: str, loaded: Any, *, serve: bool, server: Callable[[Path, Any], None] = serve_dashboard
+) -> str:
+    """Print the dashboard command and, when ``serve``, run ``server(db, loaded)``; returns the command."""
+    command = f"moe-workbench serve --db {db} --model {model}"
+    print(f"\ndashboard (runs, routing, ..., intervention lab): {command}")
+    if serve:
+        print(f"serving it now on http://{HOST}:{PORT}/ (Ctrl-C to stop; `make demo SERVE=0` skips this)")
+        server(db, loaded)
+    return command
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     db = Path(args.db)
     for stale in (db, db.with_suffix(db.suffix + ".wal")):
         stale.unlink(missing_ok=True)
@@ -122,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     for suite, run_id in runs.items():
         path = write_report(db, run_id, paths[suite], model=loaded)
         print(f"\nreport of run {run_id}: {path.resolve()} (self-contained HTML; open it in a browser)")
+    finish(db, args.model, loaded, serve=args.serve)
 
 
 if __name__ == "__main__":

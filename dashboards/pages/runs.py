@@ -1,4 +1,5 @@
-"""Runs page (``/``): the store's runs; pick one to see its layers and labels and open its views."""
+"""Runs page (``/``): the store's runs; pick one to see its layers and labels and open its views,
+and a second one to see the routing drift between them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dash import Input, Output, callback, dcc, html
 
 from dashboards.components import choices, guarded, message, query_string
 from dashboards.components.url import register_url_sync, url_components
-from dashboards.data import current_db, current_model
+from dashboards.data import attached, current_db
 from dashboards.views import runs as view
 from dashboards.views.common import pick, run_options
 
@@ -17,11 +18,11 @@ dash.register_page(__name__, path="/", name="Runs", title="moe-workbench · runs
 PAGE = "runs"
 
 
-def layout(run: str | None = None, **_: Any) -> html.Div:
-    """Runs table, a run picker (initialised from ``?run=``; default the newest run) and its details."""
+def layout(run: str | None = None, compare: str | None = None, **_: Any) -> html.Div:
+    """Runs table, a run picker (``?run=``; default the newest run), its details and a comparison run (``?compare=``)."""
     db = current_db()
     options, problem = choices(run_options, db)
-    model = current_model()
+    model = attached().name
     return html.Div(
         [
             *url_components(PAGE),
@@ -31,16 +32,33 @@ def layout(run: str | None = None, **_: Any) -> html.Div:
             html.Label("Run", htmlFor="runs-run"),
             dcc.Dropdown(id="runs-run", options=options, value=pick(run, options), clearable=False),
             html.Div(id="runs-detail"),
+            html.H3("Compare with another run", className="wb-section"),
+            dcc.Dropdown(
+                id="runs-compare",
+                options=options,
+                value=compare if compare in [o["value"] for o in options] else None,
+                placeholder="second run (same prompts)",
+                className="wb-pick-wide",
+            ),
+            html.Div(id="runs-drift"),
         ]
     )
 
 
-def update(run: str | None) -> tuple[Any, str]:
-    """The chosen run's details, and the query string that describes this view."""
+def update(run: str | None, compare: str | None) -> tuple[Any, Any, str]:
+    """The chosen run's details, its drift against ``compare``, and the view's query string."""
     if not run:
-        return message("The store holds no runs yet."), ""
-    return guarded(view.run_detail, current_db(), run), query_string(run=run)
+        return message("The store holds no runs yet."), None, ""
+    db = current_db()
+    return (
+        guarded(view.run_detail, db, run),
+        guarded(view.run_drift, db, run, compare),
+        query_string(run=run, compare=compare),
+    )
 
 
-callback(Output("runs-detail", "children"), Output("runs-query", "data"), Input("runs-run", "value"))(update)
+callback(
+    Output("runs-detail", "children"), Output("runs-drift", "children"), Output("runs-query", "data"),
+    Input("runs-run", "value"), Input("runs-compare", "value"),
+)(update)  # fmt: skip
 register_url_sync(PAGE)

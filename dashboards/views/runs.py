@@ -8,9 +8,10 @@ import polars as pl
 from dash import dcc, html
 
 from dashboards import data
-from dashboards.components import message, query_string, table
+from dashboards.components import figure, message, query_string, table
+from workbench.plots import figure_for
 
-__all__ = ["PAGE_LINKS", "run_detail", "runs_table"]
+__all__ = ["PAGE_LINKS", "run_detail", "run_drift", "runs_table"]
 
 RUN_COLUMNS = ("run_id", "model", "architecture", "probe", "n_experts", "top_k", "status", "created_at")
 PAGE_LINKS: tuple[tuple[str, str], ...] = (
@@ -20,6 +21,8 @@ PAGE_LINKS: tuple[tuple[str, str], ...] = (
     ("/coactivation", "Co-activation"),
     ("/resonance", "Resonance"),
     ("/expert", "Expert card"),
+    ("/lab", "Lab"),
+    ("/circuits", "Circuits"),
 )
 
 
@@ -66,5 +69,28 @@ def run_detail(db: str, run: str | None) -> Any:
                 ],
                 className="wb-row",
             ),
+        ]
+    )
+
+
+def run_drift(db: str, run: str | None, other: str | None) -> Any:
+    """Routing drift of ``run`` vs ``other``: per-layer top-k overlap with CIs and the chance line.
+
+    Meaningful for two captures of the same prompts (checkpoints, backends, dtypes); the analysis
+    says so when the runs' tokens do not line up.
+    """
+    if not run or not other:
+        return message(
+            "Pick a second run to compare with: routing drift is the per-layer top-k overlap of two "
+            "captures of the same prompts (e.g. two checkpoints, backends or dtypes)."
+        )
+    if other == run:
+        raise ValueError("pick a different run to compare with (a run does not drift from itself)")
+    df = data.analysis(db, run, "drift", compare=other)
+    return html.Div(
+        [
+            html.H4(f"Routing drift: {run} vs {other}"),
+            figure(figure_for("drift", df), graph_id="runs-drift-figure"),
+            table(df, table_id="runs-drift-table"),
         ]
     )

@@ -1,0 +1,182 @@
+"""Intervention lab (``/lab``, needs ``serve --model M``): pick experts of a layer and a semantics,
+a typed prompt or a label set of the run, and run; the result (generation diff, effects with CIs,
+behaviour, routing shift) is computed in a background job and saved to the store.
+
+Every control keeps its value in the address, so a lab setup is shared by copying the URL;
+the run itself starts only on the button (a model run is never triggered by loading a page).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dash
+from dash import Input, Output, State, callback, dcc, html
+
+from dashboards.components import choices, guarded, message, query_string, to_int
+from dashboards.components.url import register_url_sync, url_components
+from dashboards.data import attached, current_db, current_model
+from dashboards.views import lab as view
+from dashboards.views.common import label_options, pick, run_options
+
+dash.register_page(__name__, path="/lab", name="Lab", title="moe-workbench · lab", order=7)
+PAGE = "lab"
+DEFAULT_TEXT = "The capital of France is"
+HIDDEN = {"display": "none"}
+
+
+def _no_model() -> html.Div:
+    """Why the lab is off, and how to turn it on."""
+    model = attached()
+    if model.error:
+        return message(f"The lab is off: {model.error}", "warning")
+    return message(
+        "The lab needs a model: restart the dashboard with one attached, e.g. "
+        f"`moe-workbench serve --db {current_db()} --model tiny-ref` (the model the run was captured "
+        "from, as a zoo name or path). The other pages work without it."
+    )
+
+
+def _label_choices(db: str, run: str | None) -> list[dict[str, Any]]:
+    labels, _ = choices(label_options, db, run, False)
+    return [{"label": "the typed prompt", "value": view.TYPED}, *labels]
+
+
+def layout(
+    run: str | None = None,
+    layer: str | None = None,
+    experts: str | None = None,
+    semantics: str | None = None,
+    value: str | None = None,
+    labels: str | None = None,
+    n: str | None = None,
+    text: str | None = None,
+    **_: Any,
+) -> html.Div:
+    """The lab's controls, initialised from the query string; off (with the reason) without a model."""
+    db = current_db()
+    loaded = current_model()
+    runs, problem = choices(run_options, db)
+    run = pick(run, runs)
+    layers = view.layer_options(loaded) if loaded is not None else []
+    layer_v = pick(to_int(layer), layers)
+    expert_opts = view.expert_options(loaded, layer_v) if loaded is not None else []
+    wanted = [to_int(x) for x in (experts or "").split(",")]
+    chosen: list[int] = [e for e in wanted if e is not None and e in {o["value"] for o in expert_opts}] or [
+        o["value"] for o in expert_opts[:1]
+    ]
+    label_opts = _label_choices(db, run)
+    sem_opts = [{"label": v, "value": k} for k, v in view.SEMANTICS.items()]
+    return html.Div(
+        [
+            *url_components(PAGE),
+            html.H2("Intervention lab"),
+            problem,
+            _no_model() if loaded is None else None,
+            html.Div(
+                [
+                    html.Div(
+                        [
+                            dcc.Dropdown(id="lab-run", options=runs, value=run, className="wb-pick"),
+                            dcc.Dropdown(
+                                id="lab-layer", options=layers, value=layer_v, clearable=False, className="wb-pick"
+                            ),
+                            dcc.Dropdown(id="lab-experts", options=expert_opts, value=chosen, multi=True,
+                                         className="wb-pick", placeholder="experts"),
+                            dcc.Dropdown(id="lab-semantics", options=sem_opts, value=pick(semantics, sem_opts, 2),
+                                         clearable=False, className="wb-pick"),
+                            dcc.Input(id="lab-value", type="number", value=to_float(value), debounce=True,
+                                      placeholder="δ or s", className="wb-number"),
+                        ],
+                        className="wb-controls",
+                    ),
+                    html.Div(
+                        [
+                            dcc.Dropdown(id="lab-labels", options=label_opts, value=pick(labels, label_opts),
+                                         clearable=False, className="wb-pick"),
+                            html.Span("prompts per label", className="wb-muted"),
+                            dcc.Input(id="lab-n", type="number", min=1, max=64, step=1, debounce=True,
+                                      value=to_int(n) or 8, className="wb-number"),
+                        ],
+                        className="wb-controls",
+                    ),
+                    dcc.Textarea(id="lab-text", value=DEFAULT_TEXT if text is None else text,
+                                 style={"width": "40em", "height": "3.5em"}),
+                    html.Div(
+                        [
+                            html.Button("Run intervention", id="lab-go", n_clicks=0, disabled=loaded is None),
+                            html.Progress(id="lab-progress", value="0", max="4"),
+                            html.Span(id="lab-status", className="wb-muted"),
+                        ],
+                        className="wb-controls",
+                    ),
+                ],
+                style=HIDDEN if loaded is None else {},
+            ),
+            html.Div(id="lab-output"),
+        ]
+    )  # fmt: skip
+
+
+def to_float(value: Any) -> float | None:
+    """``value`` as a float (query string), or None."""
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def experts_of(layer: Any) -> list[dict[str, Any]]:
+    """The chosen layer's experts (from the attached model)."""
+    loaded = current_model()
+    return [] if loaded is None else view.expert_options(loaded, layer)
+
+
+def labels_of(run: str | None) -> list[dict[str, Any]]:
+    """The run's labels, after "the typed prompt"."""
+    return _label_choices(current_db(), run)
+
+
+def query(
+    run: Any, layer: Any, experts: Any, semantics: Any, value: Any, labels: Any, n: Any, text: Any
+) -> str:
+    """The lab setup as a query string (the address shares the setup, not the result)."""
+    return query_string(
+        run=run, layer=layer, experts=",".join(str(e) for e in experts or []) or None,
+        semantics=semantics, value=value, labels=labels, n=n, text=text if labels == view.TYPED else None,
+    )  # fmt: skip
+
+
+def run_job(set_progress: Any, _clicks: int, *choices_: Any) -> Any:
+    """Background job: the lab run on the attached model, its rendering and the store write."""
+    loaded = current_model()
+    if loaded is None:
+        return _no_model()
+
+    def progress(i: int, total: int, what: str) -> None:
+        set_progress((str(i), str(total), what))
+
+    return guarded(view.lab_job, current_db(), loaded, *choices_, progress=progress)
+
+
+callback(Output("lab-experts", "options"), Input("lab-layer", "value"), prevent_initial_call=True)(experts_of)
+callback(Output("lab-labels", "options"), Input("lab-run", "value"), prevent_initial_call=True)(labels_of)
+callback(
+    Output("lab-query", "data"),
+    Input("lab-run", "value"), Input("lab-layer", "value"), Input("lab-experts", "value"),
+    Input("lab-semantics", "value"), Input("lab-value", "value"), Input("lab-labels", "value"),
+    Input("lab-n", "value"), Input("lab-text", "value"),
+)(query)  # fmt: skip
+callback(
+    Output("lab-output", "children"),
+    Input("lab-go", "n_clicks"),
+    State("lab-run", "value"), State("lab-layer", "value"), State("lab-experts", "value"),
+    State("lab-semantics", "value"), State("lab-value", "value"), State("lab-labels", "value"),
+    State("lab-n", "value"), State("lab-text", "value"),
+    background=True,
+    progress=[Output("lab-progress", "value"), Output("lab-progress", "max"), Output("lab-status", "children")],
+    running=[(Output("lab-go", "disabled"), True, False)],
+    interval=400,
+    prevent_initial_call=True,
+)(run_job)  # fmt: skip
+register_url_sync(PAGE)

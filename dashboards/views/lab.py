@@ -1,0 +1,372 @@
+"""Intervention lab: switch experts off (or on, or nudge them) and see what changes.
+
+What one run of the lab does, on the attached model (``serve --model M``):
+
+1. builds one intervention spec from the choices (:func:`make_spec`: layer, experts, semantics);
+2. measures it with :func:`workbench.interventions.effects.evaluate` on the prompts — a typed
+   prompt or the first ``n`` prompts of a label of the run — giving per-label NLL/KL/top-1
+   deltas with prompt-bootstrap CIs, and the refusal score when the prompts are the run's
+   refusal contrast set (:func:`behaviour_for`);
+3. decodes a few greedy continuations both ways (:func:`~workbench.interventions.effects.generation_diff`);
+4. captures the routing of the same prompts with and without the intervention at the touched
+   layers (:func:`routing_shift`), so one sees where the displaced tokens went;
+5. saves the evaluation into the store (:func:`save_result`), opening it writable only for that
+   write; a store locked by a capture is reported, not fatal.
+
+The functions take the model and prompts directly, so tests run them on a small planted model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import plotly.graph_objects as go
+import polars as pl
+import torch
+from dash import html
+from plotly.subplots import make_subplots
+
+from dashboards import data
+from dashboards.components import figure, message, table, to_int
+from dashboards.jobs import MODEL_LOCK
+from workbench.capture.backends.hooks import HooksBackend
+from workbench.capture.batching import make_batch
+from workbench.interventions import Bias, Force, Intervention, Reroute, Scale, Zero, intervene
+from workbench.interventions.behaviour import REFUSAL, REFUSAL_CHATML, Behaviour
+from workbench.interventions.effects import Evaluation, evaluate, generation_diff, record
+from workbench.interventions.specs import expert_map
+from workbench.models.loading import LoadedModel
+from workbench.probefile import Prompt
+from workbench.store import Store, StoreError, StoreLockedError
+
+__all__ = [
+    "SEMANTICS",
+    "TYPED",
+    "LabResult",
+    "behaviour_for",
+    "expert_options",
+    "lab_job",
+    "lab_prompts",
+    "lab_result",
+    "layer_options",
+    "make_spec",
+    "routing_shift",
+    "run_lab",
+    "save_result",
+]
+
+SEMANTICS: dict[str, str] = {
+    "zero": "zero — keeps its top-k slot with weight 0",
+    "zero-renorm": "zero + renorm — weight 0, the others rescaled",
+    "reroute": "reroute — logit −inf, the next expert takes the slot",
+    "force": "force — always in the top-k",
+    "bias": "bias δ — δ added to its router logit",
+    "scale": "scale s — its output × s",
+}
+"""Lab semantics (value → label); ``bias`` and ``scale`` take the value field (δ, s)."""
+
+TYPED = "__typed__"
+"""Label-set value meaning "the typed prompt"."""
+
+Progress = Callable[[int, int, str], None]
+
+
+def make_spec(semantics: str, layer: Any, experts: Sequence[Any] | None, value: Any = None) -> Intervention:
+    """The spec for ``semantics`` on ``experts`` of ``layer`` (``value``: δ for bias, s for scale)."""
+    if semantics not in SEMANTICS:
+        raise ValueError(f"semantics must be one of {', '.join(SEMANTICS)}, not {semantics!r}")
+    if layer is None:
+        raise ValueError("pick a layer")
+    chosen = sorted({int(e) for e in experts or []})
+    if not chosen:
+        raise ValueError("pick at least one expert")
+    experts_map = expert_map({int(layer): chosen})
+    if semantics in ("bias", "scale"):
+        if value is None or value == "":
+            raise ValueError(f"{semantics} needs a value ({'δ' if semantics == 'bias' else 's'})")
+        amount = float(value)
+        return Bias(experts_map, delta=amount) if semantics == "bias" else Scale(experts_map, s=amount)
+    if semantics == "zero":
+        return Zero(experts_map)
+    if semantics == "zero-renorm":
+        return Zero(experts_map, renorm=True)
+    return Reroute(experts_map) if semantics == "reroute" else Force(experts_map)
+
+
+def layer_options(loaded: LoadedModel) -> list[dict[str, Any]]:
+    """Dropdown options for the model's MoE layers (its experts and top-k in the label)."""
+    return [
+        {"label": f"layer {x.layer} ({x.n_experts} experts, top-{x.top_k})", "value": x.layer}
+        for x in loaded.layers
+    ]
+
+
+def expert_options(loaded: LoadedModel, layer: Any) -> list[dict[str, Any]]:
+    """Dropdown options for the experts of ``layer`` (none for an unknown layer)."""
+    found = next((x for x in loaded.layers if layer is not None and x.layer == int(layer)), None)
+    return [] if found is None else [{"label": f"expert {e}", "value": e} for e in range(found.n_experts)]
+
+
+def lab_prompts(db: str, run: str | None, choice: str | None, text: str | None, n: int) -> list[Prompt]:
+    """The prompts to run on: the typed ``text`` (``choice`` = TYPED), or the first ``n`` of a label."""
+    if choice in (None, TYPED):
+        if not text or not text.strip():
+            raise ValueError("type a prompt, or pick a label set of the run")
+        return [Prompt(prompt_id=0, text=text, label="typed")]
+    if not run:
+        raise ValueError("pick a run to take its labelled prompts from")
+    rows = data.prompts(db, run, label=choice).sort("prompt_id").head(max(1, int(n)))
+    if rows.height == 0:
+        raise ValueError(f"run {run} has no prompts labelled {choice!r}")
+    return [
+        Prompt(prompt_id=int(r["prompt_id"]), text=str(r["text"]), label=str(r["label"]))
+        for r in rows.iter_rows(named=True)
+    ]
+
+
+def behaviour_for(
+    db: str, run: str | None, prompts: Sequence[Prompt], loaded: LoadedModel
+) -> Behaviour | None:
+    """Refusal when the prompts come from the run's refusal contrast set, else None.
+
+    A run is a refusal run when its probe names refusal and its pairs form a contrast set
+    (target, control); the behaviour is then scored on the prompts of either label. SmolLM2
+    models are asked in their own ChatML format, everything else in tiny-ref's chat format.
+    """
+    if not run or not prompts:
+        return None
+    pair = data.contrast(db, run)
+    probe = str(data.run_info(db, run).get("probe") or "")
+    if pair is None or "refusal" not in probe.lower() or not {p.label for p in prompts} & set(pair):
+        return None
+    return REFUSAL_CHATML if "smollm" in str(loaded.name).lower() else REFUSAL
+
+
+@torch.inference_mode()
+def routing_shift(
+    loaded: LoadedModel, prompts: Sequence[Prompt], spec: Intervention, max_length: int = 256
+) -> pl.DataFrame:
+    """Per touched (layer, expert): selection share and gate-weight mass per token, base vs intervened.
+
+    Captured with the plain hooks backend on the same batch twice; the intervention's hooks run
+    before the capture's, so the second pass records the routing the model actually used.
+    ``share`` sums to top-k over a layer's experts; ``weight`` is the mean gate weight a token
+    gives the expert (a zeroed expert keeps its share but loses its weight).
+    """
+    touched = set(spec.layer_experts())
+    layers = [x for x in loaded.layers if x.layer in touched]
+    if not layers:
+        raise ValueError(f"the model has no MoE layer {sorted(touched)}")
+    batch = make_batch(list(prompts), loaded.tokenizer, max_length=max_length, padding_side="right")
+    batch = batch.to(loaded.device)
+    backend = HooksBackend(loaded.model, layers, want_logits=False)
+    try:
+        sides = {"base": backend.run(batch)}
+        with intervene(loaded, spec):
+            sides["intervened"] = backend.run(batch)
+    finally:
+        backend.close()
+    n_tokens = max(1, batch.n_tokens)
+    rows: list[dict[str, Any]] = []
+    for layer in layers:
+        per_side = {}
+        for side, cap in sides.items():
+            route = cap.routing[layer.layer]
+            idx = route.indices[batch.keep].reshape(-1).long().cpu()
+            w = route.weights[batch.keep].reshape(-1).float().cpu()
+            count = torch.bincount(idx, minlength=layer.n_experts)[: layer.n_experts].float()
+            mass = torch.zeros(layer.n_experts).index_add_(0, idx, w)
+            per_side[side] = (count / n_tokens, mass / n_tokens)
+        for e in range(layer.n_experts):
+            rows.append({
+                "layer": layer.layer, "expert": e,
+                "share_base": float(per_side["base"][0][e]), "share_int": float(per_side["intervened"][0][e]),
+                "weight_base": float(per_side["base"][1][e]), "weight_int": float(per_side["intervened"][1][e]),
+            })  # fmt: skip
+    return pl.DataFrame(rows).with_columns((pl.col("share_int") - pl.col("share_base")).alias("share_delta"))
+
+
+@dataclass
+class LabResult:
+    """One lab run: the spec, the prompts, its evaluation, the generation diff and the routing shift."""
+
+    spec: Intervention
+    prompts: list[Prompt]
+    evaluation: Evaluation
+    diff: pl.DataFrame
+    shift: pl.DataFrame
+    behaviour: str | None = None
+
+
+def run_lab(
+    loaded: LoadedModel,
+    prompts: Sequence[Prompt],
+    spec: Intervention,
+    *,
+    behaviour: Behaviour | None = None,
+    n_diff: int = 3,
+    max_new_tokens: int = 16,
+    progress: Progress | None = None,
+) -> LabResult:
+    """Evaluate ``spec`` on ``prompts`` (module docstring: effects, diff, routing shift); ``progress(i, n, what)``."""
+    if not prompts:
+        raise ValueError("no prompts to run the intervention on")
+    say = progress or (lambda i, n, what: None)
+    say(0, 4, "measuring NLL / KL / top-1" + (f" and {behaviour.name}" if behaviour else ""))
+    evaluation = evaluate(loaded, list(prompts), spec, behaviour=behaviour, batch_size=8)
+    say(2, 4, "greedy generations, base vs intervened")
+    texts = [behaviour.ask(p.text) if behaviour else p.text for p in prompts[:n_diff]]
+    diff = generation_diff(loaded, texts, spec, max_new_tokens=max_new_tokens)
+    say(3, 4, "routing shift at the touched layers")
+    shift = routing_shift(loaded, prompts[:64], spec)
+    say(4, 4, "done")
+    return LabResult(spec, list(prompts), evaluation, diff, shift, behaviour.name if behaviour else None)
+
+
+def save_result(
+    db: str, run: str | None, result: LabResult, attempts: int = 8, wait_s: float = 0.25
+) -> html.Div:
+    """Record the evaluation in the store (``record``) and say where; or say why it was not saved.
+
+    The store is opened writable for this write only. A capture holding DuckDB's write lock is
+    reported (the results on the page stay); a read of this same server holding the file
+    read-only is waited out for ``attempts`` × ``wait_s`` seconds.
+    """
+    if not run:
+        return message("Not saved: no run chosen (interventions are recorded against a run of the store).")
+    labels = sorted({p.label for p in result.prompts})
+    meta = {"source": "dashboard-lab", "labels": labels, "n_prompts": len(result.prompts)}
+    last: Exception | None = None
+    for _ in range(attempts):
+        try:
+            with Store(db) as store:
+                iid = record(store, run, result.evaluation, meta=meta)
+            return message(
+                f"Saved as intervention {iid} of run {run} (store tables interventions, evaluations)."
+            )
+        except StoreLockedError as exc:
+            return message(f"Not saved — the store is locked: {exc}", "warning")
+        except StoreError as exc:  # this server is reading the file right now: try again shortly
+            last = exc
+            time.sleep(wait_s)
+    return message(
+        f"Not saved: the store stayed busy ({last}). Run the intervention again to retry.", "warning"
+    )
+
+
+def _spec_text(spec: Intervention) -> str:
+    where = "; ".join(
+        f"layer {layer}: experts {list(experts)}" for layer, experts in spec.layer_experts().items()
+    )
+    extra = {k: v for k, v in spec.to_dict().items() if k in ("delta", "s", "renorm")}
+    return f"{spec.kind} {extra or ''} on {where}".replace(" {}", "")
+
+
+def effects_figure(summary: pl.DataFrame) -> go.Figure:
+    """NLL delta, KL and top-1 agreement per label, each with its 95% CI as error bars."""
+    metrics = [m for m in ("nll_delta", "kl", "top1_agreement") if m in set(summary["metric"].to_list())]
+    fig = make_subplots(rows=1, cols=max(1, len(metrics)), subplot_titles=metrics)
+    for i, metric in enumerate(metrics, start=1):
+        sub = summary.filter(pl.col("metric") == metric).sort("label")
+        value = sub["value"].to_numpy()
+        fig.add_trace(
+            go.Bar(
+                x=sub["label"].to_list(), y=value, name=metric, showlegend=False,
+                error_y={"type": "data", "symmetric": False,
+                         "array": sub["ci_high"].to_numpy() - value, "arrayminus": value - sub["ci_low"].to_numpy()},
+                hovertemplate="%{x}: %{y:.4f}<extra>" + metric + " (95% CI bars)</extra>",
+            ),
+            row=1, col=i,
+        )  # fmt: skip
+    fig.update_layout(title="Effects per label (95% prompt-bootstrap CI)", margin={"t": 70})
+    return fig
+
+
+def shift_figure(shift: pl.DataFrame) -> go.Figure:
+    """Selection share per expert at the touched layers, base vs intervened (grouped bars)."""
+    x = [f"L{r['layer']}·e{r['expert']}" for r in shift.iter_rows(named=True)]
+    fig = go.Figure([
+        go.Bar(x=x, y=shift["share_base"].to_list(), name="base"),
+        go.Bar(x=x, y=shift["share_int"].to_list(), name="intervened"),
+    ])  # fmt: skip
+    fig.update_layout(
+        barmode="group", title="Routing shift: selection share per token (sums to top-k per layer)",
+        yaxis_title="share", xaxis_title="layer · expert",
+    )  # fmt: skip
+    return fig
+
+
+def _summary_rows(summary: pl.DataFrame) -> pl.DataFrame:
+    return summary.with_columns(
+        pl.format("[{}, {}]", pl.col("ci_low").round(4), pl.col("ci_high").round(4)).alias("95% CI")
+    ).select("label", "metric", "value", "95% CI", "n")
+
+
+def lab_result(result: LabResult, saved: Any = None) -> html.Div:
+    """The lab's output: what ran, the generation diff, effects with CIs, behaviour, routing shift."""
+    summary = result.evaluation.summary
+    token_rows = summary.filter(
+        ~pl.col("metric").str.starts_with("behaviour") & (pl.col("metric") != "margin_delta")
+    )
+    parts: list[Any] = [
+        html.H3("Result", id="lab-result-title"),
+        html.P(f"{_spec_text(result.spec)} · {len(result.prompts)} prompt(s)", className="wb-summary"),
+        saved,
+        html.H4("Greedy generation, base vs intervened"),
+        table(result.diff.select("prompt", "base", "intervened", "same"), table_id="lab-diff", page_size=5),
+        html.H4("NLL / KL / top-1 deltas"),
+        figure(effects_figure(token_rows), graph_id="lab-effects"),
+        table(_summary_rows(token_rows), table_id="lab-summary", page_size=12),
+    ]
+    if result.behaviour:
+        beh = summary.filter(
+            pl.col("metric").str.starts_with("behaviour") | (pl.col("metric") == "margin_delta")
+        )
+        parts += [
+            html.H4(f"Behaviour: {result.behaviour}"),
+            html.P(
+                "behaviour_rate_base / behaviour_rate: share of greedy continuations judged as refusals "
+                "without / with the intervention; margin_delta: change of log p(refuse) − log p(comply).",
+                className="wb-muted",
+            ),
+            table(_summary_rows(beh), table_id="lab-behaviour"),
+        ]
+    parts += [
+        html.H4("Routing shift at the touched layers"),
+        figure(shift_figure(result.shift), graph_id="lab-shift"),
+        table(result.shift, table_id="lab-shift-table", page_size=16),
+    ]
+    return html.Div([p for p in parts if p is not None])
+
+
+def lab_job(
+    db: str,
+    loaded: LoadedModel,
+    run: str | None,
+    layer: Any,
+    experts: Sequence[Any] | None,
+    semantics: str,
+    value: Any,
+    labels: str | None,
+    n: Any,
+    text: str | None,
+    *,
+    progress: Progress | None = None,
+) -> html.Div:
+    """The whole lab callback: spec and prompts from the choices, the run (holding the model
+    lock), the store write, and the rendered result."""
+    spec = make_spec(semantics, layer, experts, value)
+    prompts = lab_prompts(db, run, labels, text, to_int(n) or 8)
+    behaviour = behaviour_for(db, run, prompts, loaded)
+    if not MODEL_LOCK.acquire(blocking=False):
+        if progress:
+            progress(0, 4, "waiting for another job on the model")
+        MODEL_LOCK.acquire()
+    try:
+        result = run_lab(loaded, prompts, spec, behaviour=behaviour, progress=progress)
+    finally:
+        MODEL_LOCK.release()
+    return lab_result(result, save_result(db, run, result))

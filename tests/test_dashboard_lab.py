@@ -1,0 +1,239 @@
+"""The model-backed dashboard pieces as plain functions: the intervention lab, circuits, run
+comparison, the threaded job manager and ``make demo``'s serve flag.
+
+The lab and circuits run on ``planted_model()`` (tests/planted.py), whose layer 0 expert 5 is
+used only by "early" text: rerouting it must move early prompts (KL > 0) and leave late ones
+exactly alone, and the routing shift must show the expert's share going to zero. Results are
+recorded into a writable copy of the synthetic dashboard store. Nothing here starts a server.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+from dash.dash_table.DataTable import DataTable
+from planted import PLANT_EXPERT, PLANT_LAYER, gold_prompts, planted_model, prompts
+from synthetic import save_run, skeleton, uniform_topk
+from test_dashboard import RUN, _is_message, _text, dashboard_db
+
+from dashboards import data
+from dashboards.jobs import Attached, ThreadJobManager, attach_model
+from dashboards.views import circuits, lab, runs
+from workbench import demo
+from workbench.interventions import Bias, Force, Reroute, Scale, Zero
+from workbench.store import Store, StoreLockedError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def planted() -> Any:
+    return planted_model()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    """A fresh writable copy of the synthetic dashboard store (the lab writes into it)."""
+    data.clear_cache()
+    return str(dashboard_db(tmp_path / "lab.duckdb"))
+
+
+# -- lab ---------------------------------------------------------------------------------------
+def test_make_spec_maps_each_semantics() -> None:
+    assert lab.make_spec("zero", 0, [5]) == Zero({0: [5]})
+    assert lab.make_spec("zero-renorm", "0", ["5", 3]) == Zero({0: [3, 5]}, renorm=True)
+    assert lab.make_spec("reroute", 1, [2]) == Reroute({1: [2]})
+    assert lab.make_spec("force", 1, [2]) == Force({1: [2]})
+    assert lab.make_spec("bias", 1, [2], "1.5") == Bias({1: [2]}, delta=1.5)
+    assert lab.make_spec("scale", 1, [2], 0.5) == Scale({1: [2]}, s=0.5)
+    with pytest.raises(ValueError, match="at least one expert"):
+        lab.make_spec("zero", 0, [])
+    with pytest.raises(ValueError, match="needs a value"):
+        lab.make_spec("bias", 0, [1], None)
+    with pytest.raises(ValueError, match="semantics must be one of"):
+        lab.make_spec("melt", 0, [1])
+
+
+def test_reroute_of_the_planted_expert_moves_only_early_text(planted: Any) -> None:
+    spec = lab.make_spec("reroute", PLANT_LAYER, [PLANT_EXPERT])
+    result = lab.run_lab(planted, prompts(n=4, length=16), spec, n_diff=2, max_new_tokens=4)
+    ev = result.evaluation
+    assert ev.metric("kl", "early") > 1e-3
+    assert ev.metric("kl", "late") < 1e-6 and ev.metric("top1_agreement", "late") == 1.0
+    assert result.diff.height == 2 and set(result.diff.columns) >= {"base", "intervened", "same"}
+    planted_row = result.shift.filter(
+        (result.shift["layer"] == PLANT_LAYER) & (result.shift["expert"] == PLANT_EXPERT)
+    )
+    assert planted_row["share_base"][0] > 0.3 and planted_row["share_int"][0] == 0.0
+    assert (
+        abs(result.shift["share_int"].sum() - result.shift["share_base"].sum()) < 1e-6
+    )  # slots move, k stays
+    page = lab.lab_result(result)
+    text = _text(page)
+    assert "reroute" in text and "Routing shift at the touched layers" in text
+    ids = {getattr(c, "id", None) for c in _walk(page)}
+    assert {"lab-diff", "lab-effects", "lab-summary", "lab-shift"} <= ids
+    assert isinstance(lab.effects_figure(ev.summary), go.Figure)
+
+
+def _walk(component: Any) -> list[Any]:
+    """Every component in a Dash tree."""
+    out = [component]
+    children = getattr(component, "children", None)
+    for child in children if isinstance(children, list) else [children]:
+        if child is not None and not isinstance(child, (str, int, float)):
+            out += _walk(child)
+    return out
+
+
+def test_lab_job_saves_to_a_writable_store(planted: Any, db: str) -> None:
+    page = lab.lab_job(db, planted, RUN, PLANT_LAYER, [PLANT_EXPERT], "scale", 0.0, lab.TYPED, 8, "abcdefgh")
+    assert "Saved as intervention iv-" in _text(page)
+    with Store(db, read_only=True) as st:
+        ivs = st.interventions(RUN)
+        assert ivs.height == 1 and ivs["kind"][0] == "scale"
+        evals = st.evaluations(run_id=RUN)
+    assert {"nll_delta", "kl", "top1_agreement"} <= set(evals["metric"].to_list())
+    assert set(evals["label"].to_list()) == {"typed"}
+
+
+def test_lab_prompts_from_a_label_and_explained_errors(db: str) -> None:
+    got = lab.lab_prompts(db, RUN, "math", None, 3)
+    assert [p.label for p in got] == ["math"] * 3 and all(p.text for p in got)
+    with pytest.raises(ValueError, match="type a prompt"):
+        lab.lab_prompts(db, RUN, lab.TYPED, "  ", 3)
+    with pytest.raises(ValueError, match="no prompts labelled"):
+        lab.lab_prompts(db, RUN, "poetry", None, 3)
+
+
+def test_behaviour_only_on_a_refusal_contrast_set(
+    planted: Any, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = lab.lab_prompts(db, RUN, "code", None, 2)
+    assert lab.behaviour_for(db, RUN, code, planted) is None  # the synthetic probe is not a refusal probe
+    monkeypatch.setattr(data, "run_info", lambda db, run: {"probe": "refusal"})
+    assert lab.behaviour_for(db, RUN, code, planted) is lab.REFUSAL
+    prose = lab.lab_prompts(db, RUN, "prose", None, 2)
+    assert lab.behaviour_for(db, RUN, prose, planted) is None  # not in the contrast set
+
+
+def test_a_locked_store_is_reported_not_fatal(planted: Any, db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = lab.run_lab(
+        planted, prompts(n=1, length=8), lab.make_spec("zero", 0, [5]), n_diff=1, max_new_tokens=2
+    )
+
+    def locked(*_: Any, **__: Any) -> Any:
+        raise StoreLockedError("cannot open store: another process (PID 1) has it open for writing")
+
+    monkeypatch.setattr(lab, "Store", locked)
+    out = lab.save_result(db, RUN, result)
+    assert _is_message(out) and "locked" in _text(out) and "PID 1" in _text(out)
+    assert "no run chosen" in _text(lab.save_result(db, None, result))
+
+
+# -- circuits ----------------------------------------------------------------------------------
+def test_circuits_on_the_planted_model(planted: Any) -> None:
+    early = [p for p in gold_prompts(n=4, length=12) if p.label == "early"]
+    late = [p for p in gold_prompts(n=4, length=12) if p.label == "late"]
+    result = circuits.run_circuits(planted, early, late, n_boot=50)
+    scatter = circuits.importance_scatter(result)
+    assert sum(len(t.x) for t in scatter.data) == sum(x.n_experts for x in planted.layers)
+    page = circuits.circuits_result(result)
+    ids = {getattr(c, "id", None) for c in _walk(page)}
+    assert {"circuits-table", "circuits-overlap", "circuits-scatter", "circuits-cross"} <= ids
+    assert "IoU" in _text(page) and "circuit(early)" in _text(page)
+
+
+def test_circuit_prompts_need_gold_labels() -> None:
+    assert {"brackets", "arithmetic"} <= set(circuits.suite_labels("tasks"))
+    a, b = circuits.circuit_prompts("tasks", "brackets", "arithmetic", 3)
+    assert len(a) == len(b) == 3 and a[0].label == "brackets"
+    with pytest.raises(ValueError, match="two different labels"):
+        circuits.circuit_prompts("tasks", "brackets", "brackets", 3)
+    with pytest.raises(ValueError, match="no label 'harmful' with gold"):
+        circuits.circuit_prompts("tasks", "brackets", "harmful", 3)
+
+
+# -- runs comparison -----------------------------------------------------------------------------
+def test_run_drift_between_two_captures(tmp_path: Path) -> None:
+    data.clear_cache()
+    path = tmp_path / "two.duckdb"
+    rng = np.random.default_rng(0)
+    sk = skeleton(["a"] * 4 + ["b"] * 4, rng.integers(5, 9, size=8), (0, 1))
+    experts = uniform_topk(rng, sk.n_rows, 8, 2)
+    weights = np.full(experts.shape, 0.5, np.float32)
+    save_run(path, sk, experts=experts, weights=weights, n_experts=8, top_k=2, run_id="r1")
+    save_run(path, sk, experts=experts, weights=weights, n_experts=8, top_k=2, run_id="r2")
+    out = runs.run_drift(str(path), "r1", "r2")
+    assert "Routing drift: r1 vs r2" in _text(out)
+    assert any(isinstance(c, DataTable) for c in _walk(out))
+    assert _is_message(runs.run_drift(str(path), "r1", None))
+    with pytest.raises(ValueError, match="different run"):
+        runs.run_drift(str(path), "r1", "r1")
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+def test_thread_job_manager_keeps_a_finished_result_readable(tmp_path: Path) -> None:
+    import diskcache
+
+    manager = ThreadJobManager(diskcache.Cache(str(tmp_path / "cache")))
+    release = threading.Event()
+
+    def job_fn(key: str, _progress_key: str, args: Any, _context: Any) -> None:
+        release.wait(5)
+        manager.handle.set(key, args)
+
+    job = manager.call_job_fn("k1", job_fn, 42, {})
+    assert manager.job_running(job) and not manager.result_ready("k1")
+    release.set()
+    for _ in range(100):
+        if manager.result_ready("k1"):
+            break
+        time.sleep(0.02)
+    assert manager.job_running(job)  # finished, but its result is still to be read
+    assert manager.get_result("k1", job) == 42
+    assert not manager.job_running(job) and not manager.terminate_unhealthy_job(job)
+
+
+def test_attach_model_keeps_a_load_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import workbench.models.loading as loading
+
+    def fail(name: str) -> Any:  # a real miss would ask the Hub first: slow and network-bound
+        raise loading.ModelLoadError(f"{name}: not a zoo name or directory")
+
+    monkeypatch.setattr(loading, "load_model", fail)
+    assert attach_model(None) == Attached()
+    bad = attach_model("no-such-model")
+    assert bad.loaded is None and bad.error and "no-such-model" in bad.error
+
+
+# -- make demo -----------------------------------------------------------------------------------
+def test_demo_serve_flag_plumbing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SERVE", raising=False)
+    assert demo.parse_args([]).serve is True
+    assert demo.parse_args(["--no-serve"]).serve is False
+    monkeypatch.setenv("SERVE", "0")
+    assert demo.parse_args([]).serve is False and demo.parse_args(["--serve"]).serve is True
+    served: list[tuple[Any, ...]] = []
+    command = demo.finish(
+        Path("demo.duckdb"), "tiny-ref", "LOADED", serve=False, server=lambda *a: served.append(a)
+    )
+    assert command == "moe-workbench serve --db demo.duckdb --model tiny-ref" and served == []
+    demo.finish(Path("demo.duckdb"), "tiny-ref", "LOADED", serve=True, server=lambda *a: served.append(a))
+    assert served == [(Path("demo.duckdb"), "LOADED")]
+
+
+def test_makefile_demo_passes_serve() -> None:
+    def dry(*args: str) -> str:
+        return subprocess.run(
+            ["make", "-n", "-C", str(REPO), "demo", *args], capture_output=True, text=True
+        ).stdout
+
+    assert "--serve" in dry("SERVE=1") and "--no-serve" in dry("SERVE=0") and "--serve" in dry()
