@@ -36,6 +36,12 @@ def mote(
         str,
         typer.Option("--behaviour", help="refusal (tiny-ref's chat format) or refusal-chatml (SmolLM2's)."),
     ] = "refusal",
+    scorers: Annotated[
+        str,
+        typer.Option(
+            "--scorers", help="Comma-separated subset of rd, ftri, causal, attribution, causal-greedy."
+        ),
+    ] = "rd,ftri,causal,attribution,causal-greedy",
     card: Annotated[
         bool, typer.Option("--card/--no-card", help="With tiny-ref: put the headline into its model card.")
     ] = True,
@@ -46,7 +52,7 @@ def mote(
     scorer's top-N experts, and compares the refusal rate with random expert sets of the same size
     on the same layers. Example: moe-workbench experiment mote --model tiny-ref
     """
-    from workbench.interventions.mote import SEMANTICS, MoteConfig, run_mote
+    from workbench.interventions.mote import SCORERS, SEMANTICS, MoteConfig, run_mote
     from workbench.interventions.mote_report import to_json, to_markdown
     from workbench.models.loading import load_model
 
@@ -75,11 +81,11 @@ def mote(
     except user_errors() as exc:
         fail(str(exc))
     command = f"moe-workbench experiment mote --model {model} --doses {doses} --controls {controls} " \
-        f"--semantics {semantics} --pairs {pairs} --behaviour {behaviour}"  # fmt: skip
+        f"--semantics {semantics} --pairs {pairs} --behaviour {behaviour} --scorers {scorers}"  # fmt: skip
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(to_markdown(result, model, command), encoding="utf-8")
     out_file.with_suffix(".json").write_text(to_json(result), encoding="utf-8")
-    if card and model == "tiny-ref":
+    if card and model == "tiny-ref" and set(config.scorers) == set(SCORERS):  # a partial run keeps the card
         from workbench.interventions.mote_report import headline
         from workbench.zoo.card import MOTE_FILE, write_card
         from workbench.zoo.tiny_ref import model_dir

@@ -84,6 +84,7 @@ class MoteConfig:
     force_n: int = 4
     seed: int = 0
     behaviour: str = "refusal"  # a name in workbench.interventions.behaviour.BEHAVIOURS
+    scorers: tuple[str, ...] = tuple(SCORERS)  # a subset, e.g. to rerun one scorer with more controls
 
 
 @dataclass
@@ -202,6 +203,9 @@ def run_mote(
 ) -> MoteResult:
     """Run the whole experiment on ``loaded`` (a model that speaks tiny-ref's chat format)."""
     cfg = config or MoteConfig()
+    unknown = [x for x in cfg.scorers if x not in SCORERS]
+    if unknown:
+        raise ValueError(f"unknown scorer(s) {unknown}; available: {', '.join(SCORERS)}")
     select, evaluation = split_pairs(read_probe_file(suite_path("refusal")), cfg.n_select, cfg.n_eval)
     domain_pool = read_probe_file(suite_path("domains"))
     labels = sorted({p.label for p in domain_pool})
@@ -215,7 +219,7 @@ def run_mote(
     measure = _Measure(loaded, behaviour, harmful, domain)
     n_experts = {x.layer: x.n_experts for x in loaded.layers}
     frames, summaries = [], []
-    for scorer in SCORERS:
+    for scorer in cfg.scorers:
         ranking = _ranking(scores, scorer)
         for semantics in cfg.semantics:
             for n in cfg.doses:
@@ -247,7 +251,7 @@ def run_mote(
         )
     )
     forced = []
-    for scorer in SCORERS:
+    for scorer in cfg.scorers:
         chosen = _force_set(_ranking(scores, scorer), cfg.force_n, top_k)
         with intervene(loaded, Force(expert_map(chosen))):
             texts = greedy_continuations(
