@@ -19,17 +19,22 @@ co-activations are ``C_a = Σ_b n_ab``; ``n_partners`` is the smallest ``m`` suc
 ``n_partners`` over the experts of that layer that have any co-activation.
 
 Expert ids ``>= n_experts`` (shared pseudo-experts) are left out throughout. Counting runs in
-DuckDB (unnest the top-k lists); only observed pairs/transitions get a row (``n > 0``).
+numpy over one unsorted scan of the routing table, a batch at a time (pair counts as ``MᵀM`` of
+per-token 0/1 expert rows; transitions from neighbouring rows of a token, which the store keeps
+in (prompt, position, layer) order — checked, with a DuckDB self-join when it does not hold);
+only observed pairs/transitions get a row (``n > 0``).
 These are descriptive counts with no CI: they are used to look at structure, not to test it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
+import numpy as np
 import polars as pl
 
-from workbench.analysis.common import layer_filter
+from workbench.analysis.common import layer_filter, layer_groups
 from workbench.store import Store
 
 __all__ = [
@@ -68,29 +73,10 @@ def coactivation(store: Store, run_id: str, layers: Iterable[int] | None = None)
 
     Sorted by layer, a, b. ``n_tokens`` is N at that layer. Raises for an unknown run.
     """
-    store.layers(run_id)  # raises UnknownRunError for an unknown run
-    clause, values = layer_filter(layers, "r.layer")
-    sel = (
-        "SELECT r.layer, r.prompt_id, r.position,"
-        "  list_filter(r.experts, lambda x: x < l.n_experts) AS experts"
-        " FROM routing r JOIN layers l ON l.run_id = r.run_id AND l.layer = r.layer"
-        f" WHERE r.run_id = ?{clause}"
-    )
-    out = store.sql(
-        f"WITH sel AS ({sel}),"
-        " tok AS (SELECT layer, count(*) AS n_tokens FROM sel GROUP BY layer),"
-        " single AS (SELECT layer, CAST(e AS INTEGER) AS e, count(*) AS n FROM"
-        "   (SELECT layer, unnest(list_distinct(experts)) AS e FROM sel) GROUP BY layer, e),"
-        " pairs AS (SELECT layer, CAST(a AS INTEGER) AS a, CAST(b AS INTEGER) AS b, count(*) AS n_ab FROM"
-        "   (SELECT layer, a, unnest(list_filter(ex, lambda x: x <> a)) AS b FROM"
-        "     (SELECT layer, list_distinct(experts) AS ex, unnest(list_distinct(experts)) AS a FROM sel))"
-        "   GROUP BY layer, a, b)"
-        " SELECT p.layer, p.a, p.b, p.n_ab, sa.n AS n_a, sb.n AS n_b, t.n_tokens"
-        " FROM pairs p JOIN single sa ON sa.layer = p.layer AND sa.e = p.a"
-        " JOIN single sb ON sb.layer = p.layer AND sb.e = p.b JOIN tok t ON t.layer = p.layer"
-        " ORDER BY p.layer, p.a, p.b",
-        [run_id, *values],
-    )
+    info = store.layers(run_id)  # raises UnknownRunError for an unknown run
+    out = _pair_counts(store, run_id, info, layers)
+    if out is None:  # negative expert ids: count them exactly as the SQL always did
+        out = _pair_counts_sql(store, run_id, layers)
     if out.height == 0:
         return pl.DataFrame(schema=_COACT_SCHEMA)
     out = out.with_columns(
@@ -109,27 +95,16 @@ def pathways(store: Store, run_id: str, top: int | None = 20) -> pl.DataFrame:
     store.layers(run_id)
     if top is not None and top < 1:
         raise ValueError(f"top must be >= 1 or None, got {top}")
-    keep = (
-        ""
-        if top is None
-        else " QUALIFY row_number() OVER (PARTITION BY layer_from ORDER BY n DESC, expert_from, expert_to)"
-        f" <= {int(top)}"
+    trans = _transitions(store, run_id)
+    if trans is None:  # rows not stored in (prompt, position, layer) order: self-join in DuckDB
+        trans = _transitions_sql(store, run_id)
+    out = (
+        trans.with_columns(pl.col("n").sum().over("layer_from", "expert_from").alias("n_from"))
+        .with_columns((pl.col("n") / pl.col("n_from")).alias("p"))
+        .sort(["layer_from", "n", "expert_from", "expert_to"], descending=[False, True, False, False])
     )
-    out = store.sql(
-        "WITH nxt AS (SELECT layer, n_experts, lead(layer) OVER (ORDER BY layer) AS layer_to,"
-        "   lead(n_experts) OVER (ORDER BY layer) AS e_to FROM layers WHERE run_id = ?),"
-        " trans AS (SELECT x.layer AS layer_from, nxt.layer_to, CAST(x.experts[1] AS INTEGER) AS expert_from,"
-        "   CAST(y.experts[1] AS INTEGER) AS expert_to, count(*) AS n"
-        "   FROM routing x JOIN nxt ON nxt.layer = x.layer"
-        "   JOIN routing y ON y.run_id = x.run_id AND y.layer = nxt.layer_to"
-        "     AND y.prompt_id = x.prompt_id AND y.position = x.position"
-        "   WHERE x.run_id = ? AND x.experts[1] < nxt.n_experts AND y.experts[1] < nxt.e_to"
-        "   GROUP BY ALL),"
-        " withp AS (SELECT *, sum(n) OVER (PARTITION BY layer_from, expert_from) AS n_from FROM trans)"
-        f" SELECT *, n / n_from AS p FROM withp{keep}"
-        " ORDER BY layer_from, n DESC, expert_from, expert_to",
-        [run_id, run_id],
-    )
+    if top is not None:
+        out = out.filter(pl.int_range(pl.len()).over("layer_from") < int(top))
     if out.height == 0:
         return pl.DataFrame(schema=_PATH_SCHEMA)
     return out.select(list(PATHWAY_COLUMNS)).cast(_PATH_SCHEMA)  # type: ignore[arg-type]
@@ -165,3 +140,168 @@ def fixed_partners(
         .with_columns(pl.col("n_partners").mean().over("layer").alias("layer_mean"))
     )
     return out.select(list(FIXED_PARTNER_COLUMNS)).cast(_FIXED_SCHEMA).sort("layer", "expert")  # type: ignore[arg-type]
+
+
+def _expert_lists(batch: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(flat expert ids as int64, list lengths) of a batch's ``experts`` column."""
+    col = batch["experts"]
+    lengths = col.list.len().fill_null(0).to_numpy().astype(np.int64)
+    values = col.rechunk().to_arrow().flatten().to_numpy(zero_copy_only=False)  # type: ignore[attr-defined]
+    return np.asarray(values, dtype=np.int64), lengths
+
+
+def _pair_counts(
+    store: Store, run_id: str, info: pl.DataFrame, layers: Iterable[int] | None
+) -> pl.DataFrame | None:
+    """``layer, a, b, n_ab, n_a, n_b, n_tokens`` counted in numpy over one unsorted routing scan.
+
+    Per layer the distinct routed experts of each token form a 0/1 row of ``M`` (tokens × E);
+    ``n_a`` is the column sum and ``n_ab`` the off-diagonal of ``Mᵀ·M``, accumulated batch by
+    batch (float32 products of 0/1 values are exact below 2^24 rows a batch). None when an
+    expert id is negative (the SQL path keeps those as their own ids).
+    """
+    n_exp = {int(layer): int(e) for layer, e in info.select("layer", "n_experts").iter_rows()}
+    wanted = sorted(n_exp) if layers is None else sorted({int(x) for x in layers} & set(n_exp))
+    gram: dict[int, np.ndarray] = {}
+    n_tok: dict[int, int] = {}
+    e_max = max([1, *n_exp.values()])
+    rows_per_batch = min(1 << 18, max(1 << 12, (1 << 24) // e_max))  # the float32 rows × E matrix: <= 64 MiB
+    for batch in store.iter_routing(
+        run_id, layers=wanted, logits=False, batch_rows=rows_per_batch, ordered=False
+    ):
+        values, lengths = _expert_lists(batch)
+        if values.size and values.min() < 0:
+            return None
+        row_of = np.repeat(np.arange(batch.height), lengths)
+        layer_col = batch["layer"].to_numpy()
+        keys = np.array(sorted(n_exp), dtype=np.int64)
+        e_of_row = np.array([n_exp[int(k)] for k in keys], dtype=np.int64)[np.searchsorted(keys, layer_col)]
+        pick = values < e_of_row[row_of]  # routed experts only; a repeated id sets the same cell
+        member_all = np.zeros((batch.height, max(n_exp.values(), default=0)), dtype=np.float32)
+        member_all[row_of[pick], values[pick]] = 1.0
+        for layer, rows_l in layer_groups(layer_col):
+            e = n_exp[layer]
+            member = member_all[rows_l, :e]
+            g = member.T @ member
+            gram[layer] = gram.get(layer, np.zeros((e, e), dtype=np.int64)) + np.rint(g).astype(np.int64)
+            n_tok[layer] = n_tok.get(layer, 0) + int(rows_l.size)
+    frames = []
+    for layer in sorted(gram):
+        g = gram[layer]
+        single = np.diag(g)
+        a, b = np.nonzero(g * (1 - np.eye(len(g), dtype=np.int64)))  # row-major: sorted by a, b
+        frames.append(
+            pl.DataFrame(
+                {
+                    "layer": np.full(a.size, layer, np.int32),
+                    "a": a.astype(np.int32),
+                    "b": b.astype(np.int32),
+                    "n_ab": g[a, b],
+                    "n_a": single[a],
+                    "n_b": single[b],
+                    "n_tokens": np.full(a.size, n_tok[layer]),
+                }
+            )
+        )
+    if not frames:
+        return pl.DataFrame(
+            schema={k: _COACT_SCHEMA[k] for k in ("layer", "a", "b", "n_ab", "n_a", "n_b", "n_tokens")}
+        )
+    return pl.concat(frames)
+
+
+def _pair_counts_sql(store: Store, run_id: str, layers: Iterable[int] | None) -> pl.DataFrame:
+    """The same counts in DuckDB (unnest the top-k lists); used only when expert ids are negative."""
+    clause, values = layer_filter(layers, "r.layer")
+    sel = (
+        "SELECT r.layer, r.prompt_id, r.position,"
+        "  list_filter(r.experts, lambda x: x < l.n_experts) AS experts"
+        " FROM routing r JOIN layers l ON l.run_id = r.run_id AND l.layer = r.layer"
+        f" WHERE r.run_id = ?{clause}"
+    )
+    return store.sql(
+        f"WITH sel AS ({sel}),"
+        " tok AS (SELECT layer, count(*) AS n_tokens FROM sel GROUP BY layer),"
+        " single AS (SELECT layer, CAST(e AS INTEGER) AS e, count(*) AS n FROM"
+        "   (SELECT layer, unnest(list_distinct(experts)) AS e FROM sel) GROUP BY layer, e),"
+        " pairs AS (SELECT layer, CAST(a AS INTEGER) AS a, CAST(b AS INTEGER) AS b, count(*) AS n_ab FROM"
+        "   (SELECT layer, a, unnest(list_filter(ex, lambda x: x <> a)) AS b FROM"
+        "     (SELECT layer, list_distinct(experts) AS ex, unnest(list_distinct(experts)) AS a FROM sel))"
+        "   GROUP BY layer, a, b)"
+        " SELECT p.layer, p.a, p.b, p.n_ab, sa.n AS n_a, sb.n AS n_b, t.n_tokens"
+        " FROM pairs p JOIN single sa ON sa.layer = p.layer AND sa.e = p.a"
+        " JOIN single sb ON sb.layer = p.layer AND sb.e = p.b JOIN tok t ON t.layer = p.layer"
+        " ORDER BY p.layer, p.a, p.b",
+        [run_id, *values],
+    )
+
+
+def _transitions(store: Store, run_id: str) -> pl.DataFrame | None:
+    """``layer_from, layer_to, expert_from, expert_to, n`` from one unsorted scan, or None.
+
+    Routing rows are normally stored in (prompt_id, position, layer) order, so a token's
+    layers are adjacent rows: a transition is a pair of neighbouring rows of one token whose
+    layers are consecutive MoE layers of the run. The order is checked row by row (and
+    across batches); if it does not hold, or an expert id is negative, this returns None
+    and the caller joins in DuckDB instead.
+    """
+    info = store.layers(run_id).sort("layer")
+    layer_ids = info["layer"].to_numpy().astype(np.int64)
+    n_exp = info["n_experts"].to_numpy().astype(np.int64)
+    if layer_ids.size < 2:
+        return pl.DataFrame(
+            schema={k: _PATH_SCHEMA[k] for k in ("layer_from", "layer_to", "expert_from", "expert_to", "n")}
+        )
+    width = int(max(n_exp.max(), 1))
+    counts = np.zeros((layer_ids.size - 1) * width * width, dtype=np.int64)
+    prev: tuple[Any, ...] | None = None  # the last row of the previous batch
+    for batch in store.iter_routing(run_id, logits=False, batch_rows=1 << 20, ordered=False):
+        top1 = batch["experts"].list.first()
+        cols: tuple[Any, ...] = (
+            batch["prompt_id"].to_numpy().astype(np.int64),
+            batch["position"].to_numpy().astype(np.int64),
+            batch["layer"].to_numpy().astype(np.int64),
+            top1.fill_null(-1).to_numpy().astype(np.int64),
+            top1.is_null().to_numpy(),
+        )
+        if prev is not None:
+            cols = tuple(np.concatenate([a, b]) for a, b in zip(prev, cols, strict=True))
+        pid, pos, layer, first, missing = cols
+        if ((first < 0) & ~missing).any():
+            return None
+        d_pid, d_pos, d_layer = np.diff(pid), np.diff(pos), np.diff(layer)
+        if not ((d_pid > 0) | ((d_pid == 0) & ((d_pos > 0) | ((d_pos == 0) & (d_layer > 0))))).all():
+            return None
+        at = np.minimum(np.searchsorted(layer_ids, layer), layer_ids.size - 1)
+        known = np.flatnonzero(layer_ids[at] == layer)  # rows of layers the run describes
+        pid, pos, at, first, missing = pid[known], pos[known], at[known], first[known], missing[known]
+        routed = ~missing & (first < n_exp[at])
+        same_token = (pid[1:] == pid[:-1]) & (pos[1:] == pos[:-1])
+        step = same_token & (at[1:] == at[:-1] + 1) & routed[:-1] & routed[1:]
+        i = np.flatnonzero(step)
+        codes = (at[i] * width + first[i]) * width + first[i + 1]
+        counts += np.bincount(codes, minlength=counts.size)
+        prev = tuple(c[known[-1:]] for c in cols) if known.size else prev
+    hit = np.flatnonzero(counts)
+    src, rest = np.divmod(hit, width * width)
+    e_from, e_to = np.divmod(rest, width)
+    return pl.DataFrame({
+        "layer_from": layer_ids[src].astype(np.int32), "layer_to": layer_ids[src + 1].astype(np.int32),
+        "expert_from": e_from.astype(np.int32), "expert_to": e_to.astype(np.int32), "n": counts[hit],
+    })  # fmt: skip
+
+
+def _transitions_sql(store: Store, run_id: str) -> pl.DataFrame:
+    """The same transition counts by a self-join of ``routing`` in DuckDB."""
+    return store.sql(
+        "WITH nxt AS (SELECT layer, n_experts, lead(layer) OVER (ORDER BY layer) AS layer_to,"
+        "   lead(n_experts) OVER (ORDER BY layer) AS e_to FROM layers WHERE run_id = ?)"
+        " SELECT x.layer AS layer_from, nxt.layer_to, CAST(x.experts[1] AS INTEGER) AS expert_from,"
+        "   CAST(y.experts[1] AS INTEGER) AS expert_to, count(*) AS n"
+        "   FROM routing x JOIN nxt ON nxt.layer = x.layer"
+        "   JOIN routing y ON y.run_id = x.run_id AND y.layer = nxt.layer_to"
+        "     AND y.prompt_id = x.prompt_id AND y.position = x.position"
+        "   WHERE x.run_id = ? AND x.experts[1] < nxt.n_experts AND y.experts[1] < nxt.e_to"
+        "   GROUP BY ALL",
+        [run_id, run_id],
+    )

@@ -23,7 +23,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,7 +57,22 @@ def routing_drift(
     if layers is not None:
         values = [int(x) for x in layers]
         clause = f" AND a.layer IN ({', '.join('?' for _ in values)})" if values else " AND FALSE"
-    per_prompt = store.sql(
+    layer_list = None if layers is None else [int(x) for x in layers]
+    per_prompt = _aligned_overlap(store, run_a, run_b, layer_list)
+    if per_prompt is None:  # the runs' rows do not line up one to one: join them in DuckDB
+        per_prompt = _joined_overlap(store, run_a, run_b, clause, values)
+    if per_prompt.height == 0:
+        raise ValueError(
+            f"runs {run_a!r} and {run_b!r} share no tokens (matched on prompt_id, position, layer"
+            f"{' in the selected layers' if layers is not None else ''}); drift needs two captures of "
+            "the same prompts"
+        )
+    return _drift_rows(per_prompt, info, n_boot=n_boot, seed=seed)
+
+
+def _joined_overlap(store: Store, run_a: str, run_b: str, clause: str, values: list[int]) -> pl.DataFrame:
+    """Per (layer, prompt): matched tokens ``n`` and Σ overlap, by a hash join in DuckDB."""
+    return store.sql(
         "SELECT a.layer, a.prompt_id, count(*) AS n,"
         " sum(len(list_intersect(a.experts, b.experts)) / greatest(len(a.experts), len(b.experts), 1))"
         " AS overlap"
@@ -67,12 +82,88 @@ def routing_drift(
         " GROUP BY a.layer, a.prompt_id ORDER BY a.layer, a.prompt_id",
         [run_a, run_b, *values],
     )
-    if per_prompt.height == 0:
-        raise ValueError(
-            f"runs {run_a!r} and {run_b!r} share no tokens (matched on prompt_id, position, layer"
-            f"{' in the selected layers' if layers is not None else ''}); drift needs two captures of "
-            "the same prompts"
+
+
+def _aligned_frames(
+    left: Iterator[pl.DataFrame], right: Iterator[pl.DataFrame]
+) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """Equal-length slices of two frame streams, in step; a shorter stream ends with an empty slice."""
+    buf_l: pl.DataFrame | None = None
+    buf_r: pl.DataFrame | None = None
+    while True:
+        if buf_l is None or buf_l.height == 0:
+            buf_l = next(left, None)
+        if buf_r is None or buf_r.height == 0:
+            buf_r = next(right, None)
+        if buf_l is None or buf_r is None:
+            rest = buf_l if buf_l is not None else buf_r
+            if rest is not None and rest.height:  # one stream has rows the other lacks
+                yield (rest, rest.clear()) if rest is buf_l else (rest.clear(), rest)
+            return
+        n = min(buf_l.height, buf_r.height)
+        yield buf_l.slice(0, n), buf_r.slice(0, n)
+        buf_l, buf_r = buf_l.slice(n), buf_r.slice(n)
+
+
+def _aligned_overlap(store: Store, run_a: str, run_b: str, layers: list[int] | None) -> pl.DataFrame | None:
+    """Per (layer, prompt) ``n`` and Σ overlap from two unsorted scans read in step, or None.
+
+    Two captures of the same prompts are normally stored in the same (prompt, position,
+    layer) order, so row i of one run is row i of the other: then no join is needed, and the
+    overlap ``|S ∩ S'| / max(|S|, |S'|, 1)`` (distinct common ids, list lengths as stored) is
+    counted in numpy. Every row's key is checked; on the first mismatch (or a NULL list or a
+    negative id, which the SQL path handles) this gives up and returns None.
+    """
+    e_max = max([1, *store.layers(run_a)["n_experts"].to_list(), *store.layers(run_b)["n_experts"].to_list()])
+    rows_per_batch = min(1 << 18, max(1 << 12, (1 << 23) // e_max))  # two (rows × ids) bool matrices
+    kw: dict[str, Any] = {"layers": layers, "logits": False, "batch_rows": rows_per_batch, "ordered": False}
+    parts: list[pl.DataFrame] = []
+    for a, b in _aligned_frames(store.iter_routing(run_a, **kw), store.iter_routing(run_b, **kw)):
+        if a.height != b.height:
+            return None
+        for col in ("prompt_id", "position", "layer"):
+            if not np.array_equal(a[col].to_numpy(), b[col].to_numpy()):
+                return None
+        if a["experts"].null_count() or b["experts"].null_count():
+            return None
+        len_a = a["experts"].list.len().to_numpy().astype(np.int64)
+        len_b = b["experts"].list.len().to_numpy().astype(np.int64)
+        ids_a = np.asarray(a["experts"].explode().drop_nulls().to_numpy(), dtype=np.int64)
+        ids_b = np.asarray(b["experts"].explode().drop_nulls().to_numpy(), dtype=np.int64)
+        if ids_a.size != len_a.sum() or ids_b.size != len_b.sum():
+            return None
+        if (ids_a.size and ids_a.min() < 0) or (ids_b.size and ids_b.min() < 0):
+            return None
+        width = int(max(ids_a.max(initial=-1), ids_b.max(initial=-1))) + 1
+        if width > 2 * e_max + 64:  # ids far beyond the layers' experts: let DuckDB do it
+            return None
+        rows = np.arange(a.height)
+        in_a = np.zeros((a.height, max(width, 1)), dtype=bool)
+        in_b = np.zeros_like(in_a)
+        in_a[np.repeat(rows, len_a), ids_a] = True
+        in_b[np.repeat(rows, len_b), ids_b] = True
+        common = np.count_nonzero(in_a & in_b, axis=1)
+        overlap = common / np.maximum(np.maximum(len_a, len_b), 1)
+        parts.append(
+            pl.DataFrame({"layer": a["layer"], "prompt_id": a["prompt_id"], "overlap": overlap})
+            .group_by("layer", "prompt_id")
+            .agg(pl.len().cast(pl.Int64).alias("n"), pl.col("overlap").sum())
         )
+    if not parts:
+        return pl.DataFrame(
+            schema={"layer": pl.Int32, "prompt_id": pl.Int32, "n": pl.Int64, "overlap": pl.Float64}
+        )
+    return (
+        pl.concat(parts)
+        .group_by("layer", "prompt_id")
+        .agg(pl.col("n").sum(), pl.col("overlap").sum())
+        .sort("layer", "prompt_id")
+        .select("layer", "prompt_id", "n", "overlap")
+    )
+
+
+def _drift_rows(per_prompt: pl.DataFrame, info: pl.DataFrame, *, n_boot: int, seed: int) -> pl.DataFrame:
+    """One row per layer: overlap, bootstrap CI, chance, token and prompt counts."""
     chance = {
         int(layer): (k / e if e else math.nan)
         for layer, e, k in info.select("layer", "n_experts", "top_k").iter_rows()

@@ -25,8 +25,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import polars as pl
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
+from workbench.analysis.common import BatchLogits, layer_groups
 from workbench.analysis.scores import router_scores
 from workbench.store import Store
 
@@ -65,6 +66,29 @@ def k_at_p(scores: np.ndarray, p: float) -> np.ndarray:
     return np.argmax(reached, axis=1).astype(np.int64) + 1
 
 
+def _token_key(prompt_id: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """One sortable int64 per (prompt_id, position)."""
+    return (prompt_id.astype(np.int64) << 32) + position.astype(np.int64)
+
+
+def _spearman_cached(k: np.ndarray, nll: np.ndarray, nll_ranks: dict[int, np.ndarray], key: int) -> float:
+    """:func:`_spearman` bit for bit, with the NLL ranks computed once per ``key``.
+
+    ``spearmanr(k, nll)`` is ``np.corrcoef`` of the column-wise average ranks of the
+    ``(n, 2)`` array ``[k, nll]``; the ranks of the small integers k come from their counts
+    (the same half-integer averages ``rankdata`` gives).
+    """
+    if k.size < 3 or np.all(k == k[0]) or np.all(nll == nll[0]):
+        return float("nan")
+    if key not in nll_ranks:
+        nll_ranks[key] = rankdata(nll)
+    counts = np.bincount(k)
+    below = np.cumsum(counts) - counts
+    rank_k = 0.5 * (2 * below + counts + 1).astype(np.float64)
+    ranked = np.column_stack([rank_k[k], nll_ranks[key]])
+    return float(np.corrcoef(ranked, rowvar=False)[1, 0])
+
+
 def _spearman(k: np.ndarray, nll: np.ndarray) -> float:
     if k.size < 3 or np.all(k == k[0]) or np.all(nll == nll[0]):
         return float("nan")
@@ -88,49 +112,77 @@ def dynamic_k(
     layer_info = store.layers(run_id)  # raises UnknownRunError for an unknown run
     if layers is not None:
         layer_info = layer_info.filter(pl.col("layer").is_in(sorted({int(x) for x in layers})))
-    rows: list[dict[str, object]] = []
-    any_logits = False
-    for layer, n_experts, score_fn in layer_info.select("layer", "n_experts", "score_fn").iter_rows():
-        df = store.sql(
-            "SELECT pr.label, t.nll, r.logits FROM routing r"
-            " JOIN prompts pr ON pr.run_id = r.run_id AND pr.prompt_id = r.prompt_id"
-            " LEFT JOIN tokens t ON t.run_id = r.run_id AND t.prompt_id = r.prompt_id AND t.position = r.position"
-            " WHERE r.run_id = ? AND r.layer = ? AND r.logits IS NOT NULL"
-            " ORDER BY r.prompt_id, r.position",
-            [run_id, int(layer)],
-        )
-        if df.height == 0:
+    meta = {int(r["layer"]): (int(r["n_experts"]), r["score_fn"]) for r in layer_info.iter_rows(named=True)}
+    # Labels and NLLs are looked up per routing row in numpy (prompt- and token-sized tables),
+    # so the routing table is read once, unsorted and a batch at a time, for all layers.
+    prompts = store.sql("SELECT prompt_id, label FROM prompts WHERE run_id = ? ORDER BY prompt_id", [run_id])
+    groups: list[str | None] = [None, *sorted({x for x in prompts["label"].to_list() if x is not None})]
+    p_ids = prompts["prompt_id"].to_numpy().astype(np.int64)
+    p_code = np.array([groups.index(x) for x in prompts["label"].to_list()], dtype=np.int64)
+    toks = store.sql("SELECT prompt_id, position, nll FROM tokens WHERE run_id = ?", [run_id])
+    t_key = _token_key(toks["prompt_id"].to_numpy(), toks["position"].to_numpy())
+    t_order = np.argsort(t_key, kind="stable")
+    t_key = t_key[t_order]
+    t_nll = toks["nll"].cast(pl.Float64).fill_null(np.nan).to_numpy()[t_order]
+    del toks
+    # Per layer: the score width and, per batch, (group code, nll, k for every p) of each row.
+    width: dict[int, int] = {}
+    parts: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    batches = (
+        store.iter_routing(run_id, layers=list(meta), logits=True, batch_rows=262_144, ordered=False)
+        if meta
+        else iter(())
+    )
+    for batch in batches:
+        batch = batch.filter(pl.col("logits").is_not_null())
+        pid = batch["prompt_id"].to_numpy().astype(np.int64)
+        at = np.minimum(np.searchsorted(p_ids, pid), max(p_ids.size - 1, 0))
+        known = (p_ids[at] == pid) if p_ids.size else np.zeros(pid.size, dtype=bool)  # the prompts join
+        if not known.all():
+            batch, pid, at = batch.filter(pl.Series(known)), pid[known], at[known]
+        if batch.height == 0:
             continue
-        any_logits = True
-        width = df["logits"].list.len()
-        if width.min() != width.max():
-            raise ValueError(f"layer {layer}: router logits have differing lengths")
-        n_scores = int(width[0])
-        logits = df["logits"].explode().to_numpy().astype(np.float64).reshape(df.height, n_scores)
-        scores = router_scores(logits, score_fn)
-        label_col = df["label"]
-        nll = df["nll"].cast(pl.Float64).fill_null(np.nan).to_numpy()
-        n_bins = max(int(n_experts), n_scores)
-        # One boolean mask per label (NULL first), computed once per layer in polars rather than
-        # by comparing Python objects token by token for every p.
-        groups = sorted(set(label_col.unique().to_list()), key=lambda x: (x is not None, x or ""))
-        masks = [
-            (label_col.is_null() if label is None else (label_col == label).fill_null(False)).to_numpy()
-            for label in groups
-        ]
-        # Sorted cumulative scores once per layer; k_at_p(scores, p) for every p reads them.
-        cum = np.cumsum(-np.sort(-scores, axis=1), axis=1)
-        for p in levels:
-            reached = cum >= p - _TOL
-            reached[:, -1] = True
-            k = np.argmax(reached, axis=1).astype(np.int64) + 1
-            for label, mask in zip(groups, masks, strict=True):
-                k_l, nll_l = k[mask], nll[mask]
-                ok = ~np.isnan(nll_l)
+        code = p_code[at]
+        key = _token_key(pid, batch["position"].to_numpy())
+        t_at = np.minimum(np.searchsorted(t_key, key), max(t_key.size - 1, 0))
+        nll = np.where(t_key[t_at] == key, t_nll[t_at], np.nan) if t_key.size else np.full(pid.size, np.nan)
+        logits = BatchLogits(batch["logits"])
+        for layer, rows_l in layer_groups(batch["layer"].to_numpy()):
+            lengths = logits.lengths[rows_l]
+            n_scores = int(lengths[0])
+            if (lengths != n_scores).any() or width.setdefault(layer, n_scores) != n_scores:
+                raise ValueError(f"layer {layer}: router logits have differing lengths")
+            scores = router_scores(logits.rows(rows_l, n_scores), meta[layer][1])
+            # Sorted cumulative scores once; k_at_p(scores, p) for every p reads them.
+            cum = np.cumsum(-np.sort(-scores, axis=1), axis=1)
+            ks = np.empty((len(levels), rows_l.size), dtype=np.int64)
+            for i, p in enumerate(levels):
+                reached = cum >= p - _TOL
+                reached[:, -1] = True
+                ks[i] = np.argmax(reached, axis=1) + 1
+            small = np.int16 if n_scores < 2**15 else np.int64
+            parts.setdefault(layer, []).append((code[rows_l].astype(np.int16), nll[rows_l], ks.astype(small)))
+    rows: list[dict[str, object]] = []
+    any_logits = bool(parts)
+    for layer in sorted(parts):
+        code = np.concatenate([c for c, _, _ in parts[layer]])
+        nll_all = np.concatenate([x for _, x, _ in parts[layer]])
+        ks = np.concatenate([k for _, _, k in parts[layer]], axis=1).astype(np.int64)
+        del parts[layer]
+        n_bins = max(meta[layer][0], width[layer])
+        present = np.unique(code).tolist()  # NULL (code 0) first, then labels in sorted order
+        masks = [code == g for g in present]
+        oks = [~np.isnan(nll_all[mask]) for mask in masks]
+        nll_ranks: dict[int, np.ndarray] = {}  # the NLL ranks of a group serve every p
+        for i, p in enumerate(levels):
+            k = ks[i]
+            for g, mask, ok in zip(present, masks, oks, strict=True):
+                k_l = k[mask]
                 rows.append({
-                    "layer": int(layer), "label": label, "p": p, "mean_k": float(k_l.mean()),
+                    "layer": layer, "label": groups[g], "p": p, "mean_k": float(k_l.mean()),
                     "k_counts": np.bincount(k_l - 1, minlength=n_bins).tolist(), "n_tokens": int(k_l.size),
-                    "spearman_nll": _spearman(k_l[ok], nll_l[ok]), "n_nll": int(ok.sum()),
+                    "spearman_nll": _spearman_cached(k_l[ok], nll_all[mask][ok], nll_ranks, g),
+                    "n_nll": int(ok.sum()),
                 })  # fmt: skip
     if not any_logits and layer_info.height > 0:
         raise ValueError(

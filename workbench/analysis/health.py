@@ -48,7 +48,7 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 
-from workbench.analysis.common import layer_filter, layer_info
+from workbench.analysis.common import BatchLogits, layer_filter, layer_groups, layer_info
 from workbench.analysis.scores import router_scores
 from workbench.analysis.stats import cluster_bootstrap
 from workbench.store import Store
@@ -230,6 +230,30 @@ def _topk_sets(z: np.ndarray, k: int) -> np.ndarray:
     return np.sort(idx, axis=1)
 
 
+def _topk_mask(z: np.ndarray, k: int) -> np.ndarray:
+    """Boolean (N, E) membership of each row's top-k, ``k < E`` (ties broken by lower id, as :func:`_topk_sets`)."""
+    n_cols = z.shape[1]
+    ranked = np.sort(z, axis=1)  # a small-row sort is SIMD and cheaper than a partition here
+    kth = ranked[:, n_cols - k : n_cols - k + 1]  # the k-th largest value
+    mask = z >= kth  # exactly k entries unless the (k+1)-th largest ties with the k-th
+    crowded = np.flatnonzero(ranked[:, n_cols - k - 1] == ranked[:, n_cols - k])
+    if crowded.size:  # values tied across the boundary: the lowest ids among them get the slots
+        zc, kc = z[crowded], kth[crowded]
+        above, tied = zc > kc, zc == kc
+        room = k - above.sum(axis=1, keepdims=True)
+        mask[crowded] = above | (tied & (np.cumsum(tied, axis=1) <= room))
+    return mask
+
+
+def _topk_changed(z: np.ndarray, perturbed: np.ndarray, k: int) -> np.ndarray:
+    """Per row, whether the top-k *set* of ``perturbed`` differs from that of ``z``."""
+    if k >= z.shape[1]:
+        return np.zeros(len(z), dtype=bool)
+    if np.isnan(z).any() or np.isnan(perturbed).any():  # NaN orders differently in a partition
+        return (_topk_sets(z, k) != _topk_sets(perturbed, k)).any(axis=1)
+    return (_topk_mask(z, k) != _topk_mask(perturbed, k)).any(axis=1)
+
+
 def router_confidence(
     store: Store,
     run_id: str,
@@ -268,21 +292,36 @@ def router_confidence(
     rng = np.random.default_rng(seed)
     for batch in store.iter_routing(run_id, layers=layer_list, logits=True, batch_rows=batch_rows):
         batch = batch.filter(pl.col("logits").is_not_null())
-        for (layer,), part in batch.group_by(["layer"], maintain_order=True):
-            n_experts, top_k, score_fn = meta[int(layer)]  # type: ignore[call-overload]
-            lengths = part["logits"].list.len()
-            if (lengths != n_experts).any():
+        if batch.height == 0:
+            continue
+        # Each layer's rows in stream order, layers in order of first appearance (as a
+        # maintain_order group_by would give them, so the noise draws are unchanged), gathered
+        # from one flat float64 copy of the batch's logits instead of list columns.
+        logits = BatchLogits(batch["logits"])
+        for layer, rows_l in layer_groups(batch["layer"].to_numpy()):
+            n_experts, top_k, score_fn = meta[layer]
+            if (logits.lengths[rows_l] != n_experts).any():
                 raise ValueError(f"layer {layer}: logits rows must have length n_experts={n_experts}")
-            z = part["logits"].explode().to_numpy().astype(np.float64).reshape(-1, n_experts)
+            z = logits.rows(rows_l, n_experts)
             pi = router_scores(z, score_fn, normalise=False)
             p = pi / pi.sum(axis=1, keepdims=True)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ent = -np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(axis=1)
-            ranked = -np.sort(-pi, axis=1)
-            margin = ranked[:, top_k - 1] - ranked[:, top_k] if top_k < n_experts else np.full(len(z), np.nan)
+            positive = p > 0  # 0·log 0 = 0 (and NaN scores count 0), as np.where did, fewer temporaries
+            log_p = np.empty_like(p)
+            np.log(p, out=log_p, where=positive)
+            terms = np.zeros_like(p)
+            np.multiply(p, log_p, out=terms, where=positive)
+            ent = -terms.sum(axis=1)
+            if top_k < n_experts and np.isnan(pi).any():  # NaN ranks last in a descending sort
+                ranked = -np.sort(-pi, axis=1)
+                margin = ranked[:, top_k - 1] - ranked[:, top_k]
+            elif top_k < n_experts:  # the k-th and (k+1)-th largest scores, from an ascending sort
+                ranked = np.sort(pi, axis=1)
+                margin = ranked[:, n_experts - top_k] - ranked[:, n_experts - top_k - 1]
+            else:
+                margin = np.full(len(z), np.nan)
             perturbed = z * (1.0 + noise * rng.standard_normal(z.shape))
-            flipped = (_topk_sets(z, top_k) != _topk_sets(perturbed, top_k)).any(axis=1)
-            acc[int(layer)] += [len(z), ent.sum(), margin.sum(), flipped.sum()]  # type: ignore[call-overload]
+            flipped = _topk_changed(z, perturbed, top_k)
+            acc[layer] += [len(z), ent.sum(), margin.sum(), flipped.sum()]
     rows = []
     for layer in layer_list:
         n, s_ent, s_margin, s_flip = acc[layer]

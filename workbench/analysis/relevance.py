@@ -19,7 +19,8 @@
 
 Prompts with a NULL label are left out of the label-conditioned scores (ESFT, TCESS); the
 vocabulary scores use every prompt. Expert ids ``>= n_experts`` (shared pseudo-experts) are
-never counted. Counting happens in DuckDB; TCESS loads one layer's logits at a time.
+never counted. Counting happens in DuckDB, one grouped query over all layers; TCESS streams the
+logits of all layers once, unsorted, in batches of ``_BATCH_ROWS`` rows.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 
-from workbench.analysis.common import layer_info
+from workbench.analysis.common import BatchLogits, layer_filter, layer_groups, layer_info
 from workbench.analysis.scores import router_scores
 from workbench.store import Store
 
 __all__ = ["esft_scores", "expert_top_tokens", "tcess", "vocab_specialisation"]
 
+#: Rows per streamed batch for the logit analyses: bounds their memory (~E·8 bytes a row).
+_BATCH_ROWS = 262_144
 _LABELLED = "prompt_id IN (SELECT prompt_id FROM prompts WHERE run_id = ? AND label IS NOT NULL)"
 
 
@@ -65,21 +68,27 @@ def esft_scores(
         raise ValueError(f"p must be in (0, 1], got {p}")
     info = layer_info(store, run_id, layers)
     frames: list[pl.DataFrame] = []
+    clause, values = layer_filter(info["layer"].to_list(), "r.layer")
+    # One grouped pass over all selected layers (not one scan of the routing table per layer).
+    all_sums = store.sql(
+        "SELECT u.layer, pr.label, CAST(u.expert AS INTEGER) AS expert, sum(u.w) AS w, count(*) AS n FROM ("
+        "  SELECT r.layer, r.prompt_id, unnest(r.experts) AS expert, unnest(r.weights) AS w FROM routing r"
+        f"  WHERE r.run_id = ?{clause} AND r.{_LABELLED}"
+        ") u JOIN prompts pr ON pr.run_id = ? AND pr.prompt_id = u.prompt_id"
+        " JOIN layers l ON l.run_id = ? AND l.layer = u.layer"
+        " WHERE u.expert < l.n_experts GROUP BY u.layer, pr.label, u.expert",
+        [run_id, *values, run_id, run_id, run_id],
+    )
+    all_totals = store.sql(
+        "SELECT r.layer, pr.label, count(*) AS n_tokens FROM routing r"
+        " JOIN prompts pr ON pr.run_id = r.run_id AND pr.prompt_id = r.prompt_id"
+        f" WHERE r.run_id = ?{clause} AND pr.label IS NOT NULL GROUP BY r.layer, pr.label"
+        " ORDER BY r.layer, pr.label",
+        [run_id, *values],
+    )
     for layer, n_experts, top_k in info.select("layer", "n_experts", "top_k").iter_rows():
-        sums = store.sql(
-            "SELECT pr.label, CAST(u.expert AS INTEGER) AS expert, sum(u.w) AS w, count(*) AS n FROM ("
-            "  SELECT prompt_id, unnest(experts) AS expert, unnest(weights) AS w FROM routing"
-            f"  WHERE run_id = ? AND layer = ? AND {_LABELLED}"
-            ") u JOIN prompts pr ON pr.run_id = ? AND pr.prompt_id = u.prompt_id"
-            " WHERE u.expert < ? GROUP BY pr.label, u.expert",
-            [run_id, int(layer), run_id, run_id, int(n_experts)],
-        )
-        totals = store.sql(
-            "SELECT pr.label, count(*) AS n_tokens FROM routing r"
-            " JOIN prompts pr ON pr.run_id = r.run_id AND pr.prompt_id = r.prompt_id"
-            " WHERE r.run_id = ? AND r.layer = ? AND pr.label IS NOT NULL GROUP BY pr.label ORDER BY pr.label",
-            [run_id, int(layer)],
-        )
+        sums = all_sums.filter(pl.col("layer") == layer)
+        totals = all_totals.filter(pl.col("layer") == layer).select("label", "n_tokens")
         for label, n_tokens in totals.iter_rows():
             part = sums.filter(pl.col("label") == label)
             idx = part["expert"].to_numpy().astype(np.int64)
@@ -123,32 +132,60 @@ def tcess(
     """
     info = layer_info(store, run_id, layers)
     frames: list[pl.DataFrame] = []
-    any_logits = False
-    for layer, n_experts, score_fn in info.select("layer", "n_experts", "score_fn").iter_rows():
-        df = store.sql(
-            "SELECT pr.label, r.logits FROM routing r"
-            " JOIN prompts pr ON pr.run_id = r.run_id AND pr.prompt_id = r.prompt_id"
-            " WHERE r.run_id = ? AND r.layer = ? AND pr.label IS NOT NULL AND r.logits IS NOT NULL",
-            [run_id, int(layer)],
+    meta = {
+        int(layer): (int(e), fn) for layer, e, fn in info.select("layer", "n_experts", "score_fn").iter_rows()
+    }
+    label_names = sorted({x for x in store.prompts(run_id)["label"].to_list() if x is not None})
+    n_labels = len(label_names)
+    # Per layer: Σ π (or Σ π·[π >= r]) per (label, expert), tokens per label, counted per (label, expert).
+    sums: dict[int, np.ndarray] = {}
+    n_rows: dict[int, np.ndarray] = {}
+    kept: dict[int, np.ndarray] = {}
+    layer_list = list(meta)
+    batches = (
+        store.iter_routing(
+            run_id, layers=layer_list, labels=label_names, logits=True, batch_rows=_BATCH_ROWS, ordered=False
         )
-        if df.height == 0:
+        if layer_list and label_names
+        else iter(())
+    )
+    for batch in batches:  # one unsorted scan over all layers, a batch at a time
+        batch = batch.filter(pl.col("logits").is_not_null())
+        if batch.height == 0:
             continue
-        any_logits = True
-        if (df["logits"].list.len() != n_experts).any():
-            raise ValueError(f"layer {layer}: logits rows must have length n_experts={n_experts}")
-        z = df["logits"].explode().to_numpy().astype(np.float64).reshape(df.height, n_experts)
-        pi = router_scores(z, score_fn)
-        labels = np.asarray(df["label"].to_list(), dtype=object)
-        for label in sorted(set(labels.tolist())):
-            sub = pi[labels == label]
+        codes = batch["label"].cast(pl.Enum(label_names)).to_physical().to_numpy().astype(np.int64)
+        logits = BatchLogits(batch["logits"])
+        for layer, rows_l in layer_groups(batch["layer"].to_numpy()):
+            n_experts, score_fn = meta[layer]
+            if (logits.lengths[rows_l] != n_experts).any():
+                raise ValueError(f"layer {layer}: logits rows must have length n_experts={n_experts}")
+            pi = router_scores(logits.rows(rows_l, n_experts), score_fn)
+            onehot = (codes[rows_l][None, :] == np.arange(n_labels)[:, None]).astype(np.float64)  # (T, n)
+            if layer not in sums:
+                sums[layer] = np.zeros((n_labels, n_experts))
+                kept[layer] = np.zeros((n_labels, n_experts))
+                n_rows[layer] = np.zeros(n_labels)
+            n_rows[layer] += onehot.sum(axis=1)
             if r is None:
-                mean = sub.mean(axis=0)
-                counted = np.full(n_experts, sub.shape[0], np.int64)
+                sums[layer] += onehot @ pi
             else:
-                keep = sub >= r
-                counted = keep.sum(axis=0).astype(np.int64)
+                keep = pi >= r
+                sums[layer] += onehot @ (pi * keep)
+                kept[layer] += onehot @ keep.astype(np.float64)
+    any_logits = bool(sums)
+    for layer in sorted(sums):
+        n_experts = meta[layer][0]
+        for code, label in enumerate(label_names):
+            n_tok = int(n_rows[layer][code])
+            if n_tok == 0:
+                continue
+            if r is None:
+                mean = sums[layer][code] / n_tok
+                counted = np.full(n_experts, n_tok, np.int64)
+            else:
+                counted = kept[layer][code].astype(np.int64)
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    mean = np.where(counted > 0, (sub * keep).sum(axis=0) / np.maximum(counted, 1), 0.0)
+                    mean = np.where(counted > 0, sums[layer][code] / np.maximum(counted, 1), 0.0)
             frames.append(
                 pl.DataFrame(
                     {
@@ -157,7 +194,7 @@ def tcess(
                         "label": [label] * n_experts,
                         "tcess": mean,
                         "n_counted": counted,
-                        "n_tokens": np.full(n_experts, sub.shape[0], np.int64),
+                        "n_tokens": np.full(n_experts, n_tok, np.int64),
                     }
                 )
             )
@@ -200,13 +237,24 @@ def vocab_specialisation(
     """
     info = layer_info(store, run_id, layers)
     rows: list[dict[str, object]] = []
+    clause, values = layer_filter(info["layer"].to_list(), "r.layer")
+    # One pass over all selected layers: the top-1 counts per (layer, token id, expert) are
+    # reduced in DuckDB to (n_max, n_x) per (layer, token id), so only vocabulary-sized rows
+    # reach Python.
+    top1 = (  # the first routed expert; the lambda only runs when the first entry is not routed
+        "CASE WHEN r.experts[1] < l.n_experts THEN r.experts[1]"
+        " ELSE list_filter(r.experts, lambda x: x < l.n_experts)[1] END"
+    )
+    all_ids = store.sql(
+        "WITH t AS (SELECT prompt_id, position, token_id FROM tokens WHERE run_id = ?),"
+        " c AS (SELECT r.layer, t.token_id, count(*) AS n FROM routing r JOIN t USING (prompt_id, position)"
+        "   JOIN layers l ON l.run_id = r.run_id AND l.layer = r.layer"
+        f"   WHERE r.run_id = ?{clause} AND ({top1}) IS NOT NULL GROUP BY r.layer, t.token_id, {top1})"
+        " SELECT layer, token_id, max(n) AS n_max, CAST(sum(n) AS BIGINT) AS n_x FROM c GROUP BY layer, token_id",
+        [run_id, run_id, *values],
+    )
     for layer, n_experts in info.select("layer", "n_experts").iter_rows():
-        per_id = (
-            _top1_counts(store, run_id, layer, n_experts)
-            .group_by("token_id")
-            .agg(pl.col("n").max().alias("n_max"), pl.col("n").sum().alias("n_x"))
-            .filter(pl.col("n_x") >= min_count)
-        )
+        per_id = all_ids.filter((pl.col("layer") == layer) & (pl.col("n_x") >= min_count))
         value = (
             float(np.mean(per_id["n_max"].to_numpy() / per_id["n_x"].to_numpy()))
             if per_id.height

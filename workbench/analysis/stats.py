@@ -12,8 +12,9 @@ elsewhere (DuckDB) and the resampling is a few matrix products in numpy.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -28,6 +29,29 @@ __all__ = [
 #: Resamples are processed in blocks of this many so that the (block, n_prompts) weight
 #: matrix stays small whatever ``n_boot`` / ``n_perm`` is.
 _BLOCK = 256
+
+
+_CONTROLLER: Any = None
+
+
+def _one_blas_thread() -> AbstractContextManager[Any]:
+    """Run the resampling products on one BLAS thread (results are the same bits).
+
+    They are many small ``(block, n_prompts) @ (n_prompts, m)`` products, for which BLAS
+    threads cost more in hand-offs than they save (several times slower on a busy 2-core
+    machine). A no-op when threadpoolctl (a scikit-learn dependency) is missing.
+    """
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover
+            _CONTROLLER = False
+        else:
+            _CONTROLLER = ThreadpoolController()
+    if _CONTROLLER is False:
+        return nullcontext()
+    return cast(AbstractContextManager[Any], _CONTROLLER.limit(limits=1, user_api="blas"))
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
@@ -68,6 +92,21 @@ def _as_2d(num: np.ndarray, den: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return num, den
 
 
+def _integral(*arrays: np.ndarray) -> bool:
+    """Whether every value is a whole number small enough that weighted sums of it stay exact.
+
+    Then ``w @ x`` is exact in float64 for whole-number weights ``w`` (draw counts, 0/1
+    memberships) whatever order BLAS sums in, so products may be fused or stacked freely
+    without changing a single bit. Counts (tokens, selections) always qualify.
+    """
+    for x in arrays:
+        if x.size and (not np.all(np.isfinite(x)) or not np.array_equal(x, np.round(x))):
+            return False
+        if x.size and float(np.abs(x).sum(axis=0).max()) * max(x.shape[0], 1) >= 2.0**52:
+            return False
+    return True
+
+
 def _ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(bottom > 0, top / np.where(bottom > 0, bottom, 1.0), np.nan)
@@ -105,10 +144,17 @@ def cluster_bootstrap(
     rng = np.random.default_rng(seed)
     reps = np.empty((n_boot, m))
     uniform = np.full(n, 1.0 / n)
-    for start in range(0, n_boot, _BLOCK):
-        b = min(_BLOCK, n_boot - start)
-        w = rng.multinomial(n, uniform, size=b).astype(np.float64)  # (b, n) draw counts
-        reps[start : start + b] = _ratio(w @ num2, w @ den2)
+    # With whole-number statistics one product with [num | den] gives both sums exactly.
+    both = np.hstack([num2, den2]) if _integral(num2, den2) else None
+    with _one_blas_thread():
+        for start in range(0, n_boot, _BLOCK):
+            b = min(_BLOCK, n_boot - start)
+            w = rng.multinomial(n, uniform, size=b).astype(np.float64)  # (b, n) draw counts
+            if both is not None:
+                sums = w @ both
+                reps[start : start + b] = _ratio(sums[:, :m], sums[:, m:])
+            else:
+                reps[start : start + b] = _ratio(w @ num2, w @ den2)
     alpha = (1.0 - level) / 2.0
     with np.errstate(invalid="ignore"):
         low, high = np.nanquantile(reps, [alpha, 1.0 - alpha], axis=0) if m else (np.empty(0), np.empty(0))
@@ -148,13 +194,36 @@ def cluster_permutation_pvalue(
     n_groups = int(codes.max()) + 1 if codes.size else 0
     tot_num, tot_den = num2.sum(axis=0), den2.sum(axis=0)
 
+    m = num2.shape[1]
+    both = np.hstack([num2, den2]) if _integral(num2, den2) else None
+
     def diff(onehot: np.ndarray) -> np.ndarray:
         # onehot: (..., n) 0/1 membership; returns ratio(in) - ratio(out) with shape (..., m)
-        in_num, in_den = onehot @ num2, onehot @ den2
+        if both is not None:  # exact whole-number sums: one product for numerator and denominator
+            sums = onehot @ both
+            in_num, in_den = sums[..., :m], sums[..., m:]
+        else:
+            in_num, in_den = onehot @ num2, onehot @ den2
         return _ratio(in_num, in_den) - _ratio(tot_num - in_num, tot_den - in_den)
 
     member = (codes[None, :] == np.arange(n_groups)[:, None]).astype(np.float64)  # (G, n)
-    observed = diff(member)
+    with _one_blas_thread():
+        return _permutation_loop(
+            diff(member), codes, n_groups, diff, n_perm, seed, alternative, both is not None
+        )
+
+
+def _permutation_loop(
+    observed: np.ndarray,
+    codes: np.ndarray,
+    n_groups: int,
+    diff: Any,
+    n_perm: int,
+    seed: int | np.random.Generator,
+    alternative: str,
+    stacked_ok: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The shuffles of :func:`cluster_permutation_pvalue` (its ``diff`` closure does the sums)."""
     if n_groups == 0 or n_perm <= 0:
         return observed, np.full(observed.shape, np.nan)
     rng = np.random.default_rng(seed)
@@ -165,8 +234,11 @@ def cluster_permutation_pvalue(
     for start in range(0, n_perm, _BLOCK):
         b = min(_BLOCK, n_perm - start)
         perm = rng.permuted(np.broadcast_to(codes, (b, codes.size)), axis=1)  # (b, n)
+        if stacked_ok:  # all groups in one (G·b, n) product (exact, see _integral)
+            stacked = (perm[None, :, :] == np.arange(n_groups)[:, None, None]).astype(np.float64)
+            nulls = diff(stacked.reshape(n_groups * b, -1)).reshape(n_groups, b, -1)
         for g in range(n_groups):
-            null = diff((perm == g).astype(np.float64))  # (b, m)
+            null = nulls[g] if stacked_ok else diff((perm == g).astype(np.float64))  # (b, m)
             if alternative == "greater":
                 hit = null >= observed[g] - tol[g]
             elif alternative == "less":

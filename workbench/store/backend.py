@@ -217,17 +217,26 @@ class Store:
         prompt_ids: Iterable[int] | None = None,
         logits: bool = True,
         batch_rows: int = 1_000_000,
+        *,
+        ordered: bool = True,
     ) -> Iterator[pl.DataFrame]:
         """Like :meth:`routing` but streamed in frames of at most ``batch_rows`` rows.
 
         Runs on its own cursor, so other Store calls may interleave with the iteration.
-        An unknown run id raises here, not at the first ``next()``.
+        An unknown run id raises here, not at the first ``next()``. Rows come in (prompt_id,
+        position, layer) order, as from :meth:`routing`; memory stays bounded by a few hundred
+        thousand rows (DuckDB sorts ranges of consecutive prompts, never the whole run).
+        ``ordered=False`` skips the sorting: the same rows in storage order (for consumers
+        that only count or sum, where order does not matter), in one scan.
         """
-        sql, params = readers.routing_sql(run_id, layers, labels, prompt_ids, logits)
         with self._lock:
             runs_mod.status_of(self.con, run_id)
             cursor = self.con.cursor()
-        return _stream(cursor, sql, params, batch_rows)
+        if not ordered:
+            sql, params = readers.routing_sql(run_id, layers, labels, prompt_ids, logits)
+            sql = sql.partition(" ORDER BY ")[0]
+            return _stream_sql(cursor, sql, params, batch_rows)
+        return _stream(cursor, run_id, layers, labels, prompt_ids, logits, batch_rows)
 
     def expert_stats(
         self, run_id: str, layers: Iterable[int] | None = None, prompt_ids: Iterable[int] | None = None
@@ -288,9 +297,25 @@ class Store:
 
 
 def _stream(
+    cursor: duckdb.DuckDBPyConnection,
+    run_id: str,
+    layers: Iterable[int] | None,
+    labels: Iterable[str] | None,
+    prompt_ids: Iterable[int] | None,
+    logits: bool,
+    batch_rows: int,
+) -> Iterator[pl.DataFrame]:
+    """Yield routing batches from ``cursor`` and close it when done or abandoned."""
+    try:
+        yield from readers.routing_batches(cursor, run_id, layers, labels, prompt_ids, logits, batch_rows)
+    finally:
+        cursor.close()
+
+
+def _stream_sql(
     cursor: duckdb.DuckDBPyConnection, sql: str, params: list[Any], batch_rows: int
 ) -> Iterator[pl.DataFrame]:
-    """Yield query batches from ``cursor`` and close it when done or abandoned."""
+    """Yield the batches of one query from ``cursor`` and close it when done or abandoned."""
     try:
         yield from readers.batches(cursor, sql, params, batch_rows)
     finally:

@@ -117,3 +117,69 @@ def routing_sql(
         "ORDER BY r.prompt_id, r.position, r.layer"
     )
     return sql, q.params
+
+
+#: DuckDB (2.x) hands an ``ORDER BY`` result to the Arrow reader in blocks of this many rows
+#: (its row-group size), and no batch straddles two blocks: ``to_arrow_reader(b)`` yields
+#: ``min(b, rows left in the block)`` rows at a time. :func:`routing_batches` reproduces
+#: these boundaries so that consumers seeded batch by batch (``router_confidence``'s noise)
+#: see exactly the batches the single sorted query gave.
+SORT_BLOCK_ROWS = 122_880
+
+
+def routing_batches(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    layers: Iterable[int] | None,
+    labels: Iterable[str] | None,
+    prompt_ids: Iterable[int] | None,
+    logits: bool,
+    batch_rows: int,
+) -> Iterator[pl.DataFrame]:
+    """The routing reader streamed in (prompt_id, position, layer) order with bounded memory.
+
+    Same rows, order and batch boundaries as streaming :func:`routing_sql` in one query, but
+    DuckDB never sorts the whole run (with its logits) at once: the rows are read and sorted
+    in ranges of consecutive prompt ids of a few hundred thousand rows each (a prompt count
+    per prompt id is read first), and re-cut into batches of at most ``batch_rows`` rows.
+    """
+    import polars as pl
+    import pyarrow as pa
+
+    batch_rows = max(1, int(batch_rows))
+    sql, params = routing_sql(run_id, layers, labels, prompt_ids, logits)
+    head, _, _ = sql.partition(" ORDER BY ")
+    where = " AND " if " WHERE " in head else " WHERE "
+    count_sql = f"SELECT r.prompt_id, count(*) AS n FROM{head.split(' FROM', 1)[1]} GROUP BY r.prompt_id"
+    counts = con.sql(count_sql, params=list(params)).fetchall()
+    has_null = any(pid is None for pid, _ in counts)
+    sizes = sorted((int(pid), int(n)) for pid, n in counts if pid is not None)
+    target = max(4 * SORT_BLOCK_ROWS, batch_rows)
+    ranges: list[tuple[str, list[Any]]] = []
+    start, acc = 0, 0
+    for i, (pid, n) in enumerate(sizes):
+        acc += n
+        if acc >= target or i == len(sizes) - 1:
+            ranges.append(("r.prompt_id BETWEEN ? AND ?", [sizes[start][0], pid]))
+            start, acc = i + 1, 0
+    if has_null:  # NULLS LAST, as ORDER BY puts them
+        ranges.append(("r.prompt_id IS NULL", []))
+    pending: pa.Table | None = None
+    emitted = 0
+    for cond, extra in ranges:
+        part = con.sql(
+            f"{head}{where}{cond} ORDER BY r.prompt_id, r.position, r.layer", params=[*params, *extra]
+        ).to_arrow_table()
+        pending = part if pending is None else pa.concat_tables([pending, part])
+        while True:
+            need = min(batch_rows, SORT_BLOCK_ROWS - emitted % SORT_BLOCK_ROWS)
+            if pending.num_rows < need:
+                break
+            yield pl.from_arrow(pending.slice(0, need).combine_chunks())  # type: ignore[misc]
+            pending = pending.slice(need)
+            emitted += need
+    while pending is not None and pending.num_rows > 0:
+        need = min(batch_rows, SORT_BLOCK_ROWS - emitted % SORT_BLOCK_ROWS)
+        yield pl.from_arrow(pending.slice(0, need).combine_chunks())  # type: ignore[misc]
+        pending = pending.slice(need)
+        emitted += need
