@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+
+from workbench.store import Store
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -18,6 +21,13 @@ torch.set_num_threads(1)
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "runs.duckdb"
+
+
+@pytest.fixture
+def st(db: Path) -> Iterator[Store]:
+    """A writable store in a temp file, closed after the test."""
+    with Store(db) as s:
+        yield s
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests for workbench.store: schema contract, atomic Arrow ingest, readers, migrations, locks."""
+"""Tests for workbench.store: schema contract, migrations, locks, runs and atomic Arrow ingest."""
 
 from __future__ import annotations
 
@@ -14,32 +14,13 @@ import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from store_support import make_batch, new_run
 
 from workbench import store
 from workbench.store import SCHEMA_VERSION, Store, StoreError, StoreLockedError
 from workbench.store import schema as schema_mod
 from workbench.store.errors import SchemaVersionError, UnknownRunError
-
-LAYERS = [
-    {
-        "layer": 3,
-        "module_path": "model.layers.3.mlp",
-        "n_experts": 8,
-        "top_k": 2,
-        "n_shared": 1,
-        "score_fn": "softmax",
-    },
-    {
-        "layer": 7,
-        "module_path": "model.layers.7.mlp",
-        "n_experts": 8,
-        "top_k": 2,
-        "n_shared": 1,
-        "score_fn": "softmax",
-    },
-]
 
 # The contract, written out independently of schema.py so that a silent change fails here.
 CONTRACT = {
@@ -68,90 +49,6 @@ CONTRACT = {
                   ("ci_low", "DOUBLE"), ("ci_high", "DOUBLE"), ("p", "DOUBLE"), ("q", "DOUBLE"),
                   ("n_target", "INTEGER"), ("n_control", "INTEGER"), ("created_at", "TIMESTAMP")],
 }  # fmt: skip
-
-
-def fixed_lists(values: np.ndarray) -> pa.ListArray:
-    """A 2-D array as an Arrow list column (one list per row), built without Python loops."""
-    n_rows, width = values.shape
-    return pa.ListArray.from_arrays(
-        pa.array(np.arange(n_rows + 1, dtype=np.int32) * width), pa.array(values.ravel())
-    )
-
-
-def make_batch(
-    prompt_ids: list[int],
-    *,
-    n_pos: int = 3,
-    layers: tuple[int, ...] = (3, 7),
-    k: int = 2,
-    labels: list[str | None] | None = None,
-    logits_every: int = 2,
-) -> dict[str, pa.Table]:
-    """A consistent batch; every ``logits_every``-th routing row has logits, the rest null."""
-    n_prompts = len(prompt_ids)
-    labels = labels or [f"label{p % 2}" for p in prompt_ids]
-    prompts = pa.table({
-        "prompt_id": pa.array(prompt_ids, pa.int32()),
-        "text": [f"prompt {p}" for p in prompt_ids],
-        "label": pa.array(labels, pa.string()),
-        "pair_id": [f"pair{p // 2}" for p in prompt_ids],
-        "split": ["train"] * n_prompts,
-        "meta": pa.array([json.dumps({"p": p}) if p % 3 else None for p in prompt_ids], pa.string()),
-        "n_tokens": pa.array([n_pos] * n_prompts, pa.int32()),
-    })  # fmt: skip
-    pid_tok = np.repeat(np.asarray(prompt_ids, np.int32), n_pos)
-    pos_tok = np.tile(np.arange(n_pos, dtype=np.int32), n_prompts)
-    tokens = pa.table({
-        "prompt_id": pid_tok,
-        "position": pos_tok,
-        "token_id": (pid_tok * 100 + pos_tok).astype(np.int32),
-        "token": [f"t{p}_{q}" for p, q in zip(pid_tok, pos_tok, strict=True)],
-        "nll": np.linspace(0.5, 3.0, len(pid_tok), dtype=np.float32),
-    })  # fmt: skip
-    n_rows = len(pid_tok) * len(layers)
-    pid = np.repeat(pid_tok, len(layers))
-    pos = np.repeat(pos_tok, len(layers))
-    lay = np.tile(np.asarray(layers, np.int32), len(pid_tok))
-    experts = ((np.arange(n_rows)[:, None] + np.arange(k)[None, :]) % 8).astype(np.int16)
-    weights = np.tile(np.linspace(0.9, 0.1, k, dtype=np.float32), (n_rows, 1))
-    logit_values = np.arange(8, dtype=np.float32)[None, :] + np.arange(n_rows, dtype=np.float32)[:, None]
-    has_logits = np.arange(n_rows) % logits_every == 0
-    logits = pa.ListArray.from_arrays(
-        pa.array(np.arange(n_rows + 1, dtype=np.int32) * 8),
-        pa.array(logit_values.ravel()),
-        mask=pa.array(~has_logits),
-    )
-    routing = pa.table({
-        "prompt_id": pid, "position": pos, "layer": lay,
-        "experts": fixed_lists(experts),
-        "weights": fixed_lists(weights),
-        "logits": logits,
-    })  # fmt: skip
-    stats = pa.table({
-        "prompt_id": pid, "position": pos, "layer": lay,
-        "expert": pa.array(experts[:, 0], pa.int16()),
-        "out_norm": np.full(n_rows, 1.5, np.float32),
-        "zero_frac": np.full(n_rows, 0.25, np.float32),
-    })  # fmt: skip
-    return {"prompts": prompts, "tokens": tokens, "routing": routing, "expert_stats": stats}
-
-
-def new_run(st: Store, run_id: str | None = None) -> str:
-    return st.create_run(
-        model="tiny-moe", architecture="MixtralForCausalLM", probe="domains", n_experts=8, top_k=2,
-        config={"batch_size": 4, "dtype": "float32"}, layers=LAYERS, run_id=run_id,
-    )  # fmt: skip
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "runs.duckdb"
-
-
-@pytest.fixture
-def st(db: Path) -> Iterator[Store]:
-    with Store(db) as s:
-        yield s
 
 
 @pytest.fixture
@@ -459,135 +356,3 @@ def test_done_prompt_ids(st: Store) -> None:
     st.write_batch(run_b, **make_batch([0]))
     assert st.done_prompt_ids(run_a) == {0, 1, 2, 10}
     assert st.done_prompt_ids(run_b) == {0}
-
-
-def test_ingest_is_bulk_arrow_not_executemany(st: Store) -> None:
-    src = Path(store.__file__).parent
-    for module in src.glob("*.py"):
-        assert ".executemany(" not in module.read_text(), module
-    run_id = new_run(st)
-    batch = make_batch(list(range(1000)), n_pos=100, logits_every=1)  # 1000 * 100 * 2 layers
-    assert batch["routing"].num_rows == 200_000
-    st.write_batch(run_id, prompts=batch["prompts"], tokens=batch["tokens"], routing=batch["routing"])
-    assert st.sql("SELECT count(*) AS n FROM routing WHERE run_id = ?", [run_id])["n"][0] == 200_000
-    streamed = list(st.iter_routing(run_id, layers=[3], batch_rows=30_000, logits=False))
-    assert sum(f.height for f in streamed) == 100_000 and len(streamed) >= 4
-
-
-def test_iter_routing_streams_the_sorted_rows_whatever_the_write_order(st: Store) -> None:
-    """Batches written out of prompt order: the ordered stream equals routing() row for row, across
-    batch boundaries; the unordered stream has the same rows."""
-    run_id = new_run(st)
-    # 800k rows: more than the ~0.5M-row sorted ranges iter_routing reads at a time
-    for ids in (list(range(2000, 4000)), list(range(0, 2000)), list(range(4000, 5000))):
-        st.write_batch(run_id, **make_batch(ids, n_pos=80, logits_every=3))
-    whole = st.routing(run_id)
-    assert whole.height == 5000 * 80 * 2
-    for batch_rows in (70_000, 300_000, 1_000_000):
-        frames = list(st.iter_routing(run_id, batch_rows=batch_rows))
-        assert all(f.height <= batch_rows for f in frames)
-        assert pl.concat(frames).equals(whole)
-    loose = pl.concat(st.iter_routing(run_id, ordered=False, logits=False))
-    keys = ["prompt_id", "position", "layer"]
-    assert loose.sort(keys).equals(whole.drop("logits").sort(keys))
-
-
-# -- readers -----------------------------------------------------------------------------
-def test_parameterised_filters(st: Store) -> None:
-    run_id = new_run(st)
-    labels: list[str | None] = ["O'Brien", "plain", "x' OR '1'='1", None]
-    st.write_batch(run_id, **make_batch([0, 1, 2, 3], labels=labels))
-    assert st.prompts(run_id, labels=["O'Brien"])["prompt_id"].to_list() == [0]
-    assert st.prompts(run_id, labels="O'Brien")["prompt_id"].to_list() == [0]
-    assert st.prompts(run_id, labels=["x' OR '1'='1"])["prompt_id"].to_list() == [2]
-    assert st.prompts(run_id, labels=["x"]).height == 0
-    assert st.prompts(run_id, labels=[]).height == 0
-    assert st.prompts(run_id).height == 4
-
-    r = st.routing(run_id, labels=["O'Brien", "plain"], layers=[7])
-    assert r.columns == ["prompt_id", "position", "layer", "label", "experts", "weights", "logits"]
-    assert set(r["label"].to_list()) == {"O'Brien", "plain"}
-    assert set(r["layer"].to_list()) == {7} and r.height == 6
-    assert r.select("prompt_id", "position").rows() == sorted(r.select("prompt_id", "position").rows())
-    assert set(st.routing(run_id, prompt_ids=[np.int64(3)])["prompt_id"].to_list()) == {3}
-    assert st.routing(run_id, prompt_ids=[]).height == 0
-    assert st.tokens(run_id, prompt_ids=[1, 2])["prompt_id"].unique().sort().to_list() == [1, 2]
-
-
-def test_export_parquet_round_trips_row_counts(st: Store, tmp_path: Path) -> None:
-    run_id = new_run(st)
-    other = new_run(st, "other")
-    st.write_batch(run_id, **make_batch([0, 1]))
-    st.write_batch(other, **make_batch([0]))
-    iv = st.create_intervention(run_id, kind="ablate", spec={"layer": 3, "experts": [1]})
-    st.write_evaluations(iv, pa.table({"label": ["math"], "metric": ["nll_delta"], "value": [0.12]}))
-    mid = st.write_resonance(
-        run_id, pa.table({"layer": [3, 3], "expert": [0, 1], "rd": [0.1, -0.2]}), target="math", control="code",
-        method="rd",
-    )  # fmt: skip
-    stored = st.resonance(map_id=mid)
-    assert stored["rd"].to_list() == [0.1, -0.2] and stored["span"].to_list() == ["all", "all"]
-    assert stored["effect"].null_count() == 2 and set(stored["target"]) == {"math"}
-    with pytest.raises(StoreError, match="already exists"):
-        st.write_resonance(
-            run_id, pa.table({"layer": [3], "expert": [0]}), target="a", control="b", method="rd", map_id=mid
-        )
-    with pytest.raises(StoreError, match="unexpected columns"):
-        st.write_resonance(
-            run_id, pa.table({"layer": [3], "expert": [0], "oops": [1]}), target="a", control="b", method="rd"
-        )
-    files = st.export_parquet(run_id, tmp_path / "export")
-    names = {f.stem for f in files}
-    assert names == {
-        "runs",
-        "layers",
-        "prompts",
-        "tokens",
-        "routing",
-        "expert_stats",
-        "interventions",
-        "resonance",
-        "evaluations",
-    }
-    expected = {"runs": 1, "layers": 2, "prompts": 2, "tokens": 6, "routing": 12, "expert_stats": 12,
-                "interventions": 1, "evaluations": 1, "resonance": 2}  # fmt: skip
-    for f in files:
-        table = pq.read_table(f)
-        assert table.num_rows == expected[f.stem], f.stem
-        if "run_id" in table.column_names:
-            assert set(table["run_id"].to_pylist()) <= {run_id}
-    runs = pq.read_table(tmp_path / "export" / "runs.parquet")
-    assert json.loads(runs["config"][0].as_py()) == {"batch_size": 4, "dtype": "float32"}
-    routing = pq.read_table(tmp_path / "export" / "routing.parquet")
-    assert routing.schema.field("experts").type == pa.list_(pa.int16())
-
-
-def test_interventions_and_delete_run(st: Store) -> None:
-    run_id, keep = new_run(st, "gone"), new_run(st, "keep")
-    st.write_batch(run_id, **make_batch([0, 1]))
-    st.write_batch(keep, **make_batch([0]))
-    iv = st.create_intervention(run_id, kind="ablate", spec={"layer": 3}, intervention_id="iv-1")
-    st.write_evaluations(
-        iv, pl.DataFrame({"label": ["O'Brien"], "metric": ["acc"], "value": [0.5], "n": [10]})
-    )
-    assert st.interventions(run_id)["intervention_id"].to_list() == ["iv-1"]
-    ev = st.evaluations(run_id=run_id)
-    assert ev["value"].to_list() == [0.5] and ev["n"].to_list() == [10]
-    with pytest.raises(StoreError, match="already exists"):
-        st.create_intervention(run_id, kind="ablate", spec={}, intervention_id="iv-1")
-    st.delete_run(run_id)
-    for table in ("runs", "layers", "prompts", "tokens", "routing", "expert_stats", "interventions"):
-        assert st.sql(f"SELECT count(*) AS n FROM {table} WHERE run_id = 'gone'")["n"][0] == 0, table
-    assert st.evaluations().height == 0
-    assert st.done_prompt_ids(keep) == {0} and st.routing(keep).height == 6
-    with pytest.raises(UnknownRunError):
-        st.delete_run(run_id)
-
-
-def test_module_open_and_in_memory() -> None:
-    with store.open(":memory:") as st:
-        run_id = new_run(st)
-        st.write_batch(run_id, **make_batch([0]))
-        assert st.path is None and st.routing(run_id).height == 6
-    with pytest.raises(StoreError, match="in-memory"):
-        store.open(":memory:", read_only=True)
