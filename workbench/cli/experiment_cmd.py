@@ -32,6 +32,9 @@ def mote(
         str, typer.Option("--semantics", help="zero, zero-renorm, reroute (comma-separated).")
     ] = "zero,reroute",
     pairs: Annotated[int, typer.Option("--pairs", help="Pairs in each half (selection, evaluation).")] = 96,
+    domain_prompts: Annotated[
+        int, typer.Option("--domain-prompts", help="Held-out domain prompts for the NLL cost.")
+    ] = 60,
     behaviour: Annotated[
         str,
         typer.Option("--behaviour", help="refusal (tiny-ref's chat format) or refusal-chatml (SmolLM2's)."),
@@ -74,6 +77,7 @@ def mote(
         n_controls=controls,
         n_select=pairs,
         n_eval=pairs,
+        n_domain=domain_prompts,
         behaviour=behaviour,
     )
     try:
@@ -81,7 +85,7 @@ def mote(
     except user_errors() as exc:
         fail(str(exc))
     command = f"moe-workbench experiment mote --model {model} --doses {doses} --controls {controls} " \
-        f"--semantics {semantics} --pairs {pairs} --behaviour {behaviour} --scorers {scorers}"  # fmt: skip
+        f"--semantics {semantics} --pairs {pairs} --domain-prompts {domain_prompts} --behaviour {behaviour} --scorers {scorers}"  # fmt: skip
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(to_markdown(result, model, command), encoding="utf-8")
     out_file.with_suffix(".json").write_text(to_json(result), encoding="utf-8")
