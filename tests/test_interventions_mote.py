@@ -69,3 +69,14 @@ def test_model_card_section_quotes_the_headline(result: MoteResult) -> None:
     for row in head["lowest_refusal_per_scorer"]:
         assert f"| {row['scorer']} | {row['semantics']} | {row['n']} |" in text
     assert _mote_section(None) == []
+
+
+def test_a_scorer_subset_runs_only_what_it_needs() -> None:
+    small = MoteConfig(
+        doses=(1,), semantics=("reroute",), n_controls=5, n_select=8, n_eval=8, n_domain=6, scorers=("rd",)
+    )
+    result = run_mote(wb.load_model("tiny-ref"), small)
+    assert set(result.summary["scorer"]) == {"rd"}
+    assert "greedy_rank" not in result.scores.columns  # no greedy search was run
+    with pytest.raises(ValueError, match="available: rd, ftri"):
+        run_mote(wb.load_model("tiny-ref"), MoteConfig(scorers=("vibes",)))

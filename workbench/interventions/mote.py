@@ -131,8 +131,6 @@ def _score_experts(
     )
     causal = causal_resonance(loaded, harmful, behaviour, n_boot=200, n_perm=200)
     attr = attribution(loaded, harmful, behaviour)
-    log(f"greedy joint ablation: {n_greedy} rounds")
-    greedy = greedy_ablation(loaded, harmful, behaviour, n_greedy)
     scores = (
         corr.select("layer", "expert", "rd", "ftri")
         .join(
@@ -140,6 +138,10 @@ def _score_experts(
         )
         .join(attr, on=["layer", "expert"])
     )
+    if n_greedy == 0:  # the greedy scorer is not part of this run: skip its n × E forward passes
+        return scores
+    log(f"greedy joint ablation: {n_greedy} rounds")
+    greedy = greedy_ablation(loaded, harmful, behaviour, n_greedy)
     order = {(int(r["layer"]), int(r["expert"])): int(r["rank"]) for r in greedy.iter_rows(named=True)}
     # experts the greedy search did not reach come after it, in the order of their single effect
     by_effect = scores.sort("effect").select("layer", "expert").rows()
@@ -212,7 +214,8 @@ def run_mote(
     per_label = max(1, cfg.n_domain // len(labels))
     domain = [p for label in labels for p in [q for q in domain_pool if q.label == label][:per_label]]
     behaviour = get_behaviour(cfg.behaviour)
-    scores = _score_experts(loaded, select, behaviour, max(cfg.doses), log)
+    n_greedy = max(cfg.doses) if "causal-greedy" in cfg.scorers else 0
+    scores = _score_experts(loaded, select, behaviour, n_greedy, log)
     agreement = rank_agreement(scores)
     harmful = [p for p in evaluation if p.label == "harmful"]
     benign = [p for p in evaluation if p.label == "benign"]
