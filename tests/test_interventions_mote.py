@@ -80,3 +80,25 @@ def test_a_scorer_subset_runs_only_what_it_needs() -> None:
     assert "greedy_rank" not in result.scores.columns  # no greedy search was run
     with pytest.raises(ValueError, match="available: rd, ftri"):
         run_mote(wb.load_model("tiny-ref"), MoteConfig(scorers=("vibes",)))
+
+
+def test_cli_passes_every_option(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    out = tmp_path / "mote.md"
+    args = ["experiment", "mote", "--scorers", "rd", "--doses", "1", "--controls", "5", "--semantics", "reroute",
+            "--pairs", "8", "--domain-prompts", "6", "--no-card", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert (
+        data["config"]["scorers"] == ["rd"]
+        and data["config"]["n_select"] == 8
+        and data["config"]["n_domain"] == 6
+    )
+    assert {row["scorer"] for row in data["summary"]} == {"rd"}
+    assert "--scorers rd" in out.read_text()
+    bad = CliRunner().invoke(app, ["experiment", "mote", "--behaviour", "sycophancy"])
+    assert bad.exit_code == 2 and "refusal-chatml" in bad.output

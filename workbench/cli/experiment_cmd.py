@@ -79,6 +79,7 @@ def mote(
         n_eval=pairs,
         n_domain=domain_prompts,
         behaviour=behaviour,
+        scorers=tuple(x.strip() for x in scorers.split(",")),
     )
     try:
         result = run_mote(load_model(model), config, log=console.print)
