@@ -102,3 +102,23 @@ def test_cli_passes_every_option(tmp_path: Path) -> None:
     assert "--scorers rd" in out.read_text()
     bad = CliRunner().invoke(app, ["experiment", "mote", "--behaviour", "sycophancy"])
     assert bad.exit_code == 2 and "refusal-chatml" in bad.output
+
+
+def test_card_lists_reruns_with_more_controls() -> None:
+    from workbench.interventions.controls import versus_controls
+    from workbench.zoo.card import _mote_section
+
+    table = pl.DataFrame({"set": ["chosen", *["random"] * 3], "value": [0.1, 0.5, 0.9, 0.0]})
+    stats = versus_controls(table)
+    assert stats["control_min"] == 0.0 and stats["chosen"] == 0.1
+    constant = versus_controls(
+        pl.DataFrame({"set": ["chosen", "random", "random"], "value": [0.1, 0.2, 0.2]})
+    )
+    assert constant["z"] == float("-inf")  # below a spread-less control: minus infinity, not plus
+    row = {"scorer": "causal-greedy", "semantics": "zero", "n": 8, **stats}
+    head = {"baseline": {"harmful_refusal": 0.9, "benign_refusal": 0.1}, "agreement": {"rd": 0.1},
+            "lowest_refusal_per_scorer": [row],
+            "reruns": [{"config": {"scorers": ["causal-greedy"], "n_controls": 30, "doses": [8]}, "summary": [row]}]}  # fmt: skip
+    text = "\n".join(_mote_section(head))
+    assert "Rerun of causal-greedy with 30 random sets per point (doses 8)" in text
+    assert "range 0.0%–90.0%" in text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -90,13 +90,33 @@ def mote(
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(to_markdown(result, model, command), encoding="utf-8")
     out_file.with_suffix(".json").write_text(to_json(result), encoding="utf-8")
-    if card and model == "tiny-ref" and set(config.scorers) == set(SCORERS):  # a partial run keeps the card
-        from workbench.interventions.mote_report import headline
-        from workbench.zoo.card import MOTE_FILE, write_card
-        from workbench.zoo.tiny_ref import model_dir
-
-        (model_dir() / MOTE_FILE).write_text(json.dumps(headline(result), indent=1) + "\n", encoding="utf-8")
-        console.print(f"updated {write_card(model_dir(), remeasure=False)}")
+    if card and model == "tiny-ref":
+        _update_card(result, full=set(config.scorers) == set(SCORERS))
     out.print(result.agreement)
     out.print(result.summary.select("scorer", "semantics", "n", "chosen", "control_mean", "z", "p"))
     console.print(f"wrote {out_file} and {out_file.with_suffix('.json')}")
+
+
+def _update_card(result: object, full: bool) -> None:
+    """A full run replaces the card's MoTE headline; a partial run (a rerun) is added below it."""
+    from dataclasses import asdict
+
+    from workbench.interventions.mote import MoteResult
+    from workbench.interventions.mote_report import headline
+    from workbench.zoo.card import MOTE_FILE, write_card
+    from workbench.zoo.tiny_ref import model_dir
+
+    assert isinstance(result, MoteResult)
+    path = model_dir() / MOTE_FILE
+    data: dict[str, Any]
+    if full:
+        data = headline(result)
+    elif path.exists():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        scorers = list(result.config.scorers)
+        kept = [r for r in data.get("reruns", []) if list(r["config"]["scorers"]) != scorers]
+        data["reruns"] = [*kept, {"config": asdict(result.config), "summary": result.summary.to_dicts()}]
+    else:
+        return  # a rerun without a full run to add it to
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    console.print(f"updated {write_card(model_dir(), remeasure=False)}")

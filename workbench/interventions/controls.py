@@ -10,6 +10,7 @@ does the same at several set sizes, taking the top-N of a ranking.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -88,7 +89,7 @@ def versus_controls(table: pl.DataFrame) -> dict[str, float]:
         float(np.median(ctrl)),
     )
     far = int((np.abs(ctrl - med) >= abs(chosen - med)).sum())
-    z = (chosen - mean) / sd if sd > 0 else float("inf") if chosen != mean else 0.0
+    z = (chosen - mean) / sd if sd > 0 else math.copysign(math.inf, chosen - mean) if chosen != mean else 0.0
     return {
         "chosen": chosen, "control_mean": mean, "control_sd": sd, "control_min": float(ctrl.min()),
         "control_max": float(ctrl.max()), "z": z, "p": (1 + far) / (1 + ctrl.size), "n_controls": float(ctrl.size),

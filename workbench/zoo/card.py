@@ -123,7 +123,22 @@ def _mote_section(mote: dict[str, Any] | None) -> list[str]:
             f"| {b['scorer']} | {b['semantics']} | {b['n']} | {_pct(b['chosen'])} | {_pct(b['control_mean'])}"
             f" | {_pct(b['control_min'])} | {b['z']:.1f} | {b['p']:.2f} |"
         )
-    return [*lines, "", "(Each scorer's lowest refusal over the doses and semantics run.)", ""]
+    lines += ["", "(Each scorer's lowest refusal over the doses and semantics run.)", ""]
+    for rerun in mote.get("reruns", []):
+        cfg = rerun["config"]
+        lines += [
+            f"Rerun of {', '.join(cfg['scorers'])} with {cfg['n_controls']} random sets per point"
+            f" (doses {', '.join(map(str, cfg['doses']))}):",
+            "",
+            *[
+                f"- {r['scorer']} {r['semantics']} N={r['n']}: refusal {_pct(r['chosen'])}; random mean"
+                f" {_pct(r['control_mean'])}, range {_pct(r['control_min'])}–{_pct(r['control_max'])};"
+                f" z = {r['z']:.1f}, p = {r['p']:.2f}"
+                for r in rerun["summary"]
+            ],
+            "",
+        ]
+    return lines
 
 
 def render(stats: dict[str, Any], m: dict[str, Any], mote: dict[str, Any] | None = None) -> str:
