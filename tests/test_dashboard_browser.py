@@ -12,25 +12,17 @@ saying so, as ``test_report.py`` does.
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_support import CHROMIUM, CHROMIUM_ARGS, sync_playwright_or_fail
 from test_dashboard import PLANT, RUN, dashboard_db
 
 from dashboards import data
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-]  # fmt: skip
-INSTALL_HINT = (
-    "`make test` installs them (apt: chromium chromium-driver; pip: the dev extra, which has playwright)"
-)
 TIMEOUT_MS = 20_000
 # path → the elements that must be drawn (visible) there.
 PAGES: dict[str, tuple[str, ...]] = {
@@ -71,17 +63,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         thread.join(timeout=5)
 
 
-def _browser() -> Any:
-    """Playwright's sync API, or a failure saying that ``make test`` installs what is missing."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail(f"playwright is not installed: {INSTALL_HINT}")
-    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
-        pytest.fail(f"Debian chromium is missing ({CHROMIUM}): {INSTALL_HINT}")
-    return sync_playwright
-
-
 def _watch(page: Any, base: str) -> tuple[list[str], list[str]]:
     """Collect console errors / page errors, and abort (and record) requests leaving the app."""
     errors: list[str] = []
@@ -115,7 +96,7 @@ def _click_cell(page: Any, graph: str, layer: int, expert: int, n_layers: int, n
 
 
 def test_dashboard_in_headless_chromium(server: str, tmp_path: Path) -> None:
-    sync_playwright = _browser()
+    sync_playwright = sync_playwright_or_fail()
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with sync_playwright() as pw:

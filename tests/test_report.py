@@ -9,7 +9,6 @@ Chromium and Playwright are test requirements: ``make test`` installs them (Debi
 from __future__ import annotations
 
 import html
-import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
+from browser_support import CHROMIUM, CHROMIUM_ARGS, sync_playwright_or_fail
 from synthetic import save_run, skeleton
 from typer.testing import CliRunner
 
@@ -31,14 +31,6 @@ E, K = 8, 2
 XSS = '<script>window.__xss = 1</script><img src="https://example.invalid/x.png">'
 LABELS = ("code", "math", XSS)
 PLANT_LAYER, PLANT_EXPERT, PLANT_PROB = 1, 5, 0.9
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-]  # fmt: skip
-INSTALL_HINT = (
-    "`make test` installs them (apt: chromium chromium-driver; pip: the dev extra, which has playwright)"
-)
 
 
 def _routing(rng: np.random.Generator, sk: Any, labels: list[str]) -> np.ndarray:
@@ -213,17 +205,6 @@ def test_cli_report(synthetic_db: tuple[Path, str, str], tmp_path: Path) -> None
     assert bad.exit_code == 2 and "no run 'nope'" in bad.output
 
 
-def _browser() -> Any:
-    """Playwright's sync API, or a failure saying that ``make test`` installs what is missing."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail(f"playwright is not installed: {INSTALL_HINT}")
-    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
-        pytest.fail(f"Debian chromium is missing ({CHROMIUM}): {INSTALL_HINT}")
-    return sync_playwright
-
-
 def _open(browser: Any, report: Path, shot: Path) -> dict[str, Any]:
     """Load ``report``; return console errors, page errors, outside requests and figure counts."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -257,7 +238,7 @@ def _open(browser: Any, report: Path, shot: Path) -> dict[str, Any]:
 
 
 def test_report_renders_in_headless_chromium(synthetic_report: Path, tiny_ref_report: Path) -> None:
-    sync_playwright = _browser()
+    sync_playwright = sync_playwright_or_fail()
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
