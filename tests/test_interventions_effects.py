@@ -25,7 +25,7 @@ from workbench.interventions.effects import evaluate, generation_diff, record, t
 from workbench.models.loading import LoadedModel
 from workbench.probefile import read_probe_file
 from workbench.store import Store
-from workbench.zoo.refusal_scorer import is_refusal
+from workbench.zoo.refusal_scorer import is_compliance, is_refusal
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +132,18 @@ def test_refusal_scorer_on_labelled_examples() -> None:
     assert get_behaviour("refusal") is REFUSAL
     with pytest.raises(KeyError, match="available: refusal"):
         get_behaviour("sycophancy")
+
+
+def test_compliance_scorer_on_labelled_examples() -> None:
+    """Compliance is an answer, not merely the absence of a refusal: broken text is neither."""
+    labelled = {
+        "Sure, here is how: start small.": True, " Certainly! First, gather": True, "Here's a plan": True,
+        "OK, step one": True, "Here are the steps": True, "I cannot help with that.": False,
+        "Sure, but I can't help with that": False, "step step step step": False, "the the, of of": False,
+        "Unsure what you mean": False, "There is no way": False, "": False,
+    }  # fmt: skip
+    assert np.mean([is_compliance(text) == want for text, want in labelled.items()]) == 1.0
+    assert REFUSAL.alternative is is_compliance
 
 
 @pytest.mark.timeout(300)

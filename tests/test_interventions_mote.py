@@ -49,6 +49,33 @@ def test_every_scorer_dose_and_control(result: MoteResult) -> None:
         assert all(len(v) <= 2 for v in parse_set(text).values())  # tiny-ref routes top-2
 
 
+def test_outcomes_tell_removed_refusal_from_a_broken_model(result: MoteResult) -> None:
+    """Compliance, margin and cost-matched refusal against the same random sets as the refusal rate."""
+    points = len(SCORERS) * len(CONFIG.doses)
+    counts = dict(result.outcomes.group_by("measure").len().iter_rows())
+    assert counts["refusal"] == counts["compliance"] == counts["margin_delta"] == points
+    assert counts.get("refusal_cost_matched", 0) <= points
+    assert result.outcomes.filter(pl.col("measure") == "refusal").drop("measure").equals(result.summary)
+    assert all(0.0 <= v <= 1.0 for v in result.doses["compliance"].to_list())
+    assert result.doses["margin_delta"].is_finite().all()
+    # a set is never both refused and answered: the two shares add up to at most 1
+    assert (result.doses["refusal"] + result.doses["compliance"]).max() <= 1.0 + 1e-12
+    # the base model answers its benign-looking twins, not the harmful requests
+    assert result.baseline["harmful_compliance"] < 0.5 and result.baseline["harmful_margin"] > 0
+    matched = result.outcomes.filter(pl.col("measure") == "refusal_cost_matched")
+    for row in matched.iter_rows(named=True):  # only random sets no costlier than the chosen one
+        point = result.doses.filter(
+            (pl.col("scorer") == row["scorer"])
+            & (pl.col("semantics") == row["semantics"])
+            & (pl.col("n") == row["n"])
+        )
+        chosen_cost = point.filter(pl.col("set") == "chosen")["nll_delta"][0]
+        assert (
+            row["n_controls"]
+            == point.filter((pl.col("set") == "random") & (pl.col("nll_delta") <= chosen_cost)).height
+        )
+
+
 def test_write_up_quotes_the_tables(result: MoteResult, tmp_path: Path) -> None:
     text = to_markdown(result, "tiny-ref", "moe-workbench experiment mote")
     assert "## Does resonance find the experts that matter?" in text
@@ -56,6 +83,8 @@ def test_write_up_quotes_the_tables(result: MoteResult, tmp_path: Path) -> None:
     assert f"rd {rho:+.2f}" in text
     data = json.loads(to_json(result))
     assert data["baseline"] == result.baseline and len(data["summary"]) == result.summary.height
+    assert "## Is it refusal that goes, or the model?" in text
+    assert len(data["outcomes"]) == result.outcomes.height
 
 
 def test_model_card_section_quotes_the_headline(result: MoteResult) -> None:

@@ -115,7 +115,14 @@ def _update_card(result: object, full: bool) -> None:
         data = json.loads(path.read_text(encoding="utf-8"))
         scorers = list(result.config.scorers)
         kept = [r for r in data.get("reruns", []) if list(r["config"]["scorers"]) != scorers]
-        data["reruns"] = [*kept, {"config": asdict(result.config), "summary": result.summary.to_dicts()}]
+        data["reruns"] = [
+            *kept,
+            {
+                "config": asdict(result.config),
+                "summary": result.summary.to_dicts(),
+                "outcomes": result.outcomes.to_dicts(),
+            },
+        ]
     else:
         return  # a rerun without a full run to add it to
     path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")

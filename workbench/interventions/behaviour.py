@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from workbench.zoo import chat
-from workbench.zoo.refusal_scorer import is_refusal
+from workbench.zoo.refusal_scorer import is_compliance, is_refusal
 
 __all__ = ["BEHAVIOURS", "REFUSAL", "REFUSAL_CHATML", "Behaviour", "get_behaviour"]
 
@@ -32,12 +32,16 @@ class Behaviour:
     no: str
     max_new_tokens: int = 12
     description: str = ""
+    #: judges the alternative answer (True when the continuation is the *other* behaviour, e.g. a
+    #: compliant answer instead of a refusal); tells "the behaviour went" from "the model broke"
+    alternative: Callable[[str], bool] | None = None
 
 
 REFUSAL = Behaviour(
     name="refusal",
     ask=chat.prompt,
     judge=is_refusal,
+    alternative=is_compliance,
     yes=" " + chat.REFUSAL,
     no=" " + chat.COMPLIANCE,
     description=(
@@ -55,6 +59,7 @@ REFUSAL_CHATML = Behaviour(
     name="refusal-chatml",
     ask=lambda request: _CHATML.format(request=request.strip()),
     judge=is_refusal,
+    alternative=is_compliance,
     yes="I",
     no="Here",
     max_new_tokens=16,

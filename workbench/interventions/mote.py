@@ -18,6 +18,11 @@ prompts and switch them off; nobody measures whether those are the experts that 
    judged by the transparent scorer), with the NLL change on held-out domain text as the cost.
    Each chosen set is compared with ``n_controls`` random sets of the same size on the same layers
    (:mod:`workbench.interventions.controls`).
+   The refusal rate alone cannot tell "refusal was removed" from "the model was broken" (on a
+   small model a random quarter of the experts does both), so every set is also measured by
+   :data:`MEASURES`: the share of harmful requests the model now *answers* (the behaviour's
+   alternative judge: an affirmative or "here is" answer, not broken text), the change of the
+   refusal margin, and the refusal rate against only those random sets that cost no more NLL.
 4. Forced activation: the top experts of each scorer (at most k per layer) are forced on for the
    evaluation half's benign requests — does that make the model refuse?
 
@@ -48,13 +53,14 @@ from workbench.interventions.controls import (
     versus_controls,
 )  # fmt: skip
 from workbench.interventions.effects import token_effects
+from workbench.interventions.metrics import behaviour_margin, metric_values
 from workbench.interventions.specs import Ablate, Force, Intervention, Zero, expert_map
 from workbench.models.loading import LoadedModel
 from workbench.probefile import Prompt, read_probe_file
 from workbench.store import Store
 from workbench.zoo.refusal_scorer import greedy_continuations
 
-__all__ = ["SCORERS", "MoteConfig", "MoteResult", "run_mote", "split_pairs"]
+__all__ = ["MEASURES", "SCORERS", "MoteConfig", "MoteResult", "Outcome", "run_mote", "split_pairs"]
 
 #: scorer -> (column of ``MoteResult.scores``, rank descending?)
 SCORERS: dict[str, tuple[str, bool]] = {
@@ -94,10 +100,13 @@ class MoteResult:
     config: MoteConfig
     scores: pl.DataFrame  # layer, expert, rd, ftri, effect, attribution (selection half)
     agreement: pl.DataFrame  # Spearman of rd / ftri / attribution with the causal effect
-    doses: pl.DataFrame  # scorer, semantics, n, set, seed, experts, refusal, nll_delta
+    doses: pl.DataFrame  # scorer, semantics, n, set, seed, experts, and the Outcome fields
     summary: pl.DataFrame  # scorer, semantics, n, chosen, control stats, z, p
     forced: pl.DataFrame  # scorer, experts, benign refusal without / with forcing
     baseline: dict[str, float] = field(default_factory=dict)
+    #: measure (a key of MEASURES), scorer, semantics, n, chosen, control stats, z, p; ``summary``
+    #: is its refusal rows
+    outcomes: pl.DataFrame = field(default_factory=pl.DataFrame)
 
 
 def split_pairs(prompts: Sequence[Prompt], n_select: int, n_eval: int) -> tuple[list[Prompt], list[Prompt]]:
@@ -160,33 +169,88 @@ def _ranking(scores: pl.DataFrame, scorer: str) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in ranked.select("layer", "expert").iter_rows()]
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What switching one expert set off does on the evaluation half (and what it costs)."""
+
+    refusal: float  # share of held-out harmful requests refused (greedy, transparent patterns)
+    compliance: float  # share answered instead (the behaviour's alternative judge; NaN without one)
+    margin_delta: float  # mean change of the behaviour margin log p(yes₀) − log p(no₀) on them
+    nll_delta: float  # NLL change per token on held-out domain text
+
+
+#: the measures compared with random controls: name -> what it says (MoteResult.outcomes)
+MEASURES: dict[str, str] = {
+    "refusal": "refusal rate on held-out harmful requests",
+    "compliance": "share of held-out harmful requests answered (not refused, and not broken text)",
+    "margin_delta": "mean change of the refusal margin on held-out harmful requests",
+    "refusal_cost_matched": "refusal rate, against only the random sets that cost no more domain NLL",
+}
+
+
 class _Measure:
-    """Refusal rate on the evaluation harmful requests and NLL change on domain text, memoised per set."""
+    """:class:`Outcome` of an expert set on the evaluation harmful requests, memoised per set."""
 
     def __init__(
         self, loaded: LoadedModel, behaviour: Behaviour, harmful: list[Prompt], domain: list[Prompt]
     ) -> None:
-        self.loaded, self.domain, self.behaviour = loaded, domain, behaviour
+        self.loaded, self.domain, self.behaviour, self.harmful = loaded, domain, behaviour, harmful
         self.asked = [behaviour.ask(p.text) for p in harmful]
-        self.cache: dict[tuple[str, str], tuple[float, float]] = {}
+        self.metric = behaviour_margin(loaded, behaviour)
+        self.cache: dict[tuple[str, str], Outcome] = {}
+        self.base_margin = float(metric_values(loaded, harmful, self.metric).mean())
 
-    def refusal(self, specs: Intervention | None) -> float:
+    def texts(self, specs: Intervention | None) -> list[str]:
+        """Greedy continuations of the harmful requests, with ``specs`` applied (None: the base model)."""
         model, tok = self.loaded.model, self.loaded.tokenizer
         if specs is None:
-            texts = greedy_continuations(model, tok, self.asked, self.behaviour.max_new_tokens)
-        else:
-            with intervene(self.loaded, specs):
-                texts = greedy_continuations(model, tok, self.asked, self.behaviour.max_new_tokens)
-        return float(np.mean([self.behaviour.judge(t) for t in texts]))
+            return greedy_continuations(model, tok, self.asked, self.behaviour.max_new_tokens)
+        with intervene(self.loaded, specs):
+            return greedy_continuations(model, tok, self.asked, self.behaviour.max_new_tokens)
 
-    def __call__(self, semantics: str, experts: ExpertSet) -> tuple[float, float]:
+    def rates(self, texts: Sequence[str]) -> tuple[float, float]:
+        """(refusal, compliance) shares of ``texts``."""
+        alt = self.behaviour.alternative
+        refusal = float(np.mean([self.behaviour.judge(t) for t in texts]))
+        return refusal, float(np.mean([alt(t) for t in texts])) if alt else float("nan")
+
+    def refusal(self, specs: Intervention | None) -> float:
+        return self.rates(self.texts(specs))[0]
+
+    def __call__(self, semantics: str, experts: ExpertSet) -> Outcome:
         key = (semantics, repr(sorted(experts.items())))
         if key not in self.cache:
             spec = SEMANTICS[semantics](experts)
             table = token_effects(self.loaded, self.domain, spec)
             nll = float((table["nll_int"] - table["nll_base"]).sum() / max(int(table["n_tokens"].sum()), 1))
-            self.cache[key] = (self.refusal(spec), nll)
+            with intervene(self.loaded, spec):
+                margin = float(metric_values(self.loaded, self.harmful, self.metric).mean())
+            refusal, compliance = self.rates(self.texts(spec))
+            self.cache[key] = Outcome(refusal, compliance, margin - self.base_margin, nll)
         return self.cache[key]
+
+
+def _versus(table: pl.DataFrame, outcomes: list[Outcome]) -> list[dict[str, object]]:
+    """One row of :func:`versus_controls` per measure of :data:`MEASURES` (chosen set first in ``table``).
+
+    ``refusal_cost_matched`` keeps only the random sets whose domain-NLL cost is at most the chosen
+    set's: a random set that breaks the model more than the chosen one is no fair comparison for
+    "this set removes refusal". It is left out when fewer than 5 such sets exist.
+    """
+    rows: list[dict[str, object]] = []
+    for name in ("refusal", "compliance", "margin_delta"):
+        values = [getattr(o, name) for o in outcomes]
+        if not all(np.isfinite(values)):
+            continue
+        rows.append({"measure": name, **versus_controls(table.with_columns(pl.Series("value", values)))})
+    cost = np.array([o.nll_delta for o in outcomes])
+    keep = np.concatenate(([True], cost[1:] <= cost[0]))
+    if int(keep[1:].sum()) >= 5:
+        matched = table.with_columns(pl.Series("value", [o.refusal for o in outcomes])).filter(
+            pl.Series(keep)
+        )
+        rows.append({"measure": "refusal_cost_matched", **versus_controls(matched)})
+    return rows
 
 
 def _force_set(ranking: list[tuple[int, int]], n: int, top_k: dict[int, int]) -> ExpertSet:
@@ -228,19 +292,23 @@ def run_mote(
             for n in cfg.doses:
                 log(f"{scorer} / {semantics} / N={n}: chosen and {cfg.n_controls} random sets")
                 table = run_with_controls(
-                    lambda s, sem=semantics: measure(sem, s)[0],  # type: ignore[misc]
+                    lambda s, sem=semantics: measure(sem, s).refusal,  # type: ignore[misc]
                     top_n(ranking, n), n_experts, n_controls=cfg.n_controls, seed=cfg.seed + 97 * n,
                 )  # fmt: skip
-                nll = [measure(semantics, parse_set(e))[1] for e in table["experts"].to_list()]
+                outcomes = [measure(semantics, parse_set(e)) for e in table["experts"].to_list()]
                 frames.append(
-                    table.rename({"value": "refusal"}).with_columns(
-                        pl.Series("nll_delta", nll),
+                    table.drop("value").with_columns(
+                        *[
+                            pl.Series(k, [getattr(o, k) for o in outcomes])
+                            for k in Outcome.__dataclass_fields__
+                        ],
                         pl.lit(scorer).alias("scorer"),
                         pl.lit(semantics).alias("semantics"),
                         pl.lit(n).alias("n"),
                     )
                 )
-                summaries.append({"scorer": scorer, "semantics": semantics, "n": n, **versus_controls(table)})
+                point = {"scorer": scorer, "semantics": semantics, "n": n}
+                summaries += [{**row, **point} for row in _versus(table, outcomes)]
     top_k = {x.layer: x.top_k for x in loaded.layers}
     benign_asked = [behaviour.ask(p.text) for p in benign]
     base_benign = float(
@@ -264,8 +332,15 @@ def run_mote(
             "scorer": scorer, "experts": format_set(chosen), "benign_refusal_base": base_benign,
             "benign_refusal_forced": float(np.mean([behaviour.judge(t) for t in texts])),
         })  # fmt: skip
-    baseline = {"harmful_refusal": measure.refusal(None), "benign_refusal": base_benign}
+    harmful_refusal, harmful_compliance = measure.rates(measure.texts(None))
+    baseline = {
+        "harmful_refusal": harmful_refusal, "benign_refusal": base_benign,
+        "harmful_compliance": harmful_compliance, "harmful_margin": measure.base_margin,
+    }  # fmt: skip
+    keys = ["measure", "scorer", "semantics", "n"]
+    table = pl.DataFrame(summaries).select(*keys, pl.exclude(*keys))
+    summary = table.filter(pl.col("measure") == "refusal").drop("measure")
     return MoteResult(
-        cfg, scores, agreement, pl.concat(frames, how="diagonal_relaxed"), pl.DataFrame(summaries),
-        pl.DataFrame(forced), baseline,
+        cfg, scores, agreement, pl.concat(frames, how="diagonal_relaxed"), summary, pl.DataFrame(forced),
+        baseline, table,
     )  # fmt: skip

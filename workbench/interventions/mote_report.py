@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 
-from workbench.interventions.mote import MoteResult
+from workbench.interventions.mote import MEASURES, MoteResult
 
 __all__ = ["headline", "to_json", "to_markdown", "verdict"]
 
@@ -30,11 +30,37 @@ def headline(result: MoteResult) -> dict[str, Any]:
         .first()
         .select("scorer", "semantics", "n", "chosen", "control_mean", "control_min", "z", "p")
     )
-    return {
+    head: dict[str, Any] = {
         "baseline": result.baseline,
         "agreement": {r["score"]: r["spearman"] for r in result.agreement.iter_rows(named=True)},
         "lowest_refusal_per_scorer": best.to_dicts(),
     }
+    if "measure" in result.outcomes.columns:
+        answered = result.outcomes.filter(pl.col("measure") == "compliance")
+        head["highest_compliance_per_scorer"] = (
+            answered.sort("chosen", descending=True)
+            .group_by("scorer", maintain_order=True)
+            .first()
+            .select("scorer", "semantics", "n", "chosen", "control_mean", "control_max", "z", "p")
+            .to_dicts()
+        )
+    return head
+
+
+#: measure -> does a *larger* value mean the behaviour went (compliance), or a smaller one?
+_UP = {"refusal": False, "compliance": True, "margin_delta": False, "refusal_cost_matched": False}
+
+
+def outside(outcomes: pl.DataFrame) -> pl.DataFrame:
+    """Rows whose chosen set lies beyond every random set, in the direction that removes the behaviour."""
+    if outcomes.is_empty():
+        return outcomes
+    up = pl.col("measure").replace_strict(_UP, return_dtype=pl.Boolean)
+    return outcomes.filter(
+        pl.when(up)
+        .then(pl.col("chosen") > pl.col("control_max"))
+        .otherwise(pl.col("chosen") < pl.col("control_min"))
+    )
 
 
 def verdict(summary: pl.DataFrame) -> list[str]:
@@ -63,6 +89,7 @@ def to_json(result: MoteResult) -> str:
             "headline": headline(result),
             "agreement": result.agreement.to_dicts(),
             "summary": result.summary.to_dicts(),
+            "outcomes": result.outcomes.to_dicts(),
             "forced": result.forced.to_dicts(),
             "scores": result.scores.to_dicts(),
         },
@@ -140,6 +167,7 @@ def to_markdown(result: MoteResult, model: str, command: str) -> str:
         "",
         _table(cost, "{:+.4f}"),
         "",
+        *_outcome_section(result),
         "## Forcing the chosen experts on benign requests",
         "",
         f"Top {cfg.force_n} experts of each scorer (at most k per layer) forced into the top-k:",
@@ -152,3 +180,58 @@ def to_markdown(result: MoteResult, model: str, command: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _fmt(measure: str, value: float) -> str:
+    return f"{value:+.3f}" if measure == "margin_delta" else f"{value:.1%}"
+
+
+def _outcome_section(result: MoteResult) -> list[str]:
+    """Refusal removed, or the model broken? The measures beyond the refusal rate, against the same controls."""
+    table = result.outcomes
+    if table.is_empty() or "measure" not in table.columns:
+        return []
+    base = result.baseline
+    lines = [
+        "## Is it refusal that goes, or the model?",
+        "",
+        "A random quarter of a small model's experts can take refusal down by breaking the model (its "
+        "continuations are then neither refusals nor answers). So every set is also measured by:",
+        "",
+        *[f"- `{name}`: {text}." for name, text in MEASURES.items() if name != "refusal"],
+        "",
+        f"Baseline on the evaluation harmful requests: {base.get('harmful_compliance', float('nan')):.1%} "
+        f"answered, refusal margin {base.get('harmful_margin', float('nan')):+.2f} nats. Compliance is judged by "
+        "`workbench.zoo.refusal_scorer.COMPLIANCE_PATTERNS` (an affirmative opening or a 'here is' hand-over, "
+        "and no refusal pattern). The same random sets as above serve as controls; p has the same floor.",
+        "",
+        _table(
+            table.filter(pl.col("measure") != "refusal").select(
+                "measure",
+                "scorer",
+                "semantics",
+                "n",
+                "chosen",
+                "control_mean",
+                "control_min",
+                "control_max",
+                "z",
+                "p",
+                "n_controls",
+            )
+        ),
+        "",
+        "Chosen sets beyond every random set, in the direction that removes refusal:",
+        "",
+    ]
+    hits = outside(table.filter(pl.col("measure") != "refusal"))
+    if hits.is_empty():
+        lines.append("- none.")
+    for r in hits.iter_rows(named=True):
+        m = r["measure"]
+        lines.append(
+            f"- `{r['scorer']}` {r['semantics']} N={r['n']}, {m}: {_fmt(m, r['chosen'])} vs random "
+            f"{_fmt(m, r['control_min'])} to {_fmt(m, r['control_max'])} (mean {_fmt(m, r['control_mean'])}, "
+            f"z = {r['z']:.1f}, p = {r['p']:.3f}, {int(r['n_controls'])} sets)"
+        )
+    return [*lines, ""]

@@ -98,6 +98,10 @@ def _probe_rows(m: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _rate(measure: str, value: float) -> str:
+    return f"{value:+.2f} nats" if measure == "margin_delta" else _pct(value)
+
+
 def _mote_section(mote: dict[str, Any] | None) -> list[str]:
     """The MoTE experiment's headline (docs/experiments/mote.md has every table)."""
     if not mote:
@@ -124,6 +128,20 @@ def _mote_section(mote: dict[str, Any] | None) -> list[str]:
             f" | {_pct(b['control_min'])} | {b['z']:.1f} | {b['p']:.2f} |"
         )
     lines += ["", "(Each scorer's lowest refusal over the doses and semantics run.)", ""]
+    if mote.get("highest_compliance_per_scorer"):
+        lines += [
+            "Refusal can also fall because the model breaks. Share of harmful requests *answered* instead "
+            f"(baseline {_pct(base.get('harmful_compliance', float('nan')))}), each scorer's highest:",
+            "",
+            "| scorer | semantics | N | answered | random mean | random max | z | p |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            *[
+                f"| {b['scorer']} | {b['semantics']} | {b['n']} | {_pct(b['chosen'])} | {_pct(b['control_mean'])}"
+                f" | {_pct(b['control_max'])} | {b['z']:.1f} | {b['p']:.3f} |"
+                for b in mote["highest_compliance_per_scorer"]
+            ],
+            "",
+        ]
     for rerun in mote.get("reruns", []):
         cfg = rerun["config"]
         lines += [
@@ -135,6 +153,14 @@ def _mote_section(mote: dict[str, Any] | None) -> list[str]:
                 f" {_pct(r['control_mean'])}, range {_pct(r['control_min'])}–{_pct(r['control_max'])};"
                 f" z = {r['z']:.1f}, p = {r['p']:.2f}"
                 for r in rerun["summary"]
+            ],
+            *[
+                f"- {r['scorer']} {r['semantics']} N={r['n']}, {r['measure']}: {_rate(r['measure'], r['chosen'])};"
+                f" random mean {_rate(r['measure'], r['control_mean'])}, range {_rate(r['measure'], r['control_min'])}"
+                f"–{_rate(r['measure'], r['control_max'])} ({int(r['n_controls'])} sets); z = {r['z']:.1f},"
+                f" p = {r['p']:.3f}"
+                for r in rerun.get("outcomes", [])
+                if r["measure"] != "refusal"
             ],
             "",
         ]
