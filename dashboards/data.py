@@ -9,12 +9,34 @@ result keyed by ``(db, file version, run, analysis, options)``. The file version
 modification time and size) is part of the key, so a store that a capture has grown since
 is read afresh instead of served stale. User input only ever reaches SQL as parameters of
 the store readers and analysis functions; nothing here formats SQL.
+
+**Callbacks never wait for an analysis.** An analysis of a 1M-token run takes seconds, and a
+callback that runs one holds the page (and, on a busy box, its neighbours) that long. So the
+slow results (every analysis, an expert's top tokens, resonance driving tokens) are computed
+by a small pool of background processes (:mod:`dashboards.background`). Inside
+:func:`nonblocking` — every Dash request of the app (``create_app`` installs it) — asking for a
+result that is not ready starts
+its computation (once; concurrent askers share it) and raises :class:`Pending`; the page shows
+"computing <what> for run R…" and polls (:mod:`dashboards.components.pending`) until the result
+is there. Outside it (tests, scripts, background jobs, the pool itself) a call computes and
+waits as before. Cheap reads (runs, layers, prompts: tens of ms) are always served inline.
+
+Optionally (:func:`configure`) finished analysis tables are also kept as parquet files under a
+cache folder, keyed by the store's path and file version and the analysis and its options, so a
+dashboard served again over the same store starts warm; and :func:`prewarm` queues a run's
+page analyses when the server starts.
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import logging
 import os
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -22,27 +44,47 @@ from typing import Any
 
 import polars as pl
 
+from dashboards.background import (
+    WORKERS,
+    Pending,
+    Results,
+    begin_nonblocking,
+    end_nonblocking,
+    nonblocking,
+)
 from workbench.analysis.registry import run_analysis
 from workbench.analysis.relevance import expert_top_tokens
 from workbench.analysis.resonance import default_contrast, resonance_tokens
 from workbench.store import Store, StoreError
 
 __all__ = [
+    "PAGE_ANALYSES",
+    "Pending",
     "analysis",
+    "any_ready",
     "attached",
+    "begin_nonblocking",
     "clear_cache",
+    "configure",
     "contrast",
     "current_db",
     "current_model",
     "driving_tokens",
+    "end_nonblocking",
+    "evaluations",
     "file_version",
+    "interventions",
     "labels",
     "layers",
+    "nonblocking",
     "open_store",
+    "prewarm",
     "prompt_routing",
     "prompts",
     "run_info",
     "runs",
+    "shutdown",
+    "start_workers",
     "stored_resonance",
     "top_tokens",
 ]
@@ -51,6 +93,85 @@ CACHE_SIZE = 256
 """Cached tables per reader; a run's analysis tables are small (one row per layer × expert × label)."""
 
 Options = tuple[tuple[str, Any], ...]
+log = logging.getLogger("dashboards")
+
+
+def _noop() -> None:
+    """A task that only makes a worker process start and import the analyses."""
+
+
+def start_workers() -> None:
+    """Start the pool's processes now (server start), so the first slow request does not pay their start-up."""
+    for _ in range(WORKERS):
+        _RESULTS.submit(Future(), (_noop, ()))
+
+
+def any_ready(tokens: list[str] | None) -> bool:
+    """Whether a page's pending computations (the tokens its callback got) have any result yet."""
+    return bool(tokens) and _RESULTS.any_ready(list(tokens or []))
+
+
+_RESULTS = Results(CACHE_SIZE)
+_DISK: dict[str, Path | None] = {"dir": None}
+atexit.register(_RESULTS.shutdown)
+
+
+DISK_MAX_AGE_S = 30 * 24 * 3600
+"""Cached parquet tables not used for this long are deleted when a dashboard starts (old store versions)."""
+
+
+def configure(cache_dir: str | Path | None) -> None:
+    """Keep finished analysis tables as parquet under ``cache_dir`` too (None: memory only).
+
+    Tables not read or written for :data:`DISK_MAX_AGE_S` are removed, so the folder does not keep
+    every past version of every store forever.
+    """
+    _DISK["dir"] = None if cache_dir is None else Path(cache_dir).expanduser()
+    folder = _DISK["dir"]
+    if folder is not None and folder.is_dir():
+        cutoff = time.time() - DISK_MAX_AGE_S
+        for old in folder.glob("*.parquet"):
+            try:
+                if old.stat().st_mtime < cutoff:
+                    old.unlink()
+            except OSError:  # another server removed or is replacing it
+                continue
+
+
+def shutdown() -> None:
+    """Stop the background pool (queued computations are dropped); the next slow call starts a new one."""
+    _RESULTS.shutdown()
+
+
+def _disk_path(key: tuple[Any, ...], folder: Path | None) -> Path | None:
+    if folder is None:
+        return None
+    digest = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+    return folder / f"{key[3]}-{digest}.parquet"
+
+
+def _compute_analysis(key: tuple[Any, ...], folder: Path | None) -> pl.DataFrame:
+    """``run_analysis`` of ``key`` = (db, version, run, name, options), through the parquet cache in ``folder``."""
+    db, _version, run, name, options = key
+    path = _disk_path(key, folder)
+    if path is not None and path.is_file():
+        try:
+            table = pl.read_parquet(path)
+            os.utime(path)  # used: keep it past the age limit
+            return table
+        except (OSError, pl.exceptions.PolarsError) as exc:  # a torn or foreign file: recompute
+            log.warning("ignoring unreadable cached table %s: %s", path, exc)
+    with open_store(db) as store:
+        df = run_analysis(name, store, run, **dict(options))
+    if path is not None and isinstance(df, pl.DataFrame):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            df.write_parquet(tmp)
+            os.replace(tmp, path)
+        except (OSError, pl.exceptions.PolarsError) as exc:  # the cache is an optimisation only
+            log.warning("could not cache %s: %s", path, exc)
+    return df
 
 
 def file_version(db: str) -> tuple[int, int]:
@@ -79,16 +200,42 @@ def _freeze(options: dict[str, Any]) -> Options:
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
 
 
-@lru_cache(maxsize=CACHE_SIZE)
-def _analysis(db: str, version: tuple[int, int], run: str, name: str, options: Options) -> pl.DataFrame:
-    with open_store(db) as store:
-        return run_analysis(name, store, run, **dict(options))
+def _analysis_key(db: str, run: str, name: str, options: dict[str, Any]) -> tuple[Any, ...]:
+    return (db, file_version(db), run, name, _freeze(options))
 
 
 def analysis(db: str, run: str, name: str, **options: Any) -> pl.DataFrame:
-    """The registered analysis ``name`` of ``run`` (``run_analysis``), cached per file version."""
+    """The registered analysis ``name`` of ``run`` (``run_analysis``), cached per file version.
+
+    Non-blocking (:func:`nonblocking`): raises :class:`Pending` while it is being computed.
+    """
     _need_run(run)
-    return _analysis(db, file_version(db), run, name, _freeze(options))
+    key = _analysis_key(db, run, name, options)
+    result: pl.DataFrame = _RESULTS.get(
+        ("analysis", key), (_compute_analysis, (key, _DISK["dir"])), name, run
+    )
+    return result
+
+
+PAGE_ANALYSES: tuple[str, ...] = (
+    "specialisation", "load", "balance", "degradation", "collapse", "underfitting",
+    "vocab", "agreement", "coactivation", "pathways", "super-experts",
+)  # fmt: skip
+"""The analyses the pages show for a run with their default options (what :func:`prewarm` queues)."""
+
+
+def prewarm(db: str, run: str | None, names: tuple[str, ...] = PAGE_ANALYSES) -> None:
+    """Queue ``run``'s page analyses in the background pool (server start), so first visits find them ready."""
+    if not run:
+        return
+    for name in names:
+        key = _analysis_key(db, run, name, {})
+        _RESULTS.warm(("analysis", key), (_compute_analysis, (key, _DISK["dir"])))
+    pair = contrast(db, run)
+    if pair is not None:
+        options = {"target": pair[0], "control": pair[1], "method": "rd"}
+        key = _analysis_key(db, run, "resonance", options)
+        _RESULTS.warm(("analysis", key), (_compute_analysis, (key, _DISK["dir"])))
 
 
 @lru_cache(maxsize=CACHE_SIZE)
@@ -125,6 +272,10 @@ def _read(db: str, version: tuple[int, int], what: str, args: Options) -> Any:
             return default_contrast(store, kw["run"])
         if what == "stored_resonance":
             return store.resonance(kw["run"])
+        if what == "interventions":
+            return store.interventions(kw["run"])
+        if what == "evaluations":
+            return store.evaluations(run_id=kw["run"])
     raise KeyError(what)
 
 
@@ -133,10 +284,23 @@ def _need_run(run: str | None) -> None:
         raise ValueError("no run chosen: pick one (an empty store has none; capture a run first)")
 
 
+SLOW_READS = {"top_tokens": "top tokens", "driving_tokens": "driving tokens"}
+"""Readers that scan the routing table (hundreds of ms on a 1M-token run): computed in the pool."""
+
+
 def _call(db: str, what: str, **args: Any) -> Any:
     if "run" in args:
         _need_run(args["run"])
-    return _read(db, file_version(db), what, _freeze(args))
+    version, frozen = file_version(db), _freeze(args)
+    if what in SLOW_READS:
+        desc = f"{SLOW_READS[what]} of layer {args.get('layer')} expert {args.get('expert')}"
+        return _RESULTS.get(
+            ("read", db, version, what, frozen),
+            (_read, (db, version, what, frozen)),
+            desc,
+            args.get("run"),
+        )
+    return _read(db, version, what, frozen)
 
 
 def runs(db: str) -> pl.DataFrame:
@@ -202,9 +366,21 @@ def stored_resonance(db: str, run: str) -> pl.DataFrame:
     return result
 
 
+def interventions(db: str, run: str) -> pl.DataFrame:
+    """Interventions recorded on the run (the lab, ``moe-workbench intervene``), oldest first; ``spec`` is JSON."""
+    result: pl.DataFrame = _call(db, "interventions", run=run)
+    return result
+
+
+def evaluations(db: str, run: str) -> pl.DataFrame:
+    """Evaluation rows (metric, value, CI per label) of the run's interventions."""
+    result: pl.DataFrame = _call(db, "evaluations", run=run)
+    return result
+
+
 def clear_cache() -> None:
     """Forget every cached table (tests; a long-running server never needs it: keys carry the file version)."""
-    _analysis.cache_clear()
+    _RESULTS.clear()
     _read.cache_clear()
 
 

@@ -9,6 +9,11 @@ but runs each job in a thread of the server process, so every job sees the one l
 
 Interventions install hooks on that shared model, so two jobs must never overlap on it:
 every job holds :data:`MODEL_LOCK` while it runs the model (a second one waits, and says so).
+
+A thread cannot be killed, so cancelling is cooperative: Dash's cancel (a Cancel button, or a
+new run replacing an old one) calls :meth:`ThreadJobManager.terminate_job`, which sets the job's
+flag; the job calls :func:`check_cancelled` between its steps (the lab does so in its progress
+report) and stops there with :class:`JobCancelled`, releasing the model and its hooks on the way out.
 """
 
 from __future__ import annotations
@@ -20,10 +25,29 @@ from typing import Any
 
 from dash import DiskcacheManager
 
-__all__ = ["MODEL_LOCK", "Attached", "ThreadJobManager", "attach_model"]
+__all__ = ["MODEL_LOCK", "Attached", "JobCancelled", "ThreadJobManager", "attach_model", "check_cancelled"]
 
 MODEL_LOCK = threading.Lock()
 """Held while a job runs the attached model (interventions hook into the shared modules)."""
+
+
+_LOCAL = threading.local()
+"""The running job's cancel flag, per job thread (absent outside jobs)."""
+
+
+class JobCancelled(BaseException):
+    """The job was cancelled; raised by :func:`check_cancelled` between steps.
+
+    A ``BaseException`` (as ``asyncio.CancelledError``), so the error guards that turn an
+    ``Exception`` into a message on the page (``guarded``) let it through to the job's top.
+    """
+
+
+def check_cancelled() -> None:
+    """Raise :class:`JobCancelled` if the job running in this thread was cancelled (no-op outside jobs)."""
+    flag = getattr(_LOCAL, "cancel", None)
+    if flag is not None and flag.is_set():
+        raise JobCancelled("cancelled")
 
 
 @dataclass
@@ -57,26 +81,37 @@ class ThreadJobManager(DiskcacheManager):  # type: ignore[misc]
     """``DiskcacheManager`` whose jobs run in threads of the server process (module docstring).
 
     Job ids are small integers (not process ids), so nothing of Dash's process handling can
-    reach a real process. A thread cannot be killed: a cancelled job runs to its end and its
-    result is dropped.
+    reach a real process. A thread cannot be killed: a cancelled job gets its flag set and stops
+    at its next :func:`check_cancelled`; whatever it returns afterwards is dropped by Dash.
     """
 
     def __init__(self, cache: Any = None, expire: int | None = None) -> None:
         super().__init__(cache, expire=expire)
         self._ids = itertools.count(1)
-        self._jobs: dict[int, tuple[threading.Thread, str]] = {}
+        self._jobs: dict[int, tuple[threading.Thread, str, threading.Event]] = {}
         self._guard = threading.Lock()
 
     def call_job_fn(self, key: str, job_fn: Any, args: Any, context: Any) -> int:
         """Start ``job_fn`` in a daemon thread; returns the job id the browser polls with."""
-        thread = threading.Thread(
-            target=job_fn, args=(key, self._make_progress_key(key), args, context), daemon=True
-        )
+        cancel = threading.Event()
+        progress_key = self._make_progress_key(key)
+
+        def run() -> None:
+            _LOCAL.cancel = cancel
+            job_fn(key, progress_key, args, context)
+
+        thread = threading.Thread(target=run, daemon=True, name=f"wb-job-{key[:8]}")
         with self._guard:
             job = next(self._ids)
-            self._jobs[job] = (thread, key)
+            self._jobs[job] = (thread, key, cancel)
         thread.start()
         return job
+
+    def cancel_requested(self, job: Any) -> bool:
+        """Whether ``job`` was asked to stop (tests, status)."""
+        with self._guard:
+            entry = self._jobs.get(int(job))
+        return entry is not None and entry[2].is_set()
 
     def job_running(self, job: Any) -> bool:
         """True while the thread runs, or while its result waits to be read.
@@ -88,7 +123,7 @@ class ThreadJobManager(DiskcacheManager):  # type: ignore[misc]
             entry = self._jobs.get(int(job))
         if entry is None:
             return False
-        thread, key = entry
+        thread, key, _cancel = entry
         if thread.is_alive() or self.result_ready(key):
             return True
         with self._guard:
@@ -96,12 +131,15 @@ class ThreadJobManager(DiskcacheManager):  # type: ignore[misc]
         return False
 
     def terminate_job(self, job: Any) -> None:
-        """Forget the job (its thread, if still running, ends on its own)."""
+        """Ask the job to stop at its next step (its flag), and forget it once its thread has ended."""
         if job is None:
             return
         with self._guard:
             entry = self._jobs.get(int(job))
-            if entry is not None and not entry[0].is_alive():
+            if entry is None:
+                return
+            entry[2].set()
+            if not entry[0].is_alive():
                 self._jobs.pop(int(job), None)
 
     def terminate_unhealthy_job(self, job: Any) -> bool:

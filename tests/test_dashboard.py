@@ -204,6 +204,37 @@ def test_coactivation_views(db: str) -> None:
     assert coactivation.partners(db, RUN, 1, 5).height > 0
 
 
+def test_coactivation_network() -> None:
+    # Layer 0, four experts: 0–1 strongly together (lift 3), 2–3 a little (lift 1.2), rest apart.
+    rows = []
+    for a, b, n_ab, lift in [(0, 1, 90, 3.0), (2, 3, 30, 1.2), (0, 2, 5, 0.4), (1, 3, 10, 0.8)]:
+        for x, y in ((a, b), (b, a)):  # the analysis lists both orders
+            rows.append({"layer": 0, "a": x, "b": y, "n_ab": n_ab, "n_a": 100 + 10 * x, "lift": lift,
+                         "p_b_given_a": n_ab / 100})  # fmt: skip
+    df = pl.DataFrame(rows)
+    edges, used = coactivation.network_edges(df, 0, "lift", None)
+    assert used == coactivation.DEFAULT_MIN_LIFT and edges.select("a", "b").rows() == [(0, 1)]
+    edges, used = coactivation.network_edges(df, 0, "lift", 1.0)
+    assert edges.select("a", "b").rows() == [(0, 1), (2, 3)]  # strongest first, each pair once
+    edges, used = coactivation.network_edges(df, 0, "count", 10)
+    assert edges["weight"].to_list() == [90.0, 30.0, 10.0] and used == 10
+    fig = coactivation.network_figure(df, 0, "lift", 1.0)
+    nodes = fig.data[-1]
+    assert list(nodes.text) == ["0", "1", "2", "3"] and [int(c[0]) for c in nodes.customdata] == [0, 1, 2, 3]
+    assert [int(c[2]) for c in nodes.customdata] == [1, 1, 1, 1]  # each expert has one edge shown
+    assert "2 pairs with lift ≥ 1.00" in fig.layout.title.text
+    with pytest.raises(ValueError, match="edge weight"):
+        coactivation.network_edges(df, 0, "pmi", None)
+    with pytest.raises(ValueError, match="layer 3"):
+        coactivation.network_figure(df, 3)
+
+
+def test_coactivation_network_of_a_run(db: str) -> None:
+    fig = coactivation.network(db, RUN, None, "count", None)
+    assert "Co-activation network, layer" in fig.layout.title.text
+    assert isinstance(coactivation.network(db, RUN, 1, "lift", 0.0), go.Figure)
+
+
 def test_resonance_views(db: str) -> None:
     assert resonance.default_pair(db, RUN) == ("code", "math")
     fig = resonance.resonance_figure(db, RUN, "code", "math", "rd")
@@ -230,6 +261,56 @@ def test_expert_card(db: str) -> None:
     with pytest.raises(ValueError, match="no MoE layer 4"):
         expert.expert_card(db, RUN, 4, 0)
     assert label_options(db, RUN, False)[0] == {"label": "code", "value": "code"}
+    assert "Similar experts" in text and "cosine of the experts' label profiles" in text
+    assert "No ablation effect stored" in text and "--method causal" in text
+
+
+def test_similar_experts_by_label_profile() -> None:
+    # Two labels; experts (0,0) and (1,2) lean to "code", (0,1) to "math", (1,0) is a generalist.
+    rows = [
+        (0, 0, "code", 0.8), (0, 0, "math", 0.2), (0, 1, "code", 0.1), (0, 1, "math", 0.7),
+        (1, 0, "code", 0.5), (1, 0, "math", 0.5), (1, 2, "code", 0.6), (1, 2, "math", 0.3),
+    ]  # fmt: skip
+    spec = pl.DataFrame(rows, schema=["layer", "expert", "label", "share"], orient="row")
+    out = expert.similar_by_labels(spec, 0, 0)
+    assert out.select("layer", "expert").rows() == [(1, 2), (0, 1)]  # the generalist has no direction
+    assert out.schema["layer"].is_integer() and out.schema["expert"].is_integer()  # ids stay ints (links)
+    assert out["similarity"][0] == pytest.approx(1.0) and out["similarity"][1] == pytest.approx(-1.0)
+    assert out["leans_to"].to_list() == ["code", "math"]
+    with pytest.raises(ValueError, match="generalist"):
+        expert.similar_by_labels(spec, 1, 0)
+
+
+def test_expert_card_shows_stored_ablation_effects(db: str, tmp_path: Path) -> None:
+    copy = tmp_path / "ablated.duckdb"
+    copy.write_bytes(Path(db).read_bytes())
+    with Store(copy) as st:
+        alone = st.create_intervention(
+            RUN, kind="zero", spec={"specs": [{"kind": "zero", "experts": {"1": [5]}, "span": None}]}
+        )
+        st.write_evaluations(
+            alone,
+            pl.DataFrame(
+                {
+                    "label": ["code"],
+                    "metric": ["delta_nll"],
+                    "value": [0.42],
+                    "ci_low": [0.3],
+                    "ci_high": [0.5],
+                    "n": [8],
+                    "meta": ["{}"],
+                }
+            ),
+        )
+        st.create_intervention(RUN, kind="zero", spec={"specs": [{"kind": "zero", "experts": {"0": [5]}}]})
+        rmap = resonance_map(st, RUN, target="code", control="math", n_boot=20, n_perm=20)
+        rmap = rmap.drop("rate_target", "rate_control").with_columns(pl.lit(-0.25).alias("effect"))
+        st.write_resonance(RUN, rmap, target="code", control="math", method="causal")
+    text = _text(expert.ablation_effect(str(copy), RUN, *PLANT))
+    assert alone in text and "delta_nll" in text and "0.42" in text  # the recorded ablation of (1, 5)
+    assert "-0.25" in text and "causal" in text  # the causal map's effect
+    other = _text(expert.ablation_effect(str(copy), RUN, 1, 4))
+    assert alone not in other and "-0.25" in other  # (1, 4) was not ablated; the map covers every expert
 
 
 # -- serve ---------------------------------------------------------------------------------------
@@ -242,3 +323,25 @@ def test_serve_refuses_a_missing_store(tmp_path: Path) -> None:
 def test_serve_help_defaults_to_localhost() -> None:
     res = CliRunner().invoke(cli_app, ["serve", "--help"])
     assert res.exit_code == 0 and "127.0.0.1" in res.output and "8050" in res.output
+
+
+def test_serve_passes_cache_and_prewarm(db: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from workbench.cli import serve_cmd
+
+    seen: list[dict[str, Any]] = []
+
+    class FakeApp:
+        def run(self, **_: Any) -> None:
+            return None
+
+    def fake_create(path: Path, **kw: Any) -> FakeApp:
+        seen.append(kw)
+        return FakeApp()
+
+    monkeypatch.setattr(serve_cmd, "_create_app", lambda: fake_create)
+    monkeypatch.setattr(serve_cmd.signal, "signal", lambda *_: None)  # leave pytest's handlers alone
+    res = CliRunner().invoke(cli_app, ["serve", "--db", db, "--cache-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert seen[-1]["cache_dir"] == tmp_path and seen[-1]["prewarm"] is True
+    res = CliRunner().invoke(cli_app, ["serve", "--db", db, "--no-cache", "--no-prewarm"])
+    assert res.exit_code == 0 and seen[-1]["cache_dir"] is None and seen[-1]["prewarm"] is False

@@ -1,7 +1,8 @@
 """The dashboard in headless Chromium: every page loads without console errors and draws its
 figures and tables; a specialisation heatmap click opens the expert card; a resonance click
 lists the driving tokens; the intervention lab runs an ablation on tiny-ref and shows the diff.
-Screenshots go to a pytest tmp folder (printed with ``-rP``).
+Screenshots go to ``test-output/dashboard/`` at the repository root (git-ignored; replaced
+on every run), so CI can keep them as artifacts.
 
 The app runs in a background thread on a free port over the synthetic run of
 ``test_dashboard.py`` (logits, a contrast set, a stored resonance map), with tiny-ref attached
@@ -24,6 +25,8 @@ from test_dashboard import PLANT, RUN, dashboard_db
 from dashboards import data
 
 TIMEOUT_MS = 20_000
+SHOTS = Path(__file__).resolve().parents[1] / "test-output" / "dashboard"
+"""Where the page screenshots go (git-ignored)."""
 # path → the elements that must be drawn (visible) there.
 PAGES: dict[str, tuple[str, ...]] = {
     f"/?run={RUN}": ("#runs-table", "#runs-detail .dash-spreadsheet"),
@@ -34,10 +37,18 @@ PAGES: dict[str, tuple[str, ...]] = {
         "#health-degradation .main-svg",
         "#health-balance .dash-spreadsheet",
     ),
-    f"/coactivation?run={RUN}": ("#coact-matrix .main-svg", "#coact-sankey .main-svg"),
+    f"/coactivation?run={RUN}": (
+        "#coact-matrix .main-svg",
+        "#coact-network .main-svg",
+        "#coact-sankey .main-svg",
+    ),
     f"/resonance?run={RUN}": ("#res-heatmap .main-svg",),
-    f"/expert?run={RUN}&layer={PLANT[0]}&expert={PLANT[1]}": ("#expert-title", "#expert-card .main-svg"),
-    f"/lab?run={RUN}": ("#lab-go", "#lab-experts"),
+    f"/expert?run={RUN}&layer={PLANT[0]}&expert={PLANT[1]}": (
+        "#expert-title",
+        "#expert-card .main-svg",
+        "#expert-similar",
+    ),
+    f"/lab?run={RUN}": ("#lab-go", "#lab-cancel", "#lab-experts"),
     f"/circuits?run={RUN}": ("#circ-go", "#circ-a"),
 }
 LAB = f"/lab?run={RUN}&layer=0&experts=1,3&semantics=reroute&labels=__typed__&text=The+cat+sat+on+the"
@@ -82,8 +93,10 @@ def _watch(page: Any, base: str) -> tuple[list[str], list[str]]:
 
 
 def _drawn(page: Any, selectors: tuple[str, ...]) -> None:
+    """Wait for ``selectors`` and for every "computing …" placeholder to be replaced by its result."""
     for selector in selectors:
         page.locator(selector).first.wait_for(state="visible", timeout=TIMEOUT_MS)
+    page.wait_for_function("() => !document.querySelector('.wb-pending')", timeout=TIMEOUT_MS)
 
 
 def _click_cell(page: Any, graph: str, layer: int, expert: int, n_layers: int, n_experts: int) -> None:
@@ -95,10 +108,32 @@ def _click_cell(page: Any, graph: str, layer: int, expert: int, n_layers: int, n
     drag.click(position={"x": x, "y": y})
 
 
-def test_dashboard_in_headless_chromium(server: str, tmp_path: Path) -> None:
+def _click_node(page: Any, graph: str, expert: int, n_experts: int) -> None:
+    """Click expert ``expert``'s node of the co-activation network (nodes on the unit circle)."""
+    import math
+
+    x, y = math.cos(2 * math.pi * expert / n_experts), math.sin(2 * math.pi * expert / n_experts)
+    px, py = page.evaluate(
+        """([sel, x, y]) => {
+            const gd = document.querySelector(sel + ' .js-plotly-plot');
+            const fl = gd._fullLayout;
+            return [fl._size.l + fl.xaxis.l2p(x), fl._size.t + fl.yaxis.l2p(y)];
+        }""",
+        [graph, x, y],
+    )
+    plot = page.locator(f"{graph} .js-plotly-plot")
+    plot.scroll_into_view_if_needed()
+    box = plot.bounding_box()  # in the viewport, where the mouse can reach it
+    page.mouse.move(box["x"] + px, box["y"] + py)
+    page.mouse.click(box["x"] + px, box["y"] + py)
+
+
+def test_dashboard_in_headless_chromium(server: str) -> None:
     sync_playwright = sync_playwright_or_fail()
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
+    shots = SHOTS
+    shots.mkdir(parents=True, exist_ok=True)
+    for old in shots.glob("*.png"):  # this test's own earlier screenshots: each run writes a fresh set
+        old.unlink()
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
@@ -129,6 +164,22 @@ def test_dashboard_in_headless_chromium(server: str, tmp_path: Path) -> None:
             _drawn(page, ("#expert-card .main-svg",))
             page.screenshot(path=str(shots / "expert-from-click.png"), full_page=True)
 
+            # A click on a cell of the routing token grid opens the card of that token's top-1 expert.
+            page.goto(f"{server}/routing?run={RUN}&label=code", wait_until="load")
+            _drawn(page, ("#routing-grid .main-svg",))
+            grid = page.locator("#routing-grid .nsewdrag").first
+            grid.scroll_into_view_if_needed()
+            box = grid.bounding_box()
+            grid.click(position={"x": box["width"] / 2, "y": box["height"] * 0.25})  # a layer-1 cell
+            page.wait_for_url(f"**/expert?run={RUN}&layer=1&expert=*", timeout=TIMEOUT_MS)
+
+            # A click on a node of the co-activation network opens that expert's card.
+            page.goto(f"{server}/coactivation?run={RUN}&layer={PLANT[0]}&min=0", wait_until="load")
+            _drawn(page, ("#coact-network .main-svg",))
+            _click_node(page, "#coact-network", PLANT[1], n_experts=8)
+            page.wait_for_url(f"**/expert?run={RUN}&layer={PLANT[0]}&expert={PLANT[1]}", timeout=TIMEOUT_MS)
+            page.locator("#expert-title").wait_for(state="visible", timeout=TIMEOUT_MS)
+
             # A resonance click lists the expert's driving tokens, and the address keeps the cell.
             page.goto(f"{server}/resonance?run={RUN}", wait_until="load")
             _drawn(page, ("#res-heatmap .main-svg",))
@@ -139,6 +190,7 @@ def test_dashboard_in_headless_chromium(server: str, tmp_path: Path) -> None:
 
             # The lab reroutes two experts of tiny-ref in a background job and shows the diff.
             page.goto(server + LAB, wait_until="load")
+            assert page.locator("#lab-cancel").is_disabled()  # nothing to cancel yet
             page.locator("#lab-go").click()
             _drawn(page, ("#lab-diff", "#lab-effects .main-svg", "#lab-shift .main-svg"))
             assert "reroute" in page.locator("#lab-output").inner_text()
@@ -150,5 +202,8 @@ def test_dashboard_in_headless_chromium(server: str, tmp_path: Path) -> None:
             browser.close()
     written = sorted(p.name for p in shots.glob("*.png"))
     print(f"screenshots in {shots}: {written}")
-    assert len(written) == len(PAGES) + 3
-    assert all((shots / n).stat().st_size > 5_000 for n in written)
+    expected = [f"{i}-{path.split('?')[0].strip('/') or 'runs'}.png" for i, path in enumerate(PAGES)]
+    expected += ["expert-from-click.png", "resonance-tokens.png", "lab-result.png"]
+    assert sorted(expected) == written
+    for name in expected:
+        assert (shots / name).is_file() and (shots / name).stat().st_size > 5_000, name

@@ -24,7 +24,15 @@ from synthetic import save_run, skeleton, uniform_topk
 from test_dashboard import RUN, _is_message, _text, dashboard_db
 
 from dashboards import data
-from dashboards.jobs import Attached, ThreadJobManager, attach_model
+from dashboards.app import job_cache
+from dashboards.jobs import (
+    MODEL_LOCK,
+    Attached,
+    JobCancelled,
+    ThreadJobManager,
+    attach_model,
+    check_cancelled,
+)
 from dashboards.views import circuits, lab, runs
 from workbench import demo
 from workbench.interventions import Bias, Force, Reroute, Scale, Zero
@@ -200,6 +208,57 @@ def test_thread_job_manager_keeps_a_finished_result_readable(tmp_path: Path) -> 
     assert manager.job_running(job)  # finished, but its result is still to be read
     assert manager.get_result("k1", job) == 42
     assert not manager.job_running(job) and not manager.terminate_unhealthy_job(job)
+
+
+def test_a_cancelled_job_stops_at_its_next_step(tmp_path: Path) -> None:
+    import diskcache
+
+    manager = ThreadJobManager(diskcache.Cache(str(tmp_path / "cache")))
+    started, steps, outcome = threading.Event(), [], []
+
+    def job_fn(key: str, _progress_key: str, _args: Any, _context: Any) -> None:
+        started.set()
+        try:
+            for step in range(500):  # a long job that checks in between its steps, as the lab does
+                check_cancelled()
+                steps.append(step)
+                time.sleep(0.01)
+            outcome.append("finished")
+        except JobCancelled:
+            outcome.append("cancelled")
+            manager.handle.set(key, "cancelled")
+
+    job = manager.call_job_fn("k2", job_fn, None, {})
+    assert started.wait(5) and not manager.cancel_requested(job)
+    manager.terminate_job(job)  # what Dash calls for the Cancel button
+    assert manager.cancel_requested(job)
+    for _ in range(200):
+        if outcome:
+            break
+        time.sleep(0.02)
+    assert outcome == ["cancelled"] and len(steps) < 500
+    check_cancelled()  # outside a job: nothing to cancel
+
+
+def test_lab_job_releases_the_model_when_cancelled(planted: Any, db: str) -> None:
+    def cancel(_i: int, _n: int, _what: str) -> None:
+        raise JobCancelled("cancelled")
+
+    with pytest.raises(JobCancelled):
+        lab.lab_job(
+            db, planted, RUN, PLANT_LAYER, [PLANT_EXPERT], "zero", None, lab.TYPED, 1, "ab", progress=cancel
+        )
+    assert MODEL_LOCK.acquire(blocking=False)  # the lock was released on the way out
+    MODEL_LOCK.release()
+
+
+def test_job_cache_folder_is_removed_on_cleanup() -> None:
+    cache, cleanup = job_cache()
+    folder = Path(cache.directory)
+    cache.set("k", 1)
+    assert folder.is_dir()
+    cleanup()
+    assert not folder.exists()
 
 
 def test_attach_model_keeps_a_load_error(monkeypatch: pytest.MonkeyPatch) -> None:

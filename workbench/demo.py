@@ -118,7 +118,7 @@ def serve_dashboard(db: Path, loaded: Any) -> None:
     """Serve the dashboard over ``db`` with ``loaded`` attached (blocks until Ctrl-C)."""
     from dashboards.app import create_app
 
-    create_app(db, model=loaded).run(host=HOST, port=PORT, debug=False)
+    create_app(db, model=loaded, prewarm=True).run(host=HOST, port=PORT, debug=False)  # pages start warm
 
 
 def finish(

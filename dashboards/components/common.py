@@ -30,6 +30,7 @@ __all__ = [
     "figure",
     "fill",
     "guarded",
+    "is_pending",
     "message",
     "query_string",
     "slot",
@@ -42,20 +43,27 @@ T = TypeVar("T")
 
 
 def message(text: str, kind: str = "info") -> html.Div:
-    """An explanatory box (``kind``: info, warning, error) in place of missing content."""
+    """An explanatory box (``kind``: info, warning, error, pending) in place of missing content."""
     return html.Div(text, className=f"wb-message wb-{kind}", role="status")
 
 
 def guarded(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | html.Div:
     """``fn(*args, **kwargs)``, or a :func:`message` saying why it could not be shown.
 
+    A result still being computed in the background (``dashboards.data.Pending``) becomes a
+    "computing … for run R…" placeholder (class ``wb-pending``), which the page's poller replaces.
+
     Expected failures (a missing or locked store, an unknown run, an analysis the run cannot
     support — they raise ``StoreError``/``ValueError``/``LookupError``) become a warning with
     the library's own explanation. Anything else is a bug: it is logged with its traceback
     on the server and the page shows a short error instead of the traceback.
     """
+    from dashboards.data import Pending
+
     try:
         return fn(*args, **kwargs)
+    except Pending as exc:  # computed in the background; the page polls until it is there
+        return message(str(exc), "pending")
     except (StoreError, ValueError, LookupError) as exc:
         return message(str(exc), "warning")
     except duckdb.Error as exc:
@@ -65,6 +73,11 @@ def guarded(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | html.Div:
         return message(
             f"internal error in {getattr(fn, '__name__', 'view')}: {exc} (details in the server log)", "error"
         )
+
+
+def is_pending(component: Any) -> bool:
+    """Whether ``component`` is the placeholder :func:`guarded` shows for a result still being computed."""
+    return isinstance(component, html.Div) and "wb-pending" in str(getattr(component, "className", "") or "")
 
 
 def to_int(value: Any) -> int | None:

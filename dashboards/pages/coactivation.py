@@ -1,5 +1,6 @@
 """Co-activation (``/coactivation``): the P(b | a) matrix of one layer (click a row for expert a's
-card) and the cross-layer top-1 pathways as a Sankey diagram."""
+card), the same layer as a network of its strongest pairs (by lift or count above a threshold;
+click an expert for its card), and the cross-layer top-1 pathways as a Sankey diagram."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import dash
 from dash import Input, Output, State, callback, dcc, html
 
 from dashboards.components import choices, expert_href, fill, guarded, query_string, slot, to_int
+from dashboards.components.pending import poll_input, poll_outputs, polled, poller, register_poll
 from dashboards.components.url import register_url_sync, url_components
 from dashboards.data import current_db
 from dashboards.views import coactivation as view
@@ -20,8 +22,23 @@ dash.register_page(
 PAGE = "coactivation"
 
 
-def layout(run: str | None = None, layer: str | None = None, **_: Any) -> html.Div:
-    """Run and layer pickers (from ``?run=&layer=``; layer default: the most structured one)."""
+def to_float(value: Any) -> float | None:
+    """``value`` as a float (query string, number input), or None (the default threshold)."""
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def layout(
+    run: str | None = None,
+    layer: str | None = None,
+    metric: str | None = None,
+    min: str | None = None,
+    **_: Any,
+) -> html.Div:
+    """Run and layer pickers (from ``?run=&layer=``; layer default: the most structured one), and the
+    network's edge weight and threshold (``?metric=lift|count&min=``; default: lift ≥ 1.5)."""
     db = current_db()
     runs, problem = choices(run_options, db)
     run = pick(run, runs)
@@ -33,6 +50,7 @@ def layout(run: str | None = None, layer: str | None = None, **_: Any) -> html.D
     return html.Div(
         [
             *url_components(PAGE),
+            *poller(PAGE),
             html.H2("Co-activation"),
             problem,
             html.Div(
@@ -45,6 +63,34 @@ def layout(run: str | None = None, layer: str | None = None, **_: Any) -> html.D
                 className="wb-controls",
             ),
             slot("coact-matrix"),
+            html.H3("Network of the strongest pairs"),
+            html.Div(
+                [
+                    html.Span("edge weight", className="wb-muted"),
+                    dcc.Dropdown(
+                        id="coact-metric",
+                        options=[{"label": v, "value": k} for k, v in view.METRICS.items()],
+                        value=metric if metric in view.METRICS else "lift",
+                        clearable=False,
+                        className="wb-pick-wide",
+                    ),
+                    html.Span("at least", className="wb-muted"),
+                    dcc.Input(
+                        id="coact-min",
+                        type="number",
+                        value=to_float(min),
+                        debounce=True,
+                        placeholder="auto",
+                        className="wb-number",
+                    ),
+                    html.Span(
+                        f"(empty: lift ≥ {view.DEFAULT_MIN_LIFT}, or the strongest 10% of counts)",
+                        className="wb-muted",
+                    ),
+                ],
+                className="wb-controls",
+            ),
+            slot("coact-network"),
             html.H3("Pathways across layers"),
             slot("coact-sankey"),
         ]
@@ -57,19 +103,28 @@ def layers_of(run: str | None, layer: int | None) -> tuple[list[Any], Any]:
     return layers, pick(layer, layers)
 
 
-def update(run: str | None, layer: int | None) -> tuple[Any, ...]:
-    """Matrix and Sankey for the choices, and the view's query string."""
+def update(run: str | None, layer: int | None, metric: str | None, threshold: Any) -> tuple[Any, ...]:
+    """Matrix, network and Sankey for the choices, and the view's query string."""
     db = current_db()
+    metric = metric or "lift"
+    minimum = to_float(threshold)
     return (
         *fill(view.matrix, db, run, to_int(layer)),
+        *fill(view.network, db, run, to_int(layer), metric, minimum),
         *fill(view.pathways, db, run),
-        query_string(run=run, layer=layer),
+        query_string(run=run, layer=layer, metric=None if metric == "lift" else metric, min=minimum),
     )
 
 
-def open_card(click: Any, run: str | None, layer: int | None) -> Any:
-    """The card of expert a (the clicked row, y) at the shown layer."""
-    if not click or not click.get("points") or layer is None:
+def open_card(click: Any, net_click: Any, run: str | None, layer: int | None) -> Any:
+    """The card of the clicked expert at the shown layer: matrix row a (y), or a network node."""
+    if layer is None:
+        return dash.no_update
+    if dash.ctx.triggered_id == "coact-network":
+        point = ((net_click or {}).get("points") or [{}])[0]
+        label = point.get("text")  # a node's text is its expert id; edge midpoints have none
+        return expert_href(run, layer, label) if to_int(label) is not None else dash.no_update
+    if not click or not click.get("points"):
         return dash.no_update
     return expert_href(run, layer, click["points"][0].get("y"))
 
@@ -80,12 +135,16 @@ callback(
 )(layers_of)  # fmt: skip
 callback(
     Output("coact-matrix", "figure"), Output("coact-matrix", "style"), Output("coact-matrix-msg", "children"),
+    Output("coact-network", "figure"), Output("coact-network", "style"), Output("coact-network-msg", "children"),
     Output("coact-sankey", "figure"), Output("coact-sankey", "style"), Output("coact-sankey-msg", "children"),
     Output("coactivation-query", "data"),
+    *poll_outputs(PAGE),
     Input("coact-run", "value"), Input("coact-layer", "value"),
-)(update)  # fmt: skip
+    Input("coact-metric", "value"), Input("coact-min", "value"), poll_input(PAGE),
+)(polled(update))  # fmt: skip
 callback(
-    Output("coactivation-nav", "href"), Input("coact-matrix", "clickData"),
+    Output("coactivation-nav", "href"), Input("coact-matrix", "clickData"), Input("coact-network", "clickData"),
     State("coact-run", "value"), State("coact-layer", "value"), prevent_initial_call=True,
 )(open_card)  # fmt: skip
 register_url_sync(PAGE)
+register_poll(PAGE)

@@ -11,6 +11,7 @@ import dash
 from dash import Input, Output, callback, dcc, html
 
 from dashboards.components import choices, guarded, query_string, to_int
+from dashboards.components.pending import poll_input, poll_outputs, polled, poller, register_poll
 from dashboards.components.url import register_url_sync, url_components
 from dashboards.data import current_db
 from dashboards.views import expert as view
@@ -30,6 +31,7 @@ def layout(run: str | None = None, layer: str | None = None, expert: str | None 
     return html.Div(
         [
             *url_components(PAGE),
+            *poller(PAGE),
             html.H2("Expert card"),
             problem,
             html.Div(
@@ -79,6 +81,9 @@ callback(Output("expert-layer", "options"), Input("expert-run", "value"), preven
 )
 callback(
     Output("expert-card", "children"), Output("expert-query", "data"),
+    *poll_outputs(PAGE),
     Input("expert-run", "value"), Input("expert-layer", "value"), Input("expert-expert", "value"),
-)(update)  # fmt: skip
+    poll_input(PAGE),
+)(polled(update))  # fmt: skip
 register_url_sync(PAGE)
+register_poll(PAGE)

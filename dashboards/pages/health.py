@@ -9,6 +9,7 @@ import dash
 from dash import Input, Output, State, callback, dcc, html
 
 from dashboards.components import choices, expert_href, fill, guarded, query_string, slot
+from dashboards.components.pending import poll_input, poll_outputs, polled, poller, register_poll
 from dashboards.components.url import register_url_sync, url_components
 from dashboards.data import current_db
 from dashboards.views import health as view
@@ -25,6 +26,7 @@ def layout(run: str | None = None, **_: Any) -> html.Div:
     return html.Div(
         [
             *url_components(PAGE),
+            *poller(PAGE),
             html.H2("Expert health"),
             problem,
             dcc.Dropdown(
@@ -55,10 +57,12 @@ def open_card(click: Any, run: str | None) -> Any:
 callback(
     Output("health-load", "figure"), Output("health-load", "style"), Output("health-load-msg", "children"),
     Output("health-balance", "children"), Output("health-flags", "children"), Output("health-query", "data"),
-    Input("health-run", "value"),
-)(update)  # fmt: skip
+    *poll_outputs(PAGE),
+    Input("health-run", "value"), poll_input(PAGE),
+)(polled(update))  # fmt: skip
 callback(
     Output("health-nav", "href"), Input("health-load", "clickData"), State("health-run", "value"),
     prevent_initial_call=True,
 )(open_card)  # fmt: skip
 register_url_sync(PAGE)
+register_poll(PAGE)

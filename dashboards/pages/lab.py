@@ -16,6 +16,7 @@ from dash import Input, Output, State, callback, dcc, html
 from dashboards.components import choices, guarded, message, query_string, to_int
 from dashboards.components.url import register_url_sync, url_components
 from dashboards.data import attached, current_db, current_model
+from dashboards.jobs import JobCancelled, check_cancelled
 from dashboards.views import lab as view
 from dashboards.views.common import label_options, pick, run_options
 
@@ -105,8 +106,11 @@ def layout(
                     html.Div(
                         [
                             html.Button("Run intervention", id="lab-go", n_clicks=0, disabled=loaded is None),
+                            html.Button("Cancel", id="lab-cancel", n_clicks=0, disabled=True,
+                                        title="stop the running job after its current step"),
                             html.Progress(id="lab-progress", value="0", max="4"),
                             html.Span(id="lab-status", className="wb-muted"),
+                            html.Span(id="lab-cancelled", className="wb-muted"),
                         ],
                         className="wb-controls",
                     ),
@@ -154,9 +158,20 @@ def run_job(set_progress: Any, _clicks: int, *choices_: Any) -> Any:
         return _no_model()
 
     def progress(i: int, total: int, what: str) -> None:
+        check_cancelled()  # between steps: a cancelled job stops here (and releases the model)
         set_progress((str(i), str(total), what))
 
-    return guarded(view.lab_job, current_db(), loaded, *choices_, progress=progress)
+    try:
+        return guarded(view.lab_job, current_db(), loaded, *choices_, progress=progress)
+    except JobCancelled:
+        return message("Cancelled: nothing was saved.")
+
+
+def cancel_note(_go: int, cancels: int) -> str:
+    """What the Cancel button did (cleared when a new run starts)."""
+    if dash.ctx.triggered_id == "lab-cancel" and cancels:
+        return "cancelled: the job stops after its current step; nothing is saved"
+    return ""
 
 
 callback(Output("lab-experts", "options"), Input("lab-layer", "value"), prevent_initial_call=True)(experts_of)
@@ -175,8 +190,13 @@ callback(
     State("lab-n", "value"), State("lab-text", "value"),
     background=True,
     progress=[Output("lab-progress", "value"), Output("lab-progress", "max"), Output("lab-status", "children")],
-    running=[(Output("lab-go", "disabled"), True, False)],
+    running=[(Output("lab-go", "disabled"), True, False), (Output("lab-cancel", "disabled"), False, True)],
+    cancel=[Input("lab-cancel", "n_clicks")],
     interval=400,
     prevent_initial_call=True,
 )(run_job)  # fmt: skip
+callback(
+    Output("lab-cancelled", "children"), Input("lab-go", "n_clicks"), Input("lab-cancel", "n_clicks"),
+    prevent_initial_call=True,
+)(cancel_note)  # fmt: skip
 register_url_sync(PAGE)

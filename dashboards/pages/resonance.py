@@ -9,6 +9,7 @@ import dash
 from dash import Input, Output, State, callback, dcc, html
 
 from dashboards.components import choices, fill, guarded, query_string, slot, to_int
+from dashboards.components.pending import poll_input, poll_outputs, polled, poller, register_poll
 from dashboards.components.url import clicked_expert, register_url_sync, url_components
 from dashboards.data import current_db
 from dashboards.views import resonance as view
@@ -45,6 +46,7 @@ def layout(
     return html.Div(
         [
             *url_components(PAGE),
+            *poller(PAGE),
             dcc.Store(id="resonance-cell", data=list(cell) if None not in cell else None),
             html.H2("Resonance map"),
             problem,
@@ -116,7 +118,9 @@ callback(
 callback(
     Output("res-heatmap", "figure"), Output("res-heatmap", "style"), Output("res-heatmap-msg", "children"),
     Output("res-tokens", "children"), Output("resonance-query", "data"),
+    *poll_outputs(PAGE),
     Input("res-run", "value"), Input("res-target", "value"), Input("res-control", "value"),
-    Input("res-method", "value"), Input("resonance-cell", "data"),
-)(update)  # fmt: skip
+    Input("res-method", "value"), Input("resonance-cell", "data"), poll_input(PAGE),
+)(polled(update))  # fmt: skip
 register_url_sync(PAGE)
+register_poll(PAGE)

@@ -9,6 +9,7 @@ import dash
 from dash import Input, Output, State, callback, dcc, html
 
 from dashboards.components import choices, expert_href, fill, guarded, query_string, slot, to_int
+from dashboards.components.pending import poll_input, poll_outputs, polled, poller, register_poll
 from dashboards.components.url import clicked_expert, register_url_sync, url_components
 from dashboards.data import current_db
 from dashboards.views import routing as view
@@ -36,6 +37,7 @@ def layout(
     return html.Div(
         [
             *url_components(PAGE),
+            *poller(PAGE),
             html.H2("Routing explorer"),
             problem,
             html.Div(
@@ -88,14 +90,24 @@ def options(
     return labels, label, prompts, pick(prompt, prompts), layers, pick(layer, layers)
 
 
-def update(run: str | None, label: str | None, prompt: int | None, layer: int | None) -> tuple[Any, ...]:
-    """Heatmap, token text and token grid for the choices, and the query string of this view."""
+def update(run: str | None, label: str | None) -> tuple[Any, ...]:
+    """The selection-share heatmap for the choices (polled: it needs the specialisation table)."""
+    return fill(view.share_heatmap, current_db(), run, label)
+
+
+def update_tokens(
+    run: str | None, label: str | None, prompt: int | None, layer: int | None
+) -> tuple[Any, ...]:
+    """Token text and token grid of the chosen prompt (store reads only), and the view's query string.
+
+    A callback of its own: the heatmap's polling re-renders only the heatmap, not this
+    (a 500-token prompt's views are about a megabyte).
+    """
     db = current_db()
-    heat = fill(view.share_heatmap, db, run, label)
     text = guarded(view.token_text, db, run, prompt, layer)
     grid = fill(view.token_grid, db, run, prompt)
     query = query_string(run=run, label=None if label == ALL else label, prompt=prompt, layer=layer)
-    return (*heat, text, *grid, query)
+    return (text, *grid, query)
 
 
 def open_card(heat_click: Any, grid_click: Any, run: str | None) -> Any:
@@ -118,15 +130,20 @@ callback(
 )(options)  # fmt: skip
 callback(
     Output("routing-heatmap", "figure"), Output("routing-heatmap", "style"), Output("routing-heatmap-msg", "children"),
+    *poll_outputs(PAGE),
+    Input("routing-run", "value"), Input("routing-label", "value"), poll_input(PAGE),
+)(polled(update))  # fmt: skip
+callback(
     Output("routing-tokens", "children"),
     Output("routing-grid", "figure"), Output("routing-grid", "style"), Output("routing-grid-msg", "children"),
     Output("routing-query", "data"),
     Input("routing-run", "value"), Input("routing-label", "value"),
     Input("routing-prompt", "value"), Input("routing-layer", "value"),
-)(update)  # fmt: skip
+)(update_tokens)  # fmt: skip
 callback(
     Output("routing-nav", "href"),
     Input("routing-heatmap", "clickData"), Input("routing-grid", "clickData"), State("routing-run", "value"),
     prevent_initial_call=True,
 )(open_card)  # fmt: skip
 register_url_sync(PAGE)
+register_poll(PAGE)

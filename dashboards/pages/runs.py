@@ -9,6 +9,7 @@ import dash
 from dash import Input, Output, callback, dcc, html
 
 from dashboards.components import choices, guarded, message, query_string
+from dashboards.components.pending import poll_input, poll_outputs, polled, poller, register_poll
 from dashboards.components.url import register_url_sync, url_components
 from dashboards.data import attached, current_db
 from dashboards.views import runs as view
@@ -26,6 +27,7 @@ def layout(run: str | None = None, compare: str | None = None, **_: Any) -> html
     return html.Div(
         [
             *url_components(PAGE),
+            *poller(PAGE),
             html.H2("Runs"),
             html.P(f"Store: {db}" + (f" · model attached: {model}" if model else ""), className="wb-muted"),
             problem or guarded(view.runs_table, db),
@@ -59,6 +61,8 @@ def update(run: str | None, compare: str | None) -> tuple[Any, Any, str]:
 
 callback(
     Output("runs-detail", "children"), Output("runs-drift", "children"), Output("runs-query", "data"),
-    Input("runs-run", "value"), Input("runs-compare", "value"),
-)(update)  # fmt: skip
+    *poll_outputs(PAGE),
+    Input("runs-run", "value"), Input("runs-compare", "value"), poll_input(PAGE),
+)(polled(update))  # fmt: skip
 register_url_sync(PAGE)
+register_poll(PAGE)

@@ -9,6 +9,7 @@ import dash
 from dash import Input, Output, State, callback, dcc, html
 
 from dashboards.components import choices, expert_href, fill, guarded, query_string, slot
+from dashboards.components.pending import poll_input, poll_outputs, polled, poller, register_poll
 from dashboards.components.url import clicked_expert, register_url_sync, url_components
 from dashboards.data import current_db
 from dashboards.views import specialisation as view
@@ -29,6 +30,7 @@ def layout(run: str | None = None, label: str | None = None, **_: Any) -> html.D
     return html.Div(
         [
             *url_components(PAGE),
+            *poller(PAGE),
             html.H2("Domain specialisation"),
             problem,
             html.Div(
@@ -86,10 +88,12 @@ callback(
     Output("spec-heatmap", "figure"), Output("spec-heatmap", "style"), Output("spec-heatmap-msg", "children"),
     Output("spec-vocab", "figure"), Output("spec-vocab", "style"), Output("spec-vocab-msg", "children"),
     Output("spec-agreement", "children"), Output("specialisation-query", "data"),
-    Input("spec-run", "value"), Input("spec-label", "value"),
-)(update)  # fmt: skip
+    *poll_outputs(PAGE),
+    Input("spec-run", "value"), Input("spec-label", "value"), poll_input(PAGE),
+)(polled(update))  # fmt: skip
 callback(
     Output("specialisation-nav", "href"), Input("spec-heatmap", "clickData"), State("spec-run", "value"),
     prevent_initial_call=True,
 )(open_card)  # fmt: skip
 register_url_sync(PAGE)
+register_poll(PAGE)

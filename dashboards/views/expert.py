@@ -1,19 +1,35 @@
 """Expert card (Neuronpedia-style) for one (layer, expert): load, top tokens, label shares,
-co-activation partners, health flags and stored resonance — everything the store says about it."""
+co-activation partners, health flags, stored resonance, ablation effect and similar experts —
+everything the store says about it."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 import polars as pl
-from dash import html
+from dash import dcc, html
 
 from dashboards import data
-from dashboards.components import figure, guarded, message, table
+from dashboards.components import expert_href, figure, guarded, message, table
+from dashboards.components.common import is_pending
 from dashboards.views.coactivation import partners
 
-__all__ = ["expert_card", "label_shares"]
+__all__ = [
+    "ABLATIONS",
+    "ablation_effect",
+    "expert_card",
+    "label_shares",
+    "similar_by_labels",
+    "similar_experts",
+]
+
+ABLATIONS = ("zero", "reroute", "prune")
+"""Intervention kinds that take an expert out (an "ablation")."""
+UNIFORM_TOL = 0.02
+"""A label profile within this (L2) of uniform has no direction to compare: no similar experts."""
 
 
 def _cell(df: pl.DataFrame, layer: int, expert: int) -> pl.DataFrame:
@@ -71,7 +87,7 @@ def label_shares(db: str, run: str, layer: int, expert: int) -> go.Figure:
 
 def _flags(db: str, run: str, layer: int, expert: int) -> Any:
     """Degradation (always) and super-expert outlier flag (when the run has expert stats)."""
-    items = []
+    items: list[Any] = []
     deg = _cell(data.analysis(db, run, "degradation"), layer, expert)
     if deg.height:
         r = deg.row(0, named=True)
@@ -81,7 +97,9 @@ def _flags(db: str, run: str, layer: int, expert: int) -> Any:
             f"(concentration {r['concentration']:.2f})."
         )
     supers = guarded(data.analysis, db, run, "super-experts")
-    if isinstance(supers, pl.DataFrame):
+    if is_pending(supers):
+        items.append(supers)
+    elif isinstance(supers, pl.DataFrame):
         sup = _cell(supers, layer, expert)
         if sup.height:
             r = sup.row(0, named=True)
@@ -106,6 +124,151 @@ def _resonance(db: str, run: str, layer: int, expert: int) -> Any:
         if c in rows.columns
     ]
     return table(rows.select(cols))
+
+
+def similar_by_labels(spec: pl.DataFrame, layer: int, expert: int, n: int = 8) -> pl.DataFrame:
+    """The ``n`` experts (any layer) whose label profile is most like (``layer``, ``expert``)'s.
+
+    An expert's label profile is its selection share on each label's tokens, normalised to sum
+    to 1 over labels, minus the uniform 1/L: where it leans. Similarity is the cosine of two
+    profiles (1: same leaning; 0: unrelated; −1: opposite). Raises ValueError when the expert
+    leans nowhere (a generalist: nothing to compare).
+    """
+    wide = (
+        spec.select(pl.col("layer").cast(pl.Int64), pl.col("expert").cast(pl.Int64), "label", "share")
+        .pivot(on="label", index=["layer", "expert"], values="share")
+        .with_columns(pl.exclude("layer", "expert").fill_null(0.0))  # a bare fill_null(0.0) makes ids floats
+    )
+    labels = [c for c in wide.columns if c not in ("layer", "expert")]
+    if len(labels) < 2:
+        raise ValueError("similar experts need at least two labels in the run")
+    m = wide.select(labels).to_numpy().astype(float)
+    total = m.sum(axis=1, keepdims=True)
+    prof = np.divide(m, total, out=np.full_like(m, 1 / len(labels)), where=total > 0) - 1 / len(labels)
+    keys = list(zip(wide["layer"].to_list(), wide["expert"].to_list(), strict=True))
+    if (layer, expert) not in keys:
+        raise ValueError("the expert has no labelled tokens")
+    me = prof[keys.index((layer, expert))]
+    if np.linalg.norm(me) < UNIFORM_TOL:
+        raise ValueError(
+            "this expert's label profile is nearly uniform (a generalist): no similar experts by label"
+        )
+    norms = np.linalg.norm(prof, axis=1)
+    ok = norms >= UNIFORM_TOL
+    sim = np.where(ok, prof @ me / np.maximum(norms, 1e-12) / np.linalg.norm(me), np.nan)
+    leans = [labels[i] for i in prof.argmax(axis=1)]
+    out = pl.DataFrame(
+        {"layer": wide["layer"], "expert": wide["expert"], "similarity": sim, "leans_to": leans}
+    ).filter(~((pl.col("layer") == layer) & (pl.col("expert") == expert)) & pl.col("similarity").is_not_nan())
+    return out.sort(["similarity", "layer", "expert"], descending=[True, False, False]).head(n)
+
+
+def similar_experts(db: str, run: str, layer: int, expert: int) -> Any:
+    """The similar-experts table, each row linking to its card, with what "similar" means here."""
+    df = similar_by_labels(data.analysis(db, run, "specialisation"), layer, expert)
+    if df.height == 0:
+        return message("no other expert leans towards any label")
+    rows = [
+        html.Tr(
+            [
+                html.Td(
+                    dcc.Link(
+                        f"layer {r['layer']} · expert {r['expert']}",
+                        href=expert_href(run, r["layer"], r["expert"]),
+                    )
+                ),
+                html.Td(f"{r['similarity']:.3f}"),
+                html.Td(r["leans_to"]),
+            ]
+        )
+        for r in df.iter_rows(named=True)
+    ]
+    return html.Div(
+        [
+            html.P(
+                "Similarity: cosine of the experts' label profiles (each label's selection share, normalised "
+                "over labels, minus uniform), from the store's specialisation table — experts of any layer "
+                "that lean towards the same labels. Not weight similarity (that needs the model).",
+                className="wb-muted",
+            ),
+            html.Table(
+                [html.Thead(html.Tr([html.Th("expert"), html.Th("similarity"), html.Th("leans to")])), html.Tbody(rows)],
+                className="wb-simple-table", id="expert-similar",
+            ),
+        ]
+    )  # fmt: skip
+
+
+def _names(spec: Any, layer: int, expert: int) -> tuple[str, int] | None:
+    """(kind, experts taken out in total) of an ablation spec naming (layer, expert); None otherwise."""
+    try:
+        items = json.loads(spec).get("specs", []) if isinstance(spec, str) else []
+    except (ValueError, AttributeError):
+        return None
+    for item in items:
+        kind = item.get("kind") if isinstance(item, dict) else None
+        if kind not in ABLATIONS:
+            continue
+        chosen = item.get("experts") or item.get("keep") or {}
+        total = sum(len(v) for v in chosen.values()) if isinstance(chosen, dict) else 0
+        named = expert in (chosen.get(str(layer)) or []) if isinstance(chosen, dict) else False
+        if kind == "prune":  # prune keeps the listed experts: the others are taken out
+            named = isinstance(chosen, dict) and str(layer) in chosen and not named
+        if named:
+            return str(kind), total
+    return None
+
+
+def ablation_effect(db: str, run: str, layer: int, expert: int) -> Any:
+    """What taking the expert out did, from the store: causal resonance maps and recorded ablations.
+
+    A causal resonance map (``resonate --method causal``) holds each expert's effect when ablated
+    alone; the lab and ``intervene`` record ablations with their measured deltas. Without either,
+    says how to produce one.
+    """
+    parts: list[Any] = []
+    stored = data.stored_resonance(db, run)
+    if stored.height and "effect" in stored.columns:
+        causal = _cell(stored, layer, expert).filter(pl.col("effect").is_not_null())
+        if causal.height:
+            parts.append(html.P("Causal resonance maps: change of the behaviour margin on the target prompts when "
+                                "this expert alone is ablated.", className="wb-muted"))  # fmt: skip
+            cols = [c for c in ("map_id", "target", "control", "method", "effect", "ci_low", "ci_high", "q")
+                    if c in causal.columns]  # fmt: skip
+            parts.append(table(causal.select(cols), table_id="expert-ablation-maps"))
+    found = data.interventions(db, run)
+    hits = []
+    for r in found.iter_rows(named=True):
+        named = _names(r.get("spec"), layer, expert)
+        if named is not None:
+            hits.append({"intervention_id": r["intervention_id"], "kind": named[0], "experts_out": named[1]})
+    if hits:
+        ids = pl.DataFrame(hits)
+        evals = data.evaluations(db, run).join(ids, on="intervention_id", how="inner")
+        parts.append(html.P("Recorded ablations that take this expert out (alone when experts_out is 1); "
+                            "each metric is the intervened minus the baseline value, with its CI.",
+                            className="wb-muted"))  # fmt: skip
+        wanted = (
+            "intervention_id",
+            "kind",
+            "experts_out",
+            "label",
+            "metric",
+            "value",
+            "ci_low",
+            "ci_high",
+            "n",
+        )
+        shown = evals.select([c for c in wanted if c in evals.columns]) if evals.height else ids
+        parts.append(table(shown, table_id="expert-ablations", empty="recorded, but with no evaluation rows"))
+    if not parts:
+        return message(
+            "No ablation effect stored for this expert. Measure one with "
+            f"`moe-workbench resonate --db {db} --run {run} --target T --control C --method causal --model M` "
+            "(each expert ablated alone; the map is stored), or ablate it in the Lab (`serve --model M`), "
+            "which saves its result to the store."
+        )
+    return html.Div(parts)
 
 
 def expert_card(db: str, run: str, layer: int | None, expert: int | None) -> html.Div:
@@ -147,6 +310,10 @@ def expert_card(db: str, run: str, layer: int | None, expert: int | None) -> htm
             guarded(_flags, db, run, layer, expert),
             html.H4("Resonance"),
             guarded(_resonance, db, run, layer, expert),
+            html.H4("Ablation effect"),
+            guarded(ablation_effect, db, run, layer, expert),
+            html.H4("Similar experts"),
+            guarded(similar_experts, db, run, layer, expert),
         ],
         className="wb-card",
     )

@@ -135,6 +135,12 @@ def token_text(db: str, run: str, prompt_id: int | None, layer: int | None) -> h
     )
 
 
+MAX_CELL_TEXT = 600
+"""Token grids up to this many cells print each cell's expert; bigger ones rely on colour and hover."""
+MAX_TICKS = 80
+"""At most this many token labels on the grid's x axis."""
+
+
 def token_grid(db: str, run: str, prompt_id: int | None) -> go.Figure:
     """Position × layer grid of each token's top-1 expert (hover: top-k, weights, logits); click → card."""
     rows = _routing(db, run, prompt_id)
@@ -148,16 +154,24 @@ def token_grid(db: str, run: str, prompt_id: int | None) -> go.Figure:
         z[li, pi] = row["experts"][0] if row["experts"] else np.nan
         hover[li, pi] = html_lib.escape(_hover(row)).replace("\n", "<br>")
         tokens[row["position"]] = str(row["token"])
+    # Cell numbers and one tick per token are drawn as SVG text each: on a 500-token prompt × 8 layers
+    # that froze the browser for seconds. Numbers only on small grids; at most MAX_TICKS token labels.
     fig = go.Figure(
         go.Heatmap(
             z=z, x=positions, y=layers, customdata=z, text=hover, colorscale="Turbo",
             colorbar={"title": "top-1 expert"}, hovertemplate="%{text}<extra></extra>",
-            texttemplate="%{z:.0f}",
+            texttemplate="%{z:.0f}" if z.size <= MAX_CELL_TEXT else None,
         )
     )  # fmt: skip
+    step = max(1, -(-len(positions) // MAX_TICKS))
+    shown = positions[::step]
     fig.update_layout(
         title="Top-1 expert per token and layer (click a cell for that expert's card)",
-        xaxis={"title": "token", "tickvals": positions, "ticktext": [tokens.get(p, "") for p in positions]},
+        xaxis={
+            "title": "token" if step == 1 else f"token (every {step}th labelled)",
+            "tickvals": shown,
+            "ticktext": [tokens.get(p, "") for p in shown],
+        },
         yaxis={"title": "layer", "tickvals": layers},
         template="plotly_white",
     )
