@@ -20,12 +20,22 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from dash import DiskcacheManager
 
-__all__ = ["MODEL_LOCK", "Attached", "JobCancelled", "ThreadJobManager", "attach_model", "check_cancelled"]
+__all__ = [
+    "MODEL_LOCK",
+    "Attached",
+    "JobCancelled",
+    "ThreadJobManager",
+    "attach_model",
+    "cancellable",
+    "check_cancelled",
+]
 
 MODEL_LOCK = threading.Lock()
 """Held while a job runs the attached model (interventions hook into the shared modules)."""
@@ -48,6 +58,22 @@ def check_cancelled() -> None:
     flag = getattr(_LOCAL, "cancel", None)
     if flag is not None and flag.is_set():
         raise JobCancelled("cancelled")
+
+
+@contextmanager
+def cancellable(model: Any) -> Iterator[None]:
+    """Make every forward pass of ``model`` a cancellation point while the block runs.
+
+    Jobs such as circuits spend minutes inside library calls (one ablation per expert) with no
+    step of their own to check in between; a forward pre-hook that calls :func:`check_cancelled`
+    stops them at the next pass. The hook is removed in ``finally``, and interventions restore
+    the model on the way out, as for any exception.
+    """
+    handle = model.register_forward_pre_hook(lambda _module, _args: check_cancelled())
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @dataclass

@@ -252,6 +252,44 @@ def test_lab_job_releases_the_model_when_cancelled(planted: Any, db: str) -> Non
     MODEL_LOCK.release()
 
 
+def test_circuits_job_stops_at_the_next_forward_pass_when_cancelled(planted: Any, tmp_path: Path) -> None:
+    """Circuits has no steps of its own for minutes: any forward pass is a cancellation point."""
+    import diskcache
+
+    manager = ThreadJobManager(diskcache.Cache(str(tmp_path / "cache")))
+    outcome: list[str] = []
+    passes: list[int] = []
+    counter = planted.model.register_forward_pre_hook(lambda *_: passes.append(1))
+    early, late = circuits.circuit_prompts("tasks", "brackets", "arithmetic", 4)
+
+    def job_fn(_key: str, _progress_key: str, _args: Any, _context: Any) -> None:
+        try:
+            circuits.run_circuits(planted, early, late, n_boot=10)
+            outcome.append("finished")
+        except JobCancelled:
+            outcome.append("cancelled")
+
+    try:
+        job = manager.call_job_fn("k3", job_fn, None, {})
+        for _ in range(500):  # cancel once the job is inside the ablations
+            if len(passes) >= 3 or outcome:
+                break
+            time.sleep(0.01)
+        manager.terminate_job(job)
+        for _ in range(500):
+            if outcome:
+                break
+            time.sleep(0.02)
+    finally:
+        counter.remove()
+    assert outcome == ["cancelled"]
+    full = 2 * sum(x.n_experts for x in planted.layers)  # one ablation pass per expert and label, at least
+    assert len(passes) < full / 2
+    assert MODEL_LOCK.acquire(blocking=False)  # released on the way out
+    MODEL_LOCK.release()
+    assert not planted.model._forward_pre_hooks  # the cancellation hook is gone
+
+
 def test_job_cache_folder_is_removed_on_cleanup() -> None:
     cache, cleanup = job_cache()
     folder = Path(cache.directory)

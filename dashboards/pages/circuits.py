@@ -13,6 +13,7 @@ from dash import Input, Output, State, callback, dcc, html
 from dashboards.components import guarded, message, query_string, to_int
 from dashboards.components.url import register_url_sync, url_components
 from dashboards.data import attached, current_db, current_model
+from dashboards.jobs import JobCancelled, check_cancelled
 from dashboards.views import circuits as view
 from dashboards.views.common import pick
 
@@ -83,6 +84,8 @@ def layout(
                     dcc.Input(id="circ-n", type="number", min=2, max=256, step=1, value=to_int(n) or 16,
                               debounce=True, className="wb-number"),
                     html.Button("Find circuits", id="circ-go", n_clicks=0, disabled=loaded is None),
+                    html.Button("Cancel", id="circ-cancel", n_clicks=0, disabled=True,
+                                title="stop the job after its current step"),
                     html.Progress(id="circ-progress", value="0", max="3"),
                     html.Span(id="circ-status", className="wb-muted"),
                 ],
@@ -112,9 +115,13 @@ def run_job(set_progress: Any, _clicks: int, suite: str, a: str, b: str, n: Any)
         return _no_model()
 
     def progress(i: int, total: int, what: str) -> None:
+        check_cancelled()  # between steps: a cancelled job stops here (and releases the model)
         set_progress((str(i), str(total), what))
 
-    return guarded(view.circuits_job, loaded, suite, a, b, n, progress=progress)
+    try:
+        return guarded(view.circuits_job, loaded, suite, a, b, n, progress=progress)
+    except JobCancelled:
+        return message("Cancelled.")
 
 
 callback(
@@ -133,7 +140,8 @@ callback(
     State("circ-suite", "value"), State("circ-a", "value"), State("circ-b", "value"), State("circ-n", "value"),
     background=True,
     progress=[Output("circ-progress", "value"), Output("circ-progress", "max"), Output("circ-status", "children")],
-    running=[(Output("circ-go", "disabled"), True, False)],
+    running=[(Output("circ-go", "disabled"), True, False), (Output("circ-cancel", "disabled"), False, True)],
+    cancel=[Input("circ-cancel", "n_clicks")],
     interval=500,
     prevent_initial_call=True,
 )(run_job)  # fmt: skip

@@ -19,7 +19,7 @@ import polars as pl
 from dash import html
 
 from dashboards.components import figure, table, to_int
-from dashboards.jobs import MODEL_LOCK
+from dashboards.jobs import MODEL_LOCK, cancellable
 from workbench.interventions.circuits import CircuitComparison, compare_circuits
 from workbench.interventions.metrics import gold_logprob
 from workbench.models.loading import LoadedModel
@@ -78,8 +78,8 @@ def circuit_prompts(suite: str, a: str | None, b: str | None, n: Any) -> tuple[l
 def run_circuits(
     loaded: LoadedModel, prompts_a: Sequence[Prompt], prompts_b: Sequence[Prompt], *, n_boot: int = 500
 ) -> CircuitComparison:
-    """``compare_circuits`` on the gold answer's log-prob (holding the model lock)."""
-    with MODEL_LOCK:
+    """``compare_circuits`` on the gold answer's log-prob (holding the model lock; every forward pass can cancel it)."""
+    with MODEL_LOCK, cancellable(loaded.model):
         return compare_circuits(loaded, prompts_a, prompts_b, gold_logprob(loaded), n_boot=n_boot)
 
 
