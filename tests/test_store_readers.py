@@ -70,6 +70,21 @@ def test_parameterised_filters(st: Store) -> None:
     assert st.tokens(run_id, prompt_ids=[1, 2])["prompt_id"].unique().sort().to_list() == [1, 2]
 
 
+def test_iter_logits_streams_only_rows_with_logits_and_filters_labels(st: Store) -> None:
+    run_id = new_run(st)
+    labels: list[str | None] = ["O'Brien", "plain", "x' OR '1'='1", None]
+    st.write_batch(run_id, **make_batch([0, 1, 2, 3], labels=labels))
+    keys = ["prompt_id", "position", "layer"]
+    want = st.routing(run_id, layers=[3]).filter(pl.col("logits").is_not_null()).select(*keys, "logits")
+    got = pl.concat(pl.from_arrow(b) for b in st.iter_logits(run_id, [3], batch_rows=2))  # type: ignore[misc]
+    assert got.columns == [*keys, "logits"] and got.sort(keys).equals(want.sort(keys)) and got.height == 12
+    assert list(st.iter_logits(run_id, [7])) == []  # make_batch gives layer 7 no logits
+    quoted = pl.concat(pl.from_arrow(b) for b in st.iter_logits(run_id, [3, 7], ["x' OR '1'='1"]))  # type: ignore[misc]
+    assert set(quoted["label"].to_list()) == {"x' OR '1'='1"} and set(quoted["prompt_id"].to_list()) == {2}
+    with pytest.raises(UnknownRunError):
+        st.iter_logits("nope", [3])
+
+
 def test_export_parquet_round_trips_row_counts(st: Store, tmp_path: Path) -> None:
     run_id = new_run(st)
     other = new_run(st, "other")

@@ -9,13 +9,14 @@ from __future__ import annotations
 import itertools
 import warnings
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
 from scipy.stats import spearmanr
 
+from workbench.analysis.common import layer_info
 from workbench.analysis.relevance import esft_scores, tcess
-from workbench.analysis.specialisation import domain_specialisation
 from workbench.store import Store
 
 _KEYS = ["layer", "expert", "label"]
@@ -30,20 +31,45 @@ _SCHEMA = {
 }
 
 
+def _with_lift(esft: pl.DataFrame, info: pl.DataFrame) -> pl.DataFrame:
+    """ESFT's rows with domain specialisation's ``lift`` added, from the same counts.
+
+    Over the label's tokens N at a layer, ESFT's ``tsr = n / (N·k)`` and specialisation's
+    ``share = Σ_p n_p / Σ_p N_p = n / N`` count the same selections n of the same tokens, so
+    ``n = round(tsr·N·k)`` exactly (an integer far below 2^52) and ``lift = (n / N) / (k / E)``
+    is computed as :func:`~workbench.analysis.specialisation.domain_specialisation` does, to
+    the same bits, without its second grouped pass over the routing table.
+    """
+    frame = esft.join(info.select("layer", "n_experts", "top_k"), on="layer", how="left")
+    n_tokens = frame["n_tokens"].to_numpy().astype(np.float64)
+    top_k = frame["top_k"].to_numpy().astype(np.float64)
+    uniform = top_k / frame["n_experts"].to_numpy().astype(np.float64)
+    selected = np.round(frame["tsr"].to_numpy() * n_tokens * top_k)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lift = np.where(n_tokens > 0, selected / np.where(n_tokens > 0, n_tokens, 1.0), np.nan) / uniform
+    return frame.with_columns(pl.Series("lift", lift)).drop("n_experts", "top_k")
+
+
 def scorer_scores(
     store: Store, run_id: str, *, layers: Iterable[int] | None = None, n_boot: int = 0, n_perm: int = 0
 ) -> tuple[pl.DataFrame, str | None]:
     """Joined per-(layer, expert, label) scores ``lift, gs, tsr[, tcess]`` and a note (or None).
 
-    ``tcess`` is left out, with a note saying why, when the run has no router logits.
+    ``tcess`` is left out, with a note saying why, when the run has no router logits. ``lift``
+    is domain specialisation's point estimate, derived from ESFT's counts (:func:`_with_lift`);
+    it does not depend on ``n_boot`` / ``n_perm``, which are kept for compatibility.
     """
     layer_list = None if layers is None else [int(x) for x in layers]
-    spec = domain_specialisation(store, run_id, layers=layer_list, n_boot=n_boot, n_perm=n_perm)
-    esft = esft_scores(store, run_id, layers=layer_list)
-    joined = spec.select(*_KEYS, "lift").join(esft.select(*_KEYS, "gs", "tsr"), on=_KEYS, how="inner")
+    # TCESS streams the logits (numpy, its own DuckDB cursor) while ESFT groups in DuckDB:
+    # running it on a second thread overlaps the two.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        tc_future = pool.submit(tcess, store, run_id, layers=layer_list)
+        esft = esft_scores(store, run_id, layers=layer_list)
+        info = layer_info(store, run_id, layer_list)
+    joined = _with_lift(esft, info).select(*_KEYS, "lift", "gs", "tsr")
     note: str | None = None
     try:
-        tc = tcess(store, run_id, layers=layer_list)
+        tc = tc_future.result()
     except ValueError as exc:
         note = f"tcess skipped: {exc}"
     else:
@@ -60,7 +86,7 @@ def scorer_agreement(
     specialisation), ``gs`` and ``tsr`` (ESFT) and ``tcess`` (PreMoe; only when the run has
     router logits, otherwise absent and ``note`` says why). ``n`` is the number of (layer,
     expert) rows correlated; ``spearman`` is NaN where a score is constant within the label.
-    ``n_boot`` / ``n_perm`` go to :func:`domain_specialisation` (only its lift is used).
+    ``n_boot`` / ``n_perm`` are accepted for compatibility: the lift is a point estimate.
     """
     scores, note = scorer_scores(store, run_id, layers=layers, n_boot=n_boot, n_perm=n_perm)
     scorers = [c for c in ("lift", "gs", "tsr", "tcess") if c in scores.columns]

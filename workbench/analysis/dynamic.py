@@ -21,14 +21,27 @@ NULL are skipped; a run (or layer selection) with no logits at all raises ``Valu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 from scipy.stats import rankdata, spearmanr
 
-from workbench.analysis.common import BatchLogits, layer_groups
-from workbench.analysis.scores import router_scores
+from workbench.analysis.common import (
+    BatchLogits,
+    layer_index,
+    logits_matrix,
+    map_ordered,
+    row_chunks,
+    signature_rows,
+    sorted_index,
+    stream_logits,
+    transposed_f64,
+)
+from workbench.analysis.scores import router_scores, router_scores_t
 from workbench.store import Store
 
 __all__ = ["DYNAMIC_K_COLUMNS", "dynamic_k", "k_at_p"]
@@ -71,28 +84,283 @@ def _token_key(prompt_id: np.ndarray, position: np.ndarray) -> np.ndarray:
     return (prompt_id.astype(np.int64) << 32) + position.astype(np.int64)
 
 
-def _spearman_cached(k: np.ndarray, nll: np.ndarray, nll_ranks: dict[int, np.ndarray], key: int) -> float:
-    """:func:`_spearman` bit for bit, with the NLL ranks computed once per ``key``.
-
-    ``spearmanr(k, nll)`` is ``np.corrcoef`` of the column-wise average ranks of the
-    ``(n, 2)`` array ``[k, nll]``; the ranks of the small integers k come from their counts
-    (the same half-integer averages ``rankdata`` gives).
-    """
-    if k.size < 3 or np.all(k == k[0]) or np.all(nll == nll[0]):
-        return float("nan")
-    if key not in nll_ranks:
-        nll_ranks[key] = rankdata(nll)
-    counts = np.bincount(k)
-    below = np.cumsum(counts) - counts
-    rank_k = 0.5 * (2 * below + counts + 1).astype(np.float64)
-    ranked = np.column_stack([rank_k[k], nll_ranks[key]])
-    return float(np.corrcoef(ranked, rowvar=False)[1, 0])
-
-
 def _spearman(k: np.ndarray, nll: np.ndarray) -> float:
+    """Spearman's ρ of ``k`` and ``nll`` (NaN below 3 values or when either side is constant)."""
     if k.size < 3 or np.all(k == k[0]) or np.all(nll == nll[0]):
         return float("nan")
     return float(spearmanr(k, nll).statistic)
+
+
+def _k_levels_rows(scores: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+    """``(len(levels), n)`` :func:`k_at_p` of ``(n, E)`` scores for every level (the row-wise path)."""
+    cum = np.cumsum(-np.sort(-np.asarray(scores, dtype=np.float64), axis=1), axis=1)
+    ks = np.empty((len(levels), len(cum)), dtype=np.int64)
+    for i, p in enumerate(levels):
+        reached = cum >= p - _TOL
+        reached[:, -1] = True
+        ks[i] = np.argmax(reached, axis=1) + 1
+    return ks
+
+
+def _k_levels_sorted(zt: np.ndarray, score_fn: str | None, levels: Sequence[float]) -> np.ndarray:
+    """:func:`_k_levels_rows` of the scores of finite logits sorted ascending per token, ``(E, n)``.
+
+    Every score map is monotone, so sorting the logits sorts the scores. The cumulative sum
+    from the top, ``c_j``, only grows (scores are >= 0), so the first j with
+    ``c_j >= p − tol`` is ``1 + #{j < E−1 : c_j < p − tol}``: a count, built row by row of
+    the transposed layout with no per-token sort of π and no row-wise cumsum.
+    """
+    n_scores = zt.shape[0]
+    if score_fn == "softmax":  # router_scores_t, with the max already in the last row
+        pi_t = zt - zt[-1]
+        np.exp(pi_t, out=pi_t)
+        pi_t /= pi_t.sum(axis=0)
+    else:
+        pi_t = router_scores_t(zt, score_fn)
+    cum = np.empty((max(n_scores - 1, 0), zt.shape[1]))  # cum[j]: the top j + 1 scores
+    if n_scores > 1:
+        cum[0] = pi_t[n_scores - 1]
+    for j in range(1, n_scores - 1):
+        np.add(cum[j - 1], pi_t[n_scores - 1 - j], out=cum[j])
+    ks = np.empty((len(levels), zt.shape[1]), dtype=np.int64)
+    for i, p in enumerate(levels):
+        ks[i] = 1 + np.less(cum, p - _TOL).sum(axis=0, dtype=np.int32)  # rows added: no row-wise reduction
+    return ks
+
+
+def _k_levels(z: np.ndarray, score_fn: str | None, levels: Sequence[float]) -> np.ndarray:
+    """``(len(levels), n)`` k_p of ``(n, E)`` logits; non-finite rows (and negative probs) row-wise."""
+    fn = "softmax" if score_fn is None else score_fn
+    ks = np.empty((len(levels), len(z)), dtype=np.int64)
+    all_fast = bool(np.isfinite(z).all()) and (fn != "probs" or bool((z >= 0).all()))
+    fast = (
+        None if all_fast else np.isfinite(z).all(axis=1) & ((z >= 0).all(axis=1) if fn == "probs" else True)
+    )
+    good = None if fast is None else np.flatnonzero(fast)
+    zg = z if good is None else z[good]
+    for chunk in row_chunks(len(zg)):
+        k_chunk = _k_levels_sorted(transposed_f64(np.sort(zg[chunk], axis=1)), fn, levels)
+        ks[:, chunk if good is None else good[chunk]] = k_chunk
+    if fast is not None and not fast.all():
+        bad = np.flatnonzero(~fast)
+        ks[:, bad] = _k_levels_rows(router_scores(np.asarray(z[bad], dtype=np.float64), fn), levels)
+    return ks
+
+
+@dataclass
+class _Rows:
+    """Per routing row (all batches, all layers): layer index, label group, token index (-1: none), k per level."""
+
+    li: np.ndarray
+    code: np.ndarray
+    tok: np.ndarray
+    ks: np.ndarray
+
+
+class _Tokens:
+    """The run's tokens sorted by (prompt_id, position), with their NLL, and a fast row lookup."""
+
+    def __init__(self, store: Store, run_id: str, p_ids: np.ndarray) -> None:
+        toks = store.sql("SELECT prompt_id, position, nll FROM tokens WHERE run_id = ?", [run_id])
+        key = _token_key(toks["prompt_id"].to_numpy(), toks["position"].to_numpy())
+        nll = toks["nll"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+        if key.size > 1 and not bool((key[1:] > key[:-1]).all()):  # usually stored in order already
+            order = np.argsort(key, kind="stable")
+            key, nll = key[order], nll[order]
+        self.key, self.nll = key, nll
+        self.start = np.searchsorted(key, p_ids.astype(np.int64) << 32)  # first token of each prompt
+
+    def index(self, at: np.ndarray, key: np.ndarray, position: np.ndarray) -> np.ndarray:
+        """Token index of each routing row (``at``: its prompt's index), -1 where the token is missing.
+
+        Positions are usually ``0..len-1`` per prompt, so ``start + position`` finds the token
+        directly; rows where that guess misses fall back to a binary search.
+        """
+        n_tok = self.key.size
+        if n_tok == 0 or self.start.size == 0:
+            return np.full(key.size, -1, dtype=np.int64)
+        guess = np.clip(self.start[at] + position.astype(np.int64), 0, n_tok - 1)
+        miss = np.flatnonzero(self.key[guess] != key)
+        if miss.size:
+            found = np.minimum(np.searchsorted(self.key, key[miss]), n_tok - 1)
+            guess[miss] = np.where(self.key[found] == key[miss], found, -1)
+        return guess
+
+
+def _layer_widths(lengths: np.ndarray, li: np.ndarray, layer_list: list[int]) -> dict[int, int]:
+    """The logits width of each layer in a batch; ``ValueError`` when one layer's rows differ."""
+    if lengths.size and bool((lengths == lengths[0]).all()):
+        return {layer_list[i]: int(lengths[0]) for i in np.flatnonzero(np.bincount(li)).tolist()}
+    out: dict[int, int] = {}
+    for i in np.flatnonzero(np.bincount(li)).tolist():
+        own = lengths[li == i]
+        if (own != own[0]).any():
+            raise ValueError(f"layer {layer_list[i]}: router logits have differing lengths")
+        out[layer_list[i]] = int(own[0])
+    return out
+
+
+def _token_ranks(tokens: _Tokens, p_ids: np.ndarray, p_code: np.ndarray, n_groups: int) -> _Ranks:
+    """Centred average NLL ranks of every token within its label group (tokens with an NLL only).
+
+    The ranks of a (layer, label) group depend only on its set of tokens, which is every token
+    of the label with an NLL whenever no logits are missing: so one ``rankdata`` per label,
+    before the pass, serves every such layer (checked afterwards by :func:`_shared_layers`).
+    """
+    n_tok = tokens.key.size
+    t_pid = tokens.key >> 32
+    at = sorted_index(p_ids, t_pid)
+    known = (p_ids[at] == t_pid) if p_ids.size else np.zeros(n_tok, dtype=bool)
+    usable = known & ~np.isnan(tokens.nll)
+    code = np.where(usable, p_code[at] if p_ids.size else -1, -1)
+    centred = np.zeros(n_tok)
+    sum_yy = np.zeros(n_groups)
+    for g in range(n_groups):
+        members = np.flatnonzero(code == g)
+        if members.size:
+            centred[members] = rankdata(tokens.nll[members]) - (members.size + 1) / 2.0
+            sum_yy[g] = float(centred[members] @ centred[members])
+    return _Ranks(usable, centred, sum_yy)
+
+
+@dataclass
+class _Ranks:
+    """Per token: has a prompt and an NLL (``usable``), centred NLL rank in its group; Σ y² per group."""
+
+    usable: np.ndarray
+    centred: np.ndarray
+    sum_yy: np.ndarray
+
+
+@dataclass
+class _Cells:
+    """Bincounts per level over (layer, label group) cells × k: all rows, rows with an NLL, Σ centred NLL rank."""
+
+    counts: np.ndarray
+    counts_ok: np.ndarray
+    sum_xy: np.ndarray
+
+    def add(self, other: _Cells) -> _Cells:
+        """The sum of two batches' counts (the k axis padded to the wider one)."""
+        width = max(self.counts.shape[-1], other.counts.shape[-1])
+
+        def pad(x: np.ndarray) -> np.ndarray:
+            return np.pad(x, [(0, 0), (0, 0), (0, width - x.shape[-1])])
+
+        return _Cells(
+            pad(self.counts) + pad(other.counts),
+            pad(self.counts_ok) + pad(other.counts_ok),
+            pad(self.sum_xy) + pad(other.sum_xy),
+        )
+
+
+def _tokens_by_layer(li: np.ndarray, tok: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The layer indices and tokens of the batch's rows with an NLL (for :class:`_Coverage`)."""
+    return li[ok], tok[ok]
+
+
+class _Coverage:
+    """Which usable tokens each layer's rows (with an NLL) hold, and how many rows that is.
+
+    A layer whose rows number the usable tokens and cover all of them holds each exactly
+    once: then the NLL ranks computed up front (:func:`_token_ranks`) are its ranks.
+    """
+
+    def __init__(self, n_layers: int, usable: np.ndarray) -> None:
+        self.usable = usable
+        self.seen = np.zeros((n_layers, usable.size), dtype=bool)
+        self.rows = np.zeros(n_layers, dtype=np.int64)
+
+    def add(self, li: np.ndarray, tok: np.ndarray) -> None:
+        """Record one batch's rows with an NLL: their layer indices and tokens."""
+        self.seen[li, tok] = True
+        self.rows += np.bincount(li, minlength=self.rows.size)
+
+    def shared(self) -> np.ndarray:
+        """Per layer, whether its rows hold every usable token exactly once."""
+        n_usable = int(self.usable.sum())
+        return (self.rows == n_usable) & (self.seen.sum(axis=1) == n_usable)
+
+
+def _cells(
+    gid: np.ndarray, ks: np.ndarray, ok: np.ndarray, y: np.ndarray, n_cells: int, width: int
+) -> _Cells:
+    """:class:`_Cells` of one batch: ``gid`` each row's cell, ``ks`` its k per level, ``y`` its centred rank."""
+    every = bool(ok.all())
+    y_ok = y if every else y[ok]
+    shape = (len(ks), n_cells, width)
+    counts, counts_ok, sum_xy = np.zeros(shape, np.int64), np.zeros(shape, np.int64), np.zeros(shape)
+    for i in range(len(ks)):
+        cell = gid * width + ks[i] - 1
+        cell_ok = cell if every else cell[ok]
+        counts[i] = np.bincount(cell, minlength=n_cells * width).reshape(n_cells, width)
+        counts_ok[i] = (
+            counts[i] if every else np.bincount(cell_ok, minlength=n_cells * width).reshape(n_cells, width)
+        )
+        sum_xy[i] = np.bincount(cell_ok, weights=y_ok, minlength=n_cells * width).reshape(n_cells, width)
+    return _Cells(counts, counts_ok, sum_xy)
+
+
+def _spearman_from_counts(counts: np.ndarray, sum_xy_by_k: np.ndarray, sum_yy: float) -> float:
+    """Spearman's ρ of k and NLL from the group's k counts, ``Σ centred NLL rank`` per k and ``Σ y²``.
+
+    The average ranks of the small integers k follow from their counts; with both rank vectors
+    centred on ``(m + 1)/2`` (their exact mean), ρ is their Pearson correlation, as
+    ``np.corrcoef`` of the ranks computes it (the half-integer sums are exact).
+    """
+    m = int(counts.sum())
+    if m < 3 or int((counts > 0).sum()) < 2 or sum_yy == 0:
+        return float("nan")
+    below = np.cumsum(counts) - counts
+    x = below + (counts + 1) / 2.0 - (m + 1) / 2.0
+    sxy = float(x @ sum_xy_by_k) / (m - 1)
+    sxx = float(counts @ (x * x)) / (m - 1)
+    rho = sxy / np.sqrt(sxx) / np.sqrt(sum_yy / (m - 1))
+    return float(np.clip(rho, -1.0, 1.0))
+
+
+def _summarise(
+    cells: _Cells,
+    shared: np.ndarray,
+    rows: Callable[[], _Rows],
+    ranks: _Ranks,
+    nll: np.ndarray,
+    layer_list: list[int],
+    groups: list[str | None],
+    levels: list[float],
+    n_bins: dict[int, int],
+) -> list[dict[str, object]]:
+    """The output rows per (layer, label, p); layers not ``shared`` are ranked on their own from ``rows()``."""
+    n_groups = len(groups)
+    n_rows, n_ok = cells.counts[0].sum(axis=1), cells.counts_ok[0].sum(axis=1)
+    out: list[dict[str, object]] = []
+    for li, layer in enumerate(layer_list):
+        if layer not in n_bins:
+            continue
+        present = [g for g in range(n_groups) if n_rows[li * n_groups + g] > 0]
+        if not shared[li]:
+            every = rows()
+            in_layer = np.flatnonzero(every.li == li)
+            ok = every.tok[in_layer] >= 0
+            ok[ok] = ranks.usable[every.tok[in_layer][ok]]
+        for i, p in enumerate(levels):
+            for g in present:
+                c = li * n_groups + g
+                if shared[li]:
+                    rho = _spearman_from_counts(
+                        cells.counts_ok[i][c], cells.sum_xy[i][c], float(ranks.sum_yy[g])
+                    )
+                else:
+                    sel = in_layer[ok & (every.code[in_layer] == g)]
+                    rho = _spearman(every.ks[i][sel].astype(np.int64), nll[every.tok[sel]])
+                k_counts = cells.counts[i][c][: n_bins[layer]]
+                out.append({
+                    "layer": layer, "label": groups[g], "p": p,
+                    "mean_k": float(k_counts @ np.arange(1, k_counts.size + 1)) / int(n_rows[c]),
+                    "k_counts": k_counts.tolist(), "n_tokens": int(n_rows[c]),
+                    "spearman_nll": rho, "n_nll": int(n_ok[c]),
+                })  # fmt: skip
+    return out
 
 
 def dynamic_k(
@@ -114,82 +382,88 @@ def dynamic_k(
         layer_info = layer_info.filter(pl.col("layer").is_in(sorted({int(x) for x in layers})))
     meta = {int(r["layer"]): (int(r["n_experts"]), r["score_fn"]) for r in layer_info.iter_rows(named=True)}
     # Labels and NLLs are looked up per routing row in numpy (prompt- and token-sized tables),
-    # so the routing table is read once, unsorted and a batch at a time, for all layers.
+    # so the routing table is read once, unsorted and a batch at a time, for all layers, and
+    # summarised with bincounts over (layer, label, k) at the end.
     prompts = store.sql("SELECT prompt_id, label FROM prompts WHERE run_id = ? ORDER BY prompt_id", [run_id])
     groups: list[str | None] = [None, *sorted({x for x in prompts["label"].to_list() if x is not None})]
     p_ids = prompts["prompt_id"].to_numpy().astype(np.int64)
     p_code = np.array([groups.index(x) for x in prompts["label"].to_list()], dtype=np.int64)
-    toks = store.sql("SELECT prompt_id, position, nll FROM tokens WHERE run_id = ?", [run_id])
-    t_key = _token_key(toks["prompt_id"].to_numpy(), toks["position"].to_numpy())
-    t_order = np.argsort(t_key, kind="stable")
-    t_key = t_key[t_order]
-    t_nll = toks["nll"].cast(pl.Float64).fill_null(np.nan).to_numpy()[t_order]
-    del toks
-    # Per layer: the score width and, per batch, (group code, nll, k for every p) of each row.
-    width: dict[int, int] = {}
-    parts: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
-    batches = (
-        store.iter_routing(run_id, layers=list(meta), logits=True, batch_rows=262_144, ordered=False)
-        if meta
-        else iter(())
-    )
-    for batch in batches:
-        batch = batch.filter(pl.col("logits").is_not_null())
+    tokens = _Tokens(store, run_id, p_ids)
+    ranker = ThreadPoolExecutor(max_workers=1)  # the ranks are needed from the first batch's end on
+    ranks_future = ranker.submit(_token_ranks, tokens, p_ids, p_code, len(groups))
+    layer_list = list(meta)
+    score_fns = [meta[x][1] for x in layer_list]
+    n_cells = len(layer_list) * len(groups)
+    min_width = max((e for e, _ in meta.values()), default=1)
+
+    def one_batch(
+        item: tuple[pl.DataFrame, pa.Array],
+    ) -> tuple[_Rows, _Cells, tuple[np.ndarray, np.ndarray], dict[int, int]] | None:
+        """The batch's rows (k for every level) and the logits width of each layer in it."""
+        batch, column = item
         pid = batch["prompt_id"].to_numpy().astype(np.int64)
-        at = np.minimum(np.searchsorted(p_ids, pid), max(p_ids.size - 1, 0))
+        at = sorted_index(p_ids, pid)
         known = (p_ids[at] == pid) if p_ids.size else np.zeros(pid.size, dtype=bool)  # the prompts join
         if not known.all():
-            batch, pid, at = batch.filter(pl.Series(known)), pid[known], at[known]
+            keep = np.flatnonzero(known)
+            batch, column, pid, at = batch[keep], column.take(pa.array(keep)), pid[keep], at[keep]
         if batch.height == 0:
+            return None
+        position = batch["position"].to_numpy()
+        li = layer_index(batch["layer"].to_numpy(), layer_list)
+        logits = BatchLogits(column)
+        widths = _layer_widths(logits.lengths, li, layer_list)
+        signatures = [(fn, widths.get(x, 0)) for x, fn in zip(layer_list, score_fns, strict=True)]
+        ks = np.empty((len(levels), li.size), dtype=np.int32)
+        for (score_fn, n_scores), rows in signature_rows(li, signatures):
+            k_rows = _k_levels(logits_matrix(logits, rows, n_scores), score_fn, levels)
+            ks[:, slice(None) if rows is None else rows] = k_rows
+        tok = tokens.index(at, _token_key(pid, position), position)
+        ranks = ranks_future.result()
+        ok = tok >= 0
+        ok[ok] = ranks.usable[tok[ok]]
+        gid = li * len(groups) + p_code[at]
+        width = max([min_width, *widths.values()])
+        cells = _cells(gid, ks, ok, ranks.centred[np.maximum(tok, 0)], n_cells, width)
+        by_layer = _tokens_by_layer(li, tok, ok)
+        small = np.int16 if int(ks.max(initial=0)) < 2**15 else np.int32
+        part = _Rows(li.astype(np.int16), p_code[at].astype(np.int16), tok.astype(np.int32), ks.astype(small))
+        return part, cells, by_layer, widths
+
+    batches = stream_logits(store, run_id, layer_list)
+    ranker.shutdown(wait=False)  # the submitted ranking still runs; no further tasks
+    width: dict[int, int] = {}
+    parts: list[_Rows] = []
+    cells: _Cells | None = None
+    coverage: _Coverage | None = None
+    for result in map_ordered(one_batch, batches):
+        if result is None:
             continue
-        code = p_code[at]
-        key = _token_key(pid, batch["position"].to_numpy())
-        t_at = np.minimum(np.searchsorted(t_key, key), max(t_key.size - 1, 0))
-        nll = np.where(t_key[t_at] == key, t_nll[t_at], np.nan) if t_key.size else np.full(pid.size, np.nan)
-        logits = BatchLogits(batch["logits"])
-        for layer, rows_l in layer_groups(batch["layer"].to_numpy()):
-            lengths = logits.lengths[rows_l]
-            n_scores = int(lengths[0])
-            if (lengths != n_scores).any() or width.setdefault(layer, n_scores) != n_scores:
+        part, batch_cells, by_layer, widths = result
+        cells = batch_cells if cells is None else cells.add(batch_cells)
+        if coverage is None:
+            coverage = _Coverage(len(layer_list), ranks_future.result().usable)
+        coverage.add(*by_layer)
+        for layer, n_scores in widths.items():
+            if width.setdefault(layer, n_scores) != n_scores:
                 raise ValueError(f"layer {layer}: router logits have differing lengths")
-            scores = router_scores(logits.rows(rows_l, n_scores), meta[layer][1])
-            # Sorted cumulative scores once; k_at_p(scores, p) for every p reads them.
-            cum = np.cumsum(-np.sort(-scores, axis=1), axis=1)
-            ks = np.empty((len(levels), rows_l.size), dtype=np.int64)
-            for i, p in enumerate(levels):
-                reached = cum >= p - _TOL
-                reached[:, -1] = True
-                ks[i] = np.argmax(reached, axis=1) + 1
-            small = np.int16 if n_scores < 2**15 else np.int64
-            parts.setdefault(layer, []).append((code[rows_l].astype(np.int16), nll[rows_l], ks.astype(small)))
-    rows: list[dict[str, object]] = []
-    any_logits = bool(parts)
-    for layer in sorted(parts):
-        code = np.concatenate([c for c, _, _ in parts[layer]])
-        nll_all = np.concatenate([x for _, x, _ in parts[layer]])
-        ks = np.concatenate([k for _, _, k in parts[layer]], axis=1).astype(np.int64)
-        del parts[layer]
-        n_bins = max(meta[layer][0], width[layer])
-        present = np.unique(code).tolist()  # NULL (code 0) first, then labels in sorted order
-        masks = [code == g for g in present]
-        oks = [~np.isnan(nll_all[mask]) for mask in masks]
-        nll_ranks: dict[int, np.ndarray] = {}  # the NLL ranks of a group serve every p
-        for i, p in enumerate(levels):
-            k = ks[i]
-            for g, mask, ok in zip(present, masks, oks, strict=True):
-                k_l = k[mask]
-                rows.append({
-                    "layer": layer, "label": groups[g], "p": p, "mean_k": float(k_l.mean()),
-                    "k_counts": np.bincount(k_l - 1, minlength=n_bins).tolist(), "n_tokens": int(k_l.size),
-                    "spearman_nll": _spearman_cached(k_l[ok], nll_all[mask][ok], nll_ranks, g),
-                    "n_nll": int(ok.sum()),
-                })  # fmt: skip
-    if not any_logits and layer_info.height > 0:
+        parts.append(part)
+    if not parts and layer_info.height > 0:
         raise ValueError(
             f"run {run_id!r} has no router logits for the selected layers; dynamic k needs them: "
             "capture the run again with --logits fp16 or --logits fp32"
         )
-    if not rows:
+    if not parts or cells is None or coverage is None:
         return pl.DataFrame(schema=_SCHEMA)
-    out = pl.DataFrame(rows, schema=_SCHEMA).select(list(DYNAMIC_K_COLUMNS))
-    return out.sort("layer", "label", "p", nulls_last=False)
+
+    def rows() -> _Rows:
+        """Every batch's rows together (only built when a layer needs its own ranks)."""
+        fields = ("li", "code", "tok", "ks")
+        return _Rows(*(np.concatenate([getattr(x, f) for x in parts], axis=-1) for f in fields))
+
+    n_bins = {x: max(meta[x][0], width[x]) for x in width}
+    summary = _summarise(
+        cells, coverage.shared(), rows, ranks_future.result(), tokens.nll, layer_list, groups, levels, n_bins
+    )
+    out = pl.DataFrame(summary, schema=_SCHEMA)
+    return out.select(list(DYNAMIC_K_COLUMNS)).sort("layer", "label", "p", nulls_last=False)

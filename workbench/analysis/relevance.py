@@ -26,12 +26,26 @@ logits of all layers once, unsorted, in batches of ``_BATCH_ROWS`` rows.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
-from workbench.analysis.common import BatchLogits, layer_filter, layer_groups, layer_info
-from workbench.analysis.scores import router_scores
+from workbench.analysis.common import (
+    BatchLogits,
+    check_widths,
+    layer_filter,
+    layer_index,
+    layer_info,
+    logits_matrix,
+    map_ordered,
+    row_chunks,
+    signature_rows,
+    stream_logits,
+    transposed_f64,
+)
+from workbench.analysis.scores import router_scores_t
 from workbench.store import Store
 
 __all__ = ["esft_scores", "expert_top_tokens", "tcess", "vocab_specialisation"]
@@ -120,6 +134,44 @@ def esft_scores(
     return pl.concat(frames).sort("layer", "expert", "label")
 
 
+@dataclass(frozen=True)
+class _TcessSums:
+    """Per (layer, label) group: Σ π per expert (thresholded when r is given), kept rows per expert, rows."""
+
+    sums: np.ndarray
+    kept: np.ndarray
+    n_rows: np.ndarray
+
+    def add(self, other: _TcessSums) -> _TcessSums:
+        """The sums of two batches together."""
+        return _TcessSums(self.sums + other.sums, self.kept + other.kept, self.n_rows + other.n_rows)
+
+
+def _tcess_sums(
+    z: np.ndarray, score_fn: str | None, group: np.ndarray, n_groups: int, r: float | None
+) -> _TcessSums:
+    """Group sums of the scores π of the ``(n, E)`` logits ``z`` over rows labelled ``group``.
+
+    π is computed a chunk of rows at a time in the transposed layout
+    (:func:`~workbench.analysis.scores.router_scores_t`), and summed per group with one
+    ``bincount`` per expert: O(n·E), with no gather of rows and no (groups × n) indicator matrix.
+    """
+    n_experts = z.shape[1]
+    sums = np.zeros((n_groups, n_experts))
+    kept = np.zeros((n_groups, n_experts))
+    for chunk in row_chunks(len(z)):
+        pi_t = router_scores_t(transposed_f64(z[chunk]), score_fn)
+        g = group[chunk]
+        for e in range(n_experts):
+            if r is None:
+                sums[:, e] += np.bincount(g, weights=pi_t[e], minlength=n_groups)
+            else:
+                keep = pi_t[e] >= r
+                sums[:, e] += np.bincount(g, weights=np.where(keep, pi_t[e], 0.0), minlength=n_groups)
+                kept[:, e] += np.bincount(g, weights=keep, minlength=n_groups)
+    return _TcessSums(sums, kept, np.bincount(group, minlength=n_groups).astype(np.float64))
+
+
 def tcess(
     store: Store, run_id: str, *, layers: Iterable[int] | None = None, r: float | None = None
 ) -> pl.DataFrame:
@@ -137,41 +189,46 @@ def tcess(
     }
     label_names = sorted({x for x in store.prompts(run_id)["label"].to_list() if x is not None})
     n_labels = len(label_names)
-    # Per layer: Σ π (or Σ π·[π >= r]) per (label, expert), tokens per label, counted per (label, expert).
+    layer_list = list(meta)
+    n_layers = len(layer_list)
+    widths = np.array([meta[x][0] for x in layer_list], dtype=np.int64)
+    signatures = [meta[x] for x in layer_list]
+    # Per (layer, label) group: Σ π (or Σ π·[π >= r]) per expert, tokens, and counted tokens.
+    acc: dict[int, _TcessSums] = {}
+    batches = stream_logits(store, run_id, layer_list, labels=label_names, batch_rows=_BATCH_ROWS)
+
+    def one_batch(item: tuple[pl.DataFrame, pa.Array]) -> list[tuple[int, _TcessSums]]:
+        """One streamed batch's group sums, per logits width (E) of its layers."""
+        batch, column = item
+        if batch.height == 0:
+            return []
+        codes = batch["label"].cast(pl.Enum(label_names)).to_physical().to_numpy().astype(np.int64)
+        li = layer_index(batch["layer"].to_numpy(), layer_list)
+        logits = BatchLogits(column)
+        check_widths(logits.lengths, li, widths, layer_list)
+        out = []
+        for (n_experts, score_fn), rows in signature_rows(li, signatures):
+            z = logits_matrix(logits, rows, n_experts)
+            li_s, codes_s = (li, codes) if rows is None else (li[rows], codes[rows])
+            part = _tcess_sums(z, score_fn, li_s * n_labels + codes_s, n_layers * n_labels, r)
+            out.append((n_experts, part))
+        return out
+
+    for parts in map_ordered(one_batch, batches):  # one unsorted scan over all layers
+        for n_experts, part in parts:
+            if n_experts in acc:
+                acc[n_experts] = acc[n_experts].add(part)
+            else:
+                acc[n_experts] = part
     sums: dict[int, np.ndarray] = {}
     n_rows: dict[int, np.ndarray] = {}
     kept: dict[int, np.ndarray] = {}
-    layer_list = list(meta)
-    batches = (
-        store.iter_routing(
-            run_id, layers=layer_list, labels=label_names, logits=True, batch_rows=_BATCH_ROWS, ordered=False
-        )
-        if layer_list and label_names
-        else iter(())
-    )
-    for batch in batches:  # one unsorted scan over all layers, a batch at a time
-        batch = batch.filter(pl.col("logits").is_not_null())
-        if batch.height == 0:
-            continue
-        codes = batch["label"].cast(pl.Enum(label_names)).to_physical().to_numpy().astype(np.int64)
-        logits = BatchLogits(batch["logits"])
-        for layer, rows_l in layer_groups(batch["layer"].to_numpy()):
-            n_experts, score_fn = meta[layer]
-            if (logits.lengths[rows_l] != n_experts).any():
-                raise ValueError(f"layer {layer}: logits rows must have length n_experts={n_experts}")
-            pi = router_scores(logits.rows(rows_l, n_experts), score_fn)
-            onehot = (codes[rows_l][None, :] == np.arange(n_labels)[:, None]).astype(np.float64)  # (T, n)
-            if layer not in sums:
-                sums[layer] = np.zeros((n_labels, n_experts))
-                kept[layer] = np.zeros((n_labels, n_experts))
-                n_rows[layer] = np.zeros(n_labels)
-            n_rows[layer] += onehot.sum(axis=1)
-            if r is None:
-                sums[layer] += onehot @ pi
-            else:
-                keep = pi >= r
-                sums[layer] += onehot @ (pi * keep)
-                kept[layer] += onehot @ keep.astype(np.float64)
+    for part in acc.values():
+        for i, layer in enumerate(layer_list):
+            block = slice(i * n_labels, (i + 1) * n_labels)
+            if part.n_rows[block].sum() == 0 or part.sums.shape[1] != meta[layer][0]:
+                continue
+            sums[layer], kept[layer], n_rows[layer] = part.sums[block], part.kept[block], part.n_rows[block]
     any_logits = bool(sums)
     for layer in sorted(sums):
         n_experts = meta[layer][0]

@@ -28,8 +28,13 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 
-from workbench.analysis.common import layer_filter
-from workbench.analysis.stats import benjamini_hochberg, cluster_bootstrap, cluster_permutation_pvalue
+from workbench.analysis.common import layer_filter, map_ordered
+from workbench.analysis.stats import (
+    benjamini_hochberg,
+    cluster_bootstrap,
+    cluster_permutation_pvalue,
+    one_blas_thread,
+)
 from workbench.store import Store
 
 __all__ = ["SPECIALISATION_COLUMNS", "domain_share_polars", "domain_specialisation"]
@@ -105,18 +110,21 @@ def domain_specialisation(
     prompt_ids = labels_df["prompt_id"].to_numpy().astype(np.int64)
     prompt_codes = np.array([label_code[x] for x in labels_df["label"].to_list()], dtype=np.int64)
 
-    frames: list[pl.DataFrame] = []
-    for li, (layer, n_experts, top_k) in enumerate(
-        layer_info.select("layer", "n_experts", "top_k").iter_rows()
-    ):
-        frame = _one_layer(
+    def layer_rows(item: tuple[int, tuple[int, int, int]]) -> pl.DataFrame | None:
+        """:func:`_one_layer` for the li-th selected layer (seeded by ``(seed, li)``)."""
+        li, (layer, n_experts, top_k) = item
+        return _one_layer(
             int(layer), int(n_experts), int(top_k),
             selections.filter(pl.col("layer") == layer), tokens.filter(pl.col("layer") == layer),
             prompt_ids, prompt_codes, label_names,
             n_boot=n_boot, n_perm=n_perm, seed=np.random.SeedSequence([seed, li]),
         )  # fmt: skip
-        if frame is not None:
-            frames.append(frame)
+
+    # Each layer resamples from its own seed, so the layers can run on two threads (numpy's
+    # draws and products release the GIL) with the same results in the same order.
+    items = list(enumerate(layer_info.select("layer", "n_experts", "top_k").iter_rows()))
+    with one_blas_thread():
+        frames = [f for f in map_ordered(layer_rows, items) if f is not None]
     if not frames:
         return pl.DataFrame(schema=_SCHEMA)
     out = pl.concat(frames)

@@ -12,9 +12,11 @@ elsewhere (DuckDB) and the resampling is a few matrix products in numpy.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 
@@ -24,6 +26,7 @@ __all__ = [
     "cluster_bootstrap",
     "cluster_permutation_pvalue",
     "contrast_test",
+    "one_blas_thread",
 ]
 
 #: Resamples are processed in blocks of this many so that the (block, n_prompts) weight
@@ -32,26 +35,41 @@ _BLOCK = 256
 
 
 _CONTROLLER: Any = None
+_LIMIT_LOCK = threading.Lock()
+_LIMIT_DEPTH = 0
+_LIMITER: Any = None
 
 
-def _one_blas_thread() -> AbstractContextManager[Any]:
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
     """Run the resampling products on one BLAS thread (results are the same bits).
 
     They are many small ``(block, n_prompts) @ (n_prompts, m)`` products, for which BLAS
     threads cost more in hand-offs than they save (several times slower on a busy 2-core
-    machine). A no-op when threadpoolctl (a scikit-learn dependency) is missing.
+    machine). Re-entrant and thread-safe (analyses resample layers on several threads): the
+    first entry sets the limit, the last exit restores it. A no-op when threadpoolctl (a
+    scikit-learn dependency) is missing.
     """
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:  # pragma: no cover
-            _CONTROLLER = False
-        else:
-            _CONTROLLER = ThreadpoolController()
-    if _CONTROLLER is False:
-        return nullcontext()
-    return cast(AbstractContextManager[Any], _CONTROLLER.limit(limits=1, user_api="blas"))
+    global _CONTROLLER, _LIMIT_DEPTH, _LIMITER
+    with _LIMIT_LOCK:
+        if _CONTROLLER is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+            except ImportError:  # pragma: no cover
+                _CONTROLLER = False
+            else:
+                _CONTROLLER = ThreadpoolController()
+        if _CONTROLLER is not False and _LIMIT_DEPTH == 0:
+            _LIMITER = _CONTROLLER.limit(limits=1, user_api="blas")
+        _LIMIT_DEPTH += 1
+    try:
+        yield
+    finally:
+        with _LIMIT_LOCK:
+            _LIMIT_DEPTH -= 1
+            if _LIMIT_DEPTH == 0 and _LIMITER is not None:
+                _LIMITER.restore_original_limits()
+                _LIMITER = None
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
@@ -146,7 +164,7 @@ def cluster_bootstrap(
     uniform = np.full(n, 1.0 / n)
     # With whole-number statistics one product with [num | den] gives both sums exactly.
     both = np.hstack([num2, den2]) if _integral(num2, den2) else None
-    with _one_blas_thread():
+    with one_blas_thread():
         for start in range(0, n_boot, _BLOCK):
             b = min(_BLOCK, n_boot - start)
             w = rng.multinomial(n, uniform, size=b).astype(np.float64)  # (b, n) draw counts
@@ -156,9 +174,22 @@ def cluster_bootstrap(
             else:
                 reps[start : start + b] = _ratio(w @ num2, w @ den2)
     alpha = (1.0 - level) / 2.0
-    with np.errstate(invalid="ignore"):
-        low, high = np.nanquantile(reps, [alpha, 1.0 - alpha], axis=0) if m else (np.empty(0), np.empty(0))
+    low, high = _percentiles(reps, alpha) if m else (np.empty(0), np.empty(0))
     return estimate, np.asarray(low), np.asarray(high)
+
+
+def _percentiles(reps: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ``alpha`` and ``1 − alpha`` quantiles of each column of ``reps``, ignoring NaN replicates.
+
+    ``np.nanquantile`` loops over the columns in Python; without NaNs ``np.quantile`` gives the
+    same values (same linear interpolation) in one call, ~10× faster.
+    """
+    with np.errstate(invalid="ignore"):
+        if np.isnan(reps).any():
+            low, high = np.nanquantile(reps, [alpha, 1.0 - alpha], axis=0)
+        else:
+            low, high = np.quantile(reps, [alpha, 1.0 - alpha], axis=0)
+    return low, high
 
 
 def cluster_permutation_pvalue(
@@ -207,7 +238,7 @@ def cluster_permutation_pvalue(
         return _ratio(in_num, in_den) - _ratio(tot_num - in_num, tot_den - in_den)
 
     member = (codes[None, :] == np.arange(n_groups)[:, None]).astype(np.float64)  # (G, n)
-    with _one_blas_thread():
+    with one_blas_thread():
         return _permutation_loop(
             diff(member), codes, n_groups, diff, n_perm, seed, alternative, both is not None
         )
@@ -233,7 +264,9 @@ def _permutation_loop(
     tol = 1e-12 * np.maximum(1.0, np.abs(np.nan_to_num(observed)))
     for start in range(0, n_perm, _BLOCK):
         b = min(_BLOCK, n_perm - start)
-        perm = rng.permuted(np.broadcast_to(codes, (b, codes.size)), axis=1)  # (b, n)
+        # permuted() returns a column-major array: make it row-major so the stacked indicator
+        # below reshapes without a copy and feeds BLAS contiguous rows (same values).
+        perm = np.ascontiguousarray(rng.permuted(np.broadcast_to(codes, (b, codes.size)), axis=1))  # (b, n)
         if stacked_ok:  # all groups in one (G·b, n) product (exact, see _integral)
             stacked = (perm[None, :, :] == np.arange(n_groups)[:, None, None]).astype(np.float64)
             nulls = diff(stacked.reshape(n_groups * b, -1)).reshape(n_groups, b, -1)

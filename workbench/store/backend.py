@@ -26,6 +26,7 @@ from workbench.store.schema import current_version
 
 if TYPE_CHECKING:  # polars is imported lazily: the capture path does not need it
     import polars as pl
+    import pyarrow as pa
 
 
 class Store:
@@ -226,8 +227,9 @@ class Store:
         An unknown run id raises here, not at the first ``next()``. Rows come in (prompt_id,
         position, layer) order, as from :meth:`routing`; memory stays bounded by a few hundred
         thousand rows (DuckDB sorts ranges of consecutive prompts, never the whole run).
-        ``ordered=False`` skips the sorting: the same rows in storage order (for consumers
-        that only count or sum, where order does not matter), in one scan.
+        ``ordered=False`` skips the sorting: the same rows in no particular order (DuckDB's
+        parallel scan may hand out row groups in a different order on each call), in one scan,
+        for consumers that only count or sum.
         """
         with self._lock:
             runs_mod.status_of(self.con, run_id)
@@ -237,6 +239,26 @@ class Store:
             sql = sql.partition(" ORDER BY ")[0]
             return _stream_sql(cursor, sql, params, batch_rows)
         return _stream(cursor, run_id, layers, labels, prompt_ids, logits, batch_rows)
+
+    def iter_logits(
+        self,
+        run_id: str,
+        layers: Iterable[int],
+        labels: Iterable[str] | None = None,
+        batch_rows: int = 262_144,
+    ) -> Iterator[pa.RecordBatch]:
+        """The router logits of ``layers`` as Arrow batches: ``prompt_id, position, layer[, label], logits``.
+
+        Only rows with logits, in no particular order, in one unsorted scan; with ``labels``, only
+        the rows of prompts carrying one of them (and their ``label``). The list column stays in
+        Arrow, which is what makes this about twice as cheap as :meth:`iter_routing` for the
+        analyses that turn logits into numpy. Raises ``UnknownRunError`` for an unknown run.
+        """
+        with self._lock:
+            runs_mod.status_of(self.con, run_id)
+            cursor = self.con.cursor()
+        sql, params = readers.logits_sql(run_id, layers, labels)
+        return _stream_arrow(cursor, sql, params, batch_rows)
 
     def expert_stats(
         self, run_id: str, layers: Iterable[int] | None = None, prompt_ids: Iterable[int] | None = None
@@ -318,5 +340,15 @@ def _stream_sql(
     """Yield the batches of one query from ``cursor`` and close it when done or abandoned."""
     try:
         yield from readers.batches(cursor, sql, params, batch_rows)
+    finally:
+        cursor.close()
+
+
+def _stream_arrow(
+    cursor: duckdb.DuckDBPyConnection, sql: str, params: list[Any], batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """Yield the Arrow record batches of one query from ``cursor`` and close it when done or abandoned."""
+    try:
+        yield from cursor.sql(sql, params=params).to_arrow_reader(max(1, int(batch_rows)))
     finally:
         cursor.close()

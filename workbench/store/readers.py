@@ -119,6 +119,22 @@ def routing_sql(
     return sql, q.params
 
 
+def logits_sql(run_id: str, layers: Iterable[int], labels: Iterable[str] | None) -> tuple[str, list[Any]]:
+    """SQL + params for :meth:`Store.iter_logits`: keys (and label) plus non-NULL logits, unsorted."""
+    cols = "r.prompt_id, r.position, r.layer" + (", p.label" if labels is not None else "") + ", r.logits"
+    join = (
+        " JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id" if labels is not None else ""
+    )
+    sql = (
+        f"SELECT {cols} FROM routing r{join} WHERE r.run_id = ? AND r.layer = ANY(?) AND r.logits IS NOT NULL"
+    )
+    params: list[Any] = [run_id, [int(x) for x in layers]]
+    if labels is not None:
+        sql += " AND p.label = ANY(?)"
+        params.append([str(x) for x in labels])
+    return sql, params
+
+
 #: DuckDB (2.x) hands an ``ORDER BY`` result to the Arrow reader in blocks of this many rows
 #: (its row-group size), and no batch straddles two blocks: ``to_arrow_reader(b)`` yields
 #: ``min(b, rows left in the block)`` rows at a time. :func:`routing_batches` reproduces
