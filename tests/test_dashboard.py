@@ -223,6 +223,13 @@ def test_coactivation_network() -> None:
     assert list(nodes.text) == ["0", "1", "2", "3"] and [int(c[0]) for c in nodes.customdata] == [0, 1, 2, 3]
     assert [int(c[2]) for c in nodes.customdata] == [1, 1, 1, 1]  # each expert has one edge shown
     assert "2 pairs with lift ≥ 1.00" in fig.layout.title.text
+    weak = df.with_columns(pl.col("lift").replace({3.0: 1.3, 1.2: 1.1}))  # no pair reaches 1.5
+    edges, used = coactivation.network_edges(weak, 0, "lift", None)
+    assert 1.1 < used <= 1.3 and edges.select("a", "b").rows() == [
+        (0, 1)
+    ]  # the strongest 10% instead of nothing
+    flat = df.with_columns(pl.lit(0.5).alias("lift"))  # everything below independence: no edge
+    assert coactivation.network_edges(flat, 0, "lift", None)[0].height == 0
     with pytest.raises(ValueError, match="edge weight"):
         coactivation.network_edges(df, 0, "pmi", None)
     with pytest.raises(ValueError, match="layer 3"):

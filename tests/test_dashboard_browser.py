@@ -25,6 +25,8 @@ from test_dashboard import PLANT, RUN, dashboard_db
 from dashboards import data
 
 TIMEOUT_MS = 20_000
+SETTLE_MS = 1_000
+"""Plotly animates a Sankey into place after it is drawn; a screenshot taken at once catches it midway."""
 SHOTS = Path(__file__).resolve().parents[1] / "test-output" / "dashboard"
 """Where the page screenshots go (git-ignored)."""
 # path → the elements that must be drawn (visible) there.
@@ -147,6 +149,7 @@ def test_dashboard_in_headless_chromium(server: str) -> None:
                     page.locator(".wb-error").all_inner_texts(),
                 )
                 name = path.split("?")[0].strip("/") or "runs"
+                page.wait_for_timeout(SETTLE_MS)  # let plotly's Sankey finish laying out before the picture
                 page.screenshot(path=str(shots / f"{i}-{name}.png"), full_page=True)
                 assert errors == [], (path, errors)
 

@@ -84,7 +84,8 @@ def layout(
                         className="wb-number",
                     ),
                     html.Span(
-                        f"(empty: lift ≥ {view.DEFAULT_MIN_LIFT}, or the strongest 10% of counts)",
+                        f"(empty: lift ≥ {view.DEFAULT_MIN_LIFT} or the layer's strongest 10% of pairs, whichever is lower; "
+                        "counts: the strongest 10%)",
                         className="wb-muted",
                     ),
                 ],

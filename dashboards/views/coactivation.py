@@ -86,7 +86,10 @@ def network_edges(
     """(edges, threshold used): one row per unordered pair ``a < b`` of ``layer`` with ``weight`` ≥ the threshold.
 
     Lift and counts are symmetric in (a, b), so each pair is one edge. ``threshold`` None means the
-    default: lift ≥ :data:`DEFAULT_MIN_LIFT`; count ≥ the layer's :data:`COUNT_QUANTILE` quantile.
+    default: count ≥ the layer's :data:`COUNT_QUANTILE` quantile; lift ≥ :data:`DEFAULT_MIN_LIFT`, or,
+    on a layer where few pairs get that far (small models: 8 experts top-2 rarely reach it), ≥ the
+    layer's :data:`COUNT_QUANTILE` quantile of lift, but never below 1 (independence): the network
+    then shows the layer's strongest pairs instead of nothing.
     """
     if metric not in METRICS:
         raise ValueError(f"edge weight must be one of {list(METRICS)}, not {metric!r}")
@@ -94,10 +97,12 @@ def network_edges(
     pairs = df.filter((pl.col("layer") == layer) & (pl.col("a") < pl.col("b")) & pl.col(column).is_not_null())
     pairs = pairs.with_columns(pl.col(column).cast(pl.Float64).alias("weight"))
     if threshold is None:
+        found = pairs["weight"].quantile(COUNT_QUANTILE) if pairs.height else None
         if metric == "lift":
-            threshold = DEFAULT_MIN_LIFT
+            threshold = (
+                min(DEFAULT_MIN_LIFT, max(float(found), 1.0)) if found is not None else DEFAULT_MIN_LIFT
+            )
         else:
-            found = pairs["weight"].quantile(COUNT_QUANTILE) if pairs.height else None
             threshold = float(found) if found is not None else 0.0
     kept = pairs.filter(pl.col("weight") >= threshold).sort("weight", descending=True)
     return kept.select("a", "b", "weight", "n_ab", "lift", "p_b_given_a"), float(threshold)
