@@ -119,3 +119,40 @@ def test_drift_with_compare(runs: tuple[Path, str, str], tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     frame = pl.read_csv(target)
     assert frame.height > 0
+
+
+def test_set_options_reach_the_analysis(runs: tuple[Path, str, str], tmp_path: Path) -> None:
+    """--set n_perm=9 makes the permutation p floor 1/10; layers=1 keeps one layer."""
+    db, first, _ = runs
+    out = tmp_path / "spec.parquet"
+    args = ["analyse", "specialisation", "--db", str(db), "--run", first, "--out", str(out)]
+    result = runner.invoke(app, [*args, "--set", "n_perm=9", "--set", "n_boot=5", "--set", "layers=1"])
+    assert result.exit_code == 0, result.output
+    table = pl.read_parquet(out)
+    assert table["p"].min() >= 0.1 - 1e-12 and set(table["layer"].to_list()) == {1}
+    p10 = (table["p"].drop_nans().drop_nulls() * 10).to_list()
+    assert p10 and all(abs(x - round(x)) < 1e-9 for x in p10)  # every p is (count + 1) / 10
+    bad = runner.invoke(app, [*args, "--set", "n_permutations=5"])
+    assert bad.exit_code != 0 and "n_perm=1000" in bad.output and "no option 'n_permutations'" in bad.output
+    worse = runner.invoke(app, [*args, "--set", "n_perm=many"])
+    assert worse.exit_code != 0 and "n_perm=many" in worse.output
+
+
+def test_parse_settings_reads_values_as_the_defaults_type() -> None:
+    from workbench.analysis.registry import analysis_options, list_options
+    from workbench.cli.settings import parse_settings
+
+    options, many = analysis_options("dynamic-k"), list_options("dynamic-k")
+    assert parse_settings(["p_levels=0.5, 0.8", "layers=3"], options, "dynamic-k", many) == {
+        "p_levels": (0.5, 0.8),
+        "layers": [3],
+    }
+    sim = analysis_options("expert-similarity")
+    assert parse_settings(["include_shared=no", "max_prompts=8"], sim, "expert-similarity") == {
+        "include_shared": False,
+        "max_prompts": 8,
+    }
+    with pytest.raises(ValueError, match="true or false"):
+        parse_settings(["include_shared=maybe"], sim, "expert-similarity")
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_settings(["seed"], analysis_options("load"), "load")

@@ -10,6 +10,7 @@ was captured from, loaded, because the analysis runs it — expert output simila
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,15 @@ if TYPE_CHECKING:
 
     from workbench.store import Store
 
-__all__ = ["ANALYSES", "AnalysisSpec", "UnknownAnalysisError", "get_analysis", "run_analysis"]
+__all__ = [
+    "ANALYSES",
+    "AnalysisSpec",
+    "UnknownAnalysisError",
+    "analysis_options",
+    "get_analysis",
+    "list_options",
+    "run_analysis",
+]
 
 
 class UnknownAnalysisError(KeyError):
@@ -162,6 +171,28 @@ def get_analysis(name: str) -> AnalysisSpec:
         raise UnknownAnalysisError(
             f"unknown analysis {name!r}; available: {', '.join(sorted(ANALYSES))}"
         ) from None
+
+
+def _option_params(name: str) -> list[inspect.Parameter]:
+    spec = get_analysis(name)
+    params = list(inspect.signature(spec.fn).parameters.values())[3 if spec.is_compare else 2 :]
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p for p in params if p.kind in kinds and p.name != "model"]
+
+
+def analysis_options(name: str) -> dict[str, Any]:
+    """The keyword options of analysis ``name`` with their defaults (``n_perm``, ``seed``, ``layers`` ...).
+
+    These are what ``moe-workbench analyse NAME --set KEY=VALUE`` may change: every parameter
+    after the store and the run id(s), except ``model`` (given by ``--model``).
+    """
+    return {p.name: None if p.default is inspect.Parameter.empty else p.default for p in _option_params(name)}
+
+
+def list_options(name: str) -> set[str]:
+    """The options of :func:`analysis_options` that take several values (``layers``, ``p_levels`` ...)."""
+    many = ("Iterable[", "Sequence[", "list[", "tuple[")
+    return {p.name for p in _option_params(name) if any(m in str(p.annotation) for m in many)}
 
 
 def run_analysis(

@@ -53,6 +53,14 @@ def analyse(
             "--out", help="Write the table to FILE: .csv, .parquet or .json (default: print the head)."
         ),
     ] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="An option of the analysis as KEY=VALUE (repeatable), e.g. --set n_perm=20000 --set seed=1;"
+            " a wrong key lists the ones it has.",
+        ),
+    ] = None,
 ) -> None:
     """Run one analysis (METHODS.md §1–§7) on a stored run and write its tidy table.
 
@@ -61,8 +69,16 @@ def analyse(
     Compare two runs: moe-workbench analyse drift --db runs.duckdb --run R --compare R2 --out drift.parquet
 
     Analyses that run the model: moe-workbench analyse expert-similarity --db runs.duckdb --run R --model M
+
+    Resampling and other options: --set n_perm=20000 (a smaller permutation p floor for large maps).
     """
-    from workbench.analysis.registry import ANALYSES, UnknownAnalysisError, run_analysis
+    from workbench.analysis.registry import (
+        ANALYSES,
+        UnknownAnalysisError,
+        analysis_options,
+        list_options,
+        run_analysis,
+    )
 
     if list_:
         from rich.table import Table
@@ -86,9 +102,12 @@ def analyse(
 
     errors: tuple[type[BaseException], ...] = (UnknownAnalysisError, *user_errors())
     try:
+        from workbench.cli.settings import parse_settings
+
+        kwargs = parse_settings(settings or [], analysis_options(name), name, list_options(name))
         loaded = _load_model(name, model, device)
         with Store(db, read_only=True) as store:
-            frame = run_analysis(name, store, run, compare=compare, model=loaded)
+            frame = run_analysis(name, store, run, compare=compare, model=loaded, **kwargs)
     except errors as exc:
         fail(str(exc))
     if out_file is None:
