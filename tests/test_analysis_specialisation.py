@@ -152,3 +152,34 @@ def test_cluster_bootstrap_coverage() -> None:
         _, low, high = cluster_bootstrap(hits, lengths, n_boot=300, seed=sim)
         covered += int(low[0] <= true <= high[0])
     assert covered / n_sims >= 0.90
+
+
+def test_permutation_floor_is_refined_only_where_no_shuffle_reached() -> None:
+    """One planted specialist among 400 tests: at the 1/100 floor BH cannot find it; 10,000 shuffles can."""
+    rng = np.random.default_rng(3)
+    n, m = 120, 200
+    groups = np.repeat([0, 1], n // 2)
+    den = np.full(n, 50.0)
+    num = rng.binomial(50, 0.1, size=(n, m)).astype(np.float64)  # null columns
+    num[:, 0] = np.where(groups == 0, 15.0, 5.0)  # column 0: group 0 uses it 3x as much
+    _, p_plain = cluster_permutation_pvalue(num, den, groups, n_perm=99, seed=1)
+    _, p_fine = cluster_permutation_pvalue(num, den, groups, n_perm=99, n_perm_max=9_999, seed=1)
+    assert p_plain[0, 0] == pytest.approx(1 / 100) and p_fine[0, 0] == pytest.approx(1 / 10_000)
+    assert benjamini_hochberg(p_plain.ravel())[0] > 0.05  # the floor hides it among 400 tests
+    assert benjamini_hochberg(p_fine.ravel())[0] < 0.05
+    at_floor = np.isclose(p_plain, 1 / 100)
+    assert np.array_equal(p_fine[~at_floor], p_plain[~at_floor])  # the same shuffles: bit-identical
+    assert (p_fine[at_floor] < 1 / 100).sum() >= 1
+    with pytest.raises(ValueError, match="n_perm_max"):
+        cluster_permutation_pvalue(num, den, groups, n_perm=99, n_perm_max=50)
+
+
+def test_refined_permutation_p_stays_valid_under_the_null() -> None:
+    """No planted effect: the two-stage p rejects at 5% no more often than 5% (up to sampling noise)."""
+    rng = np.random.default_rng(4)
+    n, m = 80, 400
+    groups = rng.permutation(np.repeat([0, 1], n // 2))
+    num = rng.binomial(40, 0.1, size=(n, m)).astype(np.float64)
+    _, p = cluster_permutation_pvalue(num, np.full(n, 40.0), groups, n_perm=19, n_perm_max=399, seed=2)
+    assert np.isfinite(p).all() and p.min() >= 1 / 400
+    assert (p <= 0.05).mean() <= 0.08  # 800 tests: expect ~5% (sd ~0.8%)

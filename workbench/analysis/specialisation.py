@@ -87,6 +87,7 @@ def domain_specialisation(
     n_boot: int = 1000,
     n_perm: int = 1000,
     seed: int = 0,
+    n_perm_max: int | None = None,
 ) -> pl.DataFrame:
     """Share, lift, prompt-bootstrap CI, permutation p and BH q per (layer, expert, label).
 
@@ -94,7 +95,10 @@ def domain_specialisation(
     layer (unused experts get share 0) and every non-null label with tokens in that layer,
     sorted by layer, expert, label. ``n_tokens`` is N_t (label-t tokens at that layer),
     ``n_prompts`` the number of label-t prompts contributing. ``E`` and ``k`` come from the
-    run's ``layers`` table. Deterministic for a given ``seed``.
+    run's ``layers`` table. Deterministic for a given ``seed``. ``n_perm_max`` continues the
+    shuffles up to that many for the cells no shuffle reached (their p falls below the
+    ``1/(n_perm + 1)`` floor, which on a large map keeps BH from finding a lone specialist);
+    see :func:`~workbench.analysis.stats.cluster_permutation_pvalue`. Other cells are unchanged.
     """
     layer_info = store.layers(run_id)  # raises UnknownRunError for an unknown run
     if layers is not None:
@@ -117,7 +121,7 @@ def domain_specialisation(
             int(layer), int(n_experts), int(top_k),
             selections.filter(pl.col("layer") == layer), tokens.filter(pl.col("layer") == layer),
             prompt_ids, prompt_codes, label_names,
-            n_boot=n_boot, n_perm=n_perm, seed=np.random.SeedSequence([seed, li]),
+            n_boot=n_boot, n_perm=n_perm, n_perm_max=n_perm_max, seed=np.random.SeedSequence([seed, li]),
         )  # fmt: skip
 
     # Each layer resamples from its own seed, so the layers can run on two threads (numpy's
@@ -145,6 +149,7 @@ def _one_layer(
     n_boot: int,
     n_perm: int,
     seed: np.random.SeedSequence,
+    n_perm_max: int | None = None,
 ) -> pl.DataFrame | None:
     """Rows for one layer, without q (BH runs over all layers together)."""
     if tokens.height == 0 or n_experts <= 0:
@@ -164,7 +169,7 @@ def _one_layer(
     present = np.unique(codes)
     _, p_all = cluster_permutation_pvalue(
         counts, den, np.searchsorted(present, codes), n_perm=n_perm,
-        seed=np.random.default_rng(perm_seed), alternative="greater",
+        seed=np.random.default_rng(perm_seed), alternative="greater", n_perm_max=n_perm_max,
     )  # fmt: skip
     if present.size < 2:
         p_all = np.full_like(p_all, np.nan)
