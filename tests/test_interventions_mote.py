@@ -151,3 +151,24 @@ def test_card_lists_reruns_with_more_controls() -> None:
     text = "\n".join(_mote_section(head))
     assert "Rerun of causal-greedy with 30 random sets per point (doses 8)" in text
     assert "range 0.0%–90.0%" in text
+
+
+def test_wilson_interval_matches_scipy() -> None:
+    from scipy.stats import binomtest
+
+    from workbench.interventions.mote_report import wilson
+
+    for k, n in [(0, 96), (5, 96), (70, 96), (96, 96), (3, 12)]:
+        want = binomtest(k, n).proportion_ci(method="wilson")
+        low, high = wilson(k / n, n)
+        assert low == pytest.approx(want.low, abs=1e-6) and high == pytest.approx(want.high, abs=1e-6)
+
+
+def test_write_up_gives_the_chosen_rates_a_confidence_interval(result: MoteResult) -> None:
+    text = to_markdown(result, "tiny-ref", "moe-workbench experiment mote")
+    assert result.baseline["n_harmful_eval"] == CONFIG.n_eval
+    assert "chosen_ci_low" in text and "chosen_ci_high" in text
+    data = json.loads(to_json(result))
+    assert len(data["doses"]) == result.doses.height
+    head = data["headline"]["highest_compliance_per_scorer"]
+    assert all(r["chosen_ci_low"] <= r["chosen"] <= r["chosen_ci_high"] for r in head)

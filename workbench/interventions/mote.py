@@ -336,6 +336,7 @@ def run_mote(
     baseline = {
         "harmful_refusal": harmful_refusal, "benign_refusal": base_benign,
         "harmful_compliance": harmful_compliance, "harmful_margin": measure.base_margin,
+        "n_harmful_eval": float(len(harmful)),
     }  # fmt: skip
     keys = ["measure", "scorer", "semantics", "n"]
     table = pl.DataFrame(summaries).select(*keys, pl.exclude(*keys))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from typing import Any
 
@@ -10,7 +11,30 @@ import polars as pl
 
 from workbench.interventions.mote import MEASURES, MoteResult
 
-__all__ = ["headline", "to_json", "to_markdown", "verdict"]
+__all__ = ["headline", "to_json", "to_markdown", "verdict", "wilson"]
+
+
+def wilson(share: float, n: float, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson 95% interval of a proportion ``share`` of ``n`` independent prompts (NaN when n is 0)."""
+    if not n or math.isnan(share):
+        return math.nan, math.nan
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _with_ci(frame: pl.DataFrame, n: float | None) -> pl.DataFrame:
+    """``chosen`` plus its Wilson interval (rates only: one greedy continuation per held-out prompt)."""
+    if not n or frame.is_empty():
+        return frame
+    rate = frame["measure"].to_list() if "measure" in frame.columns else ["refusal"] * frame.height
+    cis = [
+        wilson(v, n) if m != "margin_delta" else (math.nan, math.nan)
+        for v, m in zip(frame["chosen"], rate, strict=True)
+    ]
+    return frame.with_columns(
+        pl.Series("chosen_ci_low", [c[0] for c in cis]), pl.Series("chosen_ci_high", [c[1] for c in cis])
+    )
 
 
 def _table(df: pl.DataFrame, floats: str = "{:.3f}") -> str:
@@ -38,12 +62,16 @@ def headline(result: MoteResult) -> dict[str, Any]:
     if "measure" in result.outcomes.columns:
         answered = result.outcomes.filter(pl.col("measure") == "compliance")
         head["highest_compliance_per_scorer"] = (
-            answered.sort("chosen", descending=True)
-            .group_by("scorer", maintain_order=True)
-            .first()
-            .select("scorer", "semantics", "n", "chosen", "control_mean", "control_max", "z", "p")
+            _with_ci(
+                answered.sort("chosen", descending=True).group_by("scorer", maintain_order=True).first(),
+                result.baseline.get("n_harmful_eval"),
+            )
+            .select(
+                "scorer", "semantics", "n", "chosen", pl.selectors.matches("^chosen_ci_"), "control_mean",
+                "control_max", "z", "p",
+            )
             .to_dicts()
-        )
+        )  # fmt: skip
     return head
 
 
@@ -90,6 +118,7 @@ def to_json(result: MoteResult) -> str:
             "agreement": result.agreement.to_dicts(),
             "summary": result.summary.to_dicts(),
             "outcomes": result.outcomes.to_dicts(),
+            "doses": result.doses.to_dicts(),
             "forced": result.forced.to_dicts(),
             "scores": result.scores.to_dicts(),
         },
@@ -101,10 +130,12 @@ def to_markdown(result: MoteResult, model: str, command: str) -> str:
     """The experiment write-up: method, the measured tables and what they say, nothing assumed."""
     cfg, base = result.config, result.baseline
     agree = {r["score"]: r["spearman"] for r in result.agreement.iter_rows(named=True)}
-    summary = result.summary.select(
-        "scorer", "semantics", "n", "chosen", "control_mean", "control_min", "control_max", "z", "p"
+    n_eval = base.get("n_harmful_eval")
+    summary = _with_ci(result.summary, n_eval).select(
+        "scorer", "semantics", "n", "chosen", pl.selectors.matches("^chosen_ci_"), "control_mean", "control_min",
+        "control_max", "z", "p",
     ).rename({"chosen": "refusal (chosen)", "control_mean": "random mean", "control_min": "random min",
-              "control_max": "random max"})  # fmt: skip
+              "control_max": "random max"}, strict=False)  # fmt: skip
     cost = (
         result.doses.group_by("scorer", "semantics", "n", "set")
         .agg(pl.col("nll_delta").mean())
@@ -206,12 +237,13 @@ def _outcome_section(result: MoteResult) -> list[str]:
         "and no refusal pattern). The same random sets as above serve as controls; p has the same floor.",
         "",
         _table(
-            table.filter(pl.col("measure") != "refusal").select(
+            _with_ci(table.filter(pl.col("measure") != "refusal"), base.get("n_harmful_eval")).select(
                 "measure",
                 "scorer",
                 "semantics",
                 "n",
                 "chosen",
+                pl.selectors.matches("^chosen_ci_"),
                 "control_mean",
                 "control_min",
                 "control_max",
@@ -224,13 +256,19 @@ def _outcome_section(result: MoteResult) -> list[str]:
         "Chosen sets beyond every random set, in the direction that removes refusal:",
         "",
     ]
-    hits = outside(table.filter(pl.col("measure") != "refusal"))
+    hits = _with_ci(outside(table.filter(pl.col("measure") != "refusal")), base.get("n_harmful_eval"))
     if hits.is_empty():
         lines.append("- none.")
     for r in hits.iter_rows(named=True):
         m = r["measure"]
+        ci = r.get("chosen_ci_low")
+        interval = (
+            f" (95% CI {r['chosen_ci_low']:.1%}–{r['chosen_ci_high']:.1%})"
+            if ci is not None and ci == ci
+            else ""
+        )
         lines.append(
-            f"- `{r['scorer']}` {r['semantics']} N={r['n']}, {m}: {_fmt(m, r['chosen'])} vs random "
+            f"- `{r['scorer']}` {r['semantics']} N={r['n']}, {m}: {_fmt(m, r['chosen'])}{interval} vs random "
             f"{_fmt(m, r['control_min'])} to {_fmt(m, r['control_max'])} (mean {_fmt(m, r['control_mean'])}, "
             f"z = {r['z']:.1f}, p = {r['p']:.3f}, {int(r['n_controls'])} sets)"
         )

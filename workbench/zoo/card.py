@@ -98,6 +98,12 @@ def _probe_rows(m: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _ci(row: dict[str, Any]) -> str:
+    """`` (95% CI a–b)`` when the row has a Wilson interval of its chosen rate."""
+    low, high = row.get("chosen_ci_low"), row.get("chosen_ci_high")
+    return f" ({_pct(low)}–{_pct(high)})" if low is not None and high is not None and low == low else ""
+
+
 def _rate(measure: str, value: float) -> str:
     return f"{value:+.2f} nats" if measure == "margin_delta" else _pct(value)
 
@@ -136,7 +142,7 @@ def _mote_section(mote: dict[str, Any] | None) -> list[str]:
             "| scorer | semantics | N | answered | random mean | random max | z | p |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
             *[
-                f"| {b['scorer']} | {b['semantics']} | {b['n']} | {_pct(b['chosen'])} | {_pct(b['control_mean'])}"
+                f"| {b['scorer']} | {b['semantics']} | {b['n']} | {_pct(b['chosen'])}{_ci(b)} | {_pct(b['control_mean'])}"
                 f" | {_pct(b['control_max'])} | {b['z']:.1f} | {b['p']:.3f} |"
                 for b in mote["highest_compliance_per_scorer"]
             ],
