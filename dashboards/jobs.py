@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +35,7 @@ __all__ = [
     "attach_model",
     "cancellable",
     "check_cancelled",
+    "job_progress",
 ]
 
 MODEL_LOCK = threading.Lock()
@@ -58,6 +59,16 @@ def check_cancelled() -> None:
     flag = getattr(_LOCAL, "cancel", None)
     if flag is not None and flag.is_set():
         raise JobCancelled("cancelled")
+
+
+def job_progress(set_progress: Callable[[tuple[str, str, str]], None]) -> Callable[[int, int, str], None]:
+    """The ``progress(i, total, what)`` a job reports through: a cancellation point, then Dash's progress."""
+
+    def progress(i: int, total: int, what: str) -> None:
+        check_cancelled()  # between steps: a cancelled job stops here (and releases the model)
+        set_progress((str(i), str(total), what))
+
+    return progress
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from dash import Input, Output, State, callback, dcc, html
 from dashboards.components import guarded, message, query_string, to_int
 from dashboards.components.url import register_url_sync, url_components
 from dashboards.data import attached, current_db, current_model
-from dashboards.jobs import JobCancelled, check_cancelled
+from dashboards.jobs import JobCancelled, job_progress
 from dashboards.views import circuits as view
 from dashboards.views.common import pick
 
@@ -114,12 +114,8 @@ def run_job(set_progress: Any, _clicks: int, suite: str, a: str, b: str, n: Any)
     if loaded is None:
         return _no_model()
 
-    def progress(i: int, total: int, what: str) -> None:
-        check_cancelled()  # between steps: a cancelled job stops here (and releases the model)
-        set_progress((str(i), str(total), what))
-
     try:
-        return guarded(view.circuits_job, loaded, suite, a, b, n, progress=progress)
+        return guarded(view.circuits_job, loaded, suite, a, b, n, progress=job_progress(set_progress))
     except JobCancelled:
         return message("Cancelled.")
 

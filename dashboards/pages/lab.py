@@ -16,7 +16,7 @@ from dash import Input, Output, State, callback, dcc, html
 from dashboards.components import choices, guarded, message, query_string, to_int
 from dashboards.components.url import register_url_sync, url_components
 from dashboards.data import attached, current_db, current_model
-from dashboards.jobs import JobCancelled, check_cancelled
+from dashboards.jobs import JobCancelled, job_progress
 from dashboards.views import lab as view
 from dashboards.views.common import label_options, pick, run_options
 
@@ -157,12 +157,8 @@ def run_job(set_progress: Any, _clicks: int, *choices_: Any) -> Any:
     if loaded is None:
         return _no_model()
 
-    def progress(i: int, total: int, what: str) -> None:
-        check_cancelled()  # between steps: a cancelled job stops here (and releases the model)
-        set_progress((str(i), str(total), what))
-
     try:
-        return guarded(view.lab_job, current_db(), loaded, *choices_, progress=progress)
+        return guarded(view.lab_job, current_db(), loaded, *choices_, progress=job_progress(set_progress))
     except JobCancelled:
         return message("Cancelled: nothing was saved.")
 

@@ -214,9 +214,6 @@ class _Measure:
         refusal = float(np.mean([self.behaviour.judge(t) for t in texts]))
         return refusal, float(np.mean([alt(t) for t in texts])) if alt else float("nan")
 
-    def refusal(self, specs: Intervention | None) -> float:
-        return self.rates(self.texts(specs))[0]
-
     def __call__(self, semantics: str, experts: ExpertSet) -> Outcome:
         key = (semantics, repr(sorted(experts.items())))
         if key not in self.cache:
