@@ -286,6 +286,28 @@ def count_params_meta(cls: type[PreTrainedModel], config: PretrainedConfig) -> i
     return sum(p.numel() for p in model.parameters())
 
 
+def _built(cls: Any, config: Any) -> nn.Module:
+    """``cls._from_config(config)`` with every parameter its own init leaves unset given a seeded normal init.
+
+    Some architectures' ``_init_weights`` skip a module (e.g. the fused experts of Qwen3-Omni's talker),
+    leaving ``torch.empty`` memory: garbage that differs from build to build (NaN or 1e27 at times), so a
+    "seeded" tiny model was not reproducible. Built with deterministic algorithms on, torch fills such
+    memory with NaN; those parameters are then drawn from N(0, initializer_range) from the global seed.
+    """
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        model = cls._from_config(config)
+    finally:
+        torch.use_deterministic_algorithms(before)
+    std = float(getattr(config, "initializer_range", 0.02) or 0.02)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.is_floating_point() and bool(torch.isnan(param).all()):
+                param.normal_(0.0, std)
+    return model
+
+
 def tiny_model(model_type: str = "qwen2_moe", seed: int = 0, **overrides: Any) -> nn.Module:
     """A tiny random causal-LM (or seq2seq, or text model with an LM head) of ``model_type``, eval mode."""
     config = tiny_config(model_type, **overrides)
@@ -294,7 +316,7 @@ def tiny_model(model_type: str = "qwen2_moe", seed: int = 0, **overrides: Any) -
     if n_params > MAX_PARAMS:
         raise TinyConfigError(f"tiny config of {model_type} still has {n_params / 1e6:.1f}M parameters")
     torch.manual_seed(seed)
-    model: nn.Module = cls._from_config(config)
+    model: nn.Module = _built(cls, config)
     if not any(s in cls.__name__ for s in ("ForCausalLM", "ForConditionalGeneration", "LMHead")):
         model = TextLM(model)  # type: ignore[arg-type]
     randomise_routers(model, seed)
