@@ -7,6 +7,9 @@ exactly ``--tokens`` tokens, so no batch has padding) and one table of ratios:
    (routing records + fp16 router logits, tokens, NLL) ÷ ``bare_forward`` (``model_forward`` under
    ``torch.inference_mode`` on the same batches, no hooks). Both are timed ``--repeats`` times,
    interleaved (alternating order), after a warm-up; the ratio uses the minimum of each.
+   ``routing_check``: the load-time routing self-check capture runs once per model before its first
+   batch (every MoE block class, ablation on random tokens), min of ``--repeats``; its ``/ ours``
+   ratio is its share of one capture (timed captures reuse the verified model, so exclude it).
 2. Baselines that write the same rows (prompt_id, position, layer, experts, weights, logits) to
    DuckDB: an nnsight trace, HF ``output_router_logits=True`` + Python lists + pandas +
    ``executemany`` (executemany timed on a subset and extrapolated), and a TransformerLens 4.x
@@ -257,6 +260,8 @@ def _measure(
     workdir: Path,
     n_rows: int,
 ) -> int:
+    from workbench.models.routing_check import check_routing
+
     db = workdir / "ours.duckdb"
 
     # warm up: kernels, allocator, DuckDB, the writer thread
@@ -275,6 +280,10 @@ def _measure(
             seconds, _ = timed(args.device, fn)
             (bare_t if which == "bare" else ours_t).append(seconds)
         print(f"#   repeat {r + 1}: bare {bare_t[-1]:.2f}s  ours {ours_t[-1]:.2f}s", flush=True)
+    check_t = [
+        timed(args.device, lambda: check_routing(model, loaded.layers, force=True))[0]
+        for _ in range(args.repeats)
+    ]
     got = count_routing(db)
     if got != n_rows:
         raise SystemExit(f"our capture wrote {got} routing rows, expected {n_rows}")
@@ -286,6 +295,12 @@ def _measure(
             ours_s,
             f"capture() → DuckDB, hooks backend, fp16 logits + tokens + NLL; min of {args.repeats} "
             f"(median ratio {np.median(ours_t) / np.median(bare_t):.2f}x); {got:,} rows",
+        ),
+        Row(
+            "routing_check",
+            min(check_t),
+            f"check_routing(force=True) on {len({type(x.block) for x in loaded.layers})} block class(es); "
+            f"min of {args.repeats} = {100 * min(check_t) / ours_s:.2f}% of ours_capture; once per model",
         ),
     ]
     if args.only_ours:

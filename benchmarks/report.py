@@ -13,6 +13,7 @@ import torch
 ROWS = (
     "bare_forward",
     "ours_capture",
+    "routing_check",
     "nnsight_trace",
     "hf_router_logits_executemany",
     "tl_bridge_run_with_cache",

@@ -12,6 +12,7 @@ SCRIPT = ROOT / "benchmarks" / "capture.py"
 EXPECTED_ROWS = (
     "bare_forward",
     "ours_capture",
+    "routing_check",
     "nnsight_trace",
     "hf_router_logits_executemany",
     "tl_bridge_run_with_cache",

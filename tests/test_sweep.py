@@ -70,6 +70,72 @@ def test_important_family_passes(results: dict[str, Result], model_type: str) ->
     assert result.status == "pass", f"{model_type}: {result.reason}"
 
 
+#: Architectures new in transformers 5.25 (ergo, kolibri1_1, minicpm5_moe, param2moe) and the one
+#: whose routing changed in 5.25 (longcat_flash), with the family each must be resolved to: a
+#: structural rule adopting them with the default softmax family would be wrong.
+FIXED_IN_5_25 = [
+    ("ergo", "sigmoid-bias-renorm-scaled"),
+    ("kolibri1_1", "kolibri"),
+    ("minicpm5_moe", "deepseek-v3-sigmoid-group"),
+    ("param2moe", "deepseek-v3-sigmoid-group"),
+    ("longcat_flash", "longcat"),
+]
+
+
+@pytest.mark.parametrize(("model_type", "family"), FIXED_IN_5_25)
+def test_architectures_new_or_changed_in_5_25_pass_with_their_family(
+    results: dict[str, Result], model_type: str, family: str
+) -> None:
+    result = results.get(model_type) or check_architecture(model_type)
+    assert result.status == "pass", f"{model_type}: {result.reason}"
+    assert result.families == [family]
+
+
+def test_longcat_records_identity_and_real_experts_from_the_router() -> None:
+    """Since 5.25 LongCat hands its experts dummy ids for identity experts: the router is the source.
+
+    The tiny model has 8 real and 8 zero-compute experts; both kinds must be recorded, identity
+    experts as ids >= n_routed_experts with non-zero weight.
+    """
+    from workbench.capture.backends.hooks import HooksBackend
+    from workbench.models.supported import _batch
+
+    assert BLOCK_FAMILIES["LongcatFlashMoE"].selection == "router"
+    model = tiny_model("longcat_flash")
+    layers = find_moe_layers(model)
+    backend = HooksBackend(model, layers, expert_stats=False, want_logits=False)
+    try:
+        with torch.inference_mode():
+            capture = backend.run(_batch())
+    finally:
+        backend.close()
+    n_routed = model.config.n_routed_experts
+    indices = torch.cat([capture.routing[x.layer].indices.reshape(-1) for x in layers])
+    weights = torch.cat([capture.routing[x.layer].weights.reshape(-1) for x in layers])
+    assert (indices < n_routed).any() and (indices >= n_routed).any()
+    assert (weights[indices >= n_routed] > 0).all()
+
+
+def test_a_block_without_adapter_is_unsupported_and_capture_still_refuses_it() -> None:
+    """No adapter for a model's MoE blocks: the sweep says "no adapter yet", discovery still refuses."""
+    from workbench.models.registry import UnknownArchitectureError, register_adapter, unregister_adapter
+
+    original = BLOCK_FAMILIES["ErgoMoE"]
+    unregister_adapter("ErgoMoE")
+    try:
+        result = check_architecture("ergo")
+        with pytest.raises(
+            UnknownArchitectureError, match="ErgoMoE, but no adapter describes how they route"
+        ):
+            find_moe_layers(tiny_model("ergo"))
+    finally:
+        register_adapter("ErgoMoE", original, overwrite=True)
+    assert result.status == "unsupported"
+    assert result.reason.startswith("no adapter yet: ") and "ErgoMoE" in result.reason
+    assert result.blocks == ["ErgoMoE"]
+    assert check_architecture("ergo").status == "pass"  # restored
+
+
 @pytest.mark.parametrize(
     ("model_type", "n_shared"),
     [("qwen2_moe", 1), ("deepseek_v3", 1), ("llama4", 1), ("ernie4_5_vl_moe", 1), ("mixtral", 0)],

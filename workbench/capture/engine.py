@@ -25,6 +25,7 @@ from workbench.capture.progress import TokenProgress
 from workbench.capture.writer import StreamingWriter
 from workbench.models.expert_math import check_expert_stats
 from workbench.models.loading import LoadedModel, load_model
+from workbench.models.routing_check import check_routing
 from workbench.probefile import ProbeFileError, Prompt, iter_probe_file
 from workbench.store import Store
 
@@ -46,6 +47,8 @@ class CaptureOptions:
     max_pending: int = 2
     #: routing rows per store write (several batches coalesced; see capture/coalesce.py)
     write_rows: int = DEFAULT_WRITE_ROWS
+    #: skip the load-time routing self-check (models/routing_check.py); recorded in the run's config
+    skip_routing_check: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -113,10 +116,16 @@ def capture(
     )
     if opts.expert_stats:
         check_expert_stats(loaded.layers)
+    checked = _routing_check(loaded, opts)  # before a run exists: a refusal leaves nothing behind
     store = db if isinstance(db, Store) else Store(db)
     try:
         first = loaded.layers[0]
-        config = {"options": asdict(opts), "model_source": loaded.name, "workbench": _version()}
+        config = {
+            "options": asdict(opts),
+            "model_source": loaded.name,
+            "workbench": _version(),
+            "routing_check": checked,
+        }
         rid = store.create_run(
             run_id=run_id,
             model=loaded.name,
@@ -167,10 +176,25 @@ def resume(
                 dtype=opts.dtype,
             )
         )
+        _routing_check(loaded, opts)
         store.set_status(run_id, "running")
         remaining = (p for p in probes if p.prompt_id not in done)
         _run(loaded, remaining, store, run_id, opts, progress=progress)
         return run_id
+
+
+def _routing_check(loaded: LoadedModel, opts: CaptureOptions) -> dict[str, Any]:
+    """Verify every MoE block class records what it applies (raises RoutingCheckError), unless skipped."""
+    import transformers
+
+    if opts.skip_routing_check:
+        return {"skipped": True, "transformers": transformers.__version__}
+    blocks = check_routing(loaded.model, loaded.layers)
+    return {
+        "skipped": False,
+        "transformers": transformers.__version__,
+        "blocks": [b.as_dict() for b in blocks],
+    }
 
 
 def _run(

@@ -30,6 +30,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from workbench.models.discovery import NoMoELayersError
     from workbench.models.loading import ModelLoadError
     from workbench.models.registry import UnknownArchitectureError
+    from workbench.models.routing_check import RoutingCheckError
     from workbench.probefile import ProbeFileError
     from workbench.store import StoreError
 
@@ -37,6 +38,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         ModelLoadError,
         UnknownArchitectureError,
         NoMoELayersError,
+        RoutingCheckError,
         ProbeFileError,
         StoreError,
         ValueError,

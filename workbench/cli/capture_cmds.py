@@ -76,6 +76,15 @@ def capture(
             "--trust-remote-code", help="Allow the checkpoint's own Python code to run (off by default)."
         ),
     ] = False,
+    skip_routing_check: Annotated[
+        bool,
+        typer.Option(
+            "--skip-routing-check",
+            help="Do not verify, before the first batch, that each MoE block class records the experts and "
+            "weights it applies (a few random tokens per class; see docs/capture.md). The run's config "
+            "records the skip.",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Record per-token routing of MODEL on the prompts of PROBE into DB; prints the run id.
@@ -99,6 +108,7 @@ def capture(
             backend=backend.value,
             device=device,
             dtype=dtype,
+            skip_routing_check=skip_routing_check,
         )
         loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         with warnings.catch_warnings(record=True) as caught:

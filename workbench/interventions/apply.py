@@ -23,6 +23,7 @@ from workbench.interventions.editor import LayerEditor
 from workbench.interventions.plan import LayerPlan, make_plans
 from workbench.interventions.specs import Intervention
 from workbench.models.discovery import MoELayer, find_moe_layers
+from workbench.models.routing_check import check_routing
 
 Backend = Literal["hooks", "nnsight"]
 BACKENDS: tuple[Backend, ...] = ("hooks", "nnsight")
@@ -75,6 +76,7 @@ def intervene(
     *,
     backend: Backend = "hooks",
     layers: Sequence[MoELayer] | None = None,
+    skip_routing_check: bool = False,
 ) -> Iterator[Intervened]:
     """Apply ``specs`` to ``model`` inside the ``with`` block; the model is restored on exit.
 
@@ -84,10 +86,16 @@ def intervene(
     :class:`~workbench.interventions.specs.InterventionSpecError` listing what the model has; a
     semantics a routing family cannot apply exactly raises
     :class:`~workbench.interventions.select.UnsupportedIntervention` when the forward pass reaches it.
+
+    Before anything is installed, each MoE block class is verified once per model to apply the routing
+    its adapter describes (:func:`~workbench.models.routing_check.check_routing`; it raises
+    :class:`~workbench.models.routing_check.RoutingCheckError`); ``skip_routing_check=True`` skips it.
     """
     module, found = _unwrap(model, layers)
     items = [specs] if isinstance(specs, Intervention) else list(specs)
     plans = make_plans(items, found)
+    if not skip_routing_check:
+        check_routing(module, found)
     config = _text_config(module)
     editors = [LayerEditor(plan, config) for plan in plans]
     runner: Any

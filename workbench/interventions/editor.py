@@ -211,9 +211,21 @@ def _write_mask_combine_logits(ed: LayerEditor, output: Any) -> Any:
     return (top1, dense.reshape(combine.shape).to(combine.dtype), logits, *output[3:])
 
 
+def _write_logits_weights_indices(ed: LayerEditor, output: Any) -> Any:
+    """A TopKRouter read as the selection (LongCat-Flash since transformers 5.25): (logits, weights,
+    indices) with the edited selection in place of the router's."""
+    logits, weights, indices = output[0], output[1], output[2]
+    idx0, w0 = router_selection(ed.family, output, ed.layer.top_k, ed.layer.n_experts)
+    idx, w = ed.selection(idx0.long(), w0.float())
+    w = weight_edits(idx, w, ed._edits())
+    return (logits, w.to(weights.dtype), idx.to(indices.dtype), *output[3:])
+
+
 Writer = Callable[[LayerEditor, Any], Any]
 #: How a router that returns the selection itself gets its output rewritten, by declared layout.
 WRITERS: dict[str, Writer] = {
+    "logits_weights_indices": _write_logits_weights_indices,
+    "probs_weights_indices": _write_logits_weights_indices,
     "scores_logits": _write_scores_logits,
     "dispatch_probs_logits": _write_dispatch_probs_logits,
     "mask_combine_logits": _write_mask_combine_logits,

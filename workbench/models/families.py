@@ -45,9 +45,13 @@ DEEPSEEK_V2 = RoutingFamily(
 MISTRAL4 = RoutingFamily(
     name="mistral4-softmax-group", group_attrs=("num_group", "topk_group"), scale_attrs=_SCALE
 )
-#: LongCat-Flash: softmax + selection bias, scaled, with zero-compute (identity) experts in the logits
+#: LongCat-Flash: softmax + selection bias, scaled, with zero-compute (identity) experts in the logits.
+#: The selection is read from the router: since transformers 5.25 the block moves identity-expert
+#: choices onto dummy real expert ids with weight 0 before calling its experts module, so the
+#: experts' arguments no longer say which experts were chosen (the router's output still does).
 LONGCAT = RoutingFamily(
     name="longcat",
+    selection="router",
     renorm=False,
     correction_bias_attrs=_BIAS,
     scale_attrs=_SCALE,
@@ -91,7 +95,9 @@ DEEPSEEK_V3_UNSCALED = replace(DEEPSEEK_V3, name="deepseek-v3-sigmoid-group-unsc
 SIGMOID_BIAS_RENORM = RoutingFamily(
     name="sigmoid-bias-renorm", score_fn="sigmoid", correction_bias_attrs=_BIAS, renorm=True
 )
-#: ... and scaled by ``routed_scaling_factor`` (Inkling-2, DeepSeek-V4 with its score function)
+#: ... and scaled by the router's ``routed_scaling_factor`` (Ergo; Inkling-2 and DeepSeek-V4 with
+#: their score function). Ergo's experts have no gate projection and RMS-normalise each expert's
+#: output before weighting it: the weights are still what the block multiplies each output by.
 SIGMOID_BIAS_RENORM_SCALED = replace(
     SIGMOID_BIAS_RENORM, name="sigmoid-bias-renorm-scaled", scale_attrs=_SCALE
 )
@@ -113,7 +119,8 @@ HY_V3 = replace(SIGMOID_BIAS_RENORM, name="hy-v3", scale_attrs=("router_scaling_
 LFM2 = RoutingFamily(
     name="lfm2", score_fn="sigmoid", correction_bias_attrs=("expert_bias",), scale_attrs=_SCALE
 )
-#: Kolibri: the selection bias is added to the logits; weights are the sigmoid of the chosen logits
+#: Kolibri (1 and 1.1): the selection bias is added to the logits; weights are the sigmoid of the
+#: chosen logits, renormalised when ``norm_topk_prob`` says so
 KOLIBRI = RoutingFamily(name="kolibri", score_fn="sigmoid", correction_bias_attrs=_BIAS, bias_on="logits")
 #: Flint: sigmoid top-k, optional renorm
 SIGMOID_TOPK = RoutingFamily(name="sigmoid-topk", score_fn="sigmoid")
@@ -131,12 +138,16 @@ SWITCH = RoutingFamily(
 NLLB_MOE = RoutingFamily(
     name="nllb-top2-capacity", router_attrs=("router",), router_output="mask_combine_logits",
     selection="router", choice="nllb_top2", top_k=2,
+    routing_check_skip=(
+        "the recorded routing is the router's decision; the installed NllbMoeExperts re-encodes the top-1 "
+        "mask and runs experts 0 and 1 on those shares instead (an upstream bug, see docs/supported-models.md)"
+    ),
 )  # fmt: skip
 
 _V3_BLOCKS = (
     "DeepseekV3MoE DeepseekV32MoE Dots1MoE Dots3NoteTextMoE ExaoneMoeSparseMoEBlock Glm4MoeMoE "
     "Glm4MoeLiteMoE Glm4vMoeTextMoE GlmMoeDsaMoE KimiLinearMoE SolarOpenMoE BailingHybridMoE AXK1MoE "
-    "AXK2MoE NemotronHMoE MiMoV2FlashMoE Glm5NextTextMoE HYV4MoE HYV4VLMoE"
+    "AXK2MoE NemotronHMoE MiMoV2FlashMoE Glm5NextTextMoE HYV4MoE HYV4VLMoE MiniCPM5MoeMoE"
 )
 
 #: HF MoE-block class name → routing family. The whole per-architecture knowledge of the workbench.
@@ -185,6 +196,7 @@ BLOCK_FAMILIES: dict[str, RoutingFamily] = {
     "MiniMaxM3VLSparseMoeBlock": SIGMOID_BIAS_RENORM,
     "Step3p7SparseMoeBlock": SIGMOID_BIAS_RENORM,
     "LagunaSparseMoeBlock": LAGUNA,
+    "ErgoMoE": SIGMOID_BIAS_RENORM_SCALED,
     "Inkling2SparseMoeBlock": INKLING2,
     "Inkling2LoopSparseMoeBlock": INKLING2,
     "DeepseekV4SparseMoeBlock": DEEPSEEK_V4,
@@ -193,6 +205,7 @@ BLOCK_FAMILIES: dict[str, RoutingFamily] = {
     "HYV3MoE": HY_V3,
     "Lfm2MoeSparseMoeBlock": LFM2,
     "Kolibri1SparseMoeBlock": KOLIBRI,
+    "Kolibri1_1SparseMoeBlock": KOLIBRI,
     "FlintSparseMoeBlock": SIGMOID_TOPK,
     "Llama4TextMoe": LLAMA4,
     "SwitchTransformersSparseMLP": SWITCH,

@@ -136,6 +136,9 @@ class RoutingFamily:
     hash_table_attr: str | None = None
     #: an expert-capacity attribute (Switch), for the capacity recomputation
     capacity_attr: str | None = None
+    #: why the load-time routing self-check cannot hold for this family (the module applies something
+    #: other than what is recorded, by a documented convention); empty: the check runs
+    routing_check_skip: str = ""
     notes: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 

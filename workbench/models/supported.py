@@ -11,7 +11,15 @@ right-padded prompts, through the ``hooks`` capture backend:
 (b) the captured top-k experts and applied weights equal the family's declared recipe applied to
     the captured logits (:func:`scores.expected_topk`), as sets (order-insensitive) within tolerance;
 (c) the captured module paths equal an independent enumeration of the modules holding expert
-    parameters, and each layer number is the block index in its path (decoder after encoder).
+    parameters, and each layer number is the block index in its path (decoder after encoder);
+(d) the load-time routing self-check (:mod:`routing_check`) passes: the experts and weights each
+    block class applied, measured by ablation, equal what the adapter records (see docs/capture.md).
+
+An architecture that cannot be checked is ``unsupported`` with a stated reason, never ``fail``: its
+blocks are known and deliberately not adapted (listed with the reason), its MoE blocks have no
+adapter yet (the reason starts "no adapter yet: " and names the block classes; capture refuses such
+a model with an error saying what was found), or it is not a token-input text model. ``fail`` means
+a check above disagrees, or a tiny model with expert parameters does not build or has no MoE layers.
 
 ``python -m workbench.models.supported`` writes docs/supported-models.md.
 """
@@ -30,7 +38,8 @@ from torch import nn
 from workbench.models.discovery import MoELayer, find_moe_layers
 from workbench.models.families import BLOCK_FAMILIES, UNSUPPORTED_BLOCKS
 from workbench.models.family import CONVENTIONS
-from workbench.models.registry import UnknownArchitectureError
+from workbench.models.registry import UnknownArchitectureError, lookup
+from workbench.models.routing_check import RoutingCheckError, check_routing
 from workbench.models.scores import RoutingContext, expected_topk, recompute_logits, score_name
 from workbench.models.tiny import NotATextModelError, TinyConfigError, text_config_of, tiny_model
 
@@ -43,6 +52,10 @@ SWEEP_OVERRIDES: dict[str, dict[str, Any]] = {
     "switch_transformers": {"expert_capacity": 6},
     "nllb-moe": {"moe_eval_capacity_token_fraction": 0.1},
 }
+#: How the reason of an architecture whose MoE blocks no adapter describes begins (status
+#: ``unsupported``: a known gap, not a conformance failure; capture still refuses such a model
+#: with :class:`UnknownArchitectureError`). The block class names follow.
+NO_ADAPTER = "no adapter yet: "
 #: Instance names that families declare are not text MoE layers (vision experts): not expected.
 SKIPPED_NAMES = frozenset(name for fam in BLOCK_FAMILIES.values() for name in fam.skip_names)
 
@@ -259,14 +272,38 @@ def check_architecture(model_type: str, seed: int = 0) -> Result:
         layers = find_moe_layers(model)
     except (UnknownArchitectureError, ValueError) as exc:  # ValueError: NoMoELayersError
         known = sorted({type(m).__name__ for m in model.modules()} & set(UNSUPPORTED_BLOCKS))
-        result.status = "unsupported" if known or not holders else "fail"
-        result.blocks = known
-        result.reason = f"{known[0]}: {UNSUPPORTED_BLOCKS[known[0]]}" if known else _short(exc)
+        if known:
+            result.status, result.blocks = "unsupported", known
+            result.reason = f"{known[0]}: {UNSUPPORTED_BLOCKS[known[0]]}"
+        elif isinstance(exc, UnknownArchitectureError):
+            result.status, result.blocks = "unsupported", _unadapted_blocks(model, holders)
+            result.reason = NO_ADAPTER + ", ".join(result.blocks)
+        else:
+            result.status = "fail" if holders else "unsupported"
+            result.reason = _short(exc)
         return result
     _describe(result, model, layers)
     result.reason = _run_checks(result, model, layers, holders, HooksBackend)
     result.status = "fail" if result.reason else "pass"
     return result
+
+
+def _unadapted_blocks(model: nn.Module, holders: set[str]) -> list[str]:
+    """Class names of the MoE blocks no adapter describes (those discovery refused), sorted.
+
+    A block is one with an ``experts`` child, as discovery sees it, that the registry does not
+    resolve or whose declared router child is missing; the expert holders' classes are the fallback.
+    """
+    refused: set[str] = set()
+    for module in model.modules():
+        if not isinstance(getattr(module, "experts", None), nn.Module):
+            continue
+        family = lookup(module)
+        if family is None or not any(
+            isinstance(getattr(module, a, None), nn.Module) for a in family.router_attrs
+        ):
+            refused.add(type(module).__name__)
+    return sorted(refused or {type(model.get_submodule(path)).__name__ for path in holders})
 
 
 def _run_checks(
@@ -290,12 +327,25 @@ def _run_checks(
             capture = backend.run(batch)
             real = batch.mask.reshape(-1).bool()
             result.dropped = sum(int((capture.routing[x.layer].weights[real] == 0).sum()) for x in layers)
-            return _check_layers(model, layers, capture, taps, batch)
+            why = _check_layers(model, layers, capture, taps, batch)
+        if why:
+            return why
+        backend.close()  # the self-check installs hooks of its own
+        taps.close()
+        return _self_check(model, layers)
     except Exception as exc:  # a crash in capture is this architecture's failure
         return f"crashed: {type(exc).__name__}: {_short(exc)}"
     finally:
         backend.close()
         taps.close()
+
+
+def _self_check(model: nn.Module, layers: list[MoELayer]) -> str:
+    try:
+        check_routing(model, layers, force=True)
+    except RoutingCheckError as exc:
+        return f"(d) {_short(exc, 400)}"
+    return ""
 
 
 def _check_layers(

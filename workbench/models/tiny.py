@@ -29,6 +29,9 @@ TINY_OVERRIDES: dict[str, Any] = {
     "num_attention_heads": 4,
     "num_key_value_heads": 4,
     "head_dim": 16,
+    # heads that score keys for a sparse-attention indexer are a subset of the query heads of one key
+    # head (Kolibri-1.1 validates this): with 4 query and 4 key heads, that is one head
+    "index_num_heads": 1,
     "num_experts": 8,
     "num_local_experts": 8,
     "n_routed_experts": 8,
@@ -82,7 +85,9 @@ MODEL_OVERRIDES: dict[str, dict[str, Any]] = {
     # multi-head latent attention: RoPE runs over head_dim, which must equal qk_rope_head_dim
     "axk1": {"head_dim": 8},
     "deepseek_v3": {"head_dim": 8},
-    "longcat_flash": {"head_dim": 8},
+    # 4 zero-compute (identity) experts next to the 8 real ones, so top-k picks both kinds
+    # (the default 256 identity experts leave the real experts almost never chosen)
+    "longcat_flash": {"head_dim": 8, "zero_expert_num": 4},
     # first layers dense by default: keep one dense and one sparse layer
     "beam": {"mlp_layer_types": _MIXED},
     "deepseek_ocr2_text": {"mlp_layer_types": _MIXED},
