@@ -9,11 +9,12 @@ random tokens:
 (a) **applied = recorded.** The experts and weights the *module itself* applied are measured by
     ablation, without the adapter's recipe or argument positions: the block is re-run with each
     expert's parameters zeroed in turn, and the change of its output is that expert's weighted
-    contribution ``c_e = w_e · f_e(x)`` (exactly zero for tokens that did not use it). The
-    unweighted ``f_e(x)`` comes from the same ablation with every non-zero weight the experts module
-    received set to 1 (found structurally: the floating ``[rows, k]`` tensor of its call), from
-    calling a separate expert module, or, for blocks that weight the experts' *input*, from that
-    input. ``w_e = ⟨c_e, f_e⟩ / ‖f_e‖²``. Parameter-free (identity) experts are decoded from what
+    contribution ``c_e = w_e · f_e(x)`` (exactly zero for tokens that did not use it). One more
+    pass, with every non-zero weight the experts module received set to 1 (that argument is found
+    structurally: the floating ``[rows, k]`` tensor of its call), gives ``Σ_e f_e(x)``; per token,
+    ``Σ_e c_e / w_e = Σ_e f_e`` is solved for the weights. Blocks that call separate expert modules
+    get ``f_e`` from the module itself (``w_e = ⟨c_e, f_e⟩ / ‖f_e‖²``); blocks that weight the
+    experts' *input* (Llama-4) have the weights read off that input. Parameter-free (identity) experts are decoded from what
     remains of the output. The dense ``[tokens, experts]`` weights must equal what the adapter's tap
     (:class:`~workbench.models.tap.RoutingTap`, the capture backend's own code) records.
 (b) **recipe reproduces applied.** The family's recipe (:func:`~workbench.models.scores.expected_topk`)
@@ -216,42 +217,54 @@ def _applied(
     call.unit = False
     y0, full0 = block()
     contrib = torch.zeros(n_param, rows, x.shape[-1], dtype=torch.float64, device=x.device)
-    unit = torch.zeros_like(contrib)
     by_call = call.found
-    modules = _expert_modules(layer.experts)
     if by_call:
         call.unit = True
-        y1 = block()[0]
+        unit_out = block()[0]
         call.unit = False
     for e in range(n_param):
         with _zeroed(_slices(layer, e, n_param)):
             contrib[e] = y0 - block()[0]
-            if by_call:
-                call.unit = True
-                unit[e] = y1 - block()[0]
-                call.unit = False
+    modules = _expert_modules(layer.experts)
     if by_call:
         decoded_by = "experts-call"
+        dense = _from_unit_output(contrib, unit_out)
     elif modules is not None:
         decoded_by = "expert-modules"
+        dense = torch.zeros(rows, n_param, dtype=torch.float64, device=x.device)
         for e, module in enumerate(modules):
-            unit[e] = _first_tensor(module(x.to(_dtype(module, x)))).double().reshape(rows, -1)
+            f = _first_tensor(module(x.to(_dtype(module, x)))).double().reshape(rows, -1)
+            dense[:, e] = _project(contrib[e], f)
     elif call.input is not None and call.input.numel() == n_param * x.numel():
         decoded_by = "experts-input"  # weights applied to the experts' input (Llama-4)
         weighted = call.input.double().reshape(n_param, rows, -1)
         dense = _project(weighted, x.unsqueeze(0).expand_as(weighted)).T
-        applied = contrib.norm(dim=-1).T > 0
-        return _Applied(dense * applied, decoded_by)
+        return _Applied(dense * (contrib.norm(dim=-1).T > 0), decoded_by)
     else:
         raise RoutingCheckError(
             f"{type(layer.block).__name__} ({layer.path}): cannot tell the weights the experts received "
             "(no single [rows, k] float argument, no expert modules, no weighted input)"
         )
-    dense = torch.stack([_project(contrib[e], unit[e]) for e in range(n_param)], dim=1)
     if identity:  # parameter-free experts: the rest of the block's output, along the input
         rest = full0 - (y0 if full0 is not y0 else contrib.sum(0))
         dense = torch.cat([dense, _project(rest, x).unsqueeze(1)], dim=1)
     return _Applied(dense, decoded_by)
+
+
+def _from_unit_output(contrib: torch.Tensor, unit_out: torch.Tensor) -> torch.Tensor:
+    """Weights from the contributions ``c_e = w_e·f_e`` and the unit-weight output ``Σ_e f_e``: per
+    token, solve ``Σ_e u_e·c_e = Σ_e f_e`` over the experts that contributed; then ``w_e = 1/u_e``."""
+    n_param, rows, _ = contrib.shape
+    norms = contrib.norm(dim=-1).cpu()
+    dense = torch.zeros(rows, n_param, dtype=torch.float64)
+    cols, target = contrib.cpu(), unit_out.cpu()
+    for t in range(rows):
+        used = (norms[:, t] > 1e-9 * norms[:, t].max()).nonzero().flatten()
+        if used.numel() == 0 or float(norms[:, t].max()) == 0.0:
+            continue
+        u = torch.linalg.lstsq(cols[used, t].T, target[t, :, None], driver="gelsd").solution.flatten()
+        dense[t, used] = 1.0 / u
+    return dense.to(contrib.device)
 
 
 def _dtype(module: nn.Module, x: torch.Tensor) -> torch.dtype:
