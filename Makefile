@@ -113,34 +113,6 @@ bench: $(STAMP)
 # docs/supported-models.md and fail now are marked NEWLY BROKEN; docs are not rewritten) and the fast
 # tests' failures. Exits non-zero when something broke.
 LATEST  ?= .venv-latest
-define LATEST_SWEEP
-import re, sys
-from pathlib import Path
-import transformers
-from workbench.models.supported import sweep
-docs = Path("docs/supported-models.md").read_text(encoding="utf-8")
-before = {}
-for line in docs.splitlines():
-    row = re.match(r"\| `([^`]+)` \|", line)
-    status = re.search(r"\| (?:\*\*)?(pass|fail|unsupported)(?:\*\*)? \|", line)
-    if row and status:
-        before[row.group(1)] = status.group(1)
-broken, new = [], []
-print(f"conformance sweep against transformers {transformers.__version__}:")
-for r in sweep():
-    was = before.get(r.model_type, "new")
-    mark = "NEWLY BROKEN" if was == "pass" and r.status != "pass" else ""
-    if mark:
-        broken.append(r.model_type)
-    elif was == "new" and r.status != "pass":
-        mark = "NEW, NOT PASSING"
-        new.append(r.model_type)
-    print(f"  {r.status:<11} {r.model_type:<32} (docs: {was:<11}) {mark} {r.reason}".rstrip())
-print(f"sweep: {len(broken)} architectures newly broken: {', '.join(broken) or 'none'}")
-print(f"sweep: {len(new)} architectures new since docs/supported-models.md, not passing: {', '.join(new) or 'none'}")
-sys.exit(1 if broken else 0)
-endef
-export LATEST_SWEEP
 
 test-latest: browser
 	rm -rf $(LATEST)
@@ -158,7 +130,7 @@ test-latest: browser
 	@grep -h '^[a-z0-9]' $(LOCK) | sed 's/ .*//' | sort > $(LATEST)/locked.txt
 	@grep -h '^[a-z0-9]' $(LATEST)/latest.txt | sed 's/ .*//' | sort | comm -13 $(LATEST)/locked.txt - | sed 's/^/  /'
 	@echo "== conformance sweep"
-	@$(LATEST)/bin/python -c "$$LATEST_SWEEP"; echo $$? > $(LATEST)/sweep.rc
+	@$(LATEST)/bin/python -m workbench.models.sweep_diff; echo $$? > $(LATEST)/sweep.rc
 	@echo "== fast tests (pytest -m 'not slow'; tests/test_install.py checks the lock, so it is left out)"
 	@MOE_WORKBENCH_TORCH="$(TORCH)" CHROMIUM="$(CHROMIUM)" $(LATEST)/bin/python -m pytest -q -m "not slow" \
 	  --ignore=tests/test_install.py -rf -p no:cacheprovider; echo $$? > $(LATEST)/pytest.rc

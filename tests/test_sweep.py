@@ -7,6 +7,7 @@ all tests; ``pytest -rA`` shows the table of architectures that do not pass, wit
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from workbench.models.supported import Result, check_architecture, render, sweep
 from workbench.models.tiny import tiny_model
 
 MIN_PASSING = 55
+DOCS_TEXT = (Path(__file__).resolve().parents[1] / "docs" / "supported-models.md").read_text(encoding="utf-8")
 
 #: Important families, checked one by one (a failure names the architecture and its reason).
 IMPORTANT = [
@@ -200,3 +202,21 @@ def test_tiny_model_is_reproducible_where_the_architecture_leaves_weights_unset(
     experts = [k for k in first if "experts" in k]
     assert experts and all(torch.isfinite(first[k]).all() for k in first)
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_sweep_diff_marks_what_a_release_broke() -> None:
+    """make test-latest's report: a documented pass that no longer passes is NEWLY BROKEN."""
+    from workbench.models.sweep_diff import compare, documented_status
+
+    doc = render(
+        [Result("mixtral", "pass"), Result("doge", "unsupported", "why"), Result("jetmoe", "fail", "x")]
+    )
+    documented = documented_status(doc)
+    assert documented == {"mixtral": "pass", "doge": "unsupported", "jetmoe": "fail"}
+    now = [Result("mixtral", "fail", "(b) weights differ"), Result("doge", "unsupported", "why")]
+    now.append(Result("ergo", "unsupported", "no adapter yet: ErgoMoE"))
+    changes = {c.result.model_type: c for c in compare(now, documented)}
+    assert changes["mixtral"].newly_broken and "NEWLY BROKEN" in changes["mixtral"].line()
+    assert not changes["doge"].newly_broken and not changes["doge"].new_not_passing
+    assert changes["ergo"].new_not_passing and "NEW, NOT PASSING" in changes["ergo"].line()
+    assert documented_status(DOCS_TEXT)["qwen2_moe"] == "pass"  # the real table parses

@@ -93,9 +93,9 @@ _BOOT_COLUMNS = 4096
 
 
 def _routed_modules(experts: nn.Module) -> list[nn.Module] | None:
-    from workbench.models.expert_math import _expert_modules
+    from workbench.models.expert_math import expert_modules
 
-    return _expert_modules(experts)
+    return expert_modules(experts)
 
 
 def _n_routed(layer: MoELayer) -> int:

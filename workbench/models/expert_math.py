@@ -54,7 +54,7 @@ def check_expert_stats(layers: list[MoELayer]) -> None:
         fused = (
             hasattr(experts, "gate_up_proj") and hasattr(experts, "down_proj") and hasattr(experts, "act_fn")
         )
-        if not fused and _expert_modules(experts) is None:
+        if not fused and expert_modules(experts) is None:
             raise ExpertStatsUnsupported(
                 f"--expert-stats is not available for {type(experts).__name__} ({layer.path}): its experts are "
                 "neither fused gate_up_proj/down_proj with an act_fn nor separate modules. Capture without "
@@ -96,7 +96,8 @@ def _module_hidden_and_output(module: nn.Module, x: torch.Tensor) -> tuple[torch
     return seen[-1], out
 
 
-def _expert_modules(experts: nn.Module) -> list[nn.Module] | None:
+def expert_modules(experts: nn.Module) -> list[nn.Module] | None:
+    """The per-expert modules of an experts ModuleList/ModuleDict; None for fused experts."""
     if isinstance(experts, nn.ModuleList):
         return list(experts)
     if isinstance(experts, nn.ModuleDict):
@@ -112,7 +113,7 @@ def expert_stats(
     n, k = indices.shape
     out_norm = torch.zeros((n, k), device=x.device, dtype=torch.float32)
     zero_frac = torch.zeros((n, k), device=x.device, dtype=torch.float32)
-    modules = _expert_modules(layer.experts)
+    modules = expert_modules(layer.experts)
     if modules is None and not hasattr(layer.experts, "gate_up_proj"):
         raise ExpertStatsUnsupported(
             f"{layer.path}: {type(layer.experts).__name__} has neither fused gate_up_proj/down_proj nor expert "

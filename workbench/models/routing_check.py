@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from workbench.models.discovery import MoELayer
+from workbench.models.expert_math import expert_modules
 from workbench.models.forward import model_forward
 from workbench.models.scores import RoutingContext, expected_topk, router_linear
 from workbench.models.tap import RoutingTap
@@ -98,17 +99,9 @@ def _hidden_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
 # -- ablation: zero one expert's parameters, restore them in finally ---------------------------------
 
 
-def _expert_modules(experts: nn.Module) -> list[nn.Module] | None:
-    if isinstance(experts, nn.ModuleList):
-        return list(experts)
-    if isinstance(experts, nn.ModuleDict):
-        return list(experts.values())
-    return None
-
-
 def n_parameterised(layer: MoELayer) -> int:
     """How many experts own parameters (LongCat's identity experts own none)."""
-    modules = _expert_modules(layer.experts)
+    modules = expert_modules(layer.experts)
     if modules is not None:
         return len(modules)
     count = getattr(layer.experts, "num_experts", None)
@@ -122,7 +115,7 @@ def n_parameterised(layer: MoELayer) -> int:
 
 def _slices(layer: MoELayer, e: int, n: int) -> list[torch.Tensor]:
     """Views of expert ``e``'s parameters: a module's own, or slice ``e`` of expert-major fused ones."""
-    modules = _expert_modules(layer.experts)
+    modules = expert_modules(layer.experts)
     if modules is not None:
         return [p.data for p in modules[e].parameters()]
     views = []
@@ -225,7 +218,7 @@ def _applied(
     for e in range(n_param):
         with _zeroed(_slices(layer, e, n_param)):
             contrib[e] = y0 - block()[0]
-    modules = _expert_modules(layer.experts)
+    modules = expert_modules(layer.experts)
     if by_call:
         decoded_by = "experts-call"
         dense = _from_unit_output(contrib, unit_out)
@@ -289,17 +282,28 @@ def _tolerances(dtype: torch.dtype) -> tuple[float, float]:
     return (1e-4, 1e-3) if dtype in (torch.float32, torch.float64) else (2e-2, 3e-2)
 
 
-def _compare_applied(applied: torch.Tensor, recorded: torch.Tensor, dtype: torch.dtype, n_param: int) -> str:
+def _bad_rows(expected: torch.Tensor, recorded: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     atol, rtol = _tolerances(dtype)
-    bad = ((applied - recorded).abs() > atol + rtol * recorded.abs()).any(dim=-1)
+    return ((expected - recorded).abs() > atol + rtol * recorded.abs()).any(dim=-1)
+
+
+def _report(
+    bad: torch.Tensor, what: str, said: tuple[str, str], a: torch.Tensor, b: torch.Tensor, n: int
+) -> str:
+    """'' when no row is bad, else ``what`` with the count and the first bad row of ``a`` and ``b``."""
     if not bad.any():
         return ""
     row = int(bad.nonzero()[0])
     return (
-        f"(a) the experts the module applied differ from what the adapter records on {int(bad.sum())}/"
-        f"{bad.numel()} tokens; first, token {row}: the module applied {_fmt(applied[row], n_param)}, the "
-        f"adapter records {_fmt(recorded[row], n_param)}"
+        f"{what} on {int(bad.sum())}/{bad.numel()} tokens; first, token {row}: {said[0]} {_fmt(a[row], n)}, "
+        f"{said[1]} {_fmt(b[row], n)}"
     )
+
+
+def _compare_applied(applied: torch.Tensor, recorded: torch.Tensor, dtype: torch.dtype, n_param: int) -> str:
+    what = "(a) the experts the module applied differ from what the adapter records"
+    said = ("the module applied", "the adapter records")
+    return _report(_bad_rows(applied, recorded, dtype), what, said, applied, recorded, n_param)
 
 
 def _compare_recipe(
@@ -310,21 +314,17 @@ def _compare_recipe(
     exp_idx, exp_w = expected_topk(layer.family, route.logits.float(), ctx)
     expected = _recorded_dense(exp_idx, exp_w.float(), n_param, identity)
     recorded = _recorded_dense(route.indices, route.weights.float(), n_param, identity)
-    atol, rtol = _tolerances(dtype)
-    bad = ((expected - recorded).abs() > atol + rtol * recorded.abs()).any(dim=-1)
+    bad = _bad_rows(expected, recorded, dtype)
     k = layer.top_k
     scores = route.logits.float()
     if bad.any() and k < scores.shape[-1]:  # near-ties at the k-th score may pick either expert
         top = scores.topk(k + 1, dim=-1).values
         bad &= (top[:, k - 1] - top[:, k]).abs() > 1e-6
-    if not bad.any():
-        return ""
-    row = int(bad.nonzero()[0])
-    return (
-        f"(b) the family's recipe ({layer.family.name}) applied to the recorded logits does not reproduce the "
-        f"applied weights on {int(bad.sum())}/{bad.numel()} tokens; first, token {row}: recipe gives "
-        f"{_fmt(expected[row], n_param)}, the module applied {_fmt(recorded[row], n_param)}"
+    what = (
+        f"(b) the family's recipe ({layer.family.name}) applied to the recorded logits does not reproduce "
+        "the applied weights"
     )
+    return _report(bad, what, ("recipe gives", "the module applied"), expected, recorded, n_param)
 
 
 def check_block(
