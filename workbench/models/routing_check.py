@@ -6,17 +6,10 @@ a new scale), capture would silently store wrong routing. So before the first ba
 and before an intervention starts, one block of every distinct MoE block class is checked on a few
 random tokens:
 
-(a) **applied = recorded.** The experts and weights the *module itself* applied are measured by
-    ablation, without the adapter's recipe or argument positions: the block is re-run with each
-    expert's parameters zeroed in turn, and the change of its output is that expert's weighted
-    contribution ``c_e = w_e · f_e(x)`` (exactly zero for tokens that did not use it). One more
-    pass, with every non-zero weight the experts module received set to 1 (that argument is found
-    structurally: the floating ``[rows, k]`` tensor of its call), gives ``Σ_e f_e(x)``; per token,
-    ``Σ_e c_e / w_e = Σ_e f_e`` is solved for the weights. Blocks that call separate expert modules
-    get ``f_e`` from the module itself (``w_e = ⟨c_e, f_e⟩ / ‖f_e‖²``); blocks that weight the
-    experts' *input* (Llama-4) have the weights read off that input. Parameter-free (identity) experts are decoded from what
-    remains of the output. The dense ``[tokens, experts]`` weights must equal what the adapter's tap
-    (:class:`~workbench.models.tap.RoutingTap`, the capture backend's own code) records.
+(a) **applied = recorded.** The experts and weights the *module itself* applied, measured by
+    ablation without the adapter's recipe or argument positions (:mod:`workbench.models.ablation`),
+    must equal what the adapter's tap (:class:`~workbench.models.tap.RoutingTap`, the capture
+    backend's own code) records, as dense ``[tokens, experts]`` weights.
 (b) **recipe reproduces applied.** The family's recipe (:func:`~workbench.models.scores.expected_topk`)
     applied to the recorded logits must give the recorded experts and weights: analyses recompute
     router scores from stored logits with that recipe.
@@ -28,8 +21,6 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -37,8 +28,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from workbench.models.ablation import (
+    AblationError,
+    ExpertsCall,
+    applied_weights,
+    first_tensor,
+    hidden_of,
+    n_parameterised,
+    param_dtype,
+)
 from workbench.models.discovery import MoELayer
-from workbench.models.expert_math import expert_modules
 from workbench.models.forward import model_forward
 from workbench.models.scores import RoutingContext, expected_topk, router_linear
 from workbench.models.tap import RoutingTap
@@ -84,185 +83,6 @@ def _version() -> str:
     import transformers
 
     return str(transformers.__version__)
-
-
-def _first_tensor(output: Any) -> torch.Tensor:
-    while not isinstance(output, torch.Tensor):
-        output = output[0]
-    return output
-
-
-def _hidden_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
-
-
-# -- ablation: zero one expert's parameters, restore them in finally ---------------------------------
-
-
-def n_parameterised(layer: MoELayer) -> int:
-    """How many experts own parameters (LongCat's identity experts own none)."""
-    modules = expert_modules(layer.experts)
-    if modules is not None:
-        return len(modules)
-    count = getattr(layer.experts, "num_experts", None)
-    if isinstance(count, int) and count > 0:
-        return count
-    for p in layer.experts.parameters():
-        if p.dim() == 3:
-            return int(p.shape[0])
-    return layer.n_experts
-
-
-def _slices(layer: MoELayer, e: int, n: int) -> list[torch.Tensor]:
-    """Views of expert ``e``'s parameters: a module's own, or slice ``e`` of expert-major fused ones."""
-    modules = expert_modules(layer.experts)
-    if modules is not None:
-        return [p.data for p in modules[e].parameters()]
-    views = []
-    for p in layer.experts.parameters():
-        if p.dim() >= 1 and p.shape[0] % n == 0:
-            views.append(p.data.view(n, p.shape[0] // n, *p.shape[1:])[e])
-    if not views:
-        raise RoutingCheckError(f"{type(layer.experts).__name__}: no expert-major parameters to ablate")
-    return views
-
-
-@contextmanager
-def _zeroed(views: list[torch.Tensor]) -> Iterator[None]:
-    """Zero ``views`` in place; their values come back in finally (inference tensors are edited in
-    inference mode, which is the only place torch allows it)."""
-    saved = [v.clone() for v in views]
-    try:
-        for v in views:
-            with torch.inference_mode(v.is_inference()):
-                v.zero_()
-        yield
-    finally:
-        for v, s in zip(views, saved, strict=True):
-            with torch.inference_mode(v.is_inference()):
-                v.copy_(s)
-
-
-# -- the experts call: find the weights it received; optionally hand it unit weights -------------------
-
-
-class _ExpertsCall:
-    """A pre-hook on the experts module: records its input and, when ``unit``, replaces the gate weights
-    it receives by 1 where they are non-zero (so the block's output change under ablation is ``f_e``)."""
-
-    def __init__(self, experts: nn.Module, top_k: int) -> None:
-        self.top_k = top_k
-        self.unit = False
-        self.found = False
-        self.input: torch.Tensor | None = None
-        self.handle = experts.register_forward_pre_hook(self._hook, with_kwargs=True)
-
-    def _is_weights(self, value: Any, rows: int) -> bool:
-        return (
-            isinstance(value, torch.Tensor)
-            and value.is_floating_point()
-            and value.dim() >= 1
-            and value.shape[-1] == self.top_k
-            and value.numel() == rows * self.top_k
-        )
-
-    def _hook(self, _m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        hidden = _hidden_of(args, kwargs)
-        self.input = hidden.detach()
-        rows = hidden.numel() // hidden.shape[-1]
-        positions = [i for i, v in enumerate(args) if i > 0 and self._is_weights(v, rows)]
-        names = [k for k, v in kwargs.items() if k != "hidden_states" and self._is_weights(v, rows)]
-        self.found = len(positions) + len(names) == 1
-        if not (self.unit and self.found):
-            return None
-        if positions:
-            new_args = list(args)
-            new_args[positions[0]] = (args[positions[0]] != 0).to(args[positions[0]].dtype)
-            return tuple(new_args), kwargs
-        new_kwargs = dict(kwargs)
-        new_kwargs[names[0]] = (kwargs[names[0]] != 0).to(kwargs[names[0]].dtype)
-        return args, new_kwargs
-
-    def close(self) -> None:
-        self.handle.remove()
-
-
-# -- decoding the applied routing -------------------------------------------------------------------
-
-
-def _project(c: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """Per row, the scalar w with c ≈ w·f (0 where f is zero)."""
-    norm = (f * f).sum(-1)
-    return torch.where(norm > 0, (c * f).sum(-1) / norm.clamp_min(1e-30), torch.zeros_like(norm))
-
-
-@dataclass
-class _Applied:
-    dense: torch.Tensor  # [N, E_param (+1 identity column)]
-    decoded_by: str
-
-
-def _applied(
-    layer: MoELayer, block: Any, x: torch.Tensor, call: _ExpertsCall, n_param: int, identity: bool
-) -> _Applied:
-    """The dense weights the module applied to each token's experts, measured by ablation."""
-    rows = x.shape[0]
-    call.unit = False
-    y0, full0 = block()
-    contrib = torch.zeros(n_param, rows, x.shape[-1], dtype=torch.float64, device=x.device)
-    by_call = call.found
-    if by_call:
-        call.unit = True
-        unit_out = block()[0]
-        call.unit = False
-    for e in range(n_param):
-        with _zeroed(_slices(layer, e, n_param)):
-            contrib[e] = y0 - block()[0]
-    modules = expert_modules(layer.experts)
-    if by_call:
-        decoded_by = "experts-call"
-        dense = _from_unit_output(contrib, unit_out)
-    elif modules is not None:
-        decoded_by = "expert-modules"
-        dense = torch.zeros(rows, n_param, dtype=torch.float64, device=x.device)
-        for e, module in enumerate(modules):
-            f = _first_tensor(module(x.to(_dtype(module, x)))).double().reshape(rows, -1)
-            dense[:, e] = _project(contrib[e], f)
-    elif call.input is not None and call.input.numel() == n_param * x.numel():
-        decoded_by = "experts-input"  # weights applied to the experts' input (Llama-4)
-        weighted = call.input.double().reshape(n_param, rows, -1)
-        dense = _project(weighted, x.unsqueeze(0).expand_as(weighted)).T
-        return _Applied(dense * (contrib.norm(dim=-1).T > 0), decoded_by)
-    else:
-        raise RoutingCheckError(
-            f"{type(layer.block).__name__} ({layer.path}): cannot tell the weights the experts received "
-            "(no single [rows, k] float argument, no expert modules, no weighted input)"
-        )
-    if identity:  # parameter-free experts: the rest of the block's output, along the input
-        rest = full0 - (y0 if full0 is not y0 else contrib.sum(0))
-        dense = torch.cat([dense, _project(rest, x).unsqueeze(1)], dim=1)
-    return _Applied(dense, decoded_by)
-
-
-def _from_unit_output(contrib: torch.Tensor, unit_out: torch.Tensor) -> torch.Tensor:
-    """Weights from the contributions ``c_e = w_e·f_e`` and the unit-weight output ``Σ_e f_e``: per
-    token, solve ``Σ_e u_e·c_e = Σ_e f_e`` over the experts that contributed; then ``w_e = 1/u_e``."""
-    n_param, rows, _ = contrib.shape
-    norms = contrib.norm(dim=-1).cpu()
-    dense = torch.zeros(rows, n_param, dtype=torch.float64)
-    cols, target = contrib.cpu(), unit_out.cpu()
-    for t in range(rows):
-        used = (norms[:, t] > 1e-9 * norms[:, t].max()).nonzero().flatten()
-        if used.numel() == 0 or float(norms[:, t].max()) == 0.0:
-            continue
-        u = torch.linalg.lstsq(cols[used, t].T, target[t, :, None], driver="gelsd").solution.flatten()
-        dense[t, used] = 1.0 / u
-    return dense.to(contrib.device)
-
-
-def _dtype(module: nn.Module, x: torch.Tensor) -> torch.dtype:
-    p = next(module.parameters(), None)
-    return p.dtype if p is not None else x.dtype
 
 
 def _recorded_dense(idx: torch.Tensor, w: torch.Tensor, n_param: int, identity: bool) -> torch.Tensor:
@@ -332,7 +152,7 @@ def check_block(
 ) -> BlockCheck:
     """Check one block (re-run with the arguments it received); raise :class:`RoutingCheckError`."""
     start = time.perf_counter()
-    hidden = _hidden_of(args, kwargs)
+    hidden = hidden_of(args, kwargs)
     x = hidden.detach().reshape(-1, hidden.shape[-1]).double()
     n_param = n_parameterised(layer)
     identity = layer.n_experts > n_param
@@ -341,16 +161,16 @@ def check_block(
         layer.router.register_forward_hook(tap.on_router),
         layer.experts.register_forward_pre_hook(tap.on_experts, with_kwargs=True),
     ]
-    call = _ExpertsCall(layer.experts, layer.top_k)
+    call = ExpertsCall(layer.experts, layer.top_k)
 
     outs: list[torch.Tensor] = []
-    out_handle = layer.experts.register_forward_hook(lambda _m, _a, out: outs.append(_first_tensor(out)))
+    out_handle = layer.experts.register_forward_hook(lambda _m, _a, out: outs.append(first_tensor(out)))
 
     def block() -> tuple[torch.Tensor, torch.Tensor]:
         """The weighted sum of expert outputs: the experts module's output when it returns one row per
         token (it applies the weights), else the block's (it applies them itself)."""
         outs.clear()
-        full = _first_tensor(layer.block(*args, **kwargs)).detach().double().reshape(x.shape[0], -1)
+        full = first_tensor(layer.block(*args, **kwargs)).detach().double().reshape(x.shape[0], -1)
         if len(outs) == 1 and outs[0].numel() == x.numel():
             return outs[0].detach().double().reshape(x.shape[0], -1), full
         return full, full
@@ -362,7 +182,12 @@ def check_block(
         for h in handles:
             h.remove()
         handles.clear()
-        applied = _applied(layer, block, x, call, n_param, identity)
+        try:
+            applied = applied_weights(layer, block, x, call, n_param, identity)
+        except AblationError as exc:
+            raise RoutingCheckError(
+                _message(layer, f"(a) cannot measure what the module applied: {exc}")
+            ) from exc
     finally:
         for h in handles:
             h.remove()
@@ -449,7 +274,7 @@ def _block_inputs(
         if not isinstance(width, int) or layer.family.hash_table_attr:
             continue
         x = torch.cat([torch.randn(n, width, generator=gen), _aligned(layer, width)])
-        x = x[None].to(param.device, _dtype(layer.block, param))
+        x = x[None].to(param.device, param_dtype(layer.block, param))
         try:
             layer.block(x)
         except Exception:  # a block that needs more than hidden states: read its call from the model
