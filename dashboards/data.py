@@ -276,6 +276,8 @@ def _read(db: str, version: tuple[int, int], what: str, args: Options) -> Any:
             return store.interventions(kw["run"])
         if what == "evaluations":
             return store.evaluations(run_id=kw["run"])
+        if what == "compatible_runs":
+            return store.compatible_runs(kw["run"])
     raise KeyError(what)
 
 
@@ -375,6 +377,12 @@ def interventions(db: str, run: str) -> pl.DataFrame:
 def evaluations(db: str, run: str) -> pl.DataFrame:
     """Evaluation rows (metric, value, CI per label) of the run's interventions."""
     result: pl.DataFrame = _call(db, "evaluations", run=run)
+    return result
+
+
+def compatible_runs(db: str, run: str) -> pl.DataFrame:
+    """Runs sharing at least one prompt (text and token ids) with ``run``: ``run_id, n_shared, n_prompts``."""
+    result: pl.DataFrame = _call(db, "compatible_runs", run=run)
     return result
 
 

@@ -1,4 +1,4 @@
-"""Tests for agreement between expert-relevance scorers (METHODS §2, last bullet)."""
+"""Tests for agreement between expert-relevance scorers (docs/methods.md §2, last bullet)."""
 
 from __future__ import annotations
 

@@ -122,14 +122,21 @@ def test_drift_with_compare(runs: tuple[Path, str, str], tmp_path: Path) -> None
 
 
 def test_set_options_reach_the_analysis(runs: tuple[Path, str, str], tmp_path: Path) -> None:
-    """--set n_perm=9 makes the permutation p floor 1/10; layers=1 keeps one layer."""
+    """--set n_perm=9 (and n_perm_max=none: no floor refinement) makes the p floor 1/10; layers=1 keeps one layer."""
     db, first, _ = runs
     out = tmp_path / "spec.parquet"
     args = ["analyse", "specialisation", "--db", str(db), "--run", first, "--out", str(out)]
-    result = runner.invoke(app, [*args, "--set", "n_perm=9", "--set", "n_boot=5", "--set", "layers=1"])
+    no_refine = ["--set", "n_perm_max=none"]
+    result = runner.invoke(
+        app, [*args, "--set", "n_perm=9", "--set", "n_boot=5", "--set", "layers=1", *no_refine]
+    )
     assert result.exit_code == 0, result.output
     table = pl.read_parquet(out)
     assert table["p"].min() >= 0.1 - 1e-12 and set(table["layer"].to_list()) == {1}
+    # By default the floor is refined for the map's 24 tests: cells no shuffle reached go below 1/10.
+    result = runner.invoke(app, [*args, "--set", "n_perm=9", "--set", "n_boot=5", "--set", "layers=1"])
+    assert result.exit_code == 0, result.output
+    assert pl.read_parquet(out)["p"].min() < 0.1
     p10 = (table["p"].drop_nans().drop_nulls() * 10).to_list()
     assert p10 and all(abs(x - round(x)) < 1e-9 for x in p10)  # every p is (count + 1) / 10
     bad = runner.invoke(app, [*args, "--set", "n_permutations=5"])

@@ -1,4 +1,4 @@
-"""Known-answer tests for co-activation, pathways, fixed partners (METHODS §4) and dynamic k (§6)."""
+"""Known-answer tests for co-activation, pathways, fixed partners (docs/methods.md §4) and dynamic k (§6)."""
 
 from __future__ import annotations
 

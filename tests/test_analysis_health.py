@@ -1,4 +1,4 @@
-"""Known-answer tests for load and router health (METHODS §1)."""
+"""Known-answer tests for load and router health (docs/methods.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Known-answer tests for expert health (METHODS §3, HoME) and run comparison (§7).
+"""Known-answer tests for expert health (docs/methods.md §3, HoME) and run comparison (§7).
 
 Plants: an expert whose hidden units are mostly zero (collapse), a shared expert used by one
 label only (degradation), a data-sparse label whose specialists get little gate mass
@@ -27,13 +27,21 @@ COLLAPSED = 3
 
 
 def _write_run(
-    path: Path, run_id: str, *, seed: int, stats: bool = True, pid_offset: int = 0, n_per_label: int = 8
+    path: Path,
+    run_id: str,
+    *,
+    seed: int,
+    stats: bool = True,
+    pid_offset: int = 0,
+    n_per_label: int = 8,
+    text: str = "prompt",
 ) -> str:
     """Uniform random top-2 routing on one layer; expert 3 mostly zero; shared expert E only active on A."""
     rng = np.random.default_rng(seed)
     labels = [lab for lab in LABELS for _ in range(n_per_label)]
     lengths = np.full(len(labels), 10)
     prompts, tokens, pid, pos = prompt_tables(labels, lengths, pid_offset=pid_offset)
+    prompts = prompts.set_column(1, "text", pa.array([f"{text} {i}" for i in range(len(labels))]))
     lay = np.zeros(pid.size, np.int32)
     experts = np.argsort(rng.random((pid.size, E)), axis=1)[:, :K].astype(np.int16)
     weights = np.tile(np.array([0.7, 0.3], np.float32), (pid.size, 1))
@@ -74,6 +82,7 @@ def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _write_run(path, "b", seed=2)
     _write_run(path, "disjoint", seed=3, pid_offset=1000)
     _write_run(path, "nostats", seed=4, stats=False)
+    _write_run(path, "other-suite", seed=5, n_per_label=5, text="other")
     return path
 
 
@@ -177,9 +186,12 @@ def test_routing_drift(store_path: Path) -> None:
     with Store(store_path, read_only=True) as st:
         same = routing_drift(st, "a", "a-copy", n_boot=200)
         other = routing_drift(st, "a", "b", n_boot=200)
-        with pytest.raises(ValueError, match="share no tokens"):
-            routing_drift(st, "a", "disjoint")
+        # same texts and token ids under other prompt ids: matched by content, not by id
+        moved = routing_drift(st, "a", "disjoint", n_boot=200)
+        with pytest.raises(ValueError, match="share no prompts"):
+            routing_drift(st, "a", "other-suite")
     assert same["overlap"][0] == pytest.approx(1.0)
+    assert moved["n_shared"][0] == 24 and moved["n_prompts"][0] == 24
     row = other.row(0, named=True)
     assert row["chance"] == pytest.approx(K / E)
     assert abs(row["overlap"] - K / E) < 0.08

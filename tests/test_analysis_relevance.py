@@ -1,4 +1,4 @@
-"""Known-answer tests for ESFT relevance, TCESS, vocabulary specialisation and routing information (METHODS §2)."""
+"""Known-answer tests for ESFT relevance, TCESS, vocabulary specialisation and routing information (docs/methods.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Correlational resonance maps (METHODS §5): planted behaviour expert, null run, drill-down, spans."""
+"""Correlational resonance maps (docs/methods.md §5): planted behaviour expert, null run, drill-down, spans."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 from synthetic import save_run, skeleton
 
+from workbench.analysis.contrast import contrast_test
 from workbench.analysis.resonance import resonance_map, resonance_tokens, span_clause
-from workbench.analysis.stats import contrast_test
 from workbench.store import Store
 
 E, K = 8, 2
@@ -81,10 +81,10 @@ def test_scores_match_an_independent_computation(planted: tuple[Path, str]) -> N
                 for e, w in zip(sel, sub["weights"].to_list(), strict=True)
             ]
         )
-        per_prompt = (
+        per_prompt = (  # fTRI is a per-token rate: each prompt's mean gate weight, then class means
             pl.DataFrame({"pid": sub["prompt_id"], "g": gate, "label": lab})
             .group_by("pid", "label")
-            .agg(pl.col("g").sum())
+            .agg(pl.col("g").mean())
         )
         ftri = (
             per_prompt.filter(pl.col("label") == "harmful")["g"].mean()

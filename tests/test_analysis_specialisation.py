@@ -1,4 +1,4 @@
-"""Known-answer tests for domain specialisation (METHODS §2) and its statistics helpers."""
+"""Known-answer tests for domain specialisation (docs/methods.md §2) and its statistics helpers."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from workbench.analysis import (
     domain_share_polars,
     domain_specialisation,
 )
+from workbench.analysis.specialisation import SPECIALISATION_COLUMNS
 from workbench.store import Store
 
 E, K = 8, 2
@@ -63,9 +64,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, pl.Dat
 
 def test_planted_expert_is_recovered(planted: tuple[Path, str, pl.DataFrame]) -> None:
     _, _, df = planted
-    assert df.columns == [
-        "layer", "expert", "label", "share", "lift", "ci_low", "ci_high", "p", "q", "n_tokens", "n_prompts",
-    ]  # fmt: skip
+    assert df.columns == list(SPECIALISATION_COLUMNS)
     assert df.height == 2 * E * len(LABELS)
     top = df.sort("lift", descending=True).row(0, named=True)
     assert (top["layer"], top["expert"], top["label"]) == (PLANT_LAYER, PLANT_EXPERT, "code")

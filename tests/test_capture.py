@@ -242,3 +242,28 @@ def test_coalesced_writes_are_bounded_and_lose_nothing(
     assert max(coalesced) < 300 + max(writes)  # a write stops at the first batch past the bound
     got = _routing(db, run)
     assert got.height == reference.height and got["experts"].to_list() == reference["experts"].to_list()
+
+
+def test_capture_writes_the_content_hash_and_comparisons_match_on_it(tmp_path: Path) -> None:
+    from workbench.analysis.compare import routing_drift
+    from workbench.store.content import prompt_content_hash
+
+    db = tmp_path / "hash.duckdb"
+    loaded = _loaded()
+    tok = byte_tokenizer()
+    full = capture(loaded, _prompts(), db, batch_size=3, progress=False)
+    shuffled = [Prompt(10 + i, p.text, p.label) for i, p in enumerate(reversed(_prompts()))]
+    again = capture(loaded, shuffled, db, batch_size=2, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PromptTooLongWarning)
+        short = capture(loaded, _prompts(), db, max_length=5, progress=False)
+    with Store(db, read_only=True) as store:
+        hashes = dict(store.prompts(full).select("text", "content_hash").iter_rows())
+        assert hashes == {t: prompt_content_hash(t, tok(t)["input_ids"]) for t in TEXTS}
+        same = routing_drift(store, full, again, n_boot=50)  # same prompts, other ids and order
+        assert same["overlap"].to_list() == pytest.approx([1.0, 1.0])
+        assert same["n_shared"][0] == len(TEXTS)
+        # truncation changes the tokens: only the prompts that fit in 5 tokens are shared
+        fits = sum(len(tok(t)["input_ids"]) <= 5 for t in TEXTS)
+        assert 0 < fits < len(TEXTS)
+        assert store.match_prompts(full, short).n_shared == fits

@@ -1,4 +1,4 @@
-"""Known-answer tests for expert similarity (METHODS §7): weight cosine and output angular similarity.
+"""Known-answer tests for expert similarity (docs/methods.md §7): weight cosine and output angular similarity.
 
 Planted tiny models: two experts with identical weights (weight cosine 1, output angular 1, first
 merge candidates), an expert whose down projection is its twin's negated (outputs point the

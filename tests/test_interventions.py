@@ -1,4 +1,4 @@
-"""Intervention semantics (METHODS §8) on tiny models, observed through the hooks capture backend.
+"""Intervention semantics (docs/methods.md §8) on tiny models, observed through the hooks capture backend.
 
 Each semantics is checked exactly: rerouted experts are never selected and k is kept; forced
 experts always are; a zeroed expert keeps its slot and the MoE block's output loses exactly its

@@ -1,4 +1,4 @@
-"""Causal resonance and attribution (METHODS §5, §9) on the planted tiny MoE."""
+"""Causal resonance and attribution (docs/methods.md §5, §9) on the planted tiny MoE."""
 
 from __future__ import annotations
 

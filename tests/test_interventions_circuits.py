@@ -1,4 +1,4 @@
-"""Circuits (METHODS §9) on the planted tiny MoE: the planted expert is in one label's circuit only."""
+"""Circuits (docs/methods.md §9) on the planted tiny MoE: the planted expert is in one label's circuit only."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Measured intervention effects (METHODS §8): a planted expert, identity, controls, store, refusal."""
+"""Measured intervention effects (docs/methods.md §8): a planted expert, identity, controls, store, refusal."""
 
 from __future__ import annotations
 

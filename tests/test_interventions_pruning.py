@@ -62,7 +62,11 @@ def test_table_rows_columns_and_sizes(table: pl.DataFrame, tiny_ref: LoadedModel
         "method", "keep", "seed", "n_kept_per_layer", "experts", "exact_match", "gold_logprob", "retention",
         "lp_retention",
     ]  # fmt: skip
-    assert table.height == 1 + len(KEEPS) * (len(METHODS) + N_RANDOM)
+    n_sets = {k: min(N_RANDOM, int(table.filter((pl.col("keep") == k) & (pl.col("method") == "random")).height))
+              for k in KEEPS}  # fmt: skip
+    assert n_sets[1.0] == 1  # keeping every expert: one possible set, not N_RANDOM copies of it
+    assert all(n_sets[k] == N_RANDOM for k in KEEPS if k < 1.0)
+    assert table.height == 1 + len(KEEPS) * len(METHODS) + sum(n_sets.values())
     top_k = {x.layer: x.top_k for x in tiny_ref.layers}
     for _keep, part in table.filter(pl.col("method") != "baseline").group_by("keep"):
         sizes = {tuple(int(n) for n in s.split(",")) for s in part["n_kept_per_layer"]}
@@ -71,7 +75,9 @@ def test_table_rows_columns_and_sizes(table: pl.DataFrame, tiny_ref: LoadedModel
             chosen = parse_set(text)
             assert sorted(chosen) == sorted(top_k)
             assert all(len(v) >= top_k[layer] for layer, v in chosen.items())
-        assert part.filter(pl.col("method") == "random")["seed"].to_list() == list(range(N_RANDOM))
+        randoms = part.filter(pl.col("method") == "random")
+        assert randoms["seed"].to_list() == list(range(randoms.height))
+        assert randoms["experts"].n_unique() == randoms.height  # distinct sets, never repeats
         assert part.filter(pl.col("method") != "random")["seed"].null_count() == len(METHODS)
     assert all(0.0 <= v <= 1.0 for v in table["exact_match"])
     assert len(summary_lines(table)) == len(METHODS)
@@ -80,7 +86,7 @@ def test_table_rows_columns_and_sizes(table: pl.DataFrame, tiny_ref: LoadedModel
 def test_keep_all_reproduces_the_baseline_exactly(table: pl.DataFrame) -> None:
     base = table.filter(pl.col("method") == "baseline").row(0, named=True)
     full = table.filter(pl.col("keep") == 1.0, pl.col("method") != "baseline")
-    assert full.height == len(METHODS) + N_RANDOM
+    assert full.height == len(METHODS) + 1  # keeping every expert has one possible random set, used once
     for row in full.iter_rows(named=True):
         assert row["exact_match"] == base["exact_match"] and row["gold_logprob"] == base["gold_logprob"]
         assert row["lp_retention"] == 1.0 and row["retention"] in (1.0, None)

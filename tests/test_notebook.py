@@ -39,4 +39,4 @@ def test_tour_notebook_executes(tmp_path: Path) -> None:
     assert mimes.count("application/vnd.plotly.v1+json") >= 5
     assert mimes.count("text/html") >= 10
     printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    assert "tokens (95% CI" in printed and "tour.html" in printed
+    assert "of its tokens vs" in printed and "specialised: " in printed and "tour.html" in printed

@@ -18,21 +18,30 @@ from workbench.plots import (
 
 
 def _spec() -> pl.DataFrame:
+    """Expert 0 has q = 0.01 but is *under*-used (share < share_rest): only expert 1 is specialised."""
     rows = []
     for layer in (0, 1):
         for expert in range(4):
             for label in ("code", "math"):
+                share = 0.25 + 0.01 * expert
+                rest = 0.4 if expert == 0 else 0.1
                 rows.append(
                     {
                         "layer": layer,
                         "expert": expert,
                         "label": label,
-                        "share": 0.25 + 0.01 * expert,
+                        "share": share,
+                        "share_rest": rest,
+                        "specificity": share / rest,
+                        "log_odds": 0.5 + 0.1 * expert,
+                        "lo_low": 0.1,
+                        "lo_high": 0.9,
                         "lift": 1.0 + 0.1 * expert,
                         "ci_low": 0.2,
                         "ci_high": 0.3,
                         "p": 0.01,
-                        "q": 0.01 if expert == 0 else 0.5,
+                        "q": 0.01 if expert < 2 else 0.5,
+                        "specialised": expert == 1,
                     }
                 )
     return pl.DataFrame(rows)
@@ -73,12 +82,14 @@ def test_specialisation_heatmap() -> None:
     assert isinstance(hm, go.Heatmap)
     z = np.asarray(hm.z)
     assert z.shape == (2, 4)
-    assert z[1, 3] == pytest.approx(1.3)
+    assert z[1, 3] == pytest.approx(0.8)  # the colour is the log-odds against the other labels
     custom = np.asarray(hm.customdata)
-    assert custom.shape == (2, 4, 4)
+    assert custom.shape == (2, 4, 10)
     assert custom[0, 0, 1] == pytest.approx(0.2) and custom[0, 0, 2] == pytest.approx(0.3)
-    assert "95% CI" in hm.hovertemplate
-    assert list(np.asarray(hm.text)[0]) == ["*", "", "", ""]
+    assert "95% CI" in hm.hovertemplate and "lift over uniform" in hm.hovertemplate
+    # A star only on the specialised (over-used) cell, not on the under-used one with q = 0.01.
+    assert list(np.asarray(hm.text)[0]) == ["", "*", "", ""]
+    assert "uniform" not in fig.layout.title.text
     assert "code" in fig.layout.title.text
     assert fig.to_html(include_plotlyjs=False)
 
@@ -88,6 +99,8 @@ def test_specialisation_errors() -> None:
         specialisation_heatmap(_spec(), "poetry")
     with pytest.raises(ValueError, match="lift"):
         specialisation_heatmap(_spec().drop("lift"), "code")
+    with pytest.raises(ValueError, match="specialised"):
+        specialisation_heatmap(_spec().drop("specialised"), "code")
 
 
 def test_load_bars() -> None:

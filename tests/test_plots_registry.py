@@ -190,8 +190,8 @@ def test_specialisation_default_label(tables: dict[str, pl.DataFrame]) -> None:
     z = np.asarray(hm.z, dtype=float)
     assert z.shape == (len(LAYERS), E)
     expected = df.filter((pl.col("label") == "math") & (pl.col("layer") == 2) & (pl.col("expert") == 1))
-    assert z[2, 1] == pytest.approx(expected["lift"][0])
-    assert np.asarray(hm.customdata).shape == (len(LAYERS), E, 4)
+    assert z[2, 1] == pytest.approx(expected["log_odds"][0])
+    assert np.asarray(hm.customdata).shape == (len(LAYERS), E, 10)
 
 
 def test_balance_lines(tables: dict[str, pl.DataFrame]) -> None:

@@ -22,8 +22,10 @@ from synthetic import save_run, skeleton
 from typer.testing import CliRunner
 
 from workbench.analysis.registry import ANALYSES, run_analysis
+from workbench.analysis.specialisation import specialised_cells
 from workbench.cli import app
 from workbench.reports import Context, findings_for, write_report
+from workbench.reports.findings_specialisation import specialist_sentence
 from workbench.reports.html import anchor
 from workbench.store import Store
 
@@ -154,27 +156,33 @@ def test_planted_specialisation_sentence_comes_from_the_table(
     path, run, _ = synthetic_db
     with Store(path, read_only=True) as st:
         df = run_analysis("specialisation", st, run)
-    code = df.filter(pl.col("label") == "code").sort("lift", descending=True)
+    code = specialised_cells(df).filter(pl.col("label") == "code")
     top = code.row(0, named=True)
     assert (top["layer"], top["expert"]) == (PLANT_LAYER, PLANT_EXPERT)
     expected = (
-        f"Layer {PLANT_LAYER} expert {PLANT_EXPERT} takes {100 * top['share']:.0f}% of code tokens "
-        f"(95% CI {100 * top['ci_low']:.0f}–{100 * top['ci_high']:.0f}%), {top['lift']:.1f}× uniform (q "
+        f"Label code uses layer {PLANT_LAYER} expert {PLANT_EXPERT} more than the other labels do: "
+        f"{100 * top['share']:.0f}% of its tokens vs {100 * top['share_rest']:.0f}% of theirs ("
     )
     page = html.unescape(_text(synthetic_report))
-    assert expected in page
+    assert expected in page and specialist_sentence(top) in page
+    assert "more than uniform" not in page
     assert 85 <= round(100 * top["share"]) <= 97  # the plant: 90% + 10% × k/E
 
 
 def test_nulls_are_stated_honestly() -> None:
     df = pl.DataFrame({
         "layer": [0, 0, 0, 0], "expert": [0, 1, 0, 1], "label": ["a", "a", "math", "math"],
-        "share": [1.0, 1.0, 1.0, 1.0], "lift": [1.0, 1.0, 1.0, 1.0], "ci_low": [0.9] * 4, "ci_high": [1.0] * 4,
+        "share": [1.0, 1.0, 1.0, 1.0], "share_rest": [0.9, 1.0, 0.9, 1.0], "specificity": [1.1, 1.0, 1.1, 1.0],
+        "log_odds": [0.1, 0.0, 0.1, 0.0], "lo_low": [0.0] * 4, "lo_high": [0.2] * 4,
+        "lift": [1.0, 1.0, 1.0, 1.0], "ci_low": [0.9] * 4, "ci_high": [1.0] * 4,
         "p": [0.3, 0.5, 0.2, 0.9], "q": [0.6, 0.6, 0.6, 0.9],
     })  # fmt: skip
     sentences = findings_for("specialisation", df, Context(n_experts=2, top_k=2))
     assert sentences[0].startswith("0 of 4 (layer, expert, label) cells")
-    assert "No expert is significantly specialised for math (all q ≥ 0.05; smallest q = 0.6)." in sentences
+    assert (
+        "No expert is significantly specialised for math: no expert is used more by it than by the other labels "
+        "at q < 0.05 (smallest q of a cell it over-uses = 0.6)."
+    ) in sentences
 
 
 def test_store_strings_are_escaped_and_nothing_loads_from_the_network(synthetic_report: Path) -> None:

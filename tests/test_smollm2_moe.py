@@ -1,4 +1,4 @@
-"""smollm2-moe: the FFN decomposition (METHODS.md §10) and the real-model build, load and capture."""
+"""smollm2-moe: the FFN decomposition (docs/methods.md §10) and the real-model build, load and capture."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from store_support import make_batch, new_run
 from workbench import store
 from workbench.store import SCHEMA_VERSION, Store, StoreError, StoreLockedError
 from workbench.store import schema as schema_mod
+from workbench.store.content import prompt_content_hash
 from workbench.store.errors import SchemaVersionError, UnknownRunError
 
 # The contract, written out independently of schema.py so that a silent change fails here.
@@ -30,7 +31,8 @@ CONTRACT = {
     "layers": [("run_id", "VARCHAR"), ("layer", "INTEGER"), ("module_path", "VARCHAR"), ("n_experts", "INTEGER"),
                ("top_k", "INTEGER"), ("n_shared", "INTEGER"), ("score_fn", "VARCHAR")],
     "prompts": [("run_id", "VARCHAR"), ("prompt_id", "INTEGER"), ("text", "VARCHAR"), ("label", "VARCHAR"),
-                ("pair_id", "VARCHAR"), ("split", "VARCHAR"), ("meta", "JSON"), ("n_tokens", "INTEGER")],
+                ("pair_id", "VARCHAR"), ("split", "VARCHAR"), ("meta", "JSON"), ("n_tokens", "INTEGER"),
+                ("content_hash", "VARCHAR")],  # v3
     "tokens": [("run_id", "VARCHAR"), ("prompt_id", "INTEGER"), ("position", "INTEGER"), ("token_id", "INTEGER"),
                ("token", "VARCHAR"), ("nll", "FLOAT")],
     "routing": [("run_id", "VARCHAR"), ("prompt_id", "INTEGER"), ("position", "INTEGER"), ("layer", "INTEGER"),
@@ -69,7 +71,7 @@ def test_schema_has_exactly_the_contract_columns(st: Store) -> None:
     for table, col, typ in rows:
         found.setdefault(table, []).append((col, typ))
     assert found == CONTRACT
-    assert SCHEMA_VERSION == 2 and st.schema_version == 2
+    assert SCHEMA_VERSION == 3 and st.schema_version == 3
     big = ["routing", "tokens", "expert_stats"]
     assert st.con.execute(
         "SELECT count(*) FROM duckdb_indexes() WHERE table_name = ANY(?)", [big]
@@ -83,20 +85,22 @@ def test_migration_from_empty_db_applies_once(db: Path) -> None:
     for _ in range(2):
         Store(db).close()
     con = duckdb.connect(str(db))
-    assert con.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [(1,), (2,)]
+    assert con.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [(1,), (2,), (3,)]
     con.close()
 
 
-def test_v1_store_migrates_to_v2_keeping_its_runs(db: Path, restore_migrations: None) -> None:
+def test_v1_store_migrates_to_v3_keeping_its_runs(db: Path, restore_migrations: None) -> None:
+    v3 = schema_mod.MIGRATIONS.pop(3)
     v2 = schema_mod.MIGRATIONS.pop(2)
     with Store(db) as st:  # a store as the v1 release wrote it
         assert st.schema_version == 1
         run_id = new_run(st)
     schema_mod.MIGRATIONS[2] = v2
+    schema_mod.MIGRATIONS[3] = v3
     with pytest.raises(SchemaVersionError, match=r"(?s)v1.*Open it writable once"):
         Store(db, read_only=True)
     with Store(db) as st:
-        assert st.schema_version == 2
+        assert st.schema_version == 3
         assert st.run(run_id)["status"] == "running"
         assert st.sql("SELECT count(*) AS n FROM resonance")["n"][0] == 0
 
@@ -108,34 +112,39 @@ def test_migration_chain_with_registered_migration(
         run_id = new_run(st)
     calls: list[int] = []
 
-    @schema_mod.migration(3)
+    @schema_mod.migration(4)
     def _add_note(con: duckdb.DuckDBPyConnection) -> None:
-        calls.append(3)
+        calls.append(4)
         con.execute("ALTER TABLE runs ADD COLUMN note VARCHAR")
 
-    with pytest.raises(SchemaVersionError, match=r"(?s)v2.*Open it writable once"):
+    with pytest.raises(SchemaVersionError, match=r"(?s)v3.*Open it writable once"):
         Store(db, read_only=True)
     with Store(db) as st:
-        assert st.schema_version == 3
+        assert st.schema_version == 4
         assert "note" in st.sql("SELECT * FROM runs").columns
         assert st.run(run_id)["status"] == "running"  # data survived
     with Store(db, read_only=True) as st:
-        assert st.schema_version == 3
-    # a fresh file walks the whole chain 0 -> 1 -> 2 -> 3, in order
+        assert st.schema_version == 4
+    # a fresh file walks the whole chain 0 -> 1 -> 2 -> 3 -> 4, in order
     with Store(tmp_path / "fresh.duckdb") as st:
-        assert st.sql("SELECT version FROM schema_version ORDER BY version")["version"].to_list() == [1, 2, 3]
-    assert calls == [3, 3]
+        assert st.sql("SELECT version FROM schema_version ORDER BY version")["version"].to_list() == [
+            1,
+            2,
+            3,
+            4,
+        ]
+    assert calls == [4, 4]
 
-    @schema_mod.migration(4)
+    @schema_mod.migration(5)
     def _broken(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("CREATE TABLE half_done (x INTEGER)")
         raise RuntimeError("boom")
 
     with pytest.raises(StoreError, match="boom"):
         Store(db)
-    schema_mod.MIGRATIONS.pop(4)
+    schema_mod.MIGRATIONS.pop(5)
     with Store(db) as st:  # the failed migration rolled back completely
-        assert st.schema_version == 3
+        assert st.schema_version == 4
         assert st.sql("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = 'half_done'")["n"][0] == 0
 
 
@@ -273,8 +282,20 @@ def test_round_trip_arrow_in_polars_out(st: Store) -> None:
     st.write_batch(run_id, **batch)
 
     prompts = st.prompts(run_id)
-    assert prompts.columns == ["prompt_id", "text", "label", "pair_id", "split", "meta", "n_tokens"]
+    assert prompts.columns == [
+        "prompt_id",
+        "text",
+        "label",
+        "pair_id",
+        "split",
+        "meta",
+        "n_tokens",
+        "content_hash",
+    ]
     assert prompts["prompt_id"].to_list() == [0, 1, 2]
+    assert prompts["content_hash"].to_list() == [
+        prompt_content_hash(f"prompt {p}", [p * 100 + q for q in range(3)]) for p in range(3)
+    ]
     assert prompts["meta"].to_list() == batch["prompts"]["meta"].to_pylist()
     assert prompts["meta"][1] is not None and json.loads(prompts["meta"][1]) == {"p": 1}
 

@@ -5,7 +5,7 @@ run_id = wb.capture("tiny:qwen2_moe", "probes/example.jsonl", "runs.duckdb")
 db = wb.open("runs.duckdb")        # a Session: the store's readers plus analysis handles
 db.runs()                          # polars DataFrame
 db.routing(run_id, layers=[1], labels=["code"])
-spec = db.run(run_id).specialisation(by="label")   # polars DataFrame (layer, expert, label, share, lift, CI, p, q)
+spec = db.run(run_id).specialisation(by="label")   # polars DataFrame (share vs other labels, log-odds, q, specialised)
 spec.plot(label="code")                              # plotly figure
 """
 
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from workbench.session import Session
 
-#: Intervention specs and ``intervene`` (METHODS §8), exported lazily from workbench.interventions.
+#: Intervention specs and ``intervene`` (docs/methods.md §8), exported lazily from workbench.interventions.
 _INTERVENE = frozenset(
     [
         "intervene",

@@ -2,8 +2,9 @@
 
 Captures ``tiny-ref`` (the committed reference MoE, with expert statistics) on the ``domains``
 and ``refusal`` suites into ``demo.duckdb`` (recreated each time), then prints, per layer, each
-label's most specialised experts: the share of the label's tokens routed to the expert, and its
-specificity (that share over the expert's share of all tokens). That is the quick look; the full analyses with confidence
+label's specialised experts — those the label uses more than the other labels do (q < 0.05, the same
+test and definition as the report and the dashboard): the label's token share against the other labels',
+specificity and log-odds. That is the quick look; the full analyses with confidence
 intervals go into an HTML probing report per run (``demo.html`` next to the DB for the first suite,
 ``demo-<suite>.html`` for the others, or ``--report PATH``), which opens offline in a browser.
 
@@ -22,6 +23,7 @@ from typing import Any
 
 import polars as pl
 
+from workbench.analysis.specialisation import domain_specialisation, specialised_cells
 from workbench.capture.engine import capture
 from workbench.data.suites import suite_path
 from workbench.models.loading import load_model
@@ -34,47 +36,35 @@ DEFAULT_SUITES = ("domains", "refusal")
 
 
 def expert_shares(store: Store, run_id: str) -> pl.DataFrame:
-    """Per (layer, label, expert): the label's token share routed to the expert, and how specific that is.
+    """The run's domain-specialisation table, as the report and the dashboard compute it.
 
-    ``share`` = n(e in top-k, label) / n(label tokens) (OLMoE's domain specialisation);
-    ``specificity`` = share / the expert's share over all labels' tokens, so an expert that every
-    label uses heavily is not reported as a specialist of each.
+    :func:`~workbench.analysis.specialisation.domain_specialisation` at its defaults except
+    ``n_boot=0`` (the quick look prints no CIs); p, q and ``specialised`` do not depend on
+    ``n_boot``, so the terminal names exactly the specialists the HTML report and the dashboard do.
     """
-    return store.sql(
-        """
-        WITH sel AS (
-            SELECT r.layer, p.label, unnest(r.experts) AS expert
-            FROM routing r JOIN prompts p USING (run_id, prompt_id)
-            WHERE r.run_id = ?
-        ), n AS (
-            SELECT label, sum(n_tokens) AS n_tokens FROM prompts WHERE run_id = ? GROUP BY label
-        ), per_label AS (
-            SELECT layer, label, expert, count(*) / any_value(n.n_tokens) AS share
-            FROM sel JOIN n USING (label) GROUP BY layer, label, expert
-        ), overall AS (
-            SELECT layer, expert, count(*) / (SELECT sum(n_tokens) FROM n) AS overall_share
-            FROM sel GROUP BY layer, expert
-        )
-        SELECT layer, label, expert, share, share / overall_share AS specificity
-        FROM per_label JOIN overall USING (layer, expert)
-        ORDER BY layer, label, specificity DESC, share DESC
-        """,
-        [run_id, run_id],
-    )
+    return domain_specialisation(store, run_id, n_boot=0)
 
 
-def summary(shares: pl.DataFrame, top: int = 2, min_share: float = 0.10) -> str:
-    """One line per (layer, label): its ``top`` most specific experts that take >= ``min_share`` of it."""
+def summary(spec: pl.DataFrame, top: int = 2, alpha: float = 0.05) -> str:
+    """One line per (layer, label): its ``top`` specialised experts by log-odds, or ``-``.
+
+    Specialised = the label uses the expert more than the other labels do at q < ``alpha``
+    (:func:`~workbench.analysis.specialisation.is_specialised`); each entry reads
+    ``e5 41% vs 12% (3.4x, log-odds 1.6, q=0.003)``: the label's token share, the other labels'
+    share, specificity, the log-odds of the slot share against the rest, and the BH q-value.
+    """
     lines = []
-    shares = shares.filter((pl.col("share") >= min_share) & (pl.col("specificity") > 1.0))
-    for (layer,), per_layer in shares.group_by(["layer"], maintain_order=True):
+    best = specialised_cells(spec, alpha)
+    for (layer,), per_layer in spec.sort("layer").group_by(["layer"], maintain_order=True):
         lines.append(f"layer {layer}")
-        for (label,), rows in per_layer.group_by(["label"], maintain_order=True):
-            best = ", ".join(
-                f"e{r['expert']} {r['share']:.0%} ({r['specificity']:.1f}x)"
-                for r in rows.head(top).iter_rows(named=True)
+        for label in sorted({str(x) for x in per_layer["label"].to_list()}):
+            rows = best.filter((pl.col("layer") == layer) & (pl.col("label") == label)).head(top)
+            text = ", ".join(
+                f"e{r['expert']} {r['share']:.0%} vs {r['share_rest']:.0%} "
+                f"({r['specificity']:.1f}x, log-odds {r['log_odds']:.2f}, q={r['q']:.2g})"
+                for r in rows.iter_rows(named=True)
             )
-            lines.append(f"  {label:<9} {best or '-'}")
+            lines.append(f"  {label:<9} {text or '-'}")
     return "\n".join(lines)
 
 
@@ -156,8 +146,8 @@ def main(argv: list[str] | None = None) -> None:
             n_rows = store.sql("SELECT count(*) AS n FROM routing WHERE run_id = ?", [run_id])["n"][0]
             print(f"\n{args.model} on `{suite}`: run {run_id}, {n_rows:,} token×layer records in {db}")
             print(
-                "per layer, each label's most specialised experts: share of the label's tokens routed to the "
-                "expert (and that share relative to the expert's share of all tokens)"
+                "per layer, each label's specialised experts (used more by the label than by the other labels, "
+                "q < 0.05): the label's token share vs the other labels', specificity, log-odds, q"
             )
             print(summary(expert_shares(store, run_id)))
     paths = report_paths(db, suites, args.report)

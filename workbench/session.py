@@ -159,7 +159,24 @@ class Run:
         shown = {k: v for k, v in options.items() if k != "model"}
         if other is not None:
             shown["compare"] = other
+            if {"n_shared", "n_prompts_a", "n_prompts_b"} <= set(frame.columns) and frame.height:
+                from workbench.analysis.compare import drift_coverage
+
+                shown["prompts"] = drift_coverage(frame, self.id, other)  # matched by text and token ids
         return AnalysisFrame.wrap(frame, name, shown)
+
+    def specialists(self, alpha: float = 0.05, **options: Any) -> AnalysisFrame:
+        """The specialised (layer, expert, label) cells, strongest first (log-odds against the other labels).
+
+        The workbench's one definition (the report, ``make demo`` and the dashboard use it too): the
+        label uses the expert more than the other labels do, at BH ``q < alpha`` in a one-sided
+        label-permutation test — :func:`~workbench.analysis.specialisation.specialised_cells` of
+        ``run.specialisation(**options)``. Lift over uniform plays no part.
+        """
+        from workbench.analysis.specialisation import specialised_cells
+
+        frame = specialised_cells(self.analyse("specialisation", **options), alpha)
+        return AnalysisFrame.wrap(frame, "specialisation", {**options, "alpha": alpha})
 
     def __getattr__(self, name: str) -> Callable[..., AnalysisFrame]:
         analysis = _BY_METHOD.get(name)

@@ -1,19 +1,20 @@
 """Runs page (``/``): the store's runs; pick one to see its layers and labels and open its views,
-and a second one to see the routing drift between them."""
+and a second one to see the routing drift between them. The second picker offers only runs that
+share at least one prompt (text and token ids) with the first, and says so when none does."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import dash
-from dash import Input, Output, callback, dcc, html
+from dash import Input, Output, State, callback, dcc, html
 
 from dashboards.components import choices, guarded, message, query_string
 from dashboards.components.pending import poll_input, poll_outputs, polled, poller, register_poll
 from dashboards.components.url import register_url_sync, url_components
 from dashboards.data import attached, current_db
 from dashboards.views import runs as view
-from dashboards.views.common import pick, run_options
+from dashboards.views.common import compare_options, pick, run_options
 
 dash.register_page(__name__, path="/", name="Runs", title="moe-workbench · runs", order=0)
 PAGE = "runs"
@@ -23,6 +24,8 @@ def layout(run: str | None = None, compare: str | None = None, **_: Any) -> html
     """Runs table, a run picker (``?run=``; default the newest run), its details and a comparison run (``?compare=``)."""
     db = current_db()
     options, problem = choices(run_options, db)
+    chosen = pick(run, options)
+    others, note = compare_choices(chosen, compare)
     model = attached().name
     return html.Div(
         [
@@ -32,19 +35,50 @@ def layout(run: str | None = None, compare: str | None = None, **_: Any) -> html
             html.P(f"Store: {db}" + (f" · model attached: {model}" if model else ""), className="wb-muted"),
             problem or guarded(view.runs_table, db),
             html.Label("Run", htmlFor="runs-run"),
-            dcc.Dropdown(id="runs-run", options=options, value=pick(run, options), clearable=False),
+            dcc.Dropdown(id="runs-run", options=options, value=chosen, clearable=False),
             html.Div(id="runs-detail"),
             html.H3("Compare with another run", className="wb-section"),
             dcc.Dropdown(
                 id="runs-compare",
-                options=options,
-                value=compare if compare in [o["value"] for o in options] else None,
-                placeholder="second run (same prompts)",
+                options=others,
+                value=compare if compare in [o["value"] for o in others] else None,
+                placeholder="second run (sharing prompts with this one)",
                 className="wb-pick-wide",
             ),
+            html.Div(note, id="runs-compare-note"),
             html.Div(id="runs-drift"),
         ]
     )
+
+
+def compare_choices(run: str | None, current: str | None) -> tuple[list[dict[str, Any]], Any]:
+    """(compare options, note): runs sharing prompts with ``run``; the note says when there are none."""
+    if not run:
+        return [], None
+    db = current_db()
+    options, problem = choices(compare_options, db, run)
+    if problem is not None:
+        return [], problem
+    if not options:
+        return [], message(
+            f"No other run shares a prompt with {run} (prompts are matched by text and token ids), so "
+            "there is nothing to compare it with: capture the same probe file again (another checkpoint, "
+            "backend or dtype) to compare routing."
+        )
+    return options, None
+
+
+def update_compare(run: str | None, current: str | None) -> tuple[list[dict[str, Any]], str | None, Any]:
+    """The compare picker for ``run``: its options, the kept choice (if still compatible) and the note."""
+    options, note = compare_choices(run, current)
+    keep = current if current in [o["value"] for o in options] and current != run else None
+    return options, keep, note
+
+
+callback(
+    Output("runs-compare", "options"), Output("runs-compare", "value"), Output("runs-compare-note", "children"),
+    Input("runs-run", "value"), State("runs-compare", "value"),
+)(update_compare)  # fmt: skip
 
 
 def update(run: str | None, compare: str | None) -> tuple[Any, Any, str]:

@@ -1,5 +1,6 @@
-"""Specialisation (``/specialisation``): lift heatmap per label with CIs on hover (click a cell
-for the expert card); vocabulary specialisation and scorer agreement below."""
+"""Specialisation (``/specialisation``): per label, log-odds against the other labels with a star on
+the specialised cells and CIs on hover (click a cell for the expert card); vocabulary
+specialisation and scorer agreement below."""
 
 from __future__ import annotations
 

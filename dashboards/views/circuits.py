@@ -1,6 +1,6 @@
 """Circuits page: two labels' expert circuits on the attached model, and how much they share.
 
-:func:`workbench.interventions.circuits.compare_circuits` does the work (METHODS §9): each
+:func:`workbench.interventions.circuits.compare_circuits` does the work (docs/methods.md §9): each
 expert's importance for a label is the change of the gold answer's log-prob when it alone is
 zero-ablated; a label's circuit is the fewest experts whose joint ablation removes ≥ 80% of the
 full drop. This module picks the prompts (a suite with ``meta.gold`` answers, first ``n`` per

@@ -8,7 +8,7 @@ import polars as pl
 
 from dashboards import data
 
-__all__ = ["default_run", "label_options", "layer_options", "pick", "run_options"]
+__all__ = ["compare_options", "default_run", "label_options", "layer_options", "pick", "run_options"]
 
 ALL = "__all__"
 """Dropdown value meaning "every label"."""
@@ -20,6 +20,23 @@ def run_options(db: str) -> list[dict[str, Any]]:
     return [
         {"label": f"{r['run_id']} · {r['model']} · {r['probe']} ({r['status']})", "value": r["run_id"]}
         for r in reversed(list(runs.iter_rows(named=True)))
+    ]
+
+
+def compare_options(db: str, run: str | None) -> list[dict[str, Any]]:
+    """Dropdown options for a run to compare ``run`` with: only runs sharing at least one prompt
+    (matched by text and token ids), most shared first, with how many in the label."""
+    if not run:
+        return []
+    info = {r["run_id"]: r for r in data.runs(db).iter_rows(named=True)}
+    return [
+        {
+            "label": f"{other} · {info[other]['model']} · {info[other]['probe']} "
+            f"({n_shared} of {n_prompts} prompts shared)",
+            "value": other,
+        }
+        for other, n_shared, n_prompts in data.compatible_runs(db, run).iter_rows()
+        if other in info
     ]
 
 

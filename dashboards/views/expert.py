@@ -74,12 +74,16 @@ def label_shares(db: str, run: str, layer: int, expert: int) -> go.Figure:
             x=rows["label"].to_list(), y=share,
             error_y={"type": "data", "array": rows["ci_high"].to_numpy() - share,
                      "arrayminus": share - rows["ci_low"].to_numpy()},
-            customdata=rows.select("lift", "q").to_numpy(),
-            hovertemplate="%{x}: share %{y:.4f}<br>lift %{customdata[0]:.2f}, q %{customdata[1]:.3g}<extra></extra>",
+            customdata=rows.select("share_rest", "specificity", "log_odds", "q", "lift").to_numpy(),
+            text=["* specialised" if s else "" for s in rows["specialised"].to_list()], textposition="outside",
+            hovertemplate="%{x}: share %{y:.4f} vs %{customdata[0]:.4f} in the other labels"
+            "<br>specificity %{customdata[1]:.2f}×, log-odds %{customdata[2]:.2f}, q %{customdata[3]:.3g}"
+            "<br>lift over uniform %{customdata[4]:.2f}<extra></extra>",
         )
     )  # fmt: skip
     fig.update_layout(
-        title="Share of each label's tokens routed here (95% CI)", yaxis_title="share", template="plotly_white",
+        title="Share of each label's tokens routed here (95% CI; * = specialised vs the other labels)",
+        yaxis_title="share", template="plotly_white",
         height=320,
     )  # fmt: skip
     return fig

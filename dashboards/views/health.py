@@ -1,5 +1,5 @@
 """Health page: per-expert load, and the collapse, degradation and underfitting flags with the
-numbers behind each flag (METHODS.md §1 and §3)."""
+numbers behind each flag (docs/methods.md §1 and §3)."""
 
 from __future__ import annotations
 

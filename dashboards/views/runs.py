@@ -9,6 +9,7 @@ from dash import dcc, html
 
 from dashboards import data
 from dashboards.components import figure, message, query_string, table
+from workbench.analysis.compare import drift_coverage
 from workbench.plots import figure_for
 
 __all__ = ["PAGE_LINKS", "run_detail", "run_drift", "runs_table"]
@@ -76,8 +77,9 @@ def run_detail(db: str, run: str | None) -> Any:
 def run_drift(db: str, run: str | None, other: str | None) -> Any:
     """Routing drift of ``run`` vs ``other``: per-layer top-k overlap with CIs and the chance line.
 
-    Meaningful for two captures of the same prompts (checkpoints, backends, dtypes); the analysis
-    says so when the runs' tokens do not line up.
+    Meaningful for two captures of the same prompts (checkpoints, backends, dtypes). Prompts are
+    matched by text and token ids: runs that share none are refused (the analysis says so), and a
+    partial overlap is compared on the shared prompts, which the view states.
     """
     if not run or not other:
         return message(
@@ -87,9 +89,13 @@ def run_drift(db: str, run: str | None, other: str | None) -> Any:
     if other == run:
         raise ValueError("pick a different run to compare with (a run does not drift from itself)")
     df = data.analysis(db, run, "drift", compare=other)
+    note = drift_coverage(df, run, other) if df.height and "n_shared" in df.columns else ""
+    head: list[Any] = [html.H4(f"Routing drift: {run} vs {other}")]
+    if note:  # how many prompts the two runs share (matched by text and token ids)
+        head.append(html.P(note[:1].upper() + note[1:] + ".", className="wb-muted", id="runs-drift-coverage"))
     return html.Div(
         [
-            html.H4(f"Routing drift: {run} vs {other}"),
+            *head,
             figure(figure_for("drift", df), graph_id="runs-drift-figure"),
             table(df, table_id="runs-drift-table"),
         ]

@@ -1,5 +1,6 @@
-"""Specialisation page: lift heatmap per label (CI and q on hover), vocabulary specialisation,
-and how well the specialisation scorers agree."""
+"""Specialisation page: per label, a heatmap of the log-odds against the other labels with a star
+on exactly the specialised cells (the workbench's one definition, as in the report and ``make
+demo``), vocabulary specialisation, and how well the specialisation scorers agree."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ __all__ = ["agreement", "lift_heatmap", "vocab"]
 
 
 def lift_heatmap(db: str, run: str, label: str | None) -> go.Figure:
-    """``figure_for("specialisation")`` for ``label`` (default: the first label); a click opens the card."""
+    """``figure_for("specialisation")`` for ``label`` (default: the first label); a click opens the card.
+
+    Colour: log-odds of the slot share against the other labels; ``*``: the ``specialised`` column.
+    """
     df = data.analysis(db, run, "specialisation")
     if df.height == 0:
         raise ValueError(f"run {run!r} has no labelled tokens: specialisation needs prompts with labels")

@@ -1,4 +1,4 @@
-"""Analyses over a run store (METHODS.md §1–§7): each returns a tidy polars DataFrame."""
+"""Analyses over a run store (docs/methods.md §1–§7): each returns a tidy polars DataFrame."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Agreement between expert-relevance scorers (METHODS.md §2, last bullet).
+"""Agreement between expert-relevance scorers (docs/methods.md §2, last bullet).
 
 Spearman rank correlation, per label, between the per-(layer, expert) scores of domain
 specialisation (``lift``), ESFT (``gs``, ``tsr``) and TCESS (``tcess``) on the same run.

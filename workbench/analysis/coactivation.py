@@ -1,4 +1,4 @@
-"""Co-activation and pathways (METHODS.md §4): which experts fire together, within and across layers.
+"""Co-activation and pathways (docs/methods.md §4): which experts fire together, within and across layers.
 
 Within a layer ``l`` (N = tokens routed at l, ``S`` = a token's top-k set):
 

@@ -1,13 +1,17 @@
-"""Comparing runs and experts (METHODS.md §7): routing drift and expert weight similarity.
+"""Comparing runs and experts (docs/methods.md §7): routing drift and expert weight similarity.
 
 * **Routing drift / router saturation** (OLMoE), :func:`routing_drift`: for two runs over the
-  same tokens, per layer the mean of ``|S ∩ S'| / k`` over the tokens present in both runs,
-  matched on ``(prompt_id, position, layer)`` — so the runs must have captured the same prompt
-  set in the same order (same probe / dataset). ``k = max(|S|, |S'|)`` per token (the top-k
+  same tokens, per layer the mean of ``|S ∩ S'| / k`` over the tokens present in both runs.
+  Prompts are matched on their content hash (text and token ids, ``Store.match_prompts``),
+  never on row index or prompt id, then tokens on ``(position, layer)``: a pair of runs that
+  shares no prompt is refused (``PromptMismatchError``, a ``ValueError``), as is a run whose
+  prompts have no hash; a partial overlap is computed on the shared prompts only, and the
+  table says how many (``n_shared``, ``n_prompts_a``, ``n_prompts_b``; the sentence is
+  :func:`drift_coverage`). ``k = max(|S|, |S'|)`` per token (the top-k
   of the two runs normally agree). 1 = identical routing; two independent uniform top-k
   routers give ``k/E`` in expectation (``E|S ∩ S'| = k²/E``), reported as ``chance``. The 95%
   CI is a prompt-cluster percentile bootstrap of the ratio of sums (``Σ_p overlap_p /
-  Σ_p tokens_p``). Raises ``ValueError`` when the runs share no tokens.
+  Σ_p tokens_p``). Raises ``ValueError`` when the shared prompts share no routed tokens.
 * **Expert weight similarity** ("A Closer Look into MoE"), :func:`expert_weight_similarity`:
   cosine similarity of the flattened weights of every pair of experts of one layer, from a
   fused experts module (``gate_up_proj [E, 2I, H]`` and ``down_proj [E, H, I]``, as in
@@ -31,10 +35,14 @@ import polars as pl
 
 from workbench.analysis.stats import cluster_bootstrap
 from workbench.store import Store
+from workbench.store.matching import PAIRS_SQL, coverage
 
-__all__ = ["DRIFT_COLUMNS", "expert_weight_similarity", "merge_candidates", "routing_drift"]
+__all__ = ["DRIFT_COLUMNS", "drift_coverage", "expert_weight_similarity", "merge_candidates", "routing_drift"]
 
-DRIFT_COLUMNS: tuple[str, ...] = ("layer", "overlap", "ci_low", "ci_high", "chance", "n_tokens", "n_prompts")
+DRIFT_COLUMNS: tuple[str, ...] = (
+    "layer", "overlap", "ci_low", "ci_high", "chance", "n_tokens", "n_prompts",
+    "n_shared", "n_prompts_a", "n_prompts_b",
+)  # fmt: skip
 
 
 def routing_drift(
@@ -53,34 +61,48 @@ def routing_drift(
     """
     info = store.layers(run_a)  # raise UnknownRunError for unknown runs
     store.layers(run_b)
+    match = store.match_prompts(run_a, run_b)  # refuses disjoint runs and runs without hashes
     clause, values = "", []
     if layers is not None:
         values = [int(x) for x in layers]
         clause = f" AND a.layer IN ({', '.join('?' for _ in values)})" if values else " AND FALSE"
     layer_list = None if layers is None else [int(x) for x in layers]
-    per_prompt = _aligned_overlap(store, run_a, run_b, layer_list)
-    if per_prompt is None:  # the runs' rows do not line up one to one: join them in DuckDB
+    # the in-step scan is only valid when every prompt of both runs pairs with its own prompt_id
+    per_prompt = _aligned_overlap(store, run_a, run_b, layer_list) if match.identical else None
+    if per_prompt is None:  # join the shared prompts' tokens in DuckDB
         per_prompt = _joined_overlap(store, run_a, run_b, clause, values)
     if per_prompt.height == 0:
         raise ValueError(
-            f"runs {run_a!r} and {run_b!r} share no tokens (matched on prompt_id, position, layer"
-            f"{' in the selected layers' if layers is not None else ''}); drift needs two captures of "
-            "the same prompts"
+            f"runs {run_a!r} and {run_b!r} share {match.n_shared} prompts but no routed tokens"
+            f"{' in the selected layers' if layers is not None else ''} (matched on position and layer); "
+            "drift needs two captures of the same prompts at the same layers"
         )
-    return _drift_rows(per_prompt, info, n_boot=n_boot, seed=seed)
+    return _drift_rows(per_prompt, info, n_boot=n_boot, seed=seed).with_columns(
+        pl.lit(match.n_shared, pl.Int64).alias("n_shared"),
+        pl.lit(match.n_a, pl.Int64).alias("n_prompts_a"),
+        pl.lit(match.n_b, pl.Int64).alias("n_prompts_b"),
+    )
+
+
+def drift_coverage(df: pl.DataFrame, run_a: str, run_b: str) -> str:
+    """The sentence saying how many prompts a :func:`routing_drift` table was computed on."""
+    row = df.row(0, named=True)
+    return coverage(run_a, run_b, int(row["n_shared"]), int(row["n_prompts_a"]), int(row["n_prompts_b"]))
 
 
 def _joined_overlap(store: Store, run_a: str, run_b: str, clause: str, values: list[int]) -> pl.DataFrame:
-    """Per (layer, prompt): matched tokens ``n`` and Σ overlap, by a hash join in DuckDB."""
+    """Per (layer, prompt of A): matched tokens ``n`` and Σ overlap over the shared prompts, joined in DuckDB."""
     return store.sql(
         "SELECT a.layer, a.prompt_id, count(*) AS n,"
         " sum(len(list_intersect(a.experts, b.experts)) / greatest(len(a.experts), len(b.experts), 1))"
         " AS overlap"
-        " FROM routing a JOIN routing b"
-        " ON a.prompt_id = b.prompt_id AND a.position = b.position AND a.layer = b.layer"
-        f" WHERE a.run_id = ? AND b.run_id = ?{clause}"
+        f" FROM ({PAIRS_SQL}) m"
+        " JOIN routing a ON a.run_id = ? AND a.prompt_id = m.pid_a"
+        " JOIN routing b ON b.run_id = ? AND b.prompt_id = m.pid_b"
+        " AND a.position = b.position AND a.layer = b.layer"
+        f" WHERE TRUE{clause}"
         " GROUP BY a.layer, a.prompt_id ORDER BY a.layer, a.prompt_id",
-        [run_a, run_b, *values],
+        [run_a, run_b, run_a, run_b, *values],
     )
 
 

@@ -1,4 +1,4 @@
-"""Router confidence per layer (METHODS.md §1): entropy, top-k margin and fragility of the routing.
+"""Router confidence per layer (docs/methods.md §1): entropy, top-k margin and fragility of the routing.
 
 * **Router confidence** per layer, from the stored raw logits ``z`` (length E):
   ``π = softmax(z)`` for ``score_fn = 'softmax'`` (also used when the layer has no

@@ -1,4 +1,4 @@
-"""Dynamic routing (METHODS.md §6, "Harder Tasks Need More Experts"): how many experts a token needs.
+"""Dynamic routing (docs/methods.md §6, "Harder Tasks Need More Experts"): how many experts a token needs.
 
 For token ``i`` at layer ``l`` with stored router logits ``z`` (length E) the score
 distribution ``π`` is the router's own:

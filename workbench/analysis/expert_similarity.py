@@ -1,4 +1,4 @@
-"""Expert similarity (METHODS.md §7, "A Closer Look into MoE"): weights and outputs, merge candidates.
+"""Expert similarity (docs/methods.md §7, "A Closer Look into MoE"): weights and outputs, merge candidates.
 
 Two experts that compute the same function are redundant: they can be merged (or one pruned)
 at little cost. Two views of "the same function":
@@ -30,7 +30,7 @@ anyway. Experts are computed with the per-expert forward of :mod:`workbench.mode
 directly), so every family ``--expert-stats`` supports works here with no per-architecture
 code; other layouts raise :class:`~workbench.models.expert_math.ExpertStatsUnsupported`.
 
-**Shared experts** (always on) are never mixed into E (METHODS notation): they appear as
+**Shared experts** (always on) are never mixed into E (docs/methods.md notation): they appear as
 pseudo-experts ``n_experts + s`` with ``shared = True`` on every pair they are part of, so one
 can see whether a routed expert duplicates the shared one. Their ``weight_cos`` is NaN (their
 weights are laid out differently from the routed experts') and they get no ``merge_rank``
@@ -375,7 +375,7 @@ def expert_similarity(
 ) -> pl.DataFrame:
     """Weight and output similarity of every expert pair of the run's model, with merge ranks.
 
-    The registered ``expert-similarity`` analysis (METHODS §7). ``model`` is the model the run
+    The registered ``expert-similarity`` analysis (docs/methods.md §7). ``model`` is the model the run
     was captured from (a :class:`~workbench.models.loading.LoadedModel`, a name/path for
     ``load_model`` — loaded on ``device`` — or a module with ``tokenizer=``); its MoE layers must match the run's
     (same layer indices and expert counts), else ``ValueError``. The model reads up to

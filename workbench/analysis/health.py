@@ -1,4 +1,4 @@
-"""Load and router health (METHODS.md §1): expert load, balance, super experts.
+"""Load and router health (docs/methods.md §1): expert load, balance, super experts.
 
 Router confidence and fragility live in :mod:`workbench.analysis.confidence` (re-exported here).
 

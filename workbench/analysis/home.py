@@ -1,4 +1,4 @@
-"""Expert health in multi-task use (METHODS.md §3): HoME's collapse, degradation, underfitting for LLM MoE.
+"""Expert health in multi-task use (docs/methods.md §3): HoME's collapse, degradation, underfitting for LLM MoE.
 
 HoME ("Hierarchy of Multi-gate Experts", recommender MoE) names three failure modes of
 experts trained on many tasks; here they are adapted to an LLM MoE and a labelled run
@@ -32,14 +32,15 @@ the pseudo-experts ``expert = E + s`` of ``expert_stats`` and carry ``shared = T
   shared experts (NaN without ``expert_stats``); ``specialist_gate_mass`` — the gate weight
   label-t tokens put on label-t's specialists divided by all their gate weight (ratio of
   sums over tokens and the selected layers; ``generalist_gate_mass`` is the rest). The
-  specialists of t at layer l are the routed experts with ``lift > 1`` and ``q < alpha``
-  (default 0.05) in :func:`~workbench.analysis.specialisation.domain_specialisation`; when
-  no expert passes for (l, t) the single expert with the largest lift is used instead, so
+  specialists of t at layer l are the routed experts specialised for t by the workbench's one
+  definition (:func:`~workbench.analysis.specialisation.is_specialised`: t over-uses them relative
+  to the other labels, q < alpha, default 0.05); when no expert passes for (l, t) the single expert
+  with the largest log-odds against the other labels is used instead, so
   every label has at least one specialist per layer. ``ci_low``/``ci_high`` are the 95%
   prompt-cluster bootstrap CI of ``specialist_gate_mass`` (ratio of per-prompt sums).
   ``underfit`` flags labels whose specialist gate mass is below the median over labels
   (strictly below; the median label itself is not flagged) **and** whose CI lies entirely
-  below that median. The bare "below the median" rule of METHODS §3 flags about half the
+  below that median. The bare "below the median" rule of docs/methods.md §3 flags about half the
   labels whatever the data (with four labels, always the lower two), so on a null run it
   would never be quiet; requiring the CI to clear the median keeps the flag for labels
   whose specialists are clearly starved (typically data-sparse labels). With ``n_boot=0``
@@ -58,7 +59,7 @@ import numpy as np
 import polars as pl
 
 from workbench.analysis.common import layer_filter, layer_info
-from workbench.analysis.specialisation import domain_specialisation
+from workbench.analysis.specialisation import domain_specialisation, is_specialised
 from workbench.analysis.stats import cluster_bootstrap
 from workbench.store import Store
 
@@ -287,8 +288,8 @@ def underfitting(
     layer_list = info["layer"].to_list()
     clause, values = layer_filter(layer_list)
     spec = domain_specialisation(store, run_id, layers=layer_list, n_boot=0, n_perm=n_perm, seed=seed)
-    significant = spec.filter((pl.col("lift") > 1) & (pl.col("q") < alpha))
-    top = spec.sort("lift", descending=True).group_by("layer", "label", maintain_order=True).first()
+    significant = spec.filter(is_specialised(alpha))
+    top = spec.sort("log_odds", descending=True).group_by("layer", "label", maintain_order=True).first()
     fallback = top.join(significant.select("layer", "label").unique(), on=["layer", "label"], how="anti")
     specialists = pl.concat(
         [significant.select("layer", "expert", "label"), fallback.select("layer", "expert", "label")]

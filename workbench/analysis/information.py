@@ -1,4 +1,4 @@
-"""How much label information routing carries, per layer (METHODS.md §2, "information").
+"""How much label information routing carries, per layer (docs/methods.md §2, "information").
 
 * **Mutual information** ``I(expert; label)`` with the expert taken as each token's **top-1
   routed expert** (the first expert id ``< n_experts`` of the descending-weight list), so every

@@ -1,7 +1,7 @@
 """A typed registry of the analyses, by CLI name (lm-evaluation-harness style).
 
 ``ANALYSES`` maps a short name (``specialisation``, ``drift`` ...) to an :class:`AnalysisSpec`
-describing the function, its METHODS.md section, a one-line summary and what the run must
+describing the function, its docs/methods.md section, a one-line summary and what the run must
 hold (``routing`` always; ``logits`` = stored router logits, ``expert_stats`` = captured with
 ``--expert-stats``, ``compare`` = a second run to compare against, ``model`` = the model the run
 was captured from, loaded, because the analysis runs it — expert output similarity).
@@ -90,7 +90,8 @@ _SPECS: tuple[AnalysisSpec, ...] = (
         "specialisation",
         domain_specialisation,
         "§2",
-        "Domain share and lift per (layer, expert, label) with CI, permutation p and BH q.",
+        "Which experts each label over-uses vs the other labels: share, specificity, log-odds (CI), one-sided "
+        "permutation p, BH q, specialised; lift over uniform as context.",
     ),
     AnalysisSpec(
         "vocab", vocab_specialisation, "§2", "Vocabulary specialisation of each expert's top-1 tokens."

@@ -1,4 +1,4 @@
-"""Expert relevance to a label (METHODS.md §2): ESFT scores, PreMoe's TCESS, vocabulary specialisation.
+"""Expert relevance to a label (docs/methods.md §2): ESFT scores, PreMoe's TCESS, vocabulary specialisation.
 
 * **ESFT** (DeepSeek ESFT). Over the label-t tokens of layer l, the gate score
   ``GS[l,e,t] = mean_i g[i,l,e]`` (the applied gate weight, 0 when e is not selected) and the

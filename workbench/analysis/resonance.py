@@ -1,4 +1,4 @@
-"""Correlational resonance maps (METHODS.md §5; fTRI, MoTE, SteerMoE's detection).
+"""Correlational resonance maps (docs/methods.md §5; fTRI, MoTE, SteerMoE's detection).
 
 Given a contrast set — *target* prompts that show a behaviour B and *control* prompts that do
 not, by label — every routed expert (l, e) gets two scores:
@@ -6,8 +6,16 @@ not, by label — every routed expert (l, e) gets two scores:
 * ``rd`` (SteerMoE's risk difference): ``a1/(a1+d1) − a0/(a0+d0)``, the rate at which target
   tokens select e minus the rate for control tokens (a = tokens where e ∈ S, d = where not).
   Tokens are pooled within a class, i.e. a ratio of sums over prompts.
-* ``ftri``: mean over target prompts of the prompt's summed gate weight on e, minus the same
-  over control prompts (prompt-level maps summed over tokens, then averaged per class).
+* ``ftri``: a per-token *rate* of gate weight. Per prompt p, ``r[p, e] = Σ_i g[i, e] / n_p``,
+  the mean gate weight on e over the prompt's ``n_p`` tokens in the span (0 on tokens that did
+  not select e); ``ftri = mean_{p∈T} r[p, e] − mean_{p∈C} r[p, e]``, each prompt counting once
+  in its class. It was the *summed* gate weight per prompt until issue 12: summed over experts
+  that equals the mean length difference of the two classes (every token spends its whole
+  gate mass somewhere), so long target prompts made every expert "resonate". As a rate,
+  ``Σ_e ftri = 0`` whenever the model's gate weights sum to 1 per token (renormalised top-k),
+  and prompts that differ only in length give ftri ≈ 0. Versus ``rd``: rd counts selections
+  and pools tokens (long prompts weigh more); ftri weighs each selection by its gate weight
+  and each prompt equally.
 
 ``ci_low``/``ci_high``, ``p`` and ``q`` refer to the score named in ``method`` (``rd`` by
 default). The CI is a stratified prompt-cluster bootstrap (target and control prompts are
@@ -34,7 +42,8 @@ import numpy as np
 import polars as pl
 
 from workbench.analysis.common import layer_filter, layer_info
-from workbench.analysis.stats import benjamini_hochberg, contrast_test
+from workbench.analysis.contrast import contrast_test
+from workbench.analysis.stats import benjamini_hochberg
 from workbench.store import Store
 
 __all__ = [
@@ -123,8 +132,11 @@ def resonance_map(
 ) -> pl.DataFrame:
     """The L×E correlational resonance map of ``target`` vs ``control`` prompts (see module doc).
 
-    One row per (layer, routed expert), sorted by layer and expert. ``rate_target`` and
-    ``rate_control`` are the two selection rates behind ``rd``; ``n_target``/``n_control`` the
+    One row per (layer, routed expert), sorted by layer and expert. Columns (public API, stored
+    by ``resonate``): ``rd`` and ``ftri`` (see the module doc; ``ftri`` is the per-token gate-weight
+    rate difference since issue 12, no longer a per-prompt gate-mass sum); ``method`` and the
+    ``ci_low``/``ci_high``/``p``/``q`` of that method's score; ``rate_target`` and
+    ``rate_control``, the two selection rates behind ``rd``; ``n_target``/``n_control``, the
     prompts that have tokens in the span. Deterministic for a given ``seed``.
     """
     if method not in ("rd", "ftri"):
@@ -171,6 +183,9 @@ def resonance_map(
             if len(complete) >= 2 and 2 * len(complete) == int(present.sum()):
                 keep_pairs = complete
         ones = present.astype(np.float64)
+        # fTRI: each prompt's per-token gate-weight rate (mass / its tokens in the span) over a
+        # denominator of 1 per present prompt, so the "ratio of sums" is the class mean of rates.
+        per_token = np.divide(mass, den[:, None], out=np.zeros_like(mass), where=present[:, None])
         rng_seed = np.random.SeedSequence([seed, li])
         # Resampling only for the score the CI, p and q refer to; the other needs its point estimate.
         rs = (n_boot, n_perm) if method == "rd" else (0, 0)
@@ -179,7 +194,7 @@ def resonance_map(
             counts, den, is_target_all, pairs=keep_pairs, n_boot=rs[0], n_perm=rs[1], seed=rng_seed
         )
         ftri = contrast_test(
-            mass, ones, is_target_all, pairs=keep_pairs, n_boot=fs[0], n_perm=fs[1], seed=rng_seed
+            per_token, ones, is_target_all, pairs=keep_pairs, n_boot=fs[0], n_perm=fs[1], seed=rng_seed
         )
         chosen = rd if method == "rd" else ftri
         tgt, ctl = is_target_all & present, ~is_target_all & present

@@ -1,4 +1,4 @@
-"""The router's score distribution ``π`` recomputed from stored logits (METHODS.md notation).
+"""The router's score distribution ``π`` recomputed from stored logits (docs/methods.md notation).
 
 ``π`` is what the model computes from its raw logits ``z``: softmax for most routers, sigmoid
 for DeepSeek-V3-style ones (the correction bias only steers selection and is not stored),

@@ -1,19 +1,34 @@
-"""Domain specialisation (METHODS.md §2, OLMoE): the share of a label's tokens routed to each expert.
+"""Domain specialisation (docs/methods.md §2, OLMoE): which experts a label over-uses, relative to the other labels.
 
-``share[l, e, t] = n(e ∈ S, label t) / N_t`` — the fraction of label-t tokens at layer l
-whose top-k set contains expert e. Over e it sums to k (every token selects k experts).
-``lift = share / (k / E)``: 1 is what uniform routing gives, 5 means five times uniform.
+``share[l, e, t] = n(e ∈ S, label t) / N_t`` — the fraction of label-t tokens at layer l whose
+top-k set contains expert e (sums to k over e). ``share_rest`` is the same ratio over the tokens
+of every *other* label at that layer.
 
-Statistics (all over prompts, the clusters; see :mod:`workbench.analysis.stats`):
+**Specialised** (the one definition the CLI, report, demo summary, notebook and dashboard use):
+expert e is specialised for label t at layer l when t over-uses e relative to the other labels —
+``q < alpha`` (default 0.05) in a one-sided label-permutation test of ``share > share_rest`` *and*
+``share > share_rest``. Lift over uniform plays no part in it. See :func:`specialised_cells`.
 
-* 95% CI: percentile bootstrap of the share, resampling label-t prompts with replacement.
-* p: one-sided label-permutation test of ``share_t > share_rest``, where ``share_rest`` is
-  the same ratio over the tokens of all *other* labels; labels are shuffled across prompts
-  (each prompt keeps its tokens), with the +1 correction. A small p says "this expert is
-  used more by label t than by the others", which is what "specialised for t" means;
-  under-use is not reported as specialisation. With a single label there is nothing to
-  compare against and p, q are NaN.
-* q: Benjamini–Hochberg over all (layer, expert, label) rows of the result.
+Effect sizes (per row):
+
+* ``specificity = share / share_rest`` — how many times more often a label-t token picks e than
+  another label's token does (equal to the ratio of slot shares).
+* ``log_odds`` — log odds ratio of the expert's *slot* share for t against the rest: with
+  ``a = n(e, t)``, ``b = k·N_t − a``, ``c = n(e, rest)``, ``d = k·N_rest − c``,
+  ``log((a + ½)/(b + ½)) − log((c + ½)/(d + ½))`` (Haldane–Anscombe ½ correction, so it stays
+  finite for unused experts). ``lo_low``/``lo_high``: its 95% percentile bootstrap CI, label
+  prompts resampled within each label (the label sizes stay as observed).
+* ``lift = share / (k / E)`` — secondary: over uniform routing, not over the other labels; a
+  generalist expert has a high lift for every label without being specialised for any.
+
+Statistics (over prompts, the clusters; :mod:`workbench.analysis.stats`): ``ci_low``/``ci_high``
+is the bootstrap CI of ``share``; ``p`` the one-sided permutation p of ``share − share_rest > 0``
+(labels shuffled across prompts, +1 correction; NaN with a single label); ``q`` Benjamini–Hochberg
+over all (layer, expert, label) rows. **Power**: by default (``n_perm_max="auto"``) cells that none
+of the ``n_perm`` shuffles reached get more shuffles, as many as the map's number of tests needs
+for them to reach ``q < alpha/2`` (a lone effect among 192 tests: 7,679 shuffles; see
+:func:`_refine_floor` and :func:`~workbench.analysis.stats.auto_n_perm_max`). Without it, one true
+specialist among 192 tests has q ≥ 192/1001 ≈ 0.19 at the 1,000-shuffle floor.
 
 Prompts with a NULL label are left out (they belong to no domain), as are expert ids
 ``>= n_experts`` (shared pseudo-experts are never mixed into E). The per-prompt counting is
@@ -23,24 +38,33 @@ resampling on the resulting (prompts × experts) count matrices, one layer at a 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import polars as pl
 
 from workbench.analysis.common import layer_filter, map_ordered
 from workbench.analysis.stats import (
+    _percentiles,
+    auto_n_perm_max,
     benjamini_hochberg,
-    cluster_bootstrap,
     cluster_permutation_pvalue,
     one_blas_thread,
 )
 from workbench.store import Store
 
-__all__ = ["SPECIALISATION_COLUMNS", "domain_share_polars", "domain_specialisation"]
+__all__ = [
+    "SPECIALISATION_COLUMNS",
+    "domain_share_polars",
+    "domain_specialisation",
+    "is_specialised",
+    "specialised_cells",
+    "specialised_set",
+]
 
 SPECIALISATION_COLUMNS: tuple[str, ...] = (
-    "layer", "expert", "label", "share", "lift", "ci_low", "ci_high", "p", "q", "n_tokens", "n_prompts",
+    "layer", "expert", "label", "share", "share_rest", "specificity", "log_odds", "lo_low", "lo_high",
+    "lift", "ci_low", "ci_high", "p", "q", "specialised", "n_tokens", "n_prompts",
 )  # fmt: skip
 
 _SCHEMA: dict[str, type[pl.DataType]] = {
@@ -48,11 +72,17 @@ _SCHEMA: dict[str, type[pl.DataType]] = {
     "expert": pl.Int32,
     "label": pl.Utf8,
     "share": pl.Float64,
+    "share_rest": pl.Float64,
+    "specificity": pl.Float64,
+    "log_odds": pl.Float64,
+    "lo_low": pl.Float64,
+    "lo_high": pl.Float64,
     "lift": pl.Float64,
     "ci_low": pl.Float64,
     "ci_high": pl.Float64,
     "p": pl.Float64,
     "q": pl.Float64,
+    "specialised": pl.Boolean,
     "n_tokens": pl.Int64,
     "n_prompts": pl.Int64,
 }
@@ -79,6 +109,50 @@ def _per_prompt_counts(
     return selections, tokens
 
 
+def is_specialised(alpha: float = 0.05) -> pl.Expr:
+    """The definition, as a polars expression over the table: over-use relative to the other labels.
+
+    ``q < alpha`` (one-sided permutation test of ``share > share_rest``, BH over the map) and
+    ``share > share_rest``. NaN q (a single label) is never specialised. Every surface — the
+    ``specialised`` column, the report, ``make demo``'s summary, the dashboard's stars and
+    ``Run.specialists`` — goes through this expression.
+    """
+    q = pl.col("q").fill_nan(None).fill_null(1.0)
+    return ((q < alpha) & (pl.col("share") > pl.col("share_rest"))).fill_null(False)
+
+
+def specialised_cells(df: pl.DataFrame, alpha: float = 0.05) -> pl.DataFrame:
+    """The specialised rows of a :func:`domain_specialisation` table, strongest effect first.
+
+    Ranked by ``log_odds`` (then specificity, then q) — never by lift over uniform.
+    """
+    return df.filter(is_specialised(alpha)).sort(
+        ["log_odds", "specificity", "q"], descending=[True, True, False], nulls_last=True
+    )
+
+
+def specialised_set(df: pl.DataFrame, alpha: float = 0.05) -> set[tuple[int, int, str]]:
+    """``{(layer, expert, label)}`` of the specialised cells (what the surfaces must agree on)."""
+    cells = df.filter(is_specialised(alpha)).select("layer", "expert", "label")
+    return {(int(a), int(b), str(c)) for a, b, c in cells.iter_rows()}
+
+
+def _n_tests(n_experts: Iterable[int], n_labels: int) -> int:
+    return int(sum(int(e) for e in n_experts)) * max(n_labels, 1)
+
+
+def _resolve_n_perm_max(n_perm_max: int | str | None, n_tests: int, n_perm: int, alpha: float) -> int | None:
+    """``"auto"`` (default) → :func:`auto_n_perm_max`; ``None``/``"off"`` → no refinement; digits → int."""
+    if isinstance(n_perm_max, str):
+        text = n_perm_max.strip().lower()
+        if text == "auto":
+            return auto_n_perm_max(n_tests, n_perm, alpha) if n_perm > 0 else None
+        if text in ("", "none", "off", "0"):
+            return None
+        n_perm_max = int(text)
+    return None if n_perm_max is None else max(int(n_perm_max), n_perm)
+
+
 def domain_specialisation(
     store: Store,
     run_id: str,
@@ -87,18 +161,19 @@ def domain_specialisation(
     n_boot: int = 1000,
     n_perm: int = 1000,
     seed: int = 0,
-    n_perm_max: int | None = None,
+    n_perm_max: int | str | None = "auto",
+    alpha: float = 0.05,
 ) -> pl.DataFrame:
-    """Share, lift, prompt-bootstrap CI, permutation p and BH q per (layer, expert, label).
+    """Share, share in the other labels, specificity, log-odds, lift, CIs, p, q and ``specialised`` per cell.
 
     One row per (layer, expert, label) for every routed expert ``0..E-1`` of each selected
     layer (unused experts get share 0) and every non-null label with tokens in that layer,
     sorted by layer, expert, label. ``n_tokens`` is N_t (label-t tokens at that layer),
     ``n_prompts`` the number of label-t prompts contributing. ``E`` and ``k`` come from the
-    run's ``layers`` table. Deterministic for a given ``seed``. ``n_perm_max`` continues the
-    shuffles up to that many for the cells no shuffle reached (their p falls below the
-    ``1/(n_perm + 1)`` floor, which on a large map keeps BH from finding a lone specialist);
-    see :func:`~workbench.analysis.stats.cluster_permutation_pvalue`. Other cells are unchanged.
+    run's ``layers`` table. Deterministic for a given ``seed`` (p and q do not depend on
+    ``n_boot``). ``n_perm_max``: ``"auto"`` sizes the floor refinement from the number of tests
+    (see the module docstring), an int sets it, ``None`` turns it off (p floor ``1/(n_perm + 1)``).
+    ``specialised`` is :func:`is_specialised` at ``alpha``.
     """
     layer_info = store.layers(run_id)  # raises UnknownRunError for an unknown run
     if layers is not None:
@@ -113,27 +188,106 @@ def domain_specialisation(
     label_code = {name: i for i, name in enumerate(label_names)}
     prompt_ids = labels_df["prompt_id"].to_numpy().astype(np.int64)
     prompt_codes = np.array([label_code[x] for x in labels_df["label"].to_list()], dtype=np.int64)
+    n_tests = _n_tests(layer_info["n_experts"].to_list(), len(label_names))
+    auto = isinstance(n_perm_max, str) and n_perm_max.strip().lower() == "auto"
+    refine = None if auto else _resolve_n_perm_max(n_perm_max, n_tests, n_perm, alpha)
 
-    def layer_rows(item: tuple[int, tuple[int, int, int]]) -> pl.DataFrame | None:
+    def layer_rows(
+        item: tuple[int, tuple[int, int, int]], boot: int, extra: int | None
+    ) -> pl.DataFrame | None:
         """:func:`_one_layer` for the li-th selected layer (seeded by ``(seed, li)``)."""
         li, (layer, n_experts, top_k) = item
         return _one_layer(
             int(layer), int(n_experts), int(top_k),
             selections.filter(pl.col("layer") == layer), tokens.filter(pl.col("layer") == layer),
             prompt_ids, prompt_codes, label_names,
-            n_boot=n_boot, n_perm=n_perm, n_perm_max=n_perm_max, seed=np.random.SeedSequence([seed, li]),
+            n_boot=boot, n_perm=n_perm, n_perm_max=extra, seed=np.random.SeedSequence([seed, li]),
         )  # fmt: skip
 
     # Each layer resamples from its own seed, so the layers can run on two threads (numpy's
     # draws and products release the GIL) with the same results in the same order.
     items = list(enumerate(layer_info.select("layer", "n_experts", "top_k").iter_rows()))
     with one_blas_thread():
-        frames = [f for f in map_ordered(layer_rows, items) if f is not None]
+        done = list(map_ordered(lambda item: layer_rows(item, n_boot, refine), items))
+        if auto and n_perm > 0:
+            done = _refine_floor(done, items, n_tests, n_perm, alpha, lambda it, m: layer_rows(it, 0, m))
+    frames = [f for f in done if f is not None]
     if not frames:
         return pl.DataFrame(schema=_SCHEMA)
     out = pl.concat(frames)
     out = out.with_columns(pl.Series("q", benjamini_hochberg(out["p"].to_numpy())))
+    out = out.with_columns(is_specialised(alpha).alias("specialised"))
     return out.select(list(SPECIALISATION_COLUMNS)).cast(_SCHEMA).sort("layer", "expert", "label")  # type: ignore[arg-type]
+
+
+def _refine_floor(
+    done: list[pl.DataFrame | None],
+    items: list[tuple[int, tuple[int, int, int]]],
+    n_tests: int,
+    n_perm: int,
+    alpha: float,
+    rerun: Callable[[tuple[int, tuple[int, int, int]], int], pl.DataFrame | None],
+) -> list[pl.DataFrame | None]:
+    """``n_perm_max="auto"``: more shuffles for the cells at the ``1/(n_perm + 1)`` floor, as many as BH needs.
+
+    With R cells of the whole map at the floor, BH gives them ``q = n_tests / ((n + 1)·R)``; the
+    floor is refined to ``n = auto_n_perm_max(n_tests / R)`` shuffles, so that q is at most α/2 —
+    for a lone specialist (R = 1) that is ``2·n_tests/α``; when many cells sit at the floor
+    already (R·α/2 ≥ n_tests/(n_perm + 1)) nothing is rerun. Only layers with a floor cell are
+    rerun, without the bootstrap (the permutation stream is seeded apart from it, so the first
+    ``n_perm`` shuffles and every other cell's p are the same bits).
+    """
+    floor = 1.0 / (n_perm + 1.0)
+    at_floor = [0 if f is None else int((f["p"].fill_nan(None) <= floor * (1 + 1e-9)).sum()) for f in done]
+    total = sum(at_floor)
+    if total == 0:
+        return done
+    n_max = auto_n_perm_max(int(np.ceil(n_tests / total)), n_perm, alpha)
+    if n_max <= n_perm:
+        return done
+    redo = [i for i, n in enumerate(at_floor) if n]
+    fresh = list(map_ordered(lambda i: rerun(items[i], n_max), redo))
+    out = list(done)
+    for i, f in zip(redo, fresh, strict=True):
+        base = out[i]
+        if base is not None and f is not None:
+            out[i] = base.with_columns(f["p"])
+    return out
+
+
+def _label_bootstrap(
+    counts: np.ndarray,
+    den: np.ndarray,
+    codes: np.ndarray,
+    present: np.ndarray,
+    n_boot: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per label, ``n_boot`` replicate sums of ``counts`` ``(G, n_boot, E)`` and of ``den`` ``(G, n_boot)``.
+
+    Each label's prompts are resampled with replacement within the label (multinomial draw counts
+    as weights, in blocks), label after label from one stream: the same draws, and so the same
+    share CIs, as :func:`~workbench.analysis.stats.cluster_bootstrap` run label by label.
+    """
+    n_e = counts.shape[1]
+    sums = np.empty((present.size, n_boot, n_e))
+    dens = np.empty((present.size, n_boot))
+    both = np.hstack([counts, den[:, None]])  # whole numbers: the products are exact
+    for gi, code in enumerate(present):
+        rows = both[codes == code]
+        n = rows.shape[0]
+        uniform = np.full(n, 1.0 / n)
+        for start in range(0, n_boot, 256):
+            b = min(256, n_boot - start)
+            w = rng.multinomial(n, uniform, size=b).astype(np.float64)
+            block = w @ rows
+            sums[gi, start : start + b], dens[gi, start : start + b] = block[:, :n_e], block[:, n_e]
+    return sums, dens
+
+
+def _log_odds(a: np.ndarray, slots: np.ndarray, c: np.ndarray, slots_rest: np.ndarray) -> np.ndarray:
+    """Haldane–Anscombe log odds ratio of ``a`` of ``slots`` against ``c`` of ``slots_rest``."""
+    return np.log((a + 0.5) / (slots - a + 0.5)) - np.log((c + 0.5) / (slots_rest - c + 0.5))
 
 
 def _one_layer(
@@ -173,30 +327,56 @@ def _one_layer(
     )  # fmt: skip
     if present.size < 2:
         p_all = np.full_like(p_all, np.nan)
-    boot_rng = np.random.default_rng(boot_seed)
-    uniform = top_k / n_experts
-    parts: list[pl.DataFrame] = []
-    for gi, code in enumerate(present):
-        mask = codes == code
-        share, low, high = cluster_bootstrap(counts[mask], den[mask], n_boot=n_boot, seed=boot_rng)
-        parts.append(
-            pl.DataFrame(
-                {
-                    "layer": np.full(n_experts, layer, np.int32),
-                    "expert": np.arange(n_experts, dtype=np.int32),
-                    "label": [label_names[int(code)]] * n_experts,
-                    "share": share,
-                    "lift": share / uniform,
-                    "ci_low": low,
-                    "ci_high": high,
-                    "p": p_all[gi],
-                    "q": np.full(n_experts, np.nan),
-                    "n_tokens": np.full(n_experts, int(den[mask].sum()), np.int64),
-                    "n_prompts": np.full(n_experts, int(mask.sum()), np.int64),
-                }
+    # Per-label totals: selections of each expert (G, E) and tokens (G,); "rest" = all other labels.
+    member = (codes[None, :] == present[:, None]).astype(np.float64)
+    hits, n_tok = member @ counts, member @ den
+    rest_hits, rest_tok = hits.sum(axis=0) - hits, n_tok.sum() - n_tok
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = hits / n_tok[:, None]
+        share_rest = np.where(rest_tok[:, None] > 0, rest_hits / np.maximum(rest_tok, 1)[:, None], np.nan)
+        specificity = share / share_rest
+    log_odds = _log_odds(hits, top_k * n_tok[:, None], rest_hits, top_k * rest_tok[:, None])
+    if present.size < 2:
+        log_odds = np.full_like(log_odds, np.nan)
+    nan = np.full(share.shape, np.nan)
+    ci_low, ci_high, lo_low, lo_high = nan, nan.copy(), nan.copy(), nan.copy()
+    if n_boot > 0:
+        sums, dens = _label_bootstrap(counts, den, codes, present, n_boot, np.random.default_rng(boot_seed))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rep_share = sums / dens[:, :, None]
+        for gi in range(present.size):
+            ci_low[gi], ci_high[gi] = _percentiles(rep_share[gi], 0.025)
+        if present.size >= 2:
+            rep_lo = _log_odds(
+                sums,
+                top_k * dens[:, :, None],
+                sums.sum(axis=0) - sums,
+                top_k * (dens.sum(axis=0) - dens)[:, :, None],
             )
-        )
-    return pl.concat(parts)
+            for gi in range(present.size):
+                lo_low[gi], lo_high[gi] = _percentiles(rep_lo[gi], 0.025)
+    uniform = top_k / n_experts
+    g, e = present.size, n_experts
+    return pl.DataFrame(
+        {
+            "layer": np.full(g * e, layer, np.int32),
+            "expert": np.tile(np.arange(e, dtype=np.int32), g),
+            "label": [label_names[int(code)] for code in present for _ in range(e)],
+            "share": share.ravel(),
+            "share_rest": share_rest.ravel(),
+            "specificity": specificity.ravel(),
+            "log_odds": log_odds.ravel(),
+            "lo_low": lo_low.ravel(),
+            "lo_high": lo_high.ravel(),
+            "lift": (share / uniform).ravel(),
+            "ci_low": ci_low.ravel(),
+            "ci_high": ci_high.ravel(),
+            "p": p_all.ravel(),
+            "q": np.full(g * e, np.nan),
+            "n_tokens": np.repeat(n_tok.astype(np.int64), e),
+            "n_prompts": np.repeat(member.sum(axis=1).astype(np.int64), e),
+        }
+    )
 
 
 def domain_share_polars(routing_df: pl.DataFrame, prompts_df: pl.DataFrame) -> pl.DataFrame:

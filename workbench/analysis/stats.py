@@ -5,7 +5,7 @@ independent draws gives CIs that are far too narrow and p-values that are far to
 Every estimate in the workbench is therefore a *ratio of sums over prompts* — e.g. the
 share of label-t tokens routed to expert e is ``sum_p count[p, e] / sum_p tokens[p]`` — and
 uncertainty comes from resampling or relabelling whole prompts (the clusters), never tokens
-(METHODS.md, preamble). The functions here take the per-prompt sufficient statistics
+(docs/methods.md, preamble). The functions here take the per-prompt sufficient statistics
 (numerator and denominator arrays with one row per prompt), so the heavy counting can happen
 elsewhere (DuckDB) and the resampling is a few matrix products in numpy.
 """
@@ -15,23 +15,21 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 __all__ = [
-    "Contrast",
+    "auto_n_perm_max",
     "benjamini_hochberg",
     "cluster_bootstrap",
     "cluster_permutation_pvalue",
-    "contrast_test",
     "one_blas_thread",
 ]
 
 #: Resamples are processed in blocks of this many so that the (block, n_prompts) weight
 #: matrix stays small whatever ``n_boot`` / ``n_perm`` is.
-_BLOCK = 256
+BLOCK = 256
 
 
 _CONTROLLER: Any = None
@@ -96,7 +94,7 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     return out.reshape(p.shape)
 
 
-def _as_2d(num: np.ndarray, den: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def as_2d(num: np.ndarray, den: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)
     if num.ndim == 1:
@@ -125,7 +123,7 @@ def _integral(*arrays: np.ndarray) -> bool:
     return True
 
 
-def _ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+def safe_ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(bottom > 0, top / np.where(bottom > 0, bottom, 1.0), np.nan)
 
@@ -153,9 +151,9 @@ def cluster_bootstrap(
     ``(1-level)/2`` and ``(1+level)/2`` percentiles of the replicates. Columns whose
     denominator is 0 give NaN. With no prompts everything is NaN.
     """
-    num2, den2 = _as_2d(num, den)
+    num2, den2 = as_2d(num, den)
     n, m = num2.shape
-    estimate = _ratio(num2.sum(axis=0), den2.sum(axis=0))
+    estimate = safe_ratio(num2.sum(axis=0), den2.sum(axis=0))
     if n == 0 or n_boot <= 0:
         nan = np.full(m, np.nan)
         return estimate, nan, nan.copy()
@@ -165,14 +163,14 @@ def cluster_bootstrap(
     # With whole-number statistics one product with [num | den] gives both sums exactly.
     both = np.hstack([num2, den2]) if _integral(num2, den2) else None
     with one_blas_thread():
-        for start in range(0, n_boot, _BLOCK):
-            b = min(_BLOCK, n_boot - start)
+        for start in range(0, n_boot, BLOCK):
+            b = min(BLOCK, n_boot - start)
             w = rng.multinomial(n, uniform, size=b).astype(np.float64)  # (b, n) draw counts
             if both is not None:
                 sums = w @ both
-                reps[start : start + b] = _ratio(sums[:, :m], sums[:, m:])
+                reps[start : start + b] = safe_ratio(sums[:, :m], sums[:, m:])
             else:
-                reps[start : start + b] = _ratio(w @ num2, w @ den2)
+                reps[start : start + b] = safe_ratio(w @ num2, w @ den2)
     alpha = (1.0 - level) / 2.0
     low, high = _percentiles(reps, alpha) if m else (np.empty(0), np.empty(0))
     return estimate, np.asarray(low), np.asarray(high)
@@ -227,7 +225,7 @@ def cluster_permutation_pvalue(
     Returns ``(observed, p)``, each ``(G, m)``. Where a group or its complement has no
     denominator (e.g. only one group) the statistic and p are NaN.
     """
-    num2, den2 = _as_2d(num, den)
+    num2, den2 = as_2d(num, den)
     codes = np.asarray(groups)
     if codes.shape != (num2.shape[0],):
         raise ValueError(f"groups must have shape ({num2.shape[0]},), got {codes.shape}")
@@ -244,13 +242,41 @@ def cluster_permutation_pvalue(
             in_num, in_den = sums[..., :m], sums[..., m:]
         else:
             in_num, in_den = onehot @ num2, onehot @ den2
-        return _ratio(in_num, in_den) - _ratio(tot_num - in_num, tot_den - in_den)
+        return safe_ratio(in_num, in_den) - safe_ratio(tot_num - in_num, tot_den - in_den)
+
+    def narrow(cols: np.ndarray) -> Any:
+        """``diff`` restricted to the columns ``cols`` (same values: the sums are exact, see _integral)."""
+        sub_num = num2[:, cols]
+        sub_den = den2 if den2.shape[1] == 1 else den2[:, cols]
+        sub_tot_den = tot_den if den2.shape[1] == 1 else tot_den[cols]
+        sub_both, k = np.hstack([sub_num, sub_den]), cols.size
+
+        def sub_diff(onehot: np.ndarray) -> np.ndarray:
+            sums = onehot @ sub_both
+            in_num, in_den = sums[..., :k], sums[..., k:]
+            return safe_ratio(in_num, in_den) - safe_ratio(tot_num[cols] - in_num, sub_tot_den - in_den)
+
+        return sub_diff
 
     member = (codes[None, :] == np.arange(n_groups)[:, None]).astype(np.float64)  # (G, n)
     with one_blas_thread():
         return _permutation_loop(
-            diff(member), codes, n_groups, diff, n_perm, seed, alternative, both is not None, n_perm_max
-        )
+            diff(member), codes, n_groups, diff, n_perm, seed, alternative, both is not None, n_perm_max,
+            narrow if both is not None else None,
+        )  # fmt: skip
+
+
+def auto_n_perm_max(n_tests: int, n_perm: int, alpha: float = 0.05, cap: int = 1_000_000) -> int:
+    """How many shuffles the floor refinement needs so that a lone effect among ``n_tests`` can reach q < α.
+
+    A cell no shuffle reaches gets ``p = 1/(n_perm_max + 1)`` and, alone among ``n_tests`` BH tests,
+    ``q = n_tests/(n_perm_max + 1)``. This returns the smallest ``n_perm_max`` with that q at most
+    ``α/2`` (headroom for a hit or two in the extra shuffles), at least ``n_perm`` and at most ``cap``.
+    E.g. 192 tests at α = 0.05 → 7,679 shuffles, 3,072 tests → 122,879. Only cells at the first-stage
+    floor pay for them (:func:`cluster_permutation_pvalue`, ``n_perm_max``).
+    """
+    need = int(np.ceil(2.0 * max(int(n_tests), 1) / alpha)) - 1
+    return int(max(n_perm, min(cap, need)))
 
 
 def _permutation_loop(
@@ -263,8 +289,14 @@ def _permutation_loop(
     alternative: str,
     stacked_ok: bool,
     n_perm_max: int | None = None,
+    narrow: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The shuffles of :func:`cluster_permutation_pvalue` (its ``diff`` closure does the sums)."""
+    """The shuffles of :func:`cluster_permutation_pvalue` (its ``diff`` closure does the sums).
+
+    The refinement stage draws the same shuffles for every column but, given ``narrow(cols)`` (a
+    ``diff`` over the columns ``cols`` only), sums only the columns that have a cell at the floor:
+    on a large map the extra shuffles then cost a fraction of the first ones.
+    """
     if n_groups == 0 or n_perm <= 0:
         return observed, np.full(observed.shape, np.nan)
     if alternative not in ("greater", "less", "two-sided"):
@@ -277,15 +309,26 @@ def _permutation_loop(
     # floating-point summation order.
     tol = 1e-12 * np.maximum(1.0, np.abs(np.nan_to_num(observed)))
     shuffles = _Shuffles(observed, codes, n_groups, diff, alternative, stacked_ok, tol, rng)
-    for start in range(0, n_perm, _BLOCK):
-        count += shuffles.hits(min(_BLOCK, n_perm - start))
+    for start in range(0, n_perm, BLOCK):
+        count += shuffles.hits(min(BLOCK, n_perm - start))
     p = (count + 1.0) / (n_perm + 1.0)
     floor = (count == 0) & ~np.isnan(observed)
     if n_perm_max is not None and n_perm_max > n_perm and floor.any():
-        extra = np.zeros(observed.shape)
-        for start in range(n_perm, n_perm_max, _BLOCK):
-            extra += shuffles.hits(min(_BLOCK, n_perm_max - start))
-        p[floor] = (extra[floor] + 1.0) / (n_perm_max + 1.0)
+        cols = np.flatnonzero(floor.any(axis=0))
+        if narrow is not None and cols.size < observed.shape[1]:
+            sub = observed[:, cols]
+            shuffles = _Shuffles(
+                sub, codes, n_groups, narrow(cols), alternative, stacked_ok, tol[:, cols], rng
+            )
+        else:
+            cols = np.arange(observed.shape[1])
+        extra = np.zeros((observed.shape[0], cols.size))
+        for start in range(n_perm, n_perm_max, BLOCK):
+            extra += shuffles.hits(min(BLOCK, n_perm_max - start))
+        refined = p[:, cols]
+        at_floor = floor[:, cols]
+        refined[at_floor] = (extra[at_floor] + 1.0) / (n_perm_max + 1.0)
+        p[:, cols] = refined
     p[np.isnan(observed)] = np.nan
     return observed, p
 
@@ -329,90 +372,3 @@ class _Shuffles:
                 hit = np.abs(null) >= np.abs(observed[g]) - tol[g]
             count[g] += hit.sum(axis=0)
         return count
-
-
-@dataclass(frozen=True)
-class Contrast:
-    """Result of :func:`contrast_test`: each array has one entry per statistic (column)."""
-
-    diff: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
-    p: np.ndarray
-    rate_target: np.ndarray
-    rate_control: np.ndarray
-
-
-def contrast_test(
-    num: np.ndarray,
-    den: np.ndarray,
-    is_target: np.ndarray,
-    *,
-    pairs: np.ndarray | None = None,
-    n_boot: int = 1000,
-    n_perm: int = 1000,
-    seed: int | np.random.SeedSequence = 0,
-    level: float = 0.95,
-) -> Contrast:
-    """Two-class difference of ratios of sums, ``Σ_T num/Σ_T den − Σ_C num/Σ_C den``, with CI and p.
-
-    Rows are prompts (clusters); rows whose denominator is 0 everywhere take no part.
-    Unpaired: the CI is a stratified percentile bootstrap (target and control prompts
-    resampled separately, so each class keeps its size) and p a two-sided permutation test
-    shuffling the class labels across prompts. With ``pairs`` (``(P, 2)`` row indices of
-    matched (target, control) prompts, which must cover every participating row) the
-    bootstrap resamples whole pairs and the permutation swaps the two members of each pair
-    with probability ½ — the matching is kept in every replicate. p uses the +1 correction.
-    """
-    num2, den2 = _as_2d(num, den)
-    target = np.asarray(is_target, dtype=bool)
-    active = np.asarray((den2 > 0).any(axis=1), dtype=bool)
-    rng = np.random.default_rng(seed)
-
-    def rates(w_t: np.ndarray, w_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return _ratio(w_t @ num2, w_t @ den2), _ratio(w_c @ num2, w_c @ den2)
-
-    t_mask, c_mask = (target & active).astype(np.float64), (~target & active).astype(np.float64)
-    rate_t, rate_c = rates(t_mask, c_mask)
-    diff = rate_t - rate_c
-    m = diff.shape[0]
-    alpha = (1.0 - level) / 2.0
-    reps = np.empty((max(n_boot, 0), m))
-    n = num2.shape[0]
-    for start in range(0, max(n_boot, 0), _BLOCK):
-        b = min(_BLOCK, n_boot - start)
-        w_t, w_c = np.zeros((b, n)), np.zeros((b, n))
-        if pairs is not None:
-            draws = rng.multinomial(len(pairs), np.full(len(pairs), 1.0 / len(pairs)), size=b).astype(float)
-            w_t[:, pairs[:, 0]], w_c[:, pairs[:, 1]] = draws, draws
-        else:
-            for mask, w in ((t_mask > 0, w_t), (c_mask > 0, w_c)):
-                idx = np.flatnonzero(mask)
-                if idx.size:
-                    w[:, idx] = rng.multinomial(idx.size, np.full(idx.size, 1.0 / idx.size), size=b)
-        r_t, r_c = rates(w_t, w_c)
-        reps[start : start + b] = r_t - r_c
-    nan = np.full(m, np.nan)
-    low, high = nan, nan.copy()
-    if n_boot > 0 and m:
-        with np.errstate(invalid="ignore"):
-            low, high = np.nanquantile(reps, [alpha, 1.0 - alpha], axis=0)
-    count = np.zeros(m)
-    tol = 1e-12 * np.maximum(1.0, np.abs(np.nan_to_num(diff)))
-    idx = np.flatnonzero(active)
-    n_t = int((target & active).sum())
-    for start in range(0, max(n_perm, 0), _BLOCK):
-        b = min(_BLOCK, n_perm - start)
-        w_t = np.zeros((b, n))
-        if pairs is not None:
-            flip = (rng.random((b, len(pairs))) < 0.5).astype(np.float64)
-            w_t[:, pairs[:, 0]], w_t[:, pairs[:, 1]] = 1.0 - flip, flip
-        else:
-            order = rng.permuted(np.broadcast_to(np.arange(idx.size), (b, idx.size)), axis=1)
-            w_t[np.arange(b)[:, None], idx[order[:, :n_t]]] = 1.0
-        w_c = np.logical_and(active[None, :], w_t == 0).astype(np.float64)
-        r_t, r_c = rates(w_t, w_c)
-        count += (np.abs(r_t - r_c) >= np.abs(diff) - tol).sum(axis=0)
-    p = (count + 1.0) / (n_perm + 1.0) if n_perm > 0 else nan.copy()
-    p = np.where(np.isnan(diff), np.nan, p)
-    return Contrast(diff, np.asarray(low), np.asarray(high), p, rate_t, rate_c)

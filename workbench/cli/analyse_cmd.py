@@ -62,11 +62,12 @@ def analyse(
         ),
     ] = None,
 ) -> None:
-    """Run one analysis (METHODS.md §1–§7) on a stored run and write its tidy table.
+    """Run one analysis (docs/methods.md §1–§7) on a stored run and write its tidy table.
 
     Example: moe-workbench analyse specialisation --db runs.duckdb --run R --out spec.csv
 
     Compare two runs: moe-workbench analyse drift --db runs.duckdb --run R --compare R2 --out drift.parquet
+    (prompts are matched by text and token ids; runs that share none are refused).
 
     Analyses that run the model: moe-workbench analyse expert-similarity --db runs.duckdb --run R --model M
 
@@ -110,6 +111,14 @@ def analyse(
             frame = run_analysis(name, store, run, compare=compare, model=loaded, **kwargs)
     except errors as exc:
         fail(str(exc))
+    if (
+        compare is not None
+        and {"n_shared", "n_prompts_a", "n_prompts_b"} <= set(frame.columns)
+        and frame.height
+    ):
+        from workbench.analysis.compare import drift_coverage
+
+        console.print(drift_coverage(frame, run, compare))  # how many prompts the two runs share
     if out_file is None:
         out.print(frame.head(20))
         return

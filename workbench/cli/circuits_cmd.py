@@ -1,4 +1,4 @@
-"""`moe-workbench circuits`: compare two labels' expert circuits (METHODS.md §9)."""
+"""`moe-workbench circuits`: compare two labels' expert circuits (docs/methods.md §9)."""
 
 from __future__ import annotations
 

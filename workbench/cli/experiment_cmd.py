@@ -1,4 +1,4 @@
-"""`moe-workbench experiment`: the recorded experiments (the MoTE experiment, METHODS.md §5, §8)."""
+"""`moe-workbench experiment`: the recorded experiments (the MoTE experiment, docs/methods.md §5, §8)."""
 
 from __future__ import annotations
 

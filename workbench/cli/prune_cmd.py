@@ -1,4 +1,4 @@
-"""`moe-workbench prune`: task pruning with retention curves (METHODS.md §8 ``prune(task)``)."""
+"""`moe-workbench prune`: task pruning with retention curves (docs/methods.md §8 ``prune(task)``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`moe-workbench resonate`: the L×E resonance map of a behaviour (METHODS.md §5), stored and written out."""
+"""`moe-workbench resonate`: the L×E resonance map of a behaviour (docs/methods.md §5), stored and written out."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def resonate(
         Method,
         typer.Option(
             "--method",
-            help="Score the CI, p and q refer to: rd (rate difference), ftri, or causal (needs --model: "
+            help="Score the CI, p and q refer to: rd (rate difference), ftri (per-token gate-weight difference), or causal (needs --model: "
             "each expert ablated alone, change of the behaviour margin on target prompts, plus attribution).",
         ),
     ] = Method.rd,
@@ -67,7 +67,8 @@ def resonate(
     """Find the experts whose routing differs between TARGET and CONTROL prompts.
 
     Scores every (layer, expert) by the selection-rate difference (rd, SteerMoE) and the
-    gate-mass difference (ftri), with prompt-bootstrap CIs, permutation p and BH q. These are
+    per-token gate-weight difference (ftri: each prompt's mean gate weight per token, averaged per
+    class, so prompt length does not count), with prompt-bootstrap CIs, permutation p and BH q. These are
     correlational; an expert can fire more on the target without causing the behaviour.
 
     Example: moe-workbench resonate --db demo.duckdb --run R --target harmful --control benign --out map.csv

@@ -1,4 +1,4 @@
-"""Interventions on MoE routing (METHODS §8): specs as data, applied as context managers.
+"""Interventions on MoE routing (docs/methods.md §8): specs as data, applied as context managers.
 
 >>> import workbench as wb
 >>> with wb.intervene(model, wb.Ablate({12: [3, 7]}, mode="reroute")):

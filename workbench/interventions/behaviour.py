@@ -1,9 +1,9 @@
-"""Behaviours an intervention is meant to change, and how to score them (METHODS.md §8).
+"""Behaviours an intervention is meant to change, and how to score them (docs/methods.md §8).
 
 A :class:`Behaviour` says how a request is asked (``ask``), how a greedy continuation is
 judged (``judge``: True when the behaviour shows), and which first answer tokens express it
 (``yes``) or its alternative (``no``) — the latter give the *behaviour margin* used by causal
-resonance (METHODS §5): ``log p(yes₀) − log p(no₀)`` at the position where the answer starts.
+resonance (docs/methods.md §5): ``log p(yes₀) − log p(no₀)`` at the position where the answer starts.
 
 The first behaviour is refusal on tiny-ref's chat format, judged by the transparent pattern
 scorer :mod:`workbench.zoo.refusal_scorer` (its accuracy on labelled examples is measured in

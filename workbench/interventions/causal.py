@@ -1,4 +1,4 @@
-"""Causal resonance (METHODS.md §5) and first-order attribution (§9): which experts move a behaviour.
+"""Causal resonance (docs/methods.md §5) and first-order attribution (§9): which experts move a behaviour.
 
 Every function takes a :class:`~workbench.interventions.metrics.Metric` (a behaviour's margin, a
 task's gold log-prob) or a :class:`~workbench.interventions.behaviour.Behaviour` (its margin).
@@ -6,7 +6,7 @@ task's gold log-prob) or a :class:`~workbench.interventions.behaviour.Behaviour`
 * ``effect[l, e]``: the mean change, over target prompts, of the behaviour margin
   ``log p(yes₀) − log p(no₀)`` at the answer position (see
   :class:`~workbench.interventions.behaviour.Behaviour`) when expert (l, e) alone is ablated
-  (``reroute`` by default, METHODS §5). 95% CI: prompt bootstrap of the per-prompt changes; p:
+  (``reroute`` by default, docs/methods.md §5). 95% CI: prompt bootstrap of the per-prompt changes; p:
   sign-flip permutation of those changes (each prompt is its own control, so the test is
   paired); q: Benjamini–Hochberg over the map.
 * ``attribution[l, e]``: the first-order estimate of zero-ablating (l, e), ``−Σ g·∂m/∂g`` over
@@ -204,7 +204,7 @@ def greedy_ablation(
 
     Single-expert effects miss redundancy (two experts that back each other up each look
     harmless alone), so this adds, one at a time, the expert whose ablation together with the
-    ones already chosen lowers the mean margin on ``prompts`` most (METHODS §9's greedy circuit
+    ones already chosen lowers the mean margin on ``prompts`` most (docs/methods.md §9's greedy circuit
     search, driven by the margin). Rows: ``rank`` (1 = chosen first), layer, expert, and the mean
     margin after ablating the first ``rank`` experts. Costs n × (number of experts) forward passes.
     """

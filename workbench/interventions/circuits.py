@@ -1,4 +1,4 @@
-"""Circuits at expert granularity (METHODS.md §9, after "Circuit Component Reuse").
+"""Circuits at expert granularity (docs/methods.md §9, after "Circuit Component Reuse").
 
 * **Importance** of (l, e) for a label: the change of the label's metric (default: the gold
   answer's log-prob) when (l, e) alone is zero-ablated (``effect``, with a prompt-bootstrap CI),

@@ -1,4 +1,4 @@
-"""Measured effects of an intervention on the same prompts (METHODS.md §8).
+"""Measured effects of an intervention on the same prompts (docs/methods.md §8).
 
 For each prompt, the model runs twice — as it is and inside :func:`~workbench.interventions.intervene`
 — and the workbench measures, per predicted token: the NLL of the actual next token (its change

@@ -1,5 +1,5 @@
 """Per-prompt metrics that interventions are judged by: a behaviour margin, a gold answer's log-prob,
-and exact match of a greedy continuation (METHODS.md §5, §8, §9).
+and exact match of a greedy continuation (docs/methods.md §5, §8, §9).
 
 A :class:`Metric` says how a prompt is asked (``ask``) and how the next-token log-probabilities at
 the answer position score it (``score``: one differentiable value per prompt, so the same metric

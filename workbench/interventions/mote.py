@@ -1,4 +1,4 @@
-"""The MoTE experiment (METHODS.md §5, §8): do the experts a resonance scorer picks control refusal?
+"""The MoTE experiment (docs/methods.md §5, §8): do the experts a resonance scorer picks control refusal?
 
 MoTE and SteerMoE pick "safety experts" by activation difference between harmful and benign
 prompts and switch them off; nobody measures whether those are the experts that matter. Here:
@@ -110,13 +110,24 @@ class MoteResult:
 
 
 def split_pairs(prompts: Sequence[Prompt], n_select: int, n_eval: int) -> tuple[list[Prompt], list[Prompt]]:
-    """Complete (harmful, benign) pairs, alternately into the selection and evaluation halves."""
+    """Complete (harmful, benign) pairs, alternately into the selection and evaluation halves.
+
+    The halves share no pair, no prompt and no text: a pair that repeats a text of an earlier pair
+    (the same request under two pair ids) is dropped, so it cannot be chosen on and judged on.
+    """
     by_pair: dict[str, list[Prompt]] = {}
     for p in prompts:
         if p.pair_id is not None:
             by_pair.setdefault(p.pair_id, []).append(p)
     pairs = [sorted(v, key=lambda p: p.label != "harmful") for _, v in sorted(by_pair.items()) if len(v) == 2]
     pairs = [v for v in pairs if {p.label for p in v} == {"harmful", "benign"}]
+    seen: set[str] = set()
+    unique = []
+    for v in pairs:
+        if not {p.text for p in v} & seen:
+            unique.append(v)
+        seen |= {p.text for p in v}
+    pairs = unique
     select = [p for v in pairs[0::2][:n_select] for p in v]
     evaluate = [p for v in pairs[1::2][:n_eval] for p in v]
     if not select or not evaluate:

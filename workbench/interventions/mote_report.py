@@ -9,6 +9,7 @@ from typing import Any
 
 import polars as pl
 
+from workbench.interventions.controls import format_p
 from workbench.interventions.mote import MEASURES, MoteResult
 
 __all__ = ["headline", "to_json", "to_markdown", "verdict", "wilson"]
@@ -52,8 +53,11 @@ def headline(result: MoteResult) -> dict[str, Any]:
         result.summary.sort("chosen")
         .group_by("scorer", maintain_order=True)
         .first()
-        .select("scorer", "semantics", "n", "chosen", "control_mean", "control_min", "z", "p")
-    )
+        .select(
+            "scorer", "semantics", "n", "chosen", "control_mean", "control_min", "z", "p",
+            pl.selectors.matches("^(n_controls|p_floor)$"),
+        )
+    )  # fmt: skip
     head: dict[str, Any] = {
         "baseline": result.baseline,
         "agreement": {r["score"]: r["spearman"] for r in result.agreement.iter_rows(named=True)},
@@ -101,7 +105,7 @@ def verdict(summary: pl.DataFrame) -> list[str]:
             continue
         hits = "; ".join(
             f"{r['semantics']} N={r['n']}: {r['chosen']:.1%} vs random {r['control_min']:.1%}–{r['control_max']:.1%}"
-            f" (mean {r['control_mean']:.1%}, z = {r['z']:.1f}, p = {r['p']:.2f})"
+            f" (mean {r['control_mean']:.1%}, z = {r['z']:.1f}, {format_p(r)})"
             for r in rows.iter_rows(named=True)
         )
         lines.append(f"- `{scorer}`: below every random set at {hits}.")
@@ -156,13 +160,14 @@ def to_markdown(result: MoteResult, model: str, command: str) -> str:
         "",
         f"- Contrast set `probes/refusal.jsonl`, split by pair: {cfg.n_select} pairs choose the experts, "
         f"{cfg.n_eval} other pairs judge them (greedy 12-token continuation, transparent refusal patterns).",
-        "- Scorers, all on the selection half: `rd` (selection-rate difference), `ftri` (gate-mass "
-        "difference), `causal` (refusal-margin change when the expert alone is rerouted), `attribution` "
+        "- Scorers, all on the selection half: `rd` (selection-rate difference), `ftri` (per-token gate-weight "
+        "rate difference), `causal` (refusal-margin change when the expert alone is rerouted), `attribution` "
         "(gate weight × gradient of the margin), `causal-greedy` (experts added one at a time by the largest "
         "drop of the margin under their *joint* ablation).",
         f"- Semantics {', '.join(cfg.semantics)}; doses N = {', '.join(map(str, cfg.doses))}; "
-        f"{cfg.n_controls} random sets per point; p = empirical two-sided p against the random sets "
-        f"(smallest possible {1 / (cfg.n_controls + 1):.3f}), z = (chosen − random mean) / random sd.",
+        f"{cfg.n_controls} distinct random sets per point, never the chosen set (all of them when fewer "
+        f"exist); p = empirical two-sided p against the random sets, floor 1/(sets + 1) "
+        f"({1 / (cfg.n_controls + 1):.3f} with {cfg.n_controls}), z = (chosen − random mean) / random sd.",
         f"- Cost: NLL change on {cfg.n_domain} held-out domain prompts.",
         "",
         "## Baseline",
@@ -183,7 +188,7 @@ def to_markdown(result: MoteResult, model: str, command: str) -> str:
         "Lowest refusal each scorer reached: "
         + "; ".join(
             f"{b['scorer']} {b['chosen']:.1%} ({b['semantics']}, N={b['n']}; random mean {b['control_mean']:.1%}, "
-            f"min {b['control_min']:.1%}; z = {b['z']:.1f}, p = {b['p']:.2f})"
+            f"min {b['control_min']:.1%}; z = {b['z']:.1f}, {format_p(b)})"
             for b in best
         )
         + ".",
@@ -270,6 +275,6 @@ def _outcome_section(result: MoteResult) -> list[str]:
         lines.append(
             f"- `{r['scorer']}` {r['semantics']} N={r['n']}, {m}: {_fmt(m, r['chosen'])}{interval} vs random "
             f"{_fmt(m, r['control_min'])} to {_fmt(m, r['control_max'])} (mean {_fmt(m, r['control_mean'])}, "
-            f"z = {r['z']:.1f}, p = {r['p']:.3f}, {int(r['n_controls'])} sets)"
+            f"z = {r['z']:.1f}, {format_p(r, 3)})"
         )
     return [*lines, ""]

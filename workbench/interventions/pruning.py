@@ -1,4 +1,4 @@
-"""Task pruning with retention curves (METHODS.md §2, §8 ``prune(task)``; PreMoe, NAEE, ESFT).
+"""Task pruning with retention curves (docs/methods.md §2, §8 ``prune(task)``; PreMoe, NAEE, ESFT).
 
 Does a task need all of a layer's experts, and do the relevance scorers know which ones it needs?
 
@@ -15,7 +15,8 @@ Does a task need all of a layer's experts, and do the relevance scorers know whi
    (ties broken by the lower expert id) — **never fewer than the layer's top-k**, because a
    layer with fewer than k experts left cannot route (``Prune`` refuses it) — and the rest are
    rerouted (:class:`~workbench.interventions.specs.Prune`). Random keep sets of the same size
-   per layer (``n_random`` seeds) are the control.
+   per layer (``n_random`` distinct sets, :func:`~workbench.interventions.controls.random_sets`; fewer
+   when fewer sets exist, e.g. one when every expert is kept) are the control.
 4. On the evaluation half the task metric is measured under each keep set and unpruned:
    exact match of the greedy continuation (:func:`~workbench.interventions.metrics.exact_match`)
    and the mean teacher-forced log-prob of the gold answer's first token
@@ -45,7 +46,7 @@ import numpy as np
 import polars as pl
 
 from workbench.interventions.apply import intervene
-from workbench.interventions.controls import ExpertSet, format_set, random_like
+from workbench.interventions.controls import ExpertSet, format_set, random_sets
 from workbench.interventions.metrics import exact_match, gold_logprob, metric_values
 from workbench.interventions.specs import Prune, expert_map
 from workbench.models.loading import LoadedModel
@@ -184,8 +185,9 @@ def retention_curve(
     ``prompts`` are split by :func:`split_halves` (``label`` only; ``n_select``/``n_eval`` cap the
     halves); experts are scored on the selection half, the metric is measured on the evaluation
     half. Each layer keeps ``ceil(f · E)`` experts but never fewer than its top-k (so at small ``f``
-    every method keeps k). Random sets (seeds ``seed .. seed + n_random - 1`` per fraction) have
-    the same size on every layer as the chosen sets.
+    every method keeps k). Random sets (``n_random`` distinct ones per fraction, drawn with ``seed``;
+    their ``seed`` column is ``seed + i`` for the i-th) have the same size on every layer as the
+    chosen sets; when fewer than ``n_random`` such sets exist, all of them are used.
 
     Rows: the ``baseline`` (keep 1.0, nothing pruned), then per fraction each method and each
     random seed. Columns ``method, keep, seed`` (null unless random), ``n_kept_per_layer``
@@ -211,9 +213,10 @@ def retention_curve(
             assert scores is not None
             chosen = top_keep(scores, method, sizes)
             rows.append(_row(method, float(fraction), None, chosen, measure(chosen), base))
-        for s in range(seed, seed + n_random):
-            control = random_like({layer: range(n) for layer, n in sizes.items()}, n_experts, seed=s)
-            rows.append(_row("random", float(fraction), s, control, measure(control), base))
+        shape = {layer: range(n) for layer, n in sizes.items()}
+        controls = random_sets(shape, n_experts, n_random, seed=seed, exclude_chosen=False)  # distinct sets
+        for i, control in enumerate(controls):
+            rows.append(_row("random", float(fraction), seed + i, control, measure(control), base))
     return pl.DataFrame(rows, schema=SCHEMA)
 
 

@@ -3,7 +3,7 @@
 Logit-level specs cannot be applied by editing what a router *returns* (a ``TopKRouter`` has
 already chosen by then), so the selection is recomputed from the router's raw logits with the
 family's declared recipe (:mod:`workbench.models.scores`, the same recipe the conformance sweep
-checks against every architecture), with the edits inserted at the points METHODS §8 names:
+checks against every architecture), with the edits inserted at the points docs/methods.md §8 names:
 
 * ``Bias``: ``z + δ`` before the score function;
 * ``Reroute``/``Prune``: ``z = −inf`` (so the score is 0) **and** the choice value is −inf where

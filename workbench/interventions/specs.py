@@ -1,11 +1,11 @@
-"""Intervention specs: one frozen, JSON-serialisable dataclass per semantics of METHODS §8.
+"""Intervention specs: one frozen, JSON-serialisable dataclass per semantics of docs/methods.md §8.
 
 A spec says *what* to change; :func:`workbench.interventions.intervene` applies it. Every spec names
 the layers it touches (the workbench's layer numbers, :attr:`MoELayer.layer`) and, for per-expert
 semantics, the experts of each layer; an optional ``span`` restricts it to some token positions.
 
 ========== ============================================================================= ============
-spec       meaning (METHODS §8)                                                          acts on
+spec       meaning (docs/methods.md §8)                                                          acts on
 ========== ============================================================================= ============
 ``Zero``   the expert keeps its top-k slot, its weight becomes 0 (``renorm=True``:      gate weights
            the others are rescaled so the token's total weight is unchanged)

@@ -6,7 +6,7 @@ hidden units and output of expert e on token x are recomputed from the ``W[e]`` 
 modules (Switch, NLLB-MoE, and shared experts) are called directly, with a hook on their down
 projection's input to read ``h``.
 
-``zero_frac`` is the share of hidden units with ``|h| <= tau`` (METHODS §3: exact zeros for
+``zero_frac`` is the share of hidden units with ``|h| <= tau`` (docs/methods.md §3: exact zeros for
 ReLU-family activations, ``tau`` for SiLU/GELU; default 1e-3). ``out_norm`` is the L2 norm of the
 unweighted expert output ``y``.
 """

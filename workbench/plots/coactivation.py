@@ -1,4 +1,4 @@
-"""Figures for co-activation and pathways (METHODS.md §4): pair matrix, cross-layer Sankey, fixed partners."""
+"""Figures for co-activation and pathways (docs/methods.md §4): pair matrix, cross-layer Sankey, fixed partners."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Figures for comparisons (METHODS.md §7): routing drift between two runs, expert similarity within one."""
+"""Figures for comparisons (docs/methods.md §7): routing drift between two runs, expert similarity within one."""
 
 from __future__ import annotations
 

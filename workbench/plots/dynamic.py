@@ -1,4 +1,4 @@
-"""Figure for dynamic routing (METHODS.md §6): experts needed to reach router mass p, and its link to NLL."""
+"""Figure for dynamic routing (docs/methods.md §6): experts needed to reach router mass p, and its link to NLL."""
 
 from __future__ import annotations
 

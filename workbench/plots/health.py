@@ -1,4 +1,4 @@
-"""Figures for load and router health (METHODS.md §1): load, balance, router confidence, super experts."""
+"""Figures for load and router health (docs/methods.md §1): load, balance, router confidence, super experts."""
 
 from __future__ import annotations
 

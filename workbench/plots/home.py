@@ -1,4 +1,4 @@
-"""Figures for expert health in multi-task use (METHODS.md §3, HoME): collapse, degradation, underfitting."""
+"""Figures for expert health in multi-task use (docs/methods.md §3, HoME): collapse, degradation, underfitting."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Figures for how much label information routing carries (METHODS.md §2): mutual information, probe."""
+"""Figures for how much label information routing carries (docs/methods.md §2): mutual information, probe."""
 
 from __future__ import annotations
 

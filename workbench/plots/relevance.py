@@ -1,4 +1,4 @@
-"""Figures for expert relevance to a label (METHODS.md §2): vocabulary, ESFT, TCESS, scorer agreement."""
+"""Figures for expert relevance to a label (docs/methods.md §2): vocabulary, ESFT, TCESS, scorer agreement."""
 
 from __future__ import annotations
 

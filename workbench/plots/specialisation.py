@@ -1,33 +1,50 @@
-"""Figures for layer × expert maps: domain specialisation (METHODS.md §2) and resonance (§5)."""
+"""Figures for layer × expert maps: domain specialisation (docs/methods.md §2) and resonance (§5)."""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 import polars as pl
 
-from workbench.plots.common import _check, _pick_label, _require, layer_expert_heatmap, significant
+from workbench.plots.common import _check, _pick_label, _require, flagged, layer_expert_heatmap, significant
 
 __all__ = ["resonance_heatmap", "specialisation_heatmap"]
 
 
 def specialisation_heatmap(df: pl.DataFrame, label: str | None = None) -> go.Figure:
-    """Layer × expert heatmap of ``lift`` for one ``label`` from ``domain_specialisation``.
+    """Layer × expert heatmap of ``log_odds`` for one ``label`` from ``domain_specialisation``.
 
-    ``label`` defaults to the first label in sorted order. Hover shows share with its 95% CI,
-    lift and q; cells with ``q < 0.05`` are marked ``*``. ``z`` has shape
-    ``(n_layers, n_experts)``; missing cells are NaN. The colour scale is centred on lift 1
-    (no preference), so red = the label over-uses the expert, blue = under-uses it.
+    The colour is the effect the test is about: the log-odds of the expert's slot share for
+    ``label`` against the other labels, centred on 0 (red = the label uses the expert more than
+    the other labels do, blue = less). ``*`` marks exactly the ``specialised`` cells (over-use at
+    q < 0.05, the workbench's one definition), never an under-used one. Hover shows the share
+    with its 95% CI, the other labels' share, specificity, log-odds CI, lift over uniform and q.
+    ``label`` defaults to the first label in sorted order; ``z`` has shape ``(n_layers, n_experts)``.
     """
     what = "specialisation_heatmap"
-    _require(df, ["layer", "expert", "label", "share", "lift", "ci_low", "ci_high", "q"], what)
+    cols = ["layer", "expert", "label", "share", "share_rest", "specificity", "log_odds", "lo_low", "lo_high"]
+    _require(df, [*cols, "lift", "ci_low", "ci_high", "q", "specialised"], what)
     label = _pick_label(df, label, what)
-    part = df.filter(pl.col("label") == label)
+    part = df.filter(pl.col("label") == label).with_columns(pl.col("specialised").cast(pl.Float64))
+    custom = (
+        "share",
+        "ci_low",
+        "ci_high",
+        "share_rest",
+        "specificity",
+        "lo_low",
+        "lo_high",
+        "lift",
+        "q",
+        "specialised",
+    )
     return layer_expert_heatmap(
-        part, "lift", ("share", "ci_low", "ci_high", "q"),
-        title=f"Domain specialisation: lift for label {label!r} (* = q < 0.05)",
-        colorbar="lift", colorscale="RdBu_r", zmid=1.0, mark=("q", "*", significant),
-        hover="lift %{z:.3f}<br>share %{customdata[0]:.4f} (95% CI %{customdata[1]:.4f}–%{customdata[2]:.4f})"
-        "<br>q %{customdata[3]:.3g}",
+        part, "log_odds", custom,
+        title=f"Domain specialisation of {label!r}: log-odds vs the other labels (* = specialised, q < 0.05)",
+        colorbar="log-odds", colorscale="RdBu_r", zmid=0.0, mark=("specialised", "*", flagged),
+        hover="log-odds %{z:.2f} (95% CI %{customdata[5]:.2f}–%{customdata[6]:.2f})"
+        "<br>share %{customdata[0]:.4f} (95% CI %{customdata[1]:.4f}–%{customdata[2]:.4f})"
+        "<br>other labels %{customdata[3]:.4f}, specificity %{customdata[4]:.2f}×"
+        "<br>lift over uniform %{customdata[7]:.2f}, q %{customdata[8]:.3g}",
     )  # fmt: skip
 
 

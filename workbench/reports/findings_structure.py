@@ -101,8 +101,9 @@ def resonance(df: pl.DataFrame, ctx: Context, top: int = 5) -> Findings:
             )
         else:
             out.append(
-                f"Layer {r['layer']} expert {r['expert']} gets {r['ftri']:+.3f} more gate weight per {target} "
-                f"prompt than per {control} prompt (95% CI {r['ci_low']:+.3f} to {r['ci_high']:+.3f}; "
+                f"Layer {r['layer']} expert {r['expert']} gets {r['ftri']:+.3f} more gate weight per token on "
+                f"{target} prompts than on {control} prompts (prompt means; 95% CI {r['ci_low']:+.3f} to "
+                f"{r['ci_high']:+.3f}; "
                 f"{fmt_q(r['q'])})."
             )
     if not sig.height:
@@ -113,7 +114,7 @@ def resonance(df: pl.DataFrame, ctx: Context, top: int = 5) -> Findings:
         )
     out.append(
         "These maps are correlational: an expert can fire more on the target without causing the behaviour "
-        "(METHODS §5); check top experts causally with an intervention."
+        "(docs/methods.md §5); check top experts causally with an intervention."
     )
     return out
 
@@ -187,6 +188,11 @@ def drift(df: pl.DataFrame, ctx: Context) -> Findings:
     out = [f"Routing between this run{other} drifts most at layer {lo['layer']}: {describe(lo)}."]
     if df.height > 1:
         out.append(f"It is most stable at layer {hi['layer']}: {describe(hi)}.")
+    if {"n_shared", "n_prompts_a", "n_prompts_b"} <= set(df.columns):  # prompts matched by text and tokens
+        from workbench.analysis.compare import drift_coverage
+
+        note = drift_coverage(df, "this run", ctx.compare or "the other run")
+        out.insert(0, note[0].upper() + note[1:] + ".")
     return out
 
 

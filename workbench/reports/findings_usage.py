@@ -1,4 +1,8 @@
-"""Findings for how experts are used: load and router health (§1), specialisation (§2), HoME (§3)."""
+"""Findings for how experts are used: load and router health (§1), relevance (§2), HoME (§3).
+
+Domain specialisation's sentences live in :mod:`workbench.reports.findings_specialisation`
+(re-exported here as ``specialisation``).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,12 @@ from typing import Any
 
 import polars as pl
 
+from workbench.reports.findings_specialisation import specialisation as specialisation
 from workbench.reports.wording import (
     Context,
     Findings,
     expert_name,
     finite,
-    fmt_q,
     is_missing,
     label_name,
     num,
@@ -128,51 +132,7 @@ def super_experts(df: pl.DataFrame, ctx: Context) -> Findings:
     ]
 
 
-# -- §2 specialisation ------------------------------------------------------------------------
-
-
-def specialisation(df: pl.DataFrame, ctx: Context, top: int = 6) -> Findings:
-    """The most over-used (layer, expert, label) cells at q < alpha, one per label first, then nulls.
-
-    "Layer 3 expert 5 takes 41% of code tokens (95% CI 37–45%), 6.6× uniform (q = 0.001)."
-    """
-    labels = sorted({str(x) for x in df["label"].drop_nulls().unique().to_list()})
-    if len(labels) < 2 and (df.height == 0 or df["q"].is_nan().all()):
-        return [
-            f"Significance needs at least two labels to permute; this run has {len(labels)} "
-            f"({', '.join(labels) or 'none'}), so shares are reported without q-values."
-        ]
-    sig = df.filter((pl.col("q") < ctx.alpha) & (pl.col("lift") > 1)).sort(
-        ["lift", "q"], descending=[True, False]
-    )
-    n_cells = df.height
-    out = [
-        f"{sig.height} of {n_cells:,} (layer, expert, label) cells are used significantly more than "
-        f"uniform at q < {ctx.alpha:g} (Benjamini–Hochberg over all cells; prompt-permutation p)."
-    ]
-    best_per_label = sig.group_by("label", maintain_order=True).head(1)
-    chosen = rows_of(best_per_label.head(top))
-    keys = {(r["layer"], r["expert"], r["label"]) for r in chosen}
-    for r in rows_of(sig):
-        if len(chosen) >= top:
-            break
-        if (r["layer"], r["expert"], r["label"]) not in keys:
-            chosen.append(r)
-    chosen.sort(key=lambda r: -r["lift"])
-    for r in chosen:
-        d = pct_decimals(r["share"])
-        out.append(
-            f"Layer {r['layer']} expert {r['expert']} takes {pct(r['share'], d)} of {r['label']} tokens "
-            f"({pct_ci(r['ci_low'], r['ci_high'], d)}), {r['lift']:.1f}× uniform ({fmt_q(r['q'])})."
-        )
-    sig_labels = set(sig["label"].to_list())
-    for label in labels:
-        if label in sig_labels:
-            continue
-        part = finite(df.filter(pl.col("label") == label), "q")
-        smallest = fmt_q(part["q"].min() if part.height else None, "smallest q")  # type: ignore[arg-type]
-        out.append(f"No expert is significantly specialised for {label} (all q ≥ {ctx.alpha:g}; {smallest}).")
-    return out
+# -- §2 relevance -----------------------------------------------------------------------------
 
 
 def vocab(df: pl.DataFrame, ctx: Context) -> Findings:

@@ -17,11 +17,14 @@ from pathlib import Path
 
 from workbench.store.backend import Store
 from workbench.store.errors import SchemaVersionError, StoreError, StoreLockedError, UnknownRunError
+from workbench.store.matching import PromptMatch, PromptMismatchError
 from workbench.store.schema import RUN_STATUSES, SCHEMA_VERSION
 
 __all__ = [
     "RUN_STATUSES",
     "SCHEMA_VERSION",
+    "PromptMatch",
+    "PromptMismatchError",
     "SchemaVersionError",
     "Store",
     "StoreError",

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from workbench.store import effects, ingest, maintenance, readers
+from workbench.store import effects, ingest, maintenance, matching, readers
 from workbench.store import runs as runs_mod
 from workbench.store.connection import connect
 from workbench.store.errors import StoreError
@@ -172,6 +172,24 @@ class Store:
             runs_mod.status_of(self.con, run_id)
             rows = self.con.execute("SELECT prompt_id FROM prompts WHERE run_id = ?", [run_id]).fetchall()
             return {int(r[0]) for r in rows}
+
+    # -- matching two runs' prompts ------------------------------------------------------
+    def match_prompts(self, run_a: str, run_b: str, *, require: bool = True) -> matching.PromptMatch:
+        """The prompts two runs share, matched on content hash (text and token ids), never row index.
+
+        With ``require``, raises :class:`~workbench.store.matching.PromptMismatchError` when they
+        share none or a run's prompts have no hash (see :mod:`workbench.store.matching`).
+        """
+        with self._lock:
+            runs_mod.status_of(self.con, run_a)
+            runs_mod.status_of(self.con, run_b)
+            return matching.match_prompts(self.con, run_a, run_b, require=require)
+
+    def compatible_runs(self, run_id: str) -> pl.DataFrame:
+        """Other runs sharing at least one prompt with ``run_id``: ``run_id, n_shared, n_prompts``."""
+        with self._lock:
+            runs_mod.status_of(self.con, run_id)
+            return matching.compatible_runs(self.con, run_id)
 
     # -- readers -----------------------------------------------------------------------
     def _per_run(self, table: str, query: Query) -> pl.DataFrame:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TypeAlias
 import duckdb
 import pyarrow as pa
 
+from workbench.store.content import hash_sql, token_ids_sql
 from workbench.store.errors import StoreError
 from workbench.store.schema import column_names
 from workbench.store.sqlutil import first
@@ -28,7 +29,7 @@ ArrowLike: TypeAlias = "pa.Table | pl.DataFrame"
 
 #: Columns a batch table may omit, with the SQL value used instead.
 OPTIONAL_COLUMNS: dict[str, dict[str, str]] = {
-    "prompts": {"label": "NULL", "pair_id": "NULL", "split": "NULL", "meta": "NULL"},
+    "prompts": {"label": "NULL", "pair_id": "NULL", "split": "NULL", "meta": "NULL", "content_hash": "NULL"},
     "tokens": {"nll": "NULL"},
     "routing": {"logits": "NULL"},
     "expert_stats": {"zero_frac": "NULL"},
@@ -152,6 +153,46 @@ def _check_batch(con: duckdb.DuckDBPyConnection, run_id: str, views: Mapping[str
             )
 
 
+def _insert_prompts(
+    con: duckdb.DuckDBPyConnection, run_id: str, views: Mapping[str, str], arrow: pa.Table
+) -> None:
+    """Insert the batch's prompts with ``content_hash`` computed from their text and the batch's tokens.
+
+    A batch may bring its own ``content_hash`` (capture does); it must equal the store's, or the
+    batch is refused: a wrong hash would silently pair different prompts across runs.
+    """
+    prompts = views["prompts"]
+    tokens = views.get("tokens")
+    agg = (
+        token_ids_sql(f'"{tokens}"')
+        if tokens
+        else "SELECT NULL::INTEGER AS prompt_id, 0 AS n, 0 AS n_ids, NULL::VARCHAR AS ids WHERE FALSE"
+    )
+    computed = hash_sql("p", "t")
+    source = f'"{prompts}" p LEFT JOIN ({agg}) t ON t.prompt_id = p.prompt_id'
+    present = set(arrow.column_names)
+    if "content_hash" in present:
+        bad = first(
+            con,
+            f"SELECT list(p.prompt_id ORDER BY p.prompt_id)[:10] FROM {source} "
+            f"WHERE p.content_hash IS DISTINCT FROM {computed}",
+        )
+        if bad and bad[0]:
+            raise StoreError(
+                f"prompts batch table: content_hash of prompts {bad[0]} (first ten shown) does not match "
+                "their text and token ids (see workbench.store.content.prompt_content_hash); leave the "
+                "column out to let the store compute it"
+            )
+    select_list("prompts", arrow)  # validates the columns
+    cols = [c for c in column_names("prompts") if c != "run_id"]
+    optional = OPTIONAL_COLUMNS["prompts"]
+    values = [
+        computed if c == "content_hash" else (f'p."{c}"' if c in present else optional[c]) for c in cols
+    ]
+    targets = ", ".join(f'"{c}"' for c in ["run_id", *cols])
+    con.execute(f"INSERT INTO prompts ({targets}) SELECT ?, {', '.join(values)} FROM {source}", [run_id])
+
+
 def write_batch(
     con: duckdb.DuckDBPyConnection,
     run_id: str,
@@ -167,7 +208,9 @@ def write_batch(
             views[name] = register(con, name, arrow)
         with transaction(con):
             _check_batch(con, run_id, views)
-            for name in ("prompts", "tokens", "routing", "expert_stats"):
+            if "prompts" in arrows:
+                _insert_prompts(con, run_id, views, arrows["prompts"])
+            for name in ("tokens", "routing", "expert_stats"):
                 if name in arrows:
                     insert_view(con, name, views[name], arrows[name], run_id)
     except StoreError:

@@ -19,8 +19,12 @@ Design notes
 * Versions: an empty file is version 0. Migration ``v`` turns a version ``v-1`` store
   into a version ``v`` one. Pending migrations run in one transaction when a store is
   opened writable; ``schema_version`` gets one row per applied version.
-* v2 adds ``resonance``: stored resonance maps (METHODS.md §5), one row per (map, layer,
+* v2 adds ``resonance``: stored resonance maps (docs/methods.md §5), one row per (map, layer,
   expert). The v1 tables are unchanged.
+* v3 adds ``prompts.content_hash``: SHA-256 of each prompt's text and token ids
+  (:mod:`workbench.store.content`), what comparisons of two runs match prompts on. The
+  migration computes it for stored prompts from ``prompts.text`` and ``tokens.token_id``;
+  a prompt whose tokens are incomplete keeps NULL (unknown; comparisons refuse it).
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ from pathlib import Path
 
 import duckdb
 
+from workbench.store.content import hash_sql, token_ids_sql
 from workbench.store.errors import SchemaVersionError, StoreError
 from workbench.store.sqlutil import first
 
 #: The schema version this release of moe-workbench writes.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Allowed values of ``runs.status``.
 RUN_STATUSES: tuple[str, ...] = ("running", "complete", "failed")
@@ -150,11 +155,22 @@ SCHEMA_ADDED: dict[int, dict[str, Columns]] = {
     },
 }
 
-#: Every table of the current schema.
-TABLES: dict[str, Columns] = {
-    **SCHEMA_V1,
-    **{t: c for added in SCHEMA_ADDED.values() for t, c in added.items()},
+#: Columns appended to existing tables after v1, by the version that adds them.
+COLUMNS_ADDED: dict[int, dict[str, Columns]] = {
+    3: {"prompts": (("content_hash", "VARCHAR"),)},
 }
+
+
+def _current_tables() -> dict[str, Columns]:
+    tables = {**SCHEMA_V1, **{t: c for added in SCHEMA_ADDED.values() for t, c in added.items()}}
+    for version in sorted(COLUMNS_ADDED):
+        for table, columns in COLUMNS_ADDED[version].items():
+            tables[table] = (*tables[table], *columns)
+    return tables
+
+
+#: Every table of the current schema.
+TABLES: dict[str, Columns] = _current_tables()
 
 #: Natural row order of each per-run table (used by readers and exports).
 ORDER_BY: dict[str, str] = {
@@ -217,6 +233,21 @@ def _add_resonance(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f'CREATE TABLE "{table}" ({cols})')
 
 
+@migration(3)
+def _add_content_hash(con: duckdb.DuckDBPyConnection) -> None:
+    """v2 -> v3: add ``prompts.content_hash`` and fill it from the stored text and token ids."""
+    for table, columns in COLUMNS_ADDED[3].items():
+        for name, typ in columns:
+            con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {typ}')
+    agg = token_ids_sql("tokens", keys="run_id, prompt_id")
+    con.execute(
+        f"UPDATE prompts SET content_hash = h.hash FROM ("
+        f" SELECT p.run_id, p.prompt_id, {hash_sql('p', 't')} AS hash"
+        f" FROM prompts p LEFT JOIN ({agg}) t ON t.run_id = p.run_id AND t.prompt_id = p.prompt_id"
+        ") h WHERE prompts.run_id = h.run_id AND prompts.prompt_id = h.prompt_id"
+    )
+
+
 def latest_version() -> int:
     """Highest version the registered migrations reach (what this code expects)."""
     versions = sorted(MIGRATIONS)
@@ -262,7 +293,8 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path
         raise SchemaVersionError(
             f"{where} has store schema v{have}, older than v{target} used by this "
             "moe-workbench. Open it writable once (read_only=False) to migrate it, then "
-            "read-only opens will work."
+            'read-only opens will work, e.g. python -c "import workbench.store as s; '
+            f's.open({str(path)!r}).close()" (with no other process using the file).'
         )
     con.execute("BEGIN TRANSACTION")
     version = have

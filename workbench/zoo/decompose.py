@@ -1,4 +1,4 @@
-"""Decompose a dense SwiGLU feed-forward layer into experts (METHODS.md §10, MoEfication / FactorLLM).
+"""Decompose a dense SwiGLU feed-forward layer into experts (docs/methods.md §10, MoEfication / FactorLLM).
 
 A Llama-style MLP ``down(silu(gate(x)) * up(x))`` is a sum over its intermediate units, so any
 partition of the units into E groups gives E experts whose outputs *sum exactly* to the dense

