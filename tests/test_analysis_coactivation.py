@@ -15,6 +15,7 @@ from synthetic import lists, prompt_tables
 
 from workbench.analysis.coactivation import coactivation, fixed_partners, pathways
 from workbench.analysis.dynamic import dynamic_k
+from workbench.analysis.rank import fisher_interval, fisher_p
 from workbench.store import Store
 
 E, K = 8, 3
@@ -185,7 +186,10 @@ def test_dynamic_k_matches_reference_and_correlates_with_nll(tmp_path: Path) -> 
     run, logits = _dynamic_run(path)
     with Store(path, read_only=True) as st:
         df = dynamic_k(st, run, (0.5, 0.9))
-    assert df.columns == ["layer", "label", "p", "mean_k", "k_counts", "n_tokens", "spearman_nll", "n_nll"]
+    assert df.columns == [
+        "layer", "label", "p", "mean_k", "k_counts", "n_tokens", "spearman_nll", "n_nll",
+        "spearman_ci_low", "spearman_ci_high", "spearman_p", "n_prompts_nll",
+    ]  # fmt: skip
     assert df.height == 2 * 2 * 2
     is_hard = (np.repeat(np.arange(10), 30) % 2).astype(bool)
     for li, fn in enumerate(("softmax", "sigmoid")):
@@ -199,6 +203,15 @@ def test_dynamic_k_matches_reference_and_correlates_with_nll(tmp_path: Path) -> 
                 assert row["k_counts"] == np.bincount(ref[mask] - 1, minlength=E).tolist()
                 assert row["n_tokens"] == row["n_nll"] == int(mask.sum())
                 assert row["spearman_nll"] > 0.3
+                # CI and p treat the 5 prompts of the label as the units, not its 150 tokens (issue 12 item 7)
+                rho = row["spearman_nll"]
+                assert row["n_prompts_nll"] == 5
+                assert (row["spearman_ci_low"], row["spearman_ci_high"]) == pytest.approx(
+                    fisher_interval(rho, 5)
+                )
+                assert row["spearman_ci_low"] < rho < row["spearman_ci_high"]
+                assert row["spearman_p"] == pytest.approx(fisher_p(rho, 5))
+                assert row["spearman_p"] > fisher_p(rho, row["n_nll"])  # tokens would overstate the evidence
     wide = df.pivot(on="p", index=["layer", "label"], values="mean_k")
     assert (wide["0.9"] >= wide["0.5"]).all()
 

@@ -273,19 +273,43 @@ def test_expert_card(db: str) -> None:
 
 
 def test_similar_experts_by_label_profile() -> None:
-    # Two labels; experts (0,0) and (1,2) lean to "code", (0,1) to "math", (1,0) is a generalist.
+    # Three labels; (0,0) and (1,2) lean to "code", (0,1) to "math", (1,0) is a generalist,
+    # (1,3) leans to code and prose alike: a partial match, neither ±1 (the two-label artefact).
     rows = [
-        (0, 0, "code", 0.8), (0, 0, "math", 0.2), (0, 1, "code", 0.1), (0, 1, "math", 0.7),
-        (1, 0, "code", 0.5), (1, 0, "math", 0.5), (1, 2, "code", 0.6), (1, 2, "math", 0.3),
+        (0, 0, "code", 0.8), (0, 0, "math", 0.1), (0, 0, "prose", 0.1),
+        (0, 1, "code", 0.1), (0, 1, "math", 0.7), (0, 1, "prose", 0.1),
+        (1, 0, "code", 0.4), (1, 0, "math", 0.4), (1, 0, "prose", 0.4),
+        (1, 2, "code", 0.6), (1, 2, "math", 0.1), (1, 2, "prose", 0.1),
+        (1, 3, "code", 0.45), (1, 3, "math", 0.1), (1, 3, "prose", 0.45),
     ]  # fmt: skip
     spec = pl.DataFrame(rows, schema=["layer", "expert", "label", "share"], orient="row")
     out = expert.similar_by_labels(spec, 0, 0)
-    assert out.select("layer", "expert").rows() == [(1, 2), (0, 1)]  # the generalist has no direction
+    assert out.select("layer", "expert").rows() == [(1, 2), (1, 3), (0, 1)]  # the generalist has no direction
     assert out.schema["layer"].is_integer() and out.schema["expert"].is_integer()  # ids stay ints (links)
-    assert out["similarity"][0] == pytest.approx(1.0) and out["similarity"][1] == pytest.approx(-1.0)
-    assert out["leans_to"].to_list() == ["code", "math"]
+    sim = out["similarity"].to_list()
+    assert sim[0] == pytest.approx(1.0) and sim[2] < 0 and 0.1 < sim[1] < 0.9  # graded, not ±1
+    assert out["leans_to"].to_list()[0] == "code" and out["leans_to"].to_list()[2] == "math"
     with pytest.raises(ValueError, match="generalist"):
         expert.similar_by_labels(spec, 1, 0)
+
+
+def test_similar_experts_refused_with_two_labels() -> None:
+    # With two labels a centred profile has one direction: every cosine is ±1 whatever the shares.
+    rows = [
+        (0, 0, "code", 0.8), (0, 0, "math", 0.2), (0, 1, "code", 0.1), (0, 1, "math", 0.7),
+        (1, 2, "code", 0.52), (1, 2, "math", 0.47),
+    ]  # fmt: skip
+    spec = pl.DataFrame(rows, schema=["layer", "expert", "label", "share"], orient="row")
+    with pytest.raises(ValueError, match=r"not enough labels.*needs ≥ 3 labels, the run has 2"):
+        expert.similar_by_labels(spec, 0, 0)
+
+
+def test_similar_experts_card_section_says_why_with_two_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [(0, 0, "code", 0.8), (0, 0, "math", 0.2), (0, 1, "code", 0.1), (0, 1, "math", 0.7)]
+    spec = pl.DataFrame(rows, schema=["layer", "expert", "label", "share"], orient="row")
+    monkeypatch.setattr(expert.data, "analysis", lambda *_: spec)
+    text = _text(guarded(expert.similar_experts, "db", "run", 0, 0))
+    assert "needs ≥ 3 labels" in text and "1.000" not in text
 
 
 def test_expert_card_shows_stored_ablation_effects(db: str, tmp_path: Path) -> None:
@@ -299,13 +323,13 @@ def test_expert_card_shows_stored_ablation_effects(db: str, tmp_path: Path) -> N
             alone,
             pl.DataFrame(
                 {
-                    "label": ["code"],
-                    "metric": ["delta_nll"],
-                    "value": [0.42],
-                    "ci_low": [0.3],
-                    "ci_high": [0.5],
-                    "n": [8],
-                    "meta": ["{}"],
+                    "label": ["code", "code", "math"],
+                    "metric": ["delta_nll", "nll_base", "nll_delta"],
+                    "value": [0.42, 3.25, 0.125],
+                    "ci_low": [0.3, 3.0, 0.125],
+                    "ci_high": [0.5, 3.5, 0.125],
+                    "n": [8, 8, 1],
+                    "meta": ["{}"] * 3,
                 }
             ),
         )
@@ -315,6 +339,12 @@ def test_expert_card_shows_stored_ablation_effects(db: str, tmp_path: Path) -> N
         st.write_resonance(RUN, rmap, target="code", control="math", method="causal")
     text = _text(expert.ablation_effect(str(copy), RUN, *PLANT))
     assert alone in text and "delta_nll" in text and "0.42" in text  # the recorded ablation of (1, 5)
+    # a level is not called a delta: the caption and each row say what the value is
+    assert "intervened minus the baseline value" not in text and "levels" in text
+    assert "level: baseline NLL (no intervention)" in text and "change: intervened − baseline NLL" in text
+    assert (
+        "[0.3, 0.5]" in text and "none (n < 2)" in text and "[0.125, 0.125]" not in text
+    )  # n = 1: no interval
     assert "-0.25" in text and "causal" in text  # the causal map's effect
     other = _text(expert.ablation_effect(str(copy), RUN, 1, 4))
     assert alone not in other and "-0.25" in other  # (1, 4) was not ablated; the map covers every expert
@@ -352,3 +382,13 @@ def test_serve_passes_cache_and_prewarm(db: str, monkeypatch: pytest.MonkeyPatch
     assert seen[-1]["cache_dir"] == tmp_path and seen[-1]["prewarm"] is True
     res = CliRunner().invoke(cli_app, ["serve", "--db", db, "--no-cache", "--no-prewarm"])
     assert res.exit_code == 0 and seen[-1]["cache_dir"] is None and seen[-1]["prewarm"] is False
+
+
+def test_expert_load_line_shows_no_interval_without_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    row = {"layer": [0], "expert": [1], "f": [0.25], "ci_low": [float("nan")], "ci_high": [float("nan")],
+           "utilisation": [1.0], "dead": [False]}  # fmt: skip
+    monkeypatch.setattr(expert.data, "analysis", lambda *_: pl.DataFrame(row))
+    text = _text(expert._load("db", "run", 0, 1))
+    assert "no CI: fewer than 2 prompts" in text and "nan" not in text.lower()
+    row.update(ci_low=[0.2], ci_high=[0.3])
+    assert "95% CI 20.00–30.00%" in _text(expert._load("db", "run", 0, 1))

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+import polars as pl
 import pytest
 from dash.dash_table.DataTable import DataTable
 from planted import PLANT_EXPERT, PLANT_LAYER, gold_prompts, planted_model, prompts
@@ -144,6 +145,37 @@ def test_a_locked_store_is_reported_not_fatal(planted: Any, db: str, monkeypatch
     out = lab.save_result(db, RUN, result)
     assert _is_message(out) and "locked" in _text(out) and "PID 1" in _text(out)
     assert "no run chosen" in _text(lab.save_result(db, None, result))
+
+
+def test_forcing_in_the_lab_is_compared_with_random_forced_sets(planted: Any) -> None:
+    """Issue 12 item 7: the lab's forced set gets distinct random sets of its shape, forced the same way, and a p."""
+    from workbench.interventions.controls import parse_set
+    from workbench.interventions.effects import token_effects
+
+    items = prompts(n=3, length=12)
+    spec = lab.make_spec("force", PLANT_LAYER, [PLANT_EXPERT])
+    result = lab.run_lab(
+        planted, items, spec, n_diff=1, max_new_tokens=2, n_controls=5,
+        controls_for=lambda s: lab.make_spec("force", PLANT_LAYER, s[PLANT_LAYER]),
+    )  # fmt: skip
+    assert result.controls is not None and result.versus is not None
+    random_rows = result.controls.filter(pl.col("set") == "random")
+    sets = random_rows["experts"].to_list()
+    assert len(sets) == len(set(sets)) == 5 and f"{PLANT_LAYER}:{PLANT_EXPERT}" not in sets
+    assert all(list(parse_set(x)) == [PLANT_LAYER] and len(parse_set(x)[PLANT_LAYER]) == 1 for x in sets)
+    # each control is the *forced* random set (not, say, a zeroed one): recompute one
+    other = parse_set(sets[0])
+    table = token_effects(planted, items, Force(other))
+    expect = float((table["nll_int"] - table["nll_base"]).sum() / table["n_tokens"].sum())
+    assert random_rows["value"][0] == pytest.approx(expect, abs=1e-9)
+    zeroed = token_effects(planted, items, Zero(other))
+    assert random_rows["value"][0] != pytest.approx(
+        float((zeroed["nll_int"] - zeroed["nll_base"]).sum() / zeroed["n_tokens"].sum()), abs=1e-9
+    )
+    v = result.versus
+    assert v["p_floor"] == pytest.approx(1 / 6) and v["p_floor"] <= v["p"] <= 1.0
+    text = _text(lab.lab_result(result))
+    assert "Against random experts" in text and "floor 0.167 with 5 controls" in text
 
 
 # -- circuits ----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from workbench.analysis import expert_similarity as es
 from workbench.analysis.expert_similarity import (
+    MERGE_MIN_ANGULAR,
     OUTPUT_SIMILARITY_COLUMNS,
     SIMILARITY_COLUMNS,
     expert_output_similarity,
@@ -259,6 +260,12 @@ def test_registered_analysis_ranks_the_twins_first(run_db: tuple[Path, str, str]
         assert (last["expert_a"], last["expert_b"]) == (NEG_A, NEG_B)
         neg = _pair(df, layer, NEG_A, NEG_B)
         assert neg["weight_cos"] < 1  # type: ignore[operator]
+        # a merge candidate must clear the threshold with its CI; the rank alone proposes nothing
+        assert first["merge_candidate"] and first["ci_low"] >= MERGE_MIN_ANGULAR
+        assert not neg["merge_candidate"]
+        part = df.filter(pl.col("layer") == layer)
+        assert part.filter(pl.col("merge_candidate"))["ci_low"].min() >= MERGE_MIN_ANGULAR  # type: ignore[operator]
+        assert not part.filter(pl.col("ci_low") < MERGE_MIN_ANGULAR)["merge_candidate"].any()
     assert df["n_prompts"].max() == 6
 
 
@@ -271,6 +278,7 @@ def test_registered_analysis_with_shared_experts(run_db: tuple[Path, str, str]) 
     assert shared.height == 2 * 8
     assert shared["weight_cos"].is_nan().all() and shared["merge_rank"].is_null().all()
     assert df.filter(~pl.col("shared"))["merge_rank"].null_count() == 0
+    assert not df["merge_candidate"].any()  # n_boot=0: no CI, so no pair is proposed (not enough data)
     assert df["n_prompts"].max() == 2
 
 

@@ -172,3 +172,37 @@ def test_write_up_gives_the_chosen_rates_a_confidence_interval(result: MoteResul
     assert len(data["doses"]) == result.doses.height
     head = data["headline"]["highest_compliance_per_scorer"]
     assert all(r["chosen_ci_low"] <= r["chosen"] <= r["chosen_ci_high"] for r in head)
+
+
+def test_forced_activation_is_compared_with_random_forced_sets(result: MoteResult) -> None:
+    """Issue 12 item 7: each forced set gets distinct random sets of its own shape, never itself, and a p with floor."""
+    assert result.forced.height == len(SCORERS)
+    for row in result.forced.iter_rows(named=True):
+        chosen = parse_set(row["experts"])
+        controls = row["control_sets"].split("|")
+        assert len(controls) == int(row["n_controls"]) == CONFIG.n_controls
+        assert len(set(controls)) == len(controls) and row["experts"] not in controls
+        for text in controls:
+            assert {k: len(v) for k, v in parse_set(text).items()} == {k: len(v) for k, v in chosen.items()}
+        assert row["p_floor"] == pytest.approx(1 / (CONFIG.n_controls + 1))
+        assert row["p_floor"] <= row["p"] <= 1.0
+        assert row["control_min"] <= row["control_mean"] <= row["control_max"]
+    text = to_markdown(result, "tiny-ref", "moe-workbench experiment mote")
+    section = text.split("## Forcing the chosen experts on benign requests")[1]
+    assert f"floor {1 / (CONFIG.n_controls + 1):.3f} with {CONFIG.n_controls} controls" in section
+    forced = json.loads(to_json(result))["forced"]
+    assert {"p", "p_floor", "n_controls", "control_sets"} <= set(forced[0])
+
+
+def test_rank_agreement_reports_interval_and_p(result: MoteResult) -> None:
+    """Every Spearman ρ of a score with the causal effect comes with a CI and a permutation p (item 7)."""
+    for row in result.agreement.iter_rows(named=True):
+        if row["spearman"] != row["spearman"]:
+            continue
+        assert row["ci_low"] <= row["spearman"] <= row["ci_high"]
+        assert row["p_floor"] <= row["p"] <= 1.0
+    text = to_markdown(result, "tiny-ref", "moe-workbench experiment mote")
+    row = result.agreement.row(0, named=True)
+    assert (
+        f"{row['score']} {row['spearman']:+.2f} (95% CI {row['ci_low']:+.2f} to {row['ci_high']:+.2f}" in text
+    )

@@ -15,7 +15,10 @@ from workbench.data.suites import load_suite
 from workbench.interventions.controls import parse_set
 from workbench.interventions.pruning import (
     METHODS,
+    MIN_BASELINE_CORRECT,
+    SCHEMA,
     TaskMeasure,
+    _row,
     expert_scores,
     keep_count,
     retention_curve,
@@ -60,7 +63,7 @@ def test_halves_are_disjoint_and_one_label() -> None:
 def test_table_rows_columns_and_sizes(table: pl.DataFrame, tiny_ref: LoadedModel) -> None:
     assert table.columns == [
         "method", "keep", "seed", "n_kept_per_layer", "experts", "exact_match", "gold_logprob", "retention",
-        "lp_retention",
+        "lp_retention", "n_correct", "n_eval",
     ]  # fmt: skip
     n_sets = {k: min(N_RANDOM, int(table.filter((pl.col("keep") == k) & (pl.col("method") == "random")).height))
               for k in KEEPS}  # fmt: skip
@@ -80,7 +83,9 @@ def test_table_rows_columns_and_sizes(table: pl.DataFrame, tiny_ref: LoadedModel
         assert randoms["experts"].n_unique() == randoms.height  # distinct sets, never repeats
         assert part.filter(pl.col("method") != "random")["seed"].null_count() == len(METHODS)
     assert all(0.0 <= v <= 1.0 for v in table["exact_match"])
-    assert len(summary_lines(table)) == len(METHODS)
+    assert table["n_eval"].unique().to_list() == [6]
+    method_lines = [line for line in summary_lines(table) if line.split(":")[0] in METHODS]
+    assert len(method_lines) == len(METHODS)
 
 
 def test_keep_all_reproduces_the_baseline_exactly(table: pl.DataFrame) -> None:
@@ -127,3 +132,52 @@ def test_cli_prints_and_writes(tmp_path: Path) -> None:
     assert written["method"].to_list() == ["baseline", "frequency", "random"]
     bad = CliRunner().invoke(app, ["prune", "--task", "brackets", "--keep", "half"])
     assert bad.exit_code == 2
+
+
+def _synthetic_table(base_correct: int, n_eval: int = 75) -> pl.DataFrame:
+    """A retention table whose baseline answers ``base_correct`` of ``n_eval``; pruned sets lose a third."""
+    everything = {0: list(range(8))}
+    kept = {0: [0, 1, 2, 3]}
+    base = (base_correct / n_eval, -2.0)
+    pruned = (round(base_correct * 2 / 3) / n_eval, -2.5)
+    rows = [
+        {
+            **_row("baseline", 1.0, None, everything, base, base, n_eval, MIN_BASELINE_CORRECT),
+            "experts": "all",
+        },
+        _row("tcess", 0.5, None, kept, pruned, base, n_eval, MIN_BASELINE_CORRECT),
+        _row("random", 0.5, 0, {0: [4, 5, 6, 7]}, (0.0, -3.0), base, n_eval, MIN_BASELINE_CORRECT),
+    ]
+    return pl.DataFrame(rows, schema=SCHEMA)
+
+
+def test_retention_from_a_tiny_baseline_is_not_reported() -> None:
+    # 3 correct of 75: one flip moves the ratio by a third; no exact-match retention, and the summary says why
+    table = _synthetic_table(3)
+    assert table["retention"].null_count() == table.height
+    assert table.filter(pl.col("method") == "baseline")["n_correct"].to_list() == [3]
+    lines = summary_lines(table)
+    assert lines[0].startswith("Exact-match retention not reported: not enough baseline successes")
+    assert "3 correct of 75" in lines[0] and f"needs ≥ {MIN_BASELINE_CORRECT}" in lines[0]
+    assert not any("EM " in line for line in lines)  # no exact-match ratio anywhere
+    assert any(line.startswith("tcess: f=0.5: p(gold)") for line in lines)
+
+
+def test_retention_from_enough_baseline_successes_is_reported() -> None:
+    table = _synthetic_table(30)
+    tcess = table.filter(pl.col("method") == "tcess").row(0, named=True)
+    assert tcess["retention"] == pytest.approx(20 / 30) and tcess["n_correct"] == 20
+    lines = summary_lines(table)
+    assert len(lines) == 1 and lines[0].startswith("tcess: f=0.5: EM 0.67 (random 0.00)")
+    assert "not enough" not in lines[0]
+
+
+def test_cli_warns_on_a_tiny_baseline(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["prune", "--task", "brackets", "--keep", "0.25", "--random", "1", "--max-prompts", "3",
+         "--methods", "frequency"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "not enough baseline successes" in result.output and "of 3 evaluation prompts" in result.output
+    assert "EM " not in result.output

@@ -94,3 +94,24 @@ def test_user_facing_references_point_to_the_methods_doc() -> None:
     paths += [*(ROOT / "workbench" / "cli").glob("*.py"), *(ROOT / "workbench" / "reports").glob("*.py")]
     offenders = [str(p.relative_to(ROOT)) for p in paths if re.search(r"METHODS(\.md| §)", _user_facing(p))]
     assert not offenders, f"still citing METHODS.md: {offenders}"
+
+
+def test_tcess_has_one_expansion() -> None:
+    """TCESS is spelled out one way only (PreMoe's "task-conditioned expected selection score")."""
+    expansion = "task-conditioned expected selection score"
+    assert expansion in ANALYSES["tcess"].summary.lower()
+    assert expansion in _text().lower()
+    other = re.compile(r"token[- ]condition\w*|conditional expert selection", re.I)
+    spelled = re.compile(r"((?:[\w-]+\s+){2,4}[\w-]+)\s*\(TCESS\)")  # "three to five words (TCESS)"
+    found = []
+    for folder in ("workbench", "dashboards", "docs", "notebooks", "benchmarks"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix in {".py", ".md", ".ipynb"} and path.is_file():
+                text = path.read_text(encoding="utf-8", errors="replace")
+                found += [f"{path.relative_to(ROOT)}: {m.group(0)!r}" for m in other.finditer(text)]
+                found += [
+                    f"{path.relative_to(ROOT)}: {m.group(0)!r}"
+                    for m in spelled.finditer(text)
+                    if not m.group(1).lower().endswith(expansion)
+                ]
+    assert not found, f"another expansion of TCESS: {found}"

@@ -123,7 +123,8 @@ def _similarity_table() -> pl.DataFrame:
     df = pl.DataFrame(rows).with_columns(
         pl.when(~pl.col("shared"))
         .then(pl.col("output_angular").rank("ordinal", descending=True).over("layer", "shared"))
-        .alias("merge_rank")
+        .alias("merge_rank"),
+        (~pl.col("shared") & (pl.col("ci_low") >= 0.75)).alias("merge_candidate"),
     )
     return df.select(list(SIMILARITY_COLUMNS))
 
@@ -360,6 +361,10 @@ def test_expert_similarity_heatmap(tables: dict[str, pl.DataFrame]) -> None:
     assert bars.y[0] == "1–4" and len(bars.y) == 10
     assert np.allclose(bars.error_x.arrayminus, 0.02) and np.allclose(bars.error_x.array, 0.01)
     assert "95% CI" in hm.hovertemplate and "95% CI" in bars.hovertemplate
+    # only the planted pair clears the merge threshold: the other top-ranked pairs are not painted as candidates
+    cand = df.filter((pl.col("layer") == 2) & pl.col("merge_candidate"))
+    assert list(bars.marker.color).count("#2ca02c") == cand.height and bars.marker.color[0] == "#2ca02c"
+    assert cand.height < len(bars.y) and "merge candidate" in fig.layout.annotations[1].text
     weight = figure_for("expert-similarity", df, layer=0, measure="weight_cos")
     assert "layer 0" in weight.layout.title.text
     assert np.isnan(np.asarray(weight.data[0].z, dtype=float)[0, E])  # shared pair: no weight cosine

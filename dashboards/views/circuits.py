@@ -143,14 +143,20 @@ def circuits_result(result: CircuitComparison) -> html.Div:
             table(circuits, table_id="circuits-table"),
             html.P(
                 f"IoU {result.iou:.2f} · overlap coefficient {result.overlap:.2f} · importance Spearman "
-                f"{result.spearman:+.2f} (95% CI {lo:+.2f} to {hi:+.2f})",
+                f"{result.spearman:+.2f} (95% CI {lo:+.2f} to {hi:+.2f}, permutation p = {result.spearman_p:.3f})"
+                " · experts chosen on "
+                + " + ".join(str(len(v)) for v in result.selection.values())
+                + " prompts, judged on the other "
+                + " + ".join(str(len(v)) for v in result.evaluation.values()),
                 className="wb-summary",
                 id="circuits-overlap",
             ),
             figure(importance_scatter(result), graph_id="circuits-scatter"),
-            html.H4("Cross-ablation: each circuit ablated, measured on both labels"),
+            html.H4("Held out: each circuit's share of the full drop on its label's evaluation prompts"),
+            table(result.held_out, table_id="circuits-held-out"),
+            html.H4("Cross-ablation: each circuit ablated, measured on both labels' evaluation prompts"),
             table(cross, table_id="circuits-cross"),
-            html.H4("Attribution vs true ablation (Spearman per label)"),
+            html.H4("Attribution vs true ablation (Spearman per label, 95% CI, permutation p)"),
             table(result.importance_agreement, table_id="circuits-agreement"),
         ]
     )

@@ -8,7 +8,9 @@ import polars as pl
 
 from dashboards import data
 
-__all__ = ["compare_options", "default_run", "label_options", "layer_options", "pick", "run_options"]
+__all__ = [
+    "ci_column", "compare_options", "default_run", "label_options", "layer_options", "pick", "run_options",
+]  # fmt: skip
 
 ALL = "__all__"
 """Dropdown value meaning "every label"."""
@@ -73,3 +75,23 @@ def pick(value: Any, options: list[dict[str, Any]], fallback_index: int = 0) -> 
     if isinstance(value, str) and value.lstrip("-").isdigit() and int(value) in values:
         return int(value)
     return values[fallback_index] if len(values) > fallback_index else None
+
+
+NO_INTERVAL = "none (n < 2)"
+"""What an interval cell says when there are too few prompts to resample (docs/methods.md §0)."""
+
+
+def ci_column(df: pl.DataFrame, name: str = "95% CI", digits: int = 4) -> pl.DataFrame:
+    """``df`` with a ``name`` column "[lo, hi]" from ``ci_low``/``ci_high``; no interval where ``n`` < 2.
+
+    With one prompt every bootstrap replicate equals the estimate, so a zero-width "interval"
+    would be shown as if it were evidence; such rows (and rows whose bounds are missing) read
+    :data:`NO_INTERVAL` instead.
+    """
+    from workbench.analysis.stats import MIN_CI_PROMPTS
+
+    few = pl.col("n") < MIN_CI_PROMPTS if "n" in df.columns else pl.lit(False)
+    missing = pl.col("ci_low").is_null() | pl.col("ci_low").is_nan() | pl.col("ci_high").is_null()
+    missing = missing | pl.col("ci_high").is_nan()
+    text = pl.format("[{}, {}]", pl.col("ci_low").round(digits), pl.col("ci_high").round(digits))
+    return df.with_columns(pl.when(few | missing).then(pl.lit(NO_INTERVAL)).otherwise(text).alias(name))

@@ -16,9 +16,12 @@ from dashboards import data
 from dashboards.components import expert_href, figure, guarded, message, table
 from dashboards.components.common import is_pending
 from dashboards.views.coactivation import partners
+from dashboards.views.common import ci_column
 
 __all__ = [
     "ABLATIONS",
+    "METRIC_MEANING",
+    "MIN_PROFILE_LABELS",
     "ablation_effect",
     "expert_card",
     "label_shares",
@@ -30,6 +33,21 @@ ABLATIONS = ("zero", "reroute", "prune")
 """Intervention kinds that take an expert out (an "ablation")."""
 UNIFORM_TOL = 0.02
 """A label profile within this (L2) of uniform has no direction to compare: no similar experts."""
+MIN_PROFILE_LABELS = 3
+"""Fewest labels for label-profile similarity. A centred profile over L labels lies in an
+(L−1)-dimensional space: with two labels it has one direction, so every cosine is exactly ±1
+and says only which label each expert leans to (docs/methods.md §7)."""
+METRIC_MEANING = {
+    "nll_delta": "change: intervened − baseline NLL",
+    "kl": "KL(baseline ‖ intervened), ≥ 0",
+    "top1_agreement": "level: share of tokens whose top-1 is unchanged",
+    "nll_base": "level: baseline NLL (no intervention)",
+    "behaviour_rate_base": "level: baseline behaviour rate",
+    "behaviour_rate": "level: behaviour rate with the intervention",
+    "behaviour_delta": "change: intervened − baseline behaviour rate",
+    "margin_delta": "change: intervened − baseline behaviour margin",
+}
+"""What each recorded evaluation metric is (workbench/interventions/effects.py::summarise)."""
 
 
 def _cell(df: pl.DataFrame, layer: int, expert: int) -> pl.DataFrame:
@@ -56,9 +74,14 @@ def _load(db: str, run: str, layer: int, expert: int) -> Any:
         return message("no routed tokens at this layer")
     r = row.row(0, named=True)
     dead = " — dead (almost never selected)" if r["dead"] else ""
+    lo, hi = r["ci_low"], r["ci_high"]
+    ci = (
+        "no CI: fewer than 2 prompts or no bootstrap"
+        if lo is None or hi is None or np.isnan(lo) or np.isnan(hi)
+        else f"95% CI {100 * lo:.2f}–{100 * hi:.2f}%"
+    )
     return html.P(
-        f"Selected in {100 * r['f']:.2f}% of routed slots (95% CI {100 * r['ci_low']:.2f}–"
-        f"{100 * r['ci_high']:.2f}%), utilisation {r['utilisation']:.2f}× uniform{dead}.",
+        f"Selected in {100 * r['f']:.2f}% of routed slots ({ci}), utilisation {r['utilisation']:.2f}× uniform{dead}.",
         className="wb-summary",
     )
 
@@ -135,8 +158,9 @@ def similar_by_labels(spec: pl.DataFrame, layer: int, expert: int, n: int = 8) -
 
     An expert's label profile is its selection share on each label's tokens, normalised to sum
     to 1 over labels, minus the uniform 1/L: where it leans. Similarity is the cosine of two
-    profiles (1: same leaning; 0: unrelated; −1: opposite). Raises ValueError when the expert
-    leans nowhere (a generalist: nothing to compare).
+    profiles (1: same leaning; 0: unrelated; −1: opposite). Raises ValueError when the run has
+    fewer than :data:`MIN_PROFILE_LABELS` labels (the cosine is then ±1 by construction) or the
+    expert leans nowhere (a generalist: nothing to compare).
     """
     wide = (
         spec.select(pl.col("layer").cast(pl.Int64), pl.col("expert").cast(pl.Int64), "label", "share")
@@ -144,8 +168,11 @@ def similar_by_labels(spec: pl.DataFrame, layer: int, expert: int, n: int = 8) -
         .with_columns(pl.exclude("layer", "expert").fill_null(0.0))  # a bare fill_null(0.0) makes ids floats
     )
     labels = [c for c in wide.columns if c not in ("layer", "expert")]
-    if len(labels) < 2:
-        raise ValueError("similar experts need at least two labels in the run")
+    if len(labels) < MIN_PROFILE_LABELS:
+        raise ValueError(
+            f"not enough labels to compare label profiles: needs ≥ {MIN_PROFILE_LABELS} labels, the run has "
+            f"{len(labels)} (with two, every profile cosine is ±1 and only says which label an expert leans to)"
+        )
     m = wide.select(labels).to_numpy().astype(float)
     total = m.sum(axis=1, keepdims=True)
     prof = np.divide(m, total, out=np.full_like(m, 1 / len(labels)), where=total > 0) - 1 / len(labels)
@@ -249,20 +276,31 @@ def ablation_effect(db: str, run: str, layer: int, expert: int) -> Any:
     if hits:
         ids = pl.DataFrame(hits)
         evals = data.evaluations(db, run).join(ids, on="intervention_id", how="inner")
-        parts.append(html.P("Recorded ablations that take this expert out (alone when experts_out is 1); "
-                            "each metric is the intervened minus the baseline value, with its CI.",
+        parts.append(html.P("Recorded ablations that take this expert out (alone when experts_out is 1). "
+                            "Each row is one recorded metric as stored, with its stored 95% CI (none with fewer "
+                            "than 2 prompts). Not every metric is a change: *_delta metrics are intervened − "
+                            "baseline, kl is a divergence, nll_base, behaviour_rate(_base) and top1_agreement are "
+                            "levels; 'reads as' says which for each row.",
                             className="wb-muted"))  # fmt: skip
-        wanted = (
-            "intervention_id",
-            "kind",
-            "experts_out",
-            "label",
-            "metric",
-            "value",
-            "ci_low",
-            "ci_high",
-            "n",
-        )
+        wanted: tuple[str, ...] = ("intervention_id", "kind", "experts_out", "label", "metric", "value", "n")
+        if evals.height:
+            meaning = pl.col("metric").replace_strict(
+                METRIC_MEANING, default="as recorded", return_dtype=pl.Utf8
+            )
+            evals = evals.with_columns(meaning.alias("reads as"))
+            if {"ci_low", "ci_high"} <= set(evals.columns):
+                evals = ci_column(evals)
+            wanted = (
+                "intervention_id",
+                "kind",
+                "experts_out",
+                "label",
+                "metric",
+                "reads as",
+                "value",
+                "95% CI",
+                "n",
+            )
         shown = evals.select([c for c in wanted if c in evals.columns]) if evals.height else ids
         parts.append(table(shown, table_id="expert-ablations", empty="recorded, but with no evaluation rows"))
     if not parts:

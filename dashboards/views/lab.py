@@ -10,7 +10,10 @@ What one run of the lab does, on the attached model (``serve --model M``):
 3. decodes a few greedy continuations both ways (:func:`~workbench.interventions.effects.generation_diff`);
 4. captures the routing of the same prompts with and without the intervention at the touched
    layers (:func:`routing_shift`), so one sees where the displaced tokens went;
-5. saves the evaluation into the store (:func:`save_result`), opening it writable only for that
+5. compares its NLL change per token with the same intervention on distinct random expert sets
+   of the same shape (:func:`random_controls`; any few experts forced on, or switched off, move
+   the NLL), with an empirical p and its floor;
+6. saves the evaluation into the store (:func:`save_result`), opening it writable only for that
    write; a store locked by a capture is reported, not fatal.
 
 The functions take the model and prompts directly, so tests run them on a small planted model.
@@ -23,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 import polars as pl
 import torch
@@ -32,11 +36,14 @@ from plotly.subplots import make_subplots
 from dashboards import data
 from dashboards.components import figure, message, table, to_int
 from dashboards.jobs import MODEL_LOCK
+from dashboards.views.common import ci_column
+from workbench.analysis.stats import MIN_CI_PROMPTS
 from workbench.capture.backends.hooks import HooksBackend
 from workbench.capture.batching import make_batch
 from workbench.interventions import Bias, Force, Intervention, Reroute, Scale, Zero, intervene
 from workbench.interventions.behaviour import REFUSAL, REFUSAL_CHATML, Behaviour
-from workbench.interventions.effects import Evaluation, evaluate, generation_diff, record
+from workbench.interventions.controls import ExpertSet, format_p, run_with_controls, versus_controls
+from workbench.interventions.effects import Evaluation, evaluate, generation_diff, record, token_effects
 from workbench.interventions.specs import expert_map
 from workbench.models.loading import LoadedModel
 from workbench.probefile import Prompt
@@ -53,6 +60,7 @@ __all__ = [
     "lab_result",
     "layer_options",
     "make_spec",
+    "random_controls",
     "routing_shift",
     "run_lab",
     "save_result",
@@ -199,6 +207,33 @@ class LabResult:
     diff: pl.DataFrame
     shift: pl.DataFrame
     behaviour: str | None = None
+    controls: pl.DataFrame | None = None  # run_with_controls: chosen first, then the random sets
+    versus: dict[str, float] | None = None  # versus_controls of ``controls`` (z, p, p_floor, ...)
+
+
+def random_controls(
+    loaded: LoadedModel,
+    prompts: Sequence[Prompt],
+    chosen: ExpertSet,
+    make: Callable[[ExpertSet], Intervention],
+    *,
+    n_controls: int = 10,
+    seed: int = 0,
+) -> tuple[pl.DataFrame, dict[str, float]]:
+    """NLL change per token of ``make(chosen)`` and of ``make(s)`` for distinct random sets ``s`` like it.
+
+    The sets have as many experts as ``chosen`` on each of its layers, never ``chosen`` itself
+    (all of them when fewer exist: :func:`workbench.interventions.controls.random_sets`); the
+    comparison is :func:`~workbench.interventions.controls.versus_controls` (p with its floor).
+    """
+    n_experts = {x.layer: x.n_experts for x in loaded.layers}
+
+    def nll_delta(experts: ExpertSet) -> float:
+        table = token_effects(loaded, list(prompts), make(experts))
+        return float((table["nll_int"] - table["nll_base"]).sum() / max(int(table["n_tokens"].sum()), 1))
+
+    table = run_with_controls(nll_delta, chosen, n_experts, n_controls=n_controls, seed=seed)
+    return table, versus_controls(table)
 
 
 def run_lab(
@@ -210,8 +245,14 @@ def run_lab(
     n_diff: int = 3,
     max_new_tokens: int = 16,
     progress: Progress | None = None,
+    controls_for: Callable[[ExpertSet], Intervention] | None = None,
+    n_controls: int = 10,
 ) -> LabResult:
-    """Evaluate ``spec`` on ``prompts`` (module docstring: effects, diff, routing shift); ``progress(i, n, what)``."""
+    """Evaluate ``spec`` on ``prompts`` (module docstring: effects, diff, routing shift); ``progress(i, n, what)``.
+
+    ``controls_for`` builds the same intervention on another expert set: given, the spec's NLL
+    change is compared with ``n_controls`` random sets of its shape (:func:`random_controls`).
+    """
     if not prompts:
         raise ValueError("no prompts to run the intervention on")
     say = progress or (lambda i, n, what: None)
@@ -222,8 +263,15 @@ def run_lab(
     diff = generation_diff(loaded, texts, spec, max_new_tokens=max_new_tokens)
     say(3, 4, "routing shift at the touched layers")
     shift = routing_shift(loaded, prompts[:64], spec)
+    controls = versus = None
+    if controls_for is not None:
+        say(3, 4, f"the same on {n_controls} random expert sets of the same shape")
+        chosen = {int(k): sorted(int(e) for e in v) for k, v in spec.layer_experts().items()}
+        controls, versus = random_controls(loaded, prompts, chosen, controls_for, n_controls=n_controls)
     say(4, 4, "done")
-    return LabResult(spec, list(prompts), evaluation, diff, shift, behaviour.name if behaviour else None)
+    return LabResult(
+        spec, list(prompts), evaluation, diff, shift, behaviour.name if behaviour else None, controls, versus
+    )
 
 
 def save_result(
@@ -272,16 +320,23 @@ def effects_figure(summary: pl.DataFrame) -> go.Figure:
     for i, metric in enumerate(metrics, start=1):
         sub = summary.filter(pl.col("metric") == metric).sort("label")
         value = sub["value"].to_numpy()
+        few = sub["n"].to_numpy() < MIN_CI_PROMPTS  # one prompt: no interval to draw (NaN bars are not drawn)
+        hi, lo = (
+            np.where(few, np.nan, sub["ci_high"].to_numpy()),
+            np.where(few, np.nan, sub["ci_low"].to_numpy()),
+        )
         fig.add_trace(
             go.Bar(
                 x=sub["label"].to_list(), y=value, name=metric, showlegend=False,
                 error_y={"type": "data", "symmetric": False,
-                         "array": sub["ci_high"].to_numpy() - value, "arrayminus": value - sub["ci_low"].to_numpy()},
+                         "array": hi - value, "arrayminus": value - lo},
                 hovertemplate="%{x}: %{y:.4f}<extra>" + metric + " (95% CI bars)</extra>",
             ),
             row=1, col=i,
         )  # fmt: skip
-    fig.update_layout(title="Effects per label (95% prompt-bootstrap CI)", margin={"t": 70})
+    fig.update_layout(
+        title="Effects per label (95% prompt-bootstrap CI; none where n < 2 prompts)", margin={"t": 70}
+    )
     return fig
 
 
@@ -300,9 +355,7 @@ def shift_figure(shift: pl.DataFrame) -> go.Figure:
 
 
 def _summary_rows(summary: pl.DataFrame) -> pl.DataFrame:
-    return summary.with_columns(
-        pl.format("[{}, {}]", pl.col("ci_low").round(4), pl.col("ci_high").round(4)).alias("95% CI")
-    ).select("label", "metric", "value", "95% CI", "n")
+    return ci_column(summary).select("label", "metric", "value", "95% CI", "n")
 
 
 def lab_result(result: LabResult, saved: Any = None) -> html.Div:
@@ -317,7 +370,14 @@ def lab_result(result: LabResult, saved: Any = None) -> html.Div:
         saved,
         html.H4("Greedy generation, base vs intervened"),
         table(result.diff.select("prompt", "base", "intervened", "same"), table_id="lab-diff", page_size=5),
-        html.H4("NLL / KL / top-1 deltas"),
+        html.H4("Token effects: NLL change, KL, top-1 agreement"),
+        html.P(
+            "nll_delta: intervened − baseline NLL per token (a change); kl: KL(baseline ‖ intervened); "
+            "top1_agreement: share of tokens whose top-1 prediction is unchanged (a level, 1 = no change); "
+            "nll_base: the baseline NLL (a level). Intervals are 95% prompt-bootstrap CIs, none with fewer than "
+            "2 prompts.",
+            className="wb-muted",
+        ),
         figure(effects_figure(token_rows), graph_id="lab-effects"),
         table(_summary_rows(token_rows), table_id="lab-summary", page_size=12),
     ]
@@ -333,6 +393,19 @@ def lab_result(result: LabResult, saved: Any = None) -> html.Div:
                 className="wb-muted",
             ),
             table(_summary_rows(beh), table_id="lab-behaviour"),
+        ]
+    if result.controls is not None and result.versus is not None:
+        v = result.versus
+        parts += [
+            html.H4("Against random experts"),
+            html.P(
+                f"NLL change per token {v['chosen']:+.4f} vs {int(v['n_controls'])} distinct random sets of the "
+                f"same shape ({v['control_min']:+.4f} to {v['control_max']:+.4f}, mean {v['control_mean']:+.4f}; "
+                f"z = {v['z']:.1f}, {format_p(v, 3)}).",
+                className="wb-summary",
+                id="lab-controls-summary",
+            ),
+            table(result.controls, table_id="lab-controls", page_size=11),
         ]
     parts += [
         html.H4("Routing shift at the touched layers"),
@@ -366,7 +439,10 @@ def lab_job(
             progress(0, 4, "waiting for another job on the model")
         MODEL_LOCK.acquire()
     try:
-        result = run_lab(loaded, prompts, spec, behaviour=behaviour, progress=progress)
+        result = run_lab(
+            loaded, prompts, spec, behaviour=behaviour, progress=progress,
+            controls_for=lambda s: make_spec(semantics, layer, s[int(layer)], value),
+        )  # fmt: skip
     finally:
         MODEL_LOCK.release()
     return lab_result(result, save_result(db, run, result))

@@ -1,7 +1,9 @@
 """Agreement between expert-relevance scorers (docs/methods.md §2, last bullet).
 
 Spearman rank correlation, per label, between the per-(layer, expert) scores of domain
-specialisation (``lift``), ESFT (``gs``, ``tsr``) and TCESS (``tcess``) on the same run.
+specialisation (``lift``), ESFT (``gs``, ``tsr``) and TCESS (``tcess``) on the same run, each
+with a Fisher z 95% CI and a permutation p (+1 correction) over the (layer, expert) rows
+(:func:`workbench.analysis.rank.rank_correlation`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,25 @@ import polars as pl
 from scipy.stats import spearmanr
 
 from workbench.analysis.common import layer_info
+from workbench.analysis.rank import rank_correlation
 from workbench.analysis.relevance import esft_scores, tcess
 from workbench.store import Store
 
 _KEYS = ["layer", "expert", "label"]
-AGREEMENT_COLUMNS = ("label", "scorer_a", "scorer_b", "spearman", "n", "note")
+AGREEMENT_COLUMNS = (
+    "label",
+    "scorer_a",
+    "scorer_b",
+    "spearman",
+    "n",
+    "note",
+    "ci_low",
+    "ci_high",
+    "p",
+    "p_floor",
+)
+#: shuffles behind each agreement p (floor 1/1000)
+AGREEMENT_PERMUTATIONS = 999
 _SCHEMA = {
     "label": pl.Utf8,
     "scorer_a": pl.Utf8,
@@ -28,6 +44,10 @@ _SCHEMA = {
     "spearman": pl.Float64,
     "n": pl.Int64,
     "note": pl.Utf8,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "p": pl.Float64,
+    "p_floor": pl.Float64,
 }
 
 
@@ -82,7 +102,8 @@ def scorer_agreement(
 ) -> pl.DataFrame:
     """Spearman rank correlation between each pair of scorers, per label, over (layer, expert) rows.
 
-    Columns ``label, scorer_a, scorer_b, spearman, n, note``. Scorers are ``lift`` (domain
+    Columns ``label, scorer_a, scorer_b, spearman, n, note, ci_low, ci_high, p, p_floor`` (Fisher z
+    95% CI; permutation p over the rows with :data:`AGREEMENT_PERMUTATIONS` shuffles, and its floor). Scorers are ``lift`` (domain
     specialisation), ``gs`` and ``tsr`` (ESFT) and ``tcess`` (PreMoe; only when the run has
     router logits, otherwise absent and ``note`` says why). ``n`` is the number of (layer,
     expert) rows correlated; ``spearman`` is NaN where a score is constant within the label.
@@ -101,6 +122,7 @@ def scorer_agreement(
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     rho = float(spearmanr(x, y).statistic)
+            stats = rank_correlation(x, y, n_perm=AGREEMENT_PERMUTATIONS)
             rows.append(
                 {
                     "label": label,
@@ -109,6 +131,7 @@ def scorer_agreement(
                     "spearman": rho,
                     "n": int(x.size),
                     "note": note,
+                    **{k: stats[k] for k in ("ci_low", "ci_high", "p", "p_floor")},
                 }
             )
     if not rows:

@@ -19,7 +19,8 @@
   as in Switch Transformers, or a plain list: all parameters of each expert, in
   ``named_parameters`` order, concatenated). The Gram matrix is accumulated tensor by
   tensor in float64 on the weights' device, so no ``E × P`` copy is materialised.
-  :func:`merge_candidates` lists the most similar distinct pairs. Output similarity, and the
+  :func:`merge_candidates` lists the most similar distinct pairs whose cosine reaches
+  :data:`MERGE_MIN_COSINE` (none when every pair is near-orthogonal). Output similarity, and the
   registered ``expert-similarity`` analysis that joins both, live in
   :mod:`workbench.analysis.expert_similarity`.
 """
@@ -37,7 +38,10 @@ from workbench.analysis.stats import cluster_bootstrap
 from workbench.store import Store
 from workbench.store.matching import PAIRS_SQL, coverage
 
-__all__ = ["DRIFT_COLUMNS", "drift_coverage", "expert_weight_similarity", "merge_candidates", "routing_drift"]
+__all__ = [
+    "DRIFT_COLUMNS", "MERGE_MIN_COSINE", "drift_coverage", "expert_weight_similarity", "merge_candidates",
+    "routing_drift",
+]  # fmt: skip
 
 DRIFT_COLUMNS: tuple[str, ...] = (
     "layer", "overlap", "ci_low", "ci_high", "chance", "n_tokens", "n_prompts",
@@ -268,10 +272,21 @@ def expert_weight_similarity(model_layer_experts: Any) -> pl.DataFrame:
     return pl.DataFrame({"a": a.ravel(), "b": b.ravel(), "cosine": cos.ravel().astype(np.float64)})
 
 
-def merge_candidates(sim: pl.DataFrame, top: int = 5) -> pl.DataFrame:
-    """The ``top`` most similar distinct pairs (``a < b``) of a similarity table, most similar first."""
+#: Weight cosine a pair must reach to be proposed for merging. Independent random weight
+#: vectors have cosine ≈ 0 in high dimension, so the most similar pair of unrelated experts is
+#: still near-orthogonal; 0.5 (an angle of 60°) is the least that says "alike".
+MERGE_MIN_COSINE = 0.5
+
+
+def merge_candidates(sim: pl.DataFrame, top: int = 5, min_cosine: float = MERGE_MIN_COSINE) -> pl.DataFrame:
+    """Up to ``top`` distinct pairs (``a < b``) with cosine ≥ ``min_cosine``, most similar first.
+
+    Empty when no pair clears the threshold: near-orthogonal experts are not merge candidates.
+    """
     return (
-        sim.filter((pl.col("a") < pl.col("b")) & pl.col("cosine").is_not_nan())
+        sim.filter(
+            (pl.col("a") < pl.col("b")) & pl.col("cosine").is_not_nan() & (pl.col("cosine") >= min_cosine)
+        )
         .sort(["cosine", "a", "b"], descending=[True, False, False])
         .head(top)
     )

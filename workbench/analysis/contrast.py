@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workbench.analysis.stats import BLOCK, as_2d, safe_ratio
+from workbench.analysis.stats import BLOCK, MIN_CI_PROMPTS, as_2d, safe_ratio
 
 __all__ = ["Contrast", "contrast_test"]
 
@@ -56,7 +56,8 @@ def contrast_test(
     spread and the test rejects too often (14% at α = 0.05 in a length-only null with 30 long vs
     18 short prompts); the studentized test is exact under exchangeability and asymptotically
     valid without it (Janssen 1997; Chung & Romano 2013). ``diff``, the CI and ``rate_*`` are
-    unchanged.
+    unchanged. With fewer than 2 target or control prompts (2 pairs when paired) the CI is NaN:
+    resampling one prompt reproduces it, so the interval would understate the uncertainty.
     """
     num2, den2 = as_2d(num, den)
     target = np.asarray(is_target, dtype=bool)
@@ -88,7 +89,9 @@ def contrast_test(
         reps[start : start + b] = r_t - r_c
     nan = np.full(m, np.nan)
     low, high = nan, nan.copy()
-    if n_boot > 0 and m:
+    # Fewer than MIN_CI_PROMPTS units on a side: its resampling has no spread, so no interval.
+    units = (len(pairs),) if pairs is not None else (int(t_mask.sum()), int(c_mask.sum()))
+    if n_boot > 0 and m and min(units) >= MIN_CI_PROMPTS:
         with np.errstate(invalid="ignore"):
             low, high = np.nanquantile(reps, [alpha, 1.0 - alpha], axis=0)
     count = np.zeros(m)

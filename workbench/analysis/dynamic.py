@@ -14,8 +14,12 @@ distribution ``π`` is the router's own:
 Per (layer, label, p) :func:`dynamic_k` reports the mean ``k_p``, its distribution
 (``k_counts[j]`` = tokens with ``k_p = j + 1``, length E), and Spearman's ρ between ``k_p`` and
 the token's NLL over tokens with a non-null NLL (``n_nll``; NaN when fewer than 3 or either
-side is constant). Tokens of one prompt are not independent, so no token-level p-value is
-given. Prompts with a NULL label form their own group (label NULL). Rows whose logits are
+side is constant). Tokens of one prompt are not independent, so ρ's 95% CI and two-sided p
+(``spearman_ci_low``, ``spearman_ci_high``, ``spearman_p``) are Fisher z ones
+(:func:`workbench.analysis.rank.fisher_interval`, :func:`~workbench.analysis.rank.fisher_p`)
+with the *prompts* as the independent units: ``n_prompts_nll``, the label's prompts with an
+NLL, the smallest effective sample size a positive within-prompt correlation can give (design
+effect ≤ tokens per prompt), so the interval is conservative. Prompts with a NULL label form their own group (label NULL). Rows whose logits are
 NULL are skipped; a run (or layer selection) with no logits at all raises ``ValueError``.
 """
 
@@ -41,6 +45,7 @@ from workbench.analysis.common import (
     stream_logits,
     transposed_f64,
 )
+from workbench.analysis.rank import fisher_interval, fisher_p
 from workbench.analysis.scores import router_scores, router_scores_t
 from workbench.store import Store
 
@@ -55,6 +60,10 @@ DYNAMIC_K_COLUMNS: tuple[str, ...] = (
     "n_tokens",
     "spearman_nll",
     "n_nll",
+    "spearman_ci_low",
+    "spearman_ci_high",
+    "spearman_p",
+    "n_prompts_nll",
 )
 
 _SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
@@ -66,6 +75,10 @@ _SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "n_tokens": pl.Int64,
     "spearman_nll": pl.Float64,
     "n_nll": pl.Int64,
+    "spearman_ci_low": pl.Float64,
+    "spearman_ci_high": pl.Float64,
+    "spearman_p": pl.Float64,
+    "n_prompts_nll": pl.Int64,
 }
 
 _TOL = 1e-9
@@ -215,12 +228,14 @@ def _token_ranks(tokens: _Tokens, p_ids: np.ndarray, p_code: np.ndarray, n_group
     code = np.where(usable, p_code[at] if p_ids.size else -1, -1)
     centred = np.zeros(n_tok)
     sum_yy = np.zeros(n_groups)
+    n_prompts = np.zeros(n_groups, dtype=np.int64)
     for g in range(n_groups):
         members = np.flatnonzero(code == g)
         if members.size:
             centred[members] = rankdata(tokens.nll[members]) - (members.size + 1) / 2.0
             sum_yy[g] = float(centred[members] @ centred[members])
-    return _Ranks(usable, centred, sum_yy)
+            n_prompts[g] = np.unique(t_pid[members]).size
+    return _Ranks(usable, centred, sum_yy, n_prompts)
 
 
 @dataclass
@@ -230,6 +245,7 @@ class _Ranks:
     usable: np.ndarray
     centred: np.ndarray
     sum_yy: np.ndarray
+    n_prompts: np.ndarray  # per group: prompts with at least one token with an NLL
 
 
 @dataclass
@@ -354,11 +370,14 @@ def _summarise(
                     sel = in_layer[ok & (every.code[in_layer] == g)]
                     rho = _spearman(every.ks[i][sel].astype(np.int64), nll[every.tok[sel]])
                 k_counts = cells.counts[i][c][: n_bins[layer]]
+                units = min(int(ranks.n_prompts[g]), int(n_ok[c]))
+                ci_low, ci_high = fisher_interval(rho, units)
                 out.append({
                     "layer": layer, "label": groups[g], "p": p,
                     "mean_k": float(k_counts @ np.arange(1, k_counts.size + 1)) / int(n_rows[c]),
                     "k_counts": k_counts.tolist(), "n_tokens": int(n_rows[c]),
-                    "spearman_nll": rho, "n_nll": int(n_ok[c]),
+                    "spearman_nll": rho, "n_nll": int(n_ok[c]), "spearman_ci_low": ci_low,
+                    "spearman_ci_high": ci_high, "spearman_p": fisher_p(rho, units), "n_prompts_nll": units,
                 })  # fmt: skip
     return out
 
@@ -370,7 +389,7 @@ def dynamic_k(
     *,
     layers: Iterable[int] | None = None,
 ) -> pl.DataFrame:
-    """Mean ``k_p``, its distribution and Spearman ρ(k_p, NLL) per (layer, label, p).
+    """Mean ``k_p``, its distribution and Spearman ρ(k_p, NLL) per (layer, label, p), with its CI and p.
 
     Sorted by layer, label (NULL first), p. Needs router logits in the store.
     """

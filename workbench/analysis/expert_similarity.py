@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from workbench.models.loading import LoadedModel
 
 __all__ = [
+    "MERGE_MIN_ANGULAR",
     "OUTPUT_SIMILARITY_COLUMNS",
     "SIMILARITY_COLUMNS",
     "expert_output_similarity",
@@ -83,8 +84,12 @@ OUTPUT_SIMILARITY_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 SIMILARITY_COLUMNS: tuple[str, ...] = (
     "layer", "expert_a", "expert_b", "shared", "weight_cos", "output_cos", "output_angular", "ci_low",
-    "ci_high", "n_tokens", "n_prompts", "merge_rank",
+    "ci_high", "n_tokens", "n_prompts", "merge_rank", "merge_candidate",
 )  # fmt: skip
+#: A routed pair is a merge candidate only when the lower end of the 95% CI of its output angular
+#: similarity is at least this: outputs within 45° of each other on the average token (mean
+#: cos ≈ 0.71). 0.5 is orthogonal, so the layer's "most similar pair" alone is no candidate.
+MERGE_MIN_ANGULAR = 0.75
 
 #: Largest number of elements (tokens × experts × max(hidden, experts)) of one output chunk.
 _CHUNK_ELEMENTS = 1 << 24
@@ -387,8 +392,10 @@ def expert_similarity(
     ``output_cos`` / ``output_angular`` (mean per-token cosine / angular similarity of outputs)
     with the prompt-bootstrap CI of ``output_angular`` in ``ci_low``/``ci_high``, and
     ``merge_rank`` — 1 for the layer's most similar routed pair, by ``output_angular`` then
-    ``weight_cos`` (null for pairs with a shared expert). Merge candidates are the rows with
-    the smallest ``merge_rank``.
+    ``weight_cos`` (null for pairs with a shared expert) — a rank, not a verdict: the top pair
+    of a layer of unrelated experts is near-orthogonal. ``merge_candidate`` is True only for
+    routed pairs whose CI lower bound ``ci_low`` is ≥ :data:`MERGE_MIN_ANGULAR`; without a CI
+    (``n_boot=0`` or fewer than 2 prompts) no pair is proposed (not enough data to tell).
     """
     if model is None:
         raise ValueError("analysis 'expert-similarity' needs the model: give --model M (or model=...)")
@@ -434,5 +441,9 @@ def expert_similarity(
         .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over("layer").alias("merge_rank"))
         .select("layer", "expert_a", "expert_b", "merge_rank")
     )
-    out = out.join(ranked, on=["layer", "expert_a", "expert_b"], how="left")
+    out = out.join(ranked, on=["layer", "expert_a", "expert_b"], how="left").with_columns(
+        (~pl.col("shared") & (pl.col("ci_low").fill_nan(None) >= MERGE_MIN_ANGULAR))
+        .fill_null(False)
+        .alias("merge_candidate")
+    )
     return out.select(list(SIMILARITY_COLUMNS)).sort("layer", "expert_a", "expert_b")

@@ -43,8 +43,9 @@ the pseudo-experts ``expert = E + s`` of ``expert_stats`` and carry ``shared = T
   below that median. The bare "below the median" rule of docs/methods.md §3 flags about half the
   labels whatever the data (with four labels, always the lower two), so on a null run it
   would never be quiet; requiring the CI to clear the median keeps the flag for labels
-  whose specialists are clearly starved (typically data-sparse labels). With ``n_boot=0``
-  there is no CI and the bare median rule applies.
+  whose specialists are clearly starved (typically data-sparse labels). Without a CI
+  (``n_boot=0``, or a label with fewer than 2 prompts) a label is never flagged: there is not
+  enough evidence to tell it from the median.
 
 Prompts with a NULL label are left out of degradation and underfitting. Counting is done in
 DuckDB (``store.sql``); the small per-layer tables are finished in polars / numpy.
@@ -365,7 +366,7 @@ def underfitting(
     )
     mass = out["specialist_gate_mass"].to_numpy()
     median = float(np.nanmedian(mass)) if out.height and not np.isnan(mass).all() else math.nan
-    # numpy comparisons with NaN are False: no CI (n_boot=0) leaves the bare median rule
-    flag = (mass < median) & ~(out["ci_high"].to_numpy() >= median)
+    # numpy comparisons with NaN are False: no CI (n_boot=0, or < 2 prompts) flags nothing
+    flag = (mass < median) & (out["ci_high"].to_numpy() < median)
     out = out.with_columns(pl.Series("underfit", flag, dtype=pl.Boolean))
     return out.select(list(UNDERFITTING_COLUMNS)).sort("label")

@@ -98,7 +98,11 @@ _SPECS: tuple[AnalysisSpec, ...] = (
     ),
     AnalysisSpec("esft", esft_scores, "§2", "ESFT gate score and token-selection ratio with expert sets."),
     AnalysisSpec(
-        "tcess", tcess, "§2", "Token-conditional expert selection share (TCESS).", ("routing", "logits")
+        "tcess",
+        tcess,
+        "§2",
+        "Task-conditioned expected selection score (TCESS): mean router probability per label.",
+        ("routing", "logits"),
     ),
     AnalysisSpec(
         "mutual-information",

@@ -45,6 +45,7 @@ import polars as pl
 
 from workbench.analysis.common import layer_filter, map_ordered
 from workbench.analysis.stats import (
+    MIN_CI_PROMPTS,
     _percentiles,
     auto_n_perm_max,
     benjamini_hochberg,
@@ -355,6 +356,8 @@ def _one_layer(
             )
             for gi in range(present.size):
                 lo_low[gi], lo_high[gi] = _percentiles(rep_lo[gi], 0.025)
+        few = member.sum(axis=1) < MIN_CI_PROMPTS  # one prompt: every replicate equals the estimate
+        ci_low[few], ci_high[few], lo_low[few], lo_high[few] = np.nan, np.nan, np.nan, np.nan
     uniform = top_k / n_experts
     g, e = present.size, n_experts
     return pl.DataFrame(

@@ -20,12 +20,17 @@ from typing import Any, Literal
 import numpy as np
 
 __all__ = [
+    "MIN_CI_PROMPTS",
     "auto_n_perm_max",
     "benjamini_hochberg",
     "cluster_bootstrap",
     "cluster_permutation_pvalue",
     "one_blas_thread",
 ]
+
+#: Fewer prompts than this give no interval: resampling one prompt reproduces it in every
+#: replicate, so a "95% CI" would have zero width and be no evidence (issue 12 item 6).
+MIN_CI_PROMPTS = 2
 
 #: Resamples are processed in blocks of this many so that the (block, n_prompts) weight
 #: matrix stays small whatever ``n_boot`` / ``n_perm`` is.
@@ -149,7 +154,9 @@ def cluster_bootstrap(
 
     Returns ``(estimate, low, high)``, each of shape ``(m,)``; the interval is the
     ``(1-level)/2`` and ``(1+level)/2`` percentiles of the replicates. Columns whose
-    denominator is 0 give NaN. With no prompts everything is NaN.
+    denominator is 0 give NaN. With no prompts everything is NaN. With fewer than
+    :data:`MIN_CI_PROMPTS` prompts the interval is NaN (no interval is shown), though the draws
+    are still made so that a shared generator advances as before.
     """
     num2, den2 = as_2d(num, den)
     n, m = num2.shape
@@ -173,6 +180,8 @@ def cluster_bootstrap(
                 reps[start : start + b] = safe_ratio(w @ num2, w @ den2)
     alpha = (1.0 - level) / 2.0
     low, high = _percentiles(reps, alpha) if m else (np.empty(0), np.empty(0))
+    if n < MIN_CI_PROMPTS:  # every replicate is the estimate: a zero-width "interval" is no evidence
+        return estimate, np.full(m, np.nan), np.full(m, np.nan)
     return estimate, np.asarray(low), np.asarray(high)
 
 

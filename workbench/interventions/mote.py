@@ -24,7 +24,9 @@ prompts and switch them off; nobody measures whether those are the experts that 
    alternative judge: an affirmative or "here is" answer, not broken text), the change of the
    refusal margin, and the refusal rate against only those random sets that cost no more NLL.
 4. Forced activation: the top experts of each scorer (at most k per layer) are forced on for the
-   evaluation half's benign requests — does that make the model refuse?
+   evaluation half's benign requests — does that make the model refuse? Forcing any experts may
+   do that, so each forced set is compared, like the ablations, with ``n_controls`` distinct random
+   sets of the same shape (``forced``: control stats, z, p and its floor, the control sets).
 
 Nothing here assumes the answer: whatever the scorers do is what gets recorded.
 """
@@ -60,7 +62,9 @@ from workbench.probefile import Prompt, read_probe_file
 from workbench.store import Store
 from workbench.zoo.refusal_scorer import greedy_continuations
 
-__all__ = ["MEASURES", "SCORERS", "MoteConfig", "MoteResult", "Outcome", "run_mote", "split_pairs"]
+__all__ = [
+    "MEASURES", "SCORERS", "MoteConfig", "MoteResult", "Outcome", "eval_pairs", "run_mote", "split_pairs",
+]  # fmt: skip
 
 #: scorer -> (column of ``MoteResult.scores``, rank descending?)
 SCORERS: dict[str, tuple[str, bool]] = {
@@ -91,6 +95,9 @@ class MoteConfig:
     seed: int = 0
     behaviour: str = "refusal"  # a name in workbench.interventions.behaviour.BEHAVIOURS
     scorers: tuple[str, ...] = tuple(SCORERS)  # a subset, e.g. to rerun one scorer with more controls
+    #: judge on this probe file's pairs instead of the refusal suite's evaluation half (selection
+    #: stays on the refusal suite); None: the exploratory split of ``probes/refusal.jsonl``
+    eval_probe: str | None = None
 
 
 @dataclass
@@ -102,7 +109,7 @@ class MoteResult:
     agreement: pl.DataFrame  # Spearman of rd / ftri / attribution with the causal effect
     doses: pl.DataFrame  # scorer, semantics, n, set, seed, experts, and the Outcome fields
     summary: pl.DataFrame  # scorer, semantics, n, chosen, control stats, z, p
-    forced: pl.DataFrame  # scorer, experts, benign refusal without / with forcing
+    forced: pl.DataFrame  # scorer, experts, benign refusal without / with forcing, vs random forced sets
     baseline: dict[str, float] = field(default_factory=dict)
     #: measure (a key of MEASURES), scorer, semantics, n, chosen, control stats, z, p; ``summary``
     #: is its refusal rows
@@ -133,6 +140,29 @@ def split_pairs(prompts: Sequence[Prompt], n_select: int, n_eval: int) -> tuple[
     if not select or not evaluate:
         raise ValueError("the refusal suite has too few complete harmful/benign pairs for the experiment")
     return select, evaluate
+
+
+def eval_pairs(prompts: Sequence[Prompt], select: Sequence[Prompt], n_eval: int) -> list[Prompt]:
+    """Up to ``n_eval`` complete pairs of ``prompts`` (a separate probe file) to judge on.
+
+    Raises when any of them shares a text (after case and whitespace normalisation) with the
+    selection prompts: experts chosen on a prompt must never be judged on it.
+    """
+    chosen = {" ".join(p.text.casefold().split()) for p in select}
+    leaks = sorted({p.text for p in prompts if " ".join(p.text.casefold().split()) in chosen})
+    if leaks:
+        raise ValueError(f"{len(leaks)} evaluation prompt(s) also in the selection half, e.g. {leaks[0]!r}")
+    by_pair: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        if p.pair_id is not None:
+            by_pair.setdefault(p.pair_id, []).append(p)
+    out: list[Prompt] = []
+    for _, v in sorted(by_pair.items()):
+        if len(v) == 2 and {p.label for p in v} == {"harmful", "benign"} and len(out) < 2 * n_eval:
+            out += sorted(v, key=lambda p: p.label != "harmful")
+    if not out:
+        raise ValueError("the evaluation probe file has no complete harmful/benign pair")
+    return out
 
 
 def _score_experts(
@@ -281,6 +311,8 @@ def run_mote(
     if unknown:
         raise ValueError(f"unknown scorer(s) {unknown}; available: {', '.join(SCORERS)}")
     select, evaluation = split_pairs(read_probe_file(suite_path("refusal")), cfg.n_select, cfg.n_eval)
+    if cfg.eval_probe is not None:
+        evaluation = eval_pairs(read_probe_file(Path(cfg.eval_probe)), select, cfg.n_eval)
     domain_pool = read_probe_file(suite_path("domains"))
     labels = sorted({p.label for p in domain_pool})
     per_label = max(1, cfg.n_domain // len(labels))
@@ -329,16 +361,31 @@ def run_mote(
             ]
         )
     )
+    forced_cache: dict[str, float] = {}
+
+    def forced_refusal(experts: ExpertSet) -> float:
+        """Benign refusal with ``experts`` forced into the top-k (memoised per set)."""
+        key = format_set(experts)
+        if key not in forced_cache:
+            with intervene(loaded, Force(expert_map(experts))):
+                texts = greedy_continuations(
+                    loaded.model, loaded.tokenizer, benign_asked, behaviour.max_new_tokens
+                )
+            forced_cache[key] = float(np.mean([behaviour.judge(t) for t in texts]))
+        return forced_cache[key]
+
     forced = []
-    for scorer in cfg.scorers:
+    for i, scorer in enumerate(cfg.scorers):
+        # forcing any few experts may make a model refuse: compare with distinct random sets of the same shape
         chosen = _force_set(_ranking(scores, scorer), cfg.force_n, top_k)
-        with intervene(loaded, Force(expert_map(chosen))):
-            texts = greedy_continuations(
-                loaded.model, loaded.tokenizer, benign_asked, behaviour.max_new_tokens
-            )
+        table = run_with_controls(
+            forced_refusal, chosen, n_experts, n_controls=cfg.n_controls, seed=cfg.seed + 7919 + i
+        )
+        stats = versus_controls(table)
         forced.append({
             "scorer": scorer, "experts": format_set(chosen), "benign_refusal_base": base_benign,
-            "benign_refusal_forced": float(np.mean([behaviour.judge(t) for t in texts])),
+            "benign_refusal_forced": stats.pop("chosen"), **stats,
+            "control_sets": "|".join(table.filter(pl.col("set") == "random")["experts"].to_list()),
         })  # fmt: skip
     harmful_refusal, harmful_compliance = measure.rates(measure.texts(None))
     baseline = {

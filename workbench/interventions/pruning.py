@@ -24,7 +24,10 @@ Does a task need all of a layer's experts, and do the relevance scorers know whi
 
 Retention columns of :func:`retention_curve`:
 
-* ``retention`` = exact match / the unpruned exact match (null when the baseline is 0).
+* ``retention`` = exact match / the unpruned exact match — **only when the unpruned model answers
+  at least** :data:`MIN_BASELINE_CORRECT` **evaluation prompts correctly** (``n_correct`` of the
+  baseline row); otherwise null, and :func:`summary_lines` says "not enough baseline successes".
+  A ratio over 3 correct answers of 75 swings by a third when one answer flips.
 * ``lp_retention`` = ``exp(mean gold_logprob − mean baseline gold_logprob)``: the ratio of the
   geometric-mean probabilities of the gold token, pruned over unpruned. A ratio of log-probs
   themselves would mean nothing (they are negative and unbounded); this one is 1 for no change,
@@ -53,17 +56,21 @@ from workbench.models.loading import LoadedModel
 from workbench.probefile import Prompt
 
 __all__ = [
-    "METHODS", "TaskMeasure", "expert_scores", "keep_count", "retention_curve", "retention_summary",
-    "split_halves", "summary_lines", "top_keep",
+    "METHODS", "MIN_BASELINE_CORRECT", "TaskMeasure", "baseline_note", "expert_scores", "keep_count",
+    "retention_curve", "retention_summary", "split_halves", "summary_lines", "top_keep",
 ]  # fmt: skip
 
 #: the scorers that choose keep sets (column of :func:`expert_scores`)
 METHODS: tuple[str, ...] = ("tcess", "esft", "frequency")
 
+#: Fewest correct baseline answers for which exact-match ``retention`` is reported. With c correct
+#: answers one flip moves the ratio by 1/c, and its relative standard error is ≈ 1/√c (32% at 10).
+MIN_BASELINE_CORRECT = 10
+
 SCHEMA: dict[str, Any] = {
     "method": pl.Utf8, "keep": pl.Float64, "seed": pl.Int64, "n_kept_per_layer": pl.Utf8,
     "experts": pl.Utf8, "exact_match": pl.Float64, "gold_logprob": pl.Float64, "retention": pl.Float64,
-    "lp_retention": pl.Float64,
+    "lp_retention": pl.Float64, "n_correct": pl.Int64, "n_eval": pl.Int64,
 }  # fmt: skip
 
 
@@ -156,13 +163,15 @@ class TaskMeasure:
 
 
 def _row(method: str, keep: float, seed: int | None, chosen: ExpertSet, value: tuple[float, float],
-         base: tuple[float, float]) -> dict[str, Any]:  # fmt: skip
+         base: tuple[float, float], n_eval: int, min_correct: int) -> dict[str, Any]:  # fmt: skip
     em, lp = value
+    enough = round(base[0] * n_eval) >= max(min_correct, 1)  # else retention is not reported
     return {
         "method": method, "keep": keep, "seed": seed,
         "n_kept_per_layer": ",".join(str(len(chosen[k])) for k in sorted(chosen)),
         "experts": format_set(chosen), "exact_match": em, "gold_logprob": lp,
-        "retention": em / base[0] if base[0] > 0 else None, "lp_retention": math.exp(lp - base[1]),
+        "retention": em / base[0] if enough else None, "lp_retention": math.exp(lp - base[1]),
+        "n_correct": round(em * n_eval), "n_eval": n_eval,
     }  # fmt: skip
 
 
@@ -178,6 +187,7 @@ def retention_curve(
     n_select: int | None = None,
     n_eval: int | None = None,
     max_new_tokens: int | None = None,
+    min_baseline_correct: int = MIN_BASELINE_CORRECT,
     log: Callable[[str], None] = lambda _: None,
 ) -> pl.DataFrame:
     """Task metric vs fraction of experts kept per layer, for each scorer's keep sets and random ones.
@@ -193,7 +203,8 @@ def retention_curve(
     random seed. Columns ``method, keep, seed`` (null unless random), ``n_kept_per_layer``
     (comma-separated, by layer), ``experts`` (:func:`~workbench.interventions.controls.format_set`),
     ``exact_match``, ``gold_logprob`` (means over the evaluation half), ``retention`` and
-    ``lp_retention`` (see the module docstring).
+    ``lp_retention`` (see the module docstring), ``n_correct`` (exactly matched evaluation prompts)
+    and ``n_eval``. ``retention`` is null unless the baseline has ≥ ``min_baseline_correct`` correct.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -204,7 +215,11 @@ def retention_curve(
     measure = TaskMeasure(loaded, evaluate, max_new_tokens=max_new_tokens)
     base = measure(None)
     everything: ExpertSet = {x.layer: list(range(x.n_experts)) for x in loaded.layers}
-    rows = [{**_row("baseline", 1.0, None, everything, base, base), "experts": "all"}]
+    n_eval, floor = len(evaluate), min_baseline_correct
+    if round(base[0] * n_eval) < floor:
+        log(f"{label}: not enough baseline successes for exact-match retention "
+            f"({round(base[0] * n_eval)} correct of {n_eval}; needs ≥ {floor}); only lp_retention is reported")  # fmt: skip
+    rows = [{**_row("baseline", 1.0, None, everything, base, base, n_eval, floor), "experts": "all"}]
     n_experts = {x.layer: x.n_experts for x in loaded.layers}
     for fraction in keep:
         sizes = {x.layer: keep_count(fraction, x.n_experts, x.top_k) for x in loaded.layers}
@@ -212,11 +227,13 @@ def retention_curve(
         for method in methods:
             assert scores is not None
             chosen = top_keep(scores, method, sizes)
-            rows.append(_row(method, float(fraction), None, chosen, measure(chosen), base))
+            rows.append(_row(method, float(fraction), None, chosen, measure(chosen), base, n_eval, floor))
         shape = {layer: range(n) for layer, n in sizes.items()}
         controls = random_sets(shape, n_experts, n_random, seed=seed, exclude_chosen=False)  # distinct sets
         for i, control in enumerate(controls):
-            rows.append(_row("random", float(fraction), seed + i, control, measure(control), base))
+            rows.append(
+                _row("random", float(fraction), seed + i, control, measure(control), base, n_eval, floor)
+            )
     return pl.DataFrame(rows, schema=SCHEMA)
 
 
@@ -246,15 +263,35 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
 
 
+def baseline_note(table: pl.DataFrame, min_correct: int = MIN_BASELINE_CORRECT) -> str | None:
+    """The "not enough baseline successes" sentence when exact-match retention is withheld; else None."""
+    base = table.filter(pl.col("method") == "baseline")
+    if base.height == 0 or "n_correct" not in base.columns:
+        return None
+    r = base.row(0, named=True)
+    if r["n_correct"] >= max(min_correct, 1) and r["retention"] is not None:
+        return None
+    return (
+        f"Exact-match retention not reported: not enough baseline successes ({r['n_correct']} correct of "
+        f"{r['n_eval']} evaluation prompts; needs ≥ {min_correct}). p(gold) retention is shown instead."
+    )
+
+
 def summary_lines(table: pl.DataFrame) -> list[str]:
-    """One line per method: ``retention / lp_retention`` at each fraction vs the random mean."""
+    """One line per method: ``retention / lp_retention`` at each fraction vs the random mean.
+
+    When the baseline has too few correct answers, a first line says so (:func:`baseline_note`)
+    and each cell gives p(gold) retention only — never an exact-match ratio.
+    """
     summary = retention_summary(table)
-    lines = []
+    note = baseline_note(table)
+    lines = [] if note is None else [note]
     for (method,), part in summary.group_by("method", maintain_order=True):
-        cells = [
-            f"f={r['keep']:g}: EM {_fmt(r['retention'])} (random {_fmt(r['random_mean'])}), "
-            f"p(gold) {_fmt(r['lp_retention'])} (random {_fmt(r['random_lp_mean'])})"
-            for r in part.iter_rows(named=True)
-        ]
+        cells = []
+        for r in part.iter_rows(named=True):
+            em = "" if note is not None else f"EM {_fmt(r['retention'])} (random {_fmt(r['random_mean'])}), "
+            cells.append(
+                f"f={r['keep']:g}: {em}p(gold) {_fmt(r['lp_retention'])} (random {_fmt(r['random_lp_mean'])})"
+            )
         lines.append(f"{method}: " + "; ".join(cells))
     return lines

@@ -46,8 +46,11 @@ def expert_similarity_heatmap(
 
     Left: symmetric expert × expert heatmap of ``measure`` (``output_angular``, 1 = same
     output direction, 0.5 = orthogonal; or ``output_cos`` / ``weight_cos``), shared
-    pseudo-experts included as extra ids. Right: the layer's ``top`` merge candidates (smallest
-    ``merge_rank``) as bars of output angular similarity with the 95% prompt-bootstrap CI.
+    pseudo-experts included as extra ids. Right: the layer's ``top`` most similar routed pairs
+    (smallest ``merge_rank``) as bars of output angular similarity with the 95% prompt-bootstrap
+    CI, green only for merge candidates (``merge_candidate``: CI lower bound ≥
+    ``workbench.analysis.expert_similarity.MERGE_MIN_ANGULAR``), grey otherwise — a top rank
+    alone is no candidate.
     ``layer`` defaults to the layer with the most similar routed pair (the strongest merge
     candidate). Hover gives all three similarities, the CI, tokens and the merge rank.
     """
@@ -76,7 +79,7 @@ def expert_similarity_heatmap(
         cols=2,
         column_widths=[0.6, 0.4],
         horizontal_spacing=0.14,
-        subplot_titles=(f"{measure} of expert pairs", f"top {top} merge candidates (95% CI)"),
+        subplot_titles=(f"{measure} of expert pairs", f"top {top} pairs; green = merge candidate (95% CI)"),
     )
     fig.add_trace(
         go.Heatmap(
@@ -97,14 +100,19 @@ def expert_similarity_heatmap(
     )
     best = part.filter(pl.col("merge_rank").is_not_null()).sort("merge_rank").head(top)
     y = _floats(best["output_angular"])
+    ok = (
+        best["merge_candidate"].fill_null(False).to_list()
+        if "merge_candidate" in best.columns
+        else [False] * len(y)
+    )
     fig.add_trace(
         go.Bar(
             x=y,
             y=[f"{ea}–{eb}" for ea, eb in best.select("expert_a", "expert_b").iter_rows()],
             orientation="h",
-            name="merge candidates",
+            name="most similar pairs",
             showlegend=False,
-            marker_color="#2ca02c",
+            marker_color=["#2ca02c" if c else "#b0b0b0" for c in ok],
             error_x=_ci_error(y, _floats(best["ci_low"]), _floats(best["ci_high"])),
             customdata=np.column_stack([_floats(best[c]) for c in extra]),
             hovertemplate=(

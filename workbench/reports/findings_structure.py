@@ -10,8 +10,10 @@ import polars as pl
 from workbench.reports.wording import (
     Context,
     Findings,
+    correlation_words,
     finite,
     fmt_q,
+    is_missing,
     label_name,
     num,
     pct,
@@ -122,6 +124,35 @@ def resonance(df: pl.DataFrame, ctx: Context, top: int = 5) -> Findings:
 # -- §6 dynamic routing -----------------------------------------------------------------------
 
 
+def _k_nll_sentence(r: dict[str, Any], p: float, n_cells: int) -> str:
+    """The strongest ρ(k_p, NLL) of one p in words that follow its sign, size and CI (never "tracks").
+
+    Uses ``spearman_ci_low``/``spearman_ci_high``/``spearman_p`` (prompt-level Fisher interval)
+    when the table has them; without them the sentence says it is descriptive only.
+    """
+    rho = float(r["spearman_nll"])
+    lo, hi = r.get("spearman_ci_low"), r.get("spearman_ci_high")
+    has_ci = not (is_missing(lo) or is_missing(hi))
+    words = correlation_words(rho, lo, hi)
+    where = f"layer {r['layer']} for {label_name(r['label'])}"
+    stats = f"Spearman ρ(k, NLL) = {rho:+.2f} ("
+    if has_ci:
+        stats += f"95% CI {num(lo, '+.2f')} to {num(hi, '+.2f')}"
+        stats += f", p = {r['spearman_p']:.2g}; " if not is_missing(r.get("spearman_p")) else "; "
+        stats += f"{r['n_prompts_nll']:,} prompts, " if not is_missing(r.get("n_prompts_nll")) else ""
+    stats += f"{r['n_nll']:,} tokens)"
+    lead = f"The strongest association of k at p = {p:g} with token difficulty (of {n_cells} layer × label cells)"
+    if words.startswith(("no detectable", "not measurable", "essentially")):
+        return f"{lead} is at {where}: {stats} — {words}; no claim that k follows difficulty."
+    meaning = (
+        "harder tokens use more experts here"
+        if rho > 0
+        else 'harder tokens use fewer experts here, the opposite of "harder tokens need more experts"'
+    )
+    caveat = "" if has_ci else "; descriptive only, no CI (tokens of a prompt are not independent)"
+    return f"{lead} is at {where}: k and NLL are {words}, {stats}: {meaning}{caveat}."
+
+
 def dynamic_k(df: pl.DataFrame, ctx: Context) -> Findings:
     """Per mass p: the range of mean k_p and the strongest correlation with token NLL."""
     out: Findings = []
@@ -135,14 +166,19 @@ def dynamic_k(df: pl.DataFrame, ctx: Context) -> Findings:
         rho = finite(part, "spearman_nll")
         if rho.height:
             r = rho.sort(pl.col("spearman_nll").abs(), descending=True).row(0, named=True)
-            out.append(
-                f"k at p = {p:g} tracks token difficulty most at layer {r['layer']} for {label_name(r['label'])}: "
-                f"Spearman ρ(k, NLL) = {r['spearman_nll']:+.2f} ({r['n_nll']:,} tokens)."
-            )
+            out.append(_k_nll_sentence(r, p, rho.height))
     return out or ["No tokens with router logits."]
 
 
 # -- §2 agreement -----------------------------------------------------------------------------
+
+
+def _agreement_ci(row: dict[str, Any]) -> str:
+    """`` (95% CI 0.05 to 0.31, permutation p = 0.012)`` when the row has them (older frames do not)."""
+    lo, hi, p = row.get("ci_low"), row.get("ci_high"), row.get("p")
+    if lo is None or hi is None or p is None or lo != lo:
+        return ""
+    return f" (95% CI {lo:.2f} to {hi:.2f}, permutation p = {p:.3g})"
 
 
 def agreement(df: pl.DataFrame, ctx: Context, top: int = 6) -> Findings:
@@ -160,7 +196,7 @@ def agreement(df: pl.DataFrame, ctx: Context, top: int = 6) -> Findings:
         out.append(
             f"For {label_name(label)}, the scorers {verdict}: mean Spearman ρ {mean:.2f} "
             f"over {fin.height} scorer pairs; the least agreement is {low['scorer_a']} vs {low['scorer_b']}, "
-            f"ρ = {low['spearman']:.2f} ({low['n']} layer × expert rows)."
+            f"ρ = {low['spearman']:.2f}{_agreement_ci(low)} ({low['n']} layer × expert rows)."
         )
     notes = sorted({str(n) for n in df["note"].drop_nulls().to_list()})
     out.extend(f"Note: {n}" for n in notes)
@@ -197,20 +233,43 @@ def drift(df: pl.DataFrame, ctx: Context) -> Findings:
 
 
 def expert_similarity(df: pl.DataFrame, ctx: Context, top: int = 3) -> Findings:
-    """The top merge candidates (most similar routed pairs by output angle), with CIs."""
-    cand = df.filter(pl.col("merge_rank") == 1).sort("output_angular", descending=True)
-    if cand.height == 0:
+    """Merge candidates (routed pairs whose CI clears the threshold), with CIs; else none, and why."""
+    from workbench.analysis.expert_similarity import MERGE_MIN_ANGULAR
+
+    routed = finite(df.filter(~pl.col("shared")), "output_angular")
+    if routed.height == 0:
         return ["No pair of routed experts could be compared."]
+    rule = (
+        f"the whole 95% CI of output angular similarity at or above {MERGE_MIN_ANGULAR:g}; 0.5 = orthogonal"
+    )
+    flag = pl.col("merge_candidate") if "merge_candidate" in df.columns else pl.lit(False)
+    cand = routed.filter(flag).sort("output_angular", descending=True)
     out = [
         f"Merge candidate at layer {r['layer']}: experts {r['expert_a']} and {r['expert_b']}, output angular "
         f"similarity {r['output_angular']:.3f} (95% CI {num(r['ci_low'], '.3f')}–{num(r['ci_high'], '.3f')}; "
         f"0.5 = orthogonal), weight cosine {num(r['weight_cos'], '.3f')} ({r['n_tokens']:,} tokens)."
         for r in rows_of(cand.head(top))
     ]
-    routed = finite(df.filter(~pl.col("shared")), "output_angular")
-    if routed.height:
-        out.append(
-            f"Across {routed.height:,} routed pairs, output angular similarity has median "
-            f"{float(routed['output_angular'].median()):.3f}."  # type: ignore[arg-type]
+    if not out:
+        best = routed.sort("output_angular", descending=True).row(0, named=True)
+        ci = routed["ci_low"].fill_nan(None).drop_nulls()
+        why = (
+            "not enough data to tell: no pair has a CI (fewer than 2 prompts, or no bootstrap)"
+            if ci.len() == 0
+            else f"none has {rule}"
         )
+        out.append(
+            f"No merge candidate ({why}). The most similar routed pair, layer {best['layer']} experts "
+            f"{best['expert_a']} and {best['expert_b']}, has output angular similarity {best['output_angular']:.3f}."
+        )
+    else:
+        out.insert(
+            0,
+            f"{cand.height:,} routed pair{'s qualify' if cand.height != 1 else ' qualifies'} as merge "
+            f"candidate{'s' if cand.height != 1 else ''} ({rule}).",
+        )
+    out.append(
+        f"Across {routed.height:,} routed pairs, output angular similarity has median "
+        f"{float(routed['output_angular'].median()):.3f}."  # type: ignore[arg-type]
+    )
     return out

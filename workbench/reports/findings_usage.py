@@ -298,7 +298,7 @@ def degradation(df: pl.DataFrame, ctx: Context) -> Findings:
 
 
 def underfitting(df: pl.DataFrame, ctx: Context) -> Findings:
-    """Labels whose specialists get less than the median gate mass, with the shared-expert share."""
+    """Labels whose specialists' gate mass is below the median over labels with its whole 95% CI."""
     if df.height == 0:
         return ["No labelled tokens."]
     median = float(df["specialist_gate_mass"].median())  # type: ignore[arg-type]
@@ -308,18 +308,28 @@ def underfitting(df: pl.DataFrame, ctx: Context) -> Findings:
         return "" if is_missing(v) else f"; shared experts give {pct(v)} of its output norm"
 
     flagged = df.filter(pl.col("underfit")).sort("specialist_gate_mass")
-    out = [
-        f"Label {r['label']} may be underfit: its specialists get {pct(r['specialist_gate_mass'])} of its gate "
-        f"mass, below the median over labels ({pct(median)}){shared(r)} ({r['n_tokens']:,} tokens)."
-        for r in rows_of(flagged.head(5))
-    ]
+    out = []
+    for r in rows_of(flagged.head(5)):
+        d = pct_decimals(r["specialist_gate_mass"])
+        out.append(
+            f"Label {r['label']} may be underfit: its specialists get {pct(r['specialist_gate_mass'], d)} of its "
+            f"gate mass ({pct_ci(r['ci_low'], r['ci_high'], d)}), the whole interval below the median over labels "
+            f"({pct(median)}){shared(r)} ({r['n_tokens']:,} tokens)."
+        )
     ok = df.filter(~pl.col("underfit")).sort("specialist_gate_mass", descending=True)
     if ok.height:
         r = ok.row(0, named=True)
         out.append(
-            f"Label {r['label']} is served best: its specialists get {pct(r['specialist_gate_mass'])} of its gate "
+            f"Label {r['label']} gets the largest specialist gate mass: {pct(r['specialist_gate_mass'])} of its gate "
             f"mass{shared(r)}."
         )
     if not flagged.height:
-        out.insert(0, "No label is flagged as underfit.")
+        no_ci = df["ci_high"].is_nan() | df["ci_high"].is_null()
+        if no_ci.all():
+            out.insert(0, "Not enough data to flag underfit labels: no label has a CI of its specialist gate mass "
+                          "(no bootstrap, or fewer than 2 prompts per label).")  # fmt: skip
+        else:
+            out.insert(
+                0, "No label is flagged as underfit (none has its whole 95% CI below the median over labels)."
+            )
     return out

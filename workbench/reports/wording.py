@@ -13,8 +13,8 @@ from typing import Any
 import polars as pl
 
 __all__ = [
-    "Context", "Findings", "expert_name", "finite", "fmt_q", "is_missing", "label_name", "num", "pct", "pct_ci",
-    "pct_decimals", "pct_ref", "rows_of",
+    "Context", "Findings", "correlation_words", "expert_name", "finite", "fmt_q", "is_missing", "label_name", "num",
+    "pct", "pct_ci", "pct_decimals", "pct_ref", "rows_of",
 ]  # fmt: skip
 
 #: What one findings function returns: sentences, most important first.
@@ -80,6 +80,25 @@ def fmt_q(q: float | None, name: str = "q") -> str:
     if q < 0.001:
         return f"{name} < 0.001"
     return f"{name} = {q:.2g}"
+
+
+def correlation_words(rho: float, lo: float | None = None, hi: float | None = None) -> str:
+    """What a rank correlation says, in words that follow its sign, size and (when given) its CI.
+
+    Size (|ρ|): < 0.1 "essentially uncorrelated", < 0.4 "weakly", < 0.7 "moderately", else
+    "strongly" (the usual reading of correlation coefficients, e.g. Schober et al. 2018); the sign
+    gives "correlated" or "anti-correlated". A 95% CI that includes 0 makes no claim ("no
+    detectable correlation"), whatever the estimate. NaN → "not measurable".
+    """
+    if is_missing(rho):
+        return "not measurable"
+    if lo is not None and hi is not None and not is_missing(lo) and not is_missing(hi) and lo <= 0.0 <= hi:
+        return "no detectable correlation (the 95% CI includes 0)"
+    size = abs(rho)
+    if size < 0.1:
+        return "essentially uncorrelated"
+    strength = "weakly" if size < 0.4 else "moderately" if size < 0.7 else "strongly"
+    return f"{strength} {'correlated' if rho > 0 else 'anti-correlated'}"
 
 
 def num(x: float | None, fmt: str = ".2f") -> str:

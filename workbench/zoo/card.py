@@ -84,6 +84,16 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _rho(score: str, rho: float, stats: dict[str, Any] | None) -> str:
+    """``"rd +0.16 (95% CI −0.20 to +0.48, p = 0.38)"``; just the ρ for a headline recorded without them."""
+    if not stats or stats.get("ci_low") is None or stats["ci_low"] != stats["ci_low"]:
+        return f"{score} {rho:+.2f}"
+    return (
+        f"{score} {rho:+.2f} (95% CI {stats['ci_low']:+.2f} to {stats['ci_high']:+.2f}, "
+        f"p = {stats['p']:.3f}, floor {stats['p_floor']:.3f})"
+    )
+
+
 def _probe_rows(m: dict[str, Any]) -> list[str]:
     keys = ("probe_domains", "probe_domains_test", "probe_domains_untrained", "probe_refusal")
     names = ("domains suite (all)", f"domains, first {TEST_PER_LABEL}/label (test)", "domains, untrained model",
@@ -122,7 +132,7 @@ def _mote_section(mote: dict[str, Any] | None) -> list[str]:
         f"{_pct(base['benign_refusal'])} (benign).",
         "",
         "Rank correlation (Spearman) of each score with the causal single-expert effect: "
-        + ", ".join(f"{k} {v:+.2f}" for k, v in mote["agreement"].items())
+        + ", ".join(_rho(k, v, mote.get("agreement_stats", {}).get(k)) for k, v in mote["agreement"].items())
         + ".",
         "",
         "| scorer | semantics | N | refusal | random mean | random min | z | p |",
