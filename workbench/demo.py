@@ -28,6 +28,7 @@ from workbench.capture.engine import capture
 from workbench.data.suites import suite_path
 from workbench.models.loading import load_model
 from workbench.reports import write_report
+from workbench.reports.wording import pct
 from workbench.store import Store
 from workbench.zoo.tiny_ref import model_dir
 
@@ -60,7 +61,7 @@ def summary(spec: pl.DataFrame, top: int = 2, alpha: float = 0.05) -> str:
         for label in sorted({str(x) for x in per_layer["label"].to_list()}):
             rows = best.filter((pl.col("layer") == layer) & (pl.col("label") == label)).head(top)
             text = ", ".join(
-                f"e{r['expert']} {r['share']:.0%} vs {r['share_rest']:.0%} "
+                f"e{r['expert']} {pct(r['share'])} vs {pct(r['share_rest'])} "
                 f"({r['specificity']:.1f}x, log-odds {r['log_odds']:.2f}, q={r['q']:.2g})"
                 for r in rows.iter_rows(named=True)
             )

@@ -20,6 +20,7 @@ from dash import html
 
 from dashboards.components import figure, table, to_int
 from dashboards.jobs import MODEL_LOCK, cancellable
+from dashboards.views.common import ci_column
 from workbench.interventions.circuits import CircuitComparison, compare_circuits
 from workbench.interventions.metrics import gold_logprob
 from workbench.models.loading import LoadedModel
@@ -134,9 +135,7 @@ def circuits_result(result: CircuitComparison) -> html.Div:
         "share_of_full_drop": [c.share for c in (result.a, result.b)],
         "full_drop": [c.full_drop for c in (result.a, result.b)],
     })  # fmt: skip
-    cross = result.cross.with_columns(
-        pl.format("[{}, {}]", pl.col("ci_low").round(4), pl.col("ci_high").round(4)).alias("95% CI")
-    ).select("ablated", "evaluated_on", "effect", "95% CI", "n")
+    cross = ci_column(result.cross).select("ablated", "evaluated_on", "effect", "95% CI", "n")
     return html.Div(
         [
             html.H3("Circuits", id="circuits-title"),
