@@ -230,3 +230,15 @@ def test_intervene_checks_first_and_can_skip() -> None:
         with intervene(model, Ablate({layers[0].layer: [0]}), skip_routing_check=True) as run:
             assert run.layers == [layers[0].layer]
     assert lookup(layers[0].block) == fam.SOFTMAX_RENORM
+
+
+def test_expert_stats_refuse_identity_experts_before_a_run(db: Path) -> None:
+    """LongCat-Flash's identity experts own no weights: --expert-stats says so up front, no run is left."""
+    from workbench.models.expert_math import ExpertStatsUnsupported
+
+    loaded = load_model(tiny_model("longcat_flash"), byte_tokenizer())
+    with pytest.raises(ExpertStatsUnsupported, match="parameter-free"):
+        capture(loaded, _prompts(), db, progress=False, expert_stats=True)
+    with Store(db) as store:
+        assert store.runs().height == 0
+    assert capture(loaded, _prompts(), db, progress=False)  # without expert stats it captures

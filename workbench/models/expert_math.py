@@ -54,11 +54,19 @@ def check_expert_stats(layers: list[MoELayer]) -> None:
         fused = (
             hasattr(experts, "gate_up_proj") and hasattr(experts, "down_proj") and hasattr(experts, "act_fn")
         )
-        if not fused and expert_modules(experts) is None:
+        modules = expert_modules(experts)
+        if not fused and modules is None:
             raise ExpertStatsUnsupported(
                 f"--expert-stats is not available for {type(experts).__name__} ({layer.path}): its experts are "
                 "neither fused gate_up_proj/down_proj with an act_fn nor separate modules. Capture without "
                 "--expert-stats, or register a family whose experts can be sliced."
+            )
+        owned = len(modules) if modules is not None else int(experts.gate_up_proj.shape[0])  # type: ignore[union-attr,index]
+        if layer.n_experts > owned:
+            raise ExpertStatsUnsupported(
+                f"--expert-stats is not available for {type(layer.block).__name__} ({layer.path}): expert ids "
+                f"{owned}..{layer.n_experts - 1} are parameter-free (identity) experts with no hidden units to "
+                "measure. Capture without --expert-stats."
             )
 
 
