@@ -20,7 +20,6 @@ import torch
 
 from workbench.capture.batching import Batch
 from workbench.capture.records import BatchCapture
-from workbench.store.content import prompt_content_hash
 
 LogitsMode = Literal["fp32", "fp16", "none"]
 
@@ -131,10 +130,6 @@ def to_arrow(host: HostBatch, tokenizer: object) -> dict[str, pa.Table | None]:
     token_ids = host.token_ids.numpy().astype(np.int32)
     tokens_text = tokenizer.convert_ids_to_tokens(token_ids.tolist())  # type: ignore[attr-defined]
     nll = host.nll.numpy()
-    per_prompt = np.split(token_ids, np.cumsum(batch.lengths)[:-1]) if batch.prompts else []
-    hashes = [
-        prompt_content_hash(p.text, ids.tolist()) for p, ids in zip(batch.prompts, per_prompt, strict=True)
-    ]
     prompts = pa.table(
         {
             "prompt_id": pa.array([p.prompt_id for p in batch.prompts], pa.int32()),
@@ -146,7 +141,7 @@ def to_arrow(host: HostBatch, tokenizer: object) -> dict[str, pa.Table | None]:
                 [None if p.meta is None else json.dumps(p.meta) for p in batch.prompts], pa.string()
             ),
             "n_tokens": pa.array(batch.lengths, pa.int32()),
-            "content_hash": pa.array(hashes, pa.string()),  # text + token ids; the store checks it
+            # no content_hash: the store computes it at ingest from the text and these token ids
         }
     )
     tokens = pa.table(

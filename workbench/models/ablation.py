@@ -60,7 +60,9 @@ def _slices(layer: MoELayer, e: int, n: int) -> list[torch.Tensor]:
         return [p.data for p in modules[e].parameters()]
     views = []
     for p in layer.experts.parameters():
-        if p.dim() >= 1 and p.shape[0] % n == 0:
+        if p.dim() >= 1 and p.shape[0] == n:  # [E, ...]: fused per-expert weights
+            views.append(p.data[e])
+        elif p.dim() >= 2 and p.shape[0] % n == 0:  # [E·I, H]: expert-major rows (DBRX)
             views.append(p.data.view(n, p.shape[0] // n, *p.shape[1:])[e])
     if not views:
         raise AblationError(f"{type(layer.experts).__name__}: no expert-major parameters to ablate")

@@ -8,7 +8,7 @@ different tokenisation is a different prompt. The byte string hashed is::
 (the length prefix keeps text and ids apart whatever the text holds). The store computes it in
 SQL at ingest (from the batch's ``prompts.text`` and ``tokens.token_id``) and in the v3
 migration (from the stored rows); :func:`prompt_content_hash` is the same definition in Python,
-used by capture and by tests. A prompt whose stored tokens do not add up to its ``n_tokens``
+used by tests (capture leaves the hash to the store). A prompt whose stored tokens do not add up to its ``n_tokens``
 (or hold a NULL token id) gets NULL: its content is unknown, and comparisons refuse it.
 """
 
