@@ -114,6 +114,8 @@ def test_check_refuses_a_deliberately_wrong_family(case: str) -> None:
         assert not getattr(model.config, "norm_topk_prob", False)
     message = _refusal(model, block, family)
     assert which in message, message
+    # only (a) may say the stored routing is wrong; under (b) the records are right, the recipe is not
+    assert ("captured routing would be wrong" in message) == (which == "(a)"), message
 
 
 def test_check_catches_the_transformers_5_25_longcat_flash_regression() -> None:

@@ -226,9 +226,19 @@ def check_block(
 def _message(layer: MoELayer, why: str) -> str:
     return (
         f"routing self-check failed for MoE block class {type(layer.block).__name__} (layer {layer.layer}, "
-        f"{layer.path}; family {layer.family.name!r}; transformers {_version()}): {why}. The adapter "
-        f"does not record what this module applies, so captured routing would be wrong. {SKIP_HINT}"
+        f"{layer.path}; family {layer.family.name!r}; transformers {_version()}): {why}. {_consequence(why)} "
+        f"{SKIP_HINT}"
     )
+
+
+def _consequence(why: str) -> str:
+    """What a failure of (a) or (b) would do to the records: only (a) makes the stored routing wrong."""
+    if why.startswith("(b)"):
+        return (
+            "The stored experts and weights would be what the module applied, but the router scores that "
+            "analyses recompute from the stored logits with this recipe would be wrong."
+        )
+    return "The adapter does not record what this module applies, so captured routing would be wrong."
 
 
 def _text_config(model: nn.Module) -> object:
