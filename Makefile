@@ -1,7 +1,8 @@
 # moe-workbench: two commands on a fresh machine.
 #   make demo   capture the embedded default model into demo.duckdb, summarise it, write demo.html,
 #               then serve the dashboard with the model attached (SERVE=0: don't serve)
-#   make test   lint, type-check and run the test suite
+#   make test   lint (ruff, import layers), type-check and run the test suite
+#   make test-fast  only the unit tier of the tests (no model, no capture, no browser)
 # Both install .venv from the lock (requirements.lock). Maintenance, not part of CI:
 #   make lock         re-resolve requirements.lock to the newest releases pyproject.toml allows
 #   make test-latest  the newest releases (no lock) in .venv-latest: conformance sweep + fast tests
@@ -30,7 +31,7 @@ export TORCH_HINT
 # Minimum Python (keep in step with requires-python in pyproject.toml; CI tests CPython 3.11).
 PY_MIN  := 3.11
 
-.PHONY: demo test lint typecheck pytest browser bench clean lock test-latest
+.PHONY: demo test test-fast lint typecheck pytest browser bench clean lock test-latest
 
 $(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < tuple(map(int, "$(PY_MIN)".split("."))))' 2>/dev/null || { \
@@ -73,11 +74,12 @@ lock: $(BIN)/python
 # SERVE=0 skips serving the dashboard at the end (make demo SERVE=0)
 SERVE   ?= 1
 demo: $(STAMP)
-	$(BIN)/python -m workbench.demo --db demo.duckdb $(if $(filter 0 no false,$(SERVE)),--no-serve,--serve)
+	$(BIN)/python -m workbench.cli.demo --db demo.duckdb $(if $(filter 0 no false,$(SERVE)),--no-serve,--serve)
 
 lint: $(STAMP)
 	$(BIN)/ruff check workbench tests benchmarks dashboards
 	$(BIN)/ruff format --check workbench tests benchmarks dashboards
+	$(BIN)/lint-imports --no-logo
 
 typecheck: $(STAMP)
 	$(BIN)/mypy workbench dashboards
@@ -101,9 +103,14 @@ browser:
 	fi
 
 pytest: $(STAMP) browser
-	MOE_WORKBENCH_TORCH="$(TORCH)" CHROMIUM="$(CHROMIUM)" $(BIN)/python -m pytest -q -rfEsP
+	MOE_WORKBENCH_TORCH="$(TORCH)" CHROMIUM="$(CHROMIUM)" $(BIN)/python -m pytest -q -rfEsP --durations=15
 
 test: lint typecheck pytest
+
+# The unit tier only (pytest -m unit: no model, no capture, no browser; each test module chooses its tier):
+# the quick loop while editing. `make test` runs every tier.
+test-fast: $(STAMP)
+	MOE_WORKBENCH_TORCH="$(TORCH)" $(BIN)/python -m pytest -q -m unit --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/capture.py
@@ -130,7 +137,7 @@ test-latest: browser
 	@grep -h '^[a-z0-9]' $(LOCK) | sed 's/ .*//' | sort > $(LATEST)/locked.txt
 	@grep -h '^[a-z0-9]' $(LATEST)/latest.txt | sed 's/ .*//' | sort | comm -13 $(LATEST)/locked.txt - | sed 's/^/  /'
 	@echo "== conformance sweep"
-	@$(LATEST)/bin/python -m workbench.models.sweep_diff; echo $$? > $(LATEST)/sweep.rc
+	@$(LATEST)/bin/python -m workbench.conformance.sweep_diff; echo $$? > $(LATEST)/sweep.rc
 	@echo "== fast tests (pytest -m 'not slow'; tests/test_install.py checks the lock, so it is left out)"
 	@MOE_WORKBENCH_TORCH="$(TORCH)" CHROMIUM="$(CHROMIUM)" $(LATEST)/bin/python -m pytest -q -m "not slow" \
 	  --ignore=tests/test_install.py -rf -p no:cacheprovider; echo $$? > $(LATEST)/pytest.rc

@@ -1,8 +1,8 @@
-"""Analysis-suite benchmark (issue 4): every registered analysis on a 1M-token synthetic run.
+"""Analysis-suite benchmark (issue 4): every catalogued analysis on a 1M-token synthetic run.
 
 The run is written through :class:`workbench.store.Store` (``create_run`` / ``write_batch``, the path
 capture uses) by :mod:`benchmarks.analysis_data` and cached by parameters. Each analysis is timed
-best-of-N through :func:`workbench.analysis.registry.run_analysis`; its peak memory is the peak
+best-of-N through :func:`workbench.catalog.run_analysis`; its peak memory is the peak
 resident set size (psutil, sampled every 2 ms in a thread, so it includes DuckDB's native memory)
 minus the RSS just before the first call. Then the data are loaded once into flat pandas frames and
 a straightforward pandas version of the same point estimates (:mod:`benchmarks.analysis_pandas`) is
@@ -38,7 +38,7 @@ import psutil
 
 from benchmarks.analysis_data import RUN_A, RUN_B, Workload, cached_db
 from benchmarks.analysis_pandas import BASELINES, Baseline, load
-from workbench.analysis.registry import ANALYSES, run_analysis
+from workbench.catalog import ANALYSES, run_analysis
 from workbench.store import Store
 
 TARGET_S = 2.0

@@ -1,10 +1,11 @@
 """The Dash app: ``create_app(db)`` → a multi-page dashboard over a run store.
 
 Pages live in ``dashboards/pages/`` (one module each, registered with ``dash.register_page``);
-this module builds the shell around them — a navigation bar whose links keep the current run,
-the page container, and the app-level ``wb-run`` store that the pages' URL state feeds (see
-:mod:`dashboards.components.url`). The store is never held open: each request opens it
-read-only through :mod:`dashboards.data`, so a capture can write between requests.
+this module builds the shell around them — a navigation bar made from the page registry
+(:mod:`dashboards.components.nav`) whose links keep the current run, the page container, and the
+app-level ``wb-run`` store that the pages' URL state feeds (see :mod:`dashboards.components.url`).
+The store is never held open: each request opens it read-only through :mod:`dashboards.data`, so
+a capture can write between requests.
 
 Dash imports the page modules when the app is created and their ``dash.callback``s are global
 until the first request binds them to the app: create one app per process.
@@ -30,25 +31,15 @@ import flask
 from dash import Input, Output, dcc, html
 
 from dashboards import data
+from dashboards.components.nav import nav_hrefs, nav_pages, navbar
+from dashboards.components.pickers import default_run
 from dashboards.components.url import RUN_STORE
 from dashboards.jobs import ThreadJobManager, attach_model
-from dashboards.views.runs import PAGE_LINKS
 from workbench.store import StoreError
 
-__all__ = ["NAV", "create_app", "job_cache"]
+__all__ = ["create_app", "job_cache"]
 
 PAGES_DIR = Path(__file__).resolve().parent / "pages"
-NAV: tuple[tuple[str, str], ...] = (("/", "Runs"), *PAGE_LINKS)
-"""(path, title) of every page, in navigation-bar order."""
-
-
-def _nav_id(path: str) -> str:
-    return "nav-" + (path.strip("/") or "runs")
-
-
-def _navbar() -> html.Nav:
-    links = [dcc.Link(name, href=path, id=_nav_id(path), className="wb-nav-link") for path, name in NAV]
-    return html.Nav([html.Span("moe-workbench", className="wb-brand"), *links], className="wb-nav")
 
 
 def job_cache() -> tuple[diskcache.Cache, Callable[[], None]]:
@@ -118,36 +109,25 @@ def create_app(
     data.start_workers()
     if prewarm:
         _prewarm(str(db))
+    pages = nav_pages()  # Dash has imported pages/ (creating the app registered them)
     app.layout = html.Div(
         [
             dcc.Store(id=RUN_STORE),
-            _navbar(),
+            navbar(pages),
             html.Main(dash.page_container, className="wb-main"),
         ]
     )
 
-    @app.callback(
-        [Output(_nav_id(path), "href") for path, _ in NAV],
-        Input(RUN_STORE, "data"),
-    )
+    @app.callback([Output(p.link_id, "href") for p in pages], Input(RUN_STORE, "data"))
     def _nav_hrefs(run: str | None) -> list[str]:
-        return nav_hrefs(run)
+        return nav_hrefs(pages, run)
 
     return app
 
 
 def _prewarm(db: str) -> None:
     """Queue the default run's page analyses (a store that cannot be read now just is not warmed)."""
-    from dashboards.views.common import default_run
-
     try:
         data.prewarm(db, default_run(db))
     except (StoreError, OSError, duckdb.Error) as exc:
         data.log.warning("not prewarming %s: %s", db, exc)
-
-
-def nav_hrefs(run: str | None) -> list[str]:
-    """Every navigation link, carrying ``run`` in its query string when one is chosen."""
-    from dashboards.components import query_string
-
-    return [path + query_string(run=run) for path, _ in NAV]

@@ -52,9 +52,9 @@ from dashboards.background import (
     end_nonblocking,
     nonblocking,
 )
-from workbench.analysis.registry import run_analysis
 from workbench.analysis.relevance import expert_top_tokens
 from workbench.analysis.resonance import default_contrast, resonance_tokens
+from workbench.catalog import PAGE_ANALYSES, RunFacts, prewarm_options, run_analysis
 from workbench.store import Store, StoreError
 
 __all__ = [
@@ -217,24 +217,20 @@ def analysis(db: str, run: str, name: str, **options: Any) -> pl.DataFrame:
     return result
 
 
-PAGE_ANALYSES: tuple[str, ...] = (
-    "specialisation", "load", "balance", "degradation", "collapse", "underfitting",
-    "vocab", "agreement", "coactivation", "pathways", "super-experts",
-)  # fmt: skip
-"""The analyses the pages show for a run with their default options (what :func:`prewarm` queues)."""
-
-
 def prewarm(db: str, run: str | None, names: tuple[str, ...] = PAGE_ANALYSES) -> None:
-    """Queue ``run``'s page analyses in the background pool (server start), so first visits find them ready."""
+    """Queue ``run``'s page analyses in the background pool (server start), so first visits find them ready.
+
+    ``PAGE_ANALYSES`` and each analysis' options (the ones its page asks for, e.g. resonance's
+    contrast pair) come from the catalog entries' ``prewarm``.
+    """
     if not run:
         return
+    facts = RunFacts(contrast=contrast(db, run))
     for name in names:
-        key = _analysis_key(db, run, name, {})
-        _RESULTS.warm(("analysis", key), (_compute_analysis, (key, _DISK["dir"])))
-    pair = contrast(db, run)
-    if pair is not None:
-        options = {"target": pair[0], "control": pair[1], "method": "rd"}
-        key = _analysis_key(db, run, "resonance", options)
+        options = prewarm_options(name, facts)
+        if options is None:
+            continue
+        key = _analysis_key(db, run, name, options)
         _RESULTS.warm(("analysis", key), (_compute_analysis, (key, _DISK["dir"])))
 
 

@@ -114,7 +114,7 @@ def attach_model(model: Any) -> Attached:
         return Attached(name=model, error=f"model {model!r} could not be loaded: {exc}")
 
 
-class ThreadJobManager(DiskcacheManager):  # type: ignore[misc]
+class ThreadJobManager(DiskcacheManager):
     """``DiskcacheManager`` whose jobs run in threads of the server process (module docstring).
 
     Job ids are small integers (not process ids), so nothing of Dash's process handling can

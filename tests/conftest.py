@@ -5,11 +5,15 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
 from workbench.store import Store
+
+if TYPE_CHECKING:
+    from workbench.conformance.supported import Result
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -44,3 +48,42 @@ def probe_file(tmp_path: Path) -> Path:
     path = tmp_path / "probe.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def sweep_results() -> dict[str, Result]:
+    """The conformance sweep, run once per pytest session: ``{model_type: Result}``.
+
+    tests/test_sweep.py checks it; tests/test_interventions_sweep.py intervenes on every architecture
+    it passes. Built on first use, so a session that needs neither never pays for it.
+    """
+    from workbench.conformance.supported import sweep
+
+    return {r.model_type: r for r in sweep()}
+
+
+#: The test tiers (pyproject.toml registers them). Each test module sets one with a module-level
+#: ``pytestmark``: unit (no model, no capture, no browser: ``make test-fast``), integration (loads or
+#: builds a model, captures, or runs a pipeline end to end) or browser (headless Chromium).
+TIERS = ("unit", "integration", "browser")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse the whole run when a collected test has no tier, or more than one.
+
+    It runs before ``-m`` deselects anything, so ``pytest -m unit`` refuses an untiered test too
+    instead of silently leaving it out; a new test module has to choose its tier.
+    """
+    wrong: dict[str, set[str]] = {}
+    for item in items:
+        tiers = {mark.name for mark in item.iter_markers() if mark.name in TIERS}
+        if len(tiers) != 1:
+            wrong.setdefault(item.nodeid.split("::")[0], set()).update(tiers)
+    if wrong:
+        lines = [f"  {module}: {', '.join(sorted(t)) or 'no tier'}" for module, t in sorted(wrong.items())]
+        raise pytest.UsageError(
+            "every test needs exactly one tier marker (" + ", ".join(TIERS) + "); set it once per module "
+            "with `pytestmark = pytest.mark.<tier>` (tests/conftest.py says which is which):\n"
+            + "\n".join(lines)
+        )

@@ -13,6 +13,8 @@ from workbench.analysis.agreement import AGREEMENT_COLUMNS, scorer_agreement
 from workbench.analysis.rank import fisher_interval
 from workbench.store import Store
 
+pytestmark = pytest.mark.unit
+
 E, K = 8, 2
 LABELS = ("code", "math", "prose")
 LAYERS = (0, 1)
@@ -78,8 +80,8 @@ def test_agreement_without_logits_skips_tcess(tmp_path: Path) -> None:
 
 def test_agreement_finding_quotes_the_interval_and_p(tmp_path: Path) -> None:
     """The report's agreement sentence carries the least-agreeing pair's CI and permutation p (issue 12 item 7)."""
-    from workbench.reports.findings_structure import agreement
-    from workbench.reports.wording import Context
+    from workbench.catalog.findings_structure import agreement
+    from workbench.wording import Context
 
     path = tmp_path / "run.duckdb"
     run = _write_run(path, with_logits=True)

@@ -1,4 +1,4 @@
-"""`moe-workbench analyse`: the registry, --list, every output format and the error paths."""
+"""`moe-workbench analyse`: the catalog lookups, --list, every output format and the error paths."""
 
 from __future__ import annotations
 
@@ -9,19 +9,15 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from workbench.analysis.registry import ANALYSES, UnknownAnalysisError, get_analysis
 from workbench.capture.engine import capture
+from workbench.catalog import ANALYSES, UnknownAnalysisError, get_analysis
+from workbench.catalog.entries import ENTRIES
 from workbench.cli import app
 from workbench.probefile import Prompt
 
-runner = CliRunner()
+pytestmark = pytest.mark.integration
 
-EXPECTED_NAMES = {
-    "agreement",
-    "specialisation", "load", "balance", "router-confidence", "super-experts", "coactivation",
-    "pathways", "fixed-partners", "dynamic-k", "esft", "tcess", "vocab", "mutual-information",
-    "probe", "collapse", "degradation", "underfitting", "drift", "expert-similarity", "resonance",
-}  # fmt: skip
+runner = CliRunner()
 
 TEXTS = {
     "code": ["def f(x): return x + 1", "for i in range(3): print(i)", "import os\nos.listdir('.')",
@@ -45,20 +41,22 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     return db, first, second
 
 
-def test_registry_names_and_unknown() -> None:
-    assert set(ANALYSES) == EXPECTED_NAMES
+def test_catalog_names_and_unknown() -> None:
+    assert list(ANALYSES) == [spec.name for spec in ENTRIES]  # one entry per name, catalog order
+    assert len(ANALYSES) >= 20
     assert get_analysis("drift").is_compare
+    assert [get_analysis(spec.name) for spec in ENTRIES] == list(ENTRIES)
     with pytest.raises(UnknownAnalysisError) as err:
         get_analysis("nope")
     assert isinstance(err.value, KeyError)
-    assert all(name in str(err.value) for name in EXPECTED_NAMES)
+    assert all(name in str(err.value) for name in ANALYSES)
 
 
 def test_list_shows_every_analysis() -> None:
     result = runner.invoke(app, ["analyse", "--list"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
-    for name in EXPECTED_NAMES:
-        assert name in result.stdout
+    for spec in ENTRIES:
+        assert spec.name in result.stdout
 
 
 def test_specialisation_csv(runs: tuple[Path, str, str], tmp_path: Path) -> None:
@@ -146,7 +144,7 @@ def test_set_options_reach_the_analysis(runs: tuple[Path, str, str], tmp_path: P
 
 
 def test_parse_settings_reads_values_as_the_defaults_type() -> None:
-    from workbench.analysis.registry import analysis_options, list_options
+    from workbench.catalog import analysis_options, list_options
     from workbench.cli.settings import parse_settings
 
     options, many = analysis_options("dynamic-k"), list_options("dynamic-k")

@@ -18,6 +18,8 @@ from workbench.analysis.dynamic import dynamic_k
 from workbench.analysis.rank import fisher_interval, fisher_p
 from workbench.store import Store
 
+pytestmark = pytest.mark.unit
+
 E, K = 8, 3
 LAYERS = (0, 1, 3)  # non-contiguous: "next MoE layer" of 1 is 3
 PAIR = (2, 5)

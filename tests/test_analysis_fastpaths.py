@@ -33,6 +33,8 @@ from workbench.analysis.specialisation import domain_specialisation
 from workbench.analysis.stats import _percentiles, one_blas_thread
 from workbench.store import Store
 
+pytestmark = pytest.mark.unit
+
 FNS = ("softmax", "sigmoid", "sqrtsoftplus", "probs")
 
 

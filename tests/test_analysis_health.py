@@ -14,6 +14,8 @@ from synthetic import lists, prompt_tables
 from workbench.analysis.health import expert_load, load_balance, router_confidence, super_experts
 from workbench.store import Store
 
+pytestmark = pytest.mark.unit
+
 
 def _index(lengths: list[int], layers: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(prompt_id, position, layer) of the routing rows, in store order."""

@@ -17,14 +17,16 @@ import pytest
 import torch
 from synthetic import lists, plant_first, prompt_tables, save_run, skeleton, uniform_topk
 
-from workbench.analysis.compare import (
+from workbench.analysis.compare import routing_drift
+from workbench.analysis.home import UNDERFITTING_COLUMNS, expert_collapse, expert_degradation, underfitting
+from workbench.interventions.expert_weights import (
     MERGE_MIN_COSINE,
     expert_weight_similarity,
     merge_candidates,
-    routing_drift,
 )
-from workbench.analysis.home import UNDERFITTING_COLUMNS, expert_collapse, expert_degradation, underfitting
 from workbench.store import Store
+
+pytestmark = pytest.mark.unit
 
 E, K = 8, 2
 LABELS = ("A", "B", "C")

@@ -10,6 +10,8 @@ from scipy.stats import kendalltau, spearmanr
 
 from workbench.analysis.rank import fisher_interval, fisher_p, rank_correlation
 
+pytestmark = pytest.mark.unit
+
 
 def test_rho_matches_scipy_with_ties_and_unequal_spacing() -> None:
     rng = np.random.default_rng(7)

@@ -14,6 +14,8 @@ from workbench.analysis.information import routing_mutual_information, routing_p
 from workbench.analysis.relevance import esft_scores, expert_top_tokens, tcess, vocab_specialisation
 from workbench.store import Store
 
+pytestmark = pytest.mark.unit
+
 E, K = 8, 2
 LABELS = ("code", "math", "prose")
 #: layer 0: uniform random; 1: each label planted on its own expert; 2: expert 3 always top-1

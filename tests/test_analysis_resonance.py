@@ -11,8 +11,10 @@ import pytest
 from synthetic import save_run, skeleton
 
 from workbench.analysis.contrast import contrast_test
-from workbench.analysis.resonance import resonance_map, resonance_tokens, span_clause
+from workbench.analysis.resonance import TokenSpan, resonance_map, resonance_tokens
 from workbench.store import Store
+
+pytestmark = pytest.mark.unit
 
 E, K = 8, 2
 PLANT = (1, 3)  # (layer, expert) that fires on target prompts at the first 3 positions
@@ -122,7 +124,7 @@ def test_span_restricts_the_tokens(planted: tuple[Path, str]) -> None:
     assert late.filter(plant)["q"].item() > 0.05  # the plant lives in positions 0-2 only
     assert last.height == 2 * E
     with pytest.raises(ValueError, match="last:N"):
-        span_clause("tail")
+        TokenSpan.parse("tail")
 
 
 def test_bad_contrast_sets_name_the_labels(planted: tuple[Path, str]) -> None:
@@ -190,8 +192,8 @@ def test_resonate_cli_writes_and_stores_the_map(tmp_path: Path) -> None:
 
 
 def test_registered_analysis_finds_the_contrast_set(planted: tuple[Path, str]) -> None:
-    from workbench.analysis.registry import run_analysis
     from workbench.analysis.resonance import default_contrast
+    from workbench.catalog import run_analysis
 
     path, run = planted
     with Store(path, read_only=True) as st:

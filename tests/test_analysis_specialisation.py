@@ -19,6 +19,8 @@ from workbench.analysis import (
 from workbench.analysis.specialisation import SPECIALISATION_COLUMNS
 from workbench.store import Store
 
+pytestmark = pytest.mark.unit
+
 E, K = 8, 2
 LABELS = ("code", "math", "prose")
 PLANT_LAYER, PLANT_EXPERT, PLANT_PROB = 1, 5, 0.9

@@ -20,6 +20,8 @@ from workbench.models.discovery import find_moe_layers
 from workbench.models.tiny import byte_tokenizer, tiny_model
 from workbench.probefile import Prompt
 
+pytestmark = pytest.mark.integration
+
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "2 + 2 = 4", "Hallo Welt!", "x"]
 ATOL = 1e-5
 

@@ -17,6 +17,8 @@ from workbench.models.tiny import byte_tokenizer, tiny_model
 from workbench.probefile import Prompt, read_probe_file
 from workbench.store import Store
 
+pytestmark = pytest.mark.integration
+
 TEXTS = ["hello world", "a much longer prompt, about code and things", "x", "Der Hund schläft."]
 
 

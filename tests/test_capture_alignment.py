@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from workbench.capture.engine import capture
@@ -18,6 +19,8 @@ from workbench.models.loading import load_model
 from workbench.models.tiny import byte_tokenizer, tiny_model
 from workbench.probefile import Prompt
 from workbench.store import Store
+
+pytestmark = pytest.mark.integration
 
 
 def test_sort_descending_moves_ids_with_their_weights() -> None:

@@ -23,6 +23,8 @@ from workbench.store import PromptMismatchError, SchemaVersionError, Store, Stor
 from workbench.store import schema as schema_mod
 from workbench.store.content import prompt_content_hash
 
+pytestmark = pytest.mark.unit
+
 E, K = 8, 2
 LAYERS = (1, 4)
 Prompt = tuple[str, list[int]]  # (text, token ids)
@@ -320,8 +322,8 @@ def test_report_compare_section(three_runs: Path) -> None:
 def test_dashboard_compare_picker_offers_only_runs_sharing_prompts(three_runs: Path) -> None:
     from dashboards import data
     from dashboards.app import create_app
+    from dashboards.components.pickers import compare_options
     from dashboards.views import runs
-    from dashboards.views.common import compare_options
 
     data.clear_cache()
     db = str(three_runs)

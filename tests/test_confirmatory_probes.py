@@ -6,6 +6,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from workbench.data.build_confirmatory import (
     OUT_FILE,
     SOURCES_FILE,
@@ -16,6 +18,8 @@ from workbench.data.build_confirmatory import (
 from workbench.data.common import HELDOUT, datasets_dir, probes_dir, sha256_file
 from workbench.data.suites import list_suites
 from workbench.probefile import read_probe_file
+
+pytestmark = pytest.mark.unit
 
 FRESH = probes_dir() / OUT_FILE
 

@@ -24,12 +24,14 @@ from typer.testing import CliRunner
 
 from dashboards import data
 from dashboards.components import expert_href, guarded, query_string, to_int
+from dashboards.components.pickers import ALL, default_run, label_options, pick, run_options
 from dashboards.components.url import clicked_expert
 from dashboards.views import coactivation, expert, health, resonance, routing, runs, specialisation
-from dashboards.views.common import ALL, default_run, label_options, pick, run_options
 from workbench.analysis.resonance import resonance_map
 from workbench.cli import app as cli_app
 from workbench.store import Store
+
+pytestmark = pytest.mark.unit
 
 E, K = 8, 2
 RUN = "dash-run"

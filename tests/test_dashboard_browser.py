@@ -24,6 +24,8 @@ from test_dashboard import PLANT, RUN, dashboard_db
 
 from dashboards import data
 
+pytestmark = pytest.mark.browser
+
 TIMEOUT_MS = 20_000
 SETTLE_MS = 1_000
 """Plotly animates a Sankey into place after it is drawn; a screenshot taken at once catches it midway."""

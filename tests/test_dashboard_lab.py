@@ -35,9 +35,11 @@ from dashboards.jobs import (
     check_cancelled,
 )
 from dashboards.views import circuits, lab, runs
-from workbench import demo
+from workbench.cli import demo
 from workbench.interventions import Bias, Force, Reroute, Scale, Zero
 from workbench.store import Store, StoreLockedError
+
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -25,6 +25,8 @@ from dashboards.components.pending import check, polled, poller
 from dashboards.views import health
 from workbench.store import StoreError
 
+pytestmark = pytest.mark.unit
+
 WAIT_S = 60.0
 
 

@@ -14,6 +14,8 @@ from workbench.data.benign import BenignMatcher, frame_of, inflect
 from workbench.data.common import HELDOUT, TRAIN, corpora_dir, datasets_dir, norm_ws, probes_dir, sha256_file
 from workbench.data.corpus import corpus_files, iter_corpus, mixture, read_corpus_file
 
+pytestmark = pytest.mark.unit
+
 MIN_ROWS = {"prose": 2000, "code": 1000, "math": 5000, "harmful": 300, "benign": 300}
 LANGUAGES = ("german", "spanish", "italian")
 MAX_BYTES = 8 * 1024 * 1024

@@ -14,14 +14,16 @@ import pytest
 from synthetic import save_run, skeleton
 
 from dashboards.views.lab import effects_figure
-from workbench.analysis.compare import MERGE_MIN_COSINE, merge_candidates
-from workbench.analysis.expert_similarity import MERGE_MIN_ANGULAR, SIMILARITY_COLUMNS
 from workbench.analysis.specialisation import domain_specialisation
 from workbench.analysis.stats import MIN_CI_PROMPTS, cluster_bootstrap
-from workbench.reports.findings_structure import dynamic_k, expert_similarity
-from workbench.reports.findings_usage import underfitting
-from workbench.reports.wording import Context, correlation_words
+from workbench.catalog.findings_structure import dynamic_k, expert_similarity
+from workbench.catalog.findings_usage import underfitting
+from workbench.interventions.expert_similarity import MERGE_MIN_ANGULAR, SIMILARITY_COLUMNS
+from workbench.interventions.expert_weights import MERGE_MIN_COSINE, merge_candidates
 from workbench.store import Store
+from workbench.wording import Context, correlation_words
+
+pytestmark = pytest.mark.unit
 
 CTX = Context(n_experts=8, top_k=2, labels=("a", "b", "c"))
 

@@ -20,8 +20,10 @@ import torch
 from synthetic import save_run, skeleton
 from typer.testing import CliRunner
 
-from workbench.analysis import expert_similarity as es
-from workbench.analysis.expert_similarity import (
+from workbench.catalog import ANALYSES, run_analysis
+from workbench.cli import app
+from workbench.interventions import expert_similarity as es
+from workbench.interventions.expert_similarity import (
     MERGE_MIN_ANGULAR,
     OUTPUT_SIMILARITY_COLUMNS,
     SIMILARITY_COLUMNS,
@@ -29,13 +31,13 @@ from workbench.analysis.expert_similarity import (
     expert_outputs,
     expert_similarity,
 )
-from workbench.analysis.registry import ANALYSES, run_analysis
-from workbench.cli import app
 from workbench.models.discovery import MoELayer, find_moe_layers
 from workbench.models.expert_math import ExpertStatsUnsupported
 from workbench.models.loading import LoadedModel, load_model
 from workbench.models.tiny import byte_tokenizer, tiny_model
 from workbench.store import Store
+
+pytestmark = pytest.mark.integration
 
 TWIN_A, TWIN_B = 2, 5  # identical weights
 NEG_A, NEG_B = 3, 6  # same gate_up, negated down projection

@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 import torch
-from test_interventions_sweep import _batch, assert_restored, snapshot
+from test_interventions_sweep import assert_restored, snapshot
 from torch import nn
 
 from workbench.capture.backends.hooks import HooksBackend
+from workbench.conformance.supported import sweep_batch as _batch
 from workbench.interventions import (
     Ablate,
     Bias,
@@ -42,6 +43,8 @@ from workbench.models.discovery import MoELayer, find_moe_layers
 from workbench.models.expert_math import _fused_hidden, _fused_output
 from workbench.models.forward import model_forward
 from workbench.models.tiny import tiny_model
+
+pytestmark = pytest.mark.integration
 
 FAMILIES = ["qwen2_moe", "mixtral", "deepseek_v3", "llama4", "gemma4_text", "phimoe"]
 

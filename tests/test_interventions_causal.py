@@ -11,9 +11,11 @@ import torch
 from planted import PLANT_EXPERT, PLANT_LAYER, planted_model, prompts
 
 import workbench as wb
-from workbench.interventions.behaviour import Behaviour
+from workbench.behaviour.registry import Behaviour
 from workbench.interventions.causal import attribution, behaviour_margins, causal_resonance, rank_agreement
 from workbench.models.loading import LoadedModel
+
+pytestmark = pytest.mark.integration
 
 #: "Does the model continue with 'a' rather than 'z'?" on raw text: a margin without a chat format.
 A_OVER_Z = Behaviour(
@@ -80,7 +82,7 @@ def test_resonate_cli_causal_on_tiny_ref(tmp_path: Path) -> None:
 
     pool = read_probe_file(suite_path("refusal"))[:24]  # 12 harmful/benign pairs
     db = tmp_path / "refusal.duckdb"
-    run = wb.capture("tiny-ref", pool, db, progress=False)
+    run = wb.capture_routing("tiny-ref", pool, db, progress=False)
     out = tmp_path / "causal.csv"
     args = ["resonate", "--db", str(db), "--run", run, "--target", "harmful", "--control", "benign"]
     result = CliRunner().invoke(app, [*args, "--method", "causal", "--model", "tiny-ref", "--out", str(out)])

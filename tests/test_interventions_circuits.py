@@ -16,6 +16,8 @@ from workbench.interventions.metrics import gold_logprob
 from workbench.models.loading import LoadedModel
 from workbench.probefile import Prompt
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def planted() -> LoadedModel:

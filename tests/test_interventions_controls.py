@@ -21,6 +21,8 @@ from workbench.interventions.controls import (
     versus_controls,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def _keys(sets: list[dict[int, list[int]]]) -> list[str]:
     return [format_set(s) for s in sets]

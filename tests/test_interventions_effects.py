@@ -11,9 +11,10 @@ import torch
 from planted import PLANT_EXPERT, PLANT_LAYER, planted_model, prompts
 
 import workbench as wb
+from workbench.behaviour.judges import is_compliance, is_refusal
+from workbench.behaviour.registry import REFUSAL, get_behaviour
 from workbench.data.suites import suite_path
 from workbench.interventions import Scale
-from workbench.interventions.behaviour import REFUSAL, get_behaviour
 from workbench.interventions.controls import (
     dose_response,
     random_like,
@@ -25,7 +26,8 @@ from workbench.interventions.effects import evaluate, generation_diff, record, t
 from workbench.models.loading import LoadedModel
 from workbench.probefile import read_probe_file
 from workbench.store import Store
-from workbench.zoo.refusal_scorer import is_compliance, is_refusal
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,7 @@ def test_random_like_and_dose_response() -> None:
 def test_record_writes_spec_and_summary(planted: LoadedModel, tmp_path: Path) -> None:
     ps = prompts(2)
     db = tmp_path / "effects.duckdb"
-    run = wb.capture(planted, ps, db, progress=False)
+    run = wb.capture_routing(planted, ps, db, progress=False)
     ev = evaluate(planted, ps, wb.Ablate({PLANT_LAYER: [PLANT_EXPERT]}, mode="reroute"))
     with Store(db) as st:
         iid = record(st, run, ev, meta={"purpose": "test"})

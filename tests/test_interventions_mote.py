@@ -15,6 +15,8 @@ from workbench.interventions.mote import SCORERS, MoteConfig, MoteResult, run_mo
 from workbench.interventions.mote_report import to_json, to_markdown
 from workbench.probefile import read_probe_file
 
+pytestmark = pytest.mark.integration
+
 CONFIG = MoteConfig(doses=(1, 2), semantics=("reroute",), n_controls=5, n_select=16, n_eval=16, n_domain=12)
 
 

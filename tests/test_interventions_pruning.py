@@ -28,6 +28,8 @@ from workbench.interventions.pruning import (
 )
 from workbench.models.loading import LoadedModel
 
+pytestmark = pytest.mark.integration
+
 KEEPS = (0.25, 0.5, 1.0)
 N_RANDOM = 2
 

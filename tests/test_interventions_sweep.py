@@ -1,6 +1,6 @@
 """Sweep: ``Reroute`` of expert 0 in every MoE layer, on every architecture that passes the capture sweep.
 
-For each architecture the conformance sweep passes (:func:`workbench.models.supported.check_architecture`),
+For each architecture the conformance sweep passes (the session's ``sweep_results``, tests/conftest.py),
 the same tiny model is built again and run on the sweep's two prompts through the hooks capture
 backend, without and with the intervention. Under it, expert 0 is never selected in any layer and
 every token still routes to k experts; the model's output changes; after the block the model is
@@ -11,7 +11,6 @@ the baseline exactly.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,11 +18,13 @@ import torch
 from torch import nn
 
 from workbench.capture.backends.hooks import HooksBackend
+from workbench.conformance.supported import SWEEP_OVERRIDES, Result, sweep_batch
 from workbench.interventions import Reroute, intervene
 from workbench.models.discovery import find_moe_layers
 from workbench.models.forward import model_forward
-from workbench.models.supported import SWEEP_OVERRIDES, TEXTS, candidate_model_types, check_architecture
 from workbench.models.tiny import tiny_model
+
+pytestmark = pytest.mark.integration
 
 _HOOK_DICTS = (
     "_forward_hooks",
@@ -63,17 +64,10 @@ def assert_restored(model: nn.Module, before: dict[str, Any]) -> None:
     assert after["hooks"] == before["hooks"]
 
 
-@pytest.fixture(scope="module")
-def passing() -> Iterator[list[str]]:
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield [mt for mt in candidate_model_types() if check_architecture(mt).status == "pass"]
-    torch.set_num_threads(threads)
+@pytest.fixture
+def passing(sweep_results: dict[str, Result]) -> list[str]:
+    """The architectures the session's conformance sweep passes, in sweep order."""
+    return [mt for mt, r in sweep_results.items() if r.status == "pass"]
 
 
 def same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -81,20 +75,11 @@ def same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and bool(torch.allclose(a, b, rtol=0.0, atol=0.0, equal_nan=True))
 
 
-def _batch() -> Any:
-    from workbench.capture.batching import make_batch
-    from workbench.models.tiny import byte_tokenizer
-    from workbench.probefile import Prompt
-
-    prompts = [Prompt(i, text, "sweep") for i, text in enumerate(TEXTS)]
-    return make_batch(prompts, byte_tokenizer(), max_length=None, padding_side="right")
-
-
 def reroute_expert_zero(model_type: str) -> str:
     """'' when rerouting expert 0 everywhere behaves as specified on ``model_type``, else why not."""
     model = tiny_model(model_type, **SWEEP_OVERRIDES.get(model_type, {}))
     layers = find_moe_layers(model)
-    batch = _batch()
+    batch = sweep_batch()
     with torch.inference_mode():
         model_forward(model, batch)  # some routers set attributes on their first call (NLLB capacity)
     before = snapshot(model)

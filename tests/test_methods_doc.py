@@ -1,6 +1,6 @@
 """docs/methods.md is the project's methods reference: it covers every analysis and intervention.
 
-A new analysis registered without a section here, or a new intervention spec that the document
+A new catalog entry (workbench/catalog/entries.py) without a section here, or a new intervention spec that the document
 never names, fails these tests. The document must also stand on its own: it may not send readers
 to files outside the repository (the design note it replaced lived outside it).
 """
@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from workbench.analysis.registry import ANALYSES
+from workbench.catalog import ANALYSES
 from workbench.interventions.specs import SPEC_CLASSES, Ablate
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "methods.md"
@@ -29,14 +31,14 @@ def _headings() -> list[str]:
 
 
 @pytest.mark.parametrize("name", sorted(ANALYSES))
-def test_every_registered_analysis_has_a_section(name: str) -> None:
+def test_every_catalogued_analysis_has_a_section(name: str) -> None:
     matching = [h for h in _headings() if f"`{name}`" in h]
     assert matching, f"docs/methods.md has no heading naming analysis `{name}` in backticks"
     assert len(matching) == 1, f"analysis `{name}` has several sections: {matching}"
 
 
-def test_sections_carry_the_registry_chapter() -> None:
-    """Each analysis' section sits under the chapter its registry entry cites (``§N``)."""
+def test_sections_carry_the_catalog_chapter() -> None:
+    """Each analysis' section sits under the chapter its catalog entry cites (``§N``)."""
     chapter = ""
     found: dict[str, str] = {}
     for line in _text().splitlines():
@@ -47,7 +49,7 @@ def test_sections_carry_the_registry_chapter() -> None:
                 if f"`{name}`" in line:
                     found[name] = chapter
     wrong = {n: (found.get(n), s.section) for n, s in ANALYSES.items() if found.get(n) != s.section}
-    assert not wrong, f"analysis sections under the wrong chapter (found, registry): {wrong}"
+    assert not wrong, f"analysis sections under the wrong chapter (found, catalog): {wrong}"
 
 
 @pytest.mark.parametrize("cls", sorted({*SPEC_CLASSES.values(), Ablate}, key=lambda c: c.__name__))

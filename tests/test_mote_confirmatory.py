@@ -16,6 +16,8 @@ from workbench.interventions.mote import MoteConfig, MoteResult, eval_pairs, run
 from workbench.interventions.mote_report import exploratory_note
 from workbench.probefile import Prompt, read_probe_file
 
+pytestmark = pytest.mark.unit
+
 
 def _pair(pair_id: str, harmful: str, benign: str) -> list[Prompt]:
     return [

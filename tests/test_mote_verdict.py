@@ -6,6 +6,8 @@ import pytest
 
 from workbench.interventions.mote_verdict import decide, verdict_markdown
 
+pytestmark = pytest.mark.unit
+
 POINTS = [(n, s) for n in (2, 4, 8) for s in ("zero", "reroute")]
 
 

@@ -16,6 +16,8 @@ from workbench.plots import (
     specialisation_heatmap,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def _spec() -> pl.DataFrame:
     """Expert 0 has q = 0.01 but is *under*-used (share < share_rest): only expert 1 is specialised."""

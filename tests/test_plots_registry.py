@@ -1,7 +1,8 @@
-"""Every registered analysis drawn from its real output: the figure registry and each builder's content."""
+"""Every catalogued analysis drawn from its real output: the catalog's figures and each builder's content."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +12,17 @@ import pyarrow as pa
 import pytest
 from synthetic import lists, skeleton
 
-from workbench.analysis.registry import ANALYSES, run_analysis
-from workbench.plots import (
+from workbench.catalog import (
+    ANALYSES,
     FIGURES,
     UnknownFigureError,
     figure_for,
     figure_options,
+    run_analysis,
 )
 from workbench.store import Store
+
+pytestmark = pytest.mark.unit
 
 # --- every registered analysis, drawn from its real output on a small synthetic run -------------
 
@@ -85,7 +89,7 @@ _FAST: dict[str, dict[str, object]] = {
 
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pl.DataFrame]:
-    """Every registered analysis run once on the synthetic run ``a`` (``drift`` against ``b``)."""
+    """Every catalogued analysis run once on the synthetic run ``a`` (``drift`` against ``b``)."""
     path = tmp_path_factory.mktemp("plots") / "runs.duckdb"
     _write_run(path, "a", seed=1)
     _write_run(path, "b", seed=2)
@@ -105,7 +109,7 @@ def _similarity_table() -> pl.DataFrame:
 
     Experts 1 and 4 of layer 2 are planted near-identical, so layer 2 holds the top merge pair.
     """
-    from workbench.analysis.expert_similarity import SIMILARITY_COLUMNS
+    from workbench.interventions.expert_similarity import SIMILARITY_COLUMNS
 
     rng = np.random.default_rng(0)
     rows = []
@@ -129,9 +133,13 @@ def _similarity_table() -> pl.DataFrame:
     return df.select(list(SIMILARITY_COLUMNS))
 
 
-def test_every_analysis_has_a_figure() -> None:
-    assert set(ANALYSES) - set(FIGURES) == set(), "add a builder to workbench/plots/registry.py"
-    assert set(FIGURES) - set(ANALYSES) == set()
+def test_every_analysis_has_a_figure_builder_from_plots() -> None:
+    """Each catalog entry names a builder on the plots floor that takes the table first."""
+    assert list(FIGURES) == list(ANALYSES)
+    for name, builder in FIGURES.items():
+        assert builder.__module__.startswith("workbench.plots."), (name, builder.__module__)
+        first = next(iter(inspect.signature(builder).parameters))
+        assert first == "df", (name, first)
 
 
 def test_figure_for_unknown_name_lists_names() -> None:
@@ -148,19 +156,15 @@ def test_figure_for_unknown_option(tables: dict[str, pl.DataFrame]) -> None:
         figure_for("load", tables["load"], label="code")
 
 
-# A column each builder needs; dropping it must give a clear ValueError naming it.
-_NEEDED = {
-    "underfitting": "specialist_gate_mass",
-    "agreement": "spearman",
-    "pathways": "layer_from",
-    "coactivation": "p_b_given_a",
-    "esft": "gs",
-    "tcess": "tcess",
-    "super-experts": "max_out_norm",
-    "dynamic-k": "mean_k",
-    "expert-similarity": "output_angular",
-    "resonance": "rd",
-}
+def _needed_column(name: str, df: pl.DataFrame) -> str | None:
+    """A column the builder needs: dropping it raises a ValueError that names it (``layer`` tried first)."""
+    for column in sorted(df.columns, key=lambda c: c != "layer"):
+        try:
+            figure_for(name, df.drop(column))
+        except ValueError as exc:
+            if column in str(exc):
+                return column
+    return None
 
 
 @pytest.mark.parametrize("name", sorted(ANALYSES))
@@ -176,9 +180,7 @@ def test_every_figure_draws_its_table(name: str, tables: dict[str, pl.DataFrame]
         assert hover and "%{" in hover, f"{name}: trace {trace.name!r} has no numeric hover"
     html = fig.to_html(include_plotlyjs=False)
     assert "plotly" in html.lower()
-    column = _NEEDED.get(name, "layer")
-    with pytest.raises(ValueError, match=column):
-        figure_for(name, df.drop(column))
+    assert _needed_column(name, df) is not None, f"{name}: no dropped column gives a ValueError naming it"
     with pytest.raises(ValueError, match=r"empty|no labels|no layers"):
         figure_for(name, df.clear())
 

@@ -13,6 +13,8 @@ from workbench.data.common import HELDOUT, probes_dir
 from workbench.data.suites import SuiteError, list_suites, load_suite, suite_path, validate_all
 from workbench.probefile import read_probe_file
 
+pytestmark = pytest.mark.unit
+
 REQUIRED = {"domains", "refusal", "tasks", "vocab"}
 
 

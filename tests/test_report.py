@@ -21,13 +21,16 @@ from browser_support import CHROMIUM, CHROMIUM_ARGS, sync_playwright_or_fail
 from synthetic import save_run, skeleton
 from typer.testing import CliRunner
 
-from workbench.analysis.registry import ANALYSES, run_analysis
 from workbench.analysis.specialisation import specialised_cells
+from workbench.catalog import ANALYSES, findings_for, run_analysis
+from workbench.catalog.findings_specialisation import specialist_sentence
 from workbench.cli import app
-from workbench.reports import Context, findings_for, write_report
-from workbench.reports.findings_specialisation import specialist_sentence
+from workbench.reports import write_report
 from workbench.reports.html import anchor
 from workbench.store import Store
+from workbench.wording import Context
+
+pytestmark = pytest.mark.browser
 
 E, K = 8, 2
 XSS = '<script>window.__xss = 1</script><img src="https://example.invalid/x.png">'

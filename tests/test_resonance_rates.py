@@ -17,6 +17,8 @@ from synthetic import save_run, skeleton
 from workbench.analysis.resonance import resonance_map
 from workbench.store import Store
 
+pytestmark = pytest.mark.unit
+
 E, K = 8, 2
 #: A skewed per-token routing distribution shared by both classes (expert 0 popular, 7 rare).
 PROBS = np.array([0.26, 0.18, 0.14, 0.12, 0.10, 0.08, 0.07, 0.05])
@@ -182,7 +184,8 @@ def test_a_prompt_repeated_three_times_resonates_exactly_zero(tmp_path: Path) ->
 
 def test_report_sentence_for_ftri_speaks_of_tokens_not_prompts() -> None:
     """The report's fTRI sentence matches the rate definition (per token, not per prompt)."""
-    from workbench.reports import Context, findings_for
+    from workbench.catalog import findings_for
+    from workbench.wording import Context
 
     df = pl.DataFrame({
         "layer": [1, 0], "expert": [6, 2], "rd": [0.05, 0.0], "ftri": [0.031, -0.001], "method": ["ftri"] * 2,

@@ -23,6 +23,8 @@ from workbench.models.tiny import byte_tokenizer, tiny_model
 from workbench.probefile import ProbeFileError, read_probe_file
 from workbench.store import Store, StoreLockedError
 
+pytestmark = pytest.mark.integration
+
 HERE = Path(__file__).parent
 
 

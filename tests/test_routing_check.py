@@ -31,6 +31,8 @@ from workbench.models.tiny import byte_tokenizer, tiny_model
 from workbench.probefile import Prompt
 from workbench.store import Store
 
+pytestmark = pytest.mark.integration
+
 
 @contextmanager
 def registered(block_class: str, family: RoutingFamily) -> Iterator[None]:

@@ -19,6 +19,8 @@ from workbench.zoo.decompose import (
     qwen2_moe_block,
 )
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[1]
 
 

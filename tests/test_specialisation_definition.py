@@ -19,9 +19,12 @@ from synthetic import lists, plant_first, save_run, skeleton, uniform_topk
 
 from workbench.analysis.specialisation import domain_specialisation, specialised_cells, specialised_set
 from workbench.analysis.stats import auto_n_perm_max
-from workbench.reports import Context, findings_for
-from workbench.reports.findings_specialisation import specialist_sentence
+from workbench.catalog import findings_for
+from workbench.catalog.findings_specialisation import specialist_sentence
 from workbench.store import Store
+from workbench.wording import Context
+
+pytestmark = pytest.mark.unit
 
 E, K = 8, 2
 
@@ -255,7 +258,7 @@ def _starred(fig: object, label: str) -> set[tuple[int, int, str]]:
 def test_report_demo_and_dashboard_agree_on_who_is_specialised(tmp_path: Path) -> None:
     from dashboards import data
     from dashboards.views import specialisation as view
-    from workbench import demo
+    from workbench.cli import demo
     from workbench.reports.build import compute_sections
 
     path = tmp_path / "agree.duckdb"

@@ -17,6 +17,8 @@ from workbench.interventions.causal import _signflip_p
 from workbench.interventions.mote import split_pairs
 from workbench.probefile import Prompt
 
+pytestmark = pytest.mark.unit
+
 
 def _bh_by_hand(p: np.ndarray) -> np.ndarray:
     m, order = p.size, np.argsort(p, kind="stable")

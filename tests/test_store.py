@@ -23,6 +23,8 @@ from workbench.store import schema as schema_mod
 from workbench.store.content import prompt_content_hash
 from workbench.store.errors import SchemaVersionError, UnknownRunError
 
+pytestmark = pytest.mark.unit
+
 # The contract, written out independently of schema.py so that a silent change fails here.
 CONTRACT = {
     "runs": [("run_id", "VARCHAR"), ("model", "VARCHAR"), ("architecture", "VARCHAR"), ("probe", "VARCHAR"),

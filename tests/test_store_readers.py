@@ -16,6 +16,8 @@ from workbench import store
 from workbench.store import Store, StoreError
 from workbench.store.errors import UnknownRunError
 
+pytestmark = pytest.mark.unit
+
 
 def test_ingest_is_bulk_arrow_not_executemany(st: Store) -> None:
     src = Path(store.__file__).parent

@@ -1,21 +1,23 @@
 """The conformance sweep over every MoE text architecture of the installed transformers.
 
-One module-scoped sweep (tiny random models, two right-padded prompts, the hooks backend) feeds
+One sweep per pytest session (tiny random models, two right-padded prompts, the hooks backend; the
+``sweep_results`` fixture of tests/conftest.py, shared with tests/test_interventions_sweep.py) feeds
 all tests; ``pytest -rA`` shows the table of architectures that do not pass, with their reasons.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from workbench.conformance.supported import Result, check_architecture, render
 from workbench.models.discovery import find_moe_layers
 from workbench.models.families import BLOCK_FAMILIES
-from workbench.models.supported import Result, check_architecture, render, sweep
 from workbench.models.tiny import tiny_model
+
+pytestmark = pytest.mark.integration
 
 MIN_PASSING = 55
 DOCS_TEXT = (Path(__file__).resolve().parents[1] / "docs" / "supported-models.md").read_text(encoding="utf-8")
@@ -37,9 +39,10 @@ IMPORTANT = [
 ]
 
 
-@pytest.fixture(scope="module")
-def results() -> Iterator[dict[str, Result]]:
-    yield {r.model_type: r for r in sweep()}
+@pytest.fixture
+def results(sweep_results: dict[str, Result]) -> dict[str, Result]:
+    """The session's sweep (tests/conftest.py), by model type."""
+    return sweep_results
 
 
 def test_sweep_passes_enough_architectures(results: dict[str, Result]) -> None:
@@ -100,7 +103,7 @@ def test_longcat_records_identity_and_real_experts_from_the_router() -> None:
     experts as ids >= n_routed_experts with non-zero weight.
     """
     from workbench.capture.backends.hooks import HooksBackend
-    from workbench.models.supported import _batch
+    from workbench.conformance.supported import sweep_batch
 
     assert BLOCK_FAMILIES["LongcatFlashMoE"].selection == "router"
     model = tiny_model("longcat_flash")
@@ -108,7 +111,7 @@ def test_longcat_records_identity_and_real_experts_from_the_router() -> None:
     backend = HooksBackend(model, layers, expert_stats=False, want_logits=False)
     try:
         with torch.inference_mode():
-            capture = backend.run(_batch())
+            capture = backend.run(sweep_batch())
     finally:
         backend.close()
     n_routed = model.config.n_routed_experts
@@ -206,7 +209,7 @@ def test_tiny_model_is_reproducible_where_the_architecture_leaves_weights_unset(
 
 def test_sweep_diff_marks_what_a_release_broke() -> None:
     """make test-latest's report: a documented pass that no longer passes is NEWLY BROKEN."""
-    from workbench.models.sweep_diff import compare, documented_status
+    from workbench.conformance.sweep_diff import compare, documented_status
 
     doc = render(
         [Result("mixtral", "pass"), Result("doge", "unsupported", "why"), Result("jetmoe", "fail", "x")]

@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 import torch
 
+from workbench.behaviour import chat
+from workbench.behaviour.judges import is_refusal
 from workbench.data.suites import load_suite
 from workbench.models.discovery import find_moe_layers
 from workbench.models.loading import load_model
-from workbench.zoo import chat, tiny_ref
+from workbench.zoo import tiny_ref
 from workbench.zoo.card import (
     TEST_PER_LABEL,
     TEST_PROBE_MARGIN,
@@ -24,8 +26,9 @@ from workbench.zoo.card import (
     per_label,
 )
 from workbench.zoo.evaluate import refusal_eval, routing_probe
-from workbench.zoo.refusal_scorer import is_refusal
 from workbench.zoo.train import TrainConfig, build_tokenizer, build_windows, domain_texts, train
+
+pytestmark = pytest.mark.integration
 
 MICRO = TrainConfig(
     steps=24,

@@ -1,7 +1,7 @@
 """moe-workbench: capture, analyse and intervene on the routing of Mixture-of-Experts models.
 
 import workbench as wb
-run_id = wb.capture("tiny:qwen2_moe", "probes/example.jsonl", "runs.duckdb")
+run_id = wb.capture_routing("tiny:qwen2_moe", "probes/example.jsonl", "runs.duckdb")
 db = wb.open("runs.duckdb")        # a Session: the store's readers plus analysis handles
 db.runs()                          # polars DataFrame
 db.routing(run_id, layers=[1], labels=["code"])
@@ -36,7 +36,7 @@ _INTERVENE = frozenset(
 
 __all__ = [
     "RoutingFamily",
-    "capture",
+    "capture_routing",
     "load_model",
     "open",
     "register_adapter",
@@ -58,8 +58,12 @@ def open(path: str | Path, read_only: bool = True, model: Any = None) -> Session
     return Session(Store(path, read_only=read_only), model=model)
 
 
-def capture(model: Any, probes: Any, db: str | Path, **kwargs: Any) -> str:
-    """Capture routing of ``model`` on ``probes`` into ``db``; see :func:`workbench.capture.engine.capture`."""
+def capture_routing(model: Any, probes: Any, db: str | Path, **kwargs: Any) -> str:
+    """Capture routing of ``model`` on ``probes`` into ``db``; returns the run id.
+
+    See :func:`workbench.capture.engine.capture` for the options. Not called ``capture``: that
+    name is the subpackage :mod:`workbench.capture`, which importing any of its modules binds here.
+    """
     from workbench.capture.engine import capture as _capture
 
     return _capture(model, probes, db, **kwargs)
@@ -92,4 +96,8 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return getattr(importlib.import_module("workbench.interventions"), name)
+    if name == "capture":  # the subpackage (the same object ``import workbench.capture`` binds); not callable
+        import importlib
+
+        return importlib.import_module("workbench.capture")
     raise AttributeError(name)

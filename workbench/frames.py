@@ -3,7 +3,7 @@
 A notebook user wants ``run.specialisation(by="label")`` to *be* a DataFrame (filter it, join
 it, write it) and ``.plot()`` on it to give the analysis' own figure. So the result is a real
 ``polars.DataFrame`` subclass that remembers which analysis produced it and with which
-options; ``.plot(**options)`` hands the frame to :func:`workbench.plots.figure_for`.
+options; ``.plot(**options)`` hands the frame to :func:`workbench.catalog.figure_for`.
 
 Polars' own ``DataFrame.plot`` is an Altair plotting namespace; here it is replaced by the
 analysis figure (plotly, which renders in Jupyter and in the HTML reports). Anything derived
@@ -48,8 +48,8 @@ class AnalysisFrame(pl.DataFrame):
         return result
 
     def plot(self, **options: Any) -> go.Figure:  # type: ignore[override]  # plotly, not polars' Altair
-        """The analysis' figure (``workbench.plots.figure_for``); ``options`` e.g. ``label="code"``."""
-        from workbench.plots import figure_for
+        """The analysis' figure (``workbench.catalog.figure_for``); ``options`` e.g. ``label="code"``."""
+        from workbench.catalog import figure_for
 
         return figure_for(self.analysis, pl.DataFrame(self), **options)
 

@@ -1,10 +1,10 @@
 """The notebook API: ``wb.open(db)`` → :class:`Session`, ``session.run(R)`` → :class:`Run`.
 
-``Run`` exposes every registered analysis (``workbench.analysis.registry.ANALYSES``) as a
+``Run`` exposes every catalogued analysis (``workbench.catalog.ANALYSES``) as a
 method, named with underscores for hyphens (``run.specialisation(by="label")``,
 ``run.router_confidence()``, ``run.drift(other)``), returning an
 :class:`~workbench.frames.AnalysisFrame` — a polars DataFrame whose ``.plot()`` is the
-analysis' plotly figure. The methods are generated from the registry, so a newly registered
+analysis' plotly figure. The methods are generated from the catalog, so a newly catalogued
 analysis is reachable at once; ``dir(run)`` lists them, so Jupyter's tab completion finds
 them.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from workbench.analysis.registry import ANALYSES, get_analysis, run_analysis
+from workbench.catalog import ANALYSES, get_analysis, run_analysis
 from workbench.frames import AnalysisFrame
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ GROUPINGS: tuple[str, ...] = ("label",)
 
 
 def method_name(analysis: str) -> str:
-    """The Python method name of a registered analysis (``router-confidence`` → ``router_confidence``)."""
+    """The Python method name of a catalogued analysis (``router-confidence`` → ``router_confidence``)."""
     return analysis.replace("-", "_")
 
 
@@ -108,7 +108,7 @@ class Session:
 
 
 class Run:
-    """One captured run: its metadata, its tables, and every registered analysis as a method."""
+    """One captured run: its metadata, its tables, and every catalogued analysis as a method."""
 
     def __init__(self, session: Session, run_id: str) -> None:
         self._session = session
@@ -142,7 +142,7 @@ class Run:
         model: Any = None,
         **options: Any,
     ) -> AnalysisFrame:
-        """Run the registered analysis ``name`` (``run.analyse("specialisation")``).
+        """Run the catalogued analysis ``name`` (``run.analyse("specialisation")``).
 
         ``by`` is the prompt grouping (only ``"label"`` exists); ``compare`` the second run of
         a comparison analysis (a :class:`Run` or an id); ``model`` a loaded model for the
@@ -191,7 +191,7 @@ class Run:
 
             compare_method.__doc__ = f"{spec.section} {spec.summary} (pass the other run)."
             return compare_method
-        method.__doc__ = f"{spec.section} {spec.summary}"  # type: ignore[misc]
+        method.__doc__ = f"{spec.section} {spec.summary}"
         return method
 
     def __dir__(self) -> list[str]:

@@ -1,4 +1,9 @@
-"""Shared dashboard pieces: messages, tables, figures, URL state and the error guard."""
+"""Shared dashboard pieces: messages, tables, figures, URL state and the error guard.
+
+Submodules: ``nav`` (the navigation bar, from the page registry), ``pickers`` (the run, label,
+layer and compare-run choices every page starts with), ``url`` (the address bar) and ``pending``
+(polling for results computed in the background).
+"""
 
 from dashboards.components.common import (
     choices,

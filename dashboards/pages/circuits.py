@@ -11,26 +11,27 @@ import dash
 from dash import Input, Output, State, callback, dcc, html
 
 from dashboards.components import guarded, message, query_string, to_int
+from dashboards.components.common import HIDDEN
+from dashboards.components.pickers import Choice
 from dashboards.components.url import register_url_sync, url_components
 from dashboards.data import attached, current_db, current_model
 from dashboards.jobs import JobCancelled, job_progress
 from dashboards.views import circuits as view
-from dashboards.views.common import pick
 
 dash.register_page(__name__, path="/circuits", name="Circuits", title="moe-workbench · circuits", order=8)
 PAGE = "circuits"
-HIDDEN = {"display": "none"}
 
 
-def _suites() -> list[dict[str, Any]]:
+def _suites() -> Choice:
     from workbench.data.suites import suite_names
 
-    return [{"label": name, "value": name} for name in suite_names()]
+    return Choice([{"label": name, "value": name} for name in suite_names()])
 
 
-def _labels(suite: str | None) -> list[dict[str, Any]]:
+def _labels(suite: str | None) -> Choice:
+    """The suite's labels with gold answers (none when there is no suite or it cannot be read)."""
     found = guarded(view.suite_labels, suite) if suite else []
-    return [{"label": lab, "value": lab} for lab in found] if isinstance(found, list) else []
+    return Choice([{"label": lab, "value": lab} for lab in found] if isinstance(found, list) else [])
 
 
 def _no_model() -> html.Div:
@@ -56,11 +57,8 @@ def layout(
     ``run`` is not used here but kept in the address, so the navigation links keep pointing at it.
     """
     loaded = current_model()
-    suites = _suites()
-    suite = pick(suite or view.DEFAULT_SUITE, suites)
-    labels = _labels(suite)
-    a_v = pick(a or view.DEFAULT_LABELS[0], labels)
-    b_v = pick(b or view.DEFAULT_LABELS[1], labels, 1)
+    suites = _suites().pick(suite or view.DEFAULT_SUITE)
+    labels = _labels(suites.value)
     return html.Div(
         [
             *url_components(PAGE),
@@ -76,10 +74,10 @@ def layout(
             _no_model() if loaded is None else None,
             html.Div(
                 [
-                    dcc.Dropdown(id="circ-suite", options=suites, value=suite, clearable=False, className="wb-pick"),
-                    dcc.Dropdown(id="circ-a", options=labels, value=a_v, clearable=False, className="wb-pick"),
+                    suites.dropdown("circ-suite"),
+                    labels.pick(a or view.DEFAULT_LABELS[0]).dropdown("circ-a"),
                     html.Span("vs", className="wb-muted"),
-                    dcc.Dropdown(id="circ-b", options=labels, value=b_v, clearable=False, className="wb-pick"),
+                    labels.pick(b or view.DEFAULT_LABELS[1], 1).dropdown("circ-b"),
                     html.Span("prompts per label", className="wb-muted"),
                     dcc.Input(id="circ-n", type="number", min=2, max=256, step=1, value=to_int(n) or 16,
                               debounce=True, className="wb-number"),
@@ -100,7 +98,7 @@ def layout(
 def labels_of(suite: str | None, a: Any, b: Any) -> tuple[list[Any], Any, list[Any], Any]:
     """The suite's gold-answer labels for both pickers, keeping the chosen ones it has."""
     labels = _labels(suite)
-    return labels, pick(a, labels), labels, pick(b, labels, 1)
+    return (*labels.pick(a).update(), *labels.pick(b, 1).update())
 
 
 def query(suite: Any, a: Any, b: Any, n: Any, run: Any) -> str:

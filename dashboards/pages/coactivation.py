@@ -9,12 +9,12 @@ from typing import Any
 import dash
 from dash import Input, Output, State, callback, dcc, html
 
-from dashboards.components import choices, expert_href, fill, guarded, query_string, slot, to_int
+from dashboards.components import expert_href, fill, guarded, query_string, slot, to_int
 from dashboards.components.pending import poll_input, poll_outputs, polled, poller, register_poll
+from dashboards.components.pickers import Choice, layer_choice, run_choice
 from dashboards.components.url import register_url_sync, url_components
 from dashboards.data import current_db
 from dashboards.views import coactivation as view
-from dashboards.views.common import layer_options, pick, run_options
 
 dash.register_page(
     __name__, path="/coactivation", name="Co-activation", title="moe-workbench · co-activation", order=4
@@ -40,25 +40,23 @@ def layout(
     """Run and layer pickers (from ``?run=&layer=``; layer default: the most structured one), and the
     network's edge weight and threshold (``?metric=lift|count&min=``; default: lift ≥ 1.5)."""
     db = current_db()
-    runs, problem = choices(run_options, db)
-    run = pick(run, runs)
-    layers, _ = choices(layer_options, db, run)
+    runs = run_choice(db, run)
+    layers = layer_choice(db, runs.value)
     chosen = to_int(layer)
-    if chosen not in [o["value"] for o in layers] and run:
-        found = guarded(view.default_layer, db, run)
+    if not layers.offers(chosen) and runs.value:
+        found = guarded(view.default_layer, db, runs.value)
         chosen = found if isinstance(found, int) else None
+    metrics = Choice([{"label": v, "value": k} for k, v in view.METRICS.items()]).keep(metric, "lift")
     return html.Div(
         [
             *url_components(PAGE),
             *poller(PAGE),
             html.H2("Co-activation"),
-            problem,
+            runs.problem,
             html.Div(
                 [
-                    dcc.Dropdown(
-                        id="coact-run", options=runs, value=run, clearable=False, className="wb-pick"
-                    ),
-                    dcc.Dropdown(id="coact-layer", options=layers, value=chosen, className="wb-pick"),
+                    runs.dropdown("coact-run"),
+                    Choice(layers.options, chosen).dropdown("coact-layer", clearable=True),
                 ],
                 className="wb-controls",
             ),
@@ -67,13 +65,7 @@ def layout(
             html.Div(
                 [
                     html.Span("edge weight", className="wb-muted"),
-                    dcc.Dropdown(
-                        id="coact-metric",
-                        options=[{"label": v, "value": k} for k, v in view.METRICS.items()],
-                        value=metric if metric in view.METRICS else "lift",
-                        clearable=False,
-                        className="wb-pick-wide",
-                    ),
+                    metrics.dropdown("coact-metric", class_name="wb-pick-wide"),
                     html.Span("at least", className="wb-muted"),
                     dcc.Input(
                         id="coact-min",
@@ -100,8 +92,7 @@ def layout(
 
 def layers_of(run: str | None, layer: int | None) -> tuple[list[Any], Any]:
     """The run's layers, keeping the chosen one when the run has it."""
-    layers, _ = choices(layer_options, current_db(), run)
-    return layers, pick(layer, layers)
+    return layer_choice(current_db(), run, layer).update()
 
 
 def update(run: str | None, layer: int | None, metric: str | None, threshold: Any) -> tuple[Any, ...]:

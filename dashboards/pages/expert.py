@@ -10,12 +10,12 @@ from typing import Any
 import dash
 from dash import Input, Output, callback, dcc, html
 
-from dashboards.components import choices, guarded, query_string, to_int
+from dashboards.components import guarded, query_string, to_int
 from dashboards.components.pending import poll_input, poll_outputs, polled, poller, register_poll
+from dashboards.components.pickers import layer_choice, run_choice
 from dashboards.components.url import register_url_sync, url_components
 from dashboards.data import current_db
 from dashboards.views import expert as view
-from dashboards.views.common import layer_options, pick, run_options
 
 dash.register_page(__name__, path="/expert", name="Expert card", title="moe-workbench · expert", order=6)
 PAGE = "expert"
@@ -24,28 +24,18 @@ PAGE = "expert"
 def layout(run: str | None = None, layer: str | None = None, expert: str | None = None, **_: Any) -> html.Div:
     """Run, layer and expert pickers (from the query string; default layer 0 of the newest run, expert 0)."""
     db = current_db()
-    runs, problem = choices(run_options, db)
-    run = pick(run, runs)
-    layers, _ = choices(layer_options, db, run)
+    runs = run_choice(db, run)
     chosen = to_int(expert)
     return html.Div(
         [
             *url_components(PAGE),
             *poller(PAGE),
             html.H2("Expert card"),
-            problem,
+            runs.problem,
             html.Div(
                 [
-                    dcc.Dropdown(
-                        id="expert-run", options=runs, value=run, clearable=False, className="wb-pick"
-                    ),
-                    dcc.Dropdown(
-                        id="expert-layer",
-                        options=layers,
-                        value=pick(to_int(layer), layers),
-                        clearable=False,
-                        className="wb-pick",
-                    ),
+                    runs.dropdown("expert-run"),
+                    layer_choice(db, runs.value, layer).dropdown("expert-layer"),
                     dcc.Input(
                         id="expert-expert",
                         type="number",
@@ -64,9 +54,8 @@ def layout(run: str | None = None, layer: str | None = None, expert: str | None 
 
 
 def layers_of(run: str | None) -> list[Any]:
-    """The run's layers."""
-    layers, _ = choices(layer_options, current_db(), run)
-    return layers
+    """The run's layers (the chosen layer is left as it is)."""
+    return layer_choice(current_db(), run).options
 
 
 def update(run: str | None, layer: int | None, expert: Any) -> tuple[Any, str]:

@@ -6,14 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import dash
-from dash import Input, Output, State, callback, dcc, html
+from dash import Input, Output, State, callback, html
 
-from dashboards.components import choices, expert_href, fill, guarded, query_string, slot
+from dashboards.components import expert_href, fill, guarded, query_string, slot
 from dashboards.components.pending import poll_input, poll_outputs, polled, poller, register_poll
+from dashboards.components.pickers import run_choice
 from dashboards.components.url import register_url_sync, url_components
 from dashboards.data import current_db
 from dashboards.views import health as view
-from dashboards.views.common import pick, run_options
 
 dash.register_page(__name__, path="/health", name="Health", title="moe-workbench · health", order=3)
 PAGE = "health"
@@ -21,17 +21,14 @@ PAGE = "health"
 
 def layout(run: str | None = None, **_: Any) -> html.Div:
     """Run picker (from ``?run=``), load figure, balance table and the three HoME checks."""
-    db = current_db()
-    runs, problem = choices(run_options, db)
+    runs = run_choice(current_db(), run)
     return html.Div(
         [
             *url_components(PAGE),
             *poller(PAGE),
             html.H2("Expert health"),
-            problem,
-            dcc.Dropdown(
-                id="health-run", options=runs, value=pick(run, runs), clearable=False, className="wb-pick"
-            ),
+            runs.problem,
+            runs.dropdown("health-run"),
             html.H3("Load"),
             slot("health-load"),
             html.H3("Balance per layer"),

@@ -13,17 +13,17 @@ from typing import Any
 import dash
 from dash import Input, Output, State, callback, dcc, html
 
-from dashboards.components import choices, guarded, message, query_string, to_int
+from dashboards.components import guarded, message, query_string, to_int
+from dashboards.components.common import HIDDEN
+from dashboards.components.pickers import Choice, label_choice, run_choice
 from dashboards.components.url import register_url_sync, url_components
 from dashboards.data import attached, current_db, current_model
 from dashboards.jobs import JobCancelled, job_progress
 from dashboards.views import lab as view
-from dashboards.views.common import label_options, pick, run_options
 
 dash.register_page(__name__, path="/lab", name="Lab", title="moe-workbench · lab", order=7)
 PAGE = "lab"
 DEFAULT_TEXT = "The capital of France is"
-HIDDEN = {"display": "none"}
 
 
 def _no_model() -> html.Div:
@@ -38,9 +38,11 @@ def _no_model() -> html.Div:
     )
 
 
-def _label_choices(db: str, run: str | None) -> list[dict[str, Any]]:
-    labels, _ = choices(label_options, db, run, False)
-    return [{"label": "the typed prompt", "value": view.TYPED}, *labels]
+def _label_choice(db: str, run: str | None, labels: Any = None) -> Choice:
+    """What the lab runs on: "the typed prompt" (the default) or one of the run's labels."""
+    return label_choice(
+        db, run, labels, with_all=False, lead=[{"label": "the typed prompt", "value": view.TYPED}]
+    )
 
 
 def layout(
@@ -57,35 +59,31 @@ def layout(
     """The lab's controls, initialised from the query string; off (with the reason) without a model."""
     db = current_db()
     loaded = current_model()
-    runs, problem = choices(run_options, db)
-    run = pick(run, runs)
-    layers = view.layer_options(loaded) if loaded is not None else []
-    layer_v = pick(to_int(layer), layers)
-    expert_opts = view.expert_options(loaded, layer_v) if loaded is not None else []
+    runs = run_choice(db, run)
+    layers = Choice(view.layer_options(loaded) if loaded is not None else []).pick(to_int(layer))
+    expert_opts = view.expert_options(loaded, layers.value) if loaded is not None else []
     wanted = [to_int(x) for x in (experts or "").split(",")]
     chosen: list[int] = [e for e in wanted if e is not None and e in {o["value"] for o in expert_opts}] or [
         o["value"] for o in expert_opts[:1]
     ]
-    label_opts = _label_choices(db, run)
-    sem_opts = [{"label": v, "value": k} for k, v in view.SEMANTICS.items()]
+    semantics_choice = Choice([{"label": v, "value": k} for k, v in view.SEMANTICS.items()]).pick(
+        semantics, 2
+    )
     return html.Div(
         [
             *url_components(PAGE),
             html.H2("Intervention lab"),
-            problem,
+            runs.problem,
             _no_model() if loaded is None else None,
             html.Div(
                 [
                     html.Div(
                         [
-                            dcc.Dropdown(id="lab-run", options=runs, value=run, className="wb-pick"),
-                            dcc.Dropdown(
-                                id="lab-layer", options=layers, value=layer_v, clearable=False, className="wb-pick"
-                            ),
+                            runs.dropdown("lab-run", clearable=True),
+                            layers.dropdown("lab-layer"),
                             dcc.Dropdown(id="lab-experts", options=expert_opts, value=chosen, multi=True,
                                          className="wb-pick", placeholder="experts"),
-                            dcc.Dropdown(id="lab-semantics", options=sem_opts, value=pick(semantics, sem_opts, 2),
-                                         clearable=False, className="wb-pick"),
+                            semantics_choice.dropdown("lab-semantics"),
                             dcc.Input(id="lab-value", type="number", value=to_float(value), debounce=True,
                                       placeholder="δ or s", className="wb-number"),
                         ],
@@ -93,8 +91,7 @@ def layout(
                     ),
                     html.Div(
                         [
-                            dcc.Dropdown(id="lab-labels", options=label_opts, value=pick(labels, label_opts),
-                                         clearable=False, className="wb-pick"),
+                            _label_choice(db, runs.value, labels).dropdown("lab-labels"),
                             html.Span("prompts per label", className="wb-muted"),
                             dcc.Input(id="lab-n", type="number", min=1, max=64, step=1, debounce=True,
                                       value=to_int(n) or 8, className="wb-number"),
@@ -137,8 +134,8 @@ def experts_of(layer: Any) -> list[dict[str, Any]]:
 
 
 def labels_of(run: str | None) -> list[dict[str, Any]]:
-    """The run's labels, after "the typed prompt"."""
-    return _label_choices(current_db(), run)
+    """The run's labels, after "the typed prompt" (the chosen one is left as it is)."""
+    return _label_choice(current_db(), run).options
 
 
 def query(

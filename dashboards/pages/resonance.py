@@ -8,23 +8,23 @@ from typing import Any
 import dash
 from dash import Input, Output, State, callback, dcc, html
 
-from dashboards.components import choices, fill, guarded, query_string, slot, to_int
+from dashboards.components import fill, guarded, query_string, slot, to_int
 from dashboards.components.pending import poll_input, poll_outputs, polled, poller, register_poll
+from dashboards.components.pickers import Choice, label_choice, run_choice
 from dashboards.components.url import clicked_expert, register_url_sync, url_components
 from dashboards.data import current_db
 from dashboards.views import resonance as view
-from dashboards.views.common import label_options, pick, run_options
 
 dash.register_page(__name__, path="/resonance", name="Resonance", title="moe-workbench · resonance", order=5)
 PAGE = "resonance"
 
 
-def _defaults(db: str, run: str | None, target: Any, control: Any) -> tuple[list[Any], Any, Any]:
-    labels, _ = choices(label_options, db, run, False)
+def pair_of(db: str, run: str | None, target: Any, control: Any) -> tuple[Choice, Choice]:
+    """Target and control pickers over the run's labels, keeping the chosen ones it has (else its contrast set)."""
+    labels = label_choice(db, run, with_all=False)
     pair = guarded(view.default_pair, db, run) if run else (None, None)
     found = pair if isinstance(pair, tuple) else (None, None)
-    values = [o["value"] for o in labels]
-    return labels, target if target in values else found[0], control if control in values else found[1]
+    return labels.keep(target, found[0]), labels.keep(control, found[1])
 
 
 def layout(
@@ -38,32 +38,25 @@ def layout(
 ) -> html.Div:
     """Run, target, control and method pickers (from the query string); a clicked cell is kept too."""
     db = current_db()
-    runs, problem = choices(run_options, db)
-    run = pick(run, runs)
-    labels, target, control = _defaults(db, run, target, control)
+    runs = run_choice(db, run)
+    targets, controls = pair_of(db, runs.value, target, control)
     cell = (to_int(layer), to_int(expert))
-    methods = [{"label": m, "value": m} for m in view.METHODS]
+    methods = Choice([{"label": m, "value": m} for m in view.METHODS]).pick(method)
     return html.Div(
         [
             *url_components(PAGE),
             *poller(PAGE),
             dcc.Store(id="resonance-cell", data=list(cell) if None not in cell else None),
             html.H2("Resonance map"),
-            problem,
+            runs.problem,
             html.Div(
                 [
-                    dcc.Dropdown(id="res-run", options=runs, value=run, clearable=False, className="wb-pick"),
+                    runs.dropdown("res-run"),
                     html.Span("target", className="wb-muted"),
-                    dcc.Dropdown(id="res-target", options=labels, value=target, className="wb-pick"),
+                    targets.dropdown("res-target", clearable=True),
                     html.Span("control", className="wb-muted"),
-                    dcc.Dropdown(id="res-control", options=labels, value=control, className="wb-pick"),
-                    dcc.Dropdown(
-                        id="res-method",
-                        options=methods,
-                        value=pick(method, methods),
-                        clearable=False,
-                        className="wb-pick-small",
-                    ),
+                    controls.dropdown("res-control", clearable=True),
+                    methods.dropdown("res-method", class_name="wb-pick-small"),
                 ],
                 className="wb-controls",
             ),
@@ -75,8 +68,8 @@ def layout(
 
 def labels_of(run: str | None, target: Any, control: Any) -> tuple[list[Any], Any, list[Any], Any]:
     """The run's labels for both pickers, keeping the chosen ones it has (else its contrast set)."""
-    labels, target, control = _defaults(current_db(), run, target, control)
-    return labels, target, labels, control
+    targets, controls = pair_of(current_db(), run, target, control)
+    return (*targets.update(), *controls.update())
 
 
 def remember_cell(click: Any, run: Any, target: Any, control: Any) -> Any:

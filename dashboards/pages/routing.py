@@ -6,14 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import dash
-from dash import Input, Output, State, callback, dcc, html
+from dash import Input, Output, State, callback, html
 
 from dashboards.components import choices, expert_href, fill, guarded, query_string, slot, to_int
 from dashboards.components.pending import poll_input, poll_outputs, polled, poller, register_poll
+from dashboards.components.pickers import ALL, Choice, label_choice, layer_choice, run_choice
 from dashboards.components.url import clicked_expert, register_url_sync, url_components
 from dashboards.data import current_db
 from dashboards.views import routing as view
-from dashboards.views.common import ALL, label_options, layer_options, pick, run_options
 
 dash.register_page(__name__, path="/routing", name="Routing", title="moe-workbench · routing", order=1)
 PAGE = "routing"
@@ -28,47 +28,25 @@ def layout(
 ) -> html.Div:
     """Controls initialised from the query string (``run``, ``label``, ``prompt``, ``layer``)."""
     db = current_db()
-    runs, problem = choices(run_options, db)
-    run = pick(run, runs)
-    labels, _ = choices(label_options, db, run)
-    label = pick(label, labels)
-    prompts, _ = choices(view.prompt_options, db, run, label)
-    layers, _ = choices(layer_options, db, run)
+    runs = run_choice(db, run)
+    labels, prompts, layers = choices_of(db, runs.value, label, prompt, layer)
     return html.Div(
         [
             *url_components(PAGE),
             *poller(PAGE),
             html.H2("Routing explorer"),
-            problem,
+            runs.problem,
             html.Div(
-                [
-                    dcc.Dropdown(
-                        id="routing-run", options=runs, value=run, clearable=False, className="wb-pick"
-                    ),
-                    dcc.Dropdown(
-                        id="routing-label", options=labels, value=label, clearable=False, className="wb-pick"
-                    ),
-                ],
-                className="wb-controls",
+                [runs.dropdown("routing-run"), labels.dropdown("routing-label")], className="wb-controls"
             ),
             slot("routing-heatmap"),
             html.H3("Token view"),
             html.Div(
                 [
-                    dcc.Dropdown(
-                        id="routing-prompt",
-                        options=prompts,
-                        value=pick(to_int(prompt), prompts),
-                        className="wb-pick-wide",
-                        placeholder="prompt",
+                    prompts.dropdown(
+                        "routing-prompt", clearable=True, class_name="wb-pick-wide", placeholder="prompt"
                     ),
-                    dcc.Dropdown(
-                        id="routing-layer",
-                        options=layers,
-                        value=pick(to_int(layer), layers),
-                        className="wb-pick",
-                        placeholder="layer",
-                    ),
+                    layers.dropdown("routing-layer", clearable=True, placeholder="layer"),
                 ],
                 className="wb-controls",
             ),
@@ -78,16 +56,22 @@ def layout(
     )
 
 
+def choices_of(
+    db: str, run: str | None, label: Any, prompt: Any, layer: Any
+) -> tuple[Choice, Choice, Choice]:
+    """The run's labels (after "all labels"), the chosen label's prompts and the run's layers, each keeping
+    the choice when offered (else the first option)."""
+    labels = label_choice(db, run, label)
+    found, _ = choices(view.prompt_options, db, run, labels.value)
+    return labels, Choice(found).pick(to_int(prompt)), layer_choice(db, run, layer)
+
+
 def options(
     run: str | None, label: str | None, prompt: int | None, layer: int | None
 ) -> tuple[list[Any], Any, list[Any], Any, list[Any], Any]:
     """Label, prompt and layer options of a run, keeping each choice the run still offers."""
-    db = current_db()
-    labels, _ = choices(label_options, db, run)
-    label = pick(label, labels)
-    prompts, _ = choices(view.prompt_options, db, run, label)
-    layers, _ = choices(layer_options, db, run)
-    return labels, label, prompts, pick(prompt, prompts), layers, pick(layer, layers)
+    labels, prompts, layers = choices_of(current_db(), run, label, prompt, layer)
+    return (*labels.update(), *prompts.update(), *layers.update())
 
 
 def update(run: str | None, label: str | None) -> tuple[Any, ...]:

@@ -7,14 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 import dash
-from dash import Input, Output, State, callback, dcc, html
+from dash import Input, Output, State, callback, html
 
-from dashboards.components import choices, guarded, message, query_string
+from dashboards.components import guarded, message, query_string
 from dashboards.components.pending import poll_input, poll_outputs, polled, poller, register_poll
+from dashboards.components.pickers import Choice, compare_choice, run_choice
 from dashboards.components.url import register_url_sync, url_components
 from dashboards.data import attached, current_db
 from dashboards.views import runs as view
-from dashboards.views.common import compare_options, pick, run_options
 
 dash.register_page(__name__, path="/", name="Runs", title="moe-workbench · runs", order=0)
 PAGE = "runs"
@@ -23,9 +23,8 @@ PAGE = "runs"
 def layout(run: str | None = None, compare: str | None = None, **_: Any) -> html.Div:
     """Runs table, a run picker (``?run=``; default the newest run), its details and a comparison run (``?compare=``)."""
     db = current_db()
-    options, problem = choices(run_options, db)
-    chosen = pick(run, options)
-    others, note = compare_choices(chosen, compare)
+    runs = run_choice(db, run)
+    others = compare_with(runs.value, compare)
     model = attached().name
     return html.Div(
         [
@@ -33,46 +32,42 @@ def layout(run: str | None = None, compare: str | None = None, **_: Any) -> html
             *poller(PAGE),
             html.H2("Runs"),
             html.P(f"Store: {db}" + (f" · model attached: {model}" if model else ""), className="wb-muted"),
-            problem or guarded(view.runs_table, db),
+            runs.problem or guarded(view.runs_table, db),
             html.Label("Run", htmlFor="runs-run"),
-            dcc.Dropdown(id="runs-run", options=options, value=chosen, clearable=False),
+            runs.dropdown("runs-run", class_name=None),
             html.Div(id="runs-detail"),
             html.H3("Compare with another run", className="wb-section"),
-            dcc.Dropdown(
-                id="runs-compare",
-                options=others,
-                value=compare if compare in [o["value"] for o in others] else None,
+            others.dropdown(
+                "runs-compare",
+                clearable=True,
+                class_name="wb-pick-wide",
                 placeholder="second run (sharing prompts with this one)",
-                className="wb-pick-wide",
             ),
-            html.Div(note, id="runs-compare-note"),
+            html.Div(others.problem, id="runs-compare-note"),
             html.Div(id="runs-drift"),
         ]
     )
 
 
-def compare_choices(run: str | None, current: str | None) -> tuple[list[dict[str, Any]], Any]:
-    """(compare options, note): runs sharing prompts with ``run``; the note says when there are none."""
-    if not run:
-        return [], None
-    db = current_db()
-    options, problem = choices(compare_options, db, run)
-    if problem is not None:
-        return [], problem
-    if not options:
-        return [], message(
-            f"No other run shares a prompt with {run} (prompts are matched by text and token ids), so "
-            "there is nothing to compare it with: capture the same probe file again (another checkpoint, "
-            "backend or dtype) to compare routing."
+def compare_with(run: str | None, current: str | None) -> Choice:
+    """The compare picker for ``run``: runs sharing prompts with it, ``current`` kept when it is one of them;
+    its ``problem`` says why there are none."""
+    others = compare_choice(current_db(), run, current)
+    if run and others.problem is None and not others.options:
+        return Choice(
+            problem=message(
+                f"No other run shares a prompt with {run} (prompts are matched by text and token ids), so "
+                "there is nothing to compare it with: capture the same probe file again (another checkpoint, "
+                "backend or dtype) to compare routing."
+            )
         )
-    return options, None
+    return others
 
 
 def update_compare(run: str | None, current: str | None) -> tuple[list[dict[str, Any]], str | None, Any]:
-    """The compare picker for ``run``: its options, the kept choice (if still compatible) and the note."""
-    options, note = compare_choices(run, current)
-    keep = current if current in [o["value"] for o in options] and current != run else None
-    return options, keep, note
+    """The compare picker for a new ``run``: its options, the kept choice (if still compatible) and the note."""
+    others = compare_with(run, current)
+    return (*others.update(), others.problem)
 
 
 callback(

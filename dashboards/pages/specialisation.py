@@ -7,14 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 import dash
-from dash import Input, Output, State, callback, dcc, html
+from dash import Input, Output, State, callback, html
 
-from dashboards.components import choices, expert_href, fill, guarded, query_string, slot
+from dashboards.components import expert_href, fill, guarded, query_string, slot
 from dashboards.components.pending import poll_input, poll_outputs, polled, poller, register_poll
+from dashboards.components.pickers import label_choice, run_choice
 from dashboards.components.url import clicked_expert, register_url_sync, url_components
 from dashboards.data import current_db
 from dashboards.views import specialisation as view
-from dashboards.views.common import label_options, pick, run_options
 
 dash.register_page(
     __name__, path="/specialisation", name="Specialisation", title="moe-workbench · specialisation", order=2
@@ -25,27 +25,17 @@ PAGE = "specialisation"
 def layout(run: str | None = None, label: str | None = None, **_: Any) -> html.Div:
     """Run and label pickers (from ``?run=&label=``), the heatmap, the vocabulary and agreement views."""
     db = current_db()
-    runs, problem = choices(run_options, db)
-    run = pick(run, runs)
-    labels, _ = choices(label_options, db, run, False)
+    runs = run_choice(db, run)
     return html.Div(
         [
             *url_components(PAGE),
             *poller(PAGE),
             html.H2("Domain specialisation"),
-            problem,
+            runs.problem,
             html.Div(
                 [
-                    dcc.Dropdown(
-                        id="spec-run", options=runs, value=run, clearable=False, className="wb-pick"
-                    ),
-                    dcc.Dropdown(
-                        id="spec-label",
-                        options=labels,
-                        value=pick(label, labels),
-                        clearable=False,
-                        className="wb-pick",
-                    ),
+                    runs.dropdown("spec-run"),
+                    label_choice(db, runs.value, label, with_all=False).dropdown("spec-label"),
                 ],
                 className="wb-controls",
             ),
@@ -60,8 +50,7 @@ def layout(run: str | None = None, label: str | None = None, **_: Any) -> html.D
 
 def labels_of(run: str | None, label: str | None) -> tuple[list[Any], Any]:
     """The run's labels, keeping the chosen one when the run has it."""
-    labels, _ = choices(label_options, current_db(), run, False)
-    return labels, pick(label, labels)
+    return label_choice(current_db(), run, label, with_all=False).update()
 
 
 def update(run: str | None, label: str | None) -> tuple[Any, ...]:

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import polars as pl
 
 from dashboards import data
-from workbench.plots import figure_for
+from workbench.catalog import figure_for
 
 __all__ = [
     "DEFAULT_MIN_LIFT",

@@ -11,7 +11,7 @@ from dash import html
 
 from dashboards import data
 from dashboards.components import figure, guarded, message, table
-from workbench.plots import figure_for
+from workbench.catalog import figure_for
 
 __all__ = ["FLAGS", "balance", "flag_section", "load", "load_click"]
 

@@ -9,7 +9,7 @@ What one run of the lab does, on the attached model (``serve --model M``):
    refusal contrast set (:func:`behaviour_for`);
 3. decodes a few greedy continuations both ways (:func:`~workbench.interventions.effects.generation_diff`);
 4. captures the routing of the same prompts with and without the intervention at the touched
-   layers (:func:`routing_shift`), so one sees where the displaced tokens went;
+   layers (:func:`workbench.interventions.routing_shift.routing_shift`), so one sees where the displaced tokens went;
 5. compares its NLL change per token with the same intervention on distinct random expert sets
    of the same shape (:func:`random_controls`; any few experts forced on, or switched off, move
    the NLL), with an empirical p and its floor;
@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 import polars as pl
-import torch
 from dash import html
 from plotly.subplots import make_subplots
 
@@ -38,12 +37,11 @@ from dashboards.components import figure, message, table, to_int
 from dashboards.jobs import MODEL_LOCK
 from dashboards.views.common import ci_column
 from workbench.analysis.stats import MIN_CI_PROMPTS
-from workbench.capture.backends.hooks import HooksBackend
-from workbench.capture.batching import make_batch
-from workbench.interventions import Bias, Force, Intervention, Reroute, Scale, Zero, intervene
-from workbench.interventions.behaviour import REFUSAL, REFUSAL_CHATML, Behaviour
+from workbench.behaviour.registry import REFUSAL, REFUSAL_CHATML, Behaviour
+from workbench.interventions import Bias, Force, Intervention, Reroute, Scale, Zero
 from workbench.interventions.controls import ExpertSet, format_p, run_with_controls, versus_controls
 from workbench.interventions.effects import Evaluation, evaluate, generation_diff, record, token_effects
+from workbench.interventions.routing_shift import routing_shift
 from workbench.interventions.specs import expert_map
 from workbench.models.loading import LoadedModel
 from workbench.probefile import Prompt
@@ -61,7 +59,6 @@ __all__ = [
     "layer_options",
     "make_spec",
     "random_controls",
-    "routing_shift",
     "run_lab",
     "save_result",
 ]
@@ -151,50 +148,6 @@ def behaviour_for(
     if pair is None or "refusal" not in probe.lower() or not {p.label for p in prompts} & set(pair):
         return None
     return REFUSAL_CHATML if "smollm" in str(loaded.name).lower() else REFUSAL
-
-
-@torch.inference_mode()
-def routing_shift(
-    loaded: LoadedModel, prompts: Sequence[Prompt], spec: Intervention, max_length: int = 256
-) -> pl.DataFrame:
-    """Per touched (layer, expert): selection share and gate-weight mass per token, base vs intervened.
-
-    Captured with the plain hooks backend on the same batch twice; the intervention's hooks run
-    before the capture's, so the second pass records the routing the model actually used.
-    ``share`` sums to top-k over a layer's experts; ``weight`` is the mean gate weight a token
-    gives the expert (a zeroed expert keeps its share but loses its weight).
-    """
-    touched = set(spec.layer_experts())
-    layers = [x for x in loaded.layers if x.layer in touched]
-    if not layers:
-        raise ValueError(f"the model has no MoE layer {sorted(touched)}")
-    batch = make_batch(list(prompts), loaded.tokenizer, max_length=max_length, padding_side="right")
-    batch = batch.to(loaded.device)
-    backend = HooksBackend(loaded.model, layers, want_logits=False)
-    try:
-        sides = {"base": backend.run(batch)}
-        with intervene(loaded, spec):
-            sides["intervened"] = backend.run(batch)
-    finally:
-        backend.close()
-    n_tokens = max(1, batch.n_tokens)
-    rows: list[dict[str, Any]] = []
-    for layer in layers:
-        per_side = {}
-        for side, cap in sides.items():
-            route = cap.routing[layer.layer]
-            idx = route.indices[batch.keep].reshape(-1).long().cpu()
-            w = route.weights[batch.keep].reshape(-1).float().cpu()
-            count = torch.bincount(idx, minlength=layer.n_experts)[: layer.n_experts].float()
-            mass = torch.zeros(layer.n_experts).index_add_(0, idx, w)
-            per_side[side] = (count / n_tokens, mass / n_tokens)
-        for e in range(layer.n_experts):
-            rows.append({
-                "layer": layer.layer, "expert": e,
-                "share_base": float(per_side["base"][0][e]), "share_int": float(per_side["intervened"][0][e]),
-                "weight_base": float(per_side["base"][1][e]), "weight_int": float(per_side["intervened"][1][e]),
-            })  # fmt: skip
-    return pl.DataFrame(rows).with_columns((pl.col("share_int") - pl.col("share_base")).alias("share_delta"))
 
 
 @dataclass

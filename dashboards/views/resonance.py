@@ -10,7 +10,7 @@ from dash import dcc, html
 
 from dashboards import data
 from dashboards.components import expert_href, message, table
-from workbench.plots import figure_for
+from workbench.catalog import figure_for
 
 __all__ = ["METHODS", "default_pair", "driving_tokens", "resonance_figure"]
 

@@ -13,7 +13,7 @@ import polars as pl
 from dash import html
 
 from dashboards import data
-from dashboards.views.common import ALL
+from dashboards.components.pickers import ALL
 from workbench.plots.common import layer_expert_heatmap
 
 __all__ = ["expert_colour", "prompt_options", "selection_share", "share_heatmap", "token_grid", "token_text"]

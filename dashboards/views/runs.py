@@ -9,22 +9,13 @@ from dash import dcc, html
 
 from dashboards import data
 from dashboards.components import figure, message, query_string, table
+from dashboards.components.nav import nav_pages
 from workbench.analysis.compare import drift_coverage
-from workbench.plots import figure_for
+from workbench.catalog import figure_for
 
-__all__ = ["PAGE_LINKS", "run_detail", "run_drift", "runs_table"]
+__all__ = ["run_detail", "run_drift", "runs_table"]
 
 RUN_COLUMNS = ("run_id", "model", "architecture", "probe", "n_experts", "top_k", "status", "created_at")
-PAGE_LINKS: tuple[tuple[str, str], ...] = (
-    ("/routing", "Routing"),
-    ("/specialisation", "Specialisation"),
-    ("/health", "Health"),
-    ("/coactivation", "Co-activation"),
-    ("/resonance", "Resonance"),
-    ("/expert", "Expert card"),
-    ("/lab", "Lab"),
-    ("/circuits", "Circuits"),
-)
 
 
 def runs_table(db: str) -> Any:
@@ -52,8 +43,10 @@ def run_detail(db: str, run: str | None) -> Any:
         .agg(pl.len().alias("prompts"), pl.col("n_tokens").sum().alias("tokens"))
         .sort("label", nulls_last=True)
     )
-    links = [
-        dcc.Link(name, href=path + query_string(run=run), className="wb-link") for path, name in PAGE_LINKS
+    links = [  # every other page, as in the navigation bar
+        dcc.Link(p.name, href=p.path + query_string(run=run), className="wb-link")
+        for p in nav_pages()
+        if p.path != "/"
     ]
     return html.Div(
         [

@@ -11,7 +11,7 @@ from dash import html
 
 from dashboards import data
 from dashboards.components import message, table
-from workbench.plots import figure_for
+from workbench.catalog import figure_for
 
 __all__ = ["agreement", "lift_heatmap", "vocab"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from workbench.analysis.agreement import scorer_agreement
 from workbench.analysis.coactivation import coactivation, fixed_partners, pathways
-from workbench.analysis.compare import expert_weight_similarity, merge_candidates, routing_drift
+from workbench.analysis.compare import routing_drift
 from workbench.analysis.dynamic import dynamic_k, k_at_p
 from workbench.analysis.health import expert_load, load_balance, router_confidence, super_experts
 from workbench.analysis.home import expert_collapse, expert_degradation, underfitting
@@ -27,11 +27,9 @@ __all__ = [
     "expert_degradation",
     "expert_load",
     "expert_top_tokens",
-    "expert_weight_similarity",
     "fixed_partners",
     "k_at_p",
     "load_balance",
-    "merge_candidates",
     "pathways",
     "router_confidence",
     "router_scores",

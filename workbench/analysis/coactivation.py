@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from workbench.analysis.common import layer_filter, layer_groups
-from workbench.store import Store
+from workbench.analysis.common import layer_groups
+from workbench.store import Store, queries
 
 __all__ = [
     "COACTIVATION_COLUMNS",
@@ -76,7 +76,7 @@ def coactivation(store: Store, run_id: str, layers: Iterable[int] | None = None)
     info = store.layers(run_id)  # raises UnknownRunError for an unknown run
     out = _pair_counts(store, run_id, info, layers)
     if out is None:  # negative expert ids: count them exactly as the SQL always did
-        out = _pair_counts_sql(store, run_id, layers)
+        out = queries.pair_counts(store, run_id, layers)
     if out.height == 0:
         return pl.DataFrame(schema=_COACT_SCHEMA)
     out = out.with_columns(
@@ -97,7 +97,7 @@ def pathways(store: Store, run_id: str, top: int | None = 20) -> pl.DataFrame:
         raise ValueError(f"top must be >= 1 or None, got {top}")
     trans = _transitions(store, run_id)
     if trans is None:  # rows not stored in (prompt, position, layer) order: self-join in DuckDB
-        trans = _transitions_sql(store, run_id)
+        trans = queries.top1_transitions(store, run_id)
     out = (
         trans.with_columns(pl.col("n").sum().over("layer_from", "expert_from").alias("n_from"))
         .with_columns((pl.col("n") / pl.col("n_from")).alias("p"))
@@ -146,7 +146,7 @@ def _expert_lists(batch: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(flat expert ids as int64, list lengths) of a batch's ``experts`` column."""
     col = batch["experts"]
     lengths = col.list.len().fill_null(0).to_numpy().astype(np.int64)
-    values = col.rechunk().to_arrow().flatten().to_numpy(zero_copy_only=False)  # type: ignore[attr-defined]
+    values = col.rechunk().to_arrow().flatten().to_numpy(zero_copy_only=False)
     return np.asarray(values, dtype=np.int64), lengths
 
 
@@ -210,32 +210,6 @@ def _pair_counts(
     return pl.concat(frames)
 
 
-def _pair_counts_sql(store: Store, run_id: str, layers: Iterable[int] | None) -> pl.DataFrame:
-    """The same counts in DuckDB (unnest the top-k lists); used only when expert ids are negative."""
-    clause, values = layer_filter(layers, "r.layer")
-    sel = (
-        "SELECT r.layer, r.prompt_id, r.position,"
-        "  list_filter(r.experts, lambda x: x < l.n_experts) AS experts"
-        " FROM routing r JOIN layers l ON l.run_id = r.run_id AND l.layer = r.layer"
-        f" WHERE r.run_id = ?{clause}"
-    )
-    return store.sql(
-        f"WITH sel AS ({sel}),"
-        " tok AS (SELECT layer, count(*) AS n_tokens FROM sel GROUP BY layer),"
-        " single AS (SELECT layer, CAST(e AS INTEGER) AS e, count(*) AS n FROM"
-        "   (SELECT layer, unnest(list_distinct(experts)) AS e FROM sel) GROUP BY layer, e),"
-        " pairs AS (SELECT layer, CAST(a AS INTEGER) AS a, CAST(b AS INTEGER) AS b, count(*) AS n_ab FROM"
-        "   (SELECT layer, a, unnest(list_filter(ex, lambda x: x <> a)) AS b FROM"
-        "     (SELECT layer, list_distinct(experts) AS ex, unnest(list_distinct(experts)) AS a FROM sel))"
-        "   GROUP BY layer, a, b)"
-        " SELECT p.layer, p.a, p.b, p.n_ab, sa.n AS n_a, sb.n AS n_b, t.n_tokens"
-        " FROM pairs p JOIN single sa ON sa.layer = p.layer AND sa.e = p.a"
-        " JOIN single sb ON sb.layer = p.layer AND sb.e = p.b JOIN tok t ON t.layer = p.layer"
-        " ORDER BY p.layer, p.a, p.b",
-        [run_id, *values],
-    )
-
-
 def _transitions(store: Store, run_id: str) -> pl.DataFrame | None:
     """``layer_from, layer_to, expert_from, expert_to, n`` from one unsorted scan, or None.
 
@@ -289,19 +263,3 @@ def _transitions(store: Store, run_id: str) -> pl.DataFrame | None:
         "layer_from": layer_ids[src].astype(np.int32), "layer_to": layer_ids[src + 1].astype(np.int32),
         "expert_from": e_from.astype(np.int32), "expert_to": e_to.astype(np.int32), "n": counts[hit],
     })  # fmt: skip
-
-
-def _transitions_sql(store: Store, run_id: str) -> pl.DataFrame:
-    """The same transition counts by a self-join of ``routing`` in DuckDB."""
-    return store.sql(
-        "WITH nxt AS (SELECT layer, n_experts, lead(layer) OVER (ORDER BY layer) AS layer_to,"
-        "   lead(n_experts) OVER (ORDER BY layer) AS e_to FROM layers WHERE run_id = ?)"
-        " SELECT x.layer AS layer_from, nxt.layer_to, CAST(x.experts[1] AS INTEGER) AS expert_from,"
-        "   CAST(y.experts[1] AS INTEGER) AS expert_to, count(*) AS n"
-        "   FROM routing x JOIN nxt ON nxt.layer = x.layer"
-        "   JOIN routing y ON y.run_id = x.run_id AND y.layer = nxt.layer_to"
-        "     AND y.prompt_id = x.prompt_id AND y.position = x.position"
-        "   WHERE x.run_id = ? AND x.experts[1] < nxt.n_experts AND y.experts[1] < nxt.e_to"
-        "   GROUP BY ALL",
-        [run_id, run_id],
-    )

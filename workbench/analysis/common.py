@@ -1,4 +1,7 @@
-"""Small helpers every analysis shares: which layers to read, and the SQL clause that selects them."""
+"""Small helpers every analysis shares: which layers to read, and how to turn streamed logits into numpy.
+
+The SQL the analyses run lives in :mod:`workbench.store.queries`; nothing here writes SQL.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +16,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from workbench.store import Store
-
-
-def layer_filter(layers: Iterable[int] | None, column: str = "layer") -> tuple[str, list[int]]:
-    """An ``AND column IN (?, ...)`` clause and its parameters; empty for all layers, FALSE for none."""
-    if layers is None:
-        return "", []
-    values = [int(x) for x in layers]
-    if not values:
-        return " AND FALSE", []
-    return f" AND {column} IN ({', '.join('?' for _ in values)})", values
 
 
 def layer_info(store: Store, run_id: str, layers: Iterable[int] | None) -> pl.DataFrame:

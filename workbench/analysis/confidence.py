@@ -37,7 +37,6 @@ from scipy.special import ndtri
 from workbench.analysis.common import (
     BatchLogits,
     check_widths,
-    layer_filter,
     layer_index,
     layer_info,
     logits_matrix,
@@ -48,7 +47,7 @@ from workbench.analysis.common import (
     transposed_f64,
 )
 from workbench.analysis.scores import router_scores, router_scores_t
-from workbench.store import Store
+from workbench.store import Store, queries
 
 __all__ = ["CONFIDENCE_COLUMNS", "router_confidence"]
 
@@ -312,12 +311,7 @@ def router_confidence(
     layer_list = [int(x) for x in info["layer"].to_list()]
     if not layer_list:
         return pl.DataFrame(schema=_CONFIDENCE_SCHEMA)
-    clause, values = layer_filter(layer_list)
-    have = store.sql(
-        f"SELECT count(*) AS n FROM routing WHERE run_id = ?{clause} AND logits IS NOT NULL",
-        [run_id, *values],
-    )
-    if int(have["n"][0]) == 0:
+    if queries.n_logit_rows(store, run_id, layer_list) == 0:
         raise ValueError(
             f"run {run_id!r} has no router logits for the selected layers; router confidence needs them: "
             "capture the run with --logits fp16 or --logits fp32"

@@ -47,7 +47,7 @@ from workbench.analysis.common import (
 )
 from workbench.analysis.rank import fisher_interval, fisher_p
 from workbench.analysis.scores import router_scores, router_scores_t
-from workbench.store import Store
+from workbench.store import Store, queries
 
 __all__ = ["DYNAMIC_K_COLUMNS", "dynamic_k", "k_at_p"]
 
@@ -174,7 +174,7 @@ class _Tokens:
     """The run's tokens sorted by (prompt_id, position), with their NLL, and a fast row lookup."""
 
     def __init__(self, store: Store, run_id: str, p_ids: np.ndarray) -> None:
-        toks = store.sql("SELECT prompt_id, position, nll FROM tokens WHERE run_id = ?", [run_id])
+        toks = queries.token_nll(store, run_id)
         key = _token_key(toks["prompt_id"].to_numpy(), toks["position"].to_numpy())
         nll = toks["nll"].cast(pl.Float64).fill_null(np.nan).to_numpy()
         if key.size > 1 and not bool((key[1:] > key[:-1]).all()):  # usually stored in order already
@@ -403,7 +403,7 @@ def dynamic_k(
     # Labels and NLLs are looked up per routing row in numpy (prompt- and token-sized tables),
     # so the routing table is read once, unsorted and a batch at a time, for all layers, and
     # summarised with bincounts over (layer, label, k) at the end.
-    prompts = store.sql("SELECT prompt_id, label FROM prompts WHERE run_id = ? ORDER BY prompt_id", [run_id])
+    prompts = queries.prompt_labels(store, run_id)
     groups: list[str | None] = [None, *sorted({x for x in prompts["label"].to_list() if x is not None})]
     p_ids = prompts["prompt_id"].to_numpy().astype(np.int64)
     p_code = np.array([groups.index(x) for x in prompts["label"].to_list()], dtype=np.int64)

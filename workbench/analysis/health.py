@@ -34,13 +34,10 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 
-from workbench.analysis.common import (
-    layer_filter,
-    layer_info,
-)
+from workbench.analysis.common import layer_info
 from workbench.analysis.confidence import CONFIDENCE_COLUMNS, router_confidence
 from workbench.analysis.stats import cluster_bootstrap
-from workbench.store import Store
+from workbench.store import Store, queries
 
 __all__ = [
     "BALANCE_COLUMNS",
@@ -108,18 +105,8 @@ def expert_load(
     ``dead`` is ``f < dead_threshold / E``. Deterministic for a given ``seed``.
     """
     info = layer_info(store, run_id, layers)
-    clause, values = layer_filter(info["layer"].to_list())
-    selections = store.sql(
-        "SELECT prompt_id, layer, CAST(expert AS INTEGER) AS expert, count(*) AS n FROM ("
-        f"  SELECT prompt_id, layer, unnest(experts) AS expert FROM routing WHERE run_id = ?{clause}"
-        ") GROUP BY prompt_id, layer, expert",
-        [run_id, *values],
-    )
-    tokens = store.sql(
-        f"SELECT prompt_id, layer, count(*) AS n_tokens FROM routing WHERE run_id = ?{clause}"
-        " GROUP BY prompt_id, layer",
-        [run_id, *values],
-    )
+    selections = queries.selections_per_prompt(store, run_id, info["layer"].to_list())
+    tokens = queries.tokens_per_prompt(store, run_id, info["layer"].to_list())
     frames: list[pl.DataFrame] = []
     for li, (layer, n_experts, top_k) in enumerate(info.select("layer", "n_experts", "top_k").iter_rows()):
         tok = tokens.filter(pl.col("layer") == layer)
@@ -170,10 +157,7 @@ def load_balance(
     """
     load = expert_load(store, run_id, layers, n_boot=0, dead_threshold=dead_threshold)
     info = layer_info(store, run_id, layers)
-    clause, values = layer_filter(info["layer"].to_list())
-    ntok = store.sql(
-        f"SELECT layer, count(*) AS n FROM routing WHERE run_id = ?{clause} GROUP BY layer", [run_id, *values]
-    )
+    ntok = queries.tokens_per_layer(store, run_id, info["layer"].to_list())
     n_by_layer = dict(zip(ntok["layer"].to_list(), ntok["n"].to_list(), strict=True))
     rows: list[dict[str, object]] = []
     for layer, n_experts, top_k in info.select("layer", "n_experts", "top_k").iter_rows():
@@ -216,18 +200,12 @@ def super_experts(
     when the run has none. Sorted by layer, expert.
     """
     info = store.layers(run_id)  # raises UnknownRunError for an unknown run
-    any_stats = store.sql("SELECT count(*) AS n FROM expert_stats WHERE run_id = ?", [run_id])
-    if int(any_stats["n"][0]) == 0:
+    if queries.n_expert_stats_rows(store, run_id) == 0:
         raise ValueError(
             f"run {run_id!r} has no expert_stats; super experts need per-expert output norms: "
             "capture the run with --expert-stats"
         )
-    clause, values = layer_filter(layers)
-    maxima = store.sql(
-        "SELECT layer, CAST(expert AS INTEGER) AS expert, max(abs(out_norm)) AS max_out_norm, count(*) AS n_tokens"
-        f" FROM expert_stats WHERE run_id = ?{clause} GROUP BY layer, expert",
-        [run_id, *values],
-    )
+    maxima = queries.expert_norm_maxima(store, run_id, layers)
     if maxima.height == 0:
         return pl.DataFrame(schema=_SUPER_SCHEMA)
     values_np = maxima["max_out_norm"].to_numpy().astype(np.float64)

@@ -48,7 +48,7 @@ the pseudo-experts ``expert = E + s`` of ``expert_stats`` and carry ``shared = T
   enough evidence to tell it from the median.
 
 Prompts with a NULL label are left out of degradation and underfitting. Counting is done in
-DuckDB (``store.sql``); the small per-layer tables are finished in polars / numpy.
+DuckDB (named queries of :mod:`workbench.store.queries`); the small per-layer tables are finished in polars / numpy.
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 
-from workbench.analysis.common import layer_filter, layer_info
+from workbench.analysis.common import layer_info
 from workbench.analysis.specialisation import domain_specialisation, is_specialised
 from workbench.analysis.stats import cluster_bootstrap
-from workbench.store import Store
+from workbench.store import Store, queries
 
 __all__ = [
     "COLLAPSE_COLUMNS",
@@ -85,13 +85,6 @@ UNDERFITTING_COLUMNS: tuple[str, ...] = (
     "n_tokens", "underfit",
 )  # fmt: skip
 
-_LABELLED = "prompt_id IN (SELECT prompt_id FROM prompts WHERE run_id = ? AND label IS NOT NULL)"
-
-
-def _has_expert_stats(store: Store, run_id: str) -> bool:
-    n = store.sql("SELECT count(*) AS n FROM expert_stats WHERE run_id = ?", [run_id])
-    return int(n["n"][0]) > 0
-
 
 def expert_collapse(store: Store, run_id: str, layers: Iterable[int] | None = None) -> pl.DataFrame:
     """Zero fraction, mean output norm, and per-layer norm spread / routing collapse (module docstring).
@@ -100,24 +93,14 @@ def expert_collapse(store: Store, run_id: str, layers: Iterable[int] | None = No
     sorted by layer, expert. Raises ``ValueError`` when the run has no ``expert_stats``.
     """
     info = layer_info(store, run_id, layers)
-    if not _has_expert_stats(store, run_id):
+    if queries.n_expert_stats_rows(store, run_id) == 0:
         raise ValueError(
             f"run {run_id!r} has no expert_stats; collapse needs per-expert zero fractions and "
             "output norms: capture the run with --expert-stats"
         )
-    clause, values = layer_filter(info["layer"].to_list())
-    per_expert = store.sql(
-        "SELECT layer, CAST(expert AS INTEGER) AS expert, avg(zero_frac) AS mean_zero_frac,"
-        " avg(out_norm) AS mean_out_norm, count(*) AS n_tokens"
-        f" FROM expert_stats WHERE run_id = ?{clause} GROUP BY layer, expert",
-        [run_id, *values],
-    )
-    selections = store.sql(
-        "SELECT layer, CAST(expert AS INTEGER) AS expert, count(*) AS n FROM ("
-        f"  SELECT layer, unnest(experts) AS expert FROM routing WHERE run_id = ?{clause}"
-        ") GROUP BY layer, expert",
-        [run_id, *values],
-    )
+    layer_list = info["layer"].to_list()
+    per_expert = queries.expert_stats_means(store, run_id, layer_list)
+    selections = queries.selections_per_layer(store, run_id, layer_list)
     per_expert = per_expert.join(info.select("layer", "n_experts"), on="layer", how="inner").with_columns(
         (pl.col("expert") >= pl.col("n_experts")).alias("shared")
     )
@@ -193,30 +176,10 @@ def expert_degradation(
     (``load`` NaN). Sorted by layer, expert.
     """
     info = layer_info(store, run_id, layers)
-    clause, values = layer_filter(info["layer"].to_list())
-    selections = store.sql(
-        "SELECT layer, label, CAST(expert AS INTEGER) AS expert, count(*) AS n FROM ("
-        "  SELECT r.layer, p.label, unnest(r.experts) AS expert FROM routing r"
-        "  JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id"
-        f"  WHERE r.run_id = ? AND p.label IS NOT NULL{clause.replace('layer', 'r.layer')}"
-        ") GROUP BY layer, label, expert",
-        [run_id, *values],
-    )
-    tokens = store.sql(
-        "SELECT r.layer, p.label, count(*) AS n FROM routing r"
-        " JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id"
-        f" WHERE r.run_id = ? AND p.label IS NOT NULL{clause.replace('layer', 'r.layer')}"
-        " GROUP BY r.layer, p.label",
-        [run_id, *values],
-    )
-    shared_mass = store.sql(
-        "SELECT s.layer, p.label, CAST(s.expert AS INTEGER) AS expert, sum(s.out_norm) AS mass, count(*) AS n"
-        " FROM expert_stats s JOIN prompts p ON p.run_id = s.run_id AND p.prompt_id = s.prompt_id"
-        " JOIN layers l ON l.run_id = s.run_id AND l.layer = s.layer"
-        f" WHERE s.run_id = ? AND p.label IS NOT NULL AND s.expert >= l.n_experts{clause.replace('layer', 's.layer')}"
-        " GROUP BY s.layer, p.label, s.expert",
-        [run_id, *values],
-    )
+    layer_list = info["layer"].to_list()
+    selections = queries.labelled_selections(store, run_id, layer_list)
+    tokens = queries.label_token_counts(store, run_id, layer_list)
+    shared_mass = queries.shared_norm_mass(store, run_id, layer_list)
     rows: list[dict[str, object]] = []
     for layer, n_experts in info.select("layer", "n_experts").iter_rows():
         tok = tokens.filter(pl.col("layer") == layer)
@@ -231,7 +194,7 @@ def expert_degradation(
         for lab, expert, n in sel.select("label", "expert", "n").iter_rows():
             counts[int(expert), code[lab]] += n
         den = np.zeros(len(labels))
-        for lab, n in tok.select("label", "n").iter_rows():
+        for lab, n in tok.select("label", "n_tokens").iter_rows():
             den[code[lab]] = n
         load = counts.sum(axis=1)
         f = load / load.sum() if load.sum() > 0 else np.full(n_e, math.nan)
@@ -287,7 +250,6 @@ def underfitting(
     """
     info = layer_info(store, run_id, layers)
     layer_list = info["layer"].to_list()
-    clause, values = layer_filter(layer_list)
     spec = domain_specialisation(store, run_id, layers=layer_list, n_boot=0, n_perm=n_perm, seed=seed)
     significant = spec.filter(is_specialised(alpha))
     top = spec.sort("log_odds", descending=True).group_by("layer", "label", maintain_order=True).first()
@@ -296,20 +258,8 @@ def underfitting(
         [significant.select("layer", "expert", "label"), fallback.select("layer", "expert", "label")]
     )
     specialists = specialists.with_columns(pl.lit(True).alias("is_specialist"))
-    gate = store.sql(
-        "SELECT prompt_id, layer, label, CAST(expert AS INTEGER) AS expert, sum(weight) AS mass FROM ("
-        "  SELECT r.prompt_id, r.layer, p.label, unnest(r.experts) AS expert, unnest(r.weights) AS weight"
-        "  FROM routing r JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id"
-        f"  WHERE r.run_id = ? AND p.label IS NOT NULL{clause.replace('layer', 'r.layer')}"
-        ") GROUP BY prompt_id, layer, label, expert",
-        [run_id, *values],
-    )
-    tokens = store.sql(
-        "SELECT p.label, count(*) AS n_tokens FROM routing r"
-        " JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id"
-        f" WHERE r.run_id = ? AND p.label IS NOT NULL{clause.replace('layer', 'r.layer')} GROUP BY p.label",
-        [run_id, *values],
-    )
+    gate = queries.labelled_gate_mass(store, run_id, layer_list)
+    tokens = queries.label_token_totals(store, run_id, layer_list)
     gate = gate.with_columns(pl.col("layer").cast(pl.Int32)).join(
         specialists.with_columns(pl.col("layer").cast(pl.Int32), pl.col("expert").cast(pl.Int32)),
         on=["layer", "label", "expert"],
@@ -341,14 +291,7 @@ def underfitting(
             "ci_high": pl.Float64,
         },
     )
-    norms = store.sql(
-        "SELECT p.label, sum(CASE WHEN s.expert >= l.n_experts THEN s.out_norm ELSE 0 END) AS shared_norm,"
-        " sum(s.out_norm) AS total_norm"
-        " FROM expert_stats s JOIN prompts p ON p.run_id = s.run_id AND p.prompt_id = s.prompt_id"
-        " JOIN layers l ON l.run_id = s.run_id AND l.layer = s.layer"
-        f" WHERE s.run_id = ? AND p.label IS NOT NULL{clause.replace('layer', 's.layer')} GROUP BY p.label",
-        [run_id, *values],
-    )
+    norms = queries.shared_norm_totals(store, run_id, layer_list)
     norms = norms.select(
         "label", (pl.col("shared_norm") / pl.col("total_norm")).cast(pl.Float64).alias("shared_norm_share")
     )

@@ -26,8 +26,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from workbench.analysis.common import layer_filter, layer_info
-from workbench.store import Store
+from workbench.analysis.common import layer_info
+from workbench.store import Store, queries
 
 __all__ = ["routing_mutual_information", "routing_probe"]
 
@@ -50,17 +50,8 @@ def routing_mutual_information(
     """
     info = layer_info(store, run_id, layers)
     rows: list[dict[str, object]] = []
-    clause, values = layer_filter(info["layer"].to_list(), "r.layer")
-    everything = store.sql(  # one grouped pass over all selected layers
-        "SELECT r.layer, pr.label,"
-        " CAST(CASE WHEN r.experts[1] < l.n_experts THEN r.experts[1]"  # the lambda only when needed
-        "  ELSE list_filter(r.experts, lambda x: x < l.n_experts)[1] END AS INTEGER) AS expert, count(*) AS n"
-        " FROM routing r JOIN prompts pr ON pr.run_id = r.run_id AND pr.prompt_id = r.prompt_id"
-        " JOIN layers l ON l.run_id = r.run_id AND l.layer = r.layer"
-        f" WHERE r.run_id = ?{clause} AND pr.label IS NOT NULL"
-        " GROUP BY ALL HAVING expert IS NOT NULL",
-        [run_id, *values],
-    )
+    # one grouped pass over all selected layers
+    everything = queries.top1_label_counts(store, run_id, info["layer"].to_list())
     for layer, n_experts in info.select("layer", "n_experts").iter_rows():
         df = everything.filter(pl.col("layer") == layer)
         if df.height == 0:
@@ -99,15 +90,8 @@ def routing_probe(
     """
     info = layer_info(store, run_id, layers)
     rows: list[dict[str, object]] = []
-    clause, values = layer_filter(info["layer"].to_list())
-    everything = store.sql(  # one grouped pass over all selected layers
-        "SELECT u.layer, u.prompt_id, pr.label, CAST(u.expert AS INTEGER) AS expert, count(*) AS n FROM ("
-        f"  SELECT layer, prompt_id, unnest(experts) AS expert FROM routing WHERE run_id = ?{clause}"
-        ") u JOIN prompts pr ON pr.run_id = ? AND pr.prompt_id = u.prompt_id"
-        " JOIN layers l ON l.run_id = ? AND l.layer = u.layer"
-        " WHERE pr.label IS NOT NULL AND u.expert < l.n_experts GROUP BY ALL",
-        [run_id, *values, run_id, run_id],
-    )
+    # one grouped pass over all selected layers
+    everything = queries.prompt_expert_counts(store, run_id, info["layer"].to_list())
     for layer, n_experts in info.select("layer", "n_experts").iter_rows():
         df = everything.filter(pl.col("layer") == layer).drop("layer")
         if df.height == 0:

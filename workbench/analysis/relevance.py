@@ -35,7 +35,6 @@ import pyarrow as pa
 from workbench.analysis.common import (
     BatchLogits,
     check_widths,
-    layer_filter,
     layer_index,
     layer_info,
     logits_matrix,
@@ -46,13 +45,12 @@ from workbench.analysis.common import (
     transposed_f64,
 )
 from workbench.analysis.scores import router_scores_t
-from workbench.store import Store
+from workbench.store import Store, queries
 
 __all__ = ["esft_scores", "expert_top_tokens", "tcess", "vocab_specialisation"]
 
 #: Rows per streamed batch for the logit analyses: bounds their memory (~E·8 bytes a row).
 _BATCH_ROWS = 262_144
-_LABELLED = "prompt_id IN (SELECT prompt_id FROM prompts WHERE run_id = ? AND label IS NOT NULL)"
 
 
 def _cumulative_set(scores: np.ndarray, p: float) -> np.ndarray:
@@ -82,24 +80,9 @@ def esft_scores(
         raise ValueError(f"p must be in (0, 1], got {p}")
     info = layer_info(store, run_id, layers)
     frames: list[pl.DataFrame] = []
-    clause, values = layer_filter(info["layer"].to_list(), "r.layer")
     # One grouped pass over all selected layers (not one scan of the routing table per layer).
-    all_sums = store.sql(
-        "SELECT u.layer, pr.label, CAST(u.expert AS INTEGER) AS expert, sum(u.w) AS w, count(*) AS n FROM ("
-        "  SELECT r.layer, r.prompt_id, unnest(r.experts) AS expert, unnest(r.weights) AS w FROM routing r"
-        f"  WHERE r.run_id = ?{clause} AND r.{_LABELLED}"
-        ") u JOIN prompts pr ON pr.run_id = ? AND pr.prompt_id = u.prompt_id"
-        " JOIN layers l ON l.run_id = ? AND l.layer = u.layer"
-        " WHERE u.expert < l.n_experts GROUP BY u.layer, pr.label, u.expert",
-        [run_id, *values, run_id, run_id, run_id],
-    )
-    all_totals = store.sql(
-        "SELECT r.layer, pr.label, count(*) AS n_tokens FROM routing r"
-        " JOIN prompts pr ON pr.run_id = r.run_id AND pr.prompt_id = r.prompt_id"
-        f" WHERE r.run_id = ?{clause} AND pr.label IS NOT NULL GROUP BY r.layer, pr.label"
-        " ORDER BY r.layer, pr.label",
-        [run_id, *values],
-    )
+    all_sums = queries.label_gate_sums(store, run_id, info["layer"].to_list())
+    all_totals = queries.label_token_counts(store, run_id, info["layer"].to_list())
     for layer, n_experts, top_k in info.select("layer", "n_experts", "top_k").iter_rows():
         sums = all_sums.filter(pl.col("layer") == layer)
         totals = all_totals.filter(pl.col("layer") == layer).select("label", "n_tokens")
@@ -270,18 +253,6 @@ def tcess(
     return pl.concat(frames).sort("layer", "expert", "label")
 
 
-def _top1_counts(store: Store, run_id: str, layer: int, n_experts: int) -> pl.DataFrame:
-    """(token_id, expert, n): top-1 routed expert counts per token id at one layer."""
-    return store.sql(
-        "SELECT t.token_id, CAST(r.top1 AS INTEGER) AS expert, count(*) AS n FROM ("
-        "  SELECT prompt_id, position, list_filter(experts, lambda x: x < ?)[1] AS top1 FROM routing"
-        "  WHERE run_id = ? AND layer = ?"
-        ") r JOIN tokens t ON t.run_id = ? AND t.prompt_id = r.prompt_id AND t.position = r.position"
-        " WHERE r.top1 IS NOT NULL GROUP BY t.token_id, r.top1",
-        [int(n_experts), run_id, int(layer), run_id],
-    )
-
-
 def vocab_specialisation(
     store: Store, run_id: str, *, layers: Iterable[int] | None = None, min_count: int = 5
 ) -> pl.DataFrame:
@@ -294,22 +265,10 @@ def vocab_specialisation(
     """
     info = layer_info(store, run_id, layers)
     rows: list[dict[str, object]] = []
-    clause, values = layer_filter(info["layer"].to_list(), "r.layer")
     # One pass over all selected layers: the top-1 counts per (layer, token id, expert) are
     # reduced in DuckDB to (n_max, n_x) per (layer, token id), so only vocabulary-sized rows
     # reach Python.
-    top1 = (  # the first routed expert; the lambda only runs when the first entry is not routed
-        "CASE WHEN r.experts[1] < l.n_experts THEN r.experts[1]"
-        " ELSE list_filter(r.experts, lambda x: x < l.n_experts)[1] END"
-    )
-    all_ids = store.sql(
-        "WITH t AS (SELECT prompt_id, position, token_id FROM tokens WHERE run_id = ?),"
-        " c AS (SELECT r.layer, t.token_id, count(*) AS n FROM routing r JOIN t USING (prompt_id, position)"
-        "   JOIN layers l ON l.run_id = r.run_id AND l.layer = r.layer"
-        f"   WHERE r.run_id = ?{clause} AND ({top1}) IS NOT NULL GROUP BY r.layer, t.token_id, {top1})"
-        " SELECT layer, token_id, max(n) AS n_max, CAST(sum(n) AS BIGINT) AS n_x FROM c GROUP BY layer, token_id",
-        [run_id, run_id, *values],
-    )
+    all_ids = queries.top1_token_maxima(store, run_id, info["layer"].to_list())
     for layer, n_experts in info.select("layer", "n_experts").iter_rows():
         per_id = all_ids.filter((pl.col("layer") == layer) & (pl.col("n_x") >= min_count))
         value = (
@@ -343,11 +302,9 @@ def expert_top_tokens(
     n_experts = int(info["n_experts"][0])
     if not 0 <= expert < n_experts:
         raise ValueError(f"expert must be in [0, {n_experts}), got {expert}")
-    counts = _top1_counts(store, run_id, layer, n_experts)
+    counts = queries.top1_token_counts(store, run_id, layer, n_experts)
     totals = counts.group_by("token_id").agg(pl.col("n").sum().alias("n_total"))
-    names = store.sql(
-        "SELECT token_id, any_value(token) AS token FROM tokens WHERE run_id = ? GROUP BY token_id", [run_id]
-    )
+    names = queries.token_strings(store, run_id)
     return (
         counts.filter(pl.col("expert") == expert)
         .join(totals, on="token_id")

@@ -35,28 +35,26 @@ always report the rank correlation between the two.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 import numpy as np
 import polars as pl
 
-from workbench.analysis.common import layer_filter, layer_info
+from workbench.analysis.common import layer_info
 from workbench.analysis.contrast import contrast_test
 from workbench.analysis.stats import benjamini_hochberg
-from workbench.store import Store
+from workbench.store import Store, queries
+from workbench.store.queries import SPAN_HELP, TokenSpan
 
 __all__ = [
-    "RESONANCE_COLUMNS", "SPAN_HELP", "default_contrast", "resonance", "resonance_map", "resonance_tokens",
-    "span_clause",
+    "RESONANCE_COLUMNS", "SPAN_HELP", "TokenSpan", "default_contrast", "resonance", "resonance_map",
+    "resonance_tokens",
 ]  # fmt: skip
 
 RESONANCE_COLUMNS: tuple[str, ...] = (
     "layer", "expert", "rd", "ftri", "method", "ci_low", "ci_high", "p", "q",
     "rate_target", "rate_control", "n_target", "n_control",
 )  # fmt: skip
-
-SPAN_HELP = "all | last:N | first:N | positions:A-B"
 
 _SCHEMA: dict[str, type[pl.DataType]] = {
     "layer": pl.Int32, "expert": pl.Int32, "rd": pl.Float64, "ftri": pl.Float64, "method": pl.Utf8,
@@ -65,40 +63,17 @@ _SCHEMA: dict[str, type[pl.DataType]] = {
 }  # fmt: skip
 
 
-def span_clause(span: str | None) -> tuple[str, list[int]]:
-    """SQL condition on a routing/tokens row ``r`` joined to its prompt ``p``, with parameters."""
-    if span is None or span == "all":
-        return "TRUE", []
-    match = re.fullmatch(r"(last|first):(\d+)|positions:(\d+)-(\d+)", span.strip())
-    if match is None:
-        raise ValueError(f"span {span!r} not understood; use {SPAN_HELP}")
-    if match.group(1) == "last":
-        return "r.position >= p.n_tokens - ?", [int(match.group(2))]
-    if match.group(1) == "first":
-        return "r.position < ?", [int(match.group(2))]
-    lo, hi = int(match.group(3)), int(match.group(4))
-    if hi < lo:
-        raise ValueError(f"span {span!r}: the end position is before the start")
-    return "r.position BETWEEN ? AND ?", [lo, hi]
-
-
 def _classes(store: Store, run_id: str, target: str, control: str) -> pl.DataFrame:
     """(prompt_id, is_target, pair_id) of the contrast set's prompts; errors name the labels."""
-    prompts = store.sql(
-        "SELECT prompt_id, label = ? AS is_target, pair_id FROM prompts "
-        "WHERE run_id = ? AND label IN (?, ?) ORDER BY prompt_id",
-        [target, run_id, target, control],
-    )
+    prompts = queries.contrast_prompts(store, run_id, target, control)
     if target == control:
         raise ValueError(f"target and control are the same label ({target!r}); pick two labels")
     have = prompts.group_by("is_target").len()
     counts = {bool(k): int(v) for k, v in have.iter_rows()}
     if not counts.get(True) or not counts.get(False):
-        labels = store.sql("SELECT DISTINCT label FROM prompts WHERE run_id = ? ORDER BY label", [run_id])
+        labels = queries.distinct_labels(store, run_id)
         missing = [lab for lab, flag in ((target, True), (control, False)) if not counts.get(flag)]
-        raise ValueError(
-            f"run {run_id!r} has no prompts labelled {missing}; its labels are {labels['label'].to_list()}"
-        )
+        raise ValueError(f"run {run_id!r} has no prompts labelled {missing}; its labels are {labels}")
     return prompts
 
 
@@ -143,21 +118,11 @@ def resonance_map(
         raise ValueError(f"method must be 'rd' or 'ftri' (the causal map needs the model), not {method!r}")
     classes = _classes(store, run_id, target, control)
     info = layer_info(store, run_id, layers)
-    cond, cond_params = span_clause(span)
-    lclause, lvalues = layer_filter(info["layer"].to_list(), "r.layer")
+    tokens_in = TokenSpan.parse(span)
+    layer_list = info["layer"].to_list()
     # Per (prompt, layer): tokens in span; per (prompt, layer, expert): selections and gate mass.
-    base = (
-        "FROM routing r JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id "
-        f"WHERE r.run_id = ? AND p.label IN (?, ?) AND {cond}{lclause}"
-    )
-    params = [run_id, target, control, *cond_params, *lvalues]
-    tokens = store.sql(f"SELECT r.prompt_id, r.layer, count(*) AS n {base} GROUP BY ALL", params)
-    picks = store.sql(
-        "SELECT prompt_id, layer, CAST(expert AS INTEGER) AS expert, count(*) AS n, sum(weight) AS g FROM ("
-        f"  SELECT r.prompt_id, r.layer, unnest(r.experts) AS expert, unnest(r.weights) AS weight {base}"
-        ") GROUP BY ALL",
-        params,
-    )
+    tokens = queries.span_token_counts(store, run_id, target, control, tokens_in, layer_list)
+    picks = queries.span_selections(store, run_id, target, control, tokens_in, layer_list)
     row_of = {int(pid): i for i, pid in enumerate(classes["prompt_id"].to_list())}
     is_target_all = classes["is_target"].to_numpy().astype(bool)
     pairs = _pairs(classes) if paired else None
@@ -233,17 +198,8 @@ def default_contrast(store: Store, run_id: str) -> tuple[str, str] | None:
     the label of the pair member that comes first in the probe file is the target (the
     convention of ``probes/refusal.jsonl``: harmful request, then its benign twin).
     """
-    firsts = store.sql(
-        "SELECT label, count(*) AS n FROM ("
-        "  SELECT pair_id, arg_min(label, prompt_id) AS label FROM prompts"
-        "  WHERE run_id = ? AND pair_id IS NOT NULL GROUP BY pair_id"
-        ") GROUP BY label ORDER BY n DESC",
-        [run_id],
-    )
-    labels = store.sql(
-        "SELECT DISTINCT label FROM prompts WHERE run_id = ? AND pair_id IS NOT NULL AND label IS NOT NULL",
-        [run_id],
-    )["label"].to_list()
+    firsts = queries.pair_first_labels(store, run_id)
+    labels = queries.paired_labels(store, run_id)
     if len(labels) != 2 or firsts.height == 0:
         return None
     target = str(firsts["label"][0])
@@ -257,10 +213,10 @@ def resonance(
     if target is None or control is None:
         found = default_contrast(store, run_id)
         if found is None:
-            labels = store.sql("SELECT DISTINCT label FROM prompts WHERE run_id = ? ORDER BY label", [run_id])
+            labels = queries.distinct_labels(store, run_id)
             raise ValueError(
                 f"run {run_id!r} is not a paired two-label contrast set: give target= and control= "
-                f"(its labels are {labels['label'].to_list()})"
+                f"(its labels are {labels})"
             )
         target = target or found[0]
         control = control or (found[1] if found[0] == target else found[0])
@@ -289,15 +245,8 @@ def resonance_tokens(
     resonate. Tokens seen fewer than ``min_count`` times in the target are left out.
     """
     _classes(store, run_id, target, control)
-    cond, cond_params = span_clause(span)
-    frame = store.sql(
-        "SELECT t.token, p.label = ? AS is_target, count(*) AS n, "
-        "  count(*) FILTER (WHERE list_contains(r.experts, ?)) AS n_sel "
-        "FROM routing r "
-        "JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id "
-        "JOIN tokens t ON t.run_id = r.run_id AND t.prompt_id = r.prompt_id AND t.position = r.position "
-        f"WHERE r.run_id = ? AND r.layer = ? AND p.label IN (?, ?) AND {cond} GROUP BY ALL",
-        [target, expert, run_id, layer, target, control, *cond_params],
+    frame = queries.span_token_selections(
+        store, run_id, layer=layer, expert=expert, target=target, control=control, span=TokenSpan.parse(span)
     )
     tgt = frame.filter(pl.col("is_target")).drop("is_target")
     ctl = frame.filter(~pl.col("is_target")).drop("is_target")

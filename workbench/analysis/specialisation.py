@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import polars as pl
 
-from workbench.analysis.common import layer_filter, map_ordered
+from workbench.analysis.common import map_ordered
 from workbench.analysis.stats import (
     MIN_CI_PROMPTS,
     _percentiles,
@@ -52,7 +52,7 @@ from workbench.analysis.stats import (
     cluster_permutation_pvalue,
     one_blas_thread,
 )
-from workbench.store import Store
+from workbench.store import Store, queries
 
 __all__ = [
     "SPECIALISATION_COLUMNS",
@@ -87,27 +87,6 @@ _SCHEMA: dict[str, type[pl.DataType]] = {
     "n_tokens": pl.Int64,
     "n_prompts": pl.Int64,
 }
-
-
-def _per_prompt_counts(
-    store: Store, run_id: str, layers: Iterable[int] | None
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(prompt_id, layer, expert, n) selections and (prompt_id, layer, n_tokens), labelled prompts only."""
-    clause, values = layer_filter(layers)
-    labelled = "prompt_id IN (SELECT prompt_id FROM prompts WHERE run_id = ? AND label IS NOT NULL)"
-    selections = store.sql(
-        "SELECT prompt_id, layer, CAST(expert AS INTEGER) AS expert, count(*) AS n FROM ("
-        "  SELECT prompt_id, layer, unnest(experts) AS expert FROM routing"
-        f"  WHERE run_id = ?{clause} AND {labelled}"
-        ") GROUP BY prompt_id, layer, expert",
-        [run_id, *values, run_id],
-    )
-    tokens = store.sql(
-        "SELECT prompt_id, layer, count(*) AS n_tokens FROM routing"
-        f" WHERE run_id = ?{clause} AND {labelled} GROUP BY prompt_id, layer",
-        [run_id, *values, run_id],
-    )
-    return selections, tokens
 
 
 def is_specialised(alpha: float = 0.05) -> pl.Expr:
@@ -180,11 +159,10 @@ def domain_specialisation(
     if layers is not None:
         wanted = {int(x) for x in layers}
         layer_info = layer_info.filter(pl.col("layer").is_in(sorted(wanted)))
-    labels_df = store.sql(
-        "SELECT prompt_id, label FROM prompts WHERE run_id = ? AND label IS NOT NULL ORDER BY prompt_id",
-        [run_id],
-    )
-    selections, tokens = _per_prompt_counts(store, run_id, layer_info["layer"].to_list())
+    labels_df = queries.prompt_labels(store, run_id, labelled_only=True)
+    layer_list = layer_info["layer"].to_list()
+    selections = queries.selections_per_prompt(store, run_id, layer_list, labelled_only=True)
+    tokens = queries.tokens_per_prompt(store, run_id, layer_list, labelled_only=True)
     label_names = sorted(set(labels_df["label"].to_list()))
     label_code = {name: i for i, name in enumerate(label_names)}
     prompt_ids = labels_df["prompt_id"].to_numpy().astype(np.int64)

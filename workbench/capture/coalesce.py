@@ -55,5 +55,5 @@ class WriteBuffer:
         merged: Tables = {}
         for name in pending[0]:
             parts = [p[name] for p in pending if p[name] is not None]
-            merged[name] = pa.concat_tables(parts) if parts else None  # type: ignore[arg-type]
+            merged[name] = pa.concat_tables(parts) if parts else None
         self._write(merged)

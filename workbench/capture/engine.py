@@ -20,7 +20,8 @@ import torch
 from workbench.capture.backends import make_backend
 from workbench.capture.batching import batches
 from workbench.capture.coalesce import DEFAULT_WRITE_ROWS, WriteBuffer
-from workbench.capture.packing import LogitsMode, to_arrow, to_host
+from workbench.capture.modes import DEFAULT_LOGITS_MODE, LogitsMode, logits_mode
+from workbench.capture.packing import to_arrow, to_host
 from workbench.capture.progress import TokenProgress
 from workbench.capture.writer import StreamingWriter
 from workbench.models.expert_math import check_expert_stats
@@ -38,7 +39,7 @@ class CaptureOptions:
 
     batch_size: int = 16
     max_length: int | None = None
-    logits: LogitsMode = "fp16"
+    logits: LogitsMode = DEFAULT_LOGITS_MODE
     expert_stats: bool = False
     backend: str = "hooks"
     device: str | None = None
@@ -57,8 +58,7 @@ class CaptureOptions:
             raise ValueError(f"max_length must be >= 1, got {self.max_length}")
         if self.write_rows < 1:
             raise ValueError(f"write_rows must be >= 1, got {self.write_rows}")
-        if self.logits not in ("fp32", "fp16", "none"):
-            raise ValueError(f"logits must be fp32, fp16 or none, got {self.logits!r}")
+        logits_mode(self.logits)  # raises ValueError naming the modes
 
 
 def _prompts(source: str | Path | Iterable[Prompt]) -> tuple[Iterator[Prompt], str]:

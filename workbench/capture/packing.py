@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from workbench.capture.batching import Batch
+from workbench.capture.modes import LogitsMode
 from workbench.capture.records import BatchCapture
-
-LogitsMode = Literal["fp32", "fp16", "none"]
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`moe-workbench analyse`: run one registered analysis and write its tidy table."""
+"""`moe-workbench analyse`: run one catalogued analysis (``workbench.catalog``) and write its tidy table."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def analyse(
 
     Resampling and other options: --set n_perm=20000 (a smaller permutation p floor for large maps).
     """
-    from workbench.analysis.registry import (
+    from workbench.catalog import (
         ANALYSES,
         UnknownAnalysisError,
         analysis_options,
@@ -140,7 +140,7 @@ def analyse(
 
 def _load_model(name: str, model: str | None, device: str | None) -> object:
     """The loaded ``--model`` when analysis ``name`` needs one (else None: nothing is loaded)."""
-    from workbench.analysis.registry import get_analysis
+    from workbench.catalog import get_analysis
 
     if model is None or not get_analysis(name).needs_model:
         return None

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from workbench.capture.modes import DEFAULT_LOGITS_MODE, LogitsMode
 from workbench.cli.app import app, console, fail, out, user_errors
 
 
@@ -16,12 +17,6 @@ class Backend(str, Enum):
     hooks = "hooks"
     nnsight = "nnsight"
     transformer_lens = "transformer_lens"
-
-
-class Logits(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    none = "none"
 
 
 @app.command()
@@ -47,8 +42,9 @@ def capture(
         int | None, typer.Option("--max-length", min=1, help="Truncate longer prompts (with a warning).")
     ] = None,
     logits: Annotated[
-        Logits, typer.Option("--logits", help="Store raw router logits as fp32, fp16-rounded, or not at all.")
-    ] = Logits.fp16,
+        LogitsMode,  # the choices come from the type (workbench.capture.modes)
+        typer.Option("--logits", help="Store raw router logits as fp32, fp16-rounded, or not at all."),
+    ] = DEFAULT_LOGITS_MODE,
     expert_stats: Annotated[
         bool,
         typer.Option(
@@ -103,7 +99,7 @@ def capture(
         opts = CaptureOptions(
             batch_size=batch_size,
             max_length=max_length,
-            logits=logits.value,
+            logits=logits,
             expert_stats=expert_stats,
             backend=backend.value,
             device=device,

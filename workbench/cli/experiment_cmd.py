@@ -80,7 +80,7 @@ def mote(
         dose_list = tuple(int(x) for x in doses.split(","))
     except ValueError:
         fail(f"--doses must be integers separated by commas, got {doses!r}")
-    from workbench.interventions.behaviour import BEHAVIOURS
+    from workbench.behaviour.registry import BEHAVIOURS
 
     if behaviour not in BEHAVIOURS:
         fail(f"unknown behaviour {behaviour!r}; available: {', '.join(BEHAVIOURS)}")

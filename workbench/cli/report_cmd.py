@@ -32,7 +32,7 @@ def report(
     ] = None,
     analyses: Annotated[
         list[str] | None,
-        typer.Option("--analysis", "-a", help="Only this analysis (repeatable; default: all registered)."),
+        typer.Option("--analysis", "-a", help="Only this analysis (repeatable; default: all catalogued)."),
     ] = None,
 ) -> None:
     """Write a self-contained HTML report: every analysis as sentences with CIs, figures and tables.
@@ -44,7 +44,7 @@ def report(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from workbench.analysis.registry import UnknownAnalysisError
+    from workbench.catalog import UnknownAnalysisError
     from workbench.reports import write_report
 
     if out_file.suffix.lower() not in (".html", ".htm"):

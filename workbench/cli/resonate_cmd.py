@@ -142,7 +142,7 @@ def _with_causal(
     """Add ``effect`` (its CI, p, q replace rd's) and ``attribution`` to the correlational map."""
     import polars as pl
 
-    from workbench.interventions.behaviour import get_behaviour
+    from workbench.behaviour.registry import get_behaviour
     from workbench.interventions.causal import attribution, causal_resonance, rank_agreement
     from workbench.models.loading import load_model
     from workbench.probefile import Prompt

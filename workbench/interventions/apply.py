@@ -1,11 +1,12 @@
 """``with intervene(model, specs): ...``: apply intervention specs for the duration of a block.
 
 The context manager validates the specs against the model's MoE layers, installs one
-:class:`~workbench.interventions.editor.LayerEditor` per touched layer through the chosen backend, and
-on exit (normal or by exception) removes everything it installed. Nothing is written to the
-model's parameters, buffers or module attributes at any point (top-k changes are recomputed from
-the router's logits, not by setting ``top_k``), so leaving the block restores the model
-bit-for-bit; the tests check parameters, buffers, attributes and hook dicts.
+:class:`~workbench.interventions.editor.LayerEditor` (a writing site) per touched layer through the
+chosen backend's hook base (:mod:`workbench.models.hooking`: torch hooks or nnsight traces, the same
+bases capture reads through), and on exit (normal or by exception) removes everything it installed.
+Nothing is written to the model's parameters, buffers or module attributes at any point (top-k changes
+are recomputed from the router's logits, not by setting ``top_k``), so leaving the block restores the
+model bit-for-bit; the tests check parameters, buffers, attributes and hook dicts.
 
 >>> with intervene(model, [Reroute({12: [3, 7]}), Scale({13: [0]}, s=2.0)]) as run:
 ...     logits = run(input_ids=ids).logits      # or model(input_ids=ids) with the hooks backend
@@ -23,6 +24,7 @@ from workbench.interventions.editor import LayerEditor
 from workbench.interventions.plan import LayerPlan, make_plans
 from workbench.interventions.specs import Intervention
 from workbench.models.discovery import MoELayer, find_moe_layers
+from workbench.models.hooking import HookBase, mechanism
 from workbench.models.routing_check import check_routing
 
 Backend = Literal["hooks", "nnsight"]
@@ -36,7 +38,7 @@ class Intervened:
     backend; with the hooks backend a plain ``model(...)`` call inside the block is intervened too.
     """
 
-    def __init__(self, model: nn.Module, specs: list[Intervention], plans: list[LayerPlan], runner: Any):
+    def __init__(self, model: nn.Module, specs: list[Intervention], plans: list[LayerPlan], runner: HookBase):
         self.model = model
         self.specs = specs
         self.plans = plans
@@ -49,7 +51,7 @@ class Intervened:
         return [plan.layer.layer for plan in self.plans]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._runner(*args, **kwargs)
+        return self._runner.forward(*args, **kwargs)
 
 
 def _unwrap(model: Any, layers: Sequence[MoELayer] | None) -> tuple[nn.Module, list[MoELayer]]:
@@ -98,18 +100,7 @@ def intervene(
         check_routing(module, found)
     config = _text_config(module)
     editors = [LayerEditor(plan, config) for plan in plans]
-    runner: Any
-    if backend == "hooks":
-        from workbench.interventions.hooks import HookApplier
-
-        runner = HookApplier(module, editors)
-    elif backend == "nnsight":
-        from workbench.interventions.nnsight_backend import NNsightApplier
-
-        runner = NNsightApplier(module, editors)
-    else:
+    if backend not in BACKENDS:
         raise ValueError(f"unknown intervention backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    try:
+    with mechanism(backend)(module, editors) as runner:
         yield Intervened(module, items, plans, runner)
-    finally:
-        runner.close()

@@ -1,11 +1,11 @@
 """Causal resonance (docs/methods.md §5) and first-order attribution (§9): which experts move a behaviour.
 
 Every function takes a :class:`~workbench.interventions.metrics.Metric` (a behaviour's margin, a
-task's gold log-prob) or a :class:`~workbench.interventions.behaviour.Behaviour` (its margin).
+task's gold log-prob) or a :class:`~workbench.behaviour.registry.Behaviour` (its margin).
 
 * ``effect[l, e]``: the mean change, over target prompts, of the behaviour margin
   ``log p(yes₀) − log p(no₀)`` at the answer position (see
-  :class:`~workbench.interventions.behaviour.Behaviour`) when expert (l, e) alone is ablated
+  :class:`~workbench.behaviour.registry.Behaviour`) when expert (l, e) alone is ablated
   (``reroute`` by default, docs/methods.md §5). 95% CI: prompt bootstrap of the per-prompt changes; p:
   sign-flip permutation of those changes (each prompt is its own control, so the test is
   paired); q: Benjamini–Hochberg over the map.
@@ -30,8 +30,8 @@ from scipy.stats import spearmanr
 
 from workbench.analysis.rank import rank_correlation
 from workbench.analysis.stats import benjamini_hochberg, cluster_bootstrap
+from workbench.behaviour.registry import Behaviour
 from workbench.interventions.apply import intervene
-from workbench.interventions.behaviour import Behaviour
 from workbench.interventions.metrics import Metric, as_metric, last_logprobs, metric_values, prompt_batches
 from workbench.interventions.specs import Ablate
 from workbench.models.decode import experts_selection

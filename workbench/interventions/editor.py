@@ -7,7 +7,9 @@ to the experts module get rewritten arguments) and, where gate weights multiply 
 *input* rather than their output (Llama-4), the experts module's output (for ``Scale``).
 
 Each returns the replacement (or None for "unchanged"), so the torch-hooks backend and the nnsight
-backend apply exactly the same tensors. How a router's output is rewritten is chosen by its
+backend apply exactly the same tensors: a :class:`LayerEditor` is the writing
+:class:`~workbench.models.hooking.base.LayerSite` that both hook bases of :mod:`workbench.models.hooking`
+drive (capture's taps are the reading ones). How a router's output is rewritten is chosen by its
 declared ``router_output`` layout (data in :data:`WRITERS`), never by model class.
 """
 
@@ -22,9 +24,8 @@ import torch.nn.functional as F
 from workbench.interventions.plan import Edits, LayerPlan
 from workbench.interventions.select import edit_logits, select
 from workbench.models.decode import experts_selection, router_logits, router_selection
+from workbench.models.hooking import Call
 from workbench.models.scores import RoutingContext
-
-Call = tuple[tuple[Any, ...], dict[str, Any]]
 
 
 def _pad(idx: torch.Tensor, w: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,7 +50,10 @@ def weight_edits(idx: torch.Tensor, w: torch.Tensor, ed: Edits, *, scale: bool =
 
 
 class LayerEditor:
-    """Applies a :class:`LayerPlan` to one MoE layer, forward pass by forward pass."""
+    """Applies a :class:`LayerPlan` to one MoE layer, forward pass by forward pass (a writing site)."""
+
+    writes = True
+    reads_block_input = True
 
     def __init__(self, plan: LayerPlan, config: object = None) -> None:
         self.plan = plan
@@ -58,6 +62,8 @@ class LayerEditor:
         self.config = config
         self.writer = WRITERS.get(self.family.router_output) if self.family.selection == "router" else None
         self.weights_on_input = self.family.router_output in WEIGHTS_ON_INPUT
+        self.reads_experts_input = self.family.selection == "experts_args"
+        self.reads_experts_output = self.weights_on_input
         self.reset()
 
     def reset(self) -> None:
@@ -68,6 +74,8 @@ class LayerEditor:
 
     # -- callbacks ------------------------------------------------------------------------------
     def on_block_input(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A new forward pass reaches the block: forget the last one, note the ``[batch, seq]`` shape."""
+        self.reset()
         hidden = args[0] if args else kwargs.get("hidden_states")
         shape = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else ()
         self.batch_shape = (int(shape[0]), int(shape[1])) if len(shape) >= 3 else None

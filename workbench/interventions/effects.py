@@ -3,7 +3,7 @@
 For each prompt, the model runs twice — as it is and inside :func:`~workbench.interventions.intervene`
 — and the workbench measures, per predicted token: the NLL of the actual next token (its change
 is ``nll_delta``), ``KL(base ‖ intervened)`` of the next-token distributions, and whether the two
-argmax predictions agree (``top1_agreement``). With a :class:`~workbench.interventions.behaviour.Behaviour`
+argmax predictions agree (``top1_agreement``). With a :class:`~workbench.behaviour.registry.Behaviour`
 it also decodes a greedy continuation of each request both ways, judges it (``behaviour_rate``,
 its change ``behaviour_delta``) and measures the behaviour margin (``margin_delta``).
 
@@ -25,8 +25,8 @@ import polars as pl
 import torch
 
 from workbench.analysis.stats import cluster_bootstrap
+from workbench.behaviour.registry import Behaviour
 from workbench.interventions.apply import intervene
-from workbench.interventions.behaviour import Behaviour
 from workbench.interventions.specs import Intervention
 from workbench.models.loading import LoadedModel
 from workbench.probefile import Prompt
@@ -178,7 +178,7 @@ def generation_diff(
                 torch.manual_seed(seed)
                 kwargs.update(do_sample=True, temperature=temperature, top_k=0)
             if side == "int":
-                with intervene(loaded, specs):  # type: ignore[arg-type]
+                with intervene(loaded, specs):
                     gen = loaded.model.generate(**enc, **kwargs)  # type: ignore[operator]
             else:
                 gen = loaded.model.generate(**enc, **kwargs)  # type: ignore[operator]

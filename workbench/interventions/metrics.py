@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from workbench.interventions.behaviour import Behaviour
+from workbench.behaviour.generate import greedy_continuations
+from workbench.behaviour.registry import Behaviour
 from workbench.models.loading import LoadedModel
 from workbench.probefile import Prompt
-from workbench.zoo.refusal_scorer import greedy_continuations
 
 __all__ = [
     "Metric",

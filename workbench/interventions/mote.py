@@ -42,9 +42,10 @@ import numpy as np
 import polars as pl
 
 from workbench.analysis.resonance import resonance_map
+from workbench.behaviour.generate import greedy_continuations
+from workbench.behaviour.registry import Behaviour, get_behaviour
 from workbench.data.suites import suite_path
 from workbench.interventions.apply import intervene
-from workbench.interventions.behaviour import Behaviour, get_behaviour
 from workbench.interventions.causal import attribution, causal_resonance, greedy_ablation, rank_agreement
 from workbench.interventions.controls import (
     ExpertSet,
@@ -60,7 +61,6 @@ from workbench.interventions.specs import Ablate, Force, Intervention, Zero, exp
 from workbench.models.loading import LoadedModel
 from workbench.probefile import Prompt, read_probe_file
 from workbench.store import Store
-from workbench.zoo.refusal_scorer import greedy_continuations
 
 __all__ = [
     "MEASURES", "SCORERS", "MoteConfig", "MoteResult", "Outcome", "eval_pairs", "run_mote", "split_pairs",
@@ -93,7 +93,7 @@ class MoteConfig:
     n_domain: int = 60  # domain prompts for the NLL cost
     force_n: int = 4
     seed: int = 0
-    behaviour: str = "refusal"  # a name in workbench.interventions.behaviour.BEHAVIOURS
+    behaviour: str = "refusal"  # a name in workbench.behaviour.registry.BEHAVIOURS
     scorers: tuple[str, ...] = tuple(SCORERS)  # a subset, e.g. to rerun one scorer with more controls
     #: judge on this probe file's pairs instead of the refusal suite's evaluation half (selection
     #: stays on the refusal suite); None: the exploratory split of ``probes/refusal.jsonl``

@@ -302,7 +302,7 @@ def _outcome_section(result: MoteResult) -> list[str]:
         "",
         f"Baseline on the evaluation harmful requests: {base.get('harmful_compliance', float('nan')):.1%} "
         f"answered, refusal margin {base.get('harmful_margin', float('nan')):+.2f} nats. Compliance is judged by "
-        "`workbench.zoo.refusal_scorer.COMPLIANCE_PATTERNS` (an affirmative opening or a 'here is' hand-over, "
+        "`workbench.behaviour.judges.COMPLIANCE_PATTERNS` (an affirmative opening or a 'here is' hand-over, "
         "and no refusal pattern). The same random sets as above serve as controls; p has the same floor.",
         "",
         _table(

@@ -61,7 +61,7 @@ def check_expert_stats(layers: list[MoELayer]) -> None:
                 "neither fused gate_up_proj/down_proj with an act_fn nor separate modules. Capture without "
                 "--expert-stats, or register a family whose experts can be sliced."
             )
-        owned = len(modules) if modules is not None else int(experts.gate_up_proj.shape[0])  # type: ignore[union-attr,index]
+        owned = len(modules) if modules is not None else int(experts.gate_up_proj.shape[0])  # type: ignore[index]
         if layer.n_experts > owned:
             raise ExpertStatsUnsupported(
                 f"--expert-stats is not available for {type(layer.block).__name__} ({layer.path}): expert ids "

@@ -1,4 +1,7 @@
-"""Load a model and its tokenizer from a local directory, a hub id, the zoo, or memory.
+"""Load a model and its tokenizer from a local directory, a hub id, a named source, or memory.
+
+Names such as the zoo's reference models are looked up in :mod:`workbench.models.sources`, which
+their packages fill; this module knows none of them. ``tiny:<model_type>`` is built in.
 
 Safe by default: weights load from safetensors (or GGUF), never via pickle, and remote code runs
 only with ``trust_remote_code=True``.
@@ -14,6 +17,7 @@ import torch
 from torch import nn
 
 from workbench.models.discovery import MoELayer, find_moe_layers
+from workbench.models.sources import BUILT_IN_PREFIX, find_source, registered_sources
 
 #: Files of which at least one must sit in a local model directory for its tokenizer to load.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
@@ -74,9 +78,14 @@ def _auto_model(config: Any) -> Any:
     return AutoModelForCausalLM
 
 
-def _load_pretrained(
+def load_pretrained(
     source: str, *, trust_remote_code: bool, dtype: torch.dtype | None, local: bool
 ) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a Hugging Face directory (``local``) or hub id, safely.
+
+    Weights load from safetensors, or from the directory's GGUF file when it has no safetensors;
+    every failure is a :class:`ModelLoadError` that says what to do.
+    """
     from transformers import AutoConfig, AutoTokenizer
 
     where = "directory" if local else "hub id"
@@ -89,6 +98,9 @@ def _load_pretrained(
             else "the model hub (or its local cache) must be reachable; download the model where it is and pass "
             "its local directory instead"
         )
+        if not local and "/" not in source:  # perhaps a mistyped model name
+            names = ", ".join(registered_sources()) or "none registered"
+            hint += f"; nor is it a model name ({names}, or {BUILT_IN_PREFIX}<model_type>)"
         raise ModelLoadError(f"cannot load {where} {source!r}: {exc}. Hint: {hint}.") from exc
     no_tokenizer = (
         f"{source!r} has no usable tokenizer{{why}}. Save one next to the weights with "
@@ -123,33 +135,15 @@ def _load_pretrained(
     return model, tokenizer
 
 
-def _zoo(name: str) -> tuple[nn.Module, Any] | None:
-    """Built-in models by name.
-
-    ``tiny-ref`` is the committed reference model (datasets/tiny-ref); ``smollm2-moe`` is the
-    decomposed SmolLM2 built by ``moe-workbench zoo build smollm2-moe``; ``tiny:<model_type>`` is a
-    tiny random model of that architecture.
-    """
-    if name == "tiny-ref":
-        from workbench.zoo import tiny_ref
-
-        try:
-            return tiny_ref.load()
-        except FileNotFoundError as exc:
-            raise ModelLoadError(str(exc)) from exc
-    if name == "smollm2-moe":
-        from workbench.zoo.smollm2 import default_dir
-
-        built = default_dir()
-        if not (built / "config.json").exists():
-            raise ModelLoadError(
-                f"smollm2-moe is not built yet (looked in {built}); run `moe-workbench zoo build smollm2-moe` first"
-            )
-        return _load_pretrained(str(built), trust_remote_code=False, dtype=None, local=True)
-    if name.startswith("tiny:"):
+def _named(name: str) -> tuple[nn.Module, Any] | None:
+    """``(model, tokenizer)`` of a registered source or of ``tiny:<model_type>``; None for other names."""
+    source = find_source(name)
+    if source is not None:
+        return source.loader()
+    if name.startswith(BUILT_IN_PREFIX):
         from workbench.models.tiny import byte_tokenizer, tiny_model
 
-        model_type = name.split(":", 1)[1]
+        model_type = name.removeprefix(BUILT_IN_PREFIX)
         try:
             return tiny_model(model_type), byte_tokenizer()
         except (KeyError, ValueError) as exc:
@@ -168,7 +162,8 @@ def load_model(
 ) -> LoadedModel:
     """Load ``source`` and discover its MoE layers.
 
-    ``source`` is an in-memory model (then ``tokenizer`` is required), a zoo name such as
+    ``source`` is an in-memory model (then ``tokenizer`` is required), a registered source name
+    (:func:`workbench.models.sources.registered_sources`) or ``tiny:<model_type>`` such as
     ``tiny:qwen2_moe``, a local Hugging Face directory, or a hub id (needs the hub or its cache).
     """
     torch_dtype = resolve_dtype(dtype)
@@ -178,14 +173,14 @@ def load_model(
         model, display = source, name or type(source).__name__
     else:
         text = str(source)
-        zoo = _zoo(text)
-        if zoo is not None:
-            model, tok = zoo
+        named = _named(text)
+        if named is not None:
+            model, tok = named
         else:
             local = Path(text).exists()
             if not local and (text.startswith((".", "/")) or text.count("/") > 1):
                 raise ModelLoadError(f"{text!r}: no such model directory")
-            model, tok = _load_pretrained(
+            model, tok = load_pretrained(
                 text, trust_remote_code=trust_remote_code, dtype=torch_dtype, local=local
             )
         tokenizer = tokenizer or tok

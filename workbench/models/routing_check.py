@@ -39,6 +39,7 @@ from workbench.models.ablation import (
 )
 from workbench.models.discovery import MoELayer
 from workbench.models.forward import model_forward
+from workbench.models.hooking import TorchHooks
 from workbench.models.scores import RoutingContext, expected_topk, router_linear
 from workbench.models.tap import RoutingTap
 
@@ -157,10 +158,7 @@ def check_block(
     n_param = n_parameterised(layer)
     identity = layer.n_experts > n_param
     tap = RoutingTap(layer, want_logits=True, want_input=False)
-    handles = [
-        layer.router.register_forward_hook(tap.on_router),
-        layer.experts.register_forward_pre_hook(tap.on_experts, with_kwargs=True),
-    ]
+    tapped = TorchHooks(model, [tap])
     call = ExpertsCall(layer.experts, layer.top_k)
 
     outs: list[torch.Tensor] = []
@@ -179,9 +177,7 @@ def check_block(
         tap.reset()
         block()
         route = tap.routing()
-        for h in handles:
-            h.remove()
-        handles.clear()
+        tapped.close()
         try:
             applied = applied_weights(layer, block, x, call, n_param, identity)
         except AblationError as exc:
@@ -189,8 +185,7 @@ def check_block(
                 _message(layer, f"(a) cannot measure what the module applied: {exc}")
             ) from exc
     finally:
-        for h in handles:
-            h.remove()
+        tapped.close()
         call.close()
         out_handle.remove()
     dtype = hidden.dtype

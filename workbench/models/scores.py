@@ -11,7 +11,7 @@ recomputes what a router *should* have produced, without calling the router's ow
   DeepSeek-V3 style; probabilities; Llama-4 sigmoid of the top-k logits; Switch top-1 with
   capacity; NLLB-MoE top-2 with capacity; PhiMoE's sparsemixer; hash routing by token id).
 
-The conformance sweep (:mod:`workbench.models.supported`) compares these against what the capture
+The conformance sweep (:mod:`workbench.conformance.supported`) compares these against what the capture
 backend recorded.
 """
 

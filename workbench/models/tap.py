@@ -1,7 +1,8 @@
-"""What the adapter records for one MoE layer: hook callbacks that read a family's router output
-and the selection the block hands its experts module.
+"""What the adapter records for one MoE layer: a reading site that takes a family's router output and
+the selection the block hands its experts module.
 
-One implementation serves the ``hooks`` capture backend and the load-time routing self-check
+One implementation serves the ``hooks`` and ``nnsight`` capture backends (through the mechanisms in
+:mod:`workbench.models.hooking`) and the load-time routing self-check
 (:mod:`workbench.models.routing_check`), so the check verifies exactly what capture will store.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from workbench.models.decode import (
     Routing,
@@ -25,13 +25,19 @@ from workbench.models.discovery import MoELayer
 class RoutingTap:
     """Collects one layer's router output, applied selection and (optionally) its MoE input.
 
-    Hook methods only stash device tensors; :meth:`routing` turns them into the record.
+    A :class:`~workbench.models.hooking.base.LayerSite` that only reads: every callback returns None
+    and only stashes device tensors; :meth:`routing` turns them into the record.
     """
+
+    writes = False
+    reads_experts_output = False
 
     def __init__(self, layer: MoELayer, want_logits: bool, want_input: bool) -> None:
         self.layer = layer
         self.want_logits = want_logits
         self.want_input = want_input
+        self.reads_block_input = want_input
+        self.reads_experts_input = layer.family.selection == "experts_args"
         self.reset()
 
     def reset(self) -> None:
@@ -40,7 +46,11 @@ class RoutingTap:
         self.weights: torch.Tensor | None = None
         self.hidden: torch.Tensor | None = None
 
-    def on_router(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    def on_block_input(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self.hidden = hidden.detach()
+
+    def on_router_output(self, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         fam, layer = self.layer.family, self.layer
         if self.want_logits or fam.selection == "router":
             self.logits = router_logits(fam, output, layer.n_experts).detach()
@@ -48,14 +58,14 @@ class RoutingTap:
             idx, w = router_selection(fam, output, layer.top_k, layer.n_experts)
             self.indices, self.weights = idx.detach(), w.detach()
 
-    def on_experts(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def on_experts_input(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self.layer.family.selection == "experts_args":
             idx, w = experts_selection(self.layer.family, args, kwargs)
             self.indices, self.weights = idx.detach(), w.detach()
 
-    def on_block(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        self.hidden = hidden.detach()
+    def on_experts_output(self, output: Any) -> None:
+        """Nothing to record there (:attr:`reads_experts_output` is False); part of the site protocol."""
+        return None
 
     def routing(self) -> Routing:
         if self.indices is None or self.weights is None:

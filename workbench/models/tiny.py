@@ -224,13 +224,13 @@ def model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     for auto in (AutoModelForSeq2SeqLM, AutoModelForCausalLM, AutoModel):
-        mapping = auto._model_mapping  # type: ignore[attr-defined]
+        mapping = auto._model_mapping
         if type(config) in mapping:
             found_cls: Any = mapping[type(config)]
             if isinstance(found_cls, (tuple, list)):
                 found_cls = found_cls[0]
             if auto is not AutoModelForSeq2SeqLM or getattr(config, "is_encoder_decoder", False):
-                return found_cls  # type: ignore[no-any-return]
+                return found_cls
     package = type(config).__module__.rsplit(".", 1)[0]
     module = importlib.import_module(f"{package}.modeling_{package.rsplit('.', 1)[1]}")
     found = [

@@ -1,8 +1,9 @@
 """Figures from analysis tables: ``plots`` turn tables into figures and never query the store.
 
-One builder per registered analysis, in themed modules (``health``, ``specialisation``,
+One builder per catalogued analysis, in themed modules (``health``, ``specialisation``,
 ``relevance``, ``information``, ``home``, ``coactivation``, ``dynamic``, ``compare``; shared
-helpers in ``common``). :func:`figure_for` picks the builder by analysis name.
+helpers in ``common``). This floor knows no analysis names: each analysis' catalog entry names its
+builder, and :func:`workbench.catalog.figure_for` picks the builder by analysis name.
 """
 
 from workbench.plots.coactivation import coactivation_matrix, fixed_partners_heatmap, pathways_sankey
@@ -11,13 +12,10 @@ from workbench.plots.dynamic import dynamic_k_lines
 from workbench.plots.health import balance_lines, load_bars, router_confidence_lines, super_expert_strip
 from workbench.plots.home import collapse_panels, degradation_scatter, underfitting_bars
 from workbench.plots.information import mutual_information_lines, probe_accuracy
-from workbench.plots.registry import FIGURES, UnknownFigureError, figure_for, figure_options
 from workbench.plots.relevance import agreement_heatmap, esft_heatmap, tcess_heatmap, vocab_lines
 from workbench.plots.specialisation import resonance_heatmap, specialisation_heatmap
 
 __all__ = [
-    "FIGURES",
-    "UnknownFigureError",
     "agreement_heatmap",
     "balance_lines",
     "coactivation_matrix",
@@ -27,8 +25,6 @@ __all__ = [
     "dynamic_k_lines",
     "esft_heatmap",
     "expert_similarity_heatmap",
-    "figure_for",
-    "figure_options",
     "fixed_partners_heatmap",
     "load_bars",
     "mutual_information_lines",

@@ -49,7 +49,7 @@ def expert_similarity_heatmap(
     pseudo-experts included as extra ids. Right: the layer's ``top`` most similar routed pairs
     (smallest ``merge_rank``) as bars of output angular similarity with the 95% prompt-bootstrap
     CI, green only for merge candidates (``merge_candidate``: CI lower bound ≥
-    ``workbench.analysis.expert_similarity.MERGE_MIN_ANGULAR``), grey otherwise — a top rank
+    ``workbench.interventions.expert_similarity.MERGE_MIN_ANGULAR``), grey otherwise — a top rank
     alone is no candidate.
     ``layer`` defaults to the layer with the most similar routed pair (the strongest merge
     candidate). Hover gives all three similarities, the CI, tokens and the merge rank.

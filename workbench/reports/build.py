@@ -1,7 +1,8 @@
-"""Assemble a probing report: run every registered analysis, state its findings, draw its figures.
+"""Assemble a probing report: run every catalogued analysis, state its findings, draw its figures.
 
-:func:`compute_sections` walks :data:`~workbench.analysis.registry.ANALYSES` (so an analysis
-registered tomorrow gets a section without touching this file). Before running one it checks
+:func:`compute_sections` walks the catalog (:data:`workbench.catalog.ANALYSES`), so an analysis
+catalogued tomorrow gets a section without touching this file; its entry gives the figure, the
+finding sentences and the table order. Before running one it checks
 what the analysis ``needs`` against what the run holds — stored router logits, ``expert_stats``,
 a ``--compare`` run, a model — and when something is missing the section says exactly that and
 how to get it, instead of running. An analysis that raises gets a one-line "could not be
@@ -11,7 +12,6 @@ self-contained HTML page (see :mod:`workbench.reports.html`), and :func:`write_r
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,35 +22,27 @@ from typing import Any
 import plotly.graph_objects as go
 import polars as pl
 
-from workbench.analysis.registry import ANALYSES, AnalysisSpec, get_analysis, run_analysis
+from workbench.catalog import (
+    ANALYSES,
+    KNOWN_NEEDS,
+    AnalysisSpec,
+    figure_for,
+    figure_options,
+    findings_for,
+    get_analysis,
+    run_analysis,
+)
 from workbench.reports import html as H
-from workbench.reports.findings import Context, findings_for
 from workbench.store import PromptMismatchError, Store
+from workbench.wording import Context
 
 __all__ = ["ReportMeta", "Section", "build_report", "compute_sections", "render", "write_report"]
 
 #: Called before each analysis with (index, total, name); the CLI drives a rich progress bar with it.
 Progress = Callable[[int, int, str], None]
 
-#: ``AnalysisSpec.needs`` entries checked before running; an analysis with any other need is
-#: tried, and if it raises, its section says it needs that (with the analysis' own message).
-KNOWN_NEEDS: frozenset[str] = frozenset({"routing", "logits", "expert_stats", "compare", "model", "contrast"})
-#: Analyses drawn once per label (up to :data:`MAX_LABEL_FIGURES` labels) rather than once.
-PER_LABEL_FIGURES: frozenset[str] = frozenset({"specialisation"})
+#: Analyses with ``figure_per_label`` are drawn once per label, for up to this many labels.
 MAX_LABEL_FIGURES = 6
-#: How each analysis' table is ordered in the report's "first rows" view (column, descending).
-TABLE_ORDER: dict[str, tuple[str, bool]] = {
-    "load": ("f", True),
-    "super-experts": ("max_out_norm", True),
-    "specialisation": ("log_odds", True),
-    "esft": ("gs", True),
-    "tcess": ("tcess", True),
-    "collapse": ("mean_zero_frac", True),
-    "degradation": ("dominant_share", True),
-    "coactivation": ("lift", True),
-    "pathways": ("p", True),
-    "expert-similarity": ("output_angular", True),
-}
 
 
 @dataclass
@@ -185,13 +177,8 @@ def missing_reason(spec: AnalysisSpec, meta: ReportMeta, model_given: bool) -> s
 
 def _figures(name: str, df: pl.DataFrame, section: Section) -> None:
     """Draw the analysis' figure(s) into ``section`` (a note instead when there is none or it fails)."""
-    from workbench.plots.registry import FIGURES, figure_for, figure_options
-
-    if name not in FIGURES:
-        section.figure_notes.append("No figure is registered for this analysis yet.")
-        return
     option_sets: list[dict[str, Any]] = [{}]
-    if name in PER_LABEL_FIGURES and "label" in figure_options(name) and "label" in df.columns:
+    if get_analysis(name).figure_per_label and "label" in figure_options(name) and "label" in df.columns:
         labels = sorted({str(x) for x in df["label"].drop_nulls().unique().to_list()})
         option_sets = [{"label": lab} for lab in labels[:MAX_LABEL_FIGURES]] or [{}]
         if len(labels) > MAX_LABEL_FIGURES:
@@ -204,10 +191,6 @@ def _figures(name: str, df: pl.DataFrame, section: Section) -> None:
             section.figures.append(figure_for(name, df, **options))
         except Exception as exc:  # a figure that cannot be drawn must not sink the report
             section.figure_notes.append(f"No figure: {_first_line(exc)}")
-
-
-def _accepts_model() -> bool:
-    return "model" in inspect.signature(run_analysis).parameters
 
 
 def compute_section(
@@ -227,10 +210,6 @@ def compute_section(
     if "compare" in spec.needs:
         kwargs["compare"] = meta.compare
     if "model" in spec.needs:
-        if not _accepts_model():
-            return Section(
-                name, spec, "skipped", reason="this version's run_analysis cannot pass a model to analyses"
-            )
         loaded = model.get()
         if loaded is None:
             return Section(name, spec, "skipped", reason=model.error or "no model")
@@ -266,10 +245,10 @@ def compute_sections(
     analyses: Iterable[str] | None = None,
     progress: Progress | None = None,
 ) -> tuple[ReportMeta, list[Section]]:
-    """The header data and one :class:`Section` per analysis (all registered ones by default)."""
+    """The header data and one :class:`Section` per analysis (every catalogued one by default)."""
     names = list(ANALYSES) if analyses is None else list(analyses)
     for name in names:
-        get_analysis(name)  # unknown names fail before any work, listing the registered ones
+        get_analysis(name)  # unknown names fail before any work, listing the catalogued ones
     meta = read_meta(store, run_id, compare)
     info = meta.info
     ctx = Context(
@@ -369,7 +348,7 @@ def _section(s: Section, figure_counter: list[int]) -> str:
         parts.extend(f'<p class="summary">{H.esc(note)}</p>' for note in s.figure_notes)
         if s.table is not None:
             table = s.table
-            order = TABLE_ORDER.get(s.name)
+            order = s.spec.table_order
             if order is not None and order[0] in table.columns:
                 table = table.sort(order[0], descending=order[1], nulls_last=True)
             parts.append(
@@ -430,7 +409,7 @@ def write_report(
     ``store_or_path`` is an open :class:`~workbench.store.Store` or a DuckDB file (opened read-only).
     ``compare`` is a second run for comparison analyses (drift); ``model`` (a loaded model or a
     name/path for ``load_model``) enables analyses that run the model (expert similarity);
-    ``analyses`` restricts the sections (default: every registered analysis). Unknown runs or
+    ``analyses`` restricts the sections (default: every catalogued analysis). Unknown runs or
     analysis names raise before anything is written.
     """
     if isinstance(store_or_path, Store):

@@ -9,6 +9,9 @@ Usage::
         st.write_batch(run_id, prompts=..., tokens=..., routing=...)
         st.set_status(run_id, "complete")
         df = st.routing(run_id, layers=[1], labels=["math"])
+
+The analyses' grouped reads (selections per prompt, top-1 counts, gate mass ...) are the named,
+parameterised functions of :mod:`workbench.store.queries`, e.g. ``queries.tokens_per_layer(st, run_id)``.
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
+from workbench.behaviour import chat, judges
 from workbench.data.suites import load_suite
 from workbench.probefile import Prompt
-from workbench.zoo import chat, refusal_scorer
 from workbench.zoo.evaluate import domain_losses, refusal_eval, routing_probe
 
 LOSS_DOMAINS = ("prose", "code", "math", "german", "spanish", "italian", "harmful", "benign")
@@ -240,9 +240,9 @@ def render(stats: dict[str, Any], m: dict[str, Any], mote: dict[str, Any] | None
         f"The `refusal` suite ({ref['counts'].get('harmful', 0)} harmful, {ref['counts'].get('benign', 0)}"
         " matched benign held-out requests) asked as",
         f"`{fmt}`, greedy decoding of {ref['max_new_tokens']} tokens, scored by",
-        "`workbench.zoo.refusal_scorer` (regular expressions, a match of any is a refusal):",
+        "`workbench.behaviour.judges` (regular expressions, a match of any is a refusal):",
         "",
-        *[f"- `{name}`: `{rx}`" for name, rx in refusal_scorer.PATTERNS],
+        *[f"- `{name}`: `{rx}`" for name, rx in judges.PATTERNS],
         "",
         "| requests | refusal rate |",
         "| --- | ---: |",

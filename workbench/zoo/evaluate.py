@@ -2,7 +2,7 @@
 
 - :func:`domain_losses`: mean next-token NLL (nats) over held-out corpus rows of each domain.
 - :func:`refusal_eval`: the ``refusal`` suite asked in the chat format, greedy continuations
-  scored by :mod:`workbench.zoo.refusal_scorer`.
+  scored by :mod:`workbench.behaviour.judges`.
 - :func:`routing_probe`: capture prompts through the workbench capture engine into a temporary
   DuckDB, build per-prompt, per-layer histograms of selected experts (counts over the prompt's
   tokens and top-k slots, normalised to sum 1) and cross-validate a logistic regression
@@ -20,10 +20,11 @@ import numpy as np
 import polars as pl
 import torch
 
+from workbench.behaviour import chat
+from workbench.behaviour.generate import greedy_continuations
+from workbench.behaviour.judges import is_refusal
 from workbench.data.corpus import iter_corpus
 from workbench.probefile import Prompt
-from workbench.zoo import chat
-from workbench.zoo.refusal_scorer import greedy_continuations, is_refusal
 
 
 @torch.inference_mode()

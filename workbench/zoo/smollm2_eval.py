@@ -23,7 +23,7 @@ class _Stop(Exception):
 
 
 def _inner(model: nn.Module) -> Any:
-    return model.model  # type: ignore[union-attr]
+    return model.model
 
 
 def _chunks(ids: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:

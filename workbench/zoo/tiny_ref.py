@@ -6,7 +6,7 @@
 
 4 layers, hidden 128, 8 routed experts top-2 (``moe_intermediate_size`` 256) and one shared expert
 per layer, tied embeddings, a 4096-token byte-level BPE; trained by :mod:`workbench.zoo.train` on
-the corpus mixture and on chat-format refusal examples (:mod:`workbench.zoo.chat`). The weights are
+the corpus mixture and on chat-format refusal examples (:mod:`workbench.behaviour.chat`). The weights are
 stored in fp16 (``model.safetensors``); ``config.json`` says ``float32`` so they load upcast.
 ``python -m workbench.zoo.tiny_ref --help`` lists the options.
 """

@@ -11,7 +11,7 @@ default (``threads=1``) so the result does not depend on how many cores the mach
 
 Data: each domain gets a share of the token budget (:data:`SHARES`), filled by cycling through its
 *train* rows in a seeded shuffle; ``chat`` is every train harmful/benign request as an exchange
-(:mod:`workbench.zoo.chat`). Documents are ``<bos> text <eos>``, shuffled, concatenated and cut into
+(:mod:`workbench.behaviour.chat`). Documents are ``<bos> text <eos>``, shuffled, concatenated and cut into
 windows of ``seq_len`` tokens. Held-out rows (and so every probe suite) are never seen.
 """
 
@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerFast, Qwen2MoeConfig, Qwen2MoeForCausalLM
 
+from workbench.behaviour import chat
 from workbench.data.corpus import iter_corpus
-from workbench.zoo import chat
 from workbench.zoo.tokenizer import train_tokenizer
 
 #: Share of the token budget per domain; ``chat`` = harmful → refusal, benign → compliance.

@@ -1,4 +1,9 @@
-"""Capture backends: the same records through plain hooks, nnsight, or TransformerLens."""
+"""Capture backends: the same records through plain hooks, nnsight, or TransformerLens.
+
+The hooks and nnsight backends are :class:`~workbench.capture.backends.recording.RecordingBackend`
+subclasses: reading sites on the hook bases of :mod:`workbench.models.hooking`, which the
+interventions' writing sites share. TransformerLens brings its own hook points.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Protocol
 
 from torch import nn
 
+from workbench.capture.backends.hooks import HooksBackend
 from workbench.capture.batching import Batch
 from workbench.capture.records import BatchCapture
 from workbench.models.discovery import MoELayer
@@ -35,8 +41,6 @@ def make_backend(
 ) -> Backend:
     """Build the backend called ``name`` (hooks, nnsight or transformer_lens)."""
     if name == "hooks":
-        from workbench.capture.backends.hooks import HooksBackend
-
         return HooksBackend(model, layers, expert_stats=expert_stats, want_logits=want_logits)
     if name == "nnsight":
         from workbench.capture.backends.nnsight_backend import NNsightBackend
@@ -50,3 +54,5 @@ def make_backend(
 
 
 BACKENDS = ("hooks", "nnsight", "transformer_lens")
+
+__all__ = ["BACKENDS", "Backend", "BackendFactory", "HooksBackend", "make_backend"]

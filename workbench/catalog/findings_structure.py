@@ -7,7 +7,7 @@ from typing import Any
 
 import polars as pl
 
-from workbench.reports.wording import (
+from workbench.wording import (
     Context,
     Findings,
     correlation_words,
@@ -234,7 +234,7 @@ def drift(df: pl.DataFrame, ctx: Context) -> Findings:
 
 def expert_similarity(df: pl.DataFrame, ctx: Context, top: int = 3) -> Findings:
     """Merge candidates (routed pairs whose CI clears the threshold), with CIs; else none, and why."""
-    from workbench.analysis.expert_similarity import MERGE_MIN_ANGULAR
+    from workbench.interventions.expert_similarity import MERGE_MIN_ANGULAR
 
     routed = finite(df.filter(~pl.col("shared")), "output_angular")
     if routed.height == 0:

@@ -4,7 +4,7 @@ Two experts that compute the same function are redundant: they can be merged (or
 at little cost. Two views of "the same function":
 
 * **Weight similarity** — cosine of the experts' flattened weights
-  (:func:`workbench.analysis.compare.expert_weight_similarity`). Cheap, needs no data, but
+  (:func:`workbench.interventions.expert_weights.expert_weight_similarity`). Cheap, needs no data, but
   blind to symmetries (two experts with permuted hidden units compute the same function and
   look dissimilar) and to scale.
 * **Output similarity** (:func:`expert_output_similarity`) — the angular similarity
@@ -45,6 +45,9 @@ block of resamples over the per-prompt sums.
 batches; per MoE block only that batch's block inputs are kept, and expert outputs are computed
 in token chunks of at most ``2**24`` (experts × max(hidden, experts)) elements. What is
 accumulated is per-prompt sums over each expert pair — ``O(n_prompts · (E+S)²)`` per layer.
+
+**Why in interventions.** It loads and runs the model (forcing every expert on), so it sits with
+the code that runs models, above capture; ``workbench.analysis`` reads stored records only.
 """
 
 from __future__ import annotations
@@ -58,8 +61,8 @@ import numpy as np
 import polars as pl
 
 from workbench.analysis.common import layer_info
-from workbench.analysis.compare import expert_weight_similarity
 from workbench.analysis.stats import cluster_bootstrap
+from workbench.interventions.expert_weights import expert_weight_similarity
 from workbench.store import Store
 
 if TYPE_CHECKING:
@@ -109,7 +112,7 @@ def _n_routed(layer: MoELayer) -> int:
 
     experts = layer.experts
     if all(hasattr(experts, a) for a in ("gate_up_proj", "down_proj", "act_fn")):
-        return int(experts.gate_up_proj.shape[0])  # type: ignore[union-attr,index]
+        return int(experts.gate_up_proj.shape[0])  # type: ignore[index]
     modules = _routed_modules(experts)
     if modules is not None:
         return len(modules)
@@ -380,7 +383,7 @@ def expert_similarity(
 ) -> pl.DataFrame:
     """Weight and output similarity of every expert pair of the run's model, with merge ranks.
 
-    The registered ``expert-similarity`` analysis (docs/methods.md §7). ``model`` is the model the run
+    The catalogued ``expert-similarity`` analysis (docs/methods.md §7). ``model`` is the model the run
     was captured from (a :class:`~workbench.models.loading.LoadedModel`, a name/path for
     ``load_model`` — loaded on ``device`` — or a module with ``tokenizer=``); its MoE layers must match the run's
     (same layer indices and expert counts), else ``ValueError``. The model reads up to

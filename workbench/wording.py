@@ -1,5 +1,7 @@
-"""Shared wording for report findings: the run context and number formatting.
+"""Shared wording for findings sentences: the run context and number formatting.
 
+Pure formatting over polars rows, with no workbench imports, so it sits on the bottom floor and
+every findings builder can use it (the catalog's, a new analysis' own, the CLI demo's summary).
 Formatting is shared so a sentence can be checked against its table: a share of 0.412 with
 CI 0.371–0.453 reads "41% (95% CI 37–45%)".
 """

@@ -1,6 +1,6 @@
 """What a transformers release changed: the conformance sweep now against docs/supported-models.md.
 
-``make test-latest`` runs ``python -m workbench.models.sweep_diff`` in a venv holding the newest
+``make test-latest`` runs ``python -m workbench.conformance.sweep_diff`` in a venv holding the newest
 releases. Each architecture's status is printed next to the status the docs record (generated
 against the locked transformers); one that passed there and does not pass now is NEWLY BROKEN, and
 the exit status is 1 when any is. The docs are not rewritten: refreshing them is a decision taken
@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench.models.supported import Result, sweep
+from workbench.conformance.supported import Result, sweep
 
 DOCS = Path("docs/supported-models.md")
 _ROW = re.compile(r"^\| `([^`]+)` \|")

@@ -1,6 +1,6 @@
 """Findings for how experts are used: load and router health (§1), relevance (§2), HoME (§3).
 
-Domain specialisation's sentences live in :mod:`workbench.reports.findings_specialisation`
+Domain specialisation's sentences live in :mod:`workbench.catalog.findings_specialisation`
 (re-exported here as ``specialisation``).
 """
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import polars as pl
 
-from workbench.reports.findings_specialisation import specialisation as specialisation
-from workbench.reports.wording import (
+from workbench.catalog.findings_specialisation import specialisation as specialisation
+from workbench.wording import (
     Context,
     Findings,
     expert_name,

@@ -1,4 +1,8 @@
-"""``make demo``: capture the reference model on the probe suites and print who specialises in what.
+"""``make demo`` (``python -m workbench.cli.demo``): capture the reference model on the probe suites
+and print who specialises in what.
+
+It lives with the command line (the top floor) because it ends by serving the dashboard, which the
+library below never imports.
 
 Captures ``tiny-ref`` (the committed reference MoE, with expert statistics) on the ``domains``
 and ``refusal`` suites into ``demo.duckdb`` (recreated each time), then prints, per layer, each
@@ -28,8 +32,8 @@ from workbench.capture.engine import capture
 from workbench.data.suites import suite_path
 from workbench.models.loading import load_model
 from workbench.reports import write_report
-from workbench.reports.wording import pct
 from workbench.store import Store
+from workbench.wording import pct
 from workbench.zoo.tiny_ref import model_dir
 
 DEFAULT_MODEL = "tiny-ref"

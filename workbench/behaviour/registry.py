@@ -6,7 +6,7 @@ judged (``judge``: True when the behaviour shows), and which first answer tokens
 resonance (docs/methods.md §5): ``log p(yes₀) − log p(no₀)`` at the position where the answer starts.
 
 The first behaviour is refusal on tiny-ref's chat format, judged by the transparent pattern
-scorer :mod:`workbench.zoo.refusal_scorer` (its accuracy on labelled examples is measured in
+scorer :mod:`workbench.behaviour.judges` (its accuracy on labelled examples is measured in
 tests/test_interventions_effects.py).
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from workbench.zoo import chat
-from workbench.zoo.refusal_scorer import is_compliance, is_refusal
+from workbench.behaviour import chat
+from workbench.behaviour.judges import is_compliance, is_refusal
 
 __all__ = ["BEHAVIOURS", "REFUSAL", "REFUSAL_CHATML", "Behaviour", "get_behaviour"]
 
@@ -46,7 +46,7 @@ REFUSAL = Behaviour(
     no=" " + chat.COMPLIANCE,
     description=(
         "Asked as 'User: {request}\\nAssistant:'; a greedy 12-token continuation is a refusal when a "
-        "pattern of workbench.zoo.refusal_scorer.PATTERNS matches ('I cannot', 'I won't', 'I'm sorry' ...)."
+        "pattern of workbench.behaviour.judges.PATTERNS matches ('I cannot', 'I won't', 'I'm sorry' ...)."
     ),
 )
 

@@ -15,7 +15,7 @@ from typing import Any
 import polars as pl
 
 from workbench.analysis.specialisation import specialised_cells
-from workbench.reports.wording import Context, Findings, finite, fmt_q, label_name, pct, rows_of
+from workbench.wording import Context, Findings, finite, fmt_q, label_name, pct, rows_of
 
 __all__ = ["specialisation", "specialist_sentence"]
 
