@@ -43,7 +43,7 @@ from workbench.store import Store
 
 TARGET_S = 2.0
 #: What the synthetic store provides; analyses needing anything else are listed as skipped.
-SUPPORTED_NEEDS = {"routing", "logits", "expert_stats", "compare"}
+SUPPORTED_NEEDS = {"routing", "logits", "weights", "expert_stats", "compare"}
 
 
 @dataclass

@@ -30,7 +30,7 @@ from workbench.analysis.dynamic import _k_levels, _spearman_from_counts, _Tokens
 from workbench.analysis.relevance import _tcess_sums
 from workbench.analysis.scores import router_scores, router_scores_t
 from workbench.analysis.specialisation import domain_specialisation
-from workbench.analysis.stats import _percentiles, one_blas_thread
+from workbench.analysis.stats import one_blas_thread, percentile_interval
 from workbench.store import Store
 
 pytestmark = pytest.mark.unit
@@ -285,9 +285,13 @@ def test_sorted_index_dense_and_sparse() -> None:
 def test_percentiles_match_nanquantile() -> None:
     rng = np.random.default_rng(9)
     reps = rng.random((1000, 6))
-    np.testing.assert_array_equal(_percentiles(reps, 0.025), np.nanquantile(reps, [0.025, 0.975], axis=0))
+    np.testing.assert_array_equal(
+        percentile_interval(reps, 0.025), np.nanquantile(reps, [0.025, 0.975], axis=0)
+    )
     reps[::7, 2] = np.nan
-    np.testing.assert_array_equal(_percentiles(reps, 0.025), np.nanquantile(reps, [0.025, 0.975], axis=0))
+    np.testing.assert_array_equal(
+        percentile_interval(reps, 0.025), np.nanquantile(reps, [0.025, 0.975], axis=0)
+    )
 
 
 def test_one_blas_thread_is_reentrant_across_threads() -> None:

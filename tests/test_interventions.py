@@ -40,7 +40,7 @@ from workbench.interventions import (
 )
 from workbench.models.decode import experts_selection, router_logits
 from workbench.models.discovery import MoELayer, find_moe_layers
-from workbench.models.expert_math import _fused_hidden, _fused_output
+from workbench.models.expert_math import fused_hidden, fused_output
 from workbench.models.forward import model_forward
 from workbench.models.tiny import tiny_model
 
@@ -143,7 +143,7 @@ def test_zero_removes_exactly_the_weighted_expert_output() -> None:
     _, y_zero = _block_output(model, first, [Zero({first.layer: [e]})])
     flat = x.reshape(-1, x.shape[-1])
     w_e = (base.weights * (base.indices == e)).sum(-1, keepdim=True)
-    contribution = w_e * _fused_output(first.experts, e, _fused_hidden(first.experts, e, flat))
+    contribution = w_e * fused_output(first.experts, e, fused_hidden(first.experts, e, flat))
     torch.testing.assert_close(y_base.reshape(flat.shape) - y_zero.reshape(flat.shape), contribution)
 
 

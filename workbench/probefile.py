@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,9 +132,3 @@ def iter_probe_file(path: str | Path) -> Iterator[Prompt]:
 def read_probe_file(path: str | Path) -> list[Prompt]:
     """All prompts of a probe file (validated)."""
     return list(iter_probe_file(path))
-
-
-def prompts_from_texts(texts: Iterable[str], label: str = "prompt") -> Iterator[Prompt]:
-    """Prompts for plain texts (ids in order), for quick captures from Python."""
-    for index, text in enumerate(texts):
-        yield Prompt(prompt_id=index, text=text, label=label)

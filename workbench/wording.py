@@ -34,11 +34,6 @@ class Context:
     compare: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def uniform_share(self) -> float:
-        """Share of a label's tokens an expert gets under uniform top-k routing, ``k/E``."""
-        return self.top_k / self.n_experts if self.n_experts else math.nan
-
 
 # -- formatting -------------------------------------------------------------------------------
 

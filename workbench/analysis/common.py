@@ -63,8 +63,10 @@ class BatchLogits:
         if self._uniform is None:
             self._uniform = bool(self.lengths.size) and bool((self.lengths == self.lengths[0]).all())
         if self._uniform and int(self.lengths[0]) == width:  # a plain (n, E) matrix: gather whole rows
-            return self._flat.reshape(-1, width)[rows]
-        return self._flat[self.offsets[rows][:, None] + np.arange(width)]
+            whole: np.ndarray = self._flat.reshape(-1, width)[rows]
+            return whole
+        gathered: np.ndarray = self._flat[self.offsets[rows][:, None] + np.arange(width)]
+        return gathered
 
     def matrix(self, width: int) -> np.ndarray | None:
         """All rows as one ``(n, width)`` array in the stored dtype (a view, no copy), or None.

@@ -31,12 +31,7 @@ from workbench.analysis.stats import cluster_bootstrap
 from workbench.store import Store, queries
 from workbench.store.matching import coverage
 
-__all__ = ["DRIFT_COLUMNS", "drift_coverage", "routing_drift"]
-
-DRIFT_COLUMNS: tuple[str, ...] = (
-    "layer", "overlap", "ci_low", "ci_high", "chance", "n_tokens", "n_prompts",
-    "n_shared", "n_prompts_a", "n_prompts_b",
-)  # fmt: skip
+__all__ = ["drift_coverage", "routing_drift"]
 
 
 def routing_drift(

@@ -90,9 +90,12 @@ def _topk_changed(z: np.ndarray, perturbed: np.ndarray, k: int) -> np.ndarray:
     """Per row, whether the top-k *set* of ``perturbed`` differs from that of ``z``."""
     if k >= z.shape[1]:
         return np.zeros(len(z), dtype=bool)
+    changed: np.ndarray
     if np.isnan(z).any() or np.isnan(perturbed).any():  # NaN orders differently in a partition
-        return (_topk_sets(z, k) != _topk_sets(perturbed, k)).any(axis=1)
-    return (_topk_mask(z, k) != _topk_mask(perturbed, k)).any(axis=1)
+        changed = (_topk_sets(z, k) != _topk_sets(perturbed, k)).any(axis=1)
+    else:
+        changed = (_topk_mask(z, k) != _topk_mask(perturbed, k)).any(axis=1)
+    return changed
 
 
 #: Fragility draws noise only where a flip is possible at all if every ``|ε| <= _EPS_BOUND``.
@@ -111,7 +114,8 @@ def _mix(x: np.ndarray) -> np.ndarray:
     x = x * np.uint64(0xBF58476D1CE4E5B9)
     x = x ^ (x >> np.uint64(27))
     x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    x = x ^ (x >> np.uint64(31))
+    return x
 
 
 def _row_ids(prompt_id: np.ndarray, position: np.ndarray, layer: np.ndarray, seed: int) -> np.ndarray:
@@ -201,7 +205,7 @@ def _perturbed_extreme(
     """
     inside = cols.step > 0
     first = zc[cols[0]]
-    out = first * (1.0 + noise * _keyed_normals(ids, cols[0]))
+    out: np.ndarray = first * (1.0 + noise * _keyed_normals(ids, cols[0]))
     for j in cols[1:]:
         col = zc[j]
         member = np.flatnonzero(col - c * np.abs(col) <= limit if inside else col + c * np.abs(col) >= limit)

@@ -89,7 +89,8 @@ def k_at_p(scores: np.ndarray, p: float) -> np.ndarray:
     cum = np.cumsum(-np.sort(-np.asarray(scores, dtype=np.float64), axis=1), axis=1)
     reached = cum >= p - _TOL
     reached[:, -1] = True  # all E experts always count as enough (guards rounding / p = 1)
-    return np.argmax(reached, axis=1).astype(np.int64) + 1
+    k: np.ndarray = np.argmax(reached, axis=1).astype(np.int64) + 1
+    return k
 
 
 def _token_key(prompt_id: np.ndarray, position: np.ndarray) -> np.ndarray:
@@ -192,7 +193,7 @@ class _Tokens:
         n_tok = self.key.size
         if n_tok == 0 or self.start.size == 0:
             return np.full(key.size, -1, dtype=np.int64)
-        guess = np.clip(self.start[at] + position.astype(np.int64), 0, n_tok - 1)
+        guess: np.ndarray = np.clip(self.start[at] + position.astype(np.int64), 0, n_tok - 1)
         miss = np.flatnonzero(self.key[guess] != key)
         if miss.size:
             found = np.minimum(np.searchsorted(self.key, key[miss]), n_tok - 1)
@@ -295,7 +296,8 @@ class _Coverage:
     def shared(self) -> np.ndarray:
         """Per layer, whether its rows hold every usable token exactly once."""
         n_usable = int(self.usable.sum())
-        return (self.rows == n_usable) & (self.seen.sum(axis=1) == n_usable)
+        full: np.ndarray = (self.rows == n_usable) & (self.seen.sum(axis=1) == n_usable)
+        return full
 
 
 def _cells(

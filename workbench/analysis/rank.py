@@ -94,7 +94,8 @@ def _perm_stats(rx: np.ndarray, ry: np.ndarray, n_perm: int, seed: int) -> np.nd
     yc = (ry - ry.mean()) / np.sqrt(((ry - ry.mean()) ** 2).sum())
     n = rx.size
     if n * n_perm <= _CACHE_ENTRIES:
-        return yc[_cached_permutations(n, n_perm, seed)] @ xc
+        cached: np.ndarray = yc[_cached_permutations(n, n_perm, seed)] @ xc
+        return cached
     out = np.empty(n_perm)
     step = max(1, _CACHE_ENTRIES // n)
     for start in range(0, n_perm, step):

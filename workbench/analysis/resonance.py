@@ -123,6 +123,12 @@ def resonance_map(
     # Per (prompt, layer): tokens in span; per (prompt, layer, expert): selections and gate mass.
     tokens = queries.span_token_counts(store, run_id, target, control, tokens_in, layer_list)
     picks = queries.span_selections(store, run_id, target, control, tokens_in, layer_list)
+    # A run of expert ids only (imported from a serving engine) has no gate weights: no fTRI.
+    ids_only = picks.height > 0 and picks["g"].null_count() == picks.height
+    if ids_only and method == "ftri":
+        raise ValueError(
+            f"run {run_id!r} stores expert ids only (no gate weights), and fTRI needs them; use method='rd'"
+        )
     row_of = {int(pid): i for i, pid in enumerate(classes["prompt_id"].to_list())}
     is_target_all = classes["is_target"].to_numpy().astype(bool)
     pairs = _pairs(classes) if paired else None
@@ -188,6 +194,8 @@ def resonance_map(
         )
     out = pl.concat(frames, how="vertical_relaxed")
     out = out.with_columns(pl.Series("q", benjamini_hochberg(out["p"].to_numpy())))
+    if ids_only:  # fTRI is unknown, not a number computed from missing weights
+        out = out.with_columns(pl.lit(None, pl.Float64).alias("ftri"))
     return out.select(list(RESONANCE_COLUMNS)).cast(_SCHEMA).sort("layer", "expert")  # type: ignore[arg-type]
 
 

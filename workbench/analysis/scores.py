@@ -18,7 +18,7 @@ def _scores(z: np.ndarray, score_fn: str | None, normalise: bool, axis: int) -> 
     """``π`` of float64 logits ``z`` with each token's scores along ``axis`` (1: ``(N, E)``, 0: ``(E, N)``)."""
     fn = "softmax" if score_fn is None else score_fn
     if fn == "softmax":
-        e = z - z.max(axis=axis, keepdims=True)
+        e: np.ndarray = z - z.max(axis=axis, keepdims=True)
         np.exp(e, out=e)
         e /= e.sum(axis=axis, keepdims=True)
         return e

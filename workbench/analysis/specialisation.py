@@ -46,11 +46,11 @@ import polars as pl
 from workbench.analysis.common import map_ordered
 from workbench.analysis.stats import (
     MIN_CI_PROMPTS,
-    _percentiles,
     auto_n_perm_max,
     benjamini_hochberg,
     cluster_permutation_pvalue,
     one_blas_thread,
+    percentile_interval,
 )
 from workbench.store import Store, queries
 
@@ -266,7 +266,8 @@ def _label_bootstrap(
 
 def _log_odds(a: np.ndarray, slots: np.ndarray, c: np.ndarray, slots_rest: np.ndarray) -> np.ndarray:
     """Haldane–Anscombe log odds ratio of ``a`` of ``slots`` against ``c`` of ``slots_rest``."""
-    return np.log((a + 0.5) / (slots - a + 0.5)) - np.log((c + 0.5) / (slots_rest - c + 0.5))
+    odds: np.ndarray = np.log((a + 0.5) / (slots - a + 0.5)) - np.log((c + 0.5) / (slots_rest - c + 0.5))
+    return odds
 
 
 def _one_layer(
@@ -324,7 +325,7 @@ def _one_layer(
         with np.errstate(divide="ignore", invalid="ignore"):
             rep_share = sums / dens[:, :, None]
         for gi in range(present.size):
-            ci_low[gi], ci_high[gi] = _percentiles(rep_share[gi], 0.025)
+            ci_low[gi], ci_high[gi] = percentile_interval(rep_share[gi], 0.025)
         if present.size >= 2:
             rep_lo = _log_odds(
                 sums,
@@ -333,7 +334,7 @@ def _one_layer(
                 top_k * (dens.sum(axis=0) - dens)[:, :, None],
             )
             for gi in range(present.size):
-                lo_low[gi], lo_high[gi] = _percentiles(rep_lo[gi], 0.025)
+                lo_low[gi], lo_high[gi] = percentile_interval(rep_lo[gi], 0.025)
         few = member.sum(axis=1) < MIN_CI_PROMPTS  # one prompt: every replicate equals the estimate
         ci_low[few], ci_high[few], lo_low[few], lo_high[few] = np.nan, np.nan, np.nan, np.nan
     uniform = top_k / n_experts

@@ -26,6 +26,7 @@ __all__ = [
     "cluster_bootstrap",
     "cluster_permutation_pvalue",
     "one_blas_thread",
+    "percentile_interval",
 ]
 
 #: Fewer prompts than this give no interval: resampling one prompt reproduces it in every
@@ -179,13 +180,13 @@ def cluster_bootstrap(
             else:
                 reps[start : start + b] = safe_ratio(w @ num2, w @ den2)
     alpha = (1.0 - level) / 2.0
-    low, high = _percentiles(reps, alpha) if m else (np.empty(0), np.empty(0))
+    low, high = percentile_interval(reps, alpha) if m else (np.empty(0), np.empty(0))
     if n < MIN_CI_PROMPTS:  # every replicate is the estimate: a zero-width "interval" is no evidence
         return estimate, np.full(m, np.nan), np.full(m, np.nan)
     return estimate, np.asarray(low), np.asarray(high)
 
 
-def _percentiles(reps: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+def percentile_interval(reps: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """The ``alpha`` and ``1 − alpha`` quantiles of each column of ``reps``, ignoring NaN replicates.
 
     ``np.nanquantile`` loops over the columns in Python; without NaNs ``np.quantile`` gives the
@@ -251,7 +252,8 @@ def cluster_permutation_pvalue(
             in_num, in_den = sums[..., :m], sums[..., m:]
         else:
             in_num, in_den = onehot @ num2, onehot @ den2
-        return safe_ratio(in_num, in_den) - safe_ratio(tot_num - in_num, tot_den - in_den)
+        out: np.ndarray = safe_ratio(in_num, in_den) - safe_ratio(tot_num - in_num, tot_den - in_den)
+        return out
 
     def narrow(cols: np.ndarray) -> Any:
         """``diff`` restricted to the columns ``cols`` (same values: the sums are exact, see _integral)."""
@@ -263,7 +265,10 @@ def cluster_permutation_pvalue(
         def sub_diff(onehot: np.ndarray) -> np.ndarray:
             sums = onehot @ sub_both
             in_num, in_den = sums[..., :k], sums[..., k:]
-            return safe_ratio(in_num, in_den) - safe_ratio(tot_num[cols] - in_num, sub_tot_den - in_den)
+            out: np.ndarray = safe_ratio(in_num, in_den) - safe_ratio(
+                tot_num[cols] - in_num, sub_tot_den - in_den
+            )
+            return out
 
         return sub_diff
 

@@ -17,7 +17,6 @@ The continuations themselves come from :func:`workbench.behaviour.generate.greed
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
 _A = "['’]"  # straight or curly apostrophe
 #: (name, regex) pairs; a match of any one makes the text a refusal.
@@ -54,7 +53,3 @@ _COMPLIANT = tuple((name, re.compile(rx, re.IGNORECASE)) for name, rx in COMPLIA
 def is_compliance(text: str) -> bool:
     """True when ``text`` is an answer (a pattern of :data:`COMPLIANCE_PATTERNS`) and not a refusal."""
     return not is_refusal(text) and any(rx.search(text) for _, rx in _COMPLIANT)
-
-
-def refusal_rate(continuations: Sequence[str]) -> float:
-    return sum(map(is_refusal, continuations)) / max(1, len(continuations))

@@ -10,7 +10,7 @@ skips every prompt already committed, so no row is written twice.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -264,7 +264,8 @@ def _drain(writer: StreamingWriter) -> None:
     """Let the writer commit what it holds (whole prompts only) before the run is marked failed."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for step in (lambda: writer.put(_FLUSH), writer.close):
+        steps: tuple[Callable[[], None], ...] = (lambda: writer.put(_FLUSH), writer.close)
+        for step in steps:
             try:
                 step()
             except Exception:  # the original error is the one worth reporting

@@ -9,7 +9,7 @@ without loading the capture stack.
 
 from __future__ import annotations
 
-from typing import Literal, cast, get_args
+from typing import Literal, get_args
 
 __all__ = ["DEFAULT_LOGITS_MODE", "LOGITS_MODES", "LogitsMode", "logits_mode"]
 
@@ -30,4 +30,4 @@ def logits_mode(value: str) -> LogitsMode:
         raise ValueError(
             f"logits must be {', '.join(LOGITS_MODES[:-1])} or {LOGITS_MODES[-1]}, got {value!r}"
         )
-    return cast(LogitsMode, value)
+    return value  # narrowed to LogitsMode by the membership test above

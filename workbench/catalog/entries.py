@@ -106,6 +106,7 @@ ENTRIES: tuple[AnalysisSpec, ...] = (
         "ESFT gate score and token-selection ratio with expert sets.",
         figure=esft_heatmap,
         findings=usage.esft,
+        needs=("routing", "weights"),
         table_order=("gs", True),
     ),
     AnalysisSpec(
@@ -163,6 +164,7 @@ ENTRIES: tuple[AnalysisSpec, ...] = (
         "HoME-style underfitting of specialist vs shared experts.",
         figure=underfitting_bars,
         findings=usage.underfitting,
+        needs=("routing", "weights"),
         prewarm=default_options,
     ),
     # -- §4 co-activation -----------------------------------------------------------------------
@@ -211,6 +213,7 @@ ENTRIES: tuple[AnalysisSpec, ...] = (
         "Spearman rank agreement of the specialisation scorers (lift, ESFT GS/TSR, TCESS) per label.",
         figure=agreement_heatmap,
         findings=structure.agreement,
+        needs=("routing", "weights"),
         prewarm=default_options,
     ),
     AnalysisSpec(

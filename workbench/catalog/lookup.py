@@ -117,6 +117,11 @@ def run_analysis(
     analysis function.
     """
     spec = get_analysis(name)
+    if "weights" in spec.needs and not _has_weights(store, run_id):
+        raise ValueError(
+            f"analysis {name!r} needs the gate weights the model applied, and run {run_id!r} holds expert ids "
+            "only (imported from a serving engine); capture the model with moe-workbench capture to get them"
+        )
     if spec.needs_model:
         if model is None:
             raise ValueError(
@@ -135,6 +140,13 @@ def run_analysis(
             f"analysis {name!r} reads one run; --compare is only for: {', '.join(_compare_names())}"
         )
     return spec.fn(store, run_id, **kwargs)
+
+
+def _has_weights(store: Store, run_id: str) -> bool:
+    """Whether ``run_id`` has a routing row with gate weights (an unknown run raises the store's error)."""
+    store.run(run_id)
+    found = store.sql("SELECT 1 AS x FROM routing WHERE run_id = ? AND weights IS NOT NULL LIMIT 1", [run_id])
+    return found.height > 0
 
 
 def _compare_names() -> list[str]:

@@ -42,10 +42,13 @@ FigureBuilder = Callable[..., "go.Figure"]
 FindingsBuilder = Callable[["pl.DataFrame", "Context"], "Findings"]
 
 #: What a run may have to hold: ``routing`` always; ``logits`` = stored router logits,
-#: ``expert_stats`` = captured with ``--expert-stats``, ``compare`` = a second run to compare
-#: against, ``model`` = the model the run was captured from (the analysis runs it), ``contrast`` =
-#: paired prompts with exactly two labels (target and control).
-KNOWN_NEEDS: frozenset[str] = frozenset({"routing", "logits", "expert_stats", "compare", "model", "contrast"})
+#: ``weights`` = the gate weights the model applied (every capture stores them; a run imported from a
+#: serving engine holds expert ids only), ``expert_stats`` = captured with ``--expert-stats``,
+#: ``compare`` = a second run to compare against, ``model`` = the model the run was captured from
+#: (the analysis runs it), ``contrast`` = paired prompts with exactly two labels (target and control).
+KNOWN_NEEDS: frozenset[str] = frozenset(
+    {"routing", "logits", "weights", "expert_stats", "compare", "model", "contrast"}
+)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ __all__ = ["COMMAND_MODULES", "app", "main"]
 
 COMMAND_MODULES: tuple[str, ...] = (
     "capture_cmds",
+    "import_cmd",
     "analyse_cmd",
     "resonate_cmd",
     "report_cmd",

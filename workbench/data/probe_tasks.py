@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-CLOSERS = {"(": ")", "[": "]", "{": "}", '"': '"', "'": "'"}
 FUNCS = ("print", "len", "sum", "max", "min", "sorted", "list", "str", "int", "abs", "round", "set")
 NAMES = ("x", "y", "n", "total", "count", "items", "values", "name", "data", "result")
 WORDS = ("hello", "world", "spam", "eggs", "apple", "blue", "ok", "done", "name", "value", "text")

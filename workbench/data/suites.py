@@ -94,7 +94,8 @@ def suite_names(root: Path | None = None) -> list[str]:
 
 def suite_path(name: str, root: Path | None = None) -> Path:
     """The probe file of suite ``name`` (absolute)."""
-    return (manifest_path(root).parent / _entry(name, root)["file"]).resolve()
+    file: str = _entry(name, root)["file"]  # a manifest path string, relative to the manifest
+    return (manifest_path(root).parent / file).resolve()
 
 
 def _line_numbers(path: Path) -> list[int]:

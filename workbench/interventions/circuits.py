@@ -193,7 +193,8 @@ def _ablation_diffs(
     """Per prompt: metric with ``cells`` ablated jointly minus the metric without (zeros for no cells)."""
     if not cells:
         return np.zeros(len(prompts))
-    return _ablated_mean(loaded, prompts, metric, cells) - metric_values(loaded, prompts, metric)
+    diffs: np.ndarray = _ablated_mean(loaded, prompts, metric, cells) - metric_values(loaded, prompts, metric)
+    return diffs
 
 
 def compare_circuits(

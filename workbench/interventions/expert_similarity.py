@@ -126,7 +126,8 @@ def _n_routed(layer: MoELayer) -> int:
 
 def _call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = module(x)
-    return out[0] if isinstance(out, tuple) else out
+    hidden: torch.Tensor = out[0] if isinstance(out, tuple) else out
+    return hidden
 
 
 def expert_outputs(layer: MoELayer, x: torch.Tensor, *, include_shared: bool = True) -> torch.Tensor:
@@ -138,7 +139,7 @@ def expert_outputs(layer: MoELayer, x: torch.Tensor, *, include_shared: bool = T
     """
     import torch
 
-    from workbench.models.expert_math import _fused_hidden, _fused_output
+    from workbench.models.expert_math import fused_hidden, fused_output
 
     n_routed = _n_routed(layer)
     modules = _routed_modules(layer.experts)
@@ -147,7 +148,7 @@ def expert_outputs(layer: MoELayer, x: torch.Tensor, *, include_shared: bool = T
         if modules is not None:
             outs.append(_call(modules[e], x))
         else:
-            outs.append(_fused_output(layer.experts, e, _fused_hidden(layer.experts, e, x)))
+            outs.append(fused_output(layer.experts, e, fused_hidden(layer.experts, e, x)))
     if include_shared:
         outs.extend(_call(m, x) for m in layer.shared)
     return torch.stack(outs, dim=1)

@@ -110,7 +110,8 @@ def prompt_batches(
 
 def last_logprobs(loaded: LoadedModel, enc: dict[str, Any]) -> torch.Tensor:
     """Log-probabilities of the next token at each row's last position, ``[B, V]`` in float32."""
-    return loaded.model(**enc).logits[:, -1].float().log_softmax(-1)
+    logits: torch.Tensor = loaded.model(**enc).logits[:, -1]
+    return logits.float().log_softmax(-1)
 
 
 @torch.inference_mode()

@@ -19,13 +19,13 @@ from workbench.interventions.specs import (
     Force,
     Intervention,
     InterventionSpecError,
+    PerLayer,
     Prune,
     Reroute,
     Scale,
     TopK,
     TopP,
     Zero,
-    _PerLayer,
 )
 from workbench.models.discovery import MoELayer
 
@@ -154,7 +154,7 @@ def make_plans(specs: Sequence[Intervention], layers: Sequence[MoELayer]) -> lis
                 f"expected intervention specs (Zero, Reroute, Force, ...), got {type(spec).__name__}"
             )
         named = spec.layer_experts()
-        if isinstance(spec, _PerLayer) and spec.layers is None:
+        if isinstance(spec, PerLayer) and spec.layers is None:
             named = {x.layer: () for x in layers}
         for number, experts in named.items():
             layer = by_number.get(number)

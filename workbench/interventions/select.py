@@ -30,10 +30,10 @@ from workbench.interventions.plan import Edits
 from workbench.models.family import RoutingFamily
 from workbench.models.scores import (
     RoutingContext,
-    _group_mask,
-    _renorm,
-    _scale,
     expected_topk,
+    group_mask,
+    renormalise,
+    scale_weights,
     score_name,
     scores,
 )
@@ -100,7 +100,7 @@ def select_topk(
     if bool(ed.force.any()):
         top = choice.masked_fill(ed.force | ed.ban, float("-inf")).max(dim=-1, keepdim=True).values
         choice = torch.where(ed.force, top.clamp_min(-_BIG) + _BIG, choice)
-    choice = _group_mask(family, choice, ctx)
+    choice = group_mask(family, choice, ctx)
     table = ctx.attr(family.hash_table_attr)
     if isinstance(table, torch.Tensor):  # hash layer: the table's experts first, then by choice
         if bool((ed.width > 0).any()) or bool((ed.top_p > 0).any()):
@@ -123,8 +123,8 @@ def select_topk(
     indices = order[:, :width]
     valid = torch.arange(width, device=indices.device)[None, :] < counts[:, None]
     weights = pi.gather(-1, indices) * valid
-    weights = _renorm(family, weights, ctx, score_name(family, ctx.router, ctx.config))
-    weights = _scale(replace(family, divide_by_top_k=False), weights, indices, ctx) * valid
+    weights = renormalise(family, weights, ctx, score_name(family, ctx.router, ctx.config))
+    weights = scale_weights(replace(family, divide_by_top_k=False), weights, indices, ctx) * valid
     if family.divide_by_top_k:
         weights = weights / counts[:, None]
     indices = torch.where(valid, indices, indices[:, :1])  # pad with the row's first expert at weight 0

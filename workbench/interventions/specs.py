@@ -191,8 +191,11 @@ class Prune(Intervention):
 
 
 @dataclass(frozen=True)
-class _PerLayer(Intervention):
-    """Whole-layer specs; ``layers=None`` means every MoE layer of the model."""
+class PerLayer(Intervention):
+    """Base of the whole-layer specs (TopK, TopP); ``layers=None`` means every MoE layer of the model.
+
+    The planner (:mod:`workbench.interventions.plan`) expands ``layers=None`` through this class.
+    """
 
     layers: tuple[int, ...] | None = field(default=None, kw_only=True)
 
@@ -207,7 +210,7 @@ class _PerLayer(Intervention):
 
 
 @dataclass(frozen=True)
-class TopK(_PerLayer):
+class TopK(PerLayer):
     """Route each token to ``k`` experts (the family's own recipe, renormalisation included)."""
 
     kind: ClassVar[Kind] = "topk"
@@ -221,7 +224,7 @@ class TopK(_PerLayer):
 
 
 @dataclass(frozen=True)
-class TopP(_PerLayer):
+class TopP(PerLayer):
     """Route each token to the fewest top experts whose share of the token's score mass is ≥ ``p``."""
 
     kind: ClassVar[Kind] = "topp"

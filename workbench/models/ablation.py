@@ -33,7 +33,8 @@ def first_tensor(output: Any) -> torch.Tensor:
 
 
 def hidden_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-    return args[0] if args else kwargs["hidden_states"]
+    hidden: torch.Tensor = args[0] if args else kwargs["hidden_states"]
+    return hidden
 
 
 # -- ablation: zero one expert's parameters, restore them in finally ---------------------------------

@@ -26,7 +26,8 @@ class Routing:
 def _first_tensor(output: Any) -> torch.Tensor:
     if isinstance(output, torch.Tensor):
         return output
-    return output[0]
+    first: torch.Tensor = output[0]  # a (tensor, ...) tuple: the tensor comes first
+    return first
 
 
 def router_logits(family: RoutingFamily, output: Any, n_experts: int) -> torch.Tensor:

@@ -70,7 +70,11 @@ def check_expert_stats(layers: list[MoELayer]) -> None:
             )
 
 
-def _fused_hidden(experts: nn.Module, e: int, x: torch.Tensor) -> torch.Tensor:
+def fused_hidden(experts: nn.Module, e: int, x: torch.Tensor) -> torch.Tensor:
+    """Hidden units ``act(x·W_gate[e]ᵀ) ⊙ (x·W_up[e]ᵀ)`` of fused expert ``e`` on tokens ``x`` ([N,H] → [N,I]).
+
+    Reads the ``W[e]`` slice of ``gate_up_proj`` (either orientation) and its bias, if any.
+    """
     gate_up = experts.gate_up_proj[e]  # type: ignore[index]
     proj = x @ gate_up.transpose(0, 1) if gate_up.shape[-1] == x.shape[-1] else x @ gate_up
     bias = getattr(experts, "gate_up_proj_bias", None)
@@ -78,10 +82,12 @@ def _fused_hidden(experts: nn.Module, e: int, x: torch.Tensor) -> torch.Tensor:
         proj = proj + bias[e]
     gate, up = proj.chunk(2, dim=-1)
     act: Any = experts.act_fn
-    return act(gate) * up
+    hidden: torch.Tensor = act(gate) * up
+    return hidden
 
 
-def _fused_output(experts: nn.Module, e: int, h: torch.Tensor) -> torch.Tensor:
+def fused_output(experts: nn.Module, e: int, h: torch.Tensor) -> torch.Tensor:
+    """Unweighted output ``h·W_down[e]ᵀ`` (plus bias) of fused expert ``e`` from its hidden units ``h``."""
     down = experts.down_proj[e]  # type: ignore[index]
     out = h @ down.transpose(0, 1) if down.shape[-1] == h.shape[-1] else h @ down
     bias = getattr(experts, "down_proj_bias", None)
@@ -133,8 +139,8 @@ def expert_stats(
         if modules is not None:
             h, y = _module_hidden_and_output(modules[e], xe)
         else:
-            h = _fused_hidden(layer.experts, e, xe)
-            y = _fused_output(layer.experts, e, h)
+            h = fused_hidden(layer.experts, e, xe)
+            y = fused_output(layer.experts, e, h)
         out_norm[rows, slots] = y.float().norm(dim=-1)
         zero_frac[rows, slots] = (h.abs() <= tau).float().mean(dim=-1)
     stats = ExpertStats(out_norm=out_norm, zero_frac=zero_frac, n_experts=layer.n_experts)

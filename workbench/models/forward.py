@@ -43,5 +43,5 @@ def model_forward(model: nn.Module, batch: object) -> torch.Tensor:
     if _accepts(cls, "use_cache"):
         kwargs["use_cache"] = False
     out = model(**kwargs)
-    logits = out.logits if hasattr(out, "logits") else out[0]
+    logits: torch.Tensor = out.logits if hasattr(out, "logits") else out[0]
     return logits

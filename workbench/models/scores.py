@@ -18,6 +18,7 @@ backend recorded.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,7 +102,7 @@ def score_name(family: RoutingFamily, router: nn.Module | None = None, config: o
     return str(named) if isinstance(named, str) else family.score_fn
 
 
-_SCORE_FNS = {
+_SCORE_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softmax": lambda z: torch.softmax(z, dim=-1),
     "sigmoid": torch.sigmoid,
     "sqrtsoftplus": lambda z: torch.sqrt(F.softplus(z)),
@@ -137,7 +138,7 @@ class RoutingContext:
         return lookup_attr(name, self.router, self.block, self.config)
 
 
-def _group_mask(family: RoutingFamily, choice: torch.Tensor, ctx: RoutingContext) -> torch.Tensor:
+def group_mask(family: RoutingFamily, choice: torch.Tensor, ctx: RoutingContext) -> torch.Tensor:
     """Mask choice scores outside the top ``topk_group`` groups with -inf (when groups apply)."""
     if family.group_attrs is None:
         return choice
@@ -157,19 +158,27 @@ def _group_mask(family: RoutingFamily, choice: torch.Tensor, ctx: RoutingContext
     return choice.masked_fill(~mask, float("-inf"))
 
 
-def _renorm(family: RoutingFamily, weights: torch.Tensor, ctx: RoutingContext, name: str) -> torch.Tensor:
+def renormalise(family: RoutingFamily, weights: torch.Tensor, ctx: RoutingContext, name: str) -> torch.Tensor:
+    """The top-k ``weights`` divided by their p-norm when the family renormalises, else unchanged.
+
+    ``family.renorm`` decides, or (when None) the model's ``renorm_attr`` flag, or a softmax over the
+    top-k only; ``name`` is the score function's name (:func:`score_name`).
+    """
     renorm = family.renorm
     if renorm is None:
         renorm = bool(ctx.attr(family.renorm_attr)) or (family.softmax_over_topk and name == "softmax")
     if not renorm:
         return weights
     p = ctx.attr(family.renorm_p_attr) if family.renorm_p_attr else 1.0
-    return weights / torch.linalg.vector_norm(weights, ord=float(p), dim=-1, keepdim=True).clamp_min(1e-20)
+    norm = torch.linalg.vector_norm(weights, ord=float(p), dim=-1, keepdim=True).clamp_min(1e-20)
+    renormed: torch.Tensor = weights / norm
+    return renormed
 
 
-def _scale(
+def scale_weights(
     family: RoutingFamily, weights: torch.Tensor, indices: torch.Tensor, ctx: RoutingContext
 ) -> torch.Tensor:
+    """The weights after the family's scaling: routed scaling factors, per-expert scales, ``1/k``."""
     for attr in family.scale_attrs:
         value = ctx.attr(attr)
         if value is not None:
@@ -193,7 +202,7 @@ def _topk(
     )
     if bias is not None:
         choice = choice + bias.float().reshape(-1)
-    choice = _group_mask(family, choice, ctx)
+    choice = group_mask(family, choice, ctx)
     table = ctx.attr(family.hash_table_attr)
     if isinstance(table, torch.Tensor):  # hash layers: experts fixed per token id
         if ctx.token_ids is None:
@@ -202,7 +211,7 @@ def _topk(
     else:
         indices = choice.topk(ctx.top_k, dim=-1).indices
     weights = pi.gather(-1, indices)
-    return indices, _scale(family, _renorm(family, weights, ctx, name), indices, ctx)
+    return indices, scale_weights(family, renormalise(family, weights, ctx, name), indices, ctx)
 
 
 def _sparsemixer(logits: torch.Tensor, ctx: RoutingContext) -> tuple[torch.Tensor, torch.Tensor]:

@@ -214,11 +214,6 @@ def tiny_config(model_type: str, **overrides: Any) -> PretrainedConfig:
     return config
 
 
-def shrink_config(config: PretrainedConfig, **overrides: Any) -> PretrainedConfig:
-    """A tiny copy of ``config``'s architecture with ``overrides`` (kept for older callers)."""
-    return tiny_config(config.model_type, **overrides)
-
-
 def model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
     """The class to build for ``config``: seq2seq LM, causal LM, else the (text) base model."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
@@ -230,7 +225,8 @@ def model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
             if isinstance(found_cls, (tuple, list)):
                 found_cls = found_cls[0]
             if auto is not AutoModelForSeq2SeqLM or getattr(config, "is_encoder_decoder", False):
-                return found_cls
+                model_cls: type[PreTrainedModel] = found_cls  # the auto mappings hold model classes
+                return model_cls
     package = type(config).__module__.rsplit(".", 1)[0]
     module = importlib.import_module(f"{package}.modeling_{package.rsplit('.', 1)[1]}")
     found = [
@@ -302,7 +298,7 @@ def _built(cls: Any, config: Any) -> nn.Module:
     before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        model = cls._from_config(config)
+        model: nn.Module = cls._from_config(config)
     finally:
         torch.use_deterministic_algorithms(before)
     std = float(getattr(config, "initializer_range", 0.02) or 0.02)
@@ -399,6 +395,3 @@ def _router_width(model: nn.Module, table_name: str) -> int:
     owner = model.get_submodule(table_name.rsplit(".", 1)[0])
     weight = getattr(owner, "weight", None)
     return int(weight.shape[0]) if isinstance(weight, torch.Tensor) else int(getattr(owner, "num_experts", 2))
-
-
-_randomise_routers = randomise_routers

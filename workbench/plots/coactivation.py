@@ -7,7 +7,16 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from workbench.plots.common import _LAYOUT, _check, _floats, _grid, _pick_layer, _require, colour, rgba
+from workbench.plots.common import (
+    LAYOUT,
+    as_floats,
+    check_frame,
+    colour,
+    layer_expert_grid,
+    pick_layer,
+    require_columns,
+    rgba,
+)
 
 __all__ = ["coactivation_matrix", "fixed_partners_heatmap", "pathways_sankey"]
 
@@ -20,22 +29,22 @@ def coactivation_matrix(df: pl.DataFrame, layer: int | None = None) -> go.Figure
     Hover shows ``n_ab`` and lift when present.
     """
     what = "coactivation_matrix"
-    _require(df, ["layer", "a", "b", "n_ab", "p_b_given_a"], what)
+    require_columns(df, ["layer", "a", "b", "n_ab", "p_b_given_a"], what)
     score = None
     if "lift" in df.columns:
         score = (pl.col("n_ab") * (pl.col("lift") - 1).abs()).sum() / pl.col("n_ab").sum()
-    layer = _pick_layer(df, layer, what, score)
+    layer = pick_layer(df, layer, what, score)
     part = df.filter(pl.col("layer") == layer)
     n = int(max(part["a"].max(), part["b"].max())) + 1  # type: ignore[arg-type, type-var]
     a = part["a"].to_numpy().astype(int)
     b = part["b"].to_numpy().astype(int)
     z = np.zeros((n, n))
-    z[a, b] = _floats(part["p_b_given_a"])
+    z[a, b] = as_floats(part["p_b_given_a"])
     custom = np.full((n, n, 2), np.nan)
     custom[..., 0] = 0
-    custom[a, b, 0] = _floats(part["n_ab"])
+    custom[a, b, 0] = as_floats(part["n_ab"])
     if "lift" in part.columns:
-        custom[a, b, 1] = _floats(part["lift"])
+        custom[a, b, 1] = as_floats(part["lift"])
     fig = go.Figure(
         go.Heatmap(
             z=z,
@@ -54,7 +63,7 @@ def coactivation_matrix(df: pl.DataFrame, layer: int | None = None) -> go.Figure
         title=f"Co-activation, layer {layer}: P(b | a)",
         xaxis_title="expert b",
         yaxis_title="expert a",
-        **_LAYOUT,
+        **LAYOUT,
     )
     return fig
 
@@ -68,7 +77,9 @@ def pathways_sankey(df: pl.DataFrame, top: int | None = None) -> go.Figure:
     Hover on a link gives ``n``, ``n_from`` and ``p = n / n_from``; node positions are fixed so
     each layer is one column, experts ordered by id.
     """
-    _check(df, ["layer_from", "layer_to", "expert_from", "expert_to", "n", "n_from", "p"], "pathways_sankey")
+    check_frame(
+        df, ["layer_from", "layer_to", "expert_from", "expert_to", "n", "n_from", "p"], "pathways_sankey"
+    )
     part = df
     if top is not None:
         if top < 1:
@@ -113,9 +124,9 @@ def pathways_sankey(df: pl.DataFrame, top: int | None = None) -> go.Figure:
             link={
                 "source": src,
                 "target": dst,
-                "value": _floats(part["n"]),
+                "value": as_floats(part["n"]),
                 "color": [rgba(colour(e), 0.35) for e in part["expert_from"].to_list()],
-                "customdata": np.column_stack([_floats(part["n_from"]), _floats(part["p"])]),
+                "customdata": np.column_stack([as_floats(part["n_from"]), as_floats(part["p"])]),
                 "hovertemplate": (
                     "%{source.label} → %{target.label}<br>tokens n %{value:.0f}"
                     " of n_from %{customdata[0]:.0f}<br>p = n/n_from %{customdata[1]:.3f}<extra></extra>"
@@ -125,7 +136,7 @@ def pathways_sankey(df: pl.DataFrame, top: int | None = None) -> go.Figure:
     )
     fig.update_layout(
         title="Expert pathways: top-1 expert transitions between consecutive MoE layers (width = tokens)",
-        **_LAYOUT,
+        **LAYOUT,
     )
     return fig
 
@@ -138,8 +149,10 @@ def fixed_partners_heatmap(df: pl.DataFrame) -> go.Figure:
     mean, on the same layer axis. Hover adds distinct partners and the co-activation count.
     """
     cols = ["layer", "expert", "n_partners", "n_distinct_partners", "n_coactivations", "layer_mean"]
-    _check(df, cols, "fixed_partners_heatmap")
-    layers, experts, z, custom = _grid(df, "n_partners", ("n_distinct_partners", "n_coactivations"))
+    check_frame(df, cols, "fixed_partners_heatmap")
+    layers, experts, z, custom = layer_expert_grid(
+        df, "n_partners", ("n_distinct_partners", "n_coactivations")
+    )
     means = df.group_by("layer").agg(pl.col("layer_mean").first()).sort("layer")
     fig = make_subplots(
         rows=1,
@@ -167,7 +180,7 @@ def fixed_partners_heatmap(df: pl.DataFrame) -> go.Figure:
     )
     fig.add_trace(
         go.Bar(
-            x=_floats(means["layer_mean"]),
+            x=as_floats(means["layer_mean"]),
             y=means["layer"].to_list(),
             orientation="h",
             name="layer mean",
@@ -181,5 +194,5 @@ def fixed_partners_heatmap(df: pl.DataFrame) -> go.Figure:
     fig.update_xaxes(title_text="expert", row=1, col=1)
     fig.update_xaxes(title_text="mean partners", row=1, col=2)
     fig.update_yaxes(title_text="layer", row=1, col=1)
-    fig.update_layout(title="Fixed partners: fewest co-activation partners per expert", **_LAYOUT)
+    fig.update_layout(title="Fixed partners: fewest co-activation partners per expert", **LAYOUT)
     return fig

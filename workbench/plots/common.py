@@ -15,7 +15,8 @@ import numpy as np
 import plotly.graph_objects as go
 import polars as pl
 
-_LAYOUT: dict[str, Any] = {"template": "plotly_white", "hovermode": "closest"}
+#: Layout keywords every builder passes to ``fig.update_layout`` (one template, closest-point hover).
+LAYOUT: dict[str, Any] = {"template": "plotly_white", "hovermode": "closest"}
 #: Qualitative colours, cycled by position (labels, experts) so a colour means the same thing
 #: across the traces of one figure.
 PALETTE: tuple[str, ...] = (
@@ -24,21 +25,21 @@ PALETTE: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def _require(df: pl.DataFrame, columns: Iterable[str], what: str) -> None:
+def require_columns(df: pl.DataFrame, columns: Iterable[str], what: str) -> None:
     """Raise ``ValueError`` naming the missing columns and the ones the frame has."""
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"{what}: missing column(s) {missing}; frame has {df.columns}")
 
 
-def _check(df: pl.DataFrame, columns: Iterable[str], what: str) -> None:
-    """:func:`_require` plus a clear error for an empty table (a figure of nothing hides a bug)."""
-    _require(df, columns, what)
+def check_frame(df: pl.DataFrame, columns: Iterable[str], what: str) -> None:
+    """:func:`require_columns` plus a clear error for an empty table (a figure of nothing hides a bug)."""
+    require_columns(df, columns, what)
     if df.height == 0:
         raise ValueError(f"{what}: empty frame (the analysis returned no rows)")
 
 
-def _floats(values: pl.Series | Sequence[Any]) -> np.ndarray:
+def as_floats(values: pl.Series | Sequence[Any]) -> np.ndarray:
     """A float array with nulls as NaN (plotly draws NaN as a gap and hover prints ``NaN``)."""
     series = values if isinstance(values, pl.Series) else pl.Series(list(values))
     return series.cast(pl.Float64).fill_null(np.nan).to_numpy().astype(float)
@@ -65,7 +66,7 @@ def layers_of(df: pl.DataFrame, column: str = "layer") -> list[int]:
     return sorted(int(x) for x in df[column].drop_nulls().unique().to_list())
 
 
-def _pick_label(df: pl.DataFrame, label: str | None, what: str) -> str:
+def pick_label(df: pl.DataFrame, label: str | None, what: str) -> str:
     """``label`` if the frame has it, else (when ``None``) the first label in sorted order."""
     present = labels_of(df)
     if label is None:
@@ -77,7 +78,7 @@ def _pick_label(df: pl.DataFrame, label: str | None, what: str) -> str:
     return label
 
 
-def _pick_layer(df: pl.DataFrame, layer: int | None, what: str, score: pl.Expr | None = None) -> int:
+def pick_layer(df: pl.DataFrame, layer: int | None, what: str, score: pl.Expr | None = None) -> int:
     """``layer`` if the frame has it; when ``None`` the layer with the largest ``score``.
 
     ``score`` is an aggregate expression evaluated per layer (``group_by("layer").agg``), e.g.
@@ -102,7 +103,7 @@ def _pick_layer(df: pl.DataFrame, layer: int | None, what: str, score: pl.Expr |
     return int(layer)
 
 
-def _grid(
+def layer_expert_grid(
     part: pl.DataFrame, value: str, custom: Sequence[str]
 ) -> tuple[list[int], list[int], np.ndarray, np.ndarray]:
     """Layer × expert grid of ``value`` and the ``custom`` columns (hover data) of one slice.
@@ -116,21 +117,23 @@ def _grid(
     li = np.searchsorted(layers, part["layer"].to_numpy())
     ei = np.searchsorted(experts, part["expert"].to_numpy())
     z = np.full((len(layers), len(experts)), np.nan)
-    z[li, ei] = _floats(part[value])
+    z[li, ei] = as_floats(part[value])
     cd = np.full((len(layers), len(experts), len(custom)), np.nan)
     for c, name in enumerate(custom):
-        cd[li, ei, c] = _floats(part[name])
+        cd[li, ei, c] = as_floats(part[name])
     return layers, experts, z, cd
 
 
 def significant(q: np.ndarray, alpha: float = 0.05) -> np.ndarray:
     """Cells with ``q < alpha`` (NaN is not significant)."""
-    return np.nan_to_num(q, nan=1.0) < alpha
+    mask: np.ndarray = np.nan_to_num(q, nan=1.0) < alpha
+    return mask
 
 
 def flagged(values: np.ndarray) -> np.ndarray:
     """Cells whose 0/1 flag is set (NaN is not)."""
-    return np.nan_to_num(values) > 0
+    mask: np.ndarray = np.nan_to_num(values) > 0
+    return mask
 
 
 def layer_expert_heatmap(
@@ -151,7 +154,7 @@ def layer_expert_heatmap(
     ``symbol`` (e.g. ``("q", "*", significant)``). ``scale`` goes to ``go.Heatmap``
     (``colorscale``, ``zmid``, ``zmin`` ...).
     """
-    layers, experts, z, cd = _grid(part, value, custom)
+    layers, experts, z, cd = layer_expert_grid(part, value, custom)
     text = None
     if mark is not None:
         column, symbol, test = mark
@@ -163,36 +166,34 @@ def layer_expert_heatmap(
     if text is not None:
         heatmap.update(text=text, texttemplate="%{text}")
     fig = go.Figure(heatmap)
-    fig.update_layout(title=title, xaxis_title="expert", yaxis_title="layer", **_LAYOUT)
+    fig.update_layout(title=title, xaxis_title="expert", yaxis_title="layer", **LAYOUT)
     return fig
 
 
-def _ci_error(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> dict[str, Any]:
+def ci_error_bars(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> dict[str, Any]:
     """Asymmetric error bars from a CI (``ci_low``/``ci_high``) around ``y``."""
     return {"type": "data", "array": hi - y, "arrayminus": y - lo, "visible": True}
 
 
-def _layer_line(
-    df: pl.DataFrame, y: str, lo: np.ndarray, hi: np.ndarray, name: str, hover: str
-) -> go.Scatter:
+def layer_line(df: pl.DataFrame, y: str, lo: np.ndarray, hi: np.ndarray, name: str, hover: str) -> go.Scatter:
     """A per-layer line of ``y`` with error bars from ``lo``/``hi`` (also in ``customdata``)."""
-    yv = _floats(df[y])
+    yv = as_floats(df[y])
     return go.Scatter(
         x=df["layer"].to_list(),
         y=yv,
         mode="lines+markers",
         name=name,
-        error_y=_ci_error(yv, lo, hi),
+        error_y=ci_error_bars(yv, lo, hi),
         customdata=np.column_stack([lo, hi]),
         hovertemplate=hover,
     )
 
 
-def _chance_line(df: pl.DataFrame, column: str = "chance", name: str = "chance") -> go.Scatter:
+def chance_line(df: pl.DataFrame, column: str = "chance", name: str = "chance") -> go.Scatter:
     """A dashed grey per-layer reference line (chance, uniform routing ...)."""
     return go.Scatter(
         x=df["layer"].to_list(),
-        y=_floats(df[column]),
+        y=as_floats(df[column]),
         mode="lines",
         name=name,
         line={"dash": "dash", "color": "grey"},

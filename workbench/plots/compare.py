@@ -7,34 +7,42 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from workbench.plots.common import _LAYOUT, _chance_line, _check, _ci_error, _floats, _layer_line, _pick_layer
+from workbench.plots.common import (
+    LAYOUT,
+    as_floats,
+    chance_line,
+    check_frame,
+    ci_error_bars,
+    layer_line,
+    pick_layer,
+)
 
 __all__ = ["drift_lines", "expert_similarity_heatmap"]
 
 
 def drift_lines(df: pl.DataFrame) -> go.Figure:
     """Top-k overlap between two runs per layer with 95% CI and the ``k/E`` chance line, from ``routing_drift``."""
-    _check(df, ["layer", "overlap", "ci_low", "ci_high", "chance"], "drift_lines")
+    check_frame(df, ["layer", "overlap", "ci_low", "ci_high", "chance"], "drift_lines")
     part = df.sort("layer")
     fig = go.Figure(
         [
-            _layer_line(
+            layer_line(
                 part,
                 "overlap",
-                _floats(part["ci_low"]),
-                _floats(part["ci_high"]),
+                as_floats(part["ci_low"]),
+                as_floats(part["ci_high"]),
                 "overlap",
                 "layer %{x}<br>overlap %{y:.4f} (95% CI %{customdata[0]:.4f}–%{customdata[1]:.4f})"
                 "<extra></extra>",
             ),
-            _chance_line(part),
+            chance_line(part),
         ]
     )
     fig.update_layout(
         title="Routing drift: top-k overlap per layer",
         xaxis_title="layer",
         yaxis_title="overlap |S∩S'|/k",
-        **_LAYOUT,
+        **LAYOUT,
     )
     return fig
 
@@ -56,12 +64,12 @@ def expert_similarity_heatmap(
     """
     what = "expert_similarity_heatmap"
     cols = ["layer", "expert_a", "expert_b", "shared", "weight_cos", "output_cos", "output_angular"]
-    _check(df, [*cols, "ci_low", "ci_high", "n_tokens", "merge_rank"], what)
+    check_frame(df, [*cols, "ci_low", "ci_high", "n_tokens", "merge_rank"], what)
     measures = ("output_angular", "output_cos", "weight_cos")
     if measure not in measures:
         raise ValueError(f"{what}: measure must be one of {list(measures)}, got {measure!r}")
     score = pl.col("output_angular").filter(~pl.col("shared").fill_null(False)).max()
-    layer = _pick_layer(df, layer, what, score)
+    layer = pick_layer(df, layer, what, score)
     part = df.filter(pl.col("layer") == layer)
     ids = sorted({int(x) for x in (*part["expert_a"].to_list(), *part["expert_b"].to_list())})
     pos = {e: i for i, e in enumerate(ids)}
@@ -70,8 +78,8 @@ def expert_similarity_heatmap(
     custom = np.full((len(ids), len(ids), len(extra)), np.nan)
     a = np.array([pos[int(x)] for x in part["expert_a"].to_list()], dtype=int)
     b = np.array([pos[int(x)] for x in part["expert_b"].to_list()], dtype=int)
-    values = _floats(part[measure])
-    rows = np.column_stack([_floats(part[c]) for c in extra])
+    values = as_floats(part[measure])
+    rows = np.column_stack([as_floats(part[c]) for c in extra])
     z[a, b] = z[b, a] = values
     custom[a, b] = custom[b, a] = rows
     fig = make_subplots(
@@ -99,7 +107,7 @@ def expert_similarity_heatmap(
         col=1,
     )
     best = part.filter(pl.col("merge_rank").is_not_null()).sort("merge_rank").head(top)
-    y = _floats(best["output_angular"])
+    y = as_floats(best["output_angular"])
     ok = (
         best["merge_candidate"].fill_null(False).to_list()
         if "merge_candidate" in best.columns
@@ -113,8 +121,8 @@ def expert_similarity_heatmap(
             name="most similar pairs",
             showlegend=False,
             marker_color=["#2ca02c" if c else "#b0b0b0" for c in ok],
-            error_x=_ci_error(y, _floats(best["ci_low"]), _floats(best["ci_high"])),
-            customdata=np.column_stack([_floats(best[c]) for c in extra]),
+            error_x=ci_error_bars(y, as_floats(best["ci_low"]), as_floats(best["ci_high"])),
+            customdata=np.column_stack([as_floats(best[c]) for c in extra]),
             hovertemplate=(
                 "experts %{y}<br>output angular %{x:.4f} (95% CI %{customdata[3]:.4f}–%{customdata[4]:.4f})"
                 "<br>weight cos %{customdata[0]:.4f}<br>merge rank %{customdata[6]:.0f}<extra></extra>"
@@ -127,5 +135,5 @@ def expert_similarity_heatmap(
     fig.update_yaxes(title_text="expert", row=1, col=1)
     fig.update_xaxes(title_text="output angular similarity (0.5 = orthogonal)", row=1, col=2)
     fig.update_yaxes(title_text="pair (merge rank order)", autorange="reversed", row=1, col=2)
-    fig.update_layout(title=f"Expert similarity, layer {layer}", **_LAYOUT)
+    fig.update_layout(title=f"Expert similarity, layer {layer}", **LAYOUT)
     return fig

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from workbench.plots.common import _LAYOUT, _check, _floats, colour, labels_of
+from workbench.plots.common import LAYOUT, as_floats, check_frame, colour, labels_of
 
 __all__ = ["dynamic_k_lines"]
 
@@ -31,7 +31,7 @@ def dynamic_k_lines(df: pl.DataFrame, p: float | None = None) -> go.Figure:
     full k distribution and the token counts; ρ is NaN where the NLL is constant or missing.
     """
     what = "dynamic_k_lines"
-    _check(df, ["layer", "label", "p", "mean_k", "k_counts", "n_tokens", "spearman_nll", "n_nll"], what)
+    check_frame(df, ["layer", "label", "p", "mean_k", "k_counts", "n_tokens", "spearman_nll", "n_nll"], what)
     masses = sorted({float(x) for x in df["p"].drop_nulls().to_list()})
     if p is not None:
         if not any(np.isclose(p, m) for m in masses):
@@ -56,10 +56,10 @@ def dynamic_k_lines(df: pl.DataFrame, p: float | None = None) -> go.Figure:
             custom = np.column_stack(
                 [
                     np.array([_k_hist(c) for c in part["k_counts"].to_list()], dtype=object),
-                    _floats(part["n_tokens"]),
-                    _floats(part["n_nll"]),
-                    _floats(part["mean_k"]),
-                    _floats(part["spearman_nll"]),
+                    as_floats(part["n_tokens"]),
+                    as_floats(part["n_nll"]),
+                    as_floats(part["mean_k"]),
+                    as_floats(part["spearman_nll"]),
                 ]
             )
             hover = (
@@ -73,7 +73,7 @@ def dynamic_k_lines(df: pl.DataFrame, p: float | None = None) -> go.Figure:
                 fig.add_trace(
                     go.Scatter(
                         x=part["layer"].to_list(),
-                        y=_floats(part[column]),
+                        y=as_floats(part[column]),
                         mode="lines+markers",
                         name=group,
                         legendgroup=group,
@@ -88,5 +88,5 @@ def dynamic_k_lines(df: pl.DataFrame, p: float | None = None) -> go.Figure:
     fig.update_yaxes(title_text="mean k_p (experts)", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(title_text="Spearman ρ", range=[-1.05, 1.05], row=2, col=1)
     fig.update_xaxes(title_text="layer", row=2, col=1)
-    fig.update_layout(title="Dynamic routing: experts needed per token", height=700, **_LAYOUT)
+    fig.update_layout(title="Dynamic routing: experts needed per token", height=700, **LAYOUT)
     return fig

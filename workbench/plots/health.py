@@ -7,7 +7,15 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from workbench.plots.common import _LAYOUT, _check, _ci_error, _floats, _require, colour, layers_of
+from workbench.plots.common import (
+    LAYOUT,
+    as_floats,
+    check_frame,
+    ci_error_bars,
+    colour,
+    layers_of,
+    require_columns,
+)
 
 __all__ = ["balance_lines", "load_bars", "router_confidence_lines", "super_expert_strip"]
 
@@ -17,22 +25,22 @@ def load_bars(df: pl.DataFrame) -> go.Figure:
 
     Error bars span the 95% CI; a dashed line marks uniform load ``1/E`` (E = experts in ``df``).
     """
-    _require(df, ["layer", "expert", "f", "ci_low", "ci_high"], "load_bars")
+    require_columns(df, ["layer", "expert", "f", "ci_low", "ci_high"], "load_bars")
     if df.height == 0:
         raise ValueError("load_bars: empty frame")
     n_experts = df["expert"].n_unique()
     fig = go.Figure()
     for layer in layers_of(df):
         part = df.filter(pl.col("layer") == layer).sort("expert")
-        f = _floats(part["f"])
-        lo, hi = _floats(part["ci_low"]), _floats(part["ci_high"])
+        f = as_floats(part["f"])
+        lo, hi = as_floats(part["ci_low"]), as_floats(part["ci_high"])
         dead = part["dead"].to_list() if "dead" in part.columns else [False] * part.height
         fig.add_trace(
             go.Bar(
                 name=f"layer {layer}",
                 x=part["expert"].to_list(),
                 y=f,
-                error_y=_ci_error(f, lo, hi),
+                error_y=ci_error_bars(f, lo, hi),
                 customdata=np.column_stack([lo, hi, np.array(dead, dtype=object)]),
                 hovertemplate=(
                     f"layer {layer}, expert %{{x}}<br>f %{{y:.4f}} "
@@ -48,7 +56,7 @@ def load_bars(df: pl.DataFrame) -> go.Figure:
         xaxis_title="expert",
         yaxis_title="f (fraction of routed slots)",
         barmode="group",
-        **_LAYOUT,
+        **LAYOUT,
     )
     return fig
 
@@ -62,10 +70,10 @@ def balance_lines(df: pl.DataFrame) -> go.Figure:
     including the dead-expert count, so one glance tells which layers are skewed and how.
     """
     cols = ["layer", "n_experts", "top_k", "n_tokens", "cv", "entropy_norm", "balancedness", "n_dead"]
-    _check(df, [*cols, "top10_share"], "balance_lines")
+    check_frame(df, [*cols, "top10_share"], "balance_lines")
     part = df.sort("layer")
     x = part["layer"].to_list()
-    custom = np.column_stack([_floats(part[c]) for c in ("n_experts", "top_k", "n_tokens", "n_dead", "cv")])
+    custom = np.column_stack([as_floats(part[c]) for c in ("n_experts", "top_k", "n_tokens", "n_dead", "cv")])
     info = (
         "E %{customdata[0]:.0f}, k %{customdata[1]:.0f}, tokens %{customdata[2]:.0f}"
         "<br>dead experts %{customdata[3]:.0f}<extra></extra>"
@@ -88,7 +96,7 @@ def balance_lines(df: pl.DataFrame) -> go.Figure:
         fig.add_trace(
             go.Scatter(
                 x=x,
-                y=_floats(part[column]),
+                y=as_floats(part[column]),
                 mode="lines+markers",
                 name=name,
                 line={"color": colour(i)},
@@ -101,7 +109,7 @@ def balance_lines(df: pl.DataFrame) -> go.Figure:
     fig.add_trace(
         go.Scatter(
             x=x,
-            y=_floats(part["cv"]),
+            y=as_floats(part["cv"]),
             mode="lines+markers",
             name="CV std(f)/mean(f)",
             line={"color": colour(3)},
@@ -114,7 +122,7 @@ def balance_lines(df: pl.DataFrame) -> go.Figure:
     fig.update_yaxes(title_text="ratio (0–1)", range=[0, 1.05], row=1, col=1)
     fig.update_yaxes(title_text="CV (unitless)", rangemode="tozero", row=2, col=1)
     fig.update_xaxes(title_text="layer", row=2, col=1)
-    fig.update_layout(title="Load balance per layer", **_LAYOUT)
+    fig.update_layout(title="Load balance per layer", **LAYOUT)
     return fig
 
 
@@ -125,10 +133,12 @@ def router_confidence_lines(df: pl.DataFrame) -> go.Figure:
     margin between the k-th and (k+1)-th expert (in the router's own score units) and the
     fragility: the share of tokens whose top-k set changes under a 1% logit perturbation.
     """
-    _check(df, ["layer", "n_tokens", "entropy", "entropy_norm", "margin", "fragility"], "router_confidence")
+    check_frame(
+        df, ["layer", "n_tokens", "entropy", "entropy_norm", "margin", "fragility"], "router_confidence"
+    )
     part = df.sort("layer")
     x = part["layer"].to_list()
-    custom = np.column_stack([_floats(part["entropy"]), _floats(part["n_tokens"])])
+    custom = np.column_stack([as_floats(part["entropy"]), as_floats(part["n_tokens"])])
     panels = [
         ("entropy_norm", "entropy H/log E", "normalised entropy (0–1)"),
         ("margin", "margin π(k) − π(k+1)", "margin (score units)"),
@@ -149,7 +159,7 @@ def router_confidence_lines(df: pl.DataFrame) -> go.Figure:
         fig.add_trace(
             go.Scatter(
                 x=x,
-                y=_floats(part[column]),
+                y=as_floats(part[column]),
                 mode="lines+markers",
                 name=name,
                 line={"color": colour(row - 1)},
@@ -164,7 +174,7 @@ def router_confidence_lines(df: pl.DataFrame) -> go.Figure:
         )
         fig.update_yaxes(title_text=unit, rangemode="tozero", row=row, col=1)
     fig.update_xaxes(title_text="layer", row=3, col=1)
-    fig.update_layout(title="Router confidence per layer", height=750, **_LAYOUT)
+    fig.update_layout(title="Router confidence per layer", height=750, **LAYOUT)
     return fig
 
 
@@ -175,7 +185,7 @@ def super_expert_strip(df: pl.DataFrame) -> go.Figure:
     stars. The dotted line is the flagging threshold recomputed from the table:
     ``max(99.5th percentile of the maxima, 0.1 × largest maximum)``, as in the analysis.
     """
-    _check(df, ["layer", "expert", "shared", "max_out_norm", "n_tokens", "super"], "super_expert_strip")
+    check_frame(df, ["layer", "expert", "shared", "max_out_norm", "n_tokens", "super"], "super_expert_strip")
     fig = go.Figure()
     groups = [
         ("routed expert", ~pl.col("shared") & ~pl.col("super"), "circle", colour(0), 7),
@@ -189,18 +199,18 @@ def super_expert_strip(df: pl.DataFrame) -> go.Figure:
         fig.add_trace(
             go.Scatter(
                 x=part["layer"].to_list(),
-                y=_floats(part["max_out_norm"]),
+                y=as_floats(part["max_out_norm"]),
                 mode="markers",
                 name=name,
                 marker={"symbol": symbol, "color": col, "size": size, "opacity": 0.8},
-                customdata=np.column_stack([_floats(part["expert"]), _floats(part["n_tokens"])]),
+                customdata=np.column_stack([as_floats(part["expert"]), as_floats(part["n_tokens"])]),
                 hovertemplate=(
                     f"{name}<br>layer %{{x}}, expert %{{customdata[0]:.0f}}<br>max ‖out‖ %{{y:.4g}}"
                     "<br>tokens %{customdata[1]:.0f}<extra></extra>"
                 ),
             )
         )
-    maxima = _floats(df["max_out_norm"])
+    maxima = as_floats(df["max_out_norm"])
     maxima = maxima[np.isfinite(maxima)]
     if maxima.size:
         threshold = max(float(np.percentile(maxima, 99.5)), 0.1 * float(maxima.max()))
@@ -215,6 +225,6 @@ def super_expert_strip(df: pl.DataFrame) -> go.Figure:
         xaxis_title="layer",
         yaxis_title="max output norm ‖out‖ (log scale)",
         yaxis_type="log",
-        **_LAYOUT,
+        **LAYOUT,
     )
     return fig

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from workbench.plots.common import _LAYOUT, _check, _floats, colour, labels_of
+from workbench.plots.common import LAYOUT, as_floats, check_frame, colour, labels_of
 
 __all__ = ["collapse_panels", "degradation_scatter", "underfitting_bars"]
 
@@ -26,7 +26,7 @@ def collapse_panels(df: pl.DataFrame) -> go.Figure:
     """
     cols = ["layer", "expert", "shared", "mean_zero_frac", "mean_out_norm", "n_tokens"]
     per_layer_cols = ["out_norm_max_min", "out_norm_cv", "routing_collapse"]
-    _check(df, [*cols, *per_layer_cols], "collapse_panels")
+    check_frame(df, [*cols, *per_layer_cols], "collapse_panels")
     fig = make_subplots(
         rows=1,
         cols=2,
@@ -43,21 +43,21 @@ def collapse_panels(df: pl.DataFrame) -> go.Figure:
             continue
         fig.add_trace(
             go.Scatter(
-                x=_floats(part["mean_out_norm"]),
-                y=_floats(part["mean_zero_frac"]),
+                x=as_floats(part["mean_out_norm"]),
+                y=as_floats(part["mean_zero_frac"]),
                 mode="markers",
                 name=f"{name} experts",
                 marker={
                     "symbol": symbol,
                     "size": 9,
-                    "color": _floats(part["layer"]),
+                    "color": as_floats(part["layer"]),
                     "colorscale": "Viridis",
                     "showscale": name == "routed",
                     "colorbar": {"title": "layer", "x": 0.5, "len": 0.8},
                     "line": {"width": 0.5, "color": "black"},
                 },
                 customdata=np.column_stack(
-                    [_floats(part["layer"]), _floats(part["expert"]), _floats(part["n_tokens"])]
+                    [as_floats(part["layer"]), as_floats(part["expert"]), as_floats(part["n_tokens"])]
                 ),
                 hovertemplate=(
                     f"{name} expert %{{customdata[1]:.0f}}, layer %{{customdata[0]:.0f}}"
@@ -73,7 +73,7 @@ def collapse_panels(df: pl.DataFrame) -> go.Figure:
     )
     layers = layers.sort("layer")
     x = layers["layer"].to_list()
-    custom = np.column_stack([_floats(layers[c]) for c in (*per_layer_cols, "n_routed")])
+    custom = np.column_stack([as_floats(layers[c]) for c in (*per_layer_cols, "n_routed")])
     info = (
         "<br>max/min mean ‖out‖ %{customdata[0]:.3f}<br>norm CV %{customdata[1]:.3f}"
         "<br>routing collapse %{customdata[2]:.3f}<br>routed experts %{customdata[3]:.0f}<extra></extra>"
@@ -84,7 +84,7 @@ def collapse_panels(df: pl.DataFrame) -> go.Figure:
         fig.add_trace(
             go.Scatter(
                 x=x,
-                y=_floats(layers[column]),
+                y=as_floats(layers[column]),
                 mode="lines+markers",
                 name=name,
                 line={"color": colour(i + 1)},
@@ -94,7 +94,7 @@ def collapse_panels(df: pl.DataFrame) -> go.Figure:
             row=1,
             col=2,
         )
-    n_routed = _floats(layers["n_routed"])
+    n_routed = as_floats(layers["n_routed"])
     uniform = np.array([math.ceil(0.1 * e) / e if e > 0 else np.nan for e in n_routed])
     fig.add_trace(
         go.Scatter(
@@ -112,7 +112,7 @@ def collapse_panels(df: pl.DataFrame) -> go.Figure:
     fig.update_yaxes(title_text="mean hidden zero fraction (0–1)", row=1, col=1)
     fig.update_xaxes(title_text="layer", row=1, col=2)
     fig.update_yaxes(title_text="ratio (unitless)", rangemode="tozero", row=1, col=2)
-    fig.update_layout(title="Expert collapse (HoME)", legend={"orientation": "h", "y": -0.2}, **_LAYOUT)
+    fig.update_layout(title="Expert collapse (HoME)", legend={"orientation": "h", "y": -0.2}, **LAYOUT)
     return fig
 
 
@@ -125,7 +125,7 @@ def degradation_scatter(df: pl.DataFrame, threshold: float = 0.9) -> go.Figure:
     is ``threshold`` (pass the one the analysis used; default 0.9). Hover has load and flags.
     """
     cols = ["layer", "expert", "shared", "load", "general", "concentration", "dominant_label"]
-    _check(df, [*cols, "dominant_share", "degraded"], "degradation_scatter")
+    check_frame(df, [*cols, "dominant_share", "degraded"], "degradation_scatter")
     fig = go.Figure()
     groups = [*labels_of(df, "dominant_label"), None]
     for i, label in enumerate(groups):
@@ -143,16 +143,16 @@ def degradation_scatter(df: pl.DataFrame, threshold: float = 0.9) -> go.Figure:
         sizes = [14 if d else 9 for d in degraded]
         fig.add_trace(
             go.Scatter(
-                x=_floats(part["concentration"]),
-                y=_floats(part["dominant_share"]),
+                x=as_floats(part["concentration"]),
+                y=as_floats(part["dominant_share"]),
                 mode="markers",
                 name="no label" if label is None else f"dominant: {label}",
                 marker={"symbol": symbols, "size": sizes, "color": colour(i), "opacity": 0.85},
                 customdata=np.column_stack(
                     [
-                        _floats(part["layer"]),
-                        _floats(part["expert"]),
-                        _floats(part["load"]),
+                        as_floats(part["layer"]),
+                        as_floats(part["expert"]),
+                        as_floats(part["load"]),
                         np.array(shared, dtype=object),
                         np.array(general, dtype=object),
                         np.array(degraded, dtype=object),
@@ -176,7 +176,7 @@ def degradation_scatter(df: pl.DataFrame, threshold: float = 0.9) -> go.Figure:
         yaxis_title="dominant label's share of normalised use (0–1)",
         xaxis_range=[-0.02, 1.02],
         yaxis_range=[0, 1.05],
-        **_LAYOUT,
+        **LAYOUT,
     )
     return fig
 
@@ -190,7 +190,7 @@ def underfitting_bars(df: pl.DataFrame) -> go.Figure:
     are flagged underfit (``▼`` in the tick label). Hover carries the token count.
     """
     cols = ["label", "shared_norm_share", "specialist_gate_mass", "generalist_gate_mass", "n_tokens"]
-    _check(df, [*cols, "underfit"], "underfitting_bars")
+    check_frame(df, [*cols, "underfit"], "underfitting_bars")
     part = df.sort("label")
     ticks = [
         f"{lab} ▼" if flag else str(lab)
@@ -198,8 +198,8 @@ def underfitting_bars(df: pl.DataFrame) -> go.Figure:
             part["label"].to_list(), part["underfit"].fill_null(False).to_list(), strict=True
         )
     ]
-    n = _floats(part["n_tokens"])
-    spec = _floats(part["specialist_gate_mass"])
+    n = as_floats(part["n_tokens"])
+    spec = as_floats(part["specialist_gate_mass"])
     fig = go.Figure()
     for i, (column, name) in enumerate(
         [("specialist_gate_mass", "specialist gate mass"), ("generalist_gate_mass", "generalist gate mass")]
@@ -207,7 +207,7 @@ def underfitting_bars(df: pl.DataFrame) -> go.Figure:
         fig.add_trace(
             go.Bar(
                 x=ticks,
-                y=_floats(part[column]),
+                y=as_floats(part[column]),
                 name=name,
                 marker_color=colour(i),
                 customdata=n,
@@ -217,7 +217,7 @@ def underfitting_bars(df: pl.DataFrame) -> go.Figure:
     fig.add_trace(
         go.Scatter(
             x=ticks,
-            y=_floats(part["shared_norm_share"]),
+            y=as_floats(part["shared_norm_share"]),
             mode="markers",
             name="shared experts' output-norm share",
             marker={"symbol": "diamond", "size": 12, "color": "black"},
@@ -237,6 +237,6 @@ def underfitting_bars(df: pl.DataFrame) -> go.Figure:
         yaxis_title="share (0–1)",
         yaxis_range=[0, 1.05],
         barmode="stack",
-        **_LAYOUT,
+        **LAYOUT,
     )
     return fig

@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 import polars as pl
 
-from workbench.plots.common import _LAYOUT, _chance_line, _check, _floats, _layer_line
+from workbench.plots.common import LAYOUT, as_floats, chance_line, check_frame, layer_line
 
 __all__ = ["mutual_information_lines", "probe_accuracy"]
 
@@ -20,13 +20,13 @@ def mutual_information_lines(df: pl.DataFrame) -> go.Figure:
     the label. Hover gives MI and H(label) in nats, the bias, tokens and labels.
     """
     cols = ["layer", "mi", "h_label", "mi_norm", "bias", "n_tokens", "n_labels"]
-    _check(df, cols, "mutual_information_lines")
+    check_frame(df, cols, "mutual_information_lines")
     part = df.sort("layer")
     x = part["layer"].to_list()
-    mi, h, bias = _floats(part["mi"]), _floats(part["h_label"]), _floats(part["bias"])
+    mi, h, bias = as_floats(part["mi"]), as_floats(part["h_label"]), as_floats(part["bias"])
     with np.errstate(divide="ignore", invalid="ignore"):
         corrected = np.where(h > 0, np.maximum(mi - bias, 0.0) / h, np.nan)
-    custom = np.column_stack([mi, h, bias, _floats(part["n_tokens"]), _floats(part["n_labels"])])
+    custom = np.column_stack([mi, h, bias, as_floats(part["n_tokens"]), as_floats(part["n_labels"])])
     info = (
         "MI %{customdata[0]:.4f} nats, H(label) %{customdata[1]:.4f} nats"
         "<br>bias %{customdata[2]:.4f} nats<br>tokens %{customdata[3]:.0f}, labels %{customdata[4]:.0f}"
@@ -36,7 +36,7 @@ def mutual_information_lines(df: pl.DataFrame) -> go.Figure:
         [
             go.Scatter(
                 x=x,
-                y=_floats(part["mi_norm"]),
+                y=as_floats(part["mi_norm"]),
                 mode="lines+markers",
                 name="plug-in MI / H(label)",
                 customdata=custom,
@@ -58,20 +58,20 @@ def mutual_information_lines(df: pl.DataFrame) -> go.Figure:
         xaxis_title="layer",
         yaxis_title="I(expert; label) / H(label)  (0–1)",
         yaxis_range=[0, 1.05],
-        **_LAYOUT,
+        **LAYOUT,
     )
     return fig
 
 
 def probe_accuracy(df: pl.DataFrame) -> go.Figure:
     """Routing-probe accuracy per layer (± one std over folds) with the chance line, from ``routing_probe``."""
-    _check(df, ["layer", "accuracy", "accuracy_std", "chance"], "probe_accuracy")
+    check_frame(df, ["layer", "accuracy", "accuracy_std", "chance"], "probe_accuracy")
     part = df.sort("layer")
-    acc = _floats(part["accuracy"])
-    std = _floats(part["accuracy_std"])
+    acc = as_floats(part["accuracy"])
+    std = as_floats(part["accuracy_std"])
     fig = go.Figure(
         [
-            _layer_line(
+            layer_line(
                 part,
                 "accuracy",
                 acc - std,
@@ -80,13 +80,13 @@ def probe_accuracy(df: pl.DataFrame) -> go.Figure:
                 "layer %{x}<br>accuracy %{y:.4f} (±1 sd: %{customdata[0]:.4f}–%{customdata[1]:.4f})"
                 "<extra></extra>",
             ),
-            _chance_line(part),
+            chance_line(part),
         ]
     )
     fig.update_layout(
         title="Routing probe: label accuracy per layer",
         xaxis_title="layer",
         yaxis_title="accuracy",
-        **_LAYOUT,
+        **LAYOUT,
     )
     return fig

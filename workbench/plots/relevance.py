@@ -9,15 +9,15 @@ import plotly.graph_objects as go
 import polars as pl
 
 from workbench.plots.common import (
-    _LAYOUT,
-    _chance_line,
-    _check,
-    _floats,
-    _pick_label,
-    _require,
+    LAYOUT,
+    as_floats,
+    chance_line,
+    check_frame,
     flagged,
     labels_of,
     layer_expert_heatmap,
+    pick_label,
+    require_columns,
 )
 
 __all__ = ["agreement_heatmap", "esft_heatmap", "tcess_heatmap", "vocab_lines"]
@@ -32,22 +32,22 @@ def vocab_lines(df: pl.DataFrame) -> go.Figure:
     most frequent expert: 1 = each token id always goes to one expert, ``1/E`` = uniform routing.
     Hover gives how many token ids qualified (``n ≥ min_count``) and the tokens they cover.
     """
-    _check(df, ["layer", "vocab_specialisation", "uniform", "n_token_ids", "n_tokens"], "vocab_lines")
+    check_frame(df, ["layer", "vocab_specialisation", "uniform", "n_token_ids", "n_tokens"], "vocab_lines")
     part = df.sort("layer")
     fig = go.Figure(
         [
             go.Scatter(
                 x=part["layer"].to_list(),
-                y=_floats(part["vocab_specialisation"]),
+                y=as_floats(part["vocab_specialisation"]),
                 mode="lines+markers",
                 name="vocabulary specialisation",
-                customdata=np.column_stack([_floats(part["n_token_ids"]), _floats(part["n_tokens"])]),
+                customdata=np.column_stack([as_floats(part["n_token_ids"]), as_floats(part["n_tokens"])]),
                 hovertemplate=(
                     "layer %{x}<br>specialisation %{y:.4f}<br>token ids %{customdata[0]:.0f}"
                     ", tokens %{customdata[1]:.0f}<extra></extra>"
                 ),
             ),
-            _chance_line(part, "uniform", "uniform 1/E"),
+            chance_line(part, "uniform", "uniform 1/E"),
         ]
     )
     fig.update_layout(
@@ -55,7 +55,7 @@ def vocab_lines(df: pl.DataFrame) -> go.Figure:
         xaxis_title="layer",
         yaxis_title="mean max_e n(e,x)/n(x) over token ids (0–1)",
         yaxis_range=[0, 1.05],
-        **_LAYOUT,
+        **LAYOUT,
     )
     return fig
 
@@ -69,10 +69,12 @@ def esft_heatmap(df: pl.DataFrame, label: str | None = None, score: str = "gs") 
     experts ESFT would fine-tune. Hover has GS, TSR, both set memberships and the token count.
     """
     what = "esft_heatmap"
-    _require(df, ["layer", "expert", "label", "gs", "tsr", "in_set_gs", "in_set_tsr", "n_tokens"], what)
+    require_columns(
+        df, ["layer", "expert", "label", "gs", "tsr", "in_set_gs", "in_set_tsr", "n_tokens"], what
+    )
     if score not in _ESFT_SCORES:
         raise ValueError(f"{what}: score must be one of {sorted(_ESFT_SCORES)}, got {score!r}")
-    label = _pick_label(df, label, what)
+    label = pick_label(df, label, what)
     part = df.filter(pl.col("label") == label)
     return layer_expert_heatmap(
         part, score, ("gs", "tsr", "in_set_gs", "in_set_tsr", "n_tokens"),
@@ -90,8 +92,8 @@ def tcess_heatmap(df: pl.DataFrame, label: str | None = None) -> go.Figure:
     (0–1); hover adds how many of the label's tokens counted (those above the threshold r).
     """
     what = "tcess_heatmap"
-    _require(df, ["layer", "expert", "label", "tcess", "n_counted", "n_tokens"], what)
-    label = _pick_label(df, label, what)
+    require_columns(df, ["layer", "expert", "label", "tcess", "n_counted", "n_tokens"], what)
+    label = pick_label(df, label, what)
     part = df.filter(pl.col("label") == label)
     return layer_expert_heatmap(
         part, "tcess", ("n_counted", "n_tokens"),
@@ -108,7 +110,7 @@ def agreement_heatmap(df: pl.DataFrame) -> go.Figure:
     every run. Hover gives ρ and the number of (layer, expert) rows ranked. A scorer note
     (e.g. TCESS skipped for a run without logits) is shown under the title.
     """
-    _check(df, ["label", "scorer_a", "scorer_b", "spearman", "n", "note"], "agreement_heatmap")
+    check_frame(df, ["label", "scorer_a", "scorer_b", "spearman", "n", "note"], "agreement_heatmap")
     labels = labels_of(df)
     pairs = list(dict.fromkeys(f"{a} vs {b}" for a, b in df.select("scorer_a", "scorer_b").iter_rows()))
     z = np.full((len(pairs), len(labels)), np.nan)
@@ -142,5 +144,5 @@ def agreement_heatmap(df: pl.DataFrame) -> go.Figure:
     title = "Agreement of expert-relevance scorers (Spearman ρ over layer × expert)"
     if notes:
         title += "<br><sup>" + html.escape("; ".join(notes)) + "</sup>"
-    fig.update_layout(title=title, xaxis_title="label", yaxis_title="scorer pair", **_LAYOUT)
+    fig.update_layout(title=title, xaxis_title="label", yaxis_title="scorer pair", **LAYOUT)
     return fig

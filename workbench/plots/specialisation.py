@@ -5,7 +5,14 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import polars as pl
 
-from workbench.plots.common import _check, _pick_label, _require, flagged, layer_expert_heatmap, significant
+from workbench.plots.common import (
+    check_frame,
+    flagged,
+    layer_expert_heatmap,
+    pick_label,
+    require_columns,
+    significant,
+)
 
 __all__ = ["resonance_heatmap", "specialisation_heatmap"]
 
@@ -22,8 +29,8 @@ def specialisation_heatmap(df: pl.DataFrame, label: str | None = None) -> go.Fig
     """
     what = "specialisation_heatmap"
     cols = ["layer", "expert", "label", "share", "share_rest", "specificity", "log_odds", "lo_low", "lo_high"]
-    _require(df, [*cols, "lift", "ci_low", "ci_high", "q", "specialised"], what)
-    label = _pick_label(df, label, what)
+    require_columns(df, [*cols, "lift", "ci_low", "ci_high", "q", "specialised"], what)
+    label = pick_label(df, label, what)
     part = df.filter(pl.col("label") == label).with_columns(pl.col("specialised").cast(pl.Float64))
     custom = (
         "share",
@@ -57,7 +64,7 @@ def resonance_heatmap(df: pl.DataFrame) -> go.Figure:
     """
     what = "resonance_heatmap"
     cols = ["layer", "expert", "rd", "ftri", "method", "ci_low", "ci_high", "p", "q"]
-    _check(df, [*cols, "rate_target", "rate_control", "n_target", "n_control"], what)
+    check_frame(df, [*cols, "rate_target", "rate_control", "n_target", "n_control"], what)
     methods = sorted({str(x) for x in df["method"].drop_nulls().unique().to_list()}) or ["rd"]
     method = methods[0]
     if method not in ("rd", "ftri"):

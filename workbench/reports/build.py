@@ -61,6 +61,8 @@ class ReportMeta:
     compare_info: dict[str, Any] | None = None
     #: (target, control) labels when the run is a paired two-label contrast set, else None
     contrast: tuple[str, str] | None = None
+    #: whether routing rows hold gate weights (a run imported from a serving engine holds ids only)
+    has_weights: bool = True
 
 
 @dataclass
@@ -111,6 +113,7 @@ def read_meta(store: Store, run_id: str, compare: str | None = None) -> ReportMe
         compare=compare,
         compare_info=compare_info,
         contrast=_contrast(store, run_id),
+        has_weights=_exists(store, "routing", run_id, "weights IS NOT NULL"),
     )
 
 
@@ -148,13 +151,24 @@ class _ModelHolder:
 def missing_reason(spec: AnalysisSpec, meta: ReportMeta, model_given: bool) -> str | None:
     """Why ``spec`` cannot run on this run and how to get it, or ``None`` when it can."""
     captured = meta.info.get("model") or "M"
+    config = meta.info.get("config")
+    ids_only = isinstance(config, dict) and bool(config.get("ids_only"))
+    imported = "the run holds expert ids only (imported from a serving engine with import-routing)"
     reasons = []
     for need in spec.needs:
         if need == "routing":
             continue
         if need == "logits" and not meta.has_logits:
             reasons.append(
-                "the run stores no router logits; capture with --logits fp16 (the default) or --logits fp32"
+                f"{imported}, so no router logits"
+                if ids_only
+                else "the run stores no router logits; capture with --logits fp16 (the default) or --logits fp32"
+            )
+        elif need == "weights" and not meta.has_weights:
+            reasons.append(
+                f"{imported}, so no gate weights"
+                if ids_only
+                else "the run stores no gate weights; capture it with moe-workbench capture"
             )
         elif need == "expert_stats" and not meta.has_expert_stats:
             reasons.append("the run has no expert_stats; capture with --expert-stats")

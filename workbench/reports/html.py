@@ -99,26 +99,24 @@ def bullet_list(items: Sequence[str], css_class: str = "findings") -> str:
 
 def figure_div(fig: go.Figure, div_id: str) -> str:
     """One figure as a ``div`` and the inline script that draws it (plotly.js must be on the page)."""
-    return (
-        '<div class="figure">'
-        + pio.to_html(
-            fig,
-            full_html=False,
-            include_plotlyjs=False,
-            include_mathjax=False,
-            div_id=div_id,
-            config=FIGURE_CONFIG,
-            default_height="460px",
-        )
-        + "</div>"
+    inner: str = pio.to_html(
+        fig,
+        full_html=False,
+        include_plotlyjs=False,
+        include_mathjax=False,
+        div_id=div_id,
+        config=FIGURE_CONFIG,
+        default_height="460px",
     )
+    return '<div class="figure">' + inner + "</div>"
 
 
 def plotly_js() -> str:
     """The plotly.js bundle that ships with the plotly package, for inline embedding (no CDN)."""
     from plotly.offline import get_plotlyjs
 
-    return get_plotlyjs()
+    bundle: str = get_plotlyjs()
+    return bundle
 
 
 def page(title: str, body: str, *, with_plotly: bool) -> str:

@@ -82,9 +82,6 @@ def evaluations_sql(intervention_id: str | None, run_id: str | None) -> tuple[st
     return sql, q.params
 
 
-RESONANCE_KEYS: tuple[str, ...] = ("target", "control", "span", "method")
-
-
 def write_resonance(
     con: duckdb.DuckDBPyConnection,
     run_id: str,

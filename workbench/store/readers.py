@@ -56,7 +56,8 @@ def frame(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None
     """Run ``sql`` with ``params`` and return the result as a polars DataFrame."""
     import polars  # noqa: F401  (``.pl()`` needs it importable)
 
-    return con.sql(sql, params=list(params) if params else None).pl()
+    df: pl.DataFrame = con.sql(sql, params=list(params) if params else None).pl()
+    return df
 
 
 def batches(

@@ -7,7 +7,6 @@ interventions' writing sites share. TransformerLens brings its own hook points.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 from torch import nn
@@ -26,9 +25,6 @@ class Backend(Protocol):
     def run(self, batch: Batch) -> BatchCapture: ...
 
     def close(self) -> None: ...
-
-
-BackendFactory = Callable[..., Backend]
 
 
 def make_backend(
@@ -55,4 +51,4 @@ def make_backend(
 
 BACKENDS = ("hooks", "nnsight", "transformer_lens")
 
-__all__ = ["BACKENDS", "Backend", "BackendFactory", "HooksBackend", "make_backend"]
+__all__ = ["BACKENDS", "Backend", "HooksBackend", "make_backend"]
