@@ -25,7 +25,7 @@ from workbench.capture.packing import to_arrow, to_host
 from workbench.capture.progress import TokenProgress
 from workbench.capture.writer import StreamingWriter
 from workbench.models.expert_math import check_expert_stats
-from workbench.models.loading import LoadedModel, load_model
+from workbench.models.loading import LoadedModel, load_model, parse_device_map
 from workbench.models.routing_check import check_routing
 from workbench.probefile import ProbeFileError, Prompt, iter_probe_file
 from workbench.store import Store
@@ -50,6 +50,11 @@ class CaptureOptions:
     write_rows: int = DEFAULT_WRITE_ROWS
     #: skip the load-time routing self-check (models/routing_check.py); recorded in the run's config
     skip_routing_check: bool = False
+    #: transformers' device_map for a model larger than one device: a strategy ("auto", "balanced",
+    #: "sequential") or a JSON object of module name → device; excludes ``device``
+    device_map: str | None = None
+    #: where ``"disk"`` entries of the device map keep their weights
+    offload_folder: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -59,6 +64,15 @@ class CaptureOptions:
         if self.write_rows < 1:
             raise ValueError(f"write_rows must be >= 1, got {self.write_rows}")
         logits_mode(self.logits)  # raises ValueError naming the modes
+        if self.device_map is not None:
+            parse_device_map(self.device_map)  # raises ModelLoadError naming what is wrong
+            if self.device is not None:
+                raise ValueError("give device or device_map, not both: the map places every module")
+            if self.backend == "transformer_lens":
+                raise ValueError(
+                    "device_map works with the hooks and nnsight backends; TransformerLens' bridge is not "
+                    "tested on a divided model, so it is refused rather than trusted"
+                )
 
 
 def _prompts(source: str | Path | Iterable[Prompt]) -> tuple[Iterator[Prompt], str]:
@@ -109,11 +123,7 @@ def capture(
     if option_overrides:
         opts = CaptureOptions(**{**asdict(opts), **option_overrides})
     prompts, probe_name = _prompts(probes)
-    loaded = (
-        model
-        if isinstance(model, LoadedModel)
-        else load_model(model, tokenizer, device=opts.device, dtype=opts.dtype)
-    )
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, tokenizer, **_placement(opts))
     if opts.expert_stats:
         check_expert_stats(loaded.layers)
     checked = _routing_check(loaded, opts)  # before a run exists: a refusal leaves nothing behind
@@ -125,6 +135,8 @@ def capture(
             "model_source": loaded.name,
             "workbench": _version(),
             "routing_check": checked,
+            # where each module ran when the model was divided (transformers' hf_device_map), else None
+            "device_map": _device_map_of(loaded),
         }
         rid = store.create_run(
             run_id=run_id,
@@ -172,8 +184,7 @@ def resume(
             else load_model(
                 model if model is not None else config["model_source"],
                 tokenizer,
-                device=opts.device,
-                dtype=opts.dtype,
+                **_placement(opts),
             )
         )
         _routing_check(loaded, opts)
@@ -181,6 +192,23 @@ def resume(
         remaining = (p for p in probes if p.prompt_id not in done)
         _run(loaded, remaining, store, run_id, opts, progress=progress)
         return run_id
+
+
+def _placement(opts: CaptureOptions) -> dict[str, Any]:
+    """``load_model``'s device, dtype and device-map arguments from the run's options."""
+    return {
+        "device": opts.device,
+        "dtype": opts.dtype,
+        "device_map": parse_device_map(opts.device_map) if opts.device_map is not None else None,
+        "offload_folder": opts.offload_folder,
+    }
+
+
+def _device_map_of(loaded: LoadedModel) -> dict[str, str | int] | None:
+    placed = getattr(loaded.model, "hf_device_map", None)
+    if not isinstance(placed, dict):
+        return None
+    return {str(k): v if isinstance(v, int) else str(v) for k, v in placed.items()}
 
 
 def _routing_check(loaded: LoadedModel, opts: CaptureOptions) -> dict[str, Any]:

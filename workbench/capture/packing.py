@@ -38,22 +38,33 @@ class HostBatch:
     n_experts: list[int] | None = None  # per layer, for shared pseudo-expert ids
 
 
-def _host(t: torch.Tensor, pin: bool) -> torch.Tensor:
+def _host(t: torch.Tensor, pin: bool, home: torch.device | None = None) -> torch.Tensor:
+    """``t`` on the host. The copy is asynchronous only from ``home`` (the batch's device, whose
+    stream the batch's event covers); a tensor on another device (a model divided by a device_map)
+    is copied synchronously."""
     if t.device.type == "cpu":
         return t
-    out = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pin)
+    if not pin or (home is not None and t.device != home):
+        return t.to("cpu")
+    out = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
     out.copy_(t, non_blocking=True)
     return out
 
 
+def _keep_on(keep: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The real-token index on ``t``'s device (layers of a divided model live on different devices)."""
+    return keep if keep.device == t.device else keep.to(t.device)
+
+
 def _per_layer(
-    tensors: list[torch.Tensor], keep: torch.Tensor, dtype: torch.dtype, pin: bool
+    tensors: list[torch.Tensor], keep: torch.Tensor, dtype: torch.dtype, pin: bool, home: torch.device
 ) -> list[torch.Tensor]:
-    """Select kept rows of each layer's tensor and copy them to the host in one transfer when shapes allow."""
-    selected = [t.index_select(0, keep).to(dtype) for t in tensors]
-    if len({t.shape for t in selected}) == 1:
-        return list(_host(torch.stack(selected), pin).unbind(0))
-    return [_host(t, pin) for t in selected]
+    """Select kept rows of each layer's tensor and copy them to the host in one transfer when shapes
+    and devices allow (a model divided by a device_map has layers on several devices)."""
+    selected = [t.index_select(0, _keep_on(keep, t)).to(dtype) for t in tensors]
+    if len({t.shape for t in selected}) == 1 and len({t.device for t in selected}) == 1:
+        return list(_host(torch.stack(selected), pin, home).unbind(0))
+    return [_host(t, pin, home) for t in selected]
 
 
 def to_host(batch: Batch, cap: BatchCapture, logits_mode: LogitsMode) -> HostBatch:
@@ -63,11 +74,12 @@ def to_host(batch: Batch, cap: BatchCapture, logits_mode: LogitsMode) -> HostBat
     ``nonzero`` on the device (which would sync) is needed; all layers of a kind travel together.
     """
     keep = batch.keep
-    pin = batch.input_ids.device.type == "cuda"
+    home = batch.input_ids.device
+    pin = home.type == "cuda"
     layers = sorted(cap.routing)
     routes = [cap.routing[layer] for layer in layers]
-    indices = _per_layer([r.indices for r in routes], keep, torch.int16, pin)
-    weights = _per_layer([r.weights for r in routes], keep, torch.float32, pin)
+    indices = _per_layer([r.indices for r in routes], keep, torch.int16, pin, home)
+    weights = _per_layer([r.weights for r in routes], keep, torch.float32, pin, home)
     logits: list[torch.Tensor | None]
     if logits_mode == "none" or any(r.logits is None for r in routes):
         logits = [None] * len(layers)
@@ -77,7 +89,7 @@ def to_host(batch: Batch, cap: BatchCapture, logits_mode: LogitsMode) -> HostBat
         raw = [r.logits for r in routes if r.logits is not None]
         if logits_mode == "fp16":
             raw = [t.to(torch.float16) for t in raw]
-        logits = list(_per_layer(raw, keep, torch.float32, pin))
+        logits = list(_per_layer(raw, keep, torch.float32, pin, home))
     stats: list[tuple[torch.Tensor, ...]] | None = None
     n_experts = [cap.stats[layer].n_experts for layer in layers] if cap.stats else None
     if cap.stats:
@@ -87,7 +99,7 @@ def to_host(batch: Batch, cap: BatchCapture, logits_mode: LogitsMode) -> HostBat
             parts = [s.out_norm, s.zero_frac]
             if s.shared_norm is not None and s.shared_zero is not None:
                 parts += [s.shared_norm, s.shared_zero]
-            stats.append(tuple(_host(p.index_select(0, keep).float(), pin) for p in parts))
+            stats.append(tuple(_host(p.index_select(0, _keep_on(keep, p)).float(), pin, home) for p in parts))
     event = None
     if pin:
         event = torch.cuda.Event()
@@ -96,7 +108,7 @@ def to_host(batch: Batch, cap: BatchCapture, logits_mode: LogitsMode) -> HostBat
         batch=batch,
         layers=layers,
         token_ids=_host(batch.input_ids.reshape(-1).index_select(0, keep), pin),
-        nll=_host(cap.nll.reshape(-1).index_select(0, keep).float(), pin),
+        nll=_host(cap.nll.reshape(-1).index_select(0, _keep_on(keep, cap.nll)).float(), pin, home),
         indices=indices,
         weights=weights,
         logits=logits,

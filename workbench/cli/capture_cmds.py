@@ -66,6 +66,19 @@ def capture(
     dtype: Annotated[
         str | None, typer.Option("--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's).")
     ] = None,
+    device_map: Annotated[
+        str | None,
+        typer.Option(
+            "--device-map",
+            help="Divide a model larger than one device (transformers' device_map): auto, balanced, sequential, "
+            'a JSON object of module name → device such as \'{"model.layers.30": "disk", "": 0}\', or a '
+            "JSON file. Replaces --device. Records equal the undivided model's (docs/capture.md).",
+        ),
+    ] = None,
+    offload_folder: Annotated[
+        Path | None,
+        typer.Option("--offload-folder", help='Where --device-map\'s "disk" entries keep their weights.'),
+    ] = None,
     trust_remote_code: Annotated[
         bool,
         typer.Option(
@@ -92,9 +105,10 @@ def capture(
     from workbench.capture.batching import PromptTooLongWarning
     from workbench.capture.engine import CaptureOptions
     from workbench.capture.engine import capture as run_capture
-    from workbench.models.loading import load_model
+    from workbench.models.loading import load_model, parse_device_map
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_map is None:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         opts = CaptureOptions(
             batch_size=batch_size,
@@ -105,8 +119,17 @@ def capture(
             device=device,
             dtype=dtype,
             skip_routing_check=skip_routing_check,
+            device_map=device_map,
+            offload_folder=str(offload_folder) if offload_folder is not None else None,
         )
-        loaded = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        loaded = load_model(
+            model,
+            device=device,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            device_map=parse_device_map(device_map) if device_map is not None else None,
+            offload_folder=offload_folder,
+        )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PromptTooLongWarning)
             rid = run_capture(loaded, probe, db, run_id=run_id, options=opts, progress=not quiet)

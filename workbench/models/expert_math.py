@@ -13,6 +13,8 @@ unweighted expert output ``y``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +121,23 @@ def expert_modules(experts: nn.Module) -> list[nn.Module] | None:
     return None
 
 
+@contextmanager
+def onloaded(module: nn.Module) -> Iterator[None]:
+    """``module``'s own weights in place for direct reads, also when a device_map offloads them.
+
+    Outside its forward, an offloaded module (accelerate's hooks, transformers' ``device_map`` with
+    ``"cpu"``/``"disk"`` offload) holds placeholders; reading its weight slices directly, as the
+    fused-expert recomputation does, must bring them in first. A no-op for an undivided model.
+    """
+    if getattr(module, "_hf_hook", None) is None:
+        yield
+        return
+    from accelerate.utils import align_module_device
+
+    with align_module_device(module):
+        yield
+
+
 def expert_stats(
     layer: MoELayer, hidden: torch.Tensor, indices: torch.Tensor, tau: float = DEFAULT_TAU
 ) -> ExpertStats:
@@ -133,16 +152,17 @@ def expert_stats(
             f"{layer.path}: {type(layer.experts).__name__} has neither fused gate_up_proj/down_proj nor expert "
             "modules; --expert-stats is not available for this family"
         )
-    for e in torch.unique(indices).tolist():
-        rows, slots = torch.nonzero(indices == e, as_tuple=True)
-        xe = x[rows]
-        if modules is not None:
-            h, y = _module_hidden_and_output(modules[e], xe)
-        else:
-            h = fused_hidden(layer.experts, e, xe)
-            y = fused_output(layer.experts, e, h)
-        out_norm[rows, slots] = y.float().norm(dim=-1)
-        zero_frac[rows, slots] = (h.abs() <= tau).float().mean(dim=-1)
+    with onloaded(layer.experts):
+        for e in torch.unique(indices).tolist():
+            rows, slots = torch.nonzero(indices == e, as_tuple=True)
+            xe = x[rows]
+            if modules is not None:
+                h, y = _module_hidden_and_output(modules[e], xe)
+            else:
+                h = fused_hidden(layer.experts, e, xe)
+                y = fused_output(layer.experts, e, h)
+            out_norm[rows, slots] = y.float().norm(dim=-1)
+            zero_frac[rows, slots] = (h.abs() <= tau).float().mean(dim=-1)
     stats = ExpertStats(out_norm=out_norm, zero_frac=zero_frac, n_experts=layer.n_experts)
     if layer.shared:
         pairs = [_module_hidden_and_output(m, x) for m in layer.shared]

@@ -9,6 +9,7 @@ only with ``trust_remote_code=True``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,11 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where input ids go: the input embedding's device (the CPU when its weights are offloaded)."""
+        embeddings = getattr(self.model, "get_input_embeddings", lambda: None)()
+        weight = getattr(embeddings, "weight", None)
+        device = weight.device if isinstance(weight, torch.Tensor) else next(self.model.parameters()).device
+        return torch.device("cpu") if device.type == "meta" else device
 
 
 DTYPES = {
@@ -66,6 +71,101 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(sorted(DTYPES))}") from None
 
 
+#: transformers' and accelerate's named placements; anything else must be an explicit map
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+#: a device map: a strategy name, or module name → device (``"cpu"``, ``"disk"``, ``"cuda:1"``, ``0`` ...)
+DeviceMap = str | dict[str, str | int]
+
+
+def parse_device_map(text: str) -> DeviceMap:
+    """A device map from the CLI: a strategy name, a JSON object, or the path of a JSON file.
+
+    The map is transformers' ``device_map``: module name → device (an int is a CUDA index, ``"disk"``
+    offloads to ``offload_folder``), where ``""`` names the whole model.
+    """
+    if text in DEVICE_MAP_STRATEGIES:
+        return text
+    source = "the --device-map value"
+    raw = text
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise ModelLoadError(
+                f"device map {text!r} is neither a strategy ({', '.join(DEVICE_MAP_STRATEGIES)}), a JSON object "
+                'nor a JSON file; give e.g. --device-map auto or --device-map \'{"model.layers.1": "disk", "": "cpu"}\''
+            )
+        source, raw = f"device map file {path}", path.read_text(encoding="utf-8")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{source} is not valid JSON ({exc})") from exc
+    return check_device_map(value, source)
+
+
+def check_device_map(value: Any, source: str = "device_map") -> DeviceMap:
+    """``value`` as a device map, or a :class:`ModelLoadError` naming what is wrong."""
+    if isinstance(value, str):
+        if value not in DEVICE_MAP_STRATEGIES:
+            raise ModelLoadError(
+                f"{source}: unknown strategy {value!r}; choose {', '.join(DEVICE_MAP_STRATEGIES)}"
+            )
+        return value
+    if not isinstance(value, dict) or not value:
+        raise ModelLoadError(
+            f"{source} must be a non-empty JSON object of module name → device, got {value!r}"
+        )
+    out: dict[str, str | int] = {}
+    for name, device in value.items():
+        if isinstance(device, bool) or not isinstance(device, (str, int)):
+            raise ModelLoadError(
+                f"{source}: device of {name!r} must be a string or a CUDA index, got {device!r}"
+            )
+        if isinstance(device, str) and device != "disk":
+            try:
+                torch.device(device)
+            except RuntimeError:
+                raise ModelLoadError(
+                    f"{source}: {name!r} → {device!r} is not a device; use cpu, disk, cuda:N, mps or an index"
+                ) from None
+        out[str(name)] = device
+    return out
+
+
+def _dispatch(model: nn.Module, device_map: DeviceMap, offload_folder: str | Path | None) -> nn.Module:
+    """Place an in-memory model's modules by ``device_map`` with accelerate (as from_pretrained does)."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    if isinstance(device_map, str):
+        no_split = list(getattr(model, "_no_split_modules", None) or [])
+        memory = None
+        if device_map != "sequential":
+            memory = get_balanced_memory(
+                model, no_split_module_classes=no_split, low_zero=device_map == "balanced_low_0"
+            )
+        placement: dict[str, Any] = infer_auto_device_map(
+            model, max_memory=memory, no_split_module_classes=no_split
+        )
+    else:
+        modules = dict(model.named_modules())
+        unknown = [name for name in device_map if name and name not in modules]
+        if unknown:
+            raise ModelLoadError(
+                f"device_map names module(s) the model does not have: {', '.join(unknown)}; "
+                "list them with [n for n, _ in model.named_modules()]"
+            )
+        placement = dict(device_map)
+    if "disk" in placement.values() and offload_folder is None:
+        raise ModelLoadError(
+            "device_map offloads to 'disk': give an offload_folder (--offload-folder DIR) for the weights"
+        )
+    try:
+        placed: nn.Module = dispatch_model(model, device_map=placement, offload_dir=offload_folder)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot place the model by device_map {placement}: {exc}") from exc
+    return placed
+
+
 def _auto_model(config: Any) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -79,7 +179,13 @@ def _auto_model(config: Any) -> Any:
 
 
 def load_pretrained(
-    source: str, *, trust_remote_code: bool, dtype: torch.dtype | None, local: bool
+    source: str,
+    *,
+    trust_remote_code: bool,
+    dtype: torch.dtype | None,
+    local: bool,
+    device_map: DeviceMap | None = None,
+    offload_folder: str | Path | None = None,
 ) -> tuple[Any, Any]:
     """``(model, tokenizer)`` from a Hugging Face directory (``local``) or hub id, safely.
 
@@ -120,6 +226,10 @@ def load_pretrained(
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+        if offload_folder is not None:
+            kwargs["offload_folder"] = str(offload_folder)
     gguf = sorted(Path(source).glob("*.gguf")) if local else []
     if gguf and not any(Path(source).glob("*.safetensors")):
         kwargs["gguf_file"] = gguf[0].name
@@ -159,13 +269,24 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     trust_remote_code: bool = False,
     name: str | None = None,
+    device_map: DeviceMap | None = None,
+    offload_folder: str | Path | None = None,
 ) -> LoadedModel:
     """Load ``source`` and discover its MoE layers.
 
     ``source`` is an in-memory model (then ``tokenizer`` is required), a registered source name
     (:func:`workbench.models.sources.registered_sources`) or ``tiny:<model_type>`` such as
     ``tiny:qwen2_moe``, a local Hugging Face directory, or a hub id (needs the hub or its cache).
+
+    ``device_map`` divides a model too large for one device across devices, the CPU and disk
+    (transformers' ``device_map``: a strategy such as ``"auto"`` or module name → device; ``"disk"``
+    needs ``offload_folder``). Directories and hub ids load straight into place; in-memory and named
+    models are placed by accelerate. It excludes ``device``.
     """
+    if device_map is not None:
+        device_map = check_device_map(device_map)
+        if device is not None:
+            raise ModelLoadError("give a device and a device_map, not both: the map places every module")
     torch_dtype = resolve_dtype(dtype)
     if isinstance(source, nn.Module):
         if tokenizer is None:
@@ -181,12 +302,20 @@ def load_model(
             if not local and (text.startswith((".", "/")) or text.count("/") > 1):
                 raise ModelLoadError(f"{text!r}: no such model directory")
             model, tok = load_pretrained(
-                text, trust_remote_code=trust_remote_code, dtype=torch_dtype, local=local
+                text,
+                trust_remote_code=trust_remote_code,
+                dtype=torch_dtype,
+                local=local,
+                device_map=device_map,
+                offload_folder=offload_folder,
             )
         tokenizer = tokenizer or tok
         display = name or text
-    if torch_dtype is not None:
+    placed = getattr(model, "hf_device_map", None) is not None
+    if torch_dtype is not None and not placed:
         model = model.to(torch_dtype)
+    if device_map is not None and not placed:
+        model = _dispatch(model, device_map, offload_folder)
     if device is not None:
         model = model.to(device)
     model.eval()
