@@ -23,6 +23,7 @@ from workbench.capture.coalesce import DEFAULT_WRITE_ROWS, WriteBuffer
 from workbench.capture.modes import DEFAULT_LOGITS_MODE, LogitsMode, logits_mode
 from workbench.capture.packing import to_arrow, to_host
 from workbench.capture.progress import TokenProgress
+from workbench.capture.rank_stores import absorb_rank_stores
 from workbench.capture.writer import StreamingWriter
 from workbench.models.expert_math import check_expert_stats
 from workbench.models.loading import LoadedModel, load_model, parse_device_map
@@ -75,7 +76,7 @@ class CaptureOptions:
                 )
 
 
-def _prompts(source: str | Path | Iterable[Prompt]) -> tuple[Iterator[Prompt], str]:
+def prompt_stream(source: str | Path | Iterable[Prompt]) -> tuple[Iterator[Prompt], str]:
     it = iter_probe_file(source) if isinstance(source, (str, Path)) else iter(source)
     try:
         first = next(it)  # validates the file (and that it is not empty) before a run is created
@@ -119,40 +120,65 @@ def capture(
     ``probes`` is a probe file (JSONL/CSV/Parquet) or any iterable of :class:`Prompt` (a generator
     streams: memory is bounded by the batch, not the number of prompts).
     """
-    opts = options or CaptureOptions()
-    if option_overrides:
-        opts = CaptureOptions(**{**asdict(opts), **option_overrides})
-    prompts, probe_name = _prompts(probes)
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, tokenizer, **_placement(opts))
-    if opts.expert_stats:
-        check_expert_stats(loaded.layers)
-    checked = _routing_check(loaded, opts)  # before a run exists: a refusal leaves nothing behind
+    opts = merge_options(options, option_overrides)
+    prompts, probe_name = prompt_stream(probes)
+    loaded, checked = prepare_model(model, opts, tokenizer)
     store = db if isinstance(db, Store) else Store(db)
     try:
-        first = loaded.layers[0]
-        config = {
-            "options": asdict(opts),
-            "model_source": loaded.name,
-            "workbench": _version(),
-            "routing_check": checked,
-            # where each module ran when the model was divided (transformers' hf_device_map), else None
-            "device_map": _device_map_of(loaded),
-        }
-        rid = store.create_run(
-            run_id=run_id,
-            model=loaded.name,
-            architecture=loaded.architecture,
-            probe=probe_name,
-            n_experts=first.n_experts,
-            top_k=first.top_k,
-            config=config,
-            layers=_layer_rows(loaded),
-        )
-        _run(loaded, prompts, store, rid, opts, progress=progress)
+        rid = open_run(store, loaded, opts, probe_name=probe_name, checked=checked, run_id=run_id)
+        run_batches(loaded, prompts, store, rid, opts, progress=progress)
         return rid
     finally:
         if not isinstance(db, Store):
             store.close()
+
+
+def merge_options(options: CaptureOptions | None, overrides: dict[str, Any]) -> CaptureOptions:
+    opts = options or CaptureOptions()
+    return CaptureOptions(**{**asdict(opts), **overrides}) if overrides else opts
+
+
+def prepare_model(
+    model: LoadedModel | str | Path | torch.nn.Module, opts: CaptureOptions, tokenizer: Any = None
+) -> tuple[LoadedModel, dict[str, Any]]:
+    """The loaded model and its routing self-check, before any run exists (a refusal leaves nothing)."""
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, tokenizer, **_placement(opts))
+    if opts.expert_stats:
+        check_expert_stats(loaded.layers)
+    return loaded, _routing_check(loaded, opts)
+
+
+def open_run(
+    store: Store,
+    loaded: LoadedModel,
+    opts: CaptureOptions,
+    *,
+    probe_name: str,
+    checked: dict[str, Any],
+    run_id: str | None = None,
+    extra_config: dict[str, Any] | None = None,
+) -> str:
+    """Create the run's row (status 'running') with everything resume needs; returns its id."""
+    first = loaded.layers[0]
+    config = {
+        "options": asdict(opts),
+        "model_source": loaded.name,
+        "workbench": _version(),
+        "routing_check": checked,
+        # where each module ran when the model was divided (transformers' hf_device_map), else None
+        "device_map": _device_map_of(loaded),
+        **(extra_config or {}),
+    }
+    return store.create_run(
+        run_id=run_id,
+        model=loaded.name,
+        architecture=loaded.architecture,
+        probe=probe_name,
+        n_experts=first.n_experts,
+        top_k=first.top_k,
+        config=config,
+        layers=_layer_rows(loaded),
+    )
 
 
 def resume(
@@ -164,7 +190,11 @@ def resume(
     probes: Iterable[Prompt] | None = None,
     progress: bool = True,
 ) -> str:
-    """Finish an interrupted run: re-open its model and probe file, skip committed prompts."""
+    """Finish an interrupted run: re-open its model and probe file, skip committed prompts.
+
+    A data-parallel run (``torchrun -m workbench.capture``) first absorbs the prompts its ranks had
+    committed to their rank stores; the rest is captured here, in one process.
+    """
     with Store(db) as store:
         info = store.run(run_id)
         if info["status"] == "complete":
@@ -177,6 +207,9 @@ def resume(
                     f"run {run_id} captured prompts from Python; pass them again with probes=..."
                 )
             probes = iter_probe_file(info["probe"])
+        if config.get("parallel"):  # a data-parallel run: first take in what its ranks committed
+            store.set_status(run_id, "running")
+            absorb_rank_stores(store, db, run_id)
         done = store.done_prompt_ids(run_id)
         loaded = (
             model
@@ -190,7 +223,7 @@ def resume(
         _routing_check(loaded, opts)
         store.set_status(run_id, "running")
         remaining = (p for p in probes if p.prompt_id not in done)
-        _run(loaded, remaining, store, run_id, opts, progress=progress)
+        run_batches(loaded, remaining, store, run_id, opts, progress=progress)
         return run_id
 
 
@@ -225,7 +258,7 @@ def _routing_check(loaded: LoadedModel, opts: CaptureOptions) -> dict[str, Any]:
     }
 
 
-def _run(
+def run_batches(
     loaded: LoadedModel,
     prompts: Iterator[Prompt],
     store: Store,
@@ -234,6 +267,7 @@ def _run(
     *,
     progress: bool,
 ) -> None:
+    """Capture ``prompts`` into the open run ``run_id``, batch by batch; mark it complete or failed."""
     tokenizer = loaded.tokenizer
     padding_side = opts.padding_side or getattr(tokenizer, "padding_side", "right") or "right"
     device = loaded.device

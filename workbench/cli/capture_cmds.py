@@ -99,16 +99,23 @@ def capture(
     """Record per-token routing of MODEL on the prompts of PROBE into DB; prints the run id.
 
     Example: moe-workbench capture --model tiny:qwen2_moe --probe probes/example.jsonl --db runs.duckdb
+
+    Data-parallel on N processes (GPUs, or CPU with gloo): torchrun --nproc-per-node N -m workbench.capture
+    with the same options. Ranks split the prompts; the store holds one run (docs/capture.md).
     """
     import torch
 
     from workbench.capture.batching import PromptTooLongWarning
+    from workbench.capture.distributed import capture_data_parallel, rank_env
     from workbench.capture.engine import CaptureOptions
     from workbench.capture.engine import capture as run_capture
     from workbench.models.loading import load_model, parse_device_map
 
+    ranks = rank_env()
+    parallel = ranks is not None and ranks.world_size > 1
     if device_map is None:
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        local = f"cuda:{ranks.local_rank}" if parallel and ranks is not None else "cuda"
+        device = device or (local if torch.cuda.is_available() else "cpu")
     try:
         opts = CaptureOptions(
             batch_size=batch_size,
@@ -132,7 +139,12 @@ def capture(
         )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PromptTooLongWarning)
-            rid = run_capture(loaded, probe, db, run_id=run_id, options=opts, progress=not quiet)
+            if parallel:
+                rid = capture_data_parallel(
+                    loaded, probe, db, run_id=run_id, options=opts, progress=not quiet
+                )
+            else:
+                rid = run_capture(loaded, probe, db, run_id=run_id, options=opts, progress=not quiet)
         truncated = [w for w in caught if issubclass(w.category, PromptTooLongWarning)]
         if truncated:
             console.print(
@@ -141,7 +153,8 @@ def capture(
             )
     except user_errors() as exc:
         fail(str(exc))
-    out.print(rid)
+    if not parallel or (ranks is not None and ranks.rank == 0):
+        out.print(rid)
 
 
 @app.command()

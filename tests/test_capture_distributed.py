@@ -1,0 +1,152 @@
+"""Data-parallel capture under torchrun (gloo on CPU): one run, the same rows as one process.
+
+Each test starts real torchrun jobs (2 ranks, ``--standalone``), so they are slow-ish (~10 s each).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from workbench.capture.engine import capture, resume
+from workbench.capture.rank_stores import rank_store_dir
+from workbench.probefile import iter_probe_file
+from workbench.store import Store
+
+pytestmark = pytest.mark.integration
+
+TEXTS = [
+    "the experts route each token",
+    "ranks split the prompts between them",
+    "short",
+    "a longer prompt, with more tokens in it, pads the batch",
+    "gloo runs on the CPU",
+    "one run in the store",
+    "every row compared",
+    "resume takes in what the ranks committed",
+    "no prompt twice",
+    "and none lost",
+    "eleven",
+]
+
+
+def _probe(tmp_path: Path) -> Path:
+    probe = tmp_path / "p.jsonl"
+    probe.write_text(
+        "".join(json.dumps({"text": t, "label": "ab"[i % 2]}) + "\n" for i, t in enumerate(TEXTS))
+    )
+    return probe
+
+
+def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _all_rows(db: Path, run: str) -> dict[str, pl.DataFrame]:
+    with Store(db, read_only=True) as store:
+        return {
+            "prompts": store.prompts(run).sort("prompt_id"),
+            "tokens": store.tokens(run).sort("prompt_id", "position"),
+            "routing": store.routing(run).sort("prompt_id", "position", "layer"),
+            "expert_stats": store.expert_stats(run).sort(pl.all()),
+        }
+
+
+def _assert_same_rows(db_a: Path, run_a: str, db_b: Path, run_b: str) -> None:
+    a, b = _all_rows(db_a, run_a), _all_rows(db_b, run_b)
+    for table in a:
+        x, y = (f.drop([c for c in ("run_id",) if c in f.columns]) for f in (a[table], b[table]))
+        assert x.height == y.height, table
+        assert x.columns == y.columns, table
+        for col in x.columns:
+            if x[col].dtype == pl.List(pl.Float32) or x[col].dtype == pl.List(pl.Float64):
+                np.testing.assert_array_equal(
+                    np.asarray(x[col].to_list(), dtype=np.float64),
+                    np.asarray(y[col].to_list(), dtype=np.float64),
+                )
+            else:
+                assert x[col].equals(y[col], null_equal=True), (table, col)
+    assert a["routing"].height > 0 and a["expert_stats"].height > 0
+
+
+def test_two_gloo_ranks_equal_one_process_row_for_row(tmp_path: Path) -> None:
+    probe = _probe(tmp_path)
+    single, parallel = tmp_path / "single.duckdb", tmp_path / "parallel.duckdb"
+    opts = {"logits": "fp32", "expert_stats": True, "batch_size": 1, "progress": False}
+    capture("tiny:qwen2_moe", probe, single, run_id="one", **opts)  # type: ignore[arg-type]
+    args = ["--model", "tiny:qwen2_moe", "--probe", str(probe), "--db", str(parallel), "--run-id", "dp"]
+    args += ["--logits", "fp32", "--expert-stats", "--batch-size", "1", "--device", "cpu", "--quiet"]
+    proc = _torchrun(["-m", "workbench.capture", *args], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.split() == ["dp"], "rank 0 alone prints the run id"
+    with Store(parallel, read_only=True) as store:
+        runs = store.runs()
+        info = store.run("dp")
+    assert runs["run_id"].to_list() == ["dp"] and info["status"] == "complete"
+    assert info["config"]["parallel"]["world_size"] == 2
+    assert not rank_store_dir(parallel, "dp").exists(), "the rank stores were absorbed and removed"
+    _assert_same_rows(single, "one", parallel, "dp")
+
+
+WORKER = textwrap.dedent(
+    """
+    import os, sys
+    from workbench.capture.distributed import capture_data_parallel
+    from workbench.probefile import iter_probe_file
+
+    probe, db, die_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+    def prompts():
+        for p in iter_probe_file(probe):
+            if os.environ["RANK"] == "1" and p.prompt_id == die_at:
+                os._exit(17)  # rank 1 is killed mid-run, as by the OOM killer: no cleanup runs
+            yield p
+
+    capture_data_parallel("tiny:qwen2_moe", prompts(), db, run_id="dp", logits="fp32", expert_stats=True,
+                          batch_size=1, max_pending=1, write_rows=1, progress=False, timeout_s=60)
+    """
+)
+
+
+def test_resume_after_a_rank_is_killed_completes_without_duplicates(tmp_path: Path) -> None:
+    probe = _probe(tmp_path)
+    single, parallel = tmp_path / "single.duckdb", tmp_path / "parallel.duckdb"
+    opts = {"logits": "fp32", "expert_stats": True, "batch_size": 1, "progress": False}
+    capture("tiny:qwen2_moe", probe, single, run_id="one", **opts)  # type: ignore[arg-type]
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    proc = _torchrun([str(worker), str(probe), str(parallel), "7"], tmp_path)
+    assert proc.returncode != 0, "the job fails when a rank dies"
+    with Store(parallel, read_only=True) as store:
+        assert store.run("dp")["status"] == "running", "the main run was left unfinished"
+        assert store.done_prompt_ids("dp") == set(), "nothing was absorbed before every rank finished"
+    ranks = sorted(p.name for p in rank_store_dir(parallel, "dp").glob("rank-*.duckdb"))
+    assert ranks == ["rank-0.duckdb", "rank-1.duckdb"]
+    with Store(rank_store_dir(parallel, "dp") / "rank-1.duckdb", read_only=True) as rank1:
+        committed = rank1.done_prompt_ids("dp")
+    assert committed and committed < {1, 3, 5, 9}, (
+        f"rank 1 committed some prompts before it died: {committed}"
+    )
+    resume(parallel, "dp", probes=iter_probe_file(probe), progress=False)
+    with Store(parallel, read_only=True) as store:
+        assert store.run("dp")["status"] == "complete"
+        prompts = store.prompts("dp")
+    assert prompts["prompt_id"].n_unique() == prompts.height == len(TEXTS)
+    assert not rank_store_dir(parallel, "dp").exists()
+    _assert_same_rows(single, "one", parallel, "dp")

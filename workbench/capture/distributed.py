@@ -1,0 +1,138 @@
+"""Data-parallel capture under torchrun: ranks split the prompts, the store sees one run.
+
+``torchrun --nproc-per-node N -m workbench.capture --model M --probe P --db DB`` starts N ranks.
+Each loads the model (on ``cuda:LOCAL_RANK`` when there are GPUs) and captures the prompts whose
+``prompt_id % N == rank``. DuckDB has one writer per file, so each rank commits its batches to its
+own *rank store* next to the main one (``DB.ranks/<run>/rank-R.duckdb``), with the same exactly-once
+batches as any capture. When every rank is done, rank 0 moves the ranks' rows into the main store
+through the store's own ingest (which checks ids and content hashes again), marks the run complete
+and deletes the rank stores.
+
+The run exists in the main store from the start (status ``running``, ``config.parallel`` says how it
+was split), so ``runs`` lists it at once. If a rank dies, torchrun stops them all; ``resume`` then
+moves whatever the rank stores committed into the main store and captures the rest, so no prompt is
+lost or written twice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench.capture.engine import (
+    CaptureOptions,
+    merge_options,
+    open_run,
+    prepare_model,
+    prompt_stream,
+    run_batches,
+)
+from workbench.capture.rank_stores import absorb_rank_stores, rank_store_dir
+from workbench.models.loading import LoadedModel
+from workbench.probefile import Prompt
+from workbench.store import Store
+
+__all__ = ["RankEnv", "capture_data_parallel", "prompt_share", "rank_env"]
+
+
+@dataclass(frozen=True)
+class RankEnv:
+    """This process's place in a torchrun job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def rank_env() -> RankEnv | None:
+    """The torchrun environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), or None outside one."""
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        return None
+    return RankEnv(
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        local_rank=int(os.environ.get("LOCAL_RANK", os.environ["RANK"])),
+    )
+
+
+def capture_data_parallel(
+    model: LoadedModel | str | Path | torch.nn.Module,
+    probes: str | Path | Iterable[Prompt],
+    db: str | Path,
+    *,
+    tokenizer: Any = None,
+    run_id: str | None = None,
+    options: CaptureOptions | None = None,
+    progress: bool = True,
+    timeout_s: float = 1800.0,
+    **option_overrides: Any,
+) -> str:
+    """Capture on this rank's share of ``probes``; rank 0 owns the main store. Returns the run id.
+
+    Call it on every rank of a torchrun job (it initialises the process group if needed: NCCL with
+    GPUs, gloo without). Every rank must pass the same ``probes`` and options.
+    """
+    import torch.distributed as dist
+
+    env = rank_env()
+    if env is None:
+        raise RuntimeError(
+            "capture_data_parallel runs under torchrun (RANK and WORLD_SIZE unset); start it with "
+            "torchrun --nproc-per-node N -m workbench.capture ..., or use capture() in one process"
+        )
+    opts = merge_options(options, option_overrides)
+    if torch.cuda.is_available() and opts.device is None and opts.device_map is None:
+        opts = replace(opts, device=f"cuda:{env.local_rank}")
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    try:
+        prompts, probe_name = prompt_stream(probes)
+        loaded, checked = prepare_model(model, opts, tokenizer)
+        rid_box: list[str | None] = [None]
+        if env.rank == 0:
+            with Store(db) as main:
+                parallel = {"mode": "data", "world_size": env.world_size, "split": "prompt_id % world_size"}
+                rid_box[0] = open_run(
+                    main,
+                    loaded,
+                    opts,
+                    probe_name=probe_name,
+                    checked=checked,
+                    run_id=run_id,
+                    extra_config={"parallel": parallel},
+                )
+        dist.broadcast_object_list(rid_box, src=0)
+        rid = rid_box[0]
+        assert rid is not None
+        mine = _share(prompts, env.rank, env.world_size)
+        folder = rank_store_dir(db, rid)
+        folder.mkdir(parents=True, exist_ok=True)
+        with Store(folder / f"rank-{env.rank}.duckdb") as own:
+            open_run(own, loaded, opts, probe_name=probe_name, checked=checked, run_id=rid)
+            run_batches(loaded, mine, own, rid, opts, progress=progress and env.rank == 0)
+        dist.barrier()
+        if env.rank == 0:
+            with Store(db) as main:
+                absorb_rank_stores(main, db, rid)
+                main.set_status(rid, "complete")
+        dist.barrier()
+        return rid
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def prompt_share(prompt: Prompt, rank: int, world_size: int) -> bool:
+    return prompt.prompt_id % world_size == rank
+
+
+def _share(prompts: Iterator[Prompt], rank: int, world_size: int) -> Iterator[Prompt]:
+    return (p for p in prompts if prompt_share(p, rank, world_size))

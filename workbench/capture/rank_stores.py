@@ -1,0 +1,71 @@
+"""Rank stores: where the ranks of a data-parallel capture commit their batches until rank 0 absorbs them.
+
+DuckDB allows one writing process per file, so each rank of ``torchrun -m workbench.capture`` writes
+its own store (``DB.ranks/<run>/rank-R.duckdb``) with the engine's usual exactly-once batches. Both
+the end of a parallel capture and ``resume`` absorb them into the main store.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from workbench.store import Store
+
+__all__ = ["ABSORB_PROMPTS", "absorb_rank_stores", "rank_store_dir"]
+
+#: prompts moved from a rank store into the main store per transaction (bounds memory)
+ABSORB_PROMPTS = 256
+
+
+def rank_store_dir(db: str | Path, run_id: str) -> Path:
+    """Where the ranks of run ``run_id`` keep their stores until rank 0 absorbs them."""
+    return Path(f"{db}.ranks") / run_id
+
+
+def absorb_rank_stores(main: Store, db: str | Path, run_id: str) -> int:
+    """Move the prompts the rank stores of ``run_id`` committed into ``main``; returns how many.
+
+    Prompts ``main`` already holds are skipped, so absorbing twice (or after a resume) writes
+    nothing twice. Each chunk is one atomic ``write_batch``; the rank stores are deleted after all
+    of them are in.
+    """
+    folder = rank_store_dir(db, run_id)
+    if not folder.exists():
+        return 0
+    moved = 0
+    for path in sorted(folder.glob("rank-*.duckdb")):
+        with Store(path, read_only=True) as rank:
+            if run_id not in set(rank.runs()["run_id"].to_list()):
+                continue
+            have = main.done_prompt_ids(run_id)
+            todo = sorted(rank.done_prompt_ids(run_id) - have)
+            stats = rank.sql("SELECT count(*) AS n FROM expert_stats WHERE run_id = ?", [run_id])["n"][0] > 0
+            for start in range(0, len(todo), ABSORB_PROMPTS):
+                ids = todo[start : start + ABSORB_PROMPTS]
+                main.write_batch(run_id, **_tables(rank, run_id, ids, stats))
+                moved += len(ids)
+    shutil.rmtree(folder)
+    parent = folder.parent
+    if parent.exists() and not any(parent.iterdir()):
+        parent.rmdir()
+    return moved
+
+
+def _tables(rank: Store, run_id: str, ids: list[int], with_stats: bool) -> dict[str, Any]:
+    """One chunk of a rank store's rows, as the batch tables ``write_batch`` takes."""
+    placeholders = ", ".join(f"$p{i}" for i in range(len(ids)))
+
+    def rows(table: str) -> Any:
+        return rank.con.sql(
+            f'SELECT * EXCLUDE (run_id) FROM "{table}" WHERE run_id = $run AND prompt_id IN ({placeholders})',
+            params={"run": run_id, **{f"p{i}": v for i, v in enumerate(ids)}},
+        ).to_arrow_table()
+
+    return {
+        "prompts": rows("prompts"),
+        "tokens": rows("tokens"),
+        "routing": rows("routing"),
+        "expert_stats": rows("expert_stats") if with_stats else None,
+    }
