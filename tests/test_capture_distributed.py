@@ -150,3 +150,56 @@ def test_resume_after_a_rank_is_killed_completes_without_duplicates(tmp_path: Pa
     assert prompts["prompt_id"].n_unique() == prompts.height == len(TEXTS)
     assert not rank_store_dir(parallel, "dp").exists()
     _assert_same_rows(single, "one", parallel, "dp")
+
+
+def _max_diff(a: pl.Series, b: pl.Series) -> float:
+    x, y = np.asarray(a.to_list(), dtype=np.float64), np.asarray(b.to_list(), dtype=np.float64)
+    return float(np.nanmax(np.abs(x - y)))
+
+
+def test_tensor_parallel_capture_records_the_routing_once(tmp_path: Path) -> None:
+    """2 gloo ranks shard a saved tiny Qwen2-MoE with its own tp_plan; rank 0 writes one run whose
+    expert ids equal one process's, and whose floats differ only by the all-reduce's rounding."""
+    from workbench.models.tiny import byte_tokenizer, tiny_model
+
+    checkpoint = tmp_path / "qwen2-moe"
+    tiny_model("qwen2_moe").save_pretrained(checkpoint)
+    byte_tokenizer().save_pretrained(checkpoint)
+    probe = _probe(tmp_path)
+    single, parallel = tmp_path / "single.duckdb", tmp_path / "parallel.duckdb"
+    capture(str(checkpoint), probe, single, run_id="one", logits="fp32", progress=False)
+    args = ["--model", str(checkpoint), "--probe", str(probe), "--db", str(parallel), "--run-id", "tp"]
+    proc = _torchrun(
+        ["-m", "workbench.capture", *args, "--tp-plan", "auto", "--logits", "fp32", "--quiet"], tmp_path
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.split() == ["tp"]
+    assert sorted(p.name for p in tmp_path.iterdir() if "parallel" in p.name) == ["parallel.duckdb"]
+    with Store(parallel, read_only=True) as store:
+        info = store.run("tp")
+    assert info["status"] == "complete"
+    assert info["config"]["parallel"] == {"mode": "tensor", "world_size": 2, "tp_plan": "auto"}
+    a, b = _all_rows(single, "one"), _all_rows(parallel, "tp")
+    assert a["prompts"].drop("run_id", strict=False).equals(b["prompts"].drop("run_id", strict=False))
+    assert a["tokens"]["token_id"].equals(b["tokens"]["token_id"])
+    ra, rb = a["routing"], b["routing"]
+    assert ra.height == rb.height > 0
+    assert ra["experts"].to_list() == rb["experts"].to_list()
+    assert _max_diff(ra["weights"], rb["weights"]) < 1e-6
+    assert _max_diff(ra["logits"], rb["logits"]) < 1e-5
+    assert _max_diff(a["tokens"]["nll"], b["tokens"]["nll"]) < 1e-4
+
+
+def test_tp_plan_is_refused_outside_torchrun_and_for_in_memory_models(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+    from workbench.models.loading import ModelLoadError, load_model
+
+    probe = _probe(tmp_path)
+    cmd = ["capture", "--model", "tiny:qwen2_moe", "--probe", str(probe), "--db", str(tmp_path / "x.duckdb")]
+    shown = CliRunner().invoke(app, [*cmd, "--tp-plan", "auto"])
+    assert shown.exit_code != 0 and "torchrun" in shown.output
+    assert not (tmp_path / "x.duckdb").exists()
+    with pytest.raises(ModelLoadError, match="model directory or hub id"):
+        load_model("tiny:qwen2_moe", tp_plan="auto")

@@ -38,7 +38,7 @@ from workbench.models.loading import LoadedModel
 from workbench.probefile import Prompt
 from workbench.store import Store
 
-__all__ = ["RankEnv", "capture_data_parallel", "prompt_share", "rank_env"]
+__all__ = ["RankEnv", "capture_data_parallel", "capture_tensor_parallel", "prompt_share", "rank_env"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class RankEnv:
 
 def rank_env() -> RankEnv | None:
     """The torchrun environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), or None outside one."""
-    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+    if not os.environ.get("WORLD_SIZE") or not os.environ.get("RANK"):
         return None
     return RankEnv(
         rank=int(os.environ["RANK"]),
@@ -123,6 +123,67 @@ def capture_data_parallel(
             with Store(db) as main:
                 absorb_rank_stores(main, db, rid)
                 main.set_status(rid, "complete")
+        dist.barrier()
+        return rid
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def capture_tensor_parallel(
+    model: str | Path,
+    probes: str | Path | Iterable[Prompt],
+    db: str | Path,
+    *,
+    tokenizer: Any = None,
+    run_id: str | None = None,
+    options: CaptureOptions | None = None,
+    progress: bool = True,
+    timeout_s: float = 1800.0,
+    **option_overrides: Any,
+) -> str:
+    """Capture with the model sharded across all ranks (transformers' ``tp_plan``); rank 0 writes.
+
+    Every rank loads its shard and runs every forward (the collectives need all of them); the routers
+    are replicated, so rank 0's records are the routing, and the other ranks drop theirs. One
+    tensor-parallel group spans the whole job (no data parallelism on top yet).
+    """
+    import torch.distributed as dist
+
+    env = rank_env()
+    if env is None:
+        raise RuntimeError("capture_tensor_parallel runs under torchrun (RANK and WORLD_SIZE unset)")
+    opts = merge_options(options, option_overrides)
+    if opts.tp_plan is None:
+        opts = replace(opts, tp_plan="auto")
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    try:
+        prompts, probe_name = prompt_stream(probes)
+        loaded, checked = prepare_model(model, opts, tokenizer)
+        rid_box: list[str | None] = [None]
+        main = Store(db) if env.rank == 0 else None
+        try:
+            if main is not None:
+                parallel = {"mode": "tensor", "world_size": env.world_size, "tp_plan": opts.tp_plan}
+                rid_box[0] = open_run(
+                    main,
+                    loaded,
+                    opts,
+                    probe_name=probe_name,
+                    checked=checked,
+                    run_id=run_id,
+                    extra_config={"parallel": parallel},
+                )
+            dist.broadcast_object_list(rid_box, src=0)
+            rid = rid_box[0]
+            assert rid is not None
+            run_batches(loaded, prompts, main, rid, opts, progress=progress and main is not None)
+        finally:
+            if main is not None:
+                main.close()
         dist.barrier()
         return rid
     finally:

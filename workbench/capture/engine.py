@@ -56,6 +56,8 @@ class CaptureOptions:
     device_map: str | None = None
     #: where ``"disk"`` entries of the device map keep their weights
     offload_folder: str | None = None
+    #: tensor parallel across the ranks of a torchrun job: "auto" (the model's own plan), or None
+    tp_plan: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -65,6 +67,10 @@ class CaptureOptions:
         if self.write_rows < 1:
             raise ValueError(f"write_rows must be >= 1, got {self.write_rows}")
         logits_mode(self.logits)  # raises ValueError naming the modes
+        if self.tp_plan not in (None, "auto"):
+            raise ValueError(f"tp_plan must be 'auto' (the model's own plan) or None, got {self.tp_plan!r}")
+        if self.tp_plan is not None and (self.device is not None or self.device_map is not None):
+            raise ValueError("tp_plan places the model on the ranks' devices: give no device or device_map")
         if self.device_map is not None:
             parse_device_map(self.device_map)  # raises ModelLoadError naming what is wrong
             if self.device is not None:
@@ -201,6 +207,11 @@ def resume(
             return run_id
         config = info["config"]
         opts = CaptureOptions(**config["options"])
+        if opts.tp_plan is not None:
+            raise ValueError(
+                f"run {run_id} was captured tensor-parallel (tp_plan={opts.tp_plan!r}); resuming one is not "
+                "supported yet: delete it (Store.delete_run) and capture again under torchrun"
+            )
         if probes is None:
             if info["probe"] == "<python>":
                 raise ValueError(
@@ -234,6 +245,7 @@ def _placement(opts: CaptureOptions) -> dict[str, Any]:
         "dtype": opts.dtype,
         "device_map": parse_device_map(opts.device_map) if opts.device_map is not None else None,
         "offload_folder": opts.offload_folder,
+        "tp_plan": opts.tp_plan,
     }
 
 
@@ -261,13 +273,17 @@ def _routing_check(loaded: LoadedModel, opts: CaptureOptions) -> dict[str, Any]:
 def run_batches(
     loaded: LoadedModel,
     prompts: Iterator[Prompt],
-    store: Store,
+    store: Store | None,
     run_id: str,
     opts: CaptureOptions,
     *,
     progress: bool,
 ) -> None:
-    """Capture ``prompts`` into the open run ``run_id``, batch by batch; mark it complete or failed."""
+    """Capture ``prompts`` into the open run ``run_id``, batch by batch; mark it complete or failed.
+
+    ``store=None`` runs the same forwards and drops the records: the other ranks of a
+    tensor-parallel group must take part in every forward, and one rank writes.
+    """
     tokenizer = loaded.tokenizer
     padding_side = opts.padding_side or getattr(tokenizer, "padding_side", "right") or "right"
     device = loaded.device
@@ -280,6 +296,8 @@ def run_batches(
     )
 
     def write(tables: dict[str, Any]) -> None:
+        if store is None:
+            return
         store.write_batch(
             run_id,
             prompts=tables["prompts"],
@@ -315,11 +333,13 @@ def run_batches(
             writer.close()
     except BaseException as exc:
         _drain(writer)
-        store.set_status(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+        if store is not None:
+            store.set_status(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         backend.close()
-    store.set_status(run_id, "complete")
+    if store is not None:
+        store.set_status(run_id, "complete")
 
 
 def _drain(writer: StreamingWriter) -> None:

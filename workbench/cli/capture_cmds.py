@@ -79,6 +79,15 @@ def capture(
         Path | None,
         typer.Option("--offload-folder", help='Where --device-map\'s "disk" entries keep their weights.'),
     ] = None,
+    tp_plan: Annotated[
+        str | None,
+        typer.Option(
+            "--tp-plan",
+            help="Under torchrun: shard a model directory or hub id across the ranks with transformers' "
+            "tensor parallelism ('auto': the model's own plan). Rank 0 writes the run; routers are replicated, "
+            "so the records equal one process's within float rounding (docs/capture.md).",
+        ),
+    ] = None,
     trust_remote_code: Annotated[
         bool,
         typer.Option(
@@ -106,14 +115,19 @@ def capture(
     import torch
 
     from workbench.capture.batching import PromptTooLongWarning
-    from workbench.capture.distributed import capture_data_parallel, rank_env
+    from workbench.capture.distributed import capture_data_parallel, capture_tensor_parallel, rank_env
     from workbench.capture.engine import CaptureOptions
     from workbench.capture.engine import capture as run_capture
     from workbench.models.loading import load_model, parse_device_map
 
     ranks = rank_env()
     parallel = ranks is not None and ranks.world_size > 1
-    if device_map is None:
+    if tp_plan is not None and not parallel:
+        fail(
+            "--tp-plan shards the model across torchrun ranks: start it with "
+            "torchrun --nproc-per-node N -m workbench.capture"
+        )
+    if tp_plan is None and device_map is None:
         local = f"cuda:{ranks.local_rank}" if parallel and ranks is not None else "cuda"
         device = device or (local if torch.cuda.is_available() else "cpu")
     try:
@@ -128,7 +142,13 @@ def capture(
             skip_routing_check=skip_routing_check,
             device_map=device_map,
             offload_folder=str(offload_folder) if offload_folder is not None else None,
+            tp_plan=tp_plan,
         )
+        if tp_plan is not None:
+            rid = capture_tensor_parallel(model, probe, db, run_id=run_id, options=opts, progress=not quiet)
+            if ranks is not None and ranks.rank == 0:
+                out.print(rid)
+            return
         loaded = load_model(
             model,
             device=device,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -73,6 +73,8 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 #: transformers' and accelerate's named placements; anything else must be an explicit map
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+#: a tensor-parallel plan: ``"auto"`` takes the model's own (``base_model_tp_plan`` in its config)
+TpPlan = Literal["auto"]
 #: a device map: a strategy name, or module name → device (``"cpu"``, ``"disk"``, ``"cuda:1"``, ``0`` ...)
 DeviceMap = str | dict[str, str | int]
 
@@ -186,6 +188,7 @@ def load_pretrained(
     local: bool,
     device_map: DeviceMap | None = None,
     offload_folder: str | Path | None = None,
+    tp_plan: TpPlan | None = None,
 ) -> tuple[Any, Any]:
     """``(model, tokenizer)`` from a Hugging Face directory (``local``) or hub id, safely.
 
@@ -230,6 +233,10 @@ def load_pretrained(
         kwargs["device_map"] = device_map
         if offload_folder is not None:
             kwargs["offload_folder"] = str(offload_folder)
+    if tp_plan is not None:  # tensor parallel across the ranks of a torchrun job
+        from transformers.distributed.configuration_utils import DistributedConfig
+
+        kwargs["distributed_config"] = DistributedConfig(tp_plan=tp_plan)
     gguf = sorted(Path(source).glob("*.gguf")) if local else []
     if gguf and not any(Path(source).glob("*.safetensors")):
         kwargs["gguf_file"] = gguf[0].name
@@ -271,6 +278,7 @@ def load_model(
     name: str | None = None,
     device_map: DeviceMap | None = None,
     offload_folder: str | Path | None = None,
+    tp_plan: TpPlan | None = None,
 ) -> LoadedModel:
     """Load ``source`` and discover its MoE layers.
 
@@ -282,7 +290,24 @@ def load_model(
     (transformers' ``device_map``: a strategy such as ``"auto"`` or module name → device; ``"disk"``
     needs ``offload_folder``). Directories and hub ids load straight into place; in-memory and named
     models are placed by accelerate. It excludes ``device``.
+
+    ``tp_plan`` (``"auto"``: the model's own plan) shards a directory or hub checkpoint across the
+    ranks of a torchrun job with transformers' tensor parallelism (``DistributedConfig``).
     """
+    if tp_plan is not None:
+        if device_map is not None or device is not None:
+            raise ModelLoadError(
+                "a tp_plan places the model on the ranks' devices: give no device or device_map"
+            )
+        if (
+            isinstance(source, nn.Module)
+            or find_source(str(source))
+            or str(source).startswith(BUILT_IN_PREFIX)
+        ):
+            raise ModelLoadError(
+                "a tp_plan shards a checkpoint as transformers loads it: give a model directory or hub id "
+                "(save an in-memory model with save_pretrained first)"
+            )
     if device_map is not None:
         device_map = check_device_map(device_map)
         if device is not None:
@@ -308,6 +333,7 @@ def load_model(
                 local=local,
                 device_map=device_map,
                 offload_folder=offload_folder,
+                tp_plan=tp_plan,
             )
         tokenizer = tokenizer or tok
         display = name or text
