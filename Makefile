@@ -102,15 +102,20 @@ browser:
 	  echo "make browser: $(BROWSER_HINT)" >&2; \
 	fi
 
+# Test processes (pytest-xdist). Each test file runs whole on one worker (--dist loadfile), so its
+# module fixtures are built once; PYTEST_WORKERS=0 runs everything in this process.
+PYTEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+
 pytest: $(STAMP) browser
-	MOE_WORKBENCH_TORCH="$(TORCH)" CHROMIUM="$(CHROMIUM)" $(BIN)/python -m pytest -q -rfEsP --durations=15
+	MOE_WORKBENCH_TORCH="$(TORCH)" CHROMIUM="$(CHROMIUM)" $(BIN)/python -m pytest -q -rfEsP --durations=15 $(XDIST)
 
 test: lint typecheck pytest
 
 # The unit tier only (pytest -m unit: no model, no capture, no browser; each test module chooses its tier):
 # the quick loop while editing. `make test` runs every tier.
 test-fast: $(STAMP)
-	MOE_WORKBENCH_TORCH="$(TORCH)" $(BIN)/python -m pytest -q -m unit --durations=15
+	MOE_WORKBENCH_TORCH="$(TORCH)" $(BIN)/python -m pytest -q -m unit --durations=15 $(XDIST)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/capture.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,10 @@ import pytest
 import torch
 
 from workbench.store import Store
+
+# Rich wraps CLI output at the terminal width, which test workers (pytest-xdist, CI) do not have: one
+# wide width for every test, so an assertion on a message never depends on where a line broke.
+os.environ["COLUMNS"] = "250"
 
 if TYPE_CHECKING:
     from workbench.conformance.supported import Result
