@@ -103,12 +103,14 @@ browser:
 	fi
 
 # Test processes (pytest-xdist). Each test file runs whole on one worker (--dist loadfile), so its
-# module fixtures are built once; PYTEST_WORKERS=0 runs everything in this process.
+# module fixtures are built once; PYTEST_WORKERS=0 runs everything in this process. The browser tier
+# runs afterwards on its own, so a page's waits never share the CPU with another worker.
 PYTEST_WORKERS ?= 2
 XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 pytest: $(STAMP) browser
-	MOE_WORKBENCH_TORCH="$(TORCH)" CHROMIUM="$(CHROMIUM)" $(BIN)/python -m pytest -q -rfEsP --durations=15 $(XDIST)
+	MOE_WORKBENCH_TORCH="$(TORCH)" CHROMIUM="$(CHROMIUM)" $(BIN)/python -m pytest -q -rfEsP --durations=15 -m "not browser" $(XDIST)
+	MOE_WORKBENCH_TORCH="$(TORCH)" CHROMIUM="$(CHROMIUM)" $(BIN)/python -m pytest -q -rfEsP --durations=5 -m browser
 
 test: lint typecheck pytest
 

@@ -102,6 +102,11 @@ def test_two_gloo_ranks_equal_one_process_row_for_row(tmp_path: Path) -> None:
     assert info["config"]["parallel"]["world_size"] == 2
     assert not rank_store_dir(parallel, "dp").exists(), "the rank stores were absorbed and removed"
     _assert_same_rows(single, "one", parallel, "dp")
+    again = _torchrun(["-m", "workbench.capture", *args], tmp_path)  # the run id is taken: every rank stops
+    assert again.returncode != 0
+    assert "already exists" in again.stdout + again.stderr
+    assert "rank 0 could not open the run" in again.stdout + again.stderr, "rank 1 says why it stopped"
+    _assert_same_rows(single, "one", parallel, "dp")
 
 
 WORKER = textwrap.dedent(

@@ -17,7 +17,7 @@ lost or written twice.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -38,7 +38,18 @@ from workbench.models.loading import LoadedModel
 from workbench.probefile import Prompt
 from workbench.store import Store
 
-__all__ = ["RankEnv", "capture_data_parallel", "capture_tensor_parallel", "prompt_share", "rank_env"]
+__all__ = [
+    "ParallelCaptureError",
+    "RankEnv",
+    "capture_data_parallel",
+    "capture_tensor_parallel",
+    "prompt_share",
+    "rank_env",
+]
+
+
+class ParallelCaptureError(ValueError):
+    """Another rank stopped the job before this one could start (its message says why)."""
 
 
 @dataclass(frozen=True)
@@ -96,22 +107,8 @@ def capture_data_parallel(
     try:
         prompts, probe_name = prompt_stream(probes)
         loaded, checked = prepare_model(model, opts, tokenizer)
-        rid_box: list[str | None] = [None]
-        if env.rank == 0:
-            with Store(db) as main:
-                parallel = {"mode": "data", "world_size": env.world_size, "split": "prompt_id % world_size"}
-                rid_box[0] = open_run(
-                    main,
-                    loaded,
-                    opts,
-                    probe_name=probe_name,
-                    checked=checked,
-                    run_id=run_id,
-                    extra_config={"parallel": parallel},
-                )
-        dist.broadcast_object_list(rid_box, src=0)
-        rid = rid_box[0]
-        assert rid is not None
+        parallel = {"mode": "data", "world_size": env.world_size, "split": "prompt_id % world_size"}
+        rid = _shared_run_id(env, lambda: _open_main(db, loaded, opts, probe_name, checked, run_id, parallel))
         mine = _share(prompts, env.rank, env.world_size)
         folder = rank_store_dir(db, rid)
         folder.mkdir(parents=True, exist_ok=True)
@@ -163,23 +160,10 @@ def capture_tensor_parallel(
     try:
         prompts, probe_name = prompt_stream(probes)
         loaded, checked = prepare_model(model, opts, tokenizer)
-        rid_box: list[str | None] = [None]
+        parallel = {"mode": "tensor", "world_size": env.world_size, "tp_plan": opts.tp_plan}
+        rid = _shared_run_id(env, lambda: _open_main(db, loaded, opts, probe_name, checked, run_id, parallel))
         main = Store(db) if env.rank == 0 else None
         try:
-            if main is not None:
-                parallel = {"mode": "tensor", "world_size": env.world_size, "tp_plan": opts.tp_plan}
-                rid_box[0] = open_run(
-                    main,
-                    loaded,
-                    opts,
-                    probe_name=probe_name,
-                    checked=checked,
-                    run_id=run_id,
-                    extra_config={"parallel": parallel},
-                )
-            dist.broadcast_object_list(rid_box, src=0)
-            rid = rid_box[0]
-            assert rid is not None
             run_batches(loaded, prompts, main, rid, opts, progress=progress and main is not None)
         finally:
             if main is not None:
@@ -189,6 +173,48 @@ def capture_tensor_parallel(
     finally:
         if owns_group:
             dist.destroy_process_group()
+
+
+def _open_main(
+    db: str | Path,
+    loaded: LoadedModel,
+    opts: CaptureOptions,
+    probe_name: str,
+    checked: dict[str, Any],
+    run_id: str | None,
+    parallel: dict[str, Any],
+) -> str:
+    with Store(db) as main:
+        return open_run(
+            main,
+            loaded,
+            opts,
+            probe_name=probe_name,
+            checked=checked,
+            run_id=run_id,
+            extra_config={"parallel": parallel},
+        )
+
+
+def _shared_run_id(env: RankEnv, open_on_rank0: Callable[[], str]) -> str:
+    """Rank 0 opens the run; every rank gets its id, or the error that stopped rank 0 (never a hang)."""
+    import torch.distributed as dist
+
+    box: list[tuple[str, str] | None] = [None]
+    failure: Exception | None = None
+    if env.rank == 0:
+        try:
+            box[0] = ("ok", open_on_rank0())
+        except Exception as exc:  # re-raised below, after the other ranks have heard of it
+            failure = exc
+            box[0] = ("error", f"{type(exc).__name__}: {exc}")
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0] or ("error", "rank 0 sent nothing")
+    if failure is not None:
+        raise failure
+    if status != "ok":
+        raise ParallelCaptureError(f"rank 0 could not open the run: {value}")
+    return value
 
 
 def prompt_share(prompt: Prompt, rank: int, world_size: int) -> bool:
