@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -91,20 +92,10 @@ def capture_data_parallel(
     """
     import torch.distributed as dist
 
-    env = rank_env()
-    if env is None:
-        raise RuntimeError(
-            "capture_data_parallel runs under torchrun (RANK and WORLD_SIZE unset); start it with "
-            "torchrun --nproc-per-node N -m workbench.capture ..., or use capture() in one process"
-        )
     opts = merge_options(options, option_overrides)
-    if torch.cuda.is_available() and opts.device is None and opts.device_map is None:
-        opts = replace(opts, device=f"cuda:{env.local_rank}")
-    owns_group = not dist.is_initialized()
-    if owns_group:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
-    try:
+    with _job("capture_data_parallel", timeout_s) as env:
+        if torch.cuda.is_available() and opts.device is None and opts.device_map is None:
+            opts = replace(opts, device=f"cuda:{env.local_rank}")
         prompts, probe_name = prompt_stream(probes)
         loaded, checked = prepare_model(model, opts, tokenizer)
         parallel = {"mode": "data", "world_size": env.world_size, "split": "prompt_id % world_size"}
@@ -122,9 +113,6 @@ def capture_data_parallel(
                 main.set_status(rid, "complete")
         dist.barrier()
         return rid
-    finally:
-        if owns_group:
-            dist.destroy_process_group()
 
 
 def capture_tensor_parallel(
@@ -147,17 +135,10 @@ def capture_tensor_parallel(
     """
     import torch.distributed as dist
 
-    env = rank_env()
-    if env is None:
-        raise RuntimeError("capture_tensor_parallel runs under torchrun (RANK and WORLD_SIZE unset)")
     opts = merge_options(options, option_overrides)
     if opts.tp_plan is None:
         opts = replace(opts, tp_plan="auto")
-    owns_group = not dist.is_initialized()
-    if owns_group:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
-    try:
+    with _job("capture_tensor_parallel", timeout_s) as env:
         prompts, probe_name = prompt_stream(probes)
         loaded, checked = prepare_model(model, opts, tokenizer)
         parallel = {"mode": "tensor", "world_size": env.world_size, "tp_plan": opts.tp_plan}
@@ -170,6 +151,26 @@ def capture_tensor_parallel(
                 main.close()
         dist.barrier()
         return rid
+
+
+@contextmanager
+def _job(what: str, timeout_s: float) -> Iterator[RankEnv]:
+    """This rank's place in the torchrun job, with a process group for the duration (NCCL with GPUs,
+    gloo without); a group that was already initialised is left as it was found."""
+    import torch.distributed as dist
+
+    env = rank_env()
+    if env is None:
+        raise RuntimeError(
+            f"{what} runs under torchrun (RANK and WORLD_SIZE unset); start it with "
+            "torchrun --nproc-per-node N -m workbench.capture ..., or use capture() in one process"
+        )
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    try:
+        yield env
     finally:
         if owns_group:
             dist.destroy_process_group()
