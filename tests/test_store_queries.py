@@ -1,4 +1,4 @@
-"""The named store queries (workbench/store/queries.py) against plain-Python recomputation on a planted store.
+"""The named store queries (workbench/store/queries/) against plain-Python recomputation on a planted store.
 
 One small store is planted with every feature the queries look at: two MoE layers with different
 expert counts, shared pseudo-expert ids (``>= n_experts``), a negative id, unlabelled prompts,
@@ -21,6 +21,7 @@ import pytest
 
 from workbench.store import Store, queries
 from workbench.store.queries import TokenSpan
+from workbench.store.queries.filters import in_layers
 
 pytestmark = pytest.mark.unit
 
@@ -390,10 +391,10 @@ def test_token_span_grammar() -> None:
 
 
 def test_layer_column_must_be_on_the_allow_list() -> None:
-    assert queries._in_layers([1, 2], "r.layer") == (" AND r.layer IN (?, ?)", [1, 2])
-    assert queries._in_layers([], "layer") == (" AND FALSE", [])
+    assert in_layers([1, 2], "r.layer") == (" AND r.layer IN (?, ?)", [1, 2])
+    assert in_layers([], "layer") == (" AND FALSE", [])
     with pytest.raises(ValueError, match="is not one of"):
-        queries._in_layers([1], "layer; DROP TABLE routing")
+        in_layers([1], "layer; DROP TABLE routing")
 
 
 # -- expert_stats ----------------------------------------------------------------------------------
