@@ -21,6 +21,7 @@ from workbench.catalog.spec import (
     UnknownAnalysisError,
     UnknownFigureError,
 )
+from workbench.store import queries
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -145,8 +146,7 @@ def run_analysis(
 def _has_weights(store: Store, run_id: str) -> bool:
     """Whether ``run_id`` has a routing row with gate weights (an unknown run raises the store's error)."""
     store.run(run_id)
-    found = store.sql("SELECT 1 AS x FROM routing WHERE run_id = ? AND weights IS NOT NULL LIMIT 1", [run_id])
-    return found.height > 0
+    return queries.has_gate_weights(store, run_id)
 
 
 def _compare_names() -> list[str]:

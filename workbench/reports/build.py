@@ -33,7 +33,7 @@ from workbench.catalog import (
     run_analysis,
 )
 from workbench.reports import html as H
-from workbench.store import PromptMismatchError, Store
+from workbench.store import PromptMismatchError, Store, queries
 from workbench.wording import Context
 
 __all__ = ["ReportMeta", "Section", "build_report", "compute_sections", "render", "write_report"]
@@ -113,7 +113,7 @@ def read_meta(store: Store, run_id: str, compare: str | None = None) -> ReportMe
         compare=compare,
         compare_info=compare_info,
         contrast=_contrast(store, run_id),
-        has_weights=_exists(store, "routing", run_id, "weights IS NOT NULL"),
+        has_weights=queries.has_gate_weights(store, run_id),
     )
 
 

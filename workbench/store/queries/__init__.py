@@ -38,6 +38,7 @@ from workbench.store.queries.labels import (
     token_strings,
 )
 from workbench.store.queries.routing import (
+    has_gate_weights,
     label_gate_sums,
     label_token_counts,
     label_token_totals,
@@ -65,6 +66,7 @@ __all__ = [
     "distinct_labels",
     "expert_norm_maxima",
     "expert_stats_means",
+    "has_gate_weights",
     "label_gate_sums",
     "label_token_counts",
     "label_token_totals",

@@ -287,3 +287,13 @@ def matched_overlap(
         " GROUP BY a.layer, a.prompt_id ORDER BY a.layer, a.prompt_id",
         [run_a, run_b, run_a, run_b, *values],
     )
+
+
+def has_gate_weights(store: Store, run_id: str) -> bool:
+    """Whether the run has a routing row with gate weights (a run imported from a serving engine has none)."""
+    return (
+        store.sql(
+            "SELECT 1 AS x FROM routing WHERE run_id = ? AND weights IS NOT NULL LIMIT 1", [run_id]
+        ).height
+        > 0
+    )
