@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
-from workbench.store import Store
+from workbench.store import Store, queries
 
 __all__ = ["ABSORB_PROMPTS", "absorb_rank_stores", "rank_store_dir"]
 
@@ -41,31 +40,12 @@ def absorb_rank_stores(main: Store, db: str | Path, run_id: str) -> int:
                 continue
             have = main.done_prompt_ids(run_id)
             todo = sorted(rank.done_prompt_ids(run_id) - have)
-            stats = rank.sql("SELECT count(*) AS n FROM expert_stats WHERE run_id = ?", [run_id])["n"][0] > 0
             for start in range(0, len(todo), ABSORB_PROMPTS):
                 ids = todo[start : start + ABSORB_PROMPTS]
-                main.write_batch(run_id, **_tables(rank, run_id, ids, stats))
+                main.write_batch(run_id, **queries.batch_tables(rank, run_id, ids))
                 moved += len(ids)
     shutil.rmtree(folder)
     parent = folder.parent
     if parent.exists() and not any(parent.iterdir()):
         parent.rmdir()
     return moved
-
-
-def _tables(rank: Store, run_id: str, ids: list[int], with_stats: bool) -> dict[str, Any]:
-    """One chunk of a rank store's rows, as the batch tables ``write_batch`` takes."""
-    placeholders = ", ".join(f"$p{i}" for i in range(len(ids)))
-
-    def rows(table: str) -> Any:
-        return rank.con.sql(
-            f'SELECT * EXCLUDE (run_id) FROM "{table}" WHERE run_id = $run AND prompt_id IN ({placeholders})',
-            params={"run": run_id, **{f"p{i}": v for i, v in enumerate(ids)}},
-        ).to_arrow_table()
-
-    return {
-        "prompts": rows("prompts"),
-        "tokens": rows("tokens"),
-        "routing": rows("routing"),
-        "expert_stats": rows("expert_stats") if with_stats else None,
-    }

@@ -20,6 +20,7 @@ unless the docstring gives one.
 
 from __future__ import annotations
 
+from workbench.store.queries.batches import BATCH_TABLES, batch_tables
 from workbench.store.queries.expert_stats import (
     expert_norm_maxima,
     expert_stats_means,
@@ -60,8 +61,10 @@ from workbench.store.queries.routing import (
 from workbench.store.queries.spans import span_selections, span_token_counts, span_token_selections
 
 __all__ = [
+    "BATCH_TABLES",
     "SPAN_HELP",
     "TokenSpan",
+    "batch_tables",
     "contrast_prompts",
     "distinct_labels",
     "expert_norm_maxima",
