@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from workbench.store import Store
+from workbench.store import Store, move_store, remove_store
 
 RUN_A = "bench-a"
 RUN_B = "bench-b"
@@ -198,8 +198,7 @@ def cached_db(w: Workload, cache_dir: Path) -> tuple[Path, bool]:
     if path.exists():
         return path, False
     tmp = path.with_suffix(f".tmp{os.getpid()}.duckdb")
-    for stale in (tmp, Path(f"{tmp}.wal")):
-        stale.unlink(missing_ok=True)
+    remove_store(tmp)
     build(w, tmp)
-    os.replace(tmp, path)
+    move_store(tmp, path)  # the file and its routing shards
     return path, True

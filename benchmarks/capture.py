@@ -198,9 +198,9 @@ def bare_forward(model: torch.nn.Module, batches: list[Any]) -> None:
 
 def ours(loaded: Any, prompts: list[Any], path: Path, args: argparse.Namespace, logits: str = "fp16") -> str:
     from workbench.capture.engine import CaptureOptions, capture
+    from workbench.store import remove_store
 
-    path.unlink(missing_ok=True)
-    path.with_name(path.name + ".wal").unlink(missing_ok=True)
+    remove_store(path)
     opts = CaptureOptions(batch_size=args.batch_size, logits=logits, backend="hooks")  # type: ignore[arg-type]
     return capture(loaded, prompts, path, options=opts, progress=False)
 
@@ -209,6 +209,8 @@ def count_routing(path: Path, table: str = "routing") -> int:
     import duckdb
 
     with duckdb.connect(str(path), read_only=True) as con:
+        shards = path.with_name(path.name + ".shards")  # a store's routing view reads its shards from here
+        con.execute(f"SET file_search_path = '{shards}'")
         row = con.execute(f"SELECT count(*) FROM {table}").fetchone()
     return int(row[0]) if row else 0
 

@@ -179,7 +179,10 @@ def test_tensor_parallel_capture_records_the_routing_once(tmp_path: Path) -> Non
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.split() == ["tp"]
-    assert sorted(p.name for p in tmp_path.iterdir() if "parallel" in p.name) == ["parallel.duckdb"]
+    assert sorted(p.name for p in tmp_path.iterdir() if "parallel" in p.name) == [
+        "parallel.duckdb",
+        "parallel.duckdb.shards",
+    ]
     with Store(parallel, read_only=True) as store:
         info = store.run("tp")
     assert info["status"] == "complete"

@@ -29,7 +29,7 @@ from dashboards.components.url import clicked_expert
 from dashboards.views import coactivation, expert, health, resonance, routing, runs, specialisation
 from workbench.analysis.resonance import resonance_map
 from workbench.cli import app as cli_app
-from workbench.store import Store
+from workbench.store import Store, copy_store
 
 pytestmark = pytest.mark.unit
 
@@ -94,8 +94,7 @@ def test_data_layer_caches_and_sees_new_writes(db: str, tmp_path: Path) -> None:
     assert data.labels(db, RUN) == ["code", "math", "prose"]
     assert data.contrast(db, RUN) == ("code", "math")
     # A store that changes on disk is read afresh: the file version is part of the key.
-    copy = tmp_path / "copy.duckdb"
-    copy.write_bytes(Path(db).read_bytes())
+    copy = copy_store(db, tmp_path / "copy.duckdb")
     before = data.runs(str(copy))
     with Store(copy) as st:
         st.delete_run(RUN)
@@ -315,8 +314,7 @@ def test_similar_experts_card_section_says_why_with_two_labels(monkeypatch: pyte
 
 
 def test_expert_card_shows_stored_ablation_effects(db: str, tmp_path: Path) -> None:
-    copy = tmp_path / "ablated.duckdb"
-    copy.write_bytes(Path(db).read_bytes())
+    copy = copy_store(db, tmp_path / "ablated.duckdb")
     with Store(copy) as st:
         alone = st.create_intervention(
             RUN, kind="zero", spec={"specs": [{"kind": "zero", "experts": {"1": [5]}, "span": None}]}

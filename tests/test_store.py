@@ -52,6 +52,9 @@ CONTRACT = {
                   ("rd", "DOUBLE"), ("ftri", "DOUBLE"), ("effect", "DOUBLE"), ("attribution", "DOUBLE"),
                   ("ci_low", "DOUBLE"), ("ci_high", "DOUBLE"), ("p", "DOUBLE"), ("q", "DOUBLE"),
                   ("n_target", "INTEGER"), ("n_control", "INTEGER"), ("created_at", "TIMESTAMP")],
+    # v4: routing is a view over Parquet shards (same columns and types as above); this is their manifest
+    "routing_shards": [("run_id", "VARCHAR"), ("path", "VARCHAR"), ("n_rows", "BIGINT"), ("n_bytes", "BIGINT"),
+                       ("created_at", "TIMESTAMP")],
 }  # fmt: skip
 
 
@@ -73,7 +76,7 @@ def test_schema_has_exactly_the_contract_columns(st: Store) -> None:
     for table, col, typ in rows:
         found.setdefault(table, []).append((col, typ))
     assert found == CONTRACT
-    assert SCHEMA_VERSION == 3 and st.schema_version == 3
+    assert SCHEMA_VERSION == 4 and st.schema_version == 4
     big = ["routing", "tokens", "expert_stats"]
     assert st.con.execute(
         "SELECT count(*) FROM duckdb_indexes() WHERE table_name = ANY(?)", [big]
@@ -87,11 +90,17 @@ def test_migration_from_empty_db_applies_once(db: Path) -> None:
     for _ in range(2):
         Store(db).close()
     con = duckdb.connect(str(db))
-    assert con.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [(1,), (2,), (3,)]
+    assert con.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
+        (1,),
+        (2,),
+        (3,),
+        (4,),
+    ]
     con.close()
 
 
-def test_v1_store_migrates_to_v3_keeping_its_runs(db: Path, restore_migrations: None) -> None:
+def test_v1_store_migrates_to_v4_keeping_its_runs(db: Path, restore_migrations: None) -> None:
+    v4 = schema_mod.MIGRATIONS.pop(4)
     v3 = schema_mod.MIGRATIONS.pop(3)
     v2 = schema_mod.MIGRATIONS.pop(2)
     with Store(db) as st:  # a store as the v1 release wrote it
@@ -99,10 +108,11 @@ def test_v1_store_migrates_to_v3_keeping_its_runs(db: Path, restore_migrations: 
         run_id = new_run(st)
     schema_mod.MIGRATIONS[2] = v2
     schema_mod.MIGRATIONS[3] = v3
+    schema_mod.MIGRATIONS[4] = v4
     with pytest.raises(SchemaVersionError, match=r"(?s)v1.*Open it writable once"):
         Store(db, read_only=True)
     with Store(db) as st:
-        assert st.schema_version == 3
+        assert st.schema_version == 4
         assert st.run(run_id)["status"] == "running"
         assert st.sql("SELECT count(*) AS n FROM resonance")["n"][0] == 0
 
@@ -114,45 +124,46 @@ def test_migration_chain_with_registered_migration(
         run_id = new_run(st)
     calls: list[int] = []
 
-    @schema_mod.migration(4)
-    def _add_note(con: duckdb.DuckDBPyConnection) -> None:
-        calls.append(4)
+    @schema_mod.migration(5)
+    def _add_note(con: duckdb.DuckDBPyConnection, shards: object) -> None:
+        calls.append(5)
         con.execute("ALTER TABLE runs ADD COLUMN note VARCHAR")
 
-    with pytest.raises(SchemaVersionError, match=r"(?s)v3.*Open it writable once"):
+    with pytest.raises(SchemaVersionError, match=r"(?s)v4.*Open it writable once"):
         Store(db, read_only=True)
     with Store(db) as st:
-        assert st.schema_version == 4
+        assert st.schema_version == 5
         assert "note" in st.sql("SELECT * FROM runs").columns
         assert st.run(run_id)["status"] == "running"  # data survived
     with Store(db, read_only=True) as st:
-        assert st.schema_version == 4
-    # a fresh file walks the whole chain 0 -> 1 -> 2 -> 3 -> 4, in order
+        assert st.schema_version == 5
+    # a fresh file walks the whole chain 0 -> 1 -> 2 -> 3 -> 4 -> 5, in order
     with Store(tmp_path / "fresh.duckdb") as st:
         assert st.sql("SELECT version FROM schema_version ORDER BY version")["version"].to_list() == [
             1,
             2,
             3,
             4,
+            5,
         ]
-    assert calls == [4, 4]
+    assert calls == [5, 5]
 
-    @schema_mod.migration(5)
-    def _broken(con: duckdb.DuckDBPyConnection) -> None:
+    @schema_mod.migration(6)
+    def _broken(con: duckdb.DuckDBPyConnection, shards: object) -> None:
         con.execute("CREATE TABLE half_done (x INTEGER)")
         raise RuntimeError("boom")
 
     with pytest.raises(StoreError, match="boom"):
         Store(db)
-    schema_mod.MIGRATIONS.pop(5)
+    schema_mod.MIGRATIONS.pop(6)
     with Store(db) as st:  # the failed migration rolled back completely
-        assert st.schema_version == 4
+        assert st.schema_version == 5
         assert st.sql("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = 'half_done'")["n"][0] == 0
 
 
 def test_duplicate_migration_registration_refused(restore_migrations: None) -> None:
     with pytest.raises(ValueError, match="already registered"):
-        schema_mod.migration(1)(lambda con: None)
+        schema_mod.migration(1)(lambda con, shards: None)
 
 
 def test_newer_schema_version_is_refused(db: Path) -> None:

@@ -13,8 +13,8 @@ from typing import Literal, get_args
 
 __all__ = ["DEFAULT_LOGITS_MODE", "LOGITS_MODES", "LogitsMode", "logits_mode"]
 
-#: ``fp32``: raw logits as captured; ``fp16``: rounded to half precision on the device (stored as
-#: float32 values, half the information, same column type); ``none``: no logits column values.
+#: ``fp32``: raw logits as captured; ``fp16``: rounded to half precision on the device and stored as
+#: 2-byte floats (readers still see the store's ``FLOAT[]`` column); ``none``: no logits column values.
 LogitsMode = Literal["fp32", "fp16", "none"]
 
 #: The modes, in declaration order (what ``--logits`` accepts).

@@ -84,12 +84,11 @@ def to_host(batch: Batch, cap: BatchCapture, logits_mode: LogitsMode) -> HostBat
     if logits_mode == "none" or any(r.logits is None for r in routes):
         logits = [None] * len(layers)
     else:
-        # fp16 mode rounds to half precision on the device, then ships float32 (the store's FLOAT[]),
-        # so the writer thread does no conversion
+        # fp16 mode rounds to half precision on the device and ships half: half the bytes to copy, and
+        # the store keeps them as 2-byte floats in its shards
         raw = [r.logits for r in routes if r.logits is not None]
-        if logits_mode == "fp16":
-            raw = [t.to(torch.float16) for t in raw]
-        logits = list(_per_layer(raw, keep, torch.float32, pin, home))
+        dtype = torch.float16 if logits_mode == "fp16" else torch.float32
+        logits = list(_per_layer(raw, keep, dtype, pin, home))
     stats: list[tuple[torch.Tensor, ...]] | None = None
     n_experts = [cap.stats[layer].n_experts for layer in layers] if cap.stats else None
     if cap.stats:
@@ -176,7 +175,9 @@ def to_arrow(host: HostBatch, tokenizer: object) -> dict[str, pa.Table | None]:
     }
     if host.logits[0] is not None:
         lg = np.stack([t.numpy() for t in host.logits if t is not None], axis=1)
-        columns["logits"] = _list_array(lg, lg.shape[-1], pa.float32())
+        columns["logits"] = _list_array(
+            lg, lg.shape[-1], pa.float16() if lg.dtype == np.float16 else pa.float32()
+        )
     else:
         columns["logits"] = pa.nulls(n * n_layers, pa.list_(pa.float32()))
     routing = pa.table(columns)

@@ -33,7 +33,7 @@ class Store:
     """A DuckDB file holding many capture runs (schema: ``workbench.store.schema``)."""
 
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
-        self._conn, self._path = connect(path, read_only=read_only)
+        self._conn, self._path, self._shards = connect(path, read_only=read_only)
         self._read_only = read_only
         self._lock = threading.RLock()
         self._closed = False
@@ -61,12 +61,18 @@ class Store:
         with self._lock:
             if not self._closed:
                 self._conn.close()
+                self._shards.close()
                 self._closed = True
 
     @property
     def path(self) -> Path | None:
         """Resolved file path, or None for ``":memory:"``."""
         return self._path
+
+    @property
+    def shard_folder(self) -> Path:
+        """Where this store keeps its routing shards (``<file>.shards``; a temporary folder in memory)."""
+        return self._shards.root
 
     @property
     def read_only(self) -> bool:
@@ -137,7 +143,7 @@ class Store:
         """Delete a run with its layers, prompts, tokens, routing, stats and interventions."""
         with self._lock:
             runs_mod.status_of(self._writable(), run_id)
-            maintenance.delete_run(self.con, run_id)
+            maintenance.delete_run(self.con, run_id, self._shards)
 
     def export_parquet(self, run_id: str, out_dir: str | Path) -> list[Path]:
         """Write one ``<table>.parquet`` per table for this run into ``out_dir``."""
@@ -164,7 +170,7 @@ class Store:
                     f"(resume it with set_status({run_id!r}, 'running'))"
                 )
             tables = {"prompts": prompts, "tokens": tokens, "routing": routing, "expert_stats": expert_stats}
-            ingest.write_batch(self.con, run_id, tables)
+            ingest.write_batch(self.con, run_id, tables, self._shards)
 
     def done_prompt_ids(self, run_id: str) -> set[int]:
         """Prompt ids whose batch was committed (skip these when resuming)."""

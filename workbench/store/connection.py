@@ -15,6 +15,7 @@ import duckdb
 
 from workbench.store.errors import StoreError, StoreLockedError
 from workbench.store.schema import ensure_schema
+from workbench.store.shards import ShardFolder
 
 MEMORY = ":memory:"
 
@@ -29,10 +30,14 @@ def _lock_message(path: Path, exc: Exception) -> str:
     )
 
 
-def connect(path: str | Path, *, read_only: bool) -> tuple[duckdb.DuckDBPyConnection, Path | None]:
-    """Open ``path`` (or ``":memory:"``), migrate/check its schema, return (con, path).
+def connect(
+    path: str | Path, *, read_only: bool
+) -> tuple[duckdb.DuckDBPyConnection, Path | None, ShardFolder]:
+    """Open ``path`` (or ``":memory:"``), migrate/check its schema, return (con, path, shard folder).
 
-    The returned path is resolved, or ``None`` for an in-memory store.
+    The returned path is resolved, or ``None`` for an in-memory store (whose shards live in a
+    temporary folder that the caller closes). A writable open removes shard files that no batch
+    committed (a capture killed mid-write); any open refuses a store whose shard files are missing.
     """
     if str(path) == MEMORY:
         if read_only:
@@ -66,9 +71,15 @@ def connect(path: str | Path, *, read_only: bool) -> tuple[duckdb.DuckDBPyConnec
             raise StoreError(f"cannot open store {resolved}: {exc}") from exc
         except duckdb.Error as exc:
             raise StoreError(f"cannot open store {resolved}: {exc}") from exc
+    shards = ShardFolder.beside(resolved)
     try:
-        ensure_schema(con, read_only=read_only, path=resolved)
+        shards.attach(con)
+        ensure_schema(con, read_only=read_only, path=resolved, shards=shards)
+        if not read_only:
+            shards.sweep(con)
+        shards.check(con, str(resolved) if resolved is not None else "the in-memory store")
     except BaseException:
         con.close()
+        shards.close()
         raise
-    return con, resolved
+    return con, resolved, shards

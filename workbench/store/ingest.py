@@ -5,6 +5,7 @@ an Arrow table and running ``INSERT INTO t (cols) SELECT ?, cols FROM arrow`` mo
 millions of rows per second. All tables of a batch go in one transaction, so a crash or
 a bad table never leaves a half-written batch: a prompt is in ``prompts`` only if its
 tokens and routing are too, which is what makes ``done_prompt_ids`` a safe resume point.
+Routing rows go to a Parquet shard (:mod:`workbench.store.shards`) that the same transaction lists.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pyarrow as pa
 from workbench.store.content import hash_sql, token_ids_sql
 from workbench.store.errors import StoreError
 from workbench.store.schema import column_names
+from workbench.store.shards import Shard, ShardFolder
 from workbench.store.sqlutil import first
 
 if TYPE_CHECKING:  # polars is imported lazily: the capture path does not need it
@@ -197,26 +199,38 @@ def write_batch(
     con: duckdb.DuckDBPyConnection,
     run_id: str,
     tables: Mapping[str, ArrowLike | None],
+    shards: ShardFolder,
 ) -> None:
-    """Insert one batch (prompts, tokens, routing[, expert_stats]) for ``run_id`` atomically."""
+    """Insert one batch (prompts, tokens, routing[, expert_stats]) for ``run_id`` atomically.
+
+    Routing rows become a shard file, written inside the transaction and listed in the manifest by
+    it; if anything fails the file is removed and nothing of the batch stays.
+    """
     arrows = {name: as_arrow(t, name) for name, t in tables.items() if t is not None}
     for name, arrow in arrows.items():  # validate columns before touching the database
         select_list(name, arrow)
     views: dict[str, str] = {}
+    shard: Shard | None = None
     try:
         for name, arrow in arrows.items():
-            views[name] = register(con, name, arrow)
+            # only routing's keys go through DuckDB (its floats may be half precision, which DuckDB lacks)
+            views[name] = register(con, name, arrow.select(["prompt_id"]) if name == "routing" else arrow)
         with transaction(con):
             _check_batch(con, run_id, views)
             if "prompts" in arrows:
                 _insert_prompts(con, run_id, views, arrows["prompts"])
-            for name in ("tokens", "routing", "expert_stats"):
+            for name in ("tokens", "expert_stats"):
                 if name in arrows:
                     insert_view(con, name, views[name], arrows[name], run_id)
-    except StoreError:
+            if "routing" in arrows:
+                shard = shards.write(run_id, arrows["routing"])
+                shards.register(con, shard)
+    except BaseException as exc:
+        if shard is not None:
+            shards.discard(shard)
+        if isinstance(exc, (duckdb.Error, pa.ArrowException, OSError)) and not isinstance(exc, StoreError):
+            raise StoreError(f"batch for run {run_id!r} was rolled back, nothing was written: {exc}") from exc
         raise
-    except duckdb.Error as exc:
-        raise StoreError(f"batch for run {run_id!r} was rolled back, nothing was written: {exc}") from exc
     finally:
         for view in views.values():
             con.unregister(view)

@@ -1,4 +1,4 @@
-"""Whole-run operations: Parquet export and deletion.
+"""Whole-run and whole-store operations: Parquet export, deletion, copying a store.
 
 Export exists so a run can leave DuckDB (share it, load it in another tool) with the
 same column names as the store; deletion removes every row a run owns in one
@@ -7,13 +7,15 @@ transaction, so a store never holds half a run.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import duckdb
 
 from workbench.store.ingest import transaction
 from workbench.store.readers import select_cols
-from workbench.store.schema import ORDER_BY
+from workbench.store.schema import ORDER_BY, VIEWS
+from workbench.store.shards import ShardFolder
 
 #: Tables holding rows keyed by run_id (evaluations hang off interventions instead).
 RUN_TABLES: tuple[str, ...] = (
@@ -50,9 +52,53 @@ def export_parquet(con: duckdb.DuckDBPyConnection, run_id: str, out_dir: str | P
     return written
 
 
-def delete_run(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
-    """Delete a run and everything that belongs to it (including its evaluations)."""
+def delete_run(con: duckdb.DuckDBPyConnection, run_id: str, shards: ShardFolder) -> None:
+    """Delete a run and everything that belongs to it (including its evaluations and routing shards).
+
+    The shard files go after the transaction commits: a crash in between leaves unlisted files,
+    which the next writable open removes, never a listed file that is gone.
+    """
     with transaction(con):
         con.execute(f"DELETE FROM evaluations WHERE {_RUN_INTERVENTIONS}", [run_id])
         for table in reversed(RUN_TABLES):
-            con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+            if table not in VIEWS:
+                con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+        paths = shards.unregister_run(con, run_id)
+    shards.remove(paths)
+
+
+def copy_store(src: str | Path, dst: str | Path) -> Path:
+    """Copy the store file ``src`` to ``dst`` with its routing shards (``<file>.shards``), for a scratch copy.
+
+    A store is its DuckDB file plus the shard folder beside it; copying the file alone gives a store
+    that refuses to open (it lists shards it cannot find). No process may be writing ``src``.
+    """
+    source, target = Path(src).expanduser(), Path(dst).expanduser()
+    if target.exists():
+        raise FileExistsError(f"{target} exists; copy_store never overwrites a store")
+    shutil.copyfile(source, target)
+    folder = ShardFolder.beside(source.resolve()).root
+    if folder.is_dir():
+        shutil.copytree(folder, ShardFolder.beside(target.resolve()).root)
+    return target
+
+
+def move_store(src: str | Path, dst: str | Path) -> Path:
+    """Rename the store file ``src`` to ``dst`` together with its shard folder (e.g. a finished build)."""
+    source, target = Path(src).expanduser(), Path(dst).expanduser()
+    folder = ShardFolder.beside(source.resolve()).root
+    new_folder = ShardFolder.beside(target.resolve()).root
+    if new_folder.exists():
+        shutil.rmtree(new_folder)
+    if folder.is_dir():
+        folder.replace(new_folder)
+    source.replace(target)
+    return target
+
+
+def remove_store(path: str | Path) -> None:
+    """Delete a store: its file, its write-ahead log and its shard folder (missing parts are fine)."""
+    file = Path(path).expanduser()
+    file.unlink(missing_ok=True)
+    file.with_name(file.name + ".wal").unlink(missing_ok=True)
+    shutil.rmtree(ShardFolder.beside(file.resolve()).root, ignore_errors=True)

@@ -25,6 +25,11 @@ Design notes
   (:mod:`workbench.store.content`), what comparisons of two runs match prompts on. The
   migration computes it for stored prompts from ``prompts.text`` and ``tokens.token_id``;
   a prompt whose tokens are incomplete keeps NULL (unknown; comparisons refuse it).
+* v4 moves ``routing`` out of DuckDB into Parquet shards beside the file (:mod:`workbench.store.shards`):
+  ``routing_shards`` is their manifest and ``routing`` becomes a view with the contract's columns and
+  types, so every reader's SQL is unchanged. The migration writes each run's rows to shards (float
+  lists as IEEE half where that is lossless, e.g. logits captured with ``--logits fp16``) and drops
+  the table. Migrations get the store's :class:`~workbench.store.shards.ShardFolder` for that.
 """
 
 from __future__ import annotations
@@ -34,13 +39,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from workbench.store.content import hash_sql, token_ids_sql
 from workbench.store.errors import SchemaVersionError, StoreError
+from workbench.store.shards import MANIFEST, ShardFolder
 from workbench.store.sqlutil import first
 
 #: The schema version this release of moe-workbench writes.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Allowed values of ``runs.status``.
 RUN_STATUSES: tuple[str, ...] = ("running", "complete", "failed")
@@ -153,7 +160,19 @@ SCHEMA_ADDED: dict[int, dict[str, Columns]] = {
             ("created_at", "TIMESTAMP"),
         ),
     },
+    4: {
+        MANIFEST: (
+            ("run_id", "VARCHAR"),
+            ("path", "VARCHAR"),
+            ("n_rows", "BIGINT"),
+            ("n_bytes", "BIGINT"),
+            ("created_at", "TIMESTAMP"),
+        ),
+    },
 }
+
+#: Tables that v4 turned into views over files (same columns and types as before).
+VIEWS: frozenset[str] = frozenset({"routing"})
 
 #: Columns appended to existing tables after v1, by the version that adds them.
 COLUMNS_ADDED: dict[int, dict[str, Columns]] = {
@@ -183,6 +202,7 @@ ORDER_BY: dict[str, str] = {
     "interventions": "created_at, intervention_id",
     "evaluations": "intervention_id, label, metric",
     "resonance": "created_at, map_id, layer, expert",
+    MANIFEST: "created_at, path",
 }
 
 
@@ -199,7 +219,8 @@ def column_type(table: str, column: str) -> str:
     raise KeyError(f"{table}.{column}")
 
 
-Migration = Callable[[duckdb.DuckDBPyConnection], None]
+#: A migration gets the open connection (inside the upgrade's transaction) and the store's shard folder.
+Migration = Callable[[duckdb.DuckDBPyConnection, ShardFolder], None]
 
 #: Ordered registry: target version -> function that upgrades a store from version-1.
 MIGRATIONS: dict[int, Migration] = {}
@@ -218,7 +239,7 @@ def migration(version: int) -> Callable[[Migration], Migration]:
 
 
 @migration(1)
-def _create_v1(con: duckdb.DuckDBPyConnection) -> None:
+def _create_v1(con: duckdb.DuckDBPyConnection, shards: ShardFolder) -> None:
     """v0 (empty file) -> v1: create every contract table."""
     for table, columns in SCHEMA_V1.items():
         cols = ", ".join(f'"{name}" {typ}' for name, typ in columns)
@@ -226,7 +247,7 @@ def _create_v1(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @migration(2)
-def _add_resonance(con: duckdb.DuckDBPyConnection) -> None:
+def _add_resonance(con: duckdb.DuckDBPyConnection, shards: ShardFolder) -> None:
     """v1 -> v2: add the ``resonance`` table (stored resonance maps)."""
     for table, columns in SCHEMA_ADDED[2].items():
         cols = ", ".join(f'"{name}" {typ}' for name, typ in columns)
@@ -234,7 +255,7 @@ def _add_resonance(con: duckdb.DuckDBPyConnection) -> None:
 
 
 @migration(3)
-def _add_content_hash(con: duckdb.DuckDBPyConnection) -> None:
+def _add_content_hash(con: duckdb.DuckDBPyConnection, shards: ShardFolder) -> None:
     """v2 -> v3: add ``prompts.content_hash`` and fill it from the stored text and token ids."""
     for table, columns in COLUMNS_ADDED[3].items():
         for name, typ in columns:
@@ -246,6 +267,43 @@ def _add_content_hash(con: duckdb.DuckDBPyConnection) -> None:
         f" FROM prompts p LEFT JOIN ({agg}) t ON t.run_id = p.run_id AND t.prompt_id = p.prompt_id"
         ") h WHERE prompts.run_id = h.run_id AND prompts.prompt_id = h.prompt_id"
     )
+
+
+#: Routing rows per shard written by the v4 migration (one capture write's worth).
+MIGRATION_SHARD_ROWS = 4 * 122_880
+
+
+@migration(4)
+def _routing_to_shards(con: duckdb.DuckDBPyConnection, shards: ShardFolder) -> None:
+    """v3 -> v4: move each run's routing rows into Parquet shards, then make ``routing`` a view over them."""
+    for table, columns in SCHEMA_ADDED[4].items():
+        cols = ", ".join(f'"{name}" {typ}' for name, typ in columns)
+        con.execute(f'CREATE TABLE "{table}" ({cols})')
+    run_ids = [
+        str(r[0]) for r in con.execute("SELECT DISTINCT run_id FROM routing ORDER BY run_id").fetchall()
+    ]
+    for run_id in run_ids:
+        reader = con.sql(
+            "SELECT prompt_id, position, layer, experts, weights, logits FROM routing "
+            "WHERE run_id = ? ORDER BY prompt_id, position, layer",
+            params=[run_id],
+        ).to_arrow_reader(MIGRATION_SHARD_ROWS)
+        written = []
+        pending: list[pa.RecordBatch] = []
+        rows = 0
+        for batch in reader:  # one shard per MIGRATION_SHARD_ROWS rows: memory bounded by a shard
+            pending.append(batch)
+            rows += batch.num_rows
+            if rows >= MIGRATION_SHARD_ROWS:
+                written.append(shards.write(run_id, pa.Table.from_batches(pending)))
+                pending, rows = [], 0
+        reader.close()  # DuckDB takes no other statement while a result is unfinished
+        if pending:
+            written.append(shards.write(run_id, pa.Table.from_batches(pending)))
+        for shard in written:
+            shards.record(con, shard)
+    con.execute("DROP TABLE routing")
+    shards.refresh_view(con)
 
 
 def latest_version() -> int:
@@ -273,7 +331,9 @@ def _describe(path: Path | None) -> str:
     return str(path) if path is not None else "the in-memory store"
 
 
-def ensure_schema(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path | None) -> int:
+def ensure_schema(
+    con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path | None, shards: ShardFolder
+) -> int:
     """Bring the store to :func:`latest_version` (writable) or check it is there (read-only).
 
     Returns the version the store is at afterwards. Raises :class:`SchemaVersionError`
@@ -300,7 +360,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, *, read_only: bool, path: Path
     version = have
     try:
         for version in range(have + 1, target + 1):
-            MIGRATIONS[version](con)
+            MIGRATIONS[version](con, shards)
             con.execute(
                 "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
                 [version, datetime.now(timezone.utc).replace(tzinfo=None)],
