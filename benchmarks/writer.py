@@ -3,8 +3,9 @@
 On a GPU the forward pass is so fast that capture is bound by its writer thread (benchmarks/README.md:
 5.6x a bare forward on an H200). This script stands for that situation on a CPU box. It builds the
 host-side batches that ``workbench.capture.packing.to_host`` hands to the writer (a ``HostBatch``:
-real tokens only, top-k expert ids in descending weight as int16, their weights and, with logits, the
-``[n, E]`` router logits rounded to fp16 and shipped as float32, exactly as ``to_host`` does) from
+real tokens only, top-k expert ids in descending weight as int16, their weights as a bf16 model applies
+them (shipped as float32) and, with logits, the ``[n, E]`` router logits rounded to fp16 and shipped as
+half, exactly as ``to_host`` does) from
 numpy, with realistic prompt lengths. It then replays them through the same wiring as
 ``workbench.capture.engine._run``: a ``StreamingWriter`` whose sink runs ``to_arrow`` and a
 ``WriteBuffer`` that coalesces batches into ``Store.write_batch`` transactions, into a fresh store.
@@ -198,9 +199,12 @@ def build_shape(args: argparse.Namespace, n_experts: int, mode: str, rng: np.ran
         chosen = np.take_along_axis(raw, top, axis=1)
         w = np.exp(chosen - chosen[:, :1])
         indices.append(torch.from_numpy(top.astype(np.int16)))
-        weights.append(torch.from_numpy((w / w.sum(axis=1, keepdims=True)).astype(np.float32)))
-        if mode == "fp16":  # to_host rounds on the device and ships float32
-            logits.append(torch.from_numpy(raw.astype(np.float16).astype(np.float32)))
+        # the weights a bf16 model applies (what capture records), shipped as float32 by to_host
+        weights.append(
+            torch.from_numpy((w / w.sum(axis=1, keepdims=True)).astype(np.float32)).bfloat16().float()
+        )
+        if mode == "fp16":  # to_host rounds on the device and ships half
+            logits.append(torch.from_numpy(raw.astype(np.float16)))
         elif mode == "fp32":
             logits.append(torch.from_numpy(raw))
         else:

@@ -70,6 +70,7 @@ def _shard_files(st: Store, run_id: str) -> list[Path]:
 
 def test_v3_store_migrates_to_shards_row_for_row(v3_store: Path) -> None:
     raw = _raw_v3(v3_store)
+    size_v3 = v3_store.stat().st_size
     with Store(v3_store) as st:
         assert st.schema_version == 4
         assert st.sql("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = 'routing'")["n"][0] == 0
@@ -82,6 +83,8 @@ def test_v3_store_migrates_to_shards_row_for_row(v3_store: Path) -> None:
             for col in got.columns:  # bit for bit: lists compared as Python values, floats exactly
                 assert got[col].to_list() == want[col].to_list(), (run_id, col)
             assert st.tokens(run_id).height == raw["tokens"].filter(pl.col("run_id") == run_id).height
+    shard_bytes = sum(p.stat().st_size for p in (v3_store.parent / "v3.duckdb.shards").rglob("*.parquet"))
+    assert v3_store.stat().st_size + shard_bytes < size_v3  # the file was compacted after the move
     physical = {}
     with Store(v3_store, read_only=True) as st:  # a migrated store opens read-only
         for run_id in RUNS:
@@ -221,3 +224,13 @@ def test_deleting_a_run_removes_its_shards_and_copies_carry_them(tmp_path: Path)
     copy = copy_store(db, tmp_path / "sub" / "copy.duckdb")
     with Store(copy, read_only=True) as st, Store(db, read_only=True) as orig:
         assert_frame_equal(st.routing(keep), orig.routing(keep))
+
+
+def test_in_memory_store_keeps_its_shards_in_a_temporary_folder() -> None:
+    st = Store(":memory:")
+    run = new_run(st)
+    st.write_batch(run, **make_batch([0, 1]))
+    folder = st.shard_folder
+    assert any(folder.rglob("*.parquet")) and st.routing(run).height == 12
+    st.close()
+    assert not folder.exists()

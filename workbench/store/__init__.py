@@ -20,7 +20,7 @@ from pathlib import Path
 
 from workbench.store.backend import Store
 from workbench.store.errors import SchemaVersionError, StoreError, StoreLockedError, UnknownRunError
-from workbench.store.maintenance import copy_store, move_store, remove_store
+from workbench.store.maintenance import compact_store, copy_store, move_store, remove_store
 from workbench.store.matching import PromptMatch, PromptMismatchError
 from workbench.store.schema import RUN_STATUSES, SCHEMA_VERSION
 
@@ -34,6 +34,7 @@ __all__ = [
     "StoreError",
     "StoreLockedError",
     "UnknownRunError",
+    "compact_store",
     "copy_store",
     "move_store",
     "open",

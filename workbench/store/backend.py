@@ -10,6 +10,7 @@ cycle), ``ingest`` (atomic Arrow batches), ``readers`` (polars out), ``maintenan
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +35,8 @@ class Store:
 
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self._conn, self._path, self._shards = connect(path, read_only=read_only)
+        # an in-memory store's temporary shard folder goes even when the Store is dropped unclosed
+        weakref.finalize(self, self._shards.close)
         self._read_only = read_only
         self._lock = threading.RLock()
         self._closed = False

@@ -14,7 +14,8 @@ from pathlib import Path
 import duckdb
 
 from workbench.store.errors import StoreError, StoreLockedError
-from workbench.store.schema import ensure_schema
+from workbench.store.maintenance import compact_store
+from workbench.store.schema import SHARDED_VERSION, current_version, ensure_schema
 from workbench.store.shards import ShardFolder
 
 MEMORY = ":memory:"
@@ -74,7 +75,14 @@ def connect(
     shards = ShardFolder.beside(resolved)
     try:
         shards.attach(con)
+        before = current_version(con)
         ensure_schema(con, read_only=read_only, path=resolved, shards=shards)
+        if resolved is not None and 0 < before < SHARDED_VERSION:
+            # the routing table just moved into shards: give its blocks back to the disk
+            con.close()
+            compact_store(resolved)
+            con = duckdb.connect(str(resolved))
+            shards.attach(con)
         if not read_only:
             shards.sweep(con)
         shards.check(con, str(resolved) if resolved is not None else "the in-memory store")

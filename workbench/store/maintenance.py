@@ -102,3 +102,29 @@ def remove_store(path: str | Path) -> None:
     file.unlink(missing_ok=True)
     file.with_name(file.name + ".wal").unlink(missing_ok=True)
     shutil.rmtree(ShardFolder.beside(file.resolve()).root, ignore_errors=True)
+
+
+def compact_store(path: str | Path) -> int:
+    """Rewrite the store file without its free blocks; returns the bytes saved.
+
+    DuckDB reuses freed blocks but never shrinks a file, so a store whose routing table moved into
+    shards (the v4 migration) keeps its old size until it is rewritten. The copy goes to a sibling
+    file that replaces the original only once complete; no connection to ``path`` may be open.
+    """
+    file = Path(path).expanduser().resolve()
+    tmp = file.with_name(file.name + ".compacting")
+    tmp.unlink(missing_ok=True)
+    before = file.stat().st_size
+    con = duckdb.connect(":memory:")
+    try:
+        ShardFolder.beside(file).attach(con)  # the routing view is re-bound in the copy
+        con.execute("ATTACH ? AS src (READ_ONLY)", [str(file)])
+        con.execute("ATTACH ? AS dst", [str(tmp)])
+        con.execute("COPY FROM DATABASE src TO dst")
+    except BaseException:
+        con.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    con.close()
+    tmp.replace(file)
+    return before - file.stat().st_size

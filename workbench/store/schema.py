@@ -49,6 +49,9 @@ from workbench.store.sqlutil import first
 #: The schema version this release of moe-workbench writes.
 SCHEMA_VERSION = 4
 
+#: The first version that keeps routing in shards (what a migration from below it compacts the file for).
+SHARDED_VERSION = 4
+
 #: Allowed values of ``runs.status``.
 RUN_STATUSES: tuple[str, ...] = ("running", "complete", "failed")
 
