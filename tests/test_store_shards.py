@@ -234,3 +234,51 @@ def test_in_memory_store_keeps_its_shards_in_a_temporary_folder() -> None:
     assert any(folder.rglob("*.parquet")) and st.routing(run).height == 12
     st.close()
     assert not folder.exists()
+
+
+def _big_batch(n_prompts: int, n_pos: int) -> dict[str, pa.Table]:
+    """One prompt-complete batch of n_prompts × n_pos tokens, one layer, top-2, no logits."""
+    n = n_prompts * n_pos
+    pid = np.repeat(np.arange(n_prompts, dtype=np.int32), n_pos)
+    pos = np.tile(np.arange(n_pos, dtype=np.int32), n_prompts)
+    two = pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32))
+    routing = pa.table({
+        "prompt_id": pid, "position": pos, "layer": np.zeros(n, np.int32),
+        "experts": pa.ListArray.from_arrays(two, pa.array((np.arange(2 * n) % 8).astype(np.int16))),
+        "weights": pa.ListArray.from_arrays(two, pa.array(np.tile(np.float32([0.75, 0.25]), n))),
+    })  # fmt: skip
+    prompts = pa.table({"prompt_id": np.arange(n_prompts, dtype=np.int32), "text": ["t"] * n_prompts,
+                        "n_tokens": np.full(n_prompts, n_pos, np.int32)})  # fmt: skip
+    tokens = pa.table({"prompt_id": pid, "position": pos, "token_id": pos, "token": pa.nulls(n, pa.string())})
+    return {"prompts": prompts, "tokens": tokens, "routing": routing}
+
+
+def test_a_large_write_is_cut_into_parallel_shards_and_a_failed_part_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workbench.store import shards as shards_mod
+
+    monkeypatch.setattr(shards_mod, "WRITE_THREADS", 3)
+    batch = _big_batch(1500, 500)  # 750,000 rows: 3 parts of >= 2 row groups (245,760 rows)
+    with Store(tmp_path / "s.duckdb") as st:
+        run = new_run(st)
+        real = shards_mod.ShardFolder._write_one
+        calls: list[int] = []
+
+        def flaky(self: shards_mod.ShardFolder, run_id: str, table: pa.Table) -> shards_mod.Shard:
+            calls.append(table.num_rows)
+            if len(calls) == 2:
+                raise OSError("No space left on device (simulated)")
+            return real(self, run_id, table)
+
+        monkeypatch.setattr(shards_mod.ShardFolder, "_write_one", flaky)
+        with pytest.raises(StoreError, match="rolled back.*No space left"):
+            st.write_batch(run, **batch)
+        assert list(st.shard_folder.rglob("*.parquet*")) == [] and st.done_prompt_ids(run) == set()
+        monkeypatch.setattr(shards_mod.ShardFolder, "_write_one", real)
+        st.write_batch(run, **batch)
+        assert len(_shard_files(st, run)) == 3
+        got = st.routing(run)
+        assert got.height == 750_000
+        assert got["prompt_id"].to_numpy().tolist() == batch["routing"]["prompt_id"].to_pylist()
+        assert got["weights"][749_999].to_list() == [0.75, 0.25]

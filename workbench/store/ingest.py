@@ -210,7 +210,7 @@ def write_batch(
     for name, arrow in arrows.items():  # validate columns before touching the database
         select_list(name, arrow)
     views: dict[str, str] = {}
-    shard: Shard | None = None
+    written: list[Shard] = []
     try:
         for name, arrow in arrows.items():
             # only routing's keys go through DuckDB (its floats may be half precision, which DuckDB lacks)
@@ -223,10 +223,12 @@ def write_batch(
                 if name in arrows:
                     insert_view(con, name, views[name], arrows[name], run_id)
             if "routing" in arrows:
-                shard = shards.write(run_id, arrows["routing"])
-                shards.register(con, shard)
+                written = shards.write(run_id, arrows["routing"])
+                for shard in written:
+                    shards.record(con, shard)
+                shards.refresh_view(con)
     except BaseException as exc:
-        if shard is not None:
+        for shard in written:
             shards.discard(shard)
         if isinstance(exc, (duckdb.Error, pa.ArrowException, OSError)) and not isinstance(exc, StoreError):
             raise StoreError(f"batch for run {run_id!r} was rolled back, nothing was written: {exc}") from exc

@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from workbench.store.content import hash_sql, token_ids_sql
 from workbench.store.errors import SchemaVersionError, StoreError
-from workbench.store.shards import MANIFEST, ShardFolder
+from workbench.store.shards import MANIFEST, Shard, ShardFolder
 from workbench.store.sqlutil import first
 
 #: The schema version this release of moe-workbench writes.
@@ -291,18 +291,18 @@ def _routing_to_shards(con: duckdb.DuckDBPyConnection, shards: ShardFolder) -> N
             "WHERE run_id = ? ORDER BY prompt_id, position, layer",
             params=[run_id],
         ).to_arrow_reader(MIGRATION_SHARD_ROWS)
-        written = []
+        written: list[Shard] = []
         pending: list[pa.RecordBatch] = []
         rows = 0
         for batch in reader:  # one shard per MIGRATION_SHARD_ROWS rows: memory bounded by a shard
             pending.append(batch)
             rows += batch.num_rows
             if rows >= MIGRATION_SHARD_ROWS:
-                written.append(shards.write(run_id, pa.Table.from_batches(pending)))
+                written += shards.write(run_id, pa.Table.from_batches(pending))
                 pending, rows = [], 0
         reader.close()  # DuckDB takes no other statement while a result is unfinished
         if pending:
-            written.append(shards.write(run_id, pa.Table.from_batches(pending)))
+            written += shards.write(run_id, pa.Table.from_batches(pending))
         for shard in written:
             shards.record(con, shard)
     con.execute("DROP TABLE routing")
