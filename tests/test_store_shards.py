@@ -272,7 +272,7 @@ def test_a_large_write_is_cut_into_parallel_shards_and_a_failed_part_leaves_noth
             return real(self, run_id, table)
 
         monkeypatch.setattr(shards_mod.ShardFolder, "_write_one", flaky)
-        with pytest.raises(StoreError, match="rolled back.*No space left"):
+        with pytest.raises(StoreError, match=r"rolled back.*No space left"):
             st.write_batch(run, **batch)
         assert list(st.shard_folder.rglob("*.parquet*")) == [] and st.done_prompt_ids(run) == set()
         monkeypatch.setattr(shards_mod.ShardFolder, "_write_one", real)
