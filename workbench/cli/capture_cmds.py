@@ -43,7 +43,10 @@ def capture(
     ] = None,
     logits: Annotated[
         LogitsMode,  # the choices come from the type (workbench.capture.modes)
-        typer.Option("--logits", help="Store raw router logits as fp32, fp16-rounded, or not at all."),
+        typer.Option(
+            "--logits",
+            help="Store raw router logits as fp32, fp16 (rounded, 2 bytes each on disk), or not at all.",
+        ),
     ] = DEFAULT_LOGITS_MODE,
     expert_stats: Annotated[
         bool,

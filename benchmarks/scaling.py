@@ -1,0 +1,215 @@
+"""Scaling curves (issue 14 item 7): how the store, every analysis and the dashboard grow with a run.
+
+For each size (tokens per run), the synthetic runs of ``analysis_data.py`` (8 layers × 16 experts,
+top-2, fp16 logits, expert stats, labels; run ``bench-b`` a second capture of the same prompts) are
+written through the store's real write path (``Store.write_batch``: shards, manifest, tokens,
+prompts). Then, on run ``bench-a``:
+
+- ``write s``: the time to write both runs (the writer path without a model; a model's forward comes
+  on top and is measured by ``capture.py`` and ``writer.py``);
+- ``store MB``: every file of the store (the DuckDB file and its shard folder);
+- each catalogued analysis that needs no model: one cold wall time (the analyses have no cache);
+- each dashboard page's server-side work: the view functions its callbacks call, from a cold data
+  cache (``dashboards.data.clear_cache``), run ``--page-repeats`` times; the maximum is reported
+  (with 3 repeats it bounds the 95th percentile of those 3 and no more).
+
+Results go to ``--out`` as JSON lines (one per size, appended, so a long size can be added later) and
+``--render`` prints the markdown table and writes a log-log PNG of every curve (plotly, drawn by the
+headless Chromium the browser tests use).
+
+    python benchmarks/scaling.py --tokens 10000,100000,1000000 --out benchmarks/scaling.jsonl
+    python benchmarks/scaling.py --render benchmarks/scaling.jsonl --png benchmarks/scaling.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # runnable as a plain script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.analysis_data import RUN_A, RUN_B, Workload, build  # noqa: E402
+from workbench.catalog import ANALYSES, run_analysis  # noqa: E402
+from workbench.store import Store, remove_store  # noqa: E402
+
+
+def _pages(db: str) -> dict[str, list[Callable[[], Any]]]:
+    """Each dashboard page's server-side work for run A: the view functions its callbacks call."""
+    from dashboards import data
+    from dashboards.views import coactivation, expert, health
+    from workbench.catalog import figure_for
+
+    def spec_figure() -> Any:
+        return figure_for("specialisation", data.analysis(db, RUN_A, "specialisation"))
+
+    return {
+        "runs": [lambda: data.runs(db), lambda: data.run_info(db, RUN_A), lambda: data.layers(db, RUN_A)],
+        "routing": [lambda: data.prompt_routing(db, RUN_A, 0), lambda: figure_for("load", data.analysis(db, RUN_A, "load"))],
+        "specialisation": [spec_figure],
+        "health": [lambda: health.load(db, RUN_A), lambda: health.balance(db, RUN_A)],
+        "coactivation": [lambda: coactivation.matrix(db, RUN_A, None), lambda: coactivation.pathways(db, RUN_A)],
+        "expert": [lambda: expert.expert_card(db, RUN_A, 3, 3)],
+    }  # fmt: skip
+
+
+def store_bytes(path: Path) -> int:
+    """The store file, its WAL and every shard."""
+    files = [path, path.with_name(path.name + ".wal")]
+    total = sum(f.stat().st_size for f in files if f.exists())
+    shards = path.with_name(path.name + ".shards")
+    return total + sum(f.stat().st_size for f in shards.rglob("*") if f.is_file())
+
+
+def measure(tokens: int, workdir: Path, page_repeats: int) -> dict[str, Any]:
+    """Every number of one size."""
+    from dashboards import data
+
+    w = Workload(tokens=tokens)
+    path = workdir / f"scaling-{tokens}.duckdb"
+    remove_store(path)
+    start = time.perf_counter()
+    build(w, path)
+    out: dict[str, Any] = {
+        "tokens": tokens,
+        "rows": tokens * w.layers,
+        "layers": w.layers,
+        "experts": w.experts,
+    }
+    out["write_s"] = time.perf_counter() - start
+    out["store_mb"] = store_bytes(path) / 1e6
+    analyses: dict[str, float | str] = {}
+    with Store(path, read_only=True) as st:
+        for name, spec in sorted(ANALYSES.items()):
+            if "model" in spec.needs or "contrast" in spec.needs:
+                continue
+            start = time.perf_counter()
+            try:
+                run_analysis(name, st, RUN_A, compare=RUN_B if spec.is_compare else None)
+                analyses[name] = time.perf_counter() - start
+            except Exception as exc:  # a refusal is a result of the table, not the end of the run
+                analyses[name] = f"{type(exc).__name__}: {exc}"[:100]
+            print(f"# {tokens:,} tokens  {name}: {analyses[name]}", file=sys.stderr, flush=True)
+    out["analyses"] = analyses
+    pages: dict[str, float] = {}
+    for page, calls in _pages(str(path)).items():
+        times = []
+        for _ in range(page_repeats):
+            data.clear_cache()
+            start = time.perf_counter()
+            for call in calls:
+                call()
+            times.append(time.perf_counter() - start)
+        pages[page] = max(times)
+        print(f"# {tokens:,} tokens  page {page}: {pages[page]:.2f}s", file=sys.stderr, flush=True)
+    data.shutdown()
+    out["pages"] = pages
+    remove_store(path)
+    return out
+
+
+def load_results(path: Path) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sorted(rows, key=lambda r: r["tokens"])
+
+
+def render(results: list[dict[str, Any]]) -> str:
+    """The markdown table: one row per quantity, one column per size."""
+    sizes = [r["tokens"] for r in results]
+    head = "| | " + " | ".join(f"{n:,} tokens" for n in sizes) + " |"
+    lines = [head, "|---" * (len(sizes) + 1) + "|"]
+
+    def row(label: str, values: list[Any], fmt: str = "{:.2f}") -> None:
+        cells = [
+            fmt.format(v) if isinstance(v, (int, float)) else "—" if v is None else "error" for v in values
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    row("routing rows", [r["rows"] for r in results], "{:,}")
+    row("write both runs, s", [r["write_s"] for r in results])
+    row("store MB (file + shards)", [r["store_mb"] for r in results])
+    for name in sorted({n for r in results for n in r["analyses"]}):
+        row(f"analysis `{name}`, s", [r["analyses"].get(name) for r in results])
+    for page in sorted({p for r in results for p in r["pages"]}):
+        row(f"page `{page}`, s (max of cold loads)", [r["pages"].get(page) for r in results])
+    return "\n".join(lines)
+
+
+def png(results: list[dict[str, Any]], target: Path) -> None:
+    """Log-log curves of every timing, drawn to PNG by headless Chromium (no kaleido needed)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    sizes = [r["tokens"] for r in results]
+    fig = make_subplots(
+        rows=1, cols=3, subplot_titles=("write + store", "analyses (cold)", "dashboard pages (cold)")
+    )
+    fig.add_trace(go.Scatter(x=sizes, y=[r["write_s"] for r in results], name="write s"), 1, 1)
+    fig.add_trace(go.Scatter(x=sizes, y=[r["store_mb"] for r in results], name="store MB"), 1, 1)
+    for name in sorted({n for r in results for n in r["analyses"]}):
+        ys = [r["analyses"].get(name) for r in results]
+        fig.add_trace(
+            go.Scatter(x=sizes, y=[y if isinstance(y, float) else None for y in ys], name=name), 1, 2
+        )
+    for page in sorted({p for r in results for p in r["pages"]}):
+        fig.add_trace(
+            go.Scatter(x=sizes, y=[r["pages"].get(page) for r in results], name=f"page {page}"), 1, 3
+        )
+    fig.update_xaxes(type="log", title_text="tokens per run")
+    fig.update_yaxes(type="log")
+    fig.add_hline(y=2.0, line_dash="dot", annotation_text="2 s", row=1, col=2)  # type: ignore[arg-type]
+    fig.update_layout(width=1800, height=650, template="plotly_white")
+    html = Path(tempfile.mkdtemp()) / "scaling.html"
+    fig.write_html(html, include_plotlyjs=True)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from browser_support import CHROMIUM, CHROMIUM_ARGS, sync_playwright_or_fail
+
+    with sync_playwright_or_fail()() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1800, "height": 650})
+        page.goto(html.as_uri())
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(target))
+        browser.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tokens", default="10000,100000,1000000", help="comma-separated tokens per run")
+    parser.add_argument("--out", type=Path, default=Path("scaling.jsonl"), help="JSON lines to append to")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where the stores are built (default: a temp dir)"
+    )
+    parser.add_argument("--page-repeats", type=int, default=3, help="cold loads per dashboard page")
+    parser.add_argument(
+        "--render", type=Path, default=None, help="print the table of these JSON lines and stop"
+    )
+    parser.add_argument("--png", type=Path, default=None, help="with --render: also write the curves here")
+    args = parser.parse_args(argv)
+    if args.render is not None:
+        results = load_results(args.render)
+        print(render(results))
+        if args.png is not None:
+            png(results, args.png)
+        return 0
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="wb-scaling-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    for tokens in (int(t) for t in args.tokens.split(",")):
+        result = measure(tokens, workdir, args.page_repeats)
+        with args.out.open("a") as fh:
+            fh.write(json.dumps(result) + "\n")
+    print(render(load_results(args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
