@@ -1,4 +1,5 @@
-"""Schema v4: routing in Parquet shards, read through the ``routing`` view with unchanged results.
+"""Schema v4: routing in Parquet shards, read through the ``routing`` view with unchanged results
+(the readers, every analysis that needs no model, the HTML report).
 
 ``tests/data/store-v3.duckdb.gz`` is a store written by the v3 release (commit 1e4e6f2): tiny-ref
 captured on probes/example.jsonl three times, as ``fp16-stats`` (``--logits fp16 --expert-stats``),
@@ -8,6 +9,7 @@ captured on probes/example.jsonl three times, as ``fp16-stats`` (``--logits fp16
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,7 @@ from polars.testing import assert_frame_equal
 from store_support import make_batch, new_run
 
 from workbench.catalog import ANALYSES, run_analysis
+from workbench.reports.build import build_report
 from workbench.store import Store, StoreError, copy_store
 from workbench.store import schema as schema_mod
 from workbench.store.shards import MANIFEST, shard_table
@@ -111,7 +114,13 @@ def _results(st: Store) -> dict[str, Any]:
     return out
 
 
-def test_every_analysis_reads_the_same_before_and_after_migration(
+def _report(st: Store) -> str:
+    """The HTML report of the fp16 run against the fp32 one, with its compute timings blanked out."""
+    html = build_report(st, "fp16-stats", compare="fp32")
+    return re.sub(r"computed in [0-9.]+ s", "computed in _ s", html)
+
+
+def test_every_analysis_and_the_report_read_the_same_before_and_after_migration(
     v3_store: Path, tmp_path: Path, as_v3: None
 ) -> None:
     before_path = tmp_path / "before.duckdb"
@@ -119,6 +128,7 @@ def test_every_analysis_reads_the_same_before_and_after_migration(
     with Store(before_path, read_only=True) as st:  # the v3 layout: routing is a DuckDB table
         assert st.schema_version == 3
         before = _results(st)
+        before_report = _report(st)
         before_logits = pa.Table.from_batches(list(st.iter_logits("fp32", [0, 1]))).sort_by(
             [("prompt_id", "ascending"), ("position", "ascending"), ("layer", "ascending")]
         )
@@ -126,10 +136,12 @@ def test_every_analysis_reads_the_same_before_and_after_migration(
     with Store(v3_store) as st:
         assert st.schema_version == 4
         after = _results(st)
+        after_report = _report(st)
         after_logits = pa.Table.from_batches(list(st.iter_logits("fp32", [0, 1]))).sort_by(
             [("prompt_id", "ascending"), ("position", "ascending"), ("layer", "ascending")]
         )
     assert after_logits.num_rows > 0 and after_logits.equals(before_logits)
+    assert len(after_report) > 100_000 and after_report == before_report  # every section, figure and table
     assert before.keys() == after.keys()
     ok = [k for k, v in before.items() if isinstance(v, pl.DataFrame)]
     assert len(ok) >= 2 * len(RUNS)  # most analyses ran, not just refused
