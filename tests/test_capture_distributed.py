@@ -162,14 +162,33 @@ def _max_diff(a: pl.Series, b: pl.Series) -> float:
     return float(np.nanmax(np.abs(x - y)))
 
 
-def test_tensor_parallel_capture_records_the_routing_once(tmp_path: Path) -> None:
-    """2 gloo ranks shard a saved tiny Qwen2-MoE with its own tp_plan; rank 0 writes one run whose
-    expert ids equal one process's, and whose floats differ only by the all-reduce's rounding."""
+def _tp_checkpoint(tmp_path: Path) -> Path:
+    """A tiny Qwen2-MoE saved as a model directory (tensor parallelism loads through from_pretrained)."""
     from workbench.models.tiny import byte_tokenizer, tiny_model
 
     checkpoint = tmp_path / "qwen2-moe"
     tiny_model("qwen2_moe").save_pretrained(checkpoint)
     byte_tokenizer().save_pretrained(checkpoint)
+    return checkpoint
+
+
+def _assert_tp_rows_match(single: Path, parallel: Path) -> None:
+    """Expert ids equal one process's; floats differ only by the all-reduce's rounding."""
+    a, b = _all_rows(single, "one"), _all_rows(parallel, "tp")
+    assert a["prompts"].drop("run_id", strict=False).equals(b["prompts"].drop("run_id", strict=False))
+    assert a["tokens"]["token_id"].equals(b["tokens"]["token_id"])
+    ra, rb = a["routing"], b["routing"]
+    assert ra.height == rb.height > 0
+    assert ra["experts"].to_list() == rb["experts"].to_list()
+    assert _max_diff(ra["weights"], rb["weights"]) < 1e-6
+    assert _max_diff(ra["logits"], rb["logits"]) < 1e-5
+    assert _max_diff(a["tokens"]["nll"], b["tokens"]["nll"]) < 1e-4
+
+
+def test_tensor_parallel_capture_records_the_routing_once(tmp_path: Path) -> None:
+    """2 gloo ranks shard a saved tiny Qwen2-MoE with its own tp_plan; rank 0 writes one run whose
+    expert ids equal one process's, and whose floats differ only by the all-reduce's rounding."""
+    checkpoint = _tp_checkpoint(tmp_path)
     probe = _probe(tmp_path)
     single, parallel = tmp_path / "single.duckdb", tmp_path / "parallel.duckdb"
     capture(str(checkpoint), probe, single, run_id="one", logits="fp32", progress=False)
@@ -187,15 +206,60 @@ def test_tensor_parallel_capture_records_the_routing_once(tmp_path: Path) -> Non
         info = store.run("tp")
     assert info["status"] == "complete"
     assert info["config"]["parallel"] == {"mode": "tensor", "world_size": 2, "tp_plan": "auto"}
-    a, b = _all_rows(single, "one"), _all_rows(parallel, "tp")
-    assert a["prompts"].drop("run_id", strict=False).equals(b["prompts"].drop("run_id", strict=False))
-    assert a["tokens"]["token_id"].equals(b["tokens"]["token_id"])
-    ra, rb = a["routing"], b["routing"]
-    assert ra.height == rb.height > 0
-    assert ra["experts"].to_list() == rb["experts"].to_list()
-    assert _max_diff(ra["weights"], rb["weights"]) < 1e-6
-    assert _max_diff(ra["logits"], rb["logits"]) < 1e-5
-    assert _max_diff(a["tokens"]["nll"], b["tokens"]["nll"]) < 1e-4
+    _assert_tp_rows_match(single, parallel)
+
+
+TP_WORKER = textwrap.dedent(
+    """
+    import os, sys
+    import workbench.capture.distributed as dist_capture
+
+    checkpoint, probe, db, die_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    stream = dist_capture.prompt_stream
+
+    def dying(probes):  # the probe file's own stream and name, but every rank dies at prompt die_at
+        prompts, name = stream(probes)
+
+        def until():
+            for p in prompts:
+                if p.prompt_id == die_at:
+                    os._exit(17)  # as a node failure: no cleanup runs on any rank
+                yield p
+
+        return until(), name
+
+    dist_capture.prompt_stream = dying
+    dist_capture.capture_tensor_parallel(checkpoint, probe, db, run_id="tp", logits="fp32", batch_size=1,
+                                         max_pending=1, write_rows=1, progress=False, timeout_s=60)
+    """
+)
+
+
+def test_a_killed_tensor_parallel_run_resumes_under_torchrun(tmp_path: Path) -> None:
+    checkpoint = _tp_checkpoint(tmp_path)
+    probe = _probe(tmp_path)
+    single, parallel = tmp_path / "single.duckdb", tmp_path / "parallel.duckdb"
+    capture(str(checkpoint), probe, single, run_id="one", logits="fp32", progress=False)
+    worker = tmp_path / "tp_worker.py"
+    worker.write_text(TP_WORKER)
+    proc = _torchrun([str(worker), str(checkpoint), str(probe), str(parallel), "6"], tmp_path)
+    assert proc.returncode != 0, "the job fails when its ranks die"
+    with Store(parallel, read_only=True) as store:
+        assert store.run("tp")["status"] == "running"
+        committed = store.done_prompt_ids("tp")
+    assert committed and committed <= set(range(6)), committed
+    with pytest.raises(ValueError, match=r"torchrun --nproc-per-node 2 -m workbench.capture resume"):
+        resume(parallel, "tp", progress=False)  # one process cannot hold a model sharded over two
+    # --run-id: torchrun's own parser would take --run for its --run-path
+    again = ["-m", "workbench.capture", "resume", "--db", str(parallel), "--run-id", "tp", "--quiet"]
+    proc = _torchrun(again, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.split() == ["tp"]
+    with Store(parallel, read_only=True) as store:
+        assert store.run("tp")["status"] == "complete"
+        prompts = store.prompts("tp")
+    assert prompts["prompt_id"].n_unique() == prompts.height == len(TEXTS)
+    _assert_tp_rows_match(single, parallel)
 
 
 def test_tp_plan_is_refused_outside_torchrun_and_for_in_memory_models(tmp_path: Path) -> None:

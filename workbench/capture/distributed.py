@@ -46,6 +46,7 @@ __all__ = [
     "capture_tensor_parallel",
     "prompt_share",
     "rank_env",
+    "resume_tensor_parallel",
 ]
 
 
@@ -197,15 +198,15 @@ def _open_main(
         )
 
 
-def _shared_run_id(env: RankEnv, open_on_rank0: Callable[[], str]) -> str:
-    """Rank 0 opens the run; every rank gets its id, or the error that stopped rank 0 (never a hang)."""
+def _from_rank0(env: RankEnv, on_rank0: Callable[[], Any], what: str) -> Any:
+    """Rank 0 computes a value; every rank gets it, or the error that stopped rank 0 (never a hang)."""
     import torch.distributed as dist
 
-    box: list[tuple[str, str] | None] = [None]
+    box: list[tuple[str, Any] | None] = [None]
     failure: Exception | None = None
     if env.rank == 0:
         try:
-            box[0] = ("ok", open_on_rank0())
+            box[0] = ("ok", on_rank0())
         except Exception as exc:  # re-raised below, after the other ranks have heard of it
             failure = exc
             box[0] = ("error", f"{type(exc).__name__}: {exc}")
@@ -214,8 +215,76 @@ def _shared_run_id(env: RankEnv, open_on_rank0: Callable[[], str]) -> str:
     if failure is not None:
         raise failure
     if status != "ok":
-        raise ParallelCaptureError(f"rank 0 could not open the run: {value}")
+        raise ParallelCaptureError(f"rank 0 could not {what}: {value}")
     return value
+
+
+def _shared_run_id(env: RankEnv, open_on_rank0: Callable[[], str]) -> str:
+    """Rank 0 opens the run; every rank gets its id."""
+    return str(_from_rank0(env, open_on_rank0, "open the run"))
+
+
+def resume_tensor_parallel(
+    db: str | Path, run_id: str, *, progress: bool = True, timeout_s: float = 1800.0
+) -> str:
+    """Finish an interrupted tensor-parallel run under torchrun (the same number of ranks it ran on).
+
+    Rank 0 reads the run (its options, model, probe file and the prompts already committed) and tells
+    every rank; each loads its shard of the model as the capture did, the ranks run the remaining
+    prompts' forwards together, and rank 0 writes them, so no prompt is lost or written twice.
+    """
+    import torch.distributed as dist
+
+    from workbench.probefile import iter_probe_file
+
+    with _job("resume_tensor_parallel", timeout_s) as env:
+        plan = _from_rank0(env, lambda: _resume_plan(db, run_id, env.world_size), "resume the run")
+        if plan is None:  # already complete
+            return run_id
+        opts = CaptureOptions(**plan["options"])
+        loaded, _ = prepare_model(plan["model_source"], opts)
+        done = set(plan["done"])
+        remaining = (p for p in iter_probe_file(plan["probe"]) if p.prompt_id not in done)
+        main = Store(db) if env.rank == 0 else None
+        try:
+            run_batches(loaded, remaining, main, run_id, opts, progress=progress and main is not None)
+        finally:
+            if main is not None:
+                main.close()
+        dist.barrier()
+        return run_id
+
+
+def _resume_plan(db: str | Path, run_id: str, world_size: int) -> dict[str, Any] | None:
+    """What every rank needs to resume a tensor-parallel run (None when it is complete); rank 0 only."""
+    with Store(db) as store:
+        info = store.run(run_id)
+        if info["status"] == "complete":
+            return None
+        config = info["config"]
+        parallel = config.get("parallel") or {}
+        if parallel.get("mode") != "tensor":
+            raise ValueError(
+                f"run {run_id} was not captured tensor-parallel; resume it in one process: "
+                f"moe-workbench resume --db {db} --run {run_id}"
+            )
+        if parallel.get("world_size") != world_size:
+            raise ValueError(
+                f"run {run_id} was captured on {parallel.get('world_size')} tensor-parallel ranks and this job "
+                f"has {world_size}: resume it with torchrun --nproc-per-node {parallel.get('world_size')}"
+            )
+        if info["probe"] == "<python>":
+            raise ValueError(
+                f"run {run_id} captured prompts from Python; a tensor-parallel resume needs its probe file"
+            )
+        done = sorted(store.done_prompt_ids(run_id))
+        store.set_status(run_id, "running")
+        return {
+            "options": config["options"],
+            "model_source": config["model_source"],
+            "probe": info["probe"],
+            "done": done,
+        }
 
 
 def prompt_share(prompt: Prompt, rank: int, world_size: int) -> bool:

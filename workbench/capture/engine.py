@@ -208,9 +208,11 @@ def resume(
         config = info["config"]
         opts = CaptureOptions(**config["options"])
         if opts.tp_plan is not None:
+            ranks = (config.get("parallel") or {}).get("world_size", "N")
             raise ValueError(
-                f"run {run_id} was captured tensor-parallel (tp_plan={opts.tp_plan!r}); resuming one is not "
-                "supported yet: delete it (Store.delete_run) and capture again under torchrun"
+                f"run {run_id} was captured tensor-parallel (tp_plan={opts.tp_plan!r}): resume it under torchrun "
+                f"on as many ranks: torchrun --nproc-per-node {ranks} -m workbench.capture resume "
+                f"--db {db} --run-id {run_id}"
             )
         if probes is None:
             if info["probe"] == "<python>":

@@ -183,13 +183,27 @@ def capture(
 @app.command()
 def resume(
     db: Annotated[Path, typer.Option("--db", help="DuckDB file holding the interrupted run.")],
-    run: Annotated[str, typer.Option("--run", "-r", help="Run id to complete.")],
+    run: Annotated[
+        str, typer.Option("--run", "--run-id", "-r", help="Run id to complete (under torchrun: --run-id).")
+    ],
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Complete an interrupted (running/failed) capture without duplicating committed prompts."""
+    """Complete an interrupted (running/failed) capture without duplicating committed prompts.
+
+    A tensor-parallel run resumes under torchrun on as many ranks as it ran on:
+    torchrun --nproc-per-node N -m workbench.capture resume --db DB --run-id RUN
+    (--run-id there: torchrun's own parser would take --run for its --run-path).
+    """
+    from workbench.capture.distributed import rank_env, resume_tensor_parallel
     from workbench.capture.engine import resume as run_resume
 
+    ranks = rank_env()
     try:
+        if ranks is not None and ranks.world_size > 1:
+            rid = resume_tensor_parallel(db, run, progress=not quiet)
+            if ranks.rank == 0:
+                out.print(rid)
+            return
         out.print(run_resume(db, run, progress=not quiet))
     except user_errors() as exc:
         fail(str(exc))
