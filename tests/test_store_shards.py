@@ -294,3 +294,14 @@ def test_a_large_write_is_cut_into_parallel_shards_and_a_failed_part_leaves_noth
         assert got.height == 750_000
         assert got["prompt_id"].to_numpy().tolist() == batch["routing"]["prompt_id"].to_pylist()
         assert got["weights"][749_999].to_list() == [0.75, 0.25]
+
+
+def test_a_store_in_a_folder_whose_path_has_a_comma_or_quote(tmp_path: Path) -> None:
+    """DuckDB's file_search_path is comma-separated: such a folder is reached through a symlink."""
+    folder = tmp_path / "runs, O'Brien"
+    folder.mkdir()
+    with Store(folder / "s.duckdb") as st:
+        run = new_run(st)
+        st.write_batch(run, **make_batch([0, 1]))
+    with Store(folder / "s.duckdb", read_only=True) as st:
+        assert st.routing(run).height == make_batch([0, 1])["routing"].num_rows

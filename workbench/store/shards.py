@@ -152,8 +152,23 @@ class ShardFolder:
     # -- per connection ------------------------------------------------------------------
     def attach(self, con: duckdb.DuckDBPyConnection) -> None:
         """Let ``con`` (and its cursors) resolve the view's relative shard paths."""
-        root = str(self.root).replace("'", "''")
+        root = str(self._searchable_root()).replace("'", "''")
         con.execute(f"SET GLOBAL file_search_path = '{root}'")
+
+    def _searchable_root(self) -> Path:
+        """The folder as DuckDB's comma-separated ``file_search_path`` can name it: a folder whose path
+        holds a comma is reached through a symlink in the temporary directory."""
+        if "," not in str(self.root):
+            return self.root
+        digest = hashlib.sha256(str(self.root).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        link = Path(tempfile.gettempdir()) / f"moe-workbench-shards-{digest}"
+        if link.is_symlink() and link.resolve() == self.root.resolve():
+            return link
+        self.root.mkdir(parents=True, exist_ok=True)
+        partial = link.with_name(f"{link.name}.{uuid.uuid4().hex}")
+        partial.symlink_to(self.root, target_is_directory=True)
+        os.replace(partial, link)
+        return link
 
     def check(self, con: duckdb.DuckDBPyConnection, where: str) -> None:
         """Refuse a store whose manifest lists shard files that are not there (moved without its folder)."""
