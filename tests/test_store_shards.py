@@ -305,3 +305,37 @@ def test_a_store_in_a_folder_whose_path_has_a_comma_or_quote(tmp_path: Path) -> 
         st.write_batch(run, **make_batch([0, 1]))
     with Store(folder / "s.duckdb", read_only=True) as st:
         assert st.routing(run).height == make_batch([0, 1])["routing"].num_rows
+
+
+def test_a_rank_store_is_absorbed_whole_with_its_shards_linked_or_in_chunks_when_partly_there(
+    tmp_path: Path,
+) -> None:
+    from workbench.capture.rank_stores import absorb_rank_stores, rank_store_dir
+
+    db = tmp_path / "main.duckdb"
+    folder = rank_store_dir(db, "dp")
+    folder.mkdir(parents=True)
+    for rank, ids in ((0, [0, 2, 4]), (1, [1, 3, 5])):
+        with Store(folder / f"rank-{rank}.duckdb") as st:
+            new_run(st, run_id="dp")
+            st.write_batch("dp", **make_batch(ids))
+    with Store(db) as main:
+        new_run(main, run_id="dp")
+        main.write_batch("dp", **make_batch([1]))  # rank 1's first prompt is already here
+        with pytest.raises(StoreError, match=r"already holds 1 of the prompts"):
+            main.absorb_run(folder / "rank-1.duckdb", "dp")
+        assert main.done_prompt_ids("dp") == {1} and len(_shard_files(main, "dp")) == 1  # nothing stayed
+        assert absorb_rank_stores(main, db, "dp") == 5
+        assert main.done_prompt_ids("dp") == set(range(6))
+        got = main.routing("dp")
+        stats = main.expert_stats("dp")
+    assert not folder.exists()
+    parts = [make_batch([0, 2, 4])["routing"], make_batch([1])["routing"], make_batch([1, 3, 5])["routing"]]
+    rows = pl.concat([pl.from_arrow(t) for t in parts])  # type: ignore[misc]
+    # prompt 1 as main wrote it; rank 1's copy of it was skipped
+    want = rows.unique(subset=["prompt_id", "position", "layer"], keep="first", maintain_order=True)
+    assert (
+        got.sort("prompt_id", "position", "layer").rows()
+        == want.sort("prompt_id", "position", "layer").rows()
+    )
+    assert stats.height == 6 * make_batch([0])["expert_stats"].num_rows

@@ -4,9 +4,9 @@
 Each loads the model (on ``cuda:LOCAL_RANK`` when there are GPUs) and captures the prompts whose
 ``prompt_id % N == rank``. DuckDB has one writer per file, so each rank commits its batches to its
 own *rank store* next to the main one (``DB.ranks/<run>/rank-R.duckdb``), with the same exactly-once
-batches as any capture. When every rank is done, rank 0 moves the ranks' rows into the main store
-through the store's own ingest (which checks ids and content hashes again), marks the run complete
-and deletes the rank stores.
+batches as any capture. When every rank is done, rank 0 takes each rank store into the main store
+in one transaction (its shard files linked, not rewritten), marks the run complete and deletes the
+rank stores.
 
 The run exists in the main store from the start (status ``running``, ``config.parallel`` says how it
 was split), so ``runs`` lists it at once. If a rank dies, torchrun stops them all; ``resume`` then

@@ -26,9 +26,10 @@ def rank_store_dir(db: str | Path, run_id: str) -> Path:
 def absorb_rank_stores(main: Store, db: str | Path, run_id: str) -> int:
     """Move the prompts the rank stores of ``run_id`` committed into ``main``; returns how many.
 
-    Prompts ``main`` already holds are skipped, so absorbing twice (or after a resume) writes
-    nothing twice. Each chunk is one atomic ``write_batch``; the rank stores are deleted after all
-    of them are in.
+    A rank store comes over whole in one transaction, its routing shards linked, not rewritten
+    (``Store.absorb_run``). If ``main`` already holds some of its prompts, the rest come over in
+    chunks of atomic ``write_batch`` calls instead, so absorbing twice writes nothing twice. The rank
+    stores are deleted after all of them are in.
     """
     folder = rank_store_dir(db, run_id)
     if not folder.exists():
@@ -39,7 +40,12 @@ def absorb_rank_stores(main: Store, db: str | Path, run_id: str) -> int:
             if run_id not in set(rank.runs()["run_id"].to_list()):
                 continue
             have = main.done_prompt_ids(run_id)
-            todo = sorted(rank.done_prompt_ids(run_id) - have)
+            committed = rank.done_prompt_ids(run_id)
+        if not committed & have:  # the usual case: the whole rank store in one transaction, shards linked
+            moved += main.absorb_run(path, run_id)
+            continue
+        with Store(path, read_only=True) as rank:  # a rank store half taken in by an older release
+            todo = sorted(committed - have)
             for start in range(0, len(todo), ABSORB_PROMPTS):
                 ids = todo[start : start + ABSORB_PROMPTS]
                 main.write_batch(run_id, **queries.batch_tables(rank, run_id, ids))

@@ -175,6 +175,17 @@ class Store:
             tables = {"prompts": prompts, "tokens": tokens, "routing": routing, "expert_stats": expert_stats}
             ingest.write_batch(self.con, run_id, tables, self._shards)
 
+    def absorb_run(self, source: str | Path, run_id: str) -> int:
+        """Move run ``run_id``'s rows from another store file into this store's run of the same id.
+
+        For the stores of data-parallel ranks: one transaction, the routing shards linked rather than
+        rewritten. Refused when this run already holds any of the source's prompts. Returns how many
+        prompts came over.
+        """
+        with self._lock:
+            runs_mod.status_of(self._writable(), run_id)
+            return maintenance.absorb_run(self.con, self._shards, Path(source), run_id)
+
     def done_prompt_ids(self, run_id: str) -> set[int]:
         """Prompt ids whose batch was committed (skip these when resuming)."""
         with self._lock:

@@ -7,15 +7,18 @@ transaction, so a store never holds half a run.
 
 from __future__ import annotations
 
+import os
 import shutil
+import uuid
 from pathlib import Path
 
 import duckdb
 
+from workbench.store.errors import StoreError
 from workbench.store.ingest import transaction
 from workbench.store.readers import select_cols
-from workbench.store.schema import ORDER_BY, VIEWS
-from workbench.store.shards import ShardFolder
+from workbench.store.schema import ORDER_BY, SCHEMA_VERSION, VIEWS, column_names
+from workbench.store.shards import MANIFEST, Shard, ShardFolder, run_key
 
 #: Tables holding rows keyed by run_id (evaluations hang off interventions instead).
 RUN_TABLES: tuple[str, ...] = (
@@ -128,3 +131,64 @@ def compact_store(path: str | Path) -> int:
     con.close()
     tmp.replace(file)
     return before - file.stat().st_size
+
+
+#: The per-run tables whose rows :func:`absorb_run` copies (routing comes as shard files).
+ABSORBED_TABLES = ("prompts", "tokens", "expert_stats")
+
+
+def absorb_run(con: duckdb.DuckDBPyConnection, shards: ShardFolder, source: Path, run_id: str) -> int:
+    """Take every row of ``run_id`` from the store file ``source`` into this one; returns the prompts moved.
+
+    Why: a data-parallel rank writes its share to its own store; moving its prompts, tokens and
+    expert stats in one SQL statement each and linking (or copying) its shard files costs a fraction
+    of reading its routing back and writing it again. One transaction: on any error nothing of the
+    source's run stays, and the linked files are removed. The run must already exist here, and hold
+    none of the source's prompts (a :class:`StoreError` says so).
+    """
+    src = ShardFolder.beside(source.resolve())
+    con.execute("ATTACH ? AS wb_src (READ_ONLY)", [str(source)])
+    linked: list[Shard] = []
+    try:
+        version = con.execute("SELECT max(version) FROM wb_src.schema_version").fetchall()[0][0]
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{source} has store schema v{version}; absorbing needs v{SCHEMA_VERSION}")
+        with transaction(con):
+            overlap = con.execute(
+                "SELECT count(*) FROM wb_src.prompts s JOIN prompts p USING (run_id, prompt_id) WHERE s.run_id = ?",
+                [run_id],
+            ).fetchall()[0][0]
+            if overlap:
+                raise StoreError(f"run {run_id!r} already holds {overlap} of the prompts of {source}")
+            for table in ABSORBED_TABLES:
+                cols = ", ".join(f'"{c}"' for c in column_names(table))
+                con.execute(
+                    f'INSERT INTO "{table}" ({cols}) SELECT {cols} FROM wb_src."{table}" WHERE run_id = ?',
+                    [run_id],
+                )
+            files = con.execute(
+                f"SELECT path, n_rows, n_bytes FROM wb_src.{MANIFEST} WHERE run_id = ? ORDER BY created_at, path",
+                [run_id],
+            ).fetchall()
+            for path, n_rows, n_bytes in files:
+                rel = f"{run_key(run_id)}/part-{uuid.uuid4().hex}.parquet"
+                target = shards.root / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(src.root / path, target)
+                except OSError:  # another file system, or no hard links: copy
+                    shutil.copyfile(src.root / path, target)
+                shard = Shard(run_id=run_id, path=rel, n_rows=int(n_rows), n_bytes=int(n_bytes))
+                linked.append(shard)
+                shards.record(con, shard)
+            shards.refresh_view(con)
+            moved = con.execute("SELECT count(*) FROM wb_src.prompts WHERE run_id = ?", [run_id]).fetchall()[
+                0
+            ][0]
+    except BaseException:
+        for shard in linked:
+            shards.discard(shard)
+        raise
+    finally:
+        con.execute("DETACH wb_src")
+    return int(moved)
