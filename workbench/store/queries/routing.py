@@ -252,17 +252,22 @@ def top1_transitions(store: Store, run_id: str) -> pl.DataFrame:
 
     Consecutive = the next layer in the run's ``layers`` table; both top-1 experts must be routed.
     """
+    # xs carries each row's next layer, so the join with y has its whole key (prompt, position, layer)
+    # in its own condition: given only part of it, DuckDB may join x and y on (prompt, position) first,
+    # one row per pair of layers, because it cannot estimate the Parquet-backed view's key counts
     return store.sql(
         "WITH nxt AS (SELECT layer, n_experts, lead(layer) OVER (ORDER BY layer) AS layer_to,"
-        "   lead(n_experts) OVER (ORDER BY layer) AS e_to FROM layers WHERE run_id = ?)"
-        " SELECT x.layer AS layer_from, nxt.layer_to, CAST(x.experts[1] AS INTEGER) AS expert_from,"
+        "   lead(n_experts) OVER (ORDER BY layer) AS e_to FROM layers WHERE run_id = ?),"
+        " xs AS MATERIALIZED (SELECT x.prompt_id, x.position, x.layer, nxt.layer_to, nxt.e_to,"
+        "   x.experts[1] AS top1 FROM routing x JOIN nxt ON nxt.layer = x.layer"
+        "   WHERE x.run_id = ? AND x.experts[1] < nxt.n_experts)"
+        " SELECT xs.layer AS layer_from, xs.layer_to, CAST(xs.top1 AS INTEGER) AS expert_from,"
         "   CAST(y.experts[1] AS INTEGER) AS expert_to, count(*) AS n"
-        "   FROM routing x JOIN nxt ON nxt.layer = x.layer"
-        "   JOIN routing y ON y.run_id = x.run_id AND y.layer = nxt.layer_to"
-        "     AND y.prompt_id = x.prompt_id AND y.position = x.position"
-        "   WHERE x.run_id = ? AND x.experts[1] < nxt.n_experts AND y.experts[1] < nxt.e_to"
+        "   FROM xs JOIN routing y ON y.run_id = ? AND y.prompt_id = xs.prompt_id"
+        "     AND y.position = xs.position AND y.layer = xs.layer_to"
+        "   WHERE y.experts[1] < xs.e_to"
         "   GROUP BY ALL",
-        [run_id, run_id],
+        [run_id, run_id, run_id],
     )
 
 
@@ -275,17 +280,20 @@ def matched_overlap(
     tokens on (position, layer); ``k = max(|S|, |S'|, 1)``. By layer, prompt_id.
     """
     clause, values = in_layers(layers, "a.layer")
+    # am carries each row of A with its partner prompt in B, so the join with B has its whole key in
+    # its own condition: given only (position, layer) there, DuckDB may join A and B on those first,
+    # every prompt with every prompt, because it cannot estimate the Parquet-backed view's key counts
     return store.sql(
-        "SELECT a.layer, a.prompt_id, count(*) AS n,"
-        " sum(len(list_intersect(a.experts, b.experts)) / greatest(len(a.experts), len(b.experts), 1))"
+        f"WITH m AS ({PAIRS_SQL}),"
+        " am AS MATERIALIZED (SELECT m.pid_b, a.prompt_id, a.position, a.layer, a.experts"
+        f"   FROM m JOIN routing a ON a.run_id = ? AND a.prompt_id = m.pid_a WHERE TRUE{clause})"
+        " SELECT am.layer, am.prompt_id, count(*) AS n,"
+        " sum(len(list_intersect(am.experts, b.experts)) / greatest(len(am.experts), len(b.experts), 1))"
         " AS overlap"
-        f" FROM ({PAIRS_SQL}) m"
-        " JOIN routing a ON a.run_id = ? AND a.prompt_id = m.pid_a"
-        " JOIN routing b ON b.run_id = ? AND b.prompt_id = m.pid_b"
-        " AND a.position = b.position AND a.layer = b.layer"
-        f" WHERE TRUE{clause}"
-        " GROUP BY a.layer, a.prompt_id ORDER BY a.layer, a.prompt_id",
-        [run_a, run_b, run_a, run_b, *values],
+        " FROM am JOIN routing b ON b.run_id = ? AND b.prompt_id = am.pid_b"
+        " AND b.position = am.position AND b.layer = am.layer"
+        " GROUP BY am.layer, am.prompt_id ORDER BY am.layer, am.prompt_id",
+        [run_a, run_b, run_a, *values, run_b],
     )
 
 
