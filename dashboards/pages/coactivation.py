@@ -1,6 +1,8 @@
 """Co-activation (``/coactivation``): the P(b | a) matrix of one layer (click a row for expert a's
-card), the same layer as a network of its strongest pairs (by lift or count above a threshold;
-click an expert for its card), and the cross-layer top-1 pathways as a Sankey diagram."""
+card), the same layer as a network of its strongest pairs (by lift or count above a threshold, at
+most N of them; click an expert for its card), and the cross-layer top-1 pathways as a Sankey
+diagram (the N most frequent per layer pair). Both Ns have a control: at E = 256 thousands of pairs
+pass the threshold, and drawn all at once they hide each other."""
 
 from __future__ import annotations
 
@@ -35,10 +37,13 @@ def layout(
     layer: str | None = None,
     metric: str | None = None,
     min: str | None = None,
+    top: str | None = None,
+    paths: str | None = None,
     **_: Any,
 ) -> html.Div:
-    """Run and layer pickers (from ``?run=&layer=``; layer default: the most structured one), and the
-    network's edge weight and threshold (``?metric=lift|count&min=``; default: lift ≥ 1.5)."""
+    """Run and layer pickers (from ``?run=&layer=``; layer default: the most structured one), the
+    network's edge weight, threshold and most pairs drawn (``?metric=lift|count&min=&top=``; default:
+    lift ≥ 1.5, the strongest 40), and the transitions per layer pair of the Sankey (``?paths=``, 20)."""
     db = current_db()
     runs = run_choice(db, run)
     layers = layer_choice(db, runs.value)
@@ -80,13 +85,38 @@ def layout(
                         "counts: the strongest 10%)",
                         className="wb-muted",
                     ),
+                    html.Span("draw at most", className="wb-muted"),
+                    count_input("coact-top", top, view.DEFAULT_TOP_PAIRS),
+                    html.Span("pairs, the strongest first", className="wb-muted"),
                 ],
                 className="wb-controls",
             ),
             slot("coact-network"),
             html.H3("Pathways across layers"),
+            html.Div(
+                [
+                    html.Span("the most frequent", className="wb-muted"),
+                    count_input("coact-paths", paths, view.DEFAULT_PATHS),
+                    html.Span("top-1 transitions of each layer pair", className="wb-muted"),
+                ],
+                className="wb-controls",
+            ),
             slot("coact-sankey"),
         ]
+    )
+
+
+def count_input(input_id: str, value: Any, default: int) -> dcc.Input:
+    """A whole-number input (≥ 1) for how many pairs or transitions to draw, ``default`` when unset."""
+    chosen = to_int(value)
+    return dcc.Input(
+        id=input_id,
+        type="number",
+        min=1,
+        step=1,
+        value=chosen if chosen is not None and chosen >= 1 else default,
+        debounce=True,
+        className="wb-number",
     )
 
 
@@ -95,17 +125,25 @@ def layers_of(run: str | None, layer: int | None) -> tuple[list[Any], Any]:
     return layer_choice(current_db(), run, layer).update()
 
 
-def update(run: str | None, layer: int | None, metric: str | None, threshold: Any) -> tuple[Any, ...]:
-    """Matrix, network and Sankey for the choices, and the view's query string."""
+def update(
+    run: str | None, layer: int | None, metric: str | None, threshold: Any, top: Any, paths: Any
+) -> tuple[Any, ...]:
+    """Matrix, network and Sankey for the choices, and the view's query string (defaults left out)."""
     db = current_db()
     metric = metric or "lift"
     minimum = to_float(threshold)
+    pairs = to_int(top) or view.DEFAULT_TOP_PAIRS
+    per_pair = to_int(paths) or view.DEFAULT_PATHS
     return (
         *fill(view.matrix, db, run, to_int(layer)),
-        *fill(view.network, db, run, to_int(layer), metric, minimum),
-        *fill(view.pathways, db, run),
-        query_string(run=run, layer=layer, metric=None if metric == "lift" else metric, min=minimum),
-    )
+        *fill(view.network, db, run, to_int(layer), metric, minimum, pairs),
+        *fill(view.pathways, db, run, per_pair),
+        query_string(
+            run=run, layer=layer, metric=None if metric == "lift" else metric, min=minimum,
+            top=None if pairs == view.DEFAULT_TOP_PAIRS else pairs,
+            paths=None if per_pair == view.DEFAULT_PATHS else per_pair,
+        ),
+    )  # fmt: skip
 
 
 def open_card(click: Any, net_click: Any, run: str | None, layer: int | None) -> Any:
@@ -132,7 +170,8 @@ callback(
     Output("coactivation-query", "data"),
     *poll_outputs(PAGE),
     Input("coact-run", "value"), Input("coact-layer", "value"),
-    Input("coact-metric", "value"), Input("coact-min", "value"), poll_input(PAGE),
+    Input("coact-metric", "value"), Input("coact-min", "value"),
+    Input("coact-top", "value"), Input("coact-paths", "value"), poll_input(PAGE),
 )(polled(update))  # fmt: skip
 callback(
     Output("coactivation-nav", "href"), Input("coact-matrix", "clickData"), Input("coact-network", "clickData"),

@@ -13,13 +13,17 @@ from dashboards import data
 from workbench.catalog import figure_for
 
 __all__ = [
+    "ALL_NODES_UP_TO",
     "DEFAULT_MIN_LIFT",
+    "DEFAULT_PATHS",
+    "DEFAULT_TOP_PAIRS",
     "METRICS",
     "default_layer",
     "matrix",
     "network",
     "network_edges",
     "network_figure",
+    "partner_count",
     "partners",
     "pathways",
 ]
@@ -32,6 +36,14 @@ COUNT_QUANTILE = 0.9
 """Default count threshold: the layer's 90th percentile of pair counts (its strongest 10% of pairs)."""
 WIDTHS = (1.0, 2.5, 4.5, 7.0)
 """Edge line widths, weakest to strongest quarter of the kept edges' weights."""
+DEFAULT_TOP_PAIRS = 40
+"""The network draws at most this many pairs (the strongest above the threshold) unless asked for
+more: at E = 256 thousands of pairs pass lift 1.5 and drawn all together they fill the circle."""
+ALL_NODES_UP_TO = 32
+"""Up to this many experts the network places every expert on the circle; past it, only the
+experts of the shown pairs (256 labelled nodes on one circle overlap)."""
+DEFAULT_PATHS = 20
+"""The Sankey shows the most frequent this many top-1 transitions of each layer pair by default."""
 
 
 def default_layer(db: str, run: str) -> int | None:
@@ -61,12 +73,20 @@ def matrix(db: str, run: str, layer: int | None) -> go.Figure:
     return figure_for("coactivation", df, layer=layer)
 
 
-def pathways(db: str, run: str) -> go.Figure:
-    """``figure_for("pathways")``: the most frequent top-1 transitions between consecutive layers."""
-    df = data.analysis(db, run, "pathways")
+def pathways(db: str, run: str, top: int | None = None) -> go.Figure:
+    """``figure_for("pathways")``: the ``top`` (default :data:`DEFAULT_PATHS`) most frequent top-1
+    transitions of each pair of consecutive layers.
+
+    The analysis is asked for every transition (``top=None``), so the figure can say how many of
+    how many it shows.
+    """
+    top = DEFAULT_PATHS if top is None else top
+    if top < 1:
+        raise ValueError(f"show at least 1 transition per layer pair, not {top}")
+    df = data.analysis(db, run, "pathways", top=None)
     if df.height == 0:
         raise ValueError(f"run {run!r} has a single MoE layer: no cross-layer pathways")
-    return figure_for("pathways", df)
+    return figure_for("pathways", df, top=top)
 
 
 def partners(db: str, run: str, layer: int, expert: int, n: int = 8) -> pl.DataFrame:
@@ -78,6 +98,12 @@ def partners(db: str, run: str, layer: int, expert: int, n: int = 8) -> pl.DataF
         .head(n)
         .select(pl.col("b").alias("partner"), "n_ab", "p_b_given_a", "lift")
     )
+
+
+def partner_count(db: str, run: str, layer: int, expert: int) -> int:
+    """How many experts were ever selected together with (``layer``, ``expert``)."""
+    df = data.analysis(db, run, "coactivation")
+    return df.filter((pl.col("layer") == layer) & (pl.col("a") == expert) & (pl.col("n_ab") > 0)).height
 
 
 def network_edges(
@@ -104,33 +130,59 @@ def network_edges(
             )
         else:
             threshold = float(found) if found is not None else 0.0
-    kept = pairs.filter(pl.col("weight") >= threshold).sort("weight", descending=True)
+    kept = pairs.filter(pl.col("weight") >= threshold).sort(
+        ["weight", "n_ab", "a", "b"], descending=[True, True, False, False]
+    )
     return kept.select("a", "b", "weight", "n_ab", "lift", "p_b_given_a"), float(threshold)
 
 
 def network_figure(
-    df: pl.DataFrame, layer: int, metric: str = "lift", threshold: float | None = None
+    df: pl.DataFrame,
+    layer: int,
+    metric: str = "lift",
+    threshold: float | None = None,
+    top: int | None = DEFAULT_TOP_PAIRS,
+    n_experts: int | None = None,
 ) -> go.Figure:
     """Experts of ``layer`` on a circle (size: how often each is selected), edges for the pairs above the threshold.
 
-    Edge width grows with the weight (lift or count, in four classes); hovering an edge's midpoint
-    shows its numbers; a node's ``text`` is its expert id (Dash passes it with a click: the card opens).
+    At most ``top`` pairs are drawn, the strongest first (None: all); when that leaves some out,
+    the title says "the strongest N of M pairs". With more than :data:`ALL_NODES_UP_TO` experts only
+    the experts of the drawn pairs are placed on the circle (in id order), and the title says how
+    many of the layer's experts that is. Edge width grows with the weight (lift or count, in four
+    classes); hovering an edge's midpoint shows its numbers; a node's ``text`` is its expert id
+    (Dash passes it with a click: the card opens). ``n_experts`` is the layer's expert count (the
+    run's layers table); by default the largest expert id of the table + 1.
     """
     part = df.filter(pl.col("layer") == layer)
     if part.height == 0:
         raise ValueError(f"layer {layer} has no co-activations")
-    edges, used = network_edges(df, layer, metric, threshold)
-    n = int(max(part["a"].max(), part["b"].max())) + 1  # type: ignore[arg-type, type-var]
-    angle = 2 * math.pi * np.arange(n) / n
-    x, y = np.cos(angle), np.sin(angle)
+    if top is not None and top < 1:
+        raise ValueError(f"show at least 1 pair, not {top}")
+    above, used = network_edges(df, layer, metric, threshold)
+    edges = above if top is None else above.head(top)
+    seen = int(max(part["a"].max(), part["b"].max())) + 1  # type: ignore[arg-type, type-var]
+    n_experts = seen if n_experts is None else max(int(n_experts), seen)
     load = part.group_by("a").agg(pl.col("n_a").first()).sort("a")
-    n_a = np.zeros(n)
-    n_a[load["a"].to_numpy().astype(int)] = load["n_a"].to_numpy()
-    size = 12 + 26 * np.sqrt(n_a / n_a.max()) if n_a.max() > 0 else np.full(n, 12.0)
+    n_a_all = np.zeros(n_experts)
+    n_a_all[load["a"].to_numpy().astype(int)] = load["n_a"].to_numpy()
+    if n_experts <= ALL_NODES_UP_TO:
+        ids = np.arange(n_experts)
+    else:  # only the experts of the drawn pairs: 256 labelled nodes on one circle overlap
+        ids = np.unique(np.concatenate([edges["a"].to_numpy(), edges["b"].to_numpy()]).astype(int))
+    n = ids.size
+    slot = np.full(n_experts, -1)
+    slot[ids] = np.arange(n)
+    angle = 2 * math.pi * np.arange(n) / max(n, 1)
+    x, y = np.cos(angle), np.sin(angle)
+    n_a = n_a_all[ids]
+    small = n > ALL_NODES_UP_TO  # many nodes: smaller markers, so neighbours do not cover each other
+    base, spread = (8, 12) if small else (12, 26)
+    size = base + spread * np.sqrt(n_a / n_a_all.max()) if n_a_all.max() > 0 else np.full(n, float(base))
     degree = np.zeros(n, dtype=int)
     for a, b in zip(edges["a"].to_list(), edges["b"].to_list(), strict=True):
-        degree[a] += 1
-        degree[b] += 1
+        degree[slot[a]] += 1
+        degree[slot[b]] += 1
     traces: list[go.Scatter] = []
     if edges.height:
         w = edges["weight"].to_numpy()
@@ -140,16 +192,16 @@ def network_figure(
             sel = np.flatnonzero(level == i)
             if sel.size == 0:
                 continue
-            a = edges["a"].to_numpy()[sel].astype(int)
-            b = edges["b"].to_numpy()[sel].astype(int)
+            a = slot[edges["a"].to_numpy()[sel].astype(int)]
+            b = slot[edges["b"].to_numpy()[sel].astype(int)]
             xs = np.column_stack([x[a], x[b], np.full(sel.size, np.nan)]).ravel()
             ys = np.column_stack([y[a], y[b], np.full(sel.size, np.nan)]).ravel()
             traces.append(
                 go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
                            line={"width": width, "color": f"rgba(60, 90, 160, {0.35 + 0.15 * i})"})
             )  # fmt: skip
-        a = edges["a"].to_numpy().astype(int)
-        b = edges["b"].to_numpy().astype(int)
+        a = slot[edges["a"].to_numpy().astype(int)]
+        b = slot[edges["b"].to_numpy().astype(int)]
         traces.append(
             go.Scatter(
                 x=(x[a] + x[b]) / 2, y=(y[a] + y[b]) / 2, mode="markers", showlegend=False,
@@ -161,29 +213,45 @@ def network_figure(
         )  # fmt: skip
     traces.append(
         go.Scatter(
-            x=x, y=y, mode="markers+text", text=[str(e) for e in range(n)], textposition="middle center",
+            x=x, y=y, mode="markers+text", text=[str(e) for e in ids], textposition="middle center",
+            textfont={"size": 9} if small else None,
             marker={"size": size, "color": degree, "colorscale": "Blues", "line": {"width": 1, "color": "#335"},
-                    "colorbar": {"title": "edges"}, "cmin": 0, "cmax": max(1, int(degree.max()))},
-            customdata=np.column_stack([np.arange(n), n_a, degree]),
+                    "colorbar": {"title": "edges"}, "cmin": 0, "cmax": max(1, int(degree.max(initial=0)))},
+            customdata=np.column_stack([ids, n_a, degree]),
             hovertemplate="expert %{customdata[0]:.0f}<br>selected for %{customdata[1]:.0f} tokens"
             "<br>%{customdata[2]:.0f} edges shown<extra></extra>",
             showlegend=False,
         )
     )  # fmt: skip
     what = f"lift ≥ {used:.2f}" if metric == "lift" else f"count ≥ {used:.0f}"
+    shown = (
+        f"{edges.height} pairs"
+        if edges.height == above.height
+        else f"the strongest {edges.height} of {above.height} pairs"
+    )
+    title = f"Co-activation network, layer {layer}: {shown} with {what} (click an expert for its card)"
+    if n < n_experts:
+        title += f"<br><sup>{n} of the layer's {n_experts} experts: those in a drawn pair</sup>"
     fig = go.Figure(traces)
     if edges.height == 0:
         fig.add_annotation(text="no pair reaches the threshold: lower it", x=0, y=0, showarrow=False,
                            font={"color": "#667"})  # fmt: skip
     fig.update_layout(
-        title=f"Co-activation network, layer {layer}: {edges.height} pairs with {what} (click an expert for its card)",
+        title=title,
         xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"},
         template="plotly_white", height=560, margin={"l": 20, "r": 20, "t": 60, "b": 20},
     )  # fmt: skip
     return fig
 
 
-def network(db: str, run: str, layer: int | None, metric: str, threshold: float | None) -> go.Figure:
+def network(
+    db: str,
+    run: str,
+    layer: int | None,
+    metric: str,
+    threshold: float | None,
+    top: int | None = DEFAULT_TOP_PAIRS,
+) -> go.Figure:
     """:func:`network_figure` of the run's co-activations at ``layer`` (default :func:`default_layer`)."""
     df = data.analysis(db, run, "coactivation")
     if df.height == 0:
@@ -192,4 +260,6 @@ def network(db: str, run: str, layer: int | None, metric: str, threshold: float 
         layer = default_layer(db, run)
     if layer is None or layer not in set(df["layer"].to_list()):
         raise ValueError(f"layer {layer} has no co-activations; layers: {sorted(set(df['layer'].to_list()))}")
-    return network_figure(df, layer, metric, threshold)
+    layers = data.layers(db, run)
+    sizes = dict(zip(layers["layer"].to_list(), layers["n_experts"].to_list(), strict=True))
+    return network_figure(df, layer, metric, threshold, top, sizes.get(layer))

@@ -15,7 +15,7 @@ from dash import dcc, html
 from dashboards import data
 from dashboards.components import expert_href, figure, guarded, message, table
 from dashboards.components.common import is_pending
-from dashboards.views.coactivation import partners
+from dashboards.views.coactivation import partner_count, partners
 from dashboards.views.common import ci_column
 
 __all__ = [
@@ -105,7 +105,7 @@ def label_shares(db: str, run: str, layer: int, expert: int) -> go.Figure:
         )
     )  # fmt: skip
     fig.update_layout(
-        title="Share of each label's tokens routed here (95% CI; * = specialised vs the other labels)",
+        title="Share of each label's tokens routed here<br><sup>95% CI; * = specialised vs the other labels</sup>",
         yaxis_title="share", template="plotly_white",
         height=320,
     )  # fmt: skip
@@ -153,8 +153,8 @@ def _resonance(db: str, run: str, layer: int, expert: int) -> Any:
     return table(rows.select(cols))
 
 
-def similar_by_labels(spec: pl.DataFrame, layer: int, expert: int, n: int = 8) -> pl.DataFrame:
-    """The ``n`` experts (any layer) whose label profile is most like (``layer``, ``expert``)'s.
+def similar_by_labels(spec: pl.DataFrame, layer: int, expert: int, n: int | None = 8) -> pl.DataFrame:
+    """The ``n`` experts (any layer; None: all, most similar first) whose label profile is most like (``layer``, ``expert``)'s.
 
     An expert's label profile is its selection share on each label's tokens, normalised to sum
     to 1 over labels, minus the uniform 1/L: where it leans. Similarity is the cosine of two
@@ -191,14 +191,29 @@ def similar_by_labels(spec: pl.DataFrame, layer: int, expert: int, n: int = 8) -
     out = pl.DataFrame(
         {"layer": wide["layer"], "expert": wide["expert"], "similarity": sim, "leans_to": leans}
     ).filter(~((pl.col("layer") == layer) & (pl.col("expert") == expert)) & pl.col("similarity").is_not_nan())
-    return out.sort(["similarity", "layer", "expert"], descending=[True, False, False]).head(n)
+    ranked = out.sort(["similarity", "layer", "expert"], descending=[True, False, False])
+    return ranked if n is None else ranked.head(n)
+
+
+SIMILAR_SHOWN = 8
+"""The expert card lists this many most similar experts (a run of 58 layers × 256 experts has ~15k)."""
+PARTNERS_SHOWN = 8
+"""The expert card lists this many most frequent co-activation partners."""
+
+
+def _top_of(shown: int, total: int, what: str, order: str) -> str:
+    """ "All T <what>, <order>." or "The N <order> of T <what>." — how much of a ranked list is shown."""
+    if shown >= total:
+        return f"All {total} {what}, {order} first."
+    return f"The {shown} {order} of {total} {what}."
 
 
 def similar_experts(db: str, run: str, layer: int, expert: int) -> Any:
     """The similar-experts table, each row linking to its card, with what "similar" means here."""
-    df = similar_by_labels(data.analysis(db, run, "specialisation"), layer, expert)
-    if df.height == 0:
+    ranked = similar_by_labels(data.analysis(db, run, "specialisation"), layer, expert, n=None)
+    if ranked.height == 0:
         return message("no other expert leans towards any label")
+    df = ranked.head(SIMILAR_SHOWN)
     rows = [
         html.Tr(
             [
@@ -219,8 +234,10 @@ def similar_experts(db: str, run: str, layer: int, expert: int) -> Any:
             html.P(
                 "Similarity: cosine of the experts' label profiles (each label's selection share, normalised "
                 "over labels, minus uniform), from the store's specialisation table — experts of any layer "
-                "that lean towards the same labels. Not weight similarity (that needs the model).",
+                "that lean towards the same labels. Not weight similarity (that needs the model). "
+                + _top_of(df.height, ranked.height, "experts with a label leaning", "most similar"),
                 className="wb-muted",
+                id="expert-similar-note",
             ),
             html.Table(
                 [html.Thead(html.Tr([html.Th("expert"), html.Th("similarity"), html.Th("leans to")])), html.Tbody(rows)],
@@ -313,6 +330,15 @@ def ablation_effect(db: str, run: str, layer: int, expert: int) -> Any:
     return html.Div(parts)
 
 
+def _partners(db: str, run: str, layer: int, expert: int) -> Any:
+    """The expert's most frequent co-activation partners, saying how many of how many are listed."""
+    df = partners(db, run, layer, expert, PARTNERS_SHOWN)
+    if df.height == 0:
+        return message("never co-selected (top-1 routing?)")
+    note = _top_of(df.height, partner_count(db, run, layer, expert), "partners", "most frequent")
+    return html.Div([html.P(note, className="wb-muted", id="expert-partners-note"), table(df)])
+
+
 def expert_card(db: str, run: str, layer: int | None, expert: int | None) -> html.Div:
     """The whole card; each section shows a message instead when its data is missing."""
     layer, expert = _check(db, run, layer, expert)
@@ -345,9 +371,7 @@ def expert_card(db: str, run: str, layer: int | None, expert: int | None) -> htm
                 className="wb-row",
             ),
             html.H4("Co-activation partners (same layer)"),
-            guarded(
-                lambda: table(partners(db, run, layer, expert), empty="never co-selected (top-1 routing?)")
-            ),
+            guarded(_partners, db, run, layer, expert),
             html.H4("Health flags"),
             guarded(_flags, db, run, layer, expert),
             html.H4("Resonance"),

@@ -11,10 +11,14 @@ from dash import html
 
 from dashboards import data
 from dashboards.components import figure, guarded, message, table
+from dashboards.components.url import clicked_expert
 from workbench.catalog import figure_for
 
-__all__ = ["FLAGS", "balance", "flag_section", "load", "load_click"]
+__all__ = ["FLAGS", "TABLE_ROWS", "balance", "flag_section", "load", "load_click"]
 
+TABLE_ROWS = 500
+"""A flag's evidence table lists at most this many rows, the most flagged first: at 58 layers × 256
+experts a table of all 14,848 rows is 2.6 MB of JSON on every render of the page."""
 FLAGS: dict[str, tuple[str, str, str]] = {
     # analysis: (flag column, or the column to rank by when there is no flag; what it means; evidence)
     "collapse": (
@@ -42,10 +46,13 @@ def load(db: str, run: str) -> go.Figure:
 
 
 def load_click(db: str, run: str, click: dict[str, Any] | None) -> tuple[int, int] | None:
-    """(layer, expert) of a click on the load figure: its traces are the layers in order, x the expert."""
+    """(layer, expert) of a click on the load figure: a bar (its trace is the layer, in order; x the
+    expert) or, with many experts, a heatmap cell (y the layer, x the expert; only cells carry ``z``)."""
     if not click or not click.get("points"):
         return None
     point = click["points"][0]
+    if "z" in point:
+        return clicked_expert(click)
     layers = sorted(int(x) for x in data.analysis(db, run, "load")["layer"].unique().to_list())
     curve = int(point.get("curveNumber", -1))
     if not 0 <= curve < len(layers) or point.get("x") is None:
@@ -65,12 +72,23 @@ def _flag_table(db: str, run: str, name: str) -> Any:
         return message(f"{name}: the analysis returned no rows for this run.")
     if df.schema.get(column) == pl.Boolean:
         summary = f"{int(df[column].fill_null(False).sum())} of {df.height} rows flagged ({column})."
+        order = f"{column} rows first"
     else:
         summary = f"{df.height} rows, highest {column} first."
+        order = f"highest {column} first"
     ordered = df.sort(column, descending=True, nulls_last=True) if column in df.columns else df
-    return html.Div(
-        [html.P(summary, className="wb-summary"), figure(figure_for(name, df)), table(ordered, page_size=10)]
-    )
+    parts: list[Any] = [html.P(summary, className="wb-summary"), figure(figure_for(name, df))]
+    if ordered.height > TABLE_ROWS:  # a browser table of every row would carry them all to the page
+        parts.append(
+            html.P(
+                f"The table lists the first {TABLE_ROWS:,} of {ordered.height:,} rows ({order}); "
+                "`moe-workbench analyse` gives them all.",
+                className="wb-muted",
+                id=f"health-{name}-rows",
+            )
+        )
+    parts.append(table(ordered.head(TABLE_ROWS), page_size=10))
+    return html.Div(parts)
 
 
 def flag_section(db: str, run: str, name: str) -> html.Div:

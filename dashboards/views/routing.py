@@ -14,7 +14,7 @@ from dash import html
 
 from dashboards import data
 from dashboards.components.pickers import ALL
-from workbench.plots.common import layer_expert_heatmap
+from workbench.plots.common import layer_expert_heatmap, layer_rows_height
 
 __all__ = ["expert_colour", "prompt_options", "selection_share", "share_heatmap", "token_grid", "token_text"]
 
@@ -175,4 +175,7 @@ def token_grid(db: str, run: str, prompt_id: int | None) -> go.Figure:
         yaxis={"title": "layer", "tickvals": layers},
         template="plotly_white",
     )
+    height = layer_rows_height(len(layers))  # one labelled row per layer: a 58-layer model needs room
+    if height is not None:
+        fig.update_layout(height=height)
     return fig

@@ -35,6 +35,7 @@ from workbench.catalog.spec import (
     UnknownFigureError,
     contrast_pair,
     default_options,
+    every_row,
 )
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "analysis_options",
     "contrast_pair",
     "default_options",
+    "every_row",
     "figure_for",
     "figure_options",
     "findings_for",

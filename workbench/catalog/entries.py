@@ -24,7 +24,7 @@ from workbench.analysis.resonance import resonance
 from workbench.analysis.specialisation import domain_specialisation
 from workbench.catalog import findings_structure as structure
 from workbench.catalog import findings_usage as usage
-from workbench.catalog.spec import AnalysisSpec, Deferred, contrast_pair, default_options
+from workbench.catalog.spec import AnalysisSpec, Deferred, contrast_pair, default_options, every_row
 from workbench.plots.coactivation import coactivation_matrix, fixed_partners_heatmap, pathways_sankey
 from workbench.plots.compare import drift_lines, expert_similarity_heatmap
 from workbench.plots.dynamic import dynamic_k_lines
@@ -186,7 +186,7 @@ ENTRIES: tuple[AnalysisSpec, ...] = (
         figure=pathways_sankey,
         findings=structure.pathways,
         table_order=("p", True),
-        prewarm=default_options,
+        prewarm=every_row,
     ),
     AnalysisSpec(
         "fixed-partners",

@@ -34,6 +34,7 @@ __all__ = [
     "UnknownFigureError",
     "contrast_pair",
     "default_options",
+    "every_row",
 ]
 
 #: ``fig = builder(table, **options)``: draws what the analysis returned (``workbench.plots``).
@@ -66,6 +67,12 @@ Prewarm = Callable[[RunFacts], "dict[str, Any] | None"]
 def default_options(facts: RunFacts) -> dict[str, Any]:
     """Prewarm with the analysis' default options (what a page asks for without choices)."""
     return {}
+
+
+def every_row(facts: RunFacts) -> dict[str, Any]:
+    """Prewarm with ``top=None``: the whole table, which the page truncates itself (the pathways
+    Sankey shows the N most frequent transitions per layer pair and says of how many)."""
+    return {"top": None}
 
 
 def contrast_pair(facts: RunFacts) -> dict[str, Any] | None:

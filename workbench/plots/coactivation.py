@@ -9,9 +9,12 @@ from plotly.subplots import make_subplots
 
 from workbench.plots.common import (
     LAYOUT,
+    SQUARE_FROM,
+    SQUARE_HEIGHT,
     as_floats,
     check_frame,
     colour,
+    compact,
     layer_expert_grid,
     pick_layer,
     require_columns,
@@ -20,13 +23,20 @@ from workbench.plots.common import (
 
 __all__ = ["coactivation_matrix", "fixed_partners_heatmap", "pathways_sankey"]
 
+SANKEY_HEIGHT = 450
+"""plotly's default figure height, which the Sankey keeps while its tallest column fits in it."""
+SANKEY_NODE_PX = 18
+"""Height per node of the Sankey's tallest column once it outgrows :data:`SANKEY_HEIGHT`."""
+
 
 def coactivation_matrix(df: pl.DataFrame, layer: int | None = None) -> go.Figure:
     """E × E heatmap of ``P(b | a)`` for one layer from ``coactivation``; unobserved pairs are 0.
 
     ``layer`` defaults to the layer with the most structure: the largest ``n_ab``-weighted
     mean ``|lift − 1|`` (1 = independent pairs). E is ``max(a, b) + 1`` over that layer.
-    Hover shows ``n_ab`` and lift when present.
+    Hover shows ``n_ab`` and lift when present. Past :data:`SQUARE_FROM` experts (real MoEs: 64–256)
+    the matrix is drawn square and tall, so its cells keep their shape instead of being squeezed
+    into a wide strip, and its numbers go out as float32 (:func:`~workbench.plots.common.compact`).
     """
     what = "coactivation_matrix"
     require_columns(df, ["layer", "a", "b", "n_ab", "p_b_given_a"], what)
@@ -47,10 +57,10 @@ def coactivation_matrix(df: pl.DataFrame, layer: int | None = None) -> go.Figure
         custom[a, b, 1] = as_floats(part["lift"])
     fig = go.Figure(
         go.Heatmap(
-            z=z,
+            z=compact(z),
             x=list(range(n)),
             y=list(range(n)),
-            customdata=custom,
+            customdata=compact(custom),
             colorscale="Viridis",
             colorbar={"title": "P(b|a)"},
             hovertemplate=(
@@ -65,6 +75,9 @@ def coactivation_matrix(df: pl.DataFrame, layer: int | None = None) -> go.Figure
         yaxis_title="expert a",
         **LAYOUT,
     )
+    if n >= SQUARE_FROM:
+        fig.update_layout(height=SQUARE_HEIGHT, yaxis={"scaleanchor": "x", "constrain": "domain"})
+        fig.update_xaxes(constrain="domain")
     return fig
 
 
@@ -73,7 +86,9 @@ def pathways_sankey(df: pl.DataFrame, top: int | None = None) -> go.Figure:
 
     A link ``Lℓ·Ee → Lℓ'·Ee'`` is as wide as the number of tokens ``n`` whose top-1 expert was
     ``e`` at layer ℓ and ``e'`` at the next MoE layer ℓ'; its colour follows the source expert.
-    ``top`` keeps only the ``top`` largest links per layer pair (the analysis already keeps 20).
+    ``top`` keeps only the ``top`` largest links per layer pair (the analysis already keeps 20), and
+    when that drops links the title says how many of how many it shows: pass the analysis' full
+    table (``pathways(top=None)``) for that count to cover every transition.
     Hover on a link gives ``n``, ``n_from`` and ``p = n / n_from``; node positions are fixed so
     each layer is one column, experts ordered by id.
     """
@@ -88,6 +103,12 @@ def pathways_sankey(df: pl.DataFrame, top: int | None = None) -> go.Figure:
             df.sort(["layer_from", "n", "expert_from", "expert_to"], descending=[False, True, False, False])
             .group_by("layer_from", maintain_order=True)
             .head(top)
+        )
+    title = "Expert pathways: top-1 expert transitions between consecutive MoE layers (width = tokens)"
+    if part.height < df.height:
+        title += (
+            f"<br><sup>the {top} most frequent of each layer pair: {part.height:,} of {df.height:,} "
+            "transitions shown</sup>"
         )
     nodes = (
         pl.concat(
@@ -134,10 +155,10 @@ def pathways_sankey(df: pl.DataFrame, top: int | None = None) -> go.Figure:
             },
         )
     )
-    fig.update_layout(
-        title="Expert pathways: top-1 expert transitions between consecutive MoE layers (width = tokens)",
-        **LAYOUT,
-    )
+    fig.update_layout(title=title, **LAYOUT)
+    tallest = max(len(column) for column in per_layer.values()) if per_layer else 0
+    if tallest * SANKEY_NODE_PX + 120 > SANKEY_HEIGHT:  # many experts in a column: keep the nodes apart
+        fig.update_layout(height=tallest * SANKEY_NODE_PX + 120)
     return fig
 
 

@@ -25,6 +25,22 @@ PALETTE: tuple[str, ...] = (
 )  # fmt: skip
 
 
+#: Grids with more numbers than this go to the browser as float32: half the bytes of float64, and its
+#: 7 significant digits are more than any hover prints (a 256 × 256 co-activation matrix with its hover
+#: data is 2.1 MB as float64, 1.05 MB as float32). Smaller grids keep float64, exactly as computed.
+COMPACT_CELLS = 4096
+#: Layer × expert heatmaps with more layers than this get taller, :data:`LAYER_ROW_PX` per layer
+#: (plus room for the title and axes), so a 58-layer model's rows stay readable; fewer layers keep
+#: plotly's default height.
+TALL_LAYERS = 16
+LAYER_ROW_PX = 14
+#: From this many experts on, expert × expert matrices (co-activation, expert similarity) are drawn
+#: :data:`SQUARE_HEIGHT` tall (the co-activation matrix with square cells): in plotly's default
+#: 450 px a 256 × 256 matrix is a strip of cells under 1 px high.
+SQUARE_FROM = 32
+SQUARE_HEIGHT = 820
+
+
 def require_columns(df: pl.DataFrame, columns: Iterable[str], what: str) -> None:
     """Raise ``ValueError`` naming the missing columns and the ones the frame has."""
     missing = [c for c in columns if c not in df.columns]
@@ -124,6 +140,16 @@ def layer_expert_grid(
     return layers, experts, z, cd
 
 
+def compact(values: np.ndarray) -> np.ndarray:
+    """``values`` as float32 when it holds more than :data:`COMPACT_CELLS` numbers, else unchanged."""
+    return values.astype(np.float32) if values.size > COMPACT_CELLS else values
+
+
+def layer_rows_height(n_layers: int) -> int | None:
+    """The figure height that gives each of ``n_layers`` rows :data:`LAYER_ROW_PX`; None (plotly's default) up to :data:`TALL_LAYERS`."""
+    return 160 + LAYER_ROW_PX * n_layers if n_layers > TALL_LAYERS else None
+
+
 def significant(q: np.ndarray, alpha: float = 0.05) -> np.ndarray:
     """Cells with ``q < alpha`` (NaN is not significant)."""
     mask: np.ndarray = np.nan_to_num(q, nan=1.0) < alpha
@@ -152,7 +178,8 @@ def layer_expert_heatmap(
     ``hover`` is the hover template after ``"layer %{y}, expert %{x}<br>"``; ``mark`` is
     ``(column, symbol, test)``: cells where ``test`` of that ``custom`` column is true get
     ``symbol`` (e.g. ``("q", "*", significant)``). ``scale`` goes to ``go.Heatmap``
-    (``colorscale``, ``zmid``, ``zmin`` ...).
+    (``colorscale``, ``zmid``, ``zmin`` ...). Big grids (256 experts × many layers) go out as
+    float32 (:func:`compact`) and grow taller with the layer count (:func:`layer_rows_height`).
     """
     layers, experts, z, cd = layer_expert_grid(part, value, custom)
     text = None
@@ -160,13 +187,16 @@ def layer_expert_heatmap(
         column, symbol, test = mark
         text = np.where(test(cd[..., list(custom).index(column)]), symbol, "").astype(object)
     heatmap = go.Heatmap(
-        z=z, x=experts, y=layers, customdata=cd, colorbar={"title": colorbar},
+        z=compact(z), x=experts, y=layers, customdata=compact(cd), colorbar={"title": colorbar},
         hovertemplate="layer %{y}, expert %{x}<br>" + hover + "<extra></extra>", **scale,
     )  # fmt: skip
     if text is not None:
         heatmap.update(text=text, texttemplate="%{text}")
     fig = go.Figure(heatmap)
     fig.update_layout(title=title, xaxis_title="expert", yaxis_title="layer", **LAYOUT)
+    height = layer_rows_height(len(layers))
+    if height is not None:
+        fig.update_layout(height=height)
     return fig
 
 

@@ -9,10 +9,13 @@ from plotly.subplots import make_subplots
 
 from workbench.plots.common import (
     LAYOUT,
+    SQUARE_FROM,
+    SQUARE_HEIGHT,
     as_floats,
     chance_line,
     check_frame,
     ci_error_bars,
+    compact,
     layer_line,
     pick_layer,
 )
@@ -60,7 +63,9 @@ def expert_similarity_heatmap(
     ``workbench.interventions.expert_similarity.MERGE_MIN_ANGULAR``), grey otherwise — a top rank
     alone is no candidate.
     ``layer`` defaults to the layer with the most similar routed pair (the strongest merge
-    candidate). Hover gives all three similarities, the CI, tokens and the merge rank.
+    candidate). Hover gives all three similarities, the CI, tokens and the merge rank. With many
+    experts (≥ ``SQUARE_FROM``) the figure is taller and its grids go out as float32 (a 257 × 257
+    layer with its hover data is 6.7 MB as float64).
     """
     what = "expert_similarity_heatmap"
     cols = ["layer", "expert_a", "expert_b", "shared", "weight_cos", "output_cos", "output_angular"]
@@ -91,10 +96,10 @@ def expert_similarity_heatmap(
     )
     fig.add_trace(
         go.Heatmap(
-            z=z,
+            z=compact(z),
             x=ids,
             y=ids,
-            customdata=custom,
+            customdata=compact(custom),
             colorscale="Viridis",
             colorbar={"title": measure, "x": 0.55},
             hovertemplate=(
@@ -136,4 +141,6 @@ def expert_similarity_heatmap(
     fig.update_xaxes(title_text="output angular similarity (0.5 = orthogonal)", row=1, col=2)
     fig.update_yaxes(title_text="pair (merge rank order)", autorange="reversed", row=1, col=2)
     fig.update_layout(title=f"Expert similarity, layer {layer}", **LAYOUT)
+    if len(ids) >= SQUARE_FROM:  # 256 experts: keep the cells square instead of a squeezed strip
+        fig.update_layout(height=SQUARE_HEIGHT)
     return fig

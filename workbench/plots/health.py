@@ -13,22 +13,39 @@ from workbench.plots.common import (
     check_frame,
     ci_error_bars,
     colour,
+    flagged,
+    layer_expert_heatmap,
     layers_of,
     require_columns,
 )
 
-__all__ = ["balance_lines", "load_bars", "router_confidence_lines", "super_expert_strip"]
+__all__ = [
+    "BARS_UP_TO",
+    "balance_lines",
+    "load_bars",
+    "load_heatmap",
+    "router_confidence_lines",
+    "super_expert_strip",
+]
+
+BARS_UP_TO = 32
+"""Up to this many experts the load is grouped bars; past it (a bar per layer × expert would be a
+pixel wide: 1,024 bars at 4 layers × 256 experts) it is a layer × expert heatmap."""
 
 
 def load_bars(df: pl.DataFrame) -> go.Figure:
     """Grouped bars of routing fraction ``f`` per expert, one trace per layer, from ``expert_load``.
 
     Error bars span the 95% CI; a dashed line marks uniform load ``1/E`` (E = experts in ``df``).
+    With more than :data:`BARS_UP_TO` experts the bars would be a pixel wide, so the figure is a
+    layer × expert heatmap of ``f`` instead (:func:`load_heatmap`).
     """
     require_columns(df, ["layer", "expert", "f", "ci_low", "ci_high"], "load_bars")
     if df.height == 0:
         raise ValueError("load_bars: empty frame")
     n_experts = df["expert"].n_unique()
+    if n_experts > BARS_UP_TO:
+        return load_heatmap(df)
     fig = go.Figure()
     for layer in layers_of(df):
         part = df.filter(pl.col("layer") == layer).sort("expert")
@@ -59,6 +76,27 @@ def load_bars(df: pl.DataFrame) -> go.Figure:
         **LAYOUT,
     )
     return fig
+
+
+def load_heatmap(df: pl.DataFrame) -> go.Figure:
+    """Layer × expert heatmap of the routing fraction ``f`` (many experts); ``×`` marks dead experts.
+
+    The colour scale starts at 0; hover gives ``f`` with its 95% CI, ``f`` over uniform ``1/E`` and
+    whether the expert is dead. A click gives (x = expert, y = layer), like the other heatmaps.
+    """
+    require_columns(df, ["layer", "expert", "f", "ci_low", "ci_high"], "load_heatmap")
+    n_experts = df["expert"].n_unique()
+    part = df.with_columns(
+        (pl.col("f") * n_experts).alias("_vs_uniform"),
+        (pl.col("dead") if "dead" in df.columns else pl.lit(False)).cast(pl.Float64).alias("_dead"),
+    )
+    return layer_expert_heatmap(
+        part, "f", ("ci_low", "ci_high", "_vs_uniform", "_dead"),
+        title=f"Expert load: routing fraction f per expert (uniform 1/{n_experts} = {1 / n_experts:.4f}; × = dead)",
+        colorbar="f", colorscale="Viridis", zmin=0.0, mark=("_dead", "×", flagged),
+        hover="f %{z:.4f} (95% CI %{customdata[0]:.4f}–%{customdata[1]:.4f})"
+        "<br>%{customdata[2]:.2f}× uniform<br>dead (1 = yes) %{customdata[3]:.0f}",
+    )  # fmt: skip
 
 
 def balance_lines(df: pl.DataFrame) -> go.Figure:
