@@ -27,7 +27,11 @@ def test_one_small_size_measures_every_analysis_and_page(
     expected = {n for n, s in ANALYSES.items() if "model" not in s.needs and "contrast" not in s.needs}
     assert set(result["analyses"]) == expected
     assert all(isinstance(t, float) and t > 0 for t in result["analyses"].values()), result["analyses"]
-    assert set(result["pages"]) == {"runs", "routing", "specialisation", "health", "coactivation", "expert"}
+    assert (
+        set(result["pages"])
+        == set(result["pages_warm_p95"])
+        == {"runs", "routing", "specialisation", "health", "coactivation", "expert"}
+    )
     assert result["rows"] == 3000 * result["layers"] and result["store_mb"] > 0
     assert list(tmp_path.glob("scaling-*")) == []  # the store and its shards were removed
     table = capsys.readouterr().out
