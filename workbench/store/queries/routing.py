@@ -252,22 +252,21 @@ def top1_transitions(store: Store, run_id: str) -> pl.DataFrame:
 
     Consecutive = the next layer in the run's ``layers`` table; both top-1 experts must be routed.
     """
-    # xs carries each row's next layer, so the join with y has its whole key (prompt, position, layer)
-    # in its own condition: given only part of it, DuckDB may join x and y on (prompt, position) first,
-    # one row per pair of layers, because it cannot estimate the Parquet-backed view's key counts
+    # t reads the run's top-1 experts once (a CTE used twice is materialised) and the self-join has its
+    # whole key (prompt, position, layer) in its own condition: given part of it, DuckDB may join on
+    # (prompt, position) first, one row per pair of layers, since it cannot estimate the
+    # Parquet-backed view's key counts
     return store.sql(
         "WITH nxt AS (SELECT layer, n_experts, lead(layer) OVER (ORDER BY layer) AS layer_to,"
-        "   lead(n_experts) OVER (ORDER BY layer) AS e_to FROM layers WHERE run_id = ?),"
-        " xs AS MATERIALIZED (SELECT x.prompt_id, x.position, x.layer, nxt.layer_to, nxt.e_to,"
-        "   x.experts[1] AS top1 FROM routing x JOIN nxt ON nxt.layer = x.layer"
-        "   WHERE x.run_id = ? AND x.experts[1] < nxt.n_experts)"
-        " SELECT xs.layer AS layer_from, xs.layer_to, CAST(xs.top1 AS INTEGER) AS expert_from,"
-        "   CAST(y.experts[1] AS INTEGER) AS expert_to, count(*) AS n"
-        "   FROM xs JOIN routing y ON y.run_id = ? AND y.prompt_id = xs.prompt_id"
-        "     AND y.position = xs.position AND y.layer = xs.layer_to"
-        "   WHERE y.experts[1] < xs.e_to"
-        "   GROUP BY ALL",
-        [run_id, run_id, run_id],
+        "   lead(n_experts) OVER (ORDER BY layer) AS e_to FROM layers WHERE run_id = $1),"
+        " t AS (SELECT prompt_id, position, layer, experts[1] AS top1 FROM routing WHERE run_id = $1)"
+        " SELECT x.layer AS layer_from, nxt.layer_to, CAST(x.top1 AS INTEGER) AS expert_from,"
+        "   CAST(y.top1 AS INTEGER) AS expert_to, count(*) AS n"
+        " FROM t x JOIN nxt ON nxt.layer = x.layer"
+        " JOIN t y ON y.prompt_id = x.prompt_id AND y.position = x.position AND y.layer = nxt.layer_to"
+        " WHERE x.top1 < nxt.n_experts AND y.top1 < nxt.e_to"
+        " GROUP BY ALL",
+        [run_id],
     )
 
 
