@@ -8,7 +8,8 @@ prompts). Then, on run ``bench-a``:
 - ``write s``: the time to write both runs (the writer path without a model; a model's forward comes
   on top and is measured by ``capture.py`` and ``writer.py``);
 - ``store MB``: every file of the store (the DuckDB file and its shard folder);
-- each catalogued analysis that needs no model: one cold wall time (the analyses have no cache);
+- each catalogued analysis that needs no model: one cold wall time (the analyses have no cache) and
+  its peak RSS above the RSS it started at (sampled every 2 ms);
 - each dashboard page's server-side work: the view functions its callbacks call, from a cold data
   cache (``dashboards.data.clear_cache``), run ``--page-repeats`` times, the maximum reported (with
   3 repeats it bounds the 95th percentile of those 3 and no more); then the 95th percentile of 20
@@ -39,6 +40,7 @@ if str(ROOT) not in sys.path:  # runnable as a plain script from a checkout
 
 import numpy as np  # noqa: E402
 
+from benchmarks.analysis import PeakRSS  # noqa: E402
 from benchmarks.analysis_data import RUN_A, RUN_B, Workload, build  # noqa: E402
 from workbench.catalog import ANALYSES, run_analysis  # noqa: E402
 from workbench.store import Store, remove_store  # noqa: E402
@@ -100,18 +102,22 @@ def measure(tokens: int, workdir: Path, page_repeats: int) -> dict[str, Any]:
     out["write_s"] = time.perf_counter() - start
     out["store_mb"] = store_bytes(path) / 1e6
     analyses: dict[str, float | str] = {}
+    peak: dict[str, float] = {}
     with Store(path, read_only=True) as st:
         for name, spec in sorted(ANALYSES.items()):
             if "model" in spec.needs or "contrast" in spec.needs:
                 continue
             start = time.perf_counter()
             try:
-                run_analysis(name, st, RUN_A, compare=RUN_B if spec.is_compare else None)
+                with PeakRSS() as rss:
+                    run_analysis(name, st, RUN_A, compare=RUN_B if spec.is_compare else None)
                 analyses[name] = time.perf_counter() - start
+                peak[name] = rss.delta_mib
             except Exception as exc:  # a refusal is a result of the table, not the end of the run
                 analyses[name] = f"{type(exc).__name__}: {exc}"[:100]
             print(f"# {tokens:,} tokens  {name}: {analyses[name]}", file=sys.stderr, flush=True)
     out["analyses"] = analyses
+    out["analyses_peak_mib"] = peak
     pages: dict[str, float] = {}
     warm: dict[str, float] = {}
     for page, calls in _pages(str(path)).items():
@@ -156,6 +162,11 @@ def render(results: list[dict[str, Any]]) -> str:
     row("store MB (file + shards)", [r["store_mb"] for r in results])
     for name in sorted({n for r in results for n in r["analyses"]}):
         row(f"analysis `{name}`, s", [r["analyses"].get(name) for r in results])
+    row(
+        "largest peak ΔRSS of one analysis, MiB",
+        [max(r["analyses_peak_mib"].values()) if r.get("analyses_peak_mib") else None for r in results],
+        "{:.0f}",
+    )
     for page in sorted({p for r in results for p in r["pages"]}):
         row(f"page `{page}`, s (max of cold loads)", [r["pages"].get(page) for r in results])
     for page in sorted({p for r in results for p in r.get("pages_warm_p95", {})}):

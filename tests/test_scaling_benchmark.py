@@ -33,6 +33,7 @@ def test_one_small_size_measures_every_analysis_and_page(
         == {"runs", "routing", "specialisation", "health", "coactivation", "expert"}
     )
     assert result["rows"] == 3000 * result["layers"] and result["store_mb"] > 0
+    assert set(result["analyses_peak_mib"]) == expected
     assert list(tmp_path.glob("scaling-*")) == []  # the store and its shards were removed
     table = capsys.readouterr().out
     for name in expected:
