@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from workbench.store.errors import StoreError
 
-__all__ = ["MANIFEST", "Shard", "ShardFolder", "shard_table"]
+__all__ = ["MANIFEST", "Shard", "ShardFolder", "run_key", "shard_table"]
 
 #: The manifest table (schema v4): one row per committed shard.
 MANIFEST = "routing_shards"
@@ -48,8 +48,6 @@ WRITE_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 #: How many leading values decide that a float column is not worth testing for half precision.
 _SAMPLE = 4096
-
-_FLOAT_LISTS = ("weights", "logits")
 
 #: The view's columns with the types of the v1 contract (what every reader was written against).
 _VIEW_COLUMNS = (
