@@ -198,7 +198,10 @@ def png(results: list[dict[str, Any]], target: Path) -> None:
     fig.update_xaxes(type="log", title_text="tokens per run")
     fig.update_yaxes(type="log")
     fig.add_hline(y=2.0, line_dash="dot", annotation_text="2 s", row=1, col=2)  # type: ignore[arg-type]
-    fig.update_layout(width=1800, height=650, template="plotly_white")
+    fig.update_yaxes(title_text="seconds (write) · MB (store)", row=1, col=1)
+    fig.update_yaxes(title_text="seconds", row=1, col=2)
+    fig.update_yaxes(title_text="seconds", row=1, col=3)
+    fig.update_layout(width=1800, height=900, template="plotly_white", legend={"font": {"size": 11}})
     html = Path(tempfile.mkdtemp()) / "scaling.html"
     fig.write_html(html, include_plotlyjs=True)
     sys.path.insert(0, str(ROOT / "tests"))
@@ -206,7 +209,7 @@ def png(results: list[dict[str, Any]], target: Path) -> None:
 
     with sync_playwright_or_fail()() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1800, "height": 650})
+        page = browser.new_page(viewport={"width": 1800, "height": 900})
         page.goto(html.as_uri())
         page.wait_for_timeout(1000)
         page.screenshot(path=str(target))
