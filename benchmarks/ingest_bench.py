@@ -38,7 +38,7 @@ def synthetic_tables(args: argparse.Namespace, logits_mode: str, n_batches: int)
             "weights": _lists(weights, pa.float32()),
         }
         if logits_mode == "fp16":
-            routing["logits"] = _lists(logits.astype(np.float16).astype(np.float32), pa.float32())
+            routing["logits"] = _lists(logits.astype(np.float16), pa.float16())  # as capture ships them
         elif logits_mode == "fp32":
             routing["logits"] = _lists(logits, pa.float32())
         else:
@@ -86,14 +86,14 @@ def ingest(
     args: argparse.Namespace, workdir: Path, logits_mode: str, prompts_per_write: int
 ) -> tuple[float, int, int, int]:
     """(seconds in write_batch, routing rows, file bytes after CHECKPOINT, rows per write)."""
-    from workbench.store import Store
+    from workbench.store import Store, remove_store, store_size
 
     sub = argparse.Namespace(**{**vars(args), "batch_size": prompts_per_write})
     rows_per_write = prompts_per_write * args.tokens * args.layers
     n_writes = max(1, -(-args.ingest_rows // rows_per_write))
     tables = synthetic_tables(sub, logits_mode, n_writes)
     path = workdir / f"ingest-{logits_mode}.duckdb"
-    path.unlink(missing_ok=True)
+    remove_store(path)
     with Store(path) as store:
         layers = [
             {"layer": i, "module_path": f"model.layers.{i}.mlp", "n_experts": args.experts, "top_k": args.top_k,
@@ -111,10 +111,8 @@ def ingest(
         seconds = time.perf_counter() - start
         store.set_status(run, "complete")
         store.con.execute("CHECKPOINT")
-        size = path.stat().st_size
-        wal = path.with_name(path.name + ".wal")
-        size += wal.stat().st_size if wal.exists() else 0
-    path.unlink(missing_ok=True)
+    size = store_size(path)  # the file, its WAL and its routing shards
+    remove_store(path)
     return seconds, n_writes * rows_per_write, size, rows_per_write
 
 

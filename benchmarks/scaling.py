@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 from benchmarks.analysis import PeakRSS  # noqa: E402
 from benchmarks.analysis_data import RUN_A, RUN_B, Workload, build  # noqa: E402
 from workbench.catalog import ANALYSES, run_analysis  # noqa: E402
-from workbench.store import Store, remove_store  # noqa: E402
+from workbench.store import Store, remove_store, store_size  # noqa: E402
 
 
 def _pages(db: str) -> dict[str, list[Callable[[], Any]]]:
@@ -63,14 +63,6 @@ def _pages(db: str) -> dict[str, list[Callable[[], Any]]]:
         "coactivation": [lambda: coactivation.matrix(db, RUN_A, None), lambda: coactivation.pathways(db, RUN_A)],
         "expert": [lambda: expert.expert_card(db, RUN_A, 3, 3)],
     }  # fmt: skip
-
-
-def store_bytes(path: Path) -> int:
-    """The store file, its WAL and every shard."""
-    files = [path, path.with_name(path.name + ".wal")]
-    total = sum(f.stat().st_size for f in files if f.exists())
-    shards = path.with_name(path.name + ".shards")
-    return total + sum(f.stat().st_size for f in shards.rglob("*") if f.is_file())
 
 
 #: Loads of each page once its tables are cached (what a user clicking around sees), for the p95.
@@ -100,7 +92,7 @@ def measure(tokens: int, workdir: Path, page_repeats: int) -> dict[str, Any]:
         "experts": w.experts,
     }
     out["write_s"] = time.perf_counter() - start
-    out["store_mb"] = store_bytes(path) / 1e6
+    out["store_mb"] = store_size(path) / 1e6
     analyses: dict[str, float | str] = {}
     peak: dict[str, float] = {}
     with Store(path, read_only=True) as st:

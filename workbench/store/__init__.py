@@ -20,7 +20,7 @@ from pathlib import Path
 
 from workbench.store.backend import Store
 from workbench.store.errors import SchemaVersionError, StoreError, StoreLockedError, UnknownRunError
-from workbench.store.maintenance import compact_store, copy_store, move_store, remove_store
+from workbench.store.maintenance import compact_store, copy_store, move_store, remove_store, store_size
 from workbench.store.matching import PromptMatch, PromptMismatchError
 from workbench.store.schema import RUN_STATUSES, SCHEMA_VERSION
 
@@ -39,6 +39,7 @@ __all__ = [
     "move_store",
     "open",
     "remove_store",
+    "store_size",
 ]
 
 

@@ -192,3 +192,12 @@ def absorb_run(con: duckdb.DuckDBPyConnection, shards: ShardFolder, source: Path
     finally:
         con.execute("DETACH wb_src")
     return int(moved)
+
+
+def store_size(path: str | Path) -> int:
+    """Bytes on disk of a store: its file, its write-ahead log and every routing shard."""
+    file = Path(path).expanduser()
+    parts = [file, file.with_name(file.name + ".wal")]
+    total = sum(p.stat().st_size for p in parts if p.exists())
+    folder = ShardFolder.beside(file.resolve()).root
+    return total + sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
