@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +74,18 @@ def sync_playwright_or_fail() -> Any:
     if problem:
         pytest.fail(f"browser tests need Chromium: {problem}")
     return sync_playwright
+
+
+@contextmanager
+def serving(wsgi_app: Any) -> Iterator[str]:
+    """Serve a WSGI app (the dashboard's Flask server) on a free loopback port; yields its base URL."""
+    from werkzeug.serving import make_server
+
+    srv = make_server("127.0.0.1", 0, wsgi_app, threaded=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_port}"
+    finally:
+        srv.shutdown()
+        thread.join(timeout=5)

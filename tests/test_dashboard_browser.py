@@ -13,13 +13,12 @@ saying so, as ``test_report.py`` does.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS, sync_playwright_or_fail
+from browser_support import CHROMIUM, CHROMIUM_ARGS, serving, sync_playwright_or_fail
 from test_dashboard import PLANT, RUN, dashboard_db
 
 from dashboards import data
@@ -61,21 +60,13 @@ LAB = f"/lab?run={RUN}&layer=0&experts=1,3&semantics=reroute&labels=__typed__&te
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The dashboard over the synthetic run, served on a free port; yields its base URL."""
-    from werkzeug.serving import make_server
-
     from dashboards.app import create_app
     from workbench.models.loading import load_model
 
     data.clear_cache()
     db = dashboard_db(tmp_path_factory.mktemp("dash-browser") / "dash.duckdb")
-    srv = make_server("127.0.0.1", 0, create_app(db, model=load_model("tiny-ref")).server, threaded=True)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_port}"
-    finally:
-        srv.shutdown()
-        thread.join(timeout=5)
+    with serving(create_app(db, model=load_model("tiny-ref")).server) as url:
+        yield url
 
 
 def _watch(page: Any, base: str) -> tuple[list[str], list[str]]:

@@ -13,14 +13,13 @@ bounded size. The wide model is attached, so the lab lists its 256 experts.
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_support import CHROMIUM, CHROMIUM_ARGS, sync_playwright_or_fail
+from browser_support import CHROMIUM, CHROMIUM_ARGS, serving, sync_playwright_or_fail
 from wide_support import N_EXPERTS, capture_wide_run, wide_model
 
 from dashboards import data
@@ -104,20 +103,12 @@ def wide_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 @pytest.fixture(scope="module")
 def server(wide_db: tuple[Path, Any]) -> Iterator[str]:
     """The dashboard over the wide run with its model attached, on a free port; yields its base URL."""
-    from werkzeug.serving import make_server
-
     from dashboards.app import create_app
 
     data.clear_cache()
     db, model = wide_db
-    srv = make_server("127.0.0.1", 0, create_app(db, model=model).server, threaded=True)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_port}"
-    finally:
-        srv.shutdown()
-        thread.join(timeout=5)
+    with serving(create_app(db, model=model).server) as url:
+        yield url
 
 
 def _watch(page: Any, base: str) -> tuple[list[str], list[int]]:

@@ -134,7 +134,6 @@ def capture_tensor_parallel(
     are replicated, so rank 0's records are the routing, and the other ranks drop theirs. One
     tensor-parallel group spans the whole job (no data parallelism on top yet).
     """
-    import torch.distributed as dist
 
     opts = merge_options(options, option_overrides)
     if opts.tp_plan is None:
@@ -144,13 +143,7 @@ def capture_tensor_parallel(
         loaded, checked = prepare_model(model, opts, tokenizer)
         parallel = {"mode": "tensor", "world_size": env.world_size, "tp_plan": opts.tp_plan}
         rid = _shared_run_id(env, lambda: _open_main(db, loaded, opts, probe_name, checked, run_id, parallel))
-        main = Store(db) if env.rank == 0 else None
-        try:
-            run_batches(loaded, prompts, main, rid, opts, progress=progress and main is not None)
-        finally:
-            if main is not None:
-                main.close()
-        dist.barrier()
+        _tensor_parallel_batches(env, loaded, prompts, db, rid, opts, progress)
         return rid
 
 
@@ -233,7 +226,6 @@ def resume_tensor_parallel(
     every rank; each loads its shard of the model as the capture did, the ranks run the remaining
     prompts' forwards together, and rank 0 writes them, so no prompt is lost or written twice.
     """
-    import torch.distributed as dist
 
     from workbench.probefile import iter_probe_file
 
@@ -245,14 +237,29 @@ def resume_tensor_parallel(
         loaded, _ = prepare_model(plan["model_source"], opts)
         done = set(plan["done"])
         remaining = (p for p in iter_probe_file(plan["probe"]) if p.prompt_id not in done)
-        main = Store(db) if env.rank == 0 else None
-        try:
-            run_batches(loaded, remaining, main, run_id, opts, progress=progress and main is not None)
-        finally:
-            if main is not None:
-                main.close()
-        dist.barrier()
+        _tensor_parallel_batches(env, loaded, remaining, db, run_id, opts, progress)
         return run_id
+
+
+def _tensor_parallel_batches(
+    env: RankEnv,
+    loaded: LoadedModel,
+    prompts: Iterator[Prompt],
+    db: str | Path,
+    run_id: str,
+    opts: CaptureOptions,
+    progress: bool,
+) -> None:
+    """Every rank runs the forwards (the collectives need all of them); rank 0 writes, the others drop."""
+    import torch.distributed as dist
+
+    main = Store(db) if env.rank == 0 else None
+    try:
+        run_batches(loaded, prompts, main, run_id, opts, progress=progress and main is not None)
+    finally:
+        if main is not None:
+            main.close()
+    dist.barrier()
 
 
 def _resume_plan(db: str | Path, run_id: str, world_size: int) -> dict[str, Any] | None:

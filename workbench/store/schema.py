@@ -37,14 +37,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
 
 from workbench.store.content import hash_sql, token_ids_sql
 from workbench.store.errors import SchemaVersionError, StoreError
-from workbench.store.shards import MANIFEST, Shard, ShardFolder
 from workbench.store.sqlutil import first
+
+if TYPE_CHECKING:  # the shard folder builds on this module's names; migrations only receive one
+    from workbench.store.shards import Shard, ShardFolder
+
+#: The manifest of routing shards (schema v4): one row per committed Parquet file.
+MANIFEST = "routing_shards"
 
 #: The schema version this release of moe-workbench writes.
 SCHEMA_VERSION = 4
@@ -223,7 +229,7 @@ def column_type(table: str, column: str) -> str:
 
 
 #: A migration gets the open connection (inside the upgrade's transaction) and the store's shard folder.
-Migration = Callable[[duckdb.DuckDBPyConnection, ShardFolder], None]
+Migration = Callable[[duckdb.DuckDBPyConnection, "ShardFolder"], None]
 
 #: Ordered registry: target version -> function that upgrades a store from version-1.
 MIGRATIONS: dict[int, Migration] = {}

@@ -34,11 +34,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workbench.store.errors import StoreError
+from workbench.store.schema import MANIFEST, column_names, column_type
 
 __all__ = ["MANIFEST", "Shard", "ShardFolder", "run_key", "shard_table"]
-
-#: The manifest table (schema v4): one row per committed shard.
-MANIFEST = "routing_shards"
 
 #: Rows per Parquet row group: DuckDB scans row groups in parallel and skips them on prompt_id stats.
 ROW_GROUP_ROWS = 122_880
@@ -49,16 +47,8 @@ WRITE_THREADS = max(1, min(4, os.cpu_count() or 1))
 #: How many leading values decide that a float column is not worth testing for half precision.
 _SAMPLE = 4096
 
-#: The view's columns with the types of the v1 contract (what every reader was written against).
-_VIEW_COLUMNS = (
-    ("run_id", "VARCHAR"),
-    ("prompt_id", "INTEGER"),
-    ("position", "INTEGER"),
-    ("layer", "INTEGER"),
-    ("experts", "SMALLINT[]"),
-    ("weights", "FLOAT[]"),
-    ("logits", "FLOAT[]"),
-)
+#: The view's columns with the contract's types (what every reader was written against).
+_VIEW_COLUMNS = tuple((name, column_type("routing", name)) for name in column_names("routing"))
 
 
 @dataclass(frozen=True)
