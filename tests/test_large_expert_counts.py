@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from wide_support import N_EXPERTS, TOP_K, capture_wide_run
+from wide_support import N_EXPERTS, TOP_K, capture_wide_run, wide_model, wide_prompts
 
 from workbench.catalog import ANALYSES, figure_for, run_analysis
 from workbench.store import Store
@@ -53,3 +53,30 @@ def test_every_analysis_and_figure_at_256_experts(wide_run: tuple[Path, str], na
             assert int(table[column].max()) >= 200, f"{name}: no {column} above 200"  # type: ignore[arg-type]
     figure = figure_for(name, table)
     assert len(figure.data) > 0, name
+
+
+DEEP_LAYERS = 58
+"""DeepSeek-V3's MoE depth: 58 MoE layers × 256 experts."""
+
+
+@pytest.fixture(scope="module")
+def deep_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The same E = 256 model with 58 layers, on every third prompt of the wide run (24, 4 of each label)."""
+    db = tmp_path_factory.mktemp("deep") / "deep.duckdb"
+    prompts = [p for p in wide_prompts() if p.prompt_id % 3 == 0]
+    return db, capture_wide_run(db, model=wide_model(DEEP_LAYERS), prompts=prompts)
+
+
+def test_every_analysis_and_figure_at_58_layers_of_256_experts(deep_run: tuple[Path, str]) -> None:
+    """Each analysis reaches the last of 58 layers (where its table has a layer column) and draws a figure."""
+    db, run = deep_run
+    names = _runnable()
+    with Store(db, read_only=True) as store:
+        assert store.layers(run)["layer"].to_list() == list(range(DEEP_LAYERS))
+        for name in names:
+            table = run_analysis(name, store, run)
+            assert table.height > 0, name
+            for column in ("layer", "layer_to"):
+                if column in table.columns:
+                    assert int(table[column].max()) == DEEP_LAYERS - 1, f"{name}: {column} stops before 57"  # type: ignore[arg-type]
+            assert len(figure_for(name, table).data) > 0, name

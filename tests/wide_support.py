@@ -40,13 +40,13 @@ def wide_prompts() -> list[Prompt]:
     return [Prompt(i, p.text, p.label) for i, p in enumerate(picked)]
 
 
-def wide_model() -> LoadedModel:
-    """The E = 256 random-init Qwen2-MoE (4 layers, hidden 32, byte tokenizer), seeded: always the same weights."""
+def wide_model(n_layers: int = N_LAYERS) -> LoadedModel:
+    """The E = 256 random-init Qwen2-MoE (4 layers unless told, hidden 32, byte tokenizer), seeded: always the same weights."""
     config = tiny_config(
         "qwen2_moe",
         num_experts=N_EXPERTS,
         num_experts_per_tok=TOP_K,
-        num_hidden_layers=N_LAYERS,
+        num_hidden_layers=n_layers,
         hidden_size=32,
         moe_intermediate_size=8,
         shared_expert_intermediate_size=16,
@@ -60,8 +60,15 @@ def wide_model() -> LoadedModel:
     return load_model(model.eval(), byte_tokenizer())
 
 
-def capture_wide_run(db: Path, run_id: str | None = None, model: LoadedModel | None = None) -> str:
-    """Capture :func:`wide_model` (or ``model``) on :func:`wide_prompts` into ``db`` with expert stats; returns the run id."""
+def capture_wide_run(
+    db: Path,
+    run_id: str | None = None,
+    model: LoadedModel | None = None,
+    prompts: list[Prompt] | None = None,
+) -> str:
+    """Capture :func:`wide_model` (or ``model``) on :func:`wide_prompts` (or ``prompts``) into ``db`` with
+    expert stats; returns the run id."""
     loaded = wide_model() if model is None else model
-    run: str = capture(loaded, wide_prompts(), db, run_id=run_id, expert_stats=True, progress=False)
+    chosen = wide_prompts() if prompts is None else prompts
+    run: str = capture(loaded, chosen, db, run_id=run_id, expert_stats=True, progress=False)
     return run
