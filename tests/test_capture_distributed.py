@@ -275,3 +275,31 @@ def test_tp_plan_is_refused_outside_torchrun_and_for_in_memory_models(tmp_path: 
     assert not (tmp_path / "x.duckdb").exists()
     with pytest.raises(ModelLoadError, match="model directory or hub id"):
         load_model("tiny:qwen2_moe", tp_plan="auto")
+
+
+def test_a_resume_plan_refuses_a_run_it_cannot_resume_and_says_what_to_run(tmp_path: Path) -> None:
+    """What rank 0 decides before any rank loads a model (no torchrun needed to check it)."""
+    from store_support import LAYERS
+
+    from workbench.capture.distributed import _resume_plan
+
+    db = tmp_path / "s.duckdb"
+    options = {"batch_size": 1, "logits": "fp32", "tp_plan": "auto"}
+    with Store(db) as st:
+        for run_id, parallel in (("tp", {"mode": "tensor", "world_size": 2, "tp_plan": "auto"}),
+                                 ("dp", {"mode": "data", "world_size": 2}), ("done", None)):  # fmt: skip
+            config = {"options": options, "model_source": "m", "parallel": parallel}
+            st.create_run(model="m", architecture="a", probe=str(tmp_path / "p.jsonl"), n_experts=8, top_k=2,
+                          config=config, layers=LAYERS, run_id=run_id)  # fmt: skip
+        st.set_status("done", "complete")
+    with pytest.raises(
+        ValueError, match=r"captured on 2 tensor-parallel ranks and this job has 3.*--nproc-per-node 2"
+    ):
+        _resume_plan(db, "tp", 3)
+    with pytest.raises(
+        ValueError, match=r"not captured tensor-parallel; resume it in one process: moe-workbench resume"
+    ):
+        _resume_plan(db, "dp", 2)
+    assert _resume_plan(db, "done", 2) is None
+    plan = _resume_plan(db, "tp", 2)
+    assert plan == {"options": options, "model_source": "m", "probe": str(tmp_path / "p.jsonl"), "done": []}
