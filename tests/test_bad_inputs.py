@@ -260,7 +260,22 @@ def damaged_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_truncated_store(damaged_store: Path, tmp_path: Path, args: list[str]) -> None:
     command = [a.replace("{tmp}", str(tmp_path)) for a in args]
     result = runner.invoke(app, [*command, "--db", str(damaged_store)])
-    _one_error_line(result, f"error: cannot read store {damaged_store}: ", "may be truncated or corrupted")
+    _one_error_line(
+        result,
+        f"error: store {damaged_store}: IO Error: ",
+        "If the store is truncated or corrupted",
+        "restore it",
+    )
+
+
+def test_an_output_that_cannot_be_written_is_not_blamed_on_the_store(tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    capture("tiny:qwen2_moe", [Prompt(0, "hello", "a")], db, run_id="r", progress=False)
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    result = runner.invoke(app, ["report", "--db", str(db), "--run", "r", "--out", str(a_file / "r.html")])
+    line = _one_error_line(result, f"error: {a_file}")
+    assert "store" not in line
 
 
 def test_runs_prune_removes_failed_runs_without_rows(tmp_path: Path) -> None:

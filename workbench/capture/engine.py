@@ -230,7 +230,8 @@ def resume(
 ) -> str:
     """Finish an interrupted run: re-open its model and probe file, skip committed prompts.
 
-    ``probes`` (a file moved since, or the prompts again from Python) and ``model`` (an in-memory
+    ``probes`` (a file moved since, or the prompts again from Python, held in memory so that all of
+    them are checked before any is captured) and ``model`` (an in-memory
     model, or a directory moved since) replace the recorded ones; either way resume first checks
     that they are the prompts and weights the run was captured with, and refuses with a
     :class:`~workbench.capture.integrity.ResumeMismatchError` otherwise (nothing is written).

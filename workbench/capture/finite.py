@@ -25,23 +25,28 @@ def first_nonfinite(host: HostBatch) -> str | None:
     """Where the first non-finite gate weight or router logit of ``host`` is, in words; None if none."""
     if host.event is not None:
         host.event.synchronize()
-    prompt_of = [
-        p.prompt_id for p, n in zip(host.batch.prompts, host.batch.lengths, strict=True) for _ in range(n)
-    ]
-    position = [i for n in host.batch.lengths for i in range(n)]
     for layer, weights, logits in zip(host.layers, host.weights, host.logits, strict=True):
         for what, values in (("gate weights", weights), ("router logits", logits)):
             if values is None:
                 continue
-            bad = ~torch.isfinite(values.float()).all(dim=-1)
+            bad = ~torch.isfinite(values).all(dim=-1)
             if bool(bad.any()):
                 rows = torch.nonzero(bad, as_tuple=True)[0]
-                row = int(rows[0])
+                prompt_id, position = _token_at(host, int(rows[0]))
                 return (
                     f"layer {layer}: {rows.numel()} of {bad.numel()} tokens have non-finite {what} (NaN or inf), "
-                    f"first at prompt_id {prompt_of[row]} position {position[row]}"
+                    f"first at prompt_id {prompt_id} position {position}"
                 )
     return None
+
+
+def _token_at(host: HostBatch, row: int) -> tuple[int, int]:
+    """(prompt_id, position) of flat token row ``row`` of a batch (rows run prompt by prompt)."""
+    for prompt, length in zip(host.batch.prompts, host.batch.lengths, strict=True):
+        if row < length:
+            return prompt.prompt_id, row
+        row -= length
+    raise IndexError(f"token row {row} is past the batch")
 
 
 def nonfinite_error(where: str) -> NonFiniteRoutingError:

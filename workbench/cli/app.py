@@ -109,16 +109,23 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 @contextmanager
 def reading_store(db: Path) -> Iterator[None]:
-    """Turn the low-level errors of a damaged store (truncated, overwritten, shards gone) into one line."""
+    """Turn the low-level errors of reading a store (truncated, overwritten, shards gone) into one line.
+
+    The line quotes the error (which names the file it failed on) and says what to do if that file
+    is the store; an error on another file (an --out path) is quoted as it is.
+    """
     import duckdb
 
     try:
         yield
     except (duckdb.Error, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        name = getattr(exc, "filename", None)
+        if isinstance(exc, OSError) and name is not None and not str(name).startswith(str(db.absolute())):
+            fail(f"{name}: {exc.strerror or first}")
         fail(
-            f"cannot read store {db}: {first}. The file may be truncated or corrupted (or its .shards folder "
-            "incomplete): restore it from a copy, or capture the run again"
+            f"store {db}: {first}. If the store is truncated or corrupted (or its .shards folder incomplete), "
+            "restore it from a copy, or capture the run again"
         )
 
 
