@@ -243,3 +243,29 @@ def test_expert_parallel_refusals(tmp_path: Path) -> None:
         ModelLoadError, match=r"expert parallelism splits the experts .* give tp_plan='auto' too"
     ):
         load_model("tiny:qwen2_moe", expert_parallel=True)
+
+
+def test_a_mesh_that_puts_a_rank_in_another_group_than_the_split_assumes_is_refused() -> None:
+    """Ranks that share collectives must run the same forwards: capture reads the group transformers
+    built (``model._device_mesh["tp"]``) and refuses to split prompts on another layout."""
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    import torch
+
+    from workbench.capture.distributed import ParallelCaptureError, RankEnv, _check_groups
+
+    def loaded(tp_ranks: list[int] | None) -> Any:
+        mesh = None if tp_ranks is None else {"tp": SimpleNamespace(mesh=torch.tensor(tp_ranks))}
+        return cast(Any, SimpleNamespace(model=SimpleNamespace(_device_mesh=mesh)))
+
+    layout = parallel_layout(4, 2)
+    rank2 = RankEnv(rank=2, world_size=4, local_rank=2)
+    _check_groups(loaded([2, 3]), rank2, layout)  # the layout the split assumes
+    with pytest.raises(
+        ParallelCaptureError, match=r"put rank 2 in tensor-parallel group \[0, 2\], not \[2, 3\]"
+    ):
+        _check_groups(loaded([0, 2]), rank2, layout)
+    with pytest.raises(ParallelCaptureError, match=r"cannot read the tensor-parallel group .* rank 2"):
+        _check_groups(loaded(None), rank2, layout)
+    _check_groups(loaded(None), rank2, parallel_layout(4, None))  # one group over the job: nothing to check
