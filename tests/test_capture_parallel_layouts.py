@@ -2,7 +2,8 @@
 
 One torchrun job is killed mid-run (every rank, as a node failure) and a second one resumes it; the
 finished run holds every prompt once, with a single process's records (ids equal, floats within the
-all-reduce's rounding). Each job starts 4 processes (~80 s on a 2-core machine for both together).
+all-reduce's rounding). Each job starts 4 processes: 163 s for both on a 2-core machine shared with
+other jobs (load average 11-14). Expert parallelism runs on 2 ranks (47 s there).
 """
 
 from __future__ import annotations
