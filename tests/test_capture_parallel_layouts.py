@@ -270,3 +270,28 @@ def test_a_mesh_that_puts_a_rank_in_another_group_than_the_split_assumes_is_refu
     with pytest.raises(ParallelCaptureError, match=r"cannot read the tensor-parallel group .* rank 2"):
         _check_groups(loaded(None), rank2, layout)
     _check_groups(loaded(None), rank2, parallel_layout(4, None))  # one group over the job: nothing to check
+
+
+def test_a_layout_transformers_refuses_is_named_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transformers refuses e.g. 8 experts over 3 expert-parallel ranks; the message says the layout is
+    the problem (not the weights' format) and what to change."""
+    from transformers import AutoModelForCausalLM
+
+    from workbench.models.loading import ModelLoadError, load_model
+
+    checkpoint = tp_checkpoint(tmp_path)
+    refusal = "Cannot evenly shard 8 experts across 3 expert-parallel ranks."
+
+    def refuse(*_args: object, **kwargs: object) -> None:
+        assert kwargs["distributed_config"].ep_size == 3  # type: ignore[attr-defined]
+        raise ValueError(refusal)
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+    with pytest.raises(
+        ModelLoadError, match=r"cannot shard .* over the ranks of this job: Cannot evenly shard"
+    ) as caught:
+        load_model(str(checkpoint), tp_plan="auto", expert_parallel=True)
+    assert "safetensors" not in str(caught.value)

@@ -249,7 +249,19 @@ def load_pretrained(
         kwargs["use_safetensors"] = True
     try:
         model = cls.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
+        if (
+            "distributed_config" in kwargs
+        ):  # transformers refuses the layout (e.g. experts the ranks cannot split)
+            raise ModelLoadError(
+                f"cannot shard {source!r} over the ranks of this job: {exc}. Choose a number of ranks (or "
+                "--tp-size) that divides the model (its attention heads, and its experts with --expert-parallel)."
+            ) from exc
+        raise ModelLoadError(
+            f"cannot load weights of {source!r}: {exc}. moe-workbench loads safetensors or GGUF only "
+            "(never pickled .bin files); convert the checkpoint with save_pretrained(safe_serialization=True)."
+        ) from exc
+    except OSError as exc:
         raise ModelLoadError(
             f"cannot load weights of {source!r}: {exc}. moe-workbench loads safetensors or GGUF only "
             "(never pickled .bin files); convert the checkpoint with save_pretrained(safe_serialization=True)."
