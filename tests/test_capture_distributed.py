@@ -5,16 +5,20 @@ Each test starts real torchrun jobs (2 ranks, ``--standalone``), so they are slo
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from distributed_support import (
+    TEXTS,
+    all_rows,
+    assert_rows_match_within_rounding,
+    torchrun,
+    tp_checkpoint,
+    write_probe,
+)
 
 from workbench.capture.engine import capture, resume
 from workbench.capture.rank_stores import rank_store_dir
@@ -23,53 +27,9 @@ from workbench.store import Store
 
 pytestmark = pytest.mark.integration
 
-TEXTS = [
-    "the experts route each token",
-    "ranks split the prompts between them",
-    "short",
-    "a longer prompt, with more tokens in it, pads the batch",
-    "gloo runs on the CPU",
-    "one run in the store",
-    "every row compared",
-    "resume takes in what the ranks committed",
-    "no prompt twice",
-    "and none lost",
-    "eleven",
-]
-
-
-def _probe(tmp_path: Path) -> Path:
-    probe = tmp_path / "p.jsonl"
-    probe.write_text(
-        "".join(json.dumps({"text": t, "label": "ab"[i % 2]}) + "\n" for i, t in enumerate(TEXTS))
-    )
-    return probe
-
-
-def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
-def _all_rows(db: Path, run: str) -> dict[str, pl.DataFrame]:
-    with Store(db, read_only=True) as store:
-        return {
-            "prompts": store.prompts(run).sort("prompt_id"),
-            "tokens": store.tokens(run).sort("prompt_id", "position"),
-            "routing": store.routing(run).sort("prompt_id", "position", "layer"),
-            "expert_stats": store.expert_stats(run).sort(pl.all()),
-        }
-
 
 def _assert_same_rows(db_a: Path, run_a: str, db_b: Path, run_b: str) -> None:
-    a, b = _all_rows(db_a, run_a), _all_rows(db_b, run_b)
+    a, b = all_rows(db_a, run_a), all_rows(db_b, run_b)
     for table in a:
         x, y = (f.drop([c for c in ("run_id",) if c in f.columns]) for f in (a[table], b[table]))
         assert x.height == y.height, table
@@ -86,13 +46,13 @@ def _assert_same_rows(db_a: Path, run_a: str, db_b: Path, run_b: str) -> None:
 
 
 def test_two_gloo_ranks_equal_one_process_row_for_row(tmp_path: Path) -> None:
-    probe = _probe(tmp_path)
+    probe = write_probe(tmp_path)
     single, parallel = tmp_path / "single.duckdb", tmp_path / "parallel.duckdb"
     opts = {"logits": "fp32", "expert_stats": True, "batch_size": 1, "progress": False}
     capture("tiny:qwen2_moe", probe, single, run_id="one", **opts)  # type: ignore[arg-type]
     args = ["--model", "tiny:qwen2_moe", "--probe", str(probe), "--db", str(parallel), "--run-id", "dp"]
     args += ["--logits", "fp32", "--expert-stats", "--batch-size", "1", "--device", "cpu", "--quiet"]
-    proc = _torchrun(["-m", "workbench.capture", *args], tmp_path)
+    proc = torchrun(["-m", "workbench.capture", *args], tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.split() == ["dp"], "rank 0 alone prints the run id"
     with Store(parallel, read_only=True) as store:
@@ -102,7 +62,7 @@ def test_two_gloo_ranks_equal_one_process_row_for_row(tmp_path: Path) -> None:
     assert info["config"]["parallel"]["world_size"] == 2
     assert not rank_store_dir(parallel, "dp").exists(), "the rank stores were absorbed and removed"
     _assert_same_rows(single, "one", parallel, "dp")
-    again = _torchrun(["-m", "workbench.capture", *args], tmp_path)  # the run id is taken: every rank stops
+    again = torchrun(["-m", "workbench.capture", *args], tmp_path)  # the run id is taken: every rank stops
     assert again.returncode != 0
     assert "already exists" in again.stdout + again.stderr
     assert "rank 0 could not open the run" in again.stdout + again.stderr, "rank 1 says why it stopped"
@@ -130,13 +90,13 @@ WORKER = textwrap.dedent(
 
 
 def test_resume_after_a_rank_is_killed_completes_without_duplicates(tmp_path: Path) -> None:
-    probe = _probe(tmp_path)
+    probe = write_probe(tmp_path)
     single, parallel = tmp_path / "single.duckdb", tmp_path / "parallel.duckdb"
     opts = {"logits": "fp32", "expert_stats": True, "batch_size": 1, "progress": False}
     capture("tiny:qwen2_moe", probe, single, run_id="one", **opts)  # type: ignore[arg-type]
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
-    proc = _torchrun([str(worker), str(probe), str(parallel), "7"], tmp_path)
+    proc = torchrun([str(worker), str(probe), str(parallel), "7"], tmp_path)
     assert proc.returncode != 0, "the job fails when a rank dies"
     with Store(parallel, read_only=True) as store:
         assert store.run("dp")["status"] == "running", "the main run was left unfinished"
@@ -157,43 +117,15 @@ def test_resume_after_a_rank_is_killed_completes_without_duplicates(tmp_path: Pa
     _assert_same_rows(single, "one", parallel, "dp")
 
 
-def _max_diff(a: pl.Series, b: pl.Series) -> float:
-    x, y = np.asarray(a.to_list(), dtype=np.float64), np.asarray(b.to_list(), dtype=np.float64)
-    return float(np.nanmax(np.abs(x - y)))
-
-
-def _tp_checkpoint(tmp_path: Path) -> Path:
-    """A tiny Qwen2-MoE saved as a model directory (tensor parallelism loads through from_pretrained)."""
-    from workbench.models.tiny import byte_tokenizer, tiny_model
-
-    checkpoint = tmp_path / "qwen2-moe"
-    tiny_model("qwen2_moe").save_pretrained(checkpoint)
-    byte_tokenizer().save_pretrained(checkpoint)
-    return checkpoint
-
-
-def _assert_tp_rows_match(single: Path, parallel: Path) -> None:
-    """Expert ids equal one process's; floats differ only by the all-reduce's rounding."""
-    a, b = _all_rows(single, "one"), _all_rows(parallel, "tp")
-    assert a["prompts"].drop("run_id", strict=False).equals(b["prompts"].drop("run_id", strict=False))
-    assert a["tokens"]["token_id"].equals(b["tokens"]["token_id"])
-    ra, rb = a["routing"], b["routing"]
-    assert ra.height == rb.height > 0
-    assert ra["experts"].to_list() == rb["experts"].to_list()
-    assert _max_diff(ra["weights"], rb["weights"]) < 1e-6
-    assert _max_diff(ra["logits"], rb["logits"]) < 1e-5
-    assert _max_diff(a["tokens"]["nll"], b["tokens"]["nll"]) < 1e-4
-
-
 def test_tensor_parallel_capture_records_the_routing_once(tmp_path: Path) -> None:
     """2 gloo ranks shard a saved tiny Qwen2-MoE with its own tp_plan; rank 0 writes one run whose
     expert ids equal one process's, and whose floats differ only by the all-reduce's rounding."""
-    checkpoint = _tp_checkpoint(tmp_path)
-    probe = _probe(tmp_path)
+    checkpoint = tp_checkpoint(tmp_path)
+    probe = write_probe(tmp_path)
     single, parallel = tmp_path / "single.duckdb", tmp_path / "parallel.duckdb"
     capture(str(checkpoint), probe, single, run_id="one", logits="fp32", progress=False)
     args = ["--model", str(checkpoint), "--probe", str(probe), "--db", str(parallel), "--run-id", "tp"]
-    proc = _torchrun(
+    proc = torchrun(
         ["-m", "workbench.capture", *args, "--tp-plan", "auto", "--logits", "fp32", "--quiet"], tmp_path
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -206,7 +138,7 @@ def test_tensor_parallel_capture_records_the_routing_once(tmp_path: Path) -> Non
         info = store.run("tp")
     assert info["status"] == "complete"
     assert info["config"]["parallel"] == {"mode": "tensor", "world_size": 2, "tp_plan": "auto"}
-    _assert_tp_rows_match(single, parallel)
+    assert_rows_match_within_rounding(single, "one", parallel, "tp")
 
 
 TP_WORKER = textwrap.dedent(
@@ -236,13 +168,13 @@ TP_WORKER = textwrap.dedent(
 
 
 def test_a_killed_tensor_parallel_run_resumes_under_torchrun(tmp_path: Path) -> None:
-    checkpoint = _tp_checkpoint(tmp_path)
-    probe = _probe(tmp_path)
+    checkpoint = tp_checkpoint(tmp_path)
+    probe = write_probe(tmp_path)
     single, parallel = tmp_path / "single.duckdb", tmp_path / "parallel.duckdb"
     capture(str(checkpoint), probe, single, run_id="one", logits="fp32", progress=False)
     worker = tmp_path / "tp_worker.py"
     worker.write_text(TP_WORKER)
-    proc = _torchrun([str(worker), str(checkpoint), str(probe), str(parallel), "6"], tmp_path)
+    proc = torchrun([str(worker), str(checkpoint), str(probe), str(parallel), "6"], tmp_path)
     assert proc.returncode != 0, "the job fails when its ranks die"
     with Store(parallel, read_only=True) as store:
         assert store.run("tp")["status"] == "running"
@@ -252,14 +184,14 @@ def test_a_killed_tensor_parallel_run_resumes_under_torchrun(tmp_path: Path) -> 
         resume(parallel, "tp", progress=False)  # one process cannot hold a model sharded over two
     # --run-id: torchrun's own parser would take --run for its --run-path
     again = ["-m", "workbench.capture", "resume", "--db", str(parallel), "--run-id", "tp", "--quiet"]
-    proc = _torchrun(again, tmp_path)
+    proc = torchrun(again, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.split() == ["tp"]
     with Store(parallel, read_only=True) as store:
         assert store.run("tp")["status"] == "complete"
         prompts = store.prompts("tp")
     assert prompts["prompt_id"].n_unique() == prompts.height == len(TEXTS)
-    _assert_tp_rows_match(single, parallel)
+    assert_rows_match_within_rounding(single, "one", parallel, "tp")
 
 
 def test_tp_plan_is_refused_outside_torchrun_and_for_in_memory_models(tmp_path: Path) -> None:
@@ -268,7 +200,7 @@ def test_tp_plan_is_refused_outside_torchrun_and_for_in_memory_models(tmp_path: 
     from workbench.cli import app
     from workbench.models.loading import ModelLoadError, load_model
 
-    probe = _probe(tmp_path)
+    probe = write_probe(tmp_path)
     cmd = ["capture", "--model", "tiny:qwen2_moe", "--probe", str(probe), "--db", str(tmp_path / "x.duckdb")]
     shown = CliRunner().invoke(app, [*cmd, "--tp-plan", "auto"])
     assert shown.exit_code != 0 and "torchrun" in shown.output
@@ -282,8 +214,11 @@ def test_a_resume_plan_refuses_a_run_it_cannot_resume_and_says_what_to_run(tmp_p
     from store_support import LAYERS
 
     from workbench.capture.distributed import _resume_plan
+    from workbench.capture.integrity import ResumeMismatchError, UnverifiedResumeWarning
 
     db = tmp_path / "s.duckdb"
+    probe = tmp_path / "p.jsonl"
+    probe.write_text('{"text": "a prompt", "label": "x"}\n')
     options = {"batch_size": 1, "logits": "fp32", "tp_plan": "auto"}
     with Store(db) as st:
         for run_id, parallel in (("tp", {"mode": "tensor", "world_size": 2, "tp_plan": "auto"}),
@@ -301,5 +236,12 @@ def test_a_resume_plan_refuses_a_run_it_cannot_resume_and_says_what_to_run(tmp_p
     ):
         _resume_plan(db, "dp", 2)
     assert _resume_plan(db, "done", 2) is None
-    plan = _resume_plan(db, "tp", 2)
+    probe.rename(tmp_path / "moved.jsonl")  # the probe file is verified before anything is written
+    with pytest.raises(ResumeMismatchError, match=r"p.jsonl of run 'tp' is not there .*--probe FILE"):
+        _resume_plan(db, "tp", 2)
+    with Store(db, read_only=True) as st:
+        assert st.run("tp")["status"] == "running"
+    (tmp_path / "moved.jsonl").rename(probe)
+    with pytest.warns(UnverifiedResumeWarning, match="recorded no content digest"):
+        plan = _resume_plan(db, "tp", 2)
     assert plan == {"options": options, "model_source": "m", "probe": str(tmp_path / "p.jsonl"), "done": []}

@@ -12,6 +12,11 @@ The run exists in the main store from the start (status ``running``, ``config.pa
 was split), so ``runs`` lists it at once. If a rank dies, torchrun stops them all; ``resume`` then
 moves whatever the rank stores committed into the main store and captures the rest, so no prompt is
 lost or written twice.
+
+With a sharded model (``--tp-plan auto``, ``--tp-size T``, ``--expert-parallel``) the ranks of a
+tensor-parallel group run every forward together: one group over the job has rank 0 write the main
+store; D groups of T split the prompts as the ranks above do, each group's first rank writing a rank
+store (:func:`capture_tensor_parallel`). docs/capture.md describes both.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ from workbench.capture.engine import (
     prompt_stream,
     run_batches,
 )
+from workbench.capture.integrity import probe_for_resume
 from workbench.capture.rank_stores import absorb_rank_stores, rank_store_dir
 from workbench.models.loading import LoadedModel
+from workbench.models.parallelism import ParallelLayout, parallel_layout, tp_group_of
 from workbench.probefile import Prompt
 from workbench.store import Store
 
@@ -128,23 +135,68 @@ def capture_tensor_parallel(
     timeout_s: float = 1800.0,
     **option_overrides: Any,
 ) -> str:
-    """Capture with the model sharded across all ranks (transformers' ``tp_plan``); rank 0 writes.
+    """Capture with the model sharded by transformers' ``tp_plan``; returns the run id.
 
-    Every rank loads its shard and runs every forward (the collectives need all of them); the routers
-    are replicated, so rank 0's records are the routing, and the other ranks drop theirs. One
-    tensor-parallel group spans the whole job (no data parallelism on top yet).
+    Without ``tp_size`` one tensor-parallel group spans the job and rank 0 writes. With ``tp_size`` T,
+    the job's ``WORLD_SIZE = D × T`` ranks form D groups of T (:mod:`workbench.models.parallelism`):
+    each group shards a copy of the model over its ranks and captures the prompts with
+    ``prompt_id % D == group``, its first rank writes them to its rank store, and rank 0 absorbs the
+    rank stores into one run. Every rank of a group runs every forward of the group (the collectives
+    need all of them); the routers are replicated, so the group's first rank holds the routing and the
+    others drop theirs.
     """
 
     opts = merge_options(options, option_overrides)
     if opts.tp_plan is None:
         opts = replace(opts, tp_plan="auto")
     with _job("capture_tensor_parallel", timeout_s) as env:
+        layout = parallel_layout(env.world_size, opts.tp_size)  # refuses a size that does not divide the job
         prompts, probe_name = prompt_stream(probes)
         loaded, checked = prepare_model(model, opts, tokenizer)
-        parallel = {"mode": "tensor", "world_size": env.world_size, "tp_plan": opts.tp_plan}
+        _check_groups(loaded, env, layout)
+        parallel = _tensor_parallel_config(layout, opts)
         rid = _shared_run_id(env, lambda: _open_main(db, loaded, opts, probe_name, checked, run_id, parallel))
-        _tensor_parallel_batches(env, loaded, prompts, db, rid, opts, progress)
+        _tensor_parallel_batches(env, layout, loaded, prompts, db, rid, opts, progress, (probe_name, checked))
         return rid
+
+
+def _check_groups(loaded: LoadedModel, env: RankEnv, layout: ParallelLayout) -> None:
+    """Refuse to split prompts by group unless transformers' mesh put this rank in the group the split
+    assumes: ranks sharing collectives must run the same forwards."""
+    if layout.dp_size == 1:
+        return
+    mesh: Any = getattr(loaded.model, "_device_mesh", None)
+    try:
+        ranks = [int(r) for r in mesh["tp"].mesh.flatten().tolist()]
+    except (TypeError, KeyError, AttributeError, RuntimeError) as exc:
+        raise ParallelCaptureError(
+            f"cannot read the tensor-parallel group transformers put rank {env.rank} in ({exc}); capture with one "
+            "group over the job (no --tp-size) or with the locked transformers"
+        ) from exc
+    expected = tp_group_of(env.rank, layout)
+    if ranks != expected:
+        raise ParallelCaptureError(
+            f"transformers put rank {env.rank} in tensor-parallel group {ranks}, not {expected} as the prompt split "
+            "assumes; capture with one group over the job (no --tp-size) or with the locked transformers"
+        )
+
+
+def _tensor_parallel_config(layout: ParallelLayout, opts: CaptureOptions) -> dict[str, Any]:
+    """``config.parallel`` of a tensor-parallel run: one group over the job, or D groups of T ranks;
+    with ``ep_size`` when the experts are split over each group's ranks."""
+    experts = {"ep_size": layout.tp_size} if opts.expert_parallel else {}
+    if layout.dp_size == 1:
+        return {"mode": "tensor", "world_size": layout.world_size, "tp_plan": opts.tp_plan, **experts}
+    return {
+        **experts,
+        "mode": "tensor+data",
+        "world_size": layout.world_size,
+        "tp_size": layout.tp_size,
+        "dp_size": layout.dp_size,
+        "tp_plan": opts.tp_plan,
+        "split": "prompt_id % dp_size; group g = ranks g*tp_size .. g*tp_size + tp_size - 1",
+        "writers": "the first rank of each group, to DB.ranks/<run>/rank-<rank>.duckdb; rank 0 absorbs them",
+    }
 
 
 @contextmanager
@@ -220,11 +272,13 @@ def _shared_run_id(env: RankEnv, open_on_rank0: Callable[[], str]) -> str:
 def resume_tensor_parallel(
     db: str | Path, run_id: str, *, progress: bool = True, timeout_s: float = 1800.0
 ) -> str:
-    """Finish an interrupted tensor-parallel run under torchrun (the same number of ranks it ran on).
+    """Finish an interrupted tensor-parallel run under torchrun, on the layout it ran on.
 
-    Rank 0 reads the run (its options, model, probe file and the prompts already committed) and tells
-    every rank; each loads its shard of the model as the capture did, the ranks run the remaining
-    prompts' forwards together, and rank 0 writes them, so no prompt is lost or written twice.
+    Rank 0 takes in what the groups' rank stores committed, reads the run (its options, model, probe
+    file and the prompts already committed) and tells every rank; each loads its shard of the model as
+    the capture did, and the remaining prompts are captured as the capture would have (one group: rank
+    0 writes; D groups: split by ``prompt_id % D``, each group's first rank writes its rank store, rank
+    0 absorbs them), so no prompt is lost or written twice.
     """
 
     from workbench.probefile import iter_probe_file
@@ -234,43 +288,73 @@ def resume_tensor_parallel(
         if plan is None:  # already complete
             return run_id
         opts = CaptureOptions(**plan["options"])
-        loaded, _ = prepare_model(plan["model_source"], opts)
+        layout = parallel_layout(env.world_size, opts.tp_size)
+        loaded, checked = prepare_model(plan["model_source"], opts)
+        _check_groups(loaded, env, layout)
         done = set(plan["done"])
         remaining = (p for p in iter_probe_file(plan["probe"]) if p.prompt_id not in done)
-        _tensor_parallel_batches(env, loaded, remaining, db, run_id, opts, progress)
+        _tensor_parallel_batches(
+            env, layout, loaded, remaining, db, run_id, opts, progress, (plan["probe"], checked)
+        )
         return run_id
 
 
 def _tensor_parallel_batches(
     env: RankEnv,
+    layout: ParallelLayout,
     loaded: LoadedModel,
     prompts: Iterator[Prompt],
     db: str | Path,
     run_id: str,
     opts: CaptureOptions,
     progress: bool,
+    provenance: tuple[str, dict[str, Any]],
 ) -> None:
-    """Every rank runs the forwards (the collectives need all of them); rank 0 writes, the others drop."""
+    """Every rank of a group runs the group's forwards (the collectives need all of them); one rank writes.
+
+    One group: rank 0 writes the main store. D groups: group g takes ``prompt_id % D == g``, its first
+    rank writes its rank store (``provenance``: the probe name and routing check it records), and rank 0
+    absorbs the rank stores and completes the run once every group is done.
+    """
     import torch.distributed as dist
 
-    main = Store(db) if env.rank == 0 else None
+    if layout.dp_size > 1:
+        prompts = _share(prompts, layout.group(env.rank), layout.dp_size)
+    store: Store | None = None
+    if layout.dp_size == 1 and env.rank == 0:
+        store = Store(db)
+    elif layout.dp_size > 1 and layout.leads(env.rank):
+        folder = rank_store_dir(db, run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        store = Store(folder / f"rank-{env.rank}.duckdb")
+        probe_name, checked = provenance
+        open_run(store, loaded, opts, probe_name=probe_name, checked=checked, run_id=run_id)
     try:
-        run_batches(loaded, prompts, main, run_id, opts, progress=progress and main is not None)
+        run_batches(loaded, prompts, store, run_id, opts, progress=progress and env.rank == 0)
     finally:
-        if main is not None:
-            main.close()
+        if store is not None:
+            store.close()
     dist.barrier()
+    if layout.dp_size > 1:
+        if env.rank == 0:
+            with Store(db) as main:
+                absorb_rank_stores(main, db, run_id)
+                main.set_status(run_id, "complete")
+        dist.barrier()
 
 
 def _resume_plan(db: str | Path, run_id: str, world_size: int) -> dict[str, Any] | None:
-    """What every rank needs to resume a tensor-parallel run (None when it is complete); rank 0 only."""
+    """What every rank needs to resume a tensor-parallel run (None when it is complete); rank 0 only.
+
+    A run captured by D groups first takes in what their rank stores committed.
+    """
     with Store(db) as store:
         info = store.run(run_id)
         if info["status"] == "complete":
             return None
         config = info["config"]
         parallel = config.get("parallel") or {}
-        if parallel.get("mode") != "tensor":
+        if parallel.get("mode") not in ("tensor", "tensor+data"):
             raise ValueError(
                 f"run {run_id} was not captured tensor-parallel; resume it in one process: "
                 f"moe-workbench resume --db {db} --run {run_id}"
@@ -284,8 +368,11 @@ def _resume_plan(db: str | Path, run_id: str, world_size: int) -> dict[str, Any]
             raise ValueError(
                 f"run {run_id} captured prompts from Python; a tensor-parallel resume needs its probe file"
             )
-        done = sorted(store.done_prompt_ids(run_id))
+        probe_for_resume(store, run_id, info, None)  # refuses a changed probe file before anything is written
         store.set_status(run_id, "running")
+        if parallel.get("mode") == "tensor+data":
+            absorb_rank_stores(store, db, run_id)
+        done = sorted(store.done_prompt_ids(run_id))
         return {
             "options": config["options"],
             "model_source": config["model_source"],

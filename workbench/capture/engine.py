@@ -70,6 +70,12 @@ class CaptureOptions:
     tp_plan: str | None = None
     #: record NaN/inf router outputs instead of stopping the capture (capture/finite.py); flags the run
     allow_nonfinite: bool = False
+    #: ranks per tensor-parallel group (None: one group of all ranks); WORLD_SIZE / tp_size groups
+    #: split the prompts data-parallel. Implies ``tp_plan="auto"``.
+    tp_size: int | None = None
+    #: also split each MoE block's experts over the ranks of a tensor-parallel group (transformers'
+    #: expert parallelism, ep_size = the group's size). Implies ``tp_plan="auto"``.
+    expert_parallel: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -79,6 +85,18 @@ class CaptureOptions:
         if self.write_rows < 1:
             raise ValueError(f"write_rows must be >= 1, got {self.write_rows}")
         logits_mode(self.logits)  # raises ValueError naming the modes
+        if self.tp_size is not None and self.tp_size < 2:
+            raise ValueError(
+                f"tp_size must be >= 2 (ranks per tensor-parallel group), got {self.tp_size}; for a whole model "
+                "on every rank, capture data-parallel without tp_size"
+            )
+        if (self.tp_size is not None or self.expert_parallel) and self.tp_plan is None:
+            object.__setattr__(self, "tp_plan", "auto")  # groups of tp_size ranks shard with the model's plan
+        if self.expert_parallel and self.expert_stats:
+            raise ValueError(
+                "expert_stats recompute expert outputs from the expert weights, which expert parallelism splits "
+                "across ranks: capture without one of them"
+            )
         if self.tp_plan not in (None, "auto"):
             raise ValueError(f"tp_plan must be 'auto' (the model's own plan) or None, got {self.tp_plan!r}")
         if self.tp_plan is not None and (self.device is not None or self.device_map is not None):
@@ -282,6 +300,8 @@ def _placement(opts: CaptureOptions) -> dict[str, Any]:
         "device_map": parse_device_map(opts.device_map) if opts.device_map is not None else None,
         "offload_folder": opts.offload_folder,
         "tp_plan": opts.tp_plan,
+        "tp_size": opts.tp_size,
+        "expert_parallel": opts.expert_parallel,
     }
 
 

@@ -86,11 +86,32 @@ def capture(
         str | None,
         typer.Option(
             "--tp-plan",
-            help="Under torchrun: shard a model directory or hub id across the ranks with transformers' "
-            "tensor parallelism ('auto': the model's own plan). Rank 0 writes the run; routers are replicated, "
-            "so the records equal one process's within float rounding (docs/capture.md).",
+            help="Under torchrun: shard a model directory or hub id across the ranks (or each --tp-size group) "
+            "with transformers' tensor parallelism ('auto': the model's own plan). One rank per group writes; "
+            "routers are replicated, so the records equal one process's within float rounding (docs/capture.md).",
         ),
     ] = None,
+    tp_size: Annotated[
+        int | None,
+        typer.Option(
+            "--tp-size",
+            min=2,
+            help="Under torchrun: ranks per tensor-parallel group (implies --tp-plan auto). A job of "
+            "D x T ranks with --tp-size T holds D groups; each shards its own copy of the model, the groups "
+            "split the prompts as data-parallel ranks do, and the store holds one run (docs/capture.md). "
+            "Default: one group of all ranks.",
+        ),
+    ] = None,
+    expert_parallel: Annotated[
+        bool,
+        typer.Option(
+            "--expert-parallel",
+            "--ep",
+            help="Under torchrun: also split each MoE block's experts over the ranks of a tensor-parallel group "
+            "(transformers' expert parallelism, ep_size = the group's size; implies --tp-plan auto). The routing "
+            "self-check measures the experts every rank applies together (docs/capture.md).",
+        ),
+    ] = False,
     trust_remote_code: Annotated[
         bool,
         typer.Option(
@@ -122,6 +143,8 @@ def capture(
 
     Data-parallel on N processes (GPUs, or CPU with gloo): torchrun --nproc-per-node N -m workbench.capture
     with the same options. Ranks split the prompts; the store holds one run (docs/capture.md).
+    A model too large for one device: --tp-plan auto shards it over all ranks; --tp-size T over groups of T
+    ranks, the N/T groups splitting the prompts (e.g. torchrun --nproc-per-node 8 ... --tp-size 4: 2 groups).
     """
     import torch
 
@@ -134,11 +157,16 @@ def capture(
     writable_db(db)
     ranks = rank_env()
     parallel = ranks is not None and ranks.world_size > 1
-    if tp_plan is not None and not parallel:
+    if (tp_plan is not None or tp_size is not None or expert_parallel) and not parallel:
+        option = (
+            "--tp-size" if tp_size is not None else "--expert-parallel" if expert_parallel else "--tp-plan"
+        )
         fail(
-            "--tp-plan shards the model across torchrun ranks: start it with "
+            f"{option} shards the model across torchrun ranks: start it with "
             "torchrun --nproc-per-node N -m workbench.capture"
         )
+    if tp_size is not None or expert_parallel:
+        tp_plan = tp_plan or "auto"
     if tp_plan is None and device_map is None:
         local = f"cuda:{ranks.local_rank}" if parallel and ranks is not None else "cuda"
         device = device or (local if torch.cuda.is_available() else "cpu")
@@ -156,6 +184,8 @@ def capture(
             offload_folder=str(offload_folder) if offload_folder is not None else None,
             tp_plan=tp_plan,
             allow_nonfinite=allow_nonfinite,
+            tp_size=tp_size,
+            expert_parallel=expert_parallel,
         )
         if tp_plan is not None:
             rid = capture_tensor_parallel(model, probe, db, run_id=run_id, options=opts, progress=not quiet)

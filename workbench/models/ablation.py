@@ -41,10 +41,14 @@ def hidden_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
 
 
 def n_parameterised(layer: MoELayer) -> int:
-    """How many experts own parameters (LongCat's identity experts own none)."""
+    """How many experts own parameters (LongCat's identity experts own none), across all ranks when
+    expert parallelism splits them (the global count of the expert-sharded parameters)."""
     modules = expert_modules(layer.experts)
     if modules is not None:
         return len(modules)
+    for p in layer.experts.parameters():
+        if _expert_shard(p) is not None and p.dim() == 3:
+            return int(p.shape[0])  # a DTensor's shape is the global one
     count = getattr(layer.experts, "num_experts", None)
     if isinstance(count, int) and count > 0:
         return count
@@ -54,18 +58,40 @@ def n_parameterised(layer: MoELayer) -> int:
     return layer.n_experts
 
 
+def _expert_shard(p: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+    """``(local rows, first global expert)`` of a parameter that expert parallelism shards along its
+    expert dimension (a DTensor with ``Shard(0)`` on a 1-D mesh); None for any other parameter."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    if not isinstance(p, DTensor) or p.device_mesh.ndim != 1 or p.placements != (Shard(0),):
+        return None
+    local = p.to_local()
+    return local, local.shape[0] * p.device_mesh.get_local_rank()
+
+
 def _slices(layer: MoELayer, e: int, n: int) -> list[torch.Tensor]:
-    """Views of expert ``e``'s parameters: a module's own, or slice ``e`` of expert-major fused ones."""
+    """Views of expert ``e``'s parameters: a module's own, or slice ``e`` of expert-major fused ones.
+
+    Under expert parallelism only the rank holding expert ``e`` returns views (of its local shard);
+    the others return none, and zero nothing while they run the block with it.
+    """
     modules = expert_modules(layer.experts)
     if modules is not None:
         return [p.data for p in modules[e].parameters()]
     views = []
+    sharded = False
     for p in layer.experts.parameters():
-        if p.dim() >= 1 and p.shape[0] == n:  # [E, ...]: fused per-expert weights
+        shard = _expert_shard(p)
+        if shard is not None:
+            sharded = True
+            local, first = shard
+            if first <= e < first + local.shape[0]:
+                views.append(local.data[e - first])
+        elif p.dim() >= 1 and p.shape[0] == n:  # [E, ...]: fused per-expert weights
             views.append(p.data[e])
         elif p.dim() >= 2 and p.shape[0] % n == 0:  # [E·I, H]: expert-major rows (DBRX)
             views.append(p.data.view(n, p.shape[0] // n, *p.shape[1:])[e])
-    if not views:
+    if not views and not sharded:
         raise AblationError(f"{type(layer.experts).__name__}: no expert-major parameters to ablate")
     return views
 

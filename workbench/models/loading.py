@@ -189,6 +189,8 @@ def load_pretrained(
     device_map: DeviceMap | None = None,
     offload_folder: str | Path | None = None,
     tp_plan: TpPlan | None = None,
+    tp_size: int | None = None,
+    expert_parallel: bool = False,
 ) -> tuple[Any, Any]:
     """``(model, tokenizer)`` from a Hugging Face directory (``local``) or hub id, safely.
 
@@ -233,10 +235,13 @@ def load_pretrained(
         kwargs["device_map"] = device_map
         if offload_folder is not None:
             kwargs["offload_folder"] = str(offload_folder)
-    if tp_plan is not None:  # tensor parallel across the ranks of a torchrun job
-        from transformers.distributed.configuration_utils import DistributedConfig
+    if tp_plan is not None:  # tensor parallel across the ranks of a torchrun job (or groups of tp_size)
+        from workbench.models.parallelism import distributed_config
 
-        kwargs["distributed_config"] = DistributedConfig(tp_plan=tp_plan)
+        try:
+            kwargs["distributed_config"] = distributed_config(tp_plan, tp_size, expert_parallel)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from exc
     gguf = sorted(Path(source).glob("*.gguf")) if local else []
     if gguf and not any(Path(source).glob("*.safetensors")):
         kwargs["gguf_file"] = gguf[0].name
@@ -250,7 +255,19 @@ def load_pretrained(
         raise ModelLoadError(
             f"a safetensors file of {source!r} is damaged ({exc}); download or save the checkpoint again"
         ) from exc
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
+        if (
+            "distributed_config" in kwargs
+        ):  # transformers refuses the layout (e.g. experts the ranks cannot split)
+            raise ModelLoadError(
+                f"cannot shard {source!r} over the ranks of this job: {exc}. Choose a number of ranks (or "
+                "--tp-size) that divides the model (its attention heads, and its experts with --expert-parallel)."
+            ) from exc
+        raise ModelLoadError(
+            f"cannot load weights of {source!r}: {exc}. moe-workbench loads safetensors or GGUF only "
+            "(never pickled .bin files); convert the checkpoint with save_pretrained(safe_serialization=True)."
+        ) from exc
+    except OSError as exc:
         raise ModelLoadError(
             f"cannot load weights of {source!r}: {exc}. moe-workbench loads safetensors or GGUF only "
             "(never pickled .bin files); convert the checkpoint with save_pretrained(safe_serialization=True)."
@@ -318,6 +335,8 @@ def load_model(
     device_map: DeviceMap | None = None,
     offload_folder: str | Path | None = None,
     tp_plan: TpPlan | None = None,
+    tp_size: int | None = None,
+    expert_parallel: bool = False,
 ) -> LoadedModel:
     """Load ``source`` and discover its MoE layers.
 
@@ -331,8 +350,17 @@ def load_model(
     models are placed by accelerate. It excludes ``device``.
 
     ``tp_plan`` (``"auto"``: the model's own plan) shards a directory or hub checkpoint across the
-    ranks of a torchrun job with transformers' tensor parallelism (``DistributedConfig``).
+    ranks of a torchrun job with transformers' tensor parallelism (``DistributedConfig``); with
+    ``tp_size``, over each group of ``tp_size`` ranks (:mod:`workbench.models.parallelism`);
+    ``expert_parallel`` also splits each MoE block's experts over the ranks of a group.
     """
+    if (tp_size is not None or expert_parallel) and tp_plan is None:
+        what = (
+            "tp_size sizes the groups a tp_plan shards over"
+            if tp_size is not None
+            else ("expert parallelism splits the experts over a tensor-parallel group")
+        )
+        raise ModelLoadError(f"{what}: give tp_plan='auto' too")
     if tp_plan is not None:
         if device_map is not None or device is not None:
             raise ModelLoadError(
@@ -375,6 +403,8 @@ def load_model(
                 device_map=device_map,
                 offload_folder=offload_folder,
                 tp_plan=tp_plan,
+                tp_size=tp_size,
+                expert_parallel=expert_parallel,
             )
         tokenizer = tokenizer or tok
         display = name or text
