@@ -20,6 +20,10 @@ Candidates (``--only NAME`` runs a subset):
 * ``parquet_f16_bss`` — the same with byte-stream-split encoding on the float columns.
 * ``parquet_f16_w16`` — byte-stream-split shards with the top-k weights stored as ``halffloat`` too
   (exact for weights a bf16 model applied, down to 2**-14; not for a float32 model).
+* ``parquet_f16_blob`` — shards whose list columns are fixed-size binary values: each row's logits
+  are one ``2·E``-byte value holding the fp16 bit patterns, and likewise the top-k ids (int16) and
+  weights (fp16). DuckDB reads these as ``BLOB``, so a SQL reader cannot see ``FLOAT[]`` logits; this
+  candidate measures what that costs and buys.
 * ``..._t2`` suffix — the same layout with 2 writer threads.
 
 ``python benchmarks/writer_candidates.py --help``.
@@ -68,6 +72,7 @@ CANDIDATES = (
     "parquet_f16",
     "parquet_f16_bss",
     "parquet_f16_w16",
+    "parquet_f16_blob",
     "duckdb_list_t2",
     "duckdb_array_f16bits_t2",
     "parquet_f16_t2",
@@ -115,6 +120,13 @@ def _lists(values: np.ndarray, width: int, value_type: pa.DataType) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1), type=value_type))
 
 
+def _blobs(values: np.ndarray, width: int) -> pa.Array:
+    """Each row's ``width`` values as one fixed-size binary value (their bytes, native order)."""
+    rows = np.ascontiguousarray(values).reshape(-1, width)
+    size = width * rows.dtype.itemsize
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(size), len(rows), [None, pa.py_buffer(rows)])
+
+
 def tables(host: HostBatch, tokenizer: VocabTokenizer, layout: str) -> dict[str, pa.Table]:
     """prompts, tokens (as ``to_arrow`` builds them) and routing in ``layout`` (list, array, f16bits, f16)."""
     prompt_ids, positions = _positions(host)
@@ -142,26 +154,31 @@ def tables(host: HostBatch, tokenizer: VocabTokenizer, layout: str) -> dict[str,
     idx = np.stack([t.numpy() for t in host.indices], axis=1)
     w = np.stack([t.numpy() for t in host.weights], axis=1)
     w_type = pa.float32()
-    if layout == "f16w16":
+    if layout in ("f16w16", "f16blob"):
         w, w_type = w.astype(np.float16), pa.float16()
     lg = np.stack([t.numpy() for t in host.logits if t is not None], axis=1)  # float16 [n, L, E]
     e = lg.shape[-1]
     build = _lists if layout == "list" else _fixed
+    if layout == "f16blob":
+        logits = _blobs(lg, e)
+        experts, weights = _blobs(idx.astype(np.int16), k), _blobs(w, k)
+    else:
+        experts, weights = build(idx, k, pa.int16()), build(w, k, w_type)
     if layout == "list":
         logits = _lists(lg.astype(np.float32), e, pa.float32())
     elif layout == "array":
         logits = _fixed(lg.astype(np.float32), e, pa.float32())
     elif layout == "f16bits":
         logits = _fixed(lg.view(np.int16), e, pa.int16())
-    else:
+    elif layout != "f16blob":
         logits = _fixed(lg, e, pa.float16())
     routing = pa.table(
         {
             "prompt_id": np.repeat(prompt_ids, n_layers),
             "position": np.repeat(positions, n_layers),
             "layer": np.tile(np.array(host.layers, dtype=np.int32), n),
-            "experts": build(idx, k, pa.int16()),
-            "weights": build(w, k, w_type),
+            "experts": experts,
+            "weights": weights,
             "logits": logits,
         }
     )
@@ -269,13 +286,13 @@ def run_candidate(args: argparse.Namespace, name: str, shapes: list[Shape], wher
     threads = 2 if name.endswith("_t2") else 1
     base = name.removesuffix("_t2")
     layout = {"duckdb_list": "list", "duckdb_array": "array", "duckdb_array_f16bits": "f16bits"}.get(
-        base, "f16w16" if base.endswith("w16") else "f16"
+        base, "f16w16" if base.endswith("w16") else "f16blob" if base.endswith("blob") else "f16"
     )
     sink: DuckSink | ParquetSink
     if base.startswith("duckdb"):
         sink = DuckSink(where / "store.duckdb", layout, args.experts, args.top_k)
     else:
-        sink = ParquetSink(where, bss=base.endswith(("bss", "w16")))
+        sink = ParquetSink(where, bss=base.endswith(("bss", "w16")))  # blobs: bss does not apply
     tokenizer = VocabTokenizer(args.vocab, args.seed)
     layers = list(range(args.layers))
     plan: list[HostBatch] = []
@@ -332,6 +349,12 @@ def read_back(
     n = 0
     for batch in con.sql("SELECT logits FROM routing").to_arrow_reader(262_144):
         col = batch.column(0)
+        if layout == "f16blob":  # one BLOB per row: its bytes are the row's fp16 logits
+            blob = pa.array(col).cast(pa.binary(2 * n_experts))
+            arr = np.frombuffer(blob.buffers()[1], np.float16, count=len(blob) * n_experts).astype(np.float32)
+            total += float(arr.astype(np.float64).sum())
+            n += arr.size
+            continue
         values = col.values if isinstance(col, (pa.FixedSizeListArray,)) else col.flatten()
         arr = values.to_numpy(zero_copy_only=False)
         arr = arr.view(np.float16).astype(np.float32) if layout == "f16bits" else arr

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ from workbench.models.loading import LoadedModel, load_model, parse_device_map
 from workbench.models.routing_check import check_routing
 from workbench.probefile import ProbeFileError, Prompt, check_prompt, iter_probe_file
 from workbench.store import Store
+from workbench.store.memory import MIN_MEMORY_MIB
+
+#: DuckDB's share of a capture's memory: its writes are a coalesced batch's prompts and tokens
+DEFAULT_STORE_MEMORY_MIB = 256
 
 _FLUSH = object()  # writer-thread sentinel: commit what the buffer holds
 
@@ -76,6 +81,9 @@ class CaptureOptions:
     #: also split each MoE block's experts over the ranks of a tensor-parallel group (transformers'
     #: expert parallelism, ep_size = the group's size). Implies ``tp_plan="auto"``.
     expert_parallel: bool = False
+    #: DuckDB's memory limit while the capture writes, in MiB (store/memory.py): it would otherwise
+    #: cache every block written, so the process grew with the run rather than with the batch
+    store_memory_mib: int = DEFAULT_STORE_MEMORY_MIB
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -84,6 +92,8 @@ class CaptureOptions:
             raise ValueError(f"max_length must be >= 1, got {self.max_length}")
         if self.write_rows < 1:
             raise ValueError(f"write_rows must be >= 1, got {self.write_rows}")
+        if self.store_memory_mib < MIN_MEMORY_MIB:
+            raise ValueError(f"store_memory_mib must be >= {MIN_MEMORY_MIB}, got {self.store_memory_mib}")
         logits_mode(self.logits)  # raises ValueError naming the modes
         if self.tp_size is not None and self.tp_size < 2:
             raise ValueError(
@@ -377,8 +387,9 @@ def run_batches(
 
     bar = TokenProgress(enabled=progress)
     writer = StreamingWriter(sink, max_pending=opts.max_pending)
+    bounded = store.memory_limit(opts.store_memory_mib) if store is not None else nullcontext()
     try:
-        with torch.inference_mode(), bar:
+        with torch.inference_mode(), bar, bounded:
             for batch in batches(
                 prompts,
                 tokenizer,

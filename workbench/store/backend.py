@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from workbench.store import effects, ingest, maintenance, matching, readers
 from workbench.store import runs as runs_mod
 from workbench.store.connection import connect
 from workbench.store.errors import StoreError
+from workbench.store.memory import restore_memory_limit, set_memory_limit
 from workbench.store.readers import Query
 from workbench.store.schema import current_version
 
@@ -94,6 +96,22 @@ class Store:
         """Schema version recorded in the file."""
         with self._lock:
             return current_version(self.con)
+
+    @contextmanager
+    def memory_limit(self, mib: int) -> Iterator[None]:
+        """Bound DuckDB's memory to ``mib`` MiB for the block, restoring the old limit in ``finally``.
+
+        Capture writes under it, so that DuckDB's cache of the blocks it wrote does not grow with
+        the run (``workbench/store/memory.py``).
+        """
+        with self._lock:
+            before = set_memory_limit(self.con, mib)
+        try:
+            yield
+        finally:
+            with self._lock:
+                if not self._closed:
+                    restore_memory_limit(self._conn, before)
 
     def _writable(self) -> duckdb.DuckDBPyConnection:
         if self._read_only:
