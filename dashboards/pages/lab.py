@@ -13,7 +13,7 @@ from typing import Any
 import dash
 from dash import Input, Output, State, callback, dcc, html
 
-from dashboards.components import guarded, message, query_string, to_int
+from dashboards.components import guarded, message, query_string, to_float, to_int
 from dashboards.components.common import HIDDEN
 from dashboards.components.pickers import Choice, label_choice, run_choice
 from dashboards.components.url import register_url_sync, url_components
@@ -117,14 +117,6 @@ def layout(
             html.Div(id="lab-output"),
         ]
     )  # fmt: skip
-
-
-def to_float(value: Any) -> float | None:
-    """``value`` as a float (query string), or None."""
-    try:
-        return None if value in (None, "") else float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def experts_of(layer: Any) -> list[dict[str, Any]]:
