@@ -8,8 +8,9 @@ stale tab; it gets a 400 with a plain-text line saying what was wrong. :func:`in
 
 * a check of the body's shape before Dash sees it (:func:`problem`);
 * an error handler for what still goes wrong inside a callback: a ``TypeError``/``ValueError``/
-  ``LookupError``/``AttributeError`` there means the inputs did not fit (400); anything else is a
-  bug, answered with a short 500 line — both logged with their traceback on the server only.
+  ``LookupError``/``AttributeError`` there most likely means the values did not fit (400, naming
+  the callback and the error, without claiming more); anything else is a bug, answered with a short
+  500 line — both logged with their traceback on the server only.
 """
 
 from __future__ import annotations
@@ -87,9 +88,13 @@ def install(server: flask.Flask, callback_map: Callable[[], Mapping[str, Any]]) 
             return exc
         request = flask.request
         if request.path == CALLBACK_PATH and isinstance(exc, BAD_INPUT):
-            log.warning("callback request refused: %s", _short(exc), exc_info=exc)
+            body = request.get_json(silent=True)
+            output = body.get("output") if isinstance(body, dict) else None
+            log.warning("callback for %s failed on its request's values", output, exc_info=exc)
             return _text(
-                f"malformed callback request: its values do not fit the callback ({_short(exc)})", 400
+                f"callback request refused: the callback for {output!r} failed on these values ({_short(exc)}); "
+                "details in the server log",
+                400,
             )
         log.error("internal error answering %s", request.path, exc_info=exc)
         return _text(

@@ -20,6 +20,7 @@ from dashboards.components.url import register_url_sync, url_components
 from dashboards.data import attached, current_db, current_model
 from dashboards.jobs import JobCancelled, job_progress
 from dashboards.views import lab as view
+from dashboards.views.bounds import LAB_PROMPTS, MAX_PROMPT_CHARS
 
 dash.register_page(__name__, path="/lab", name="Lab", title="moe-workbench · lab", order=7)
 PAGE = "lab"
@@ -93,13 +94,13 @@ def layout(
                         [
                             _label_choice(db, runs.value, labels).dropdown("lab-labels"),
                             html.Span("prompts per label", className="wb-muted"),
-                            dcc.Input(id="lab-n", type="number", min=1, max=64, step=1, debounce=True,
-                                      value=to_int(n) or 8, className="wb-number"),
+                            dcc.Input(id="lab-n", type="number", min=LAB_PROMPTS[0], max=LAB_PROMPTS[1], step=1,
+                                      debounce=True, value=to_int(n) or 8, className="wb-number"),
                         ],
                         className="wb-controls",
                     ),
                     dcc.Textarea(id="lab-text", value=DEFAULT_TEXT if text is None else text,
-                                 style={"width": "40em", "height": "3.5em"}),
+                                 maxLength=MAX_PROMPT_CHARS, style={"width": "40em", "height": "3.5em"}),
                     html.Div(
                         [
                             html.Button("Run intervention", id="lab-go", n_clicks=0, disabled=loaded is None),

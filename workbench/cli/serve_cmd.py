@@ -44,7 +44,8 @@ def _choose_token(token: str | None, no_token: bool, host: str, loopback: bool) 
             )
         if not loopback:
             fail(
-                f"--no-token is only allowed on a loopback address (127.0.0.1, ::1, localhost), not {escape(repr(host))}: "
+                "--no-token is only allowed on a loopback address (127.0.0.1, ::1, localhost), "
+                f"not {escape(repr(host))}: "
                 "anyone who can reach the port could use the dashboard. Leave --no-token out."
             )
         return None, False
@@ -67,11 +68,21 @@ def serve(
         ),
     ] = None,
     host: Annotated[
-        str, typer.Option("--host", help="Interface to bind; the default serves this machine only.")
+        str,
+        typer.Option(
+            "--host",
+            help="Interface to bind; the default serves this machine only. Beyond loopback, anyone who can reach "
+            "it and has the token can use the dashboard (with --model: run model jobs, write interventions).",
+        ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8050,
     debug: Annotated[
-        bool, typer.Option("--debug", help="Dash dev tools and reloading (development).")
+        bool,
+        typer.Option(
+            "--debug",
+            help="Dash dev tools and reloading (development; loopback hosts only: it exposes the "
+            "Werkzeug debugger).",
+        ),
     ] = False,
     cache_dir: Annotated[
         Path | None,
@@ -118,7 +129,8 @@ def serve(
     'Authorization: token <token>'. Binds 127.0.0.1 unless --host says otherwise.
 
     The store is opened read-only for each request only, so a capture can start and write to it while
-    the dashboard is open; the dashboard shows the new run once the capture is done. Every view keeps
+    the dashboard is open (it waits briefly for a request in flight); the dashboard shows the new run
+    once the capture is done. Every view keeps
     its state in the address (never the token), so a view is shared by copying the URL. Analyses run in
     the background (pages show "computing …" until they are ready) and are cached on disk.
 

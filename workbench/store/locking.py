@@ -168,7 +168,10 @@ def with_write_lock(path: Path, open_: Callable[[], T], *, wait_s: float | None 
 
 
 def _leave_marker(path: Path) -> Path | None:
-    """Write the writer-waiting marker beside ``path``; None where the folder is read-only (then readers do not step back)."""
+    """Write the writer-waiting marker beside ``path``; None where the folder is read-only.
+
+    Without a marker the writer still waits; readers just do not know to step back.
+    """
     marker = _marker(path)
     try:
         marker.write_text(f"{os.getpid()} {time.time()}")
