@@ -112,8 +112,8 @@ MISSING = (
     "?token=... that `moe-workbench serve` printed, or send the header 'Authorization: token <token>'."
 )
 WRONG = (
-    "403 Forbidden: wrong access token for this dashboard. A restarted dashboard has a new token: use the "
-    "address it printed last."
+    "403 Forbidden: wrong access token for this dashboard. Use the address `moe-workbench serve` printed at "
+    "its last start (a generated token changes at every start)."
 )
 
 

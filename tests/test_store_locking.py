@@ -113,8 +113,8 @@ def test_a_writer_holding_the_file_fails_readers_and_writers_at_once(db: Path) -
         assert time.monotonic() - started < 5  # no point waiting out a capture
         with pytest.raises(StoreLockedError) as as_reader:
             Store(db, read_only=True)
-    assert f"PID {pid}" in str(as_writer.value) and "is writing to it" in str(as_writer.value)
-    assert "cannot read store" in str(as_reader.value) and "is writing to it" in str(as_reader.value)
+    assert f"PID {pid}" in str(as_writer.value) and "has it open for writing" in str(as_writer.value)
+    assert "cannot read store" in str(as_reader.value) and "has it open for writing" in str(as_reader.value)
     assert "open for reading" not in str(as_writer.value) + str(as_reader.value)
 
 

@@ -91,9 +91,9 @@ def locked_message(path: Path, exc: BaseException, *, read_only: bool, waited_s:
     who = holder(exc)
     if read_only:
         return (
-            f"cannot read store {path}: {who} is writing to it (DuckDB lets no other process open a file "
-            "while one writes). Wait for that process (e.g. a running capture) to finish, or use another "
-            "file with --db."
+            f"cannot read store {path}: {who} has it open for writing (DuckDB lets no other process open a "
+            "file while one may write to it). Wait for that process (e.g. a running capture) to finish, or use "
+            "another file with --db."
         )
     if READER_HINT in str(exc):
         waited = f" Waited {waited_s:.0f} s for it to let go." if waited_s else ""
@@ -104,8 +104,8 @@ def locked_message(path: Path, exc: BaseException, *, read_only: bool, waited_s:
             f"set {LOCK_WAIT_ENV}=SECONDS to wait longer, or use another file with --db."
         )
     return (
-        f"cannot write to store {path}: {who} is writing to it (e.g. another capture; DuckDB allows one "
-        "writer process). Wait for it to finish, or use another file with --db."
+        f"cannot write to store {path}: {who} has it open for writing (e.g. another capture; DuckDB allows "
+        "one writer process). Wait for it to finish, or use another file with --db."
     )
 
 
