@@ -3,14 +3,27 @@
 Columns: ``text`` and ``label`` (required), ``pair_id``, ``split`` and ``meta`` (optional; ``meta``
 is any JSON object). ``prompt_id`` is the 0-based row index in the file, so ids are stable across
 runs of the same file. Errors name the file and the line (1-based, as an editor shows it).
+
+Text files are UTF-8 (a leading byte-order mark is accepted and dropped); a line that is not
+UTF-8, or a field holding a lone surrogate (a ``"\\ud800"`` escape in JSON, which no encoder can
+write), is refused with its line. :func:`scan_probe_file` reads a whole file this way before a
+capture starts, so a bad row 10,000 lines down stops nothing half-way.
+
+Each prompt's *record hash* (:func:`record_hash`) is the SHA-256 of its text, label, pair_id,
+split and meta, and a file's *content digest* (:class:`ProbeDigest`) is the SHA-256 over its
+prompts' ids and record hashes in order. Both describe the prompts as read, not the bytes: JSON
+spacing, key order, a BOM or CRLF line ends leave them unchanged; changing, adding, removing or
+reordering a prompt changes the digest. ``resume`` compares them (capture/integrity.py).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +47,96 @@ class Prompt:
     meta: dict[str, Any] | None = None
 
 
+def _unicode_problem(value: Any) -> str | None:
+    """Why ``value`` (a str, or JSON-like data holding strings) cannot be written as UTF-8; else None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = value[exc.start]
+            return f"a lone surrogate U+{ord(bad):04X} at character {exc.start + 1}"
+        return None
+    if isinstance(value, dict):
+        items: Iterable[Any] = [*value.keys(), *value.values()]
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        return None
+    for item in items:
+        problem = _unicode_problem(item)
+        if problem is not None:
+            return problem
+    return None
+
+
+def check_prompt(prompt: Prompt, where: str | None = None) -> Prompt:
+    """``prompt`` if every field is valid Unicode, else a :class:`ProbeFileError` naming the field.
+
+    Prompts built in Python bypass the file readers; capture checks them here so a lone
+    surrogate is a clear error, not a tokenizer's ``TypeError`` mid-run.
+    """
+    where = where or f"prompt {prompt.prompt_id}"
+    for name in ("text", "label", "pair_id", "split", "meta"):
+        problem = _unicode_problem(getattr(prompt, name))
+        if problem is not None:
+            raise ProbeFileError(
+                f"{where}: `{name}` holds {problem}, which is not valid Unicode; fix or remove that escape"
+            )
+    return prompt
+
+
+def record_hash(prompt: Prompt) -> str:
+    """SHA-256 hex of a prompt's source record: text, label, pair_id, split and meta (not its id).
+
+    The record is hashed as compact JSON with sorted keys, so the same prompt read from JSONL,
+    CSV, Parquet or the store's ``prompts`` table hashes the same.
+    """
+    record = [prompt.text, prompt.label, prompt.pair_id, prompt.split, prompt.meta]
+    body = json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+class DigestBuilder:
+    """Accumulates a content digest over prompts in order (module docstring)."""
+
+    VERSION = "probe-records-v1"
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256(f"{self.VERSION}\n".encode())
+        self.n_prompts = 0
+
+    def add(self, prompt: Prompt) -> str:
+        """Add ``prompt``; returns its record hash."""
+        rec = record_hash(prompt)
+        self._hash.update(f"{prompt.prompt_id}:{rec}\n".encode())
+        self.n_prompts += 1
+        return rec
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+@dataclass(frozen=True)
+class ProbeDigest:
+    """What a run records about its probe file: where it was, how many prompts, their digest."""
+
+    path: str  # absolute
+    n_prompts: int
+    digest: str
+    method: str = DigestBuilder.VERSION
+
+    def as_config(self) -> dict[str, Any]:
+        return {"path": self.path, "n_prompts": self.n_prompts, "digest": self.digest, "method": self.method}
+
+
+def digest_of(prompts: Iterable[Prompt], path: str = "<python>") -> ProbeDigest:
+    """The content digest of ``prompts`` (each checked with :func:`check_prompt`)."""
+    builder = DigestBuilder()
+    for prompt in prompts:
+        builder.add(check_prompt(prompt))
+    return ProbeDigest(path=path, n_prompts=builder.n_prompts, digest=builder.hexdigest())
+
+
 def _prompt(row: dict[str, Any], index: int, where: str) -> Prompt:
     missing = [c for c in REQUIRED if row.get(c) is None or row.get(c) == ""]
     if missing:
@@ -53,7 +156,7 @@ def _prompt(row: dict[str, Any], index: int, where: str) -> Prompt:
         raise ProbeFileError(f"{where}: `meta` must be a JSON object, got {type(meta).__name__}")
     pair = row.get("pair_id")
     split = row.get("split")
-    return Prompt(
+    prompt = Prompt(
         prompt_id=index,
         text=text,
         label=str(row["label"]),
@@ -61,15 +164,35 @@ def _prompt(row: dict[str, Any], index: int, where: str) -> Prompt:
         split=None if split in (None, "") else str(split),
         meta=meta or None,
     )
+    return check_prompt(prompt, where)
+
+
+def _decode(raw: bytes, where: str, first: bool) -> str:
+    """One line of a text probe file as str; a BOM on the first line is dropped."""
+    try:
+        return raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProbeFileError(
+            f"{where}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+def _check_utf8(path: Path) -> None:
+    """Refuse a text file that is not UTF-8, naming the first bad line (before csv reads it)."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            _decode(raw, f"{path}:{lineno}", lineno == 1)
 
 
 def _jsonl(path: Path) -> Iterator[Prompt]:
     index = 0
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            where = f"{path}:{lineno}"
+            line = _decode(raw, where, lineno == 1)
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -81,7 +204,8 @@ def _jsonl(path: Path) -> Iterator[Prompt]:
 
 
 def _csv(path: Path) -> Iterator[Prompt]:
-    with path.open(encoding="utf-8", newline="") as fh:
+    _check_utf8(path)
+    with path.open(encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
         missing = [c for c in REQUIRED if c not in header]
@@ -104,8 +228,16 @@ def _parquet(path: Path) -> Iterator[Prompt]:
         raise ProbeFileError(f"{path}: lacks column(s) {', '.join(missing)} (found {names})")
     cols = [c for c in (*REQUIRED, *OPTIONAL) if c in names]
     index = 0
-    for batch in pf.iter_batches(columns=cols, batch_size=4096):
-        for row in batch.to_pylist():
+    batches = pf.iter_batches(columns=cols, batch_size=4096)
+    while True:
+        try:
+            batch = next(batches, None)
+            rows = [] if batch is None else batch.to_pylist()
+        except Exception as exc:  # a damaged page or invalid UTF-8: pyarrow raises several types
+            raise ProbeFileError(f"{path}: unreadable near row {index + 1} ({exc})") from exc
+        if batch is None:
+            return
+        for row in rows:
             yield _prompt(row, index, f"{path}: row {index + 1}")
             index += 1
 
@@ -118,13 +250,18 @@ def iter_probe_file(path: str | Path) -> Iterator[Prompt]:
     path = Path(path)
     if not path.exists():
         raise ProbeFileError(f"{path}: no such probe file")
+    if path.is_dir():
+        raise ProbeFileError(f"{path}: is a directory; give a probe file (.jsonl, .csv or .parquet)")
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
         raise ProbeFileError(f"{path}: unknown probe format {path.suffix!r}; use .jsonl, .csv or .parquet")
     empty = True
-    for prompt in reader(path):
-        empty = False
-        yield prompt
+    try:
+        for prompt in reader(path):
+            empty = False
+            yield prompt
+    except OSError as exc:  # unreadable (permissions), or gone mid-read
+        raise ProbeFileError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     if empty:
         raise ProbeFileError(f"{path}: the probe file has no prompts; add rows with text and label")
 
@@ -132,3 +269,29 @@ def iter_probe_file(path: str | Path) -> Iterator[Prompt]:
 def read_probe_file(path: str | Path) -> list[Prompt]:
     """All prompts of a probe file (validated)."""
     return list(iter_probe_file(path))
+
+
+def scan_probe_file(path: str | Path) -> ProbeDigest:
+    """Read and validate the whole file (every row, before a run starts); its :class:`ProbeDigest`.
+
+    Remembered per (absolute path, inode, size, modification time), so capture's check and the
+    run's record read the file once (resume never relies on this: it reads the file afresh). The path is resolved to an absolute one (a resume from another
+    working directory then reads the same file).
+    """
+    resolved = Path(path).resolve()
+    try:
+        stat = resolved.stat()
+    except OSError:
+        stat = None
+    if stat is None or not resolved.is_file():
+        return _scan(str(resolved), (-1, -1, -1))  # raises "no such probe file" / "is a directory"
+    return _scan(str(resolved), (stat.st_ino, stat.st_size, stat.st_mtime_ns))
+
+
+@lru_cache(maxsize=8)
+def _scan(path: str, version: tuple[int, int, int]) -> ProbeDigest:
+    del version  # the cache key: a changed file is read again
+    builder = DigestBuilder()
+    for prompt in iter_probe_file(path):
+        builder.add(prompt)
+    return ProbeDigest(path=path, n_prompts=builder.n_prompts, digest=builder.hexdigest())

@@ -19,7 +19,11 @@ from workbench.probefile import Prompt
 
 
 class PromptTooLongWarning(UserWarning):
-    """A prompt was truncated to --max-length tokens."""
+    """A prompt was truncated to --max-length tokens, or to the model's context."""
+
+    def __init__(self, message: str, prompt_id: int = -1) -> None:
+        super().__init__(message)
+        self.prompt_id = prompt_id
 
 
 @dataclass
@@ -55,9 +59,18 @@ def encode(tokenizer: object, text: str) -> list[int]:
 
 
 def make_batch(
-    prompts: list[Prompt], tokenizer: object, *, max_length: int | None, padding_side: str
+    prompts: list[Prompt],
+    tokenizer: object,
+    *,
+    max_length: int | None,
+    padding_side: str,
+    limit: str = "--max-length",
 ) -> Batch:
-    """Tokenise and pad ``prompts``; truncates (with a warning) beyond ``max_length``."""
+    """Tokenise and pad ``prompts``; truncates (with a warning) beyond ``max_length``.
+
+    ``limit`` names where ``max_length`` came from in the warning ("--max-length", or "the model's
+    context").
+    """
     encoded: list[list[int]] = []
     for prompt in prompts:
         ids = encode(tokenizer, prompt.text)
@@ -65,8 +78,10 @@ def make_batch(
             ids = [_pad_id(tokenizer)]
         if max_length is not None and len(ids) > max_length:
             warnings.warn(
-                f"prompt {prompt.prompt_id} has {len(ids)} tokens; truncated to --max-length {max_length}",
-                PromptTooLongWarning,
+                PromptTooLongWarning(
+                    f"prompt {prompt.prompt_id} has {len(ids)} tokens; truncated to {limit} ({max_length} tokens)",
+                    prompt.prompt_id,
+                ),
                 stacklevel=2,
             )
             ids = ids[:max_length]
@@ -98,8 +113,9 @@ def batches(
     batch_size: int,
     max_length: int | None,
     padding_side: str,
+    limit: str = "--max-length",
 ) -> Iterator[Batch]:
     """Stream batches from a (possibly endless) prompt iterator; holds one batch at a time."""
     it = iter(prompts)
     while chunk := list(islice(it, batch_size)):
-        yield make_batch(chunk, tokenizer, max_length=max_length, padding_side=padding_side)
+        yield make_batch(chunk, tokenizer, max_length=max_length, padding_side=padding_side, limit=limit)

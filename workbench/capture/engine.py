@@ -4,7 +4,8 @@ The compute thread tokenises a batch, runs the backend under ``torch.inference_m
 real tokens and starts their device→host copy; the writer thread turns the previous batch into
 Arrow and ingests it in one transaction. A run stays ``running`` until every batch is in, becomes
 ``failed`` (with the error) if capture raises, and can be resumed if the process died: resume
-skips every prompt already committed, so no row is written twice.
+skips every prompt already committed, so no row is written twice, and refuses a probe file or
+weights other than those the run was captured with (capture/integrity.py), so no run mixes data.
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ import torch
 from workbench.capture.backends import make_backend
 from workbench.capture.batching import batches
 from workbench.capture.coalesce import DEFAULT_WRITE_ROWS, WriteBuffer
+from workbench.capture.finite import first_nonfinite, nonfinite_error
+from workbench.capture.integrity import (
+    PYTHON_PROBES,
+    integrity_config,
+    probe_for_resume,
+    scan_for_capture,
+    verified_stream,
+    verify_model,
+)
 from workbench.capture.modes import DEFAULT_LOGITS_MODE, LogitsMode, logits_mode
 from workbench.capture.packing import to_arrow, to_host
 from workbench.capture.progress import TokenProgress
@@ -28,7 +38,7 @@ from workbench.capture.writer import StreamingWriter
 from workbench.models.expert_math import check_expert_stats
 from workbench.models.loading import LoadedModel, load_model, parse_device_map
 from workbench.models.routing_check import check_routing
-from workbench.probefile import ProbeFileError, Prompt, iter_probe_file
+from workbench.probefile import ProbeFileError, Prompt, check_prompt, iter_probe_file
 from workbench.store import Store
 
 _FLUSH = object()  # writer-thread sentinel: commit what the buffer holds
@@ -58,6 +68,8 @@ class CaptureOptions:
     offload_folder: str | None = None
     #: tensor parallel across the ranks of a torchrun job: "auto" (the model's own plan), or None
     tp_plan: str | None = None
+    #: record NaN/inf router outputs instead of stopping the capture (capture/finite.py); flags the run
+    allow_nonfinite: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -83,12 +95,24 @@ class CaptureOptions:
 
 
 def prompt_stream(source: str | Path | Iterable[Prompt]) -> tuple[Iterator[Prompt], str]:
-    it = iter_probe_file(source) if isinstance(source, (str, Path)) else iter(source)
+    """The prompts to capture and the name the run records for them.
+
+    A probe file is read and validated whole before any run exists (a bad row anywhere is refused
+    with its line), then streamed again with a check that it did not change meanwhile; its name is
+    its absolute path, so a resume from another working directory reads the same file. Prompts from
+    Python are checked one by one as they stream (their name is ``<python>``).
+    """
+    if isinstance(source, (str, Path)):
+        scanned = scan_for_capture(source)
+        it = verified_stream(iter_probe_file(scanned.path), scanned)
+        name = scanned.path
+    else:
+        it, name = (check_prompt(p) for p in source), PYTHON_PROBES
     try:
-        first = next(it)  # validates the file (and that it is not empty) before a run is created
+        first = next(it)  # an empty iterable is refused before a run is created
     except StopIteration:
         raise ProbeFileError("no prompts to capture: the prompt iterable is empty") from None
-    return _chain(first, it), str(source) if isinstance(source, (str, Path)) else "<python>"
+    return _chain(first, it), name
 
 
 def _chain(first: Prompt, rest: Iterator[Prompt]) -> Iterator[Prompt]:
@@ -168,11 +192,13 @@ def open_run(
     first = loaded.layers[0]
     config = {
         "options": asdict(opts),
-        "model_source": loaded.name,
+        "model_source": _model_source(loaded.name),
         "workbench": _version(),
         "routing_check": checked,
         # where each module ran when the model was divided (transformers' hf_device_map), else None
         "device_map": _device_map_of(loaded),
+        # the probe file's content digest and the weights' fingerprint, which resume verifies
+        "integrity": integrity_config(probe_name, loaded, tensor_parallel=opts.tp_plan is not None),
         **(extra_config or {}),
     }
     return store.create_run(
@@ -187,16 +213,28 @@ def open_run(
     )
 
 
+def _model_source(name: str) -> str:
+    """What resume loads: a local model directory as an absolute path, any other name as given."""
+    path = Path(name)
+    return str(path.resolve()) if path.exists() else name
+
+
 def resume(
     db: str | Path,
     run_id: str,
     *,
-    model: LoadedModel | torch.nn.Module | None = None,
+    model: LoadedModel | str | Path | torch.nn.Module | None = None,
     tokenizer: Any = None,
-    probes: Iterable[Prompt] | None = None,
+    probes: str | Path | Iterable[Prompt] | None = None,
     progress: bool = True,
 ) -> str:
     """Finish an interrupted run: re-open its model and probe file, skip committed prompts.
+
+    ``probes`` (a file moved since, or the prompts again from Python, held in memory so that all of
+    them are checked before any is captured) and ``model`` (an in-memory
+    model, or a directory moved since) replace the recorded ones; either way resume first checks
+    that they are the prompts and weights the run was captured with, and refuses with a
+    :class:`~workbench.capture.integrity.ResumeMismatchError` otherwise (nothing is written).
 
     A data-parallel run (``torchrun -m workbench.capture``) first absorbs the prompts its ranks had
     committed to their rank stores; the rest is captured here, in one process.
@@ -214,15 +252,10 @@ def resume(
                 f"on as many ranks: torchrun --nproc-per-node {ranks} -m workbench.capture resume "
                 f"--db {db} --run-id {run_id}"
             )
-        if probes is None:
-            if info["probe"] == "<python>":
-                raise ValueError(
-                    f"run {run_id} captured prompts from Python; pass them again with probes=..."
-                )
-            probes = iter_probe_file(info["probe"])
         if config.get("parallel"):  # a data-parallel run: first take in what its ranks committed
             store.set_status(run_id, "running")
             absorb_rank_stores(store, db, run_id)
+        stream = probe_for_resume(store, run_id, info, probes)  # refuses other prompts: nothing written
         done = store.done_prompt_ids(run_id)
         loaded = (
             model
@@ -233,9 +266,10 @@ def resume(
                 **_placement(opts),
             )
         )
+        verify_model(run_id, config, loaded)
         _routing_check(loaded, opts)
         store.set_status(run_id, "running")
-        remaining = (p for p in probes if p.prompt_id not in done)
+        remaining = (p for p in stream() if p.prompt_id not in done)
         run_batches(loaded, remaining, store, run_id, opts, progress=progress)
         return run_id
 
@@ -309,11 +343,15 @@ def run_batches(
         )
 
     buffer = WriteBuffer(write, max_rows=opts.write_rows)
+    max_length, limit = token_limit(opts.max_length, context_length(loaded.model))
 
     def sink(host: Any) -> None:  # runs on the writer thread
         if host is _FLUSH:
             buffer.flush()
             return
+        if not opts.allow_nonfinite and (where := first_nonfinite(host)) is not None:
+            buffer.flush()  # commit the finite batches before this one: nothing captured is lost
+            raise nonfinite_error(where)
         buffer.add(to_arrow(host, tokenizer))
         bar.advance(host.batch.n_tokens, len(host.batch.prompts))
 
@@ -325,8 +363,9 @@ def run_batches(
                 prompts,
                 tokenizer,
                 batch_size=opts.batch_size,
-                max_length=opts.max_length,
+                max_length=max_length,
                 padding_side=padding_side,
+                limit=limit,
             ):
                 on_device = batch.to(device)
                 cap = backend.run(on_device)
@@ -342,6 +381,27 @@ def run_batches(
         backend.close()
     if store is not None:
         store.set_status(run_id, "complete")
+
+
+def context_length(model: torch.nn.Module) -> int | None:
+    """The longest input the model's position embeddings cover (its config's), or None if unbounded."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def token_limit(max_length: int | None, context: int | None) -> tuple[int | None, str]:
+    """The tokens a prompt may keep, and what to call that limit in the truncation warning.
+
+    A prompt longer than the model's context would run past its position embeddings (and a 1 MB
+    prompt tried to allocate 80 GB of attention), so the context caps ``--max-length``.
+    """
+    if context is not None and (max_length is None or context < max_length):
+        return context, "the model's context"
+    return max_length, "--max-length"
 
 
 def _drain(writer: StreamingWriter) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli.app import app, console, fail, out, user_errors
+from workbench.cli.app import app, fail, note, out, reading_store, safe, show, user_errors
 
 
 class GroupBy(str, Enum):
@@ -88,7 +88,7 @@ def analyse(
         for col in ("name", "section", "needs", "summary"):
             table.add_column(col)
         for spec in ANALYSES.values():
-            table.add_row(spec.name, spec.section, ", ".join(spec.needs), spec.summary)
+            table.add_row(*(safe(v) for v in (spec.name, spec.section, ", ".join(spec.needs), spec.summary)))
         out.print(table)
         return
     if name is None:
@@ -107,7 +107,7 @@ def analyse(
 
         kwargs = parse_settings(settings or [], analysis_options(name), name, list_options(name))
         loaded = _load_model(name, model, device)
-        with Store(db, read_only=True) as store:
+        with reading_store(db), Store(db, read_only=True) as store:
             frame = run_analysis(name, store, run, compare=compare, model=loaded, **kwargs)
     except errors as exc:
         fail(str(exc))
@@ -118,9 +118,9 @@ def analyse(
     ):
         from workbench.analysis.compare import drift_coverage
 
-        console.print(drift_coverage(frame, run, compare))  # how many prompts the two runs share
+        note(drift_coverage(frame, run, compare))  # how many prompts the two runs share
     if out_file is None:
-        out.print(frame.head(20))
+        show(frame.head(20))
         return
     out_file.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".csv":
@@ -135,7 +135,7 @@ def analyse(
         frame.write_parquet(out_file)
     else:
         frame.write_json(out_file)
-    console.print(f"wrote {frame.height} rows × {frame.width} columns to {out_file}")
+    note(f"wrote {frame.height} rows × {frame.width} columns to {out_file}")
 
 
 def _load_model(name: str, model: str | None, device: str | None) -> object:

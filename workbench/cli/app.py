@@ -1,9 +1,23 @@
-"""The typer application, its consoles and the error handling shared by every command."""
+"""The typer application, its consoles and the error handling shared by every command.
+
+Names are data, never markup: run ids, labels, paths, prompt text, model names and error messages
+(which quote user input) reach the terminal only through :func:`safe` / :func:`show`, or through
+:func:`fail`, :func:`warn` and :func:`note`, which treat their whole message as plain text. A run
+id such as ``a[/]b`` or ``[link=...]click[/link]`` then prints literally instead of raising rich's
+``MarkupError`` or turning into a hyperlink, and control characters print as ``\\x1b``-style escapes
+instead of moving the cursor.
+"""
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import typer
 from rich.console import Console
+from rich.text import Text
 
 app = typer.Typer(
     name="moe-workbench",
@@ -21,9 +35,57 @@ console = Console(stderr=True)
 out = Console()
 
 
+#: Unicode categories written as escapes: controls (ESC moves the cursor, CR overwrites the line) and
+#: lone surrogates; bidirectional overrides are listed below (they reorder what follows them)
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cs"})
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def visible(text: str, *, keep: str = "\n") -> str:
+    """``text`` with control characters (except those in ``keep``) written as ``\\x1b``-style escapes."""
+    if text.isprintable():
+        return text
+    return "".join(_escaped(ch) if _hidden(ch) and ch not in keep else ch for ch in text)
+
+
+def _hidden(ch: str) -> bool:
+    return ch in _BIDI or unicodedata.category(ch) in _HIDDEN_CATEGORIES
+
+
+def _escaped(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe(value: object, *, keep: str = "\n") -> Text:
+    """A user-supplied value as rich text that is never parsed as markup (for tables and prints)."""
+    return Text(visible(str(value), keep=keep))
+
+
+def show(value: object, *, to: Console | None = None) -> None:
+    """Print ``value`` (a run id, a path, a polars frame ...) as plain text on stdout (or ``to``)."""
+    (to or out).print(safe(value), soft_wrap=True)
+
+
+def _say(prefix: str, style: str, message: object) -> None:
+    text = Text.assemble((prefix, style), " ", safe(message)) if prefix else safe(message)
+    console.print(text, soft_wrap=True)  # one line: the terminal wraps it, rich inserts no newlines
+
+
 def fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    """Print ``error: message`` (plain text) on stderr and exit with ``code``."""
+    _say("error:", "bold red", message)
     raise typer.Exit(code)
+
+
+def warn(message: object) -> None:
+    """Print ``warning: message`` (plain text) on stderr."""
+    _say("warning:", "yellow", message)
+
+
+def note(message: object, prefix: str = "") -> None:
+    """Print ``message`` (plain text) on stderr, after ``prefix`` in yellow: progress, "wrote FILE", logs."""
+    _say(prefix, "yellow", message)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -43,3 +105,38 @@ def user_errors() -> tuple[type[BaseException], ...]:
         StoreError,
         ValueError,
     )
+
+
+@contextmanager
+def reading_store(db: Path) -> Iterator[None]:
+    """Turn the low-level errors of reading a store (truncated, overwritten, shards gone) into one line.
+
+    The line quotes the error (which names the file it failed on) and says what to do if that file
+    is the store; an error on another file (an --out path) is quoted as it is.
+    """
+    import duckdb
+
+    try:
+        yield
+    except (duckdb.Error, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        name = getattr(exc, "filename", None)
+        if isinstance(exc, OSError) and name is not None and not str(name).startswith(str(db.absolute())):
+            fail(f"{name}: {exc.strerror or first}")
+        fail(
+            f"store {db}: {first}. If the store is truncated or corrupted (or its .shards folder incomplete), "
+            "restore it from a copy, or capture the run again"
+        )
+
+
+def writable_db(db: Path) -> None:
+    """Refuse, before anything loads, a --db whose directory cannot be created."""
+    parent = db.expanduser().absolute().parent
+    if parent.exists() and not parent.is_dir():
+        fail(f"--db {db}: {parent} is a file, not a directory; choose a --db in a writable directory")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(
+            f"--db {db}: cannot create the directory {parent} ({exc.strerror or exc}); choose a writable place"
+        )

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from workbench.capture.modes import DEFAULT_LOGITS_MODE, LogitsMode
-from workbench.cli.app import app, console, fail, out, user_errors
+from workbench.cli.app import app, fail, note, out, reading_store, safe, show, user_errors, warn, writable_db
 
 
 class Backend(str, Enum):
@@ -106,6 +106,14 @@ def capture(
             "records the skip.",
         ),
     ] = False,
+    allow_nonfinite: Annotated[
+        bool,
+        typer.Option(
+            "--allow-nonfinite",
+            help="Record NaN/inf gate weights or router logits instead of stopping the capture (they mean "
+            "broken weights or an overflowing dtype); the run's config flags it (options.allow_nonfinite).",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Record per-token routing of MODEL on the prompts of PROBE into DB; prints the run id.
@@ -123,6 +131,7 @@ def capture(
     from workbench.capture.engine import capture as run_capture
     from workbench.models.loading import load_model, parse_device_map
 
+    writable_db(db)
     ranks = rank_env()
     parallel = ranks is not None and ranks.world_size > 1
     if tp_plan is not None and not parallel:
@@ -146,11 +155,12 @@ def capture(
             device_map=device_map,
             offload_folder=str(offload_folder) if offload_folder is not None else None,
             tp_plan=tp_plan,
+            allow_nonfinite=allow_nonfinite,
         )
         if tp_plan is not None:
             rid = capture_tensor_parallel(model, probe, db, run_id=run_id, options=opts, progress=not quiet)
             if ranks is not None and ranks.rank == 0:
-                out.print(rid)
+                show(rid)
             return
         loaded = load_model(
             model,
@@ -168,16 +178,15 @@ def capture(
                 )
             else:
                 rid = run_capture(loaded, probe, db, run_id=run_id, options=opts, progress=not quiet)
-        truncated = [w for w in caught if issubclass(w.category, PromptTooLongWarning)]
+        truncated = [w.message for w in caught if isinstance(w.message, PromptTooLongWarning)]
         if truncated:
-            console.print(
-                f"[yellow]warning:[/] {len(truncated)} prompt(s) truncated to --max-length {max_length} "
-                f"(first: {truncated[0].message})"
-            )
+            ids = ", ".join(str(w.prompt_id) for w in truncated[:10])
+            more = f" and {len(truncated) - 10} more" if len(truncated) > 10 else ""
+            warn(f"{len(truncated)} prompt(s) truncated: prompt_id {ids}{more} (first: {truncated[0]})")
     except user_errors() as exc:
         fail(str(exc))
     if not parallel or (ranks is not None and ranks.rank == 0):
-        out.print(rid)
+        show(rid)
 
 
 @app.command()
@@ -186,9 +195,31 @@ def resume(
     run: Annotated[
         str, typer.Option("--run", "--run-id", "-r", help="Run id to complete (under torchrun: --run-id).")
     ],
+    probe: Annotated[
+        Path | None,
+        typer.Option(
+            "--probe",
+            "-p",
+            help="The run's probe file, if it moved or was renamed (default: the absolute path recorded at "
+            "capture). Accepted only when its prompts are the ones the run was captured from.",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="The run's model, if its directory moved (default: the one recorded at capture). Accepted "
+            "only when its weights fingerprint is the recorded one.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Complete an interrupted (running/failed) capture without duplicating committed prompts.
+
+    Resume first checks that the probe file holds the prompts the run was captured from (a content
+    digest, and each prompt already captured) and that the model has the same weights (a fingerprint);
+    otherwise it refuses and writes nothing (docs/capture.md, "Resuming a run").
 
     A tensor-parallel run resumes under torchrun on as many ranks as it ran on:
     torchrun --nproc-per-node N -m workbench.capture resume --db DB --run-id RUN
@@ -196,42 +227,76 @@ def resume(
     """
     from workbench.capture.distributed import rank_env, resume_tensor_parallel
     from workbench.capture.engine import resume as run_resume
+    from workbench.capture.integrity import UnverifiedResumeWarning
 
     ranks = rank_env()
     try:
         if ranks is not None and ranks.world_size > 1:
+            if probe is not None or model is not None:
+                fail(
+                    "--probe and --model are for a resume in one process; a tensor-parallel resume reads the run's own"
+                )
             rid = resume_tensor_parallel(db, run, progress=not quiet)
             if ranks.rank == 0:
-                out.print(rid)
+                show(rid)
             return
-        out.print(run_resume(db, run, progress=not quiet))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UnverifiedResumeWarning)
+            rid = run_resume(db, run, model=model, probes=probe, progress=not quiet)
+        for warning in caught:
+            if issubclass(warning.category, UnverifiedResumeWarning):
+                warn(str(warning.message))
+        show(rid)
     except user_errors() as exc:
         fail(str(exc))
 
 
 @app.command()
-def runs(db: Annotated[Path, typer.Option("--db", help="DuckDB file to read.")]) -> None:
+def runs(
+    db: Annotated[Path, typer.Option("--db", help="DuckDB file to read.")],
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune",
+            help="Delete the runs that are not complete and hold no rows (failed, or killed before their "
+            "first batch: nothing to resume), then list the rest. Parallel runs are kept.",
+        ),
+    ] = False,
+) -> None:
     """List the runs stored in DB with their model, probe, size and status."""
     from rich.table import Table
 
     from workbench.store import Store
+    from workbench.store.runs import empty_unfinished_runs
 
-    try:
-        with Store(db, read_only=True) as store:
-            frame = store.runs()
-    except user_errors() as exc:
-        fail(str(exc))
-    table = Table(title=str(db))
+    with reading_store(db):
+        try:
+            with Store(db, read_only=not prune) as store:
+                empty = empty_unfinished_runs(store.con)
+                if prune:
+                    for rid in empty:
+                        store.delete_run(rid)
+                frame = store.runs()
+        except user_errors() as exc:
+            fail(str(exc))
+    if prune:
+        note(f"removed {len(empty)} run(s) that held no rows" + (f": {', '.join(empty)}" if empty else ""))
+    table = Table(title=safe(db))
     cols = [
         c
         for c in ("run_id", "model", "architecture", "probe", "n_experts", "top_k", "status", "created_at")
         if c in frame.columns
     ]
     for col in cols:
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # a long id wraps whole, never cut to an ellipsis
     for row in frame.select(cols).iter_rows():
-        table.add_row(*(str(v) for v in row))
+        table.add_row(*(safe(v, keep="") for v in row))
     out.print(table)
+    if empty and not prune:
+        note(
+            f"{len(empty)} run(s) are not complete and hold no rows ({', '.join(empty[:5])}"
+            f"{' ...' if len(empty) > 5 else ''}): moe-workbench runs --db {db} --prune removes them"
+        )
 
 
 @app.command()
@@ -245,13 +310,14 @@ def export(
     """Export one run's tables (prompts, tokens, routing, ...) as Parquet files."""
     from workbench.store import Store
 
-    try:
-        with Store(db, read_only=True) as store:
-            paths = store.export_parquet(run, parquet)
-    except user_errors() as exc:
-        fail(str(exc))
+    with reading_store(db):
+        try:
+            with Store(db, read_only=True) as store:
+                paths = store.export_parquet(run, parquet)
+        except user_errors() as exc:
+            fail(str(exc))
     for path in paths:
-        out.print(str(path))
+        show(path)
 
 
 @app.command()
@@ -260,4 +326,4 @@ def models() -> None:
     from workbench.models.registry import registered_classes
 
     for name in registered_classes():
-        out.print(name)
+        show(name)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli.app import app, console, fail, out, user_errors
+from workbench.cli.app import app, fail, note, show, user_errors
 
 
 @app.command()
@@ -46,9 +46,7 @@ def circuits(
         fail(f"suite {suite!r} has no prompts labelled {missing}; labels: {sorted({p.label for p in pool})}")
     try:
         loaded = load_model(model)
-        console.print(
-            f"importance of {sum(x.n_experts for x in loaded.layers)} experts per label, then circuits"
-        )
+        note(f"importance of {sum(x.n_experts for x in loaded.layers)} experts per label, then circuits")
         result = compare_circuits(
             loaded, groups[compare[0]], groups[compare[1]], gold_logprob(loaded), share=share
         )
@@ -58,19 +56,19 @@ def circuits(
     held = {r["label"]: r for r in result.held_out.iter_rows(named=True)}
     for c in (result.a, result.b):
         n_sel, n_eval = len(result.selection[c.label]), len(result.evaluation[c.label])
-        out.print(
+        show(
             f"circuit({c.label}): {len(c.experts)} experts {c.experts}, chosen on {n_sel} prompts "
             f"({c.share:.0%} of their full drop); on {n_eval} held-out prompts {held[c.label]['share']:.0%}"
         )
     lo, hi = result.spearman_ci
-    out.print(
+    show(
         f"IoU {result.iou:.2f}, overlap {result.overlap:.2f}, importance Spearman {result.spearman:+.2f} "
         f"(95% CI {lo:+.2f} to {hi:+.2f}, permutation p = {result.spearman_p:.3f})"
     )
-    out.print("cross-ablation on the evaluation prompts only:")
-    out.print(result.cross)
-    out.print(result.importance_agreement)
+    show("cross-ablation on the evaluation prompts only:")
+    show(result.cross)
+    show(result.importance_agreement)
     if out_file is not None:
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(json.dumps(summary, indent=1), encoding="utf-8")
-        console.print(f"wrote {out_file}")
+        note(f"wrote {out_file}")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from workbench.cli.app import app, console, fail, out, user_errors
+from workbench.cli.app import app, fail, note, show, user_errors
 
 experiment_app = typer.Typer(
     help="Recorded experiments: run them, and write their numbers to docs/experiments/.", no_args_is_help=True
@@ -100,7 +100,7 @@ def mote(
         eval_probe=None if eval_probe is None else str(eval_probe),
     )
     try:
-        result = run_mote(load_model(model), config, log=console.print)
+        result = run_mote(load_model(model), config, log=note)
     except user_errors() as exc:
         fail(str(exc))
     command = f"moe-workbench experiment mote --model {model} --doses {doses} --controls {controls} " \
@@ -116,9 +116,9 @@ def mote(
     json_path.write_text(to_json(result), encoding="utf-8")
     if card and model == "tiny-ref":
         _update_card(result, full=set(config.scorers) == set(SCORERS))
-    out.print(result.agreement)
-    out.print(result.summary.select("scorer", "semantics", "n", "chosen", "control_mean", "z", "p"))
-    console.print(f"wrote {out_file} and {json_path}")
+    show(result.agreement)
+    show(result.summary.select("scorer", "semantics", "n", "chosen", "control_mean", "z", "p"))
+    note(f"wrote {out_file} and {json_path}")
 
 
 def _update_card(result: object, full: bool) -> None:
@@ -150,4 +150,4 @@ def _update_card(result: object, full: bool) -> None:
     else:
         return  # a rerun without a full run to add it to
     path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    console.print(f"updated {write_card(model_dir(), remeasure=False)}")
+    note(f"updated {write_card(model_dir(), remeasure=False)}")

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli.app import app, console, fail, out
+from workbench.cli.app import app, fail, note, show
 
 
 class EngineFormat(str, Enum):
@@ -94,11 +94,11 @@ def import_routing_cmd(
     except (RoutingImportError, StoreError) as exc:
         fail(f"{file}: {exc} (nothing was written)")
         return
-    console.print(
+    note(
         f"imported {result.n_prompts} request(s), {result.n_rows:,} token×layer rows, layers "
         f"{list(result.layers)}, {result.n_experts} experts, top-{result.top_k}; expert ids only "
         "(analyses needing gate weights or router logits will say so)"
     )
-    for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}")
-    out.print(result.run_id)
+    for line in result.notes:
+        note(line, prefix="note:")
+    show(result.run_id)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli.app import app, fail, out
+from workbench.cli.app import app, fail, out, safe
 
 probes_app = typer.Typer(
     help="Labelled probe suites shipped in probes/ (domains, refusal, tasks, vocab).", no_args_is_help=True
@@ -39,5 +39,6 @@ def probes_list(
             if isinstance(suite.metric, str)
             else ", ".join(f"{k}: {v}" for k, v in (suite.metric or {}).items())
         )
-        table.add_row(suite.name, suite.file, str(suite.n_prompts), labels, metric or "", suite.description)
+        cells = (suite.name, suite.file, suite.n_prompts, labels, metric or "", suite.description)
+        table.add_row(*(safe(v) for v in cells))
     out.print(table)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli.app import app, console, fail, out, user_errors
+from workbench.cli.app import app, fail, note, show, user_errors
 
 
 @app.command()
@@ -60,7 +60,7 @@ def prune(
     try:
         table = retention_curve(
             load_model(model), load_suite(suite), label=task, keep=fractions, methods=chosen,
-            n_random=n_random, seed=seed, n_select=max_prompts, n_eval=max_prompts, log=console.print,
+            n_random=n_random, seed=seed, n_select=max_prompts, n_eval=max_prompts, log=note,
         )  # fmt: skip
     except user_errors() as exc:
         fail(str(exc))
@@ -68,10 +68,10 @@ def prune(
         tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
         tbl_formatting="ASCII_MARKDOWN", float_precision=3, tbl_width_chars=400,
     ):  # fmt: skip
-        out.print(str(table.drop("experts")), soft_wrap=True, markup=False, highlight=False)
+        show(table.drop("experts"))
     for line in summary_lines(table):
-        out.print(line, soft_wrap=True)
+        show(line)
     if out_file is not None:
         out_file.parent.mkdir(parents=True, exist_ok=True)
         table.write_csv(out_file)
-        console.print(f"wrote {out_file}")
+        note(f"wrote {out_file}")

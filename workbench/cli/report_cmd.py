@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli.app import app, console, fail, user_errors
+from workbench.cli.app import app, console, fail, note, reading_store, user_errors
 
 
 @app.command()
@@ -42,6 +42,7 @@ def report(
 
     Example: moe-workbench report --db runs.duckdb --run R --out report.html
     """
+    from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from workbench.catalog import UnknownAnalysisError
@@ -61,12 +62,15 @@ def report(
         task = bar.add_task("analyses", total=None)
 
         def step(i: int, n: int, name: str) -> None:
-            bar.update(task, total=n, completed=i, description=f"analysis {name}" if name else "rendering")
+            bar.update(
+                task, total=n, completed=i, description=escape(f"analysis {name}") if name else "rendering"
+            )
 
         try:
-            path = write_report(
-                db, run, out_file, compare=compare, model=model, analyses=analyses, progress=step
-            )
+            with reading_store(db):
+                path = write_report(
+                    db, run, out_file, compare=compare, model=model, analyses=analyses, progress=step
+                )
         except errors as exc:
             fail(str(exc))
-    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    note(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

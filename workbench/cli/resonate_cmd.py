@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from workbench.cli.app import app, console, fail, out, user_errors
+from workbench.cli.app import app, fail, note, show, user_errors
 
 if TYPE_CHECKING:
     import polars as pl
@@ -107,7 +107,7 @@ def resonate(
                     run, frame.drop("method", "rate_target", "rate_control"),
                     target=target, control=control, method=method.value, span=span,
                 )  # fmt: skip
-                console.print(f"stored as resonance map {map_id}")
+                note(f"stored as resonance map {map_id}")
             tokens = None
             if cell is not None:
                 tokens = resonance_tokens(
@@ -121,19 +121,19 @@ def resonate(
         for c in ("layer", "expert", "rd", "ftri", "effect", "attribution", "ci_low", "ci_high", "q")
         if c in frame.columns
     ]
-    out.print(frame.sort(pl.col(key).abs(), descending=True).head(10).select(shown))
+    show(frame.sort(pl.col(key).abs(), descending=True).head(10).select(shown))
     if agreement is not None:
-        out.print("rank agreement with the causal effect:")
-        out.print(agreement)
+        show("rank agreement with the causal effect:")
+        show(agreement)
     if tokens is not None:
-        out.print(tokens)
+        show(tokens)
     if out_file is not None:
         out_file.parent.mkdir(parents=True, exist_ok=True)
         if suffix == ".csv":
             frame.write_csv(out_file)
         else:
             frame.write_parquet(out_file)
-        console.print(f"wrote {frame.height} rows to {out_file}")
+        note(f"wrote {frame.height} rows to {out_file}")
 
 
 def _with_causal(
@@ -154,7 +154,7 @@ def _with_causal(
     ]
     loaded = load_model(model)
     spec = get_behaviour(behaviour)
-    console.print(
+    note(
         f"causal map: {sum(x.n_experts for x in loaded.layers)} single-expert ablations on {len(prompts)} prompts"
     )
     causal = causal_resonance(loaded, prompts, spec)

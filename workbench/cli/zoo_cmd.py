@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli.app import app, console, fail, out
+from workbench.cli.app import app, fail, note, show
 
 zoo_app = typer.Typer(
     help="Reference MoE models: tiny-ref (committed, trained here) and smollm2-moe (a real model made into an MoE).",
@@ -36,7 +36,7 @@ def zoo_train(
     from workbench.zoo.train import TrainConfig
 
     config = TrainConfig() if steps is None else replace(TrainConfig(), steps=steps)
-    console.print(f"trained into {build(out_dir, config, card=card, log=console.print)}")
+    note(f"trained into {build(out_dir, config, card=card, log=note)}")
 
 
 @zoo_app.command("build")
@@ -58,7 +58,7 @@ def zoo_build(
     from workbench.zoo.smollm2 import DEFAULT_LAYERS, SmolLM2NotInstalledError, build
 
     try:
-        path = build(out_dir, tuple(layers) if layers else DEFAULT_LAYERS, experts, top_k, log=console.print)
+        path = build(out_dir, tuple(layers) if layers else DEFAULT_LAYERS, experts, top_k, log=note)
     except SmolLM2NotInstalledError as exc:
         fail(str(exc))
-    out.print(str(path))
+    show(path)

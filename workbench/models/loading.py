@@ -242,14 +242,53 @@ def load_pretrained(
         kwargs["gguf_file"] = gguf[0].name
     else:
         kwargs["use_safetensors"] = True
+    from safetensors import SafetensorError
+
     try:
         model = cls.from_pretrained(source, **kwargs)
+    except SafetensorError as exc:  # a truncated or overwritten file: its header no longer parses
+        raise ModelLoadError(
+            f"a safetensors file of {source!r} is damaged ({exc}); download or save the checkpoint again"
+        ) from exc
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"cannot load weights of {source!r}: {exc}. moe-workbench loads safetensors or GGUF only "
             "(never pickled .bin files); convert the checkpoint with save_pretrained(safe_serialization=True)."
         ) from exc
     return model, tokenizer
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device this process can use, else a :class:`ModelLoadError` saying why.
+
+    Checked before a model loads, so ``--device cuda`` on a machine without CUDA, ``cuda:7`` on a
+    machine with two GPUs, or a typo fail in one line instead of a traceback from ``model.to``.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelLoadError(f"unknown device {str(device)!r}; use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelLoadError(
+                f"device {str(device)!r}: this machine has no CUDA device (or torch {torch.__version__} was "
+                "built without CUDA); use --device cpu"
+            )
+        if parsed.index is not None and parsed.index >= count:
+            raise ModelLoadError(
+                f"device {str(device)!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
+        return parsed
+    if parsed.type in ("cpu", "meta"):
+        return parsed
+    try:
+        torch.empty(0, device=parsed)
+    except (RuntimeError, AssertionError) as exc:
+        raise ModelLoadError(
+            f"device {str(device)!r} is not available here ({exc}); use cpu or cuda"
+        ) from None
+    return parsed
 
 
 def _named(name: str) -> tuple[nn.Module, Any] | None:
@@ -308,6 +347,8 @@ def load_model(
                 "a tp_plan shards a checkpoint as transformers loads it: give a model directory or hub id "
                 "(save an in-memory model with save_pretrained first)"
             )
+    if device is not None:
+        device = check_device(device)
     if device_map is not None:
         device_map = check_device_map(device_map)
         if device is not None:

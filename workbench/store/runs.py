@@ -172,3 +172,17 @@ def run_info(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     info["error"] = config.pop("error", None)
     info["config"] = config
     return info
+
+
+def empty_unfinished_runs(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Runs not complete that hold no prompt (failed, or killed before their first batch), oldest first.
+
+    They have nothing to resume from and only clutter ``runs``. Parallel runs are left out: their
+    rows may still sit in rank stores, which ``resume`` absorbs.
+    """
+    rows = con.execute(
+        "SELECT run_id FROM runs r WHERE status IN ('failed', 'running')"
+        " AND coalesce(json_extract(r.config, '$.parallel')::VARCHAR, 'null') = 'null'"
+        " AND NOT EXISTS (SELECT 1 FROM prompts p WHERE p.run_id = r.run_id) ORDER BY created_at, run_id"
+    ).fetchall()
+    return [str(r[0]) for r in rows]
