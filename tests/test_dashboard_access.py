@@ -260,6 +260,8 @@ def test_serve_refusals_and_the_warning_beyond_loopback(db: str, recorder: _Reco
     assert res.exit_code == 2 and "--debug serves the Werkzeug debugger" in res.output
     assert len(res.output.strip().splitlines()) == 1 and recorder.calls == []
     assert _serve("--db", db, "--debug", "--no-prewarm", "--no-cache").exit_code == 0  # loopback: allowed
+    res = _serve("--db", db, "--host", "[red]evil[/red]", "--debug")  # a name is data, never markup
+    assert res.exit_code == 2 and "not '[red]evil[/red]'" in res.output
     res = _serve("--db", db, "--host", "0.0.0.0", "--no-token")
     assert res.exit_code == 2 and "only allowed on a loopback address" in res.output
     res = _serve("--db", db, "--no-token", "--token", TOKEN)

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
-from workbench.cli.app import app, console, fail
+from workbench.cli.app import app, fail, note, warn
 
 DEFAULT_CACHE = Path("~/.cache/moe-workbench/dashboard")
 """Where ``serve`` keeps computed analysis tables unless told otherwise."""
@@ -45,7 +44,7 @@ def _choose_token(token: str | None, no_token: bool, host: str, loopback: bool) 
         if not loopback:
             fail(
                 "--no-token is only allowed on a loopback address (127.0.0.1, ::1, localhost), "
-                f"not {escape(repr(host))}: "
+                f"not {host!r}: "
                 "anyone who can reach the port could use the dashboard. Leave --no-token out."
             )
         return None, False
@@ -142,28 +141,28 @@ def serve(
     if debug and not loopback:
         fail(
             "--debug serves the Werkzeug debugger, which runs code for whoever reaches it: "
-            f"use it on 127.0.0.1, not {escape(repr(host))}."
+            f"use it on 127.0.0.1, not {host!r}."
         )
     chosen, generated = _choose_token(token, no_token, host, loopback)
     path = db.expanduser().resolve()
     if not path.is_file():
-        fail(f"no store at {escape(str(path))}: the file does not exist. Check --db, or capture a run first.")
+        fail(f"no store at {path}: the file does not exist. Check --db, or capture a run first.")
     try:
         folder = None if no_cache else (cache_dir or DEFAULT_CACHE).expanduser()
         dash_app = _create_app()(
             path, model=model, cache_dir=folder, prewarm=prewarm, token=chosen, loopback_only=chosen is None
         )
     except StoreError as exc:
-        fail(escape(str(exc)))
+        fail(str(exc))
     if not loopback:
         jobs = (
             "; with --model they can also run model jobs on this machine and write interventions into the store"
             if model
             else ""
         )
-        console.print(
-            f"[yellow]warning:[/] serving on {escape(host)}: anyone who can reach it and has the token can read "
-            f"the store{jobs}. The traffic is not encrypted: use this on a trusted network, or an SSH tunnel."
+        warn(
+            f"serving on {host}: anyone who can reach it and has the token can read the store{jobs}. The traffic "
+            "is not encrypted: use this on a trusted network, or an SSH tunnel."
         )
     address = _address(host, port)
     if chosen is None:
@@ -172,7 +171,7 @@ def serve(
         where = f"{address}?token={chosen}"
     else:
         where = f"{address} (token from --token / ${_access().ENV_VAR})"
-    console.print(f"dashboard for {escape(str(path))} at {where} (Ctrl-C to stop)", soft_wrap=True)
+    note(f"dashboard for {path} at {where} (Ctrl-C to stop)")
     # SIGTERM (a service manager, `kill`) exits like Ctrl-C: the exit handlers remove the job cache
     # folder and stop the analysis workers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
