@@ -280,9 +280,10 @@ def save_result(
 ) -> html.Div:
     """Record the evaluation in the store (``record``) and say where; or say why it was not saved.
 
-    The store is opened writable for this write only. A capture holding DuckDB's write lock is
-    reported (the results on the page stay); a read of this same server holding the file
-    read-only is waited out for ``attempts`` × ``wait_s`` seconds.
+    The store is opened writable for this write only. Readers in other processes are waited out
+    by the store itself (up to ``MOE_WORKBENCH_LOCK_WAIT``, 30 s); a process holding it for writing
+    (a capture) is reported at once (the results on the page stay); a read of this same server
+    holding the file read-only is waited out for ``attempts`` × ``wait_s`` seconds.
     """
     if not run:
         return message("Not saved: no run chosen (interventions are recorded against a run of the store).")
