@@ -30,7 +30,8 @@ import duckdb
 import flask
 from dash import Input, Output, dcc, html
 
-from dashboards import data
+from dashboards import callback_guard, data
+from dashboards.access import LoopbackGate, TokenGate
 from dashboards.components.nav import nav_hrefs, nav_pages, navbar
 from dashboards.components.pickers import default_run
 from dashboards.components.url import RUN_STORE
@@ -74,9 +75,20 @@ def _nonblocking(server: flask.Flask) -> None:
 
 
 def create_app(
-    db_path: str | Path, model: Any = None, cache_dir: str | Path | None = None, prewarm: bool = False
+    db_path: str | Path,
+    model: Any = None,
+    cache_dir: str | Path | None = None,
+    prewarm: bool = False,
+    *,
+    token: str | None = None,
+    loopback_only: bool = False,
 ) -> dash.Dash:
     """A Dash app showing the store at ``db_path`` (read-only); ``model`` unlocks the lab.
+
+    ``token`` makes every request need it (:class:`dashboards.access.TokenGate`: ``?token=``, its
+    cookie, or an ``Authorization: token`` header); ``loopback_only`` answers only requests addressed
+    to a loopback name (:class:`dashboards.access.LoopbackGate`, for ``serve --no-token``). Without
+    either the app has no access control of its own: an embedder serving it must add one.
 
     ``model`` is a zoo name or path (loaded here, once) or a ``LoadedModel``; a model that fails
     to load leaves the read-only pages working and the lab saying why. Raises ``StoreError`` when
@@ -106,6 +118,11 @@ def create_app(
     app.server.config["WORKBENCH_DB"] = str(db)
     app.server.config["WORKBENCH_MODEL"] = attach_model(model)
     _nonblocking(app.server)
+    callback_guard.install(app.server, lambda: app.callback_map)
+    if token is not None:
+        app.server.wsgi_app = TokenGate(app.server.wsgi_app, token)
+    if loopback_only:
+        app.server.wsgi_app = LoopbackGate(app.server.wsgi_app)
     data.start_workers()
     if prewarm:
         _prewarm(str(db))

@@ -15,6 +15,7 @@ from dashboards.components.common import (
     query_string,
     slot,
     table,
+    to_float,
     to_int,
 )
 
@@ -28,5 +29,6 @@ __all__ = [
     "query_string",
     "slot",
     "table",
+    "to_float",
     "to_int",
 ]

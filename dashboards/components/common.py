@@ -5,13 +5,14 @@
 * :func:`guarded` — runs a view function and turns the errors a user can cause or meet
   (unknown run, locked store, an analysis that needs what the run lacks) into a message;
 * :func:`table` / :func:`figure` — a DataTable from a polars frame, a Graph from a figure;
-* :func:`query_string` / :func:`expert_href` / :func:`to_int` — the URL state: every view is
+* :func:`query_string` / :func:`expert_href` / :func:`to_int` / :func:`to_float` — the URL state: every view is
   described by its query string, so any view can be shared by copying the address.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -35,6 +36,7 @@ __all__ = [
     "query_string",
     "slot",
     "table",
+    "to_float",
     "to_int",
 ]
 
@@ -88,6 +90,17 @@ def to_int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def to_float(value: Any) -> float | None:
+    """``value`` as a finite float (a query string, a number input), or None: absent, not a number, NaN or ±inf."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def query_string(**params: Any) -> str:

@@ -17,6 +17,7 @@ from dashboards.components.url import register_url_sync, url_components
 from dashboards.data import attached, current_db, current_model
 from dashboards.jobs import JobCancelled, job_progress
 from dashboards.views import circuits as view
+from dashboards.views.bounds import CIRCUIT_PROMPTS
 
 dash.register_page(__name__, path="/circuits", name="Circuits", title="moe-workbench · circuits", order=8)
 PAGE = "circuits"
@@ -79,8 +80,8 @@ def layout(
                     html.Span("vs", className="wb-muted"),
                     labels.pick(b or view.DEFAULT_LABELS[1], 1).dropdown("circ-b"),
                     html.Span("prompts per label", className="wb-muted"),
-                    dcc.Input(id="circ-n", type="number", min=2, max=256, step=1, value=to_int(n) or 16,
-                              debounce=True, className="wb-number"),
+                    dcc.Input(id="circ-n", type="number", min=CIRCUIT_PROMPTS[0], max=CIRCUIT_PROMPTS[1], step=1,
+                              value=to_int(n) or 16, debounce=True, className="wb-number"),
                     html.Button("Find circuits", id="circ-go", n_clicks=0, disabled=loaded is None),
                     html.Button("Cancel", id="circ-cancel", n_clicks=0, disabled=True,
                                 title="stop the job after its current step"),

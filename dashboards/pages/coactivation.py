@@ -11,7 +11,7 @@ from typing import Any
 import dash
 from dash import Input, Output, State, callback, dcc, html
 
-from dashboards.components import expert_href, fill, guarded, query_string, slot, to_int
+from dashboards.components import expert_href, fill, guarded, query_string, slot, to_float, to_int
 from dashboards.components.pending import poll_input, poll_outputs, polled, poller, register_poll
 from dashboards.components.pickers import Choice, layer_choice, run_choice
 from dashboards.components.url import register_url_sync, url_components
@@ -22,14 +22,6 @@ dash.register_page(
     __name__, path="/coactivation", name="Co-activation", title="moe-workbench · co-activation", order=4
 )
 PAGE = "coactivation"
-
-
-def to_float(value: Any) -> float | None:
-    """``value`` as a float (query string, number input), or None (the default threshold)."""
-    try:
-        return None if value in (None, "") else float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def layout(

@@ -13,13 +13,14 @@ from typing import Any
 import dash
 from dash import Input, Output, State, callback, dcc, html
 
-from dashboards.components import guarded, message, query_string, to_int
+from dashboards.components import guarded, message, query_string, to_float, to_int
 from dashboards.components.common import HIDDEN
 from dashboards.components.pickers import Choice, label_choice, run_choice
 from dashboards.components.url import register_url_sync, url_components
 from dashboards.data import attached, current_db, current_model
 from dashboards.jobs import JobCancelled, job_progress
 from dashboards.views import lab as view
+from dashboards.views.bounds import LAB_PROMPTS, MAX_PROMPT_CHARS
 
 dash.register_page(__name__, path="/lab", name="Lab", title="moe-workbench · lab", order=7)
 PAGE = "lab"
@@ -93,13 +94,13 @@ def layout(
                         [
                             _label_choice(db, runs.value, labels).dropdown("lab-labels"),
                             html.Span("prompts per label", className="wb-muted"),
-                            dcc.Input(id="lab-n", type="number", min=1, max=64, step=1, debounce=True,
-                                      value=to_int(n) or 8, className="wb-number"),
+                            dcc.Input(id="lab-n", type="number", min=LAB_PROMPTS[0], max=LAB_PROMPTS[1], step=1,
+                                      debounce=True, value=to_int(n) or 8, className="wb-number"),
                         ],
                         className="wb-controls",
                     ),
                     dcc.Textarea(id="lab-text", value=DEFAULT_TEXT if text is None else text,
-                                 style={"width": "40em", "height": "3.5em"}),
+                                 maxLength=MAX_PROMPT_CHARS, style={"width": "40em", "height": "3.5em"}),
                     html.Div(
                         [
                             html.Button("Run intervention", id="lab-go", n_clicks=0, disabled=loaded is None),
@@ -117,14 +118,6 @@ def layout(
             html.Div(id="lab-output"),
         ]
     )  # fmt: skip
-
-
-def to_float(value: Any) -> float | None:
-    """``value`` as a float (query string), or None."""
-    try:
-        return None if value in (None, "") else float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def experts_of(layer: Any) -> list[dict[str, Any]]:

@@ -18,8 +18,9 @@ import plotly.graph_objects as go
 import polars as pl
 from dash import html
 
-from dashboards.components import figure, table, to_int
+from dashboards.components import figure, table
 from dashboards.jobs import MODEL_LOCK, cancellable
+from dashboards.views.bounds import CIRCUIT_PROMPTS, count_within
 from dashboards.views.common import ci_column
 from workbench.interventions.circuits import CircuitComparison, compare_circuits
 from workbench.interventions.metrics import gold_logprob
@@ -61,12 +62,19 @@ def suite_labels(suite: str) -> list[str]:
 
 
 def circuit_prompts(suite: str, a: str | None, b: str | None, n: Any) -> tuple[list[Prompt], list[Prompt]]:
-    """The first ``n`` prompts of labels ``a`` and ``b`` of ``suite`` (both need gold answers)."""
+    """The first ``n`` prompts of labels ``a`` and ``b`` of ``suite`` (both need gold answers).
+
+    ``n`` is within :data:`~dashboards.views.bounds.CIRCUIT_PROMPTS` (None: 16).
+    """
+    if not isinstance(suite, str):
+        raise ValueError(f"the suite must be a suite name, not {type(suite).__name__}")
     if not a or not b:
         raise ValueError("pick two labels")
+    if not isinstance(a, str) or not isinstance(b, str):
+        raise ValueError("the labels must be label names")
     if a == b:
         raise ValueError(f"pick two different labels (both are {a!r})")
-    count = max(2, to_int(n) or 16)
+    count = count_within(n, CIRCUIT_PROMPTS, "prompts per label", 16)
     have = suite_labels(suite)
     groups = []
     for label in (a, b):

@@ -33,8 +33,17 @@ from dash import html
 from plotly.subplots import make_subplots
 
 from dashboards import data
-from dashboards.components import figure, message, table, to_int
+from dashboards.components import figure, message, table
 from dashboards.jobs import MODEL_LOCK
+from dashboards.views.bounds import (
+    BIAS_RANGE,
+    LAB_PROMPTS,
+    MAX_PROMPT_CHARS,
+    SCALE_RANGE,
+    count_within,
+    number_within,
+    text_within,
+)
 from dashboards.views.common import ci_column
 from workbench.analysis.stats import MIN_CI_PROMPTS
 from workbench.behaviour.registry import REFUSAL, REFUSAL_CHATML, Behaviour
@@ -79,26 +88,57 @@ TYPED = "__typed__"
 Progress = Callable[[int, int, str], None]
 
 
-def make_spec(semantics: str, layer: Any, experts: Sequence[Any] | None, value: Any = None) -> Intervention:
-    """The spec for ``semantics`` on ``experts`` of ``layer`` (``value``: δ for bias, s for scale)."""
-    if semantics not in SEMANTICS:
+def make_spec(
+    semantics: str,
+    layer: Any,
+    experts: Sequence[Any] | None,
+    value: Any = None,
+    loaded: LoadedModel | None = None,
+) -> Intervention:
+    """The spec for ``semantics`` on ``experts`` of ``layer`` (``value``: δ for bias, s for scale).
+
+    ``value`` must be finite and within :data:`~dashboards.views.bounds.BIAS_RANGE` /
+    :data:`~dashboards.views.bounds.SCALE_RANGE`; given ``loaded``, the layer must be one of its MoE
+    layers and the experts within its expert count.
+    """
+    if not isinstance(semantics, str) or semantics not in SEMANTICS:
         raise ValueError(f"semantics must be one of {', '.join(SEMANTICS)}, not {semantics!r}")
     if layer is None:
         raise ValueError("pick a layer")
-    chosen = sorted({int(e) for e in experts or []})
+    at = count_within(layer, (0, 1_000_000), "the layer", 0)
+    if experts is not None and not isinstance(experts, (list, tuple)):
+        raise ValueError(f"the experts must be a list of expert numbers, not {type(experts).__name__}")
+    chosen = sorted({count_within(e, (0, 1_000_000), "an expert", 0) for e in experts or []})
     if not chosen:
         raise ValueError("pick at least one expert")
-    experts_map = expert_map({int(layer): chosen})
+    if loaded is not None:
+        _check_experts(loaded, at, chosen)
+    experts_map = expert_map({at: chosen})
     if semantics in ("bias", "scale"):
         if value is None or value == "":
             raise ValueError(f"{semantics} needs a value ({'δ' if semantics == 'bias' else 's'})")
-        amount = float(value)
-        return Bias(experts_map, delta=amount) if semantics == "bias" else Scale(experts_map, s=amount)
+        if semantics == "bias":
+            return Bias(experts_map, delta=number_within(value, BIAS_RANGE, "the bias δ"))
+        return Scale(experts_map, s=number_within(value, SCALE_RANGE, "the scale s"))
     if semantics == "zero":
         return Zero(experts_map)
     if semantics == "zero-renorm":
         return Zero(experts_map, renorm=True)
     return Reroute(experts_map) if semantics == "reroute" else Force(experts_map)
+
+
+def _check_experts(loaded: LoadedModel, layer: int, experts: Sequence[int]) -> None:
+    """Refuse a layer the model has no MoE block at, or experts beyond that layer's count."""
+    found = next((x for x in loaded.layers if x.layer == layer), None)
+    if found is None:
+        have = ", ".join(str(x.layer) for x in loaded.layers)
+        raise ValueError(f"layer {layer} is not a MoE layer of {loaded.name} (its MoE layers: {have})")
+    beyond = [e for e in experts if e >= found.n_experts]
+    if beyond:
+        raise ValueError(
+            f"layer {layer} has {found.n_experts} experts (0 to {found.n_experts - 1}); there is no expert "
+            + ", ".join(str(e) for e in beyond)
+        )
 
 
 def layer_options(loaded: LoadedModel) -> list[dict[str, Any]]:
@@ -115,15 +155,23 @@ def expert_options(loaded: LoadedModel, layer: Any) -> list[dict[str, Any]]:
     return [] if found is None else [{"label": f"expert {e}", "value": e} for e in range(found.n_experts)]
 
 
-def lab_prompts(db: str, run: str | None, choice: str | None, text: str | None, n: int) -> list[Prompt]:
-    """The prompts to run on: the typed ``text`` (``choice`` = TYPED), or the first ``n`` of a label."""
+def lab_prompts(db: str, run: str | None, choice: str | None, text: str | None, n: Any) -> list[Prompt]:
+    """The prompts to run on: the typed ``text`` (``choice`` = TYPED), or the first ``n`` of a label.
+
+    The typed prompt has at most :data:`~dashboards.views.bounds.MAX_PROMPT_CHARS` characters and
+    ``n`` is within :data:`~dashboards.views.bounds.LAB_PROMPTS` (None: 8).
+    """
     if choice in (None, TYPED):
-        if not text or not text.strip():
+        if text is None or (isinstance(text, str) and not text.strip()):
             raise ValueError("type a prompt, or pick a label set of the run")
-        return [Prompt(prompt_id=0, text=text, label="typed")]
+        typed = text_within(text, MAX_PROMPT_CHARS, "the typed prompt")
+        return [Prompt(prompt_id=0, text=typed, label="typed")]
+    if not isinstance(choice, str):
+        raise ValueError(f"the label set must be a label name, not {type(choice).__name__}")
+    count = count_within(n, LAB_PROMPTS, "prompts per label", 8)
     if not run:
         raise ValueError("pick a run to take its labelled prompts from")
-    rows = data.prompts(db, run, label=choice).sort("prompt_id").head(max(1, int(n)))
+    rows = data.prompts(db, run, label=choice).sort("prompt_id").head(count)
     if rows.height == 0:
         raise ValueError(f"run {run} has no prompts labelled {choice!r}")
     return [
@@ -232,9 +280,10 @@ def save_result(
 ) -> html.Div:
     """Record the evaluation in the store (``record``) and say where; or say why it was not saved.
 
-    The store is opened writable for this write only. A capture holding DuckDB's write lock is
-    reported (the results on the page stay); a read of this same server holding the file
-    read-only is waited out for ``attempts`` × ``wait_s`` seconds.
+    The store is opened writable for this write only. Readers in other processes are waited out
+    by the store itself (up to ``MOE_WORKBENCH_LOCK_WAIT``, 30 s); a process holding it for writing
+    (a capture) is reported at once (the results on the page stay); a read of this same server
+    holding the file read-only is waited out for ``attempts`` × ``wait_s`` seconds.
     """
     if not run:
         return message("Not saved: no run chosen (interventions are recorded against a run of the store).")
@@ -384,8 +433,8 @@ def lab_job(
 ) -> html.Div:
     """The whole lab callback: spec and prompts from the choices, the run (holding the model
     lock), the store write, and the rendered result."""
-    spec = make_spec(semantics, layer, experts, value)
-    prompts = lab_prompts(db, run, labels, text, to_int(n) or 8)
+    spec = make_spec(semantics, layer, experts, value, loaded)
+    prompts = lab_prompts(db, run, labels, text, n)
     behaviour = behaviour_for(db, run, prompts, loaded)
     if not MODEL_LOCK.acquire(blocking=False):
         if progress:
@@ -394,7 +443,7 @@ def lab_job(
     try:
         result = run_lab(
             loaded, prompts, spec, behaviour=behaviour, progress=progress,
-            controls_for=lambda s: make_spec(semantics, layer, s[int(layer)], value),
+            controls_for=lambda s: make_spec(semantics, layer, s[int(layer)], value, loaded),
         )  # fmt: skip
     finally:
         MODEL_LOCK.release()

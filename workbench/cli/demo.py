@@ -110,10 +110,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def serve_dashboard(db: Path, loaded: Any) -> None:
-    """Serve the dashboard over ``db`` with ``loaded`` attached (blocks until Ctrl-C)."""
+    """Serve the dashboard over ``db`` with ``loaded`` attached, behind a new access token (blocks until Ctrl-C)."""
+    from dashboards.access import new_token
     from dashboards.app import create_app
 
-    create_app(db, model=loaded, prewarm=True).run(host=HOST, port=PORT, debug=False)  # pages start warm
+    token = new_token()
+    app = create_app(db, model=loaded, prewarm=True, token=token)  # pages start warm
+    print(f"open http://{HOST}:{PORT}/?token={token}", flush=True)
+    app.run(host=HOST, port=PORT, debug=False)
 
 
 def finish(
@@ -123,7 +127,7 @@ def finish(
     command = f"moe-workbench serve --db {db} --model {model}"
     print(f"\ndashboard (runs, routing, ..., intervention lab): {command}")
     if serve:
-        print(f"serving it now on http://{HOST}:{PORT}/ (Ctrl-C to stop; `make demo SERVE=0` skips this)")
+        print(f"serving it now on {HOST}:{PORT} (Ctrl-C to stop; `make demo SERVE=0` skips this)")
         server(db, loaded)
     return command
 

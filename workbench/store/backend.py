@@ -35,8 +35,12 @@ if TYPE_CHECKING:  # polars is imported lazily: the capture path does not need i
 class Store:
     """A DuckDB file holding many capture runs (schema: ``workbench.store.schema``)."""
 
-    def __init__(self, path: str | Path, read_only: bool = False) -> None:
-        self._conn, self._path, self._shards = connect(path, read_only=read_only)
+    def __init__(
+        self, path: str | Path, read_only: bool = False, *, lock_wait_s: float | None = None
+    ) -> None:
+        """Open ``path``; a writable open waits up to ``lock_wait_s`` s for readers in other processes
+        (default ``$MOE_WORKBENCH_LOCK_WAIT`` or 30 s: ``workbench.store.locking``)."""
+        self._conn, self._path, self._shards = connect(path, read_only=read_only, lock_wait_s=lock_wait_s)
         # an in-memory store's temporary shard folder goes even when the Store is dropped unclosed
         weakref.finalize(self, self._shards.close)
         self._read_only = read_only

@@ -1,19 +1,21 @@
 """Opening a DuckDB file as a store: error translation and schema check/migration.
 
-DuckDB allows one writer *process* per file and, while it writes, no readers from other
-processes. Its raw errors ("IO Error: Could not set lock ...") are unhelpful to a user
-whose capture is still running, so they are turned into :class:`StoreLockedError` with
-advice here, and the schema is brought up to date (or checked) before any use.
+DuckDB allows one writer *process* per file, and only while no other process has it open, or
+many reading processes. Its raw errors ("IO Error: Could not set lock ...") are unhelpful, so
+they become :class:`StoreLockedError` saying who holds the file, reading or writing, and what to
+do; a writable open waits a while for readers (a dashboard between requests) and a read-only open
+steps back while a writer waits (:mod:`workbench.store.locking`). The schema is then brought up
+to date (or checked) before any use.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import duckdb
 
 from workbench.store.errors import StoreError, StoreLockedError
+from workbench.store.locking import is_lock_error, locked_message, waiting_writer, with_write_lock
 from workbench.store.maintenance import compact_store
 from workbench.store.schema import SHARDED_VERSION, current_version, ensure_schema
 from workbench.store.shards import ShardFolder
@@ -21,20 +23,26 @@ from workbench.store.shards import ShardFolder
 MEMORY = ":memory:"
 
 
-def _lock_message(path: Path, exc: Exception) -> str:
-    pid = re.search(r"PID (\d+)", str(exc))
-    who = f"another process (PID {pid.group(1)})" if pid else "another process"
-    return (
-        f"cannot open store {path}: {who} has it open for writing (DuckDB allows one "
-        "writer process and no readers from other processes while it writes). Wait for "
-        "that process (e.g. a running capture) to finish, or use another file with --db."
-    )
+def _open_file(path: Path, read_only: bool, lock_wait_s: float | None) -> duckdb.DuckDBPyConnection:
+    """The DuckDB connection to ``path``: a writer waits for readers, a reader steps back for a waiting writer."""
+    if read_only:
+        pid = waiting_writer(path)
+        if pid is not None:
+            raise StoreLockedError(
+                f"cannot read store {path} just now: another process (PID {pid}) is waiting to write to it "
+                "(e.g. a capture starting). Try again when it has finished writing."
+            )
+        return duckdb.connect(str(path), read_only=True)
+    return with_write_lock(path, lambda: duckdb.connect(str(path)), wait_s=lock_wait_s)
 
 
 def connect(
-    path: str | Path, *, read_only: bool
+    path: str | Path, *, read_only: bool, lock_wait_s: float | None = None
 ) -> tuple[duckdb.DuckDBPyConnection, Path | None, ShardFolder]:
     """Open ``path`` (or ``":memory:"``), migrate/check its schema, return (con, path, shard folder).
+
+    A writable open held off by readers retries for ``lock_wait_s`` seconds (default
+    :func:`workbench.store.locking.lock_wait_s`); one held off by a writer fails at once.
 
     The returned path is resolved, or ``None`` for an in-memory store (whose shards live in a
     temporary folder that the caller closes). A writable open removes shard files that no batch
@@ -57,10 +65,10 @@ def connect(
         if not read_only:
             resolved.parent.mkdir(parents=True, exist_ok=True)
         try:
-            con = duckdb.connect(str(resolved), read_only=read_only)
+            con = _open_file(resolved, read_only, lock_wait_s)
         except duckdb.IOException as exc:
-            if "Could not set lock" in str(exc):
-                raise StoreLockedError(_lock_message(resolved, exc)) from exc
+            if is_lock_error(exc):
+                raise StoreLockedError(locked_message(resolved, exc, read_only=read_only)) from exc
             raise StoreError(f"cannot open store {resolved}: {exc}") from exc
         except duckdb.ConnectionException as exc:
             if "different configuration" in str(exc):

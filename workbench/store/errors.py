@@ -13,7 +13,7 @@ class StoreError(RuntimeError):
 
 
 class StoreLockedError(StoreError):
-    """The DuckDB file is locked by another process that holds it open for writing."""
+    """Another process holds the DuckDB file: it writes to it, or reads it while this process wants to write."""
 
 
 class UnknownRunError(StoreError, KeyError):
