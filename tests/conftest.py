@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 from workbench.store import Store
 
@@ -21,6 +22,21 @@ if TYPE_CHECKING:
     from workbench.conformance.supported import Result
 
 warnings.filterwarnings("ignore", category=FutureWarning)
+
+# Hypothesis (the fuzz tests, tests/test_fuzz_*.py): CI runs a fixed, reproducible set of examples
+# (derandomize: the same inputs on every run, no example database written); HYPOTHESIS_PROFILE=dev
+# draws new random inputs each run and remembers failures in .hypothesis/. MOE_FUZZ_SCALE=20
+# multiplies every fuzz test's example count (tests/fuzz_support.py) for a longer local run.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Tiny models: thread start-up costs more than the matmuls (1.4 s vs 3 ms per forward on a loaded
 # 2-core machine), so tests run torch single-threaded.

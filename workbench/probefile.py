@@ -29,6 +29,11 @@ from typing import Any
 
 REQUIRED = ("text", "label")
 OPTIONAL = ("pair_id", "split", "meta")
+MAX_META_DEPTH = 64
+"""How deeply a prompt's ``meta`` object may nest lists and objects (hashing and storing it recurse)."""
+_CSV_FIELD_LIMIT = 2**31 - 1
+"""The csv module's field limit while a probe file is read: a prompt's text may be megabytes (it is
+truncated to the model's context at capture), not the csv default of 128 KiB."""
 
 
 class ProbeFileError(ValueError):
@@ -154,6 +159,13 @@ def _prompt(row: dict[str, Any], index: int, where: str) -> Prompt:
             raise ProbeFileError(f"{where}: `meta` is not valid JSON ({exc.msg})") from exc
     if meta is not None and meta != "" and not isinstance(meta, dict):
         raise ProbeFileError(f"{where}: `meta` must be a JSON object, got {type(meta).__name__}")
+    if isinstance(meta, dict) and _depth(meta) > MAX_META_DEPTH:
+        raise ProbeFileError(f"{where}: `meta` nests deeper than {MAX_META_DEPTH} levels; flatten it")
+    for name in ("label", "pair_id", "split"):
+        if isinstance(row.get(name), (dict, list)):
+            raise ProbeFileError(
+                f"{where}: `{name}` must be a string or a number, got {type(row[name]).__name__}"
+            )
     pair = row.get("pair_id")
     split = row.get("split")
     prompt = Prompt(
@@ -178,6 +190,36 @@ def _decode(raw: bytes, where: str, first: bool) -> str:
         ) from None
 
 
+def _json_line(line: str, where: str) -> Any:
+    """One JSON value; every way ``json.loads`` can refuse it becomes a :class:`ProbeFileError`.
+
+    Besides malformed JSON that is a number of more than 4,300 digits (Python's int limit raises
+    a plain ``ValueError``) and nesting deep enough to exhaust the recursion limit.
+    """
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ProbeFileError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except ValueError as exc:  # an integer literal longer than sys.get_int_max_str_digits()
+        reason = str(exc).split(":")[0]
+        raise ProbeFileError(f"{where}: not valid JSON ({reason}); write long numbers as strings") from None
+    except RecursionError:
+        raise ProbeFileError(f"{where}: not valid JSON (nested too deeply); flatten the line") from None
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects (0 for a scalar); iterative, so any depth is safe."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
 def _check_utf8(path: Path) -> None:
     """Refuse a text file that is not UTF-8, naming the first bad line (before csv reads it)."""
     with path.open("rb") as fh:
@@ -193,10 +235,7 @@ def _jsonl(path: Path) -> Iterator[Prompt]:
             line = _decode(raw, where, lineno == 1)
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ProbeFileError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+            row = _json_line(line, where)
             if not isinstance(row, dict):
                 raise ProbeFileError(f"{where}: each line must be a JSON object with text and label")
             yield _prompt(row, index, where)
@@ -205,14 +244,24 @@ def _jsonl(path: Path) -> Iterator[Prompt]:
 
 def _csv(path: Path) -> Iterator[Prompt]:
     _check_utf8(path)
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise ProbeFileError(f"{path}:1: header lacks column(s) {', '.join(missing)} (found {header})")
-        for index, row in enumerate(reader):
-            yield _prompt(dict(row), index, f"{path}:{reader.line_num}")
+    limit = csv.field_size_limit(_CSV_FIELD_LIMIT)
+    reader: Any = None
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            missing = [c for c in REQUIRED if c not in header]
+            if missing:
+                raise ProbeFileError(
+                    f"{path}:1: header lacks column(s) {', '.join(missing)} (found {header})"
+                )
+            for index, row in enumerate(reader):
+                yield _prompt(dict(row), index, f"{path}:{reader.line_num}")
+    except csv.Error as exc:
+        line = reader.line_num if reader is not None else 1
+        raise ProbeFileError(f"{path}:{line}: not valid CSV ({exc})") from None
+    finally:
+        csv.field_size_limit(limit)
 
 
 def _parquet(path: Path) -> Iterator[Prompt]:
@@ -245,9 +294,18 @@ def _parquet(path: Path) -> Iterator[Prompt]:
 _READERS = {".jsonl": _jsonl, ".ndjson": _jsonl, ".json": _jsonl, ".csv": _csv, ".parquet": _parquet}
 
 
+def _usable_path(path: str | Path) -> Path:
+    """``path`` as a Path; a NUL character (which no file name can hold) is refused by name."""
+    if "\x00" in str(path):
+        raise ProbeFileError(
+            f"{str(path)!r}: a file name cannot hold a NUL character; check the --probe path"
+        )
+    return Path(path)
+
+
 def iter_probe_file(path: str | Path) -> Iterator[Prompt]:
     """Stream the prompts of a probe file, validating each row as it is read."""
-    path = Path(path)
+    path = _usable_path(path)
     if not path.exists():
         raise ProbeFileError(f"{path}: no such probe file")
     if path.is_dir():
@@ -278,7 +336,7 @@ def scan_probe_file(path: str | Path) -> ProbeDigest:
     run's record read the file once (resume never relies on this: it reads the file afresh). The path is resolved to an absolute one (a resume from another
     working directory then reads the same file).
     """
-    resolved = Path(path).resolve()
+    resolved = _usable_path(path).resolve()
     try:
         stat = resolved.stat()
     except OSError:

@@ -69,5 +69,5 @@ def clicked_expert(click: dict[str, Any] | None, expert_from: str = "x") -> tupl
             value = custom[0] if isinstance(custom, list) else custom
             return layer, int(value)
         return layer, int(point["x"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError):  # a gap, an empty list, inf
         return None

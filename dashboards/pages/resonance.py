@@ -80,12 +80,20 @@ def remember_cell(click: Any, run: Any, target: Any, control: Any) -> Any:
     return list(cell) if cell else dash.no_update
 
 
+def _cell(cell: Any) -> tuple[int, int] | None:
+    """The remembered (layer, expert) as ints, or None for anything else a request may carry."""
+    if not isinstance(cell, (list, tuple)) or len(cell) != 2:
+        return None
+    layer, expert = to_int(cell[0]), to_int(cell[1])
+    return None if layer is None or expert is None else (layer, expert)
+
+
 def update(
     run: str | None, target: str | None, control: str | None, method: str, cell: Any
 ) -> tuple[Any, ...]:
     """The map, the clicked cell's driving tokens, and the view's query string."""
     db = current_db()
-    at = (int(cell[0]), int(cell[1])) if cell else None
+    at = _cell(cell)
     query = query_string(
         run=run, target=target, control=control, method=method,
         layer=at[0] if at else None, expert=at[1] if at else None,

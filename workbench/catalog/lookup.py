@@ -123,6 +123,8 @@ def run_analysis(
             f"analysis {name!r} needs the gate weights the model applied, and run {run_id!r} holds expert ids "
             "only (imported from a serving engine); capture the model with moe-workbench capture to get them"
         )
+    if kwargs.get("layers") is not None:
+        _check_layers(store, run_id, kwargs["layers"])
     if spec.needs_model:
         if model is None:
             raise ValueError(
@@ -147,6 +149,21 @@ def _has_weights(store: Store, run_id: str) -> bool:
     """Whether ``run_id`` has a routing row with gate weights (an unknown run raises the store's error)."""
     store.run(run_id)
     return queries.has_gate_weights(store, run_id)
+
+
+def _check_layers(store: Store, run_id: str, layers: Any) -> None:
+    """Refuse a ``layers`` option that names no layer, or a layer the run does not have.
+
+    Analyses filter by it, so such a choice would give an empty table instead of saying why.
+    """
+    have = [int(x) for x in store.layers(run_id)["layer"].to_list()]
+    asked = list(layers) if isinstance(layers, (list, tuple, set, frozenset)) else [layers]
+    if not asked:
+        raise ValueError(f"layers is empty; name some of run {run_id!r}'s MoE layers {have}, or leave it out")
+    missing = [x for x in asked if isinstance(x, bool) or not isinstance(x, int) or x not in have]
+    if missing:
+        shown = ", ".join(repr(x) if not isinstance(x, int) else str(x) for x in missing[:10])
+        raise ValueError(f"run {run_id!r} has no MoE layer {shown}; its MoE layers are {have}")
 
 
 def _compare_names() -> list[str]:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli.app import app, fail, note, out, reading_store, safe, show, user_errors
+from workbench.cli.app import app, fail, note, out, reading_store, safe, show, user_errors, write_table
 
 
 class GroupBy(str, Enum):
@@ -122,19 +122,7 @@ def analyse(
     if out_file is None:
         show(frame.head(20))
         return
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".csv":
-        import polars as pl
-
-        nested = [c for c, t in frame.schema.items() if isinstance(t, pl.List | pl.Array | pl.Struct)]
-        flat = frame.with_columns(
-            pl.Series(c, [str(v) for v in frame[c].to_list()], dtype=pl.Utf8) for c in nested
-        )
-        flat.write_csv(out_file)
-    elif suffix == ".parquet":
-        frame.write_parquet(out_file)
-    else:
-        frame.write_json(out_file)
+    write_table(frame, out_file)
     note(f"wrote {frame.height} rows × {frame.width} columns to {out_file}")
 
 

@@ -67,20 +67,21 @@ def show(value: object, *, to: Console | None = None) -> None:
     (to or out).print(safe(value), soft_wrap=True)
 
 
-def _say(prefix: str, style: str, message: object) -> None:
-    text = Text.assemble((prefix, style), " ", safe(message)) if prefix else safe(message)
+def _say(prefix: str, style: str, message: object, keep: str = "\n") -> None:
+    body = safe(message, keep=keep)
+    text = Text.assemble((prefix, style), " ", body) if prefix else body
     console.print(text, soft_wrap=True)  # one line: the terminal wraps it, rich inserts no newlines
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print ``error: message`` (plain text) on stderr and exit with ``code``."""
-    _say("error:", "bold red", message)
+    """Print ``error: message`` (plain text, one line: a newline it quotes prints as ``\\x0a``) and exit."""
+    _say("error:", "bold red", message, keep="")
     raise typer.Exit(code)
 
 
 def warn(message: object) -> None:
-    """Print ``warning: message`` (plain text) on stderr."""
-    _say("warning:", "yellow", message)
+    """Print ``warning: message`` (plain text, one line) on stderr."""
+    _say("warning:", "yellow", message, keep="")
 
 
 def note(message: object, prefix: str = "") -> None:
@@ -140,3 +141,45 @@ def writable_db(db: Path) -> None:
         fail(
             f"--db {db}: cannot create the directory {parent} ({exc.strerror or exc}); choose a writable place"
         )
+
+
+def existing_run(db: Path, run: str) -> None:
+    """Refuse a store that is not there, or that lacks ``run``, before a command opens it to write.
+
+    A writable open creates a missing file, so without this a mistyped --db would leave an empty
+    store behind and the command would complain about the run's labels instead of the path.
+    """
+    from workbench.store import Store
+
+    with reading_store(db):
+        try:
+            with Store(db, read_only=True) as store:
+                store.run(run)
+        except user_errors() as exc:
+            fail(str(exc))
+
+
+def write_table(frame: object, path: Path) -> None:
+    """Write polars ``frame`` to ``path`` (.csv, .parquet or .json, by suffix), creating its folder.
+
+    A path that cannot be written (a file where a folder should be, no permission, a full disk)
+    is one ``error:`` line naming it; nested columns become their text in CSV.
+    """
+    import polars as pl
+
+    assert isinstance(frame, pl.DataFrame)
+    suffix = path.suffix.lower()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if suffix == ".csv":
+            nested = [c for c, t in frame.schema.items() if isinstance(t, pl.List | pl.Array | pl.Struct)]
+            flat = frame.with_columns(
+                pl.Series(c, [str(v) for v in frame[c].to_list()], dtype=pl.Utf8) for c in nested
+            )
+            flat.write_csv(path)
+        elif suffix == ".parquet":
+            frame.write_parquet(path)
+        else:
+            frame.write_json(path)
+    except OSError as exc:
+        fail(f"{path}: cannot be written ({exc.strerror or exc}); choose another --out")

@@ -10,7 +10,19 @@ from typing import Annotated
 import typer
 
 from workbench.capture.modes import DEFAULT_LOGITS_MODE, LogitsMode
-from workbench.cli.app import app, fail, note, out, reading_store, safe, show, user_errors, warn, writable_db
+from workbench.cli.app import (
+    app,
+    existing_run,
+    fail,
+    note,
+    out,
+    reading_store,
+    safe,
+    show,
+    user_errors,
+    warn,
+    writable_db,
+)
 
 
 class Backend(str, Enum):
@@ -270,6 +282,7 @@ def resume(
             if ranks.rank == 0:
                 show(rid)
             return
+        existing_run(db, run)  # a mistyped --db is named, not created empty (one process: no rank holds it)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UnverifiedResumeWarning)
             rid = run_resume(db, run, model=model, probes=probe, progress=not quiet)

@@ -21,6 +21,11 @@ class EngineFormat(str, Enum):
     sglang = "sglang"
 
 
+MAX_LAYERS = 4096
+"""More layer indices than any model has: a longer --layers list is a typo (``0-99999999``), refused
+before it is built."""
+
+
 def _layer_list(text: str | None) -> list[int] | None:
     """``--layers 3,4,5`` or ``3-5`` (ranges allowed, mixed) as a list of ints."""
     if text is None or not text.strip():
@@ -29,11 +34,18 @@ def _layer_list(text: str | None) -> list[int] | None:
     for part in text.split(","):
         lo, sep, hi = part.strip().partition("-")
         try:
-            found.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+            first, last = (int(lo), int(hi)) if sep else (int(lo), int(lo))
         except ValueError:
             raise typer.BadParameter(
                 f"--layers: {part.strip()!r} is not a layer index or a range a-b"
             ) from None
+        if last < first:
+            raise typer.BadParameter(
+                f"--layers: {part.strip()!r} ends before it starts; write a-b with a <= b"
+            )
+        if last - first + 1 + len(found) > MAX_LAYERS:
+            raise typer.BadParameter(f"--layers: {text.strip()!r} names more than {MAX_LAYERS} layers")
+        found.extend(range(first, last + 1))
     return found
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from workbench.cli.app import app, fail, note, show, user_errors
+from workbench.cli.app import app, existing_run, fail, note, reading_store, show, user_errors, write_table
 
 if TYPE_CHECKING:
     import polars as pl
@@ -92,9 +92,10 @@ def resonate(
         fail(
             "--method causal ablates experts in the model: give --model M (the model the run was captured from)"
         )
+    existing_run(db, run)
     agreement = None
     try:
-        with Store(db, read_only=not store_map) as store:
+        with reading_store(db), Store(db, read_only=not store_map) as store:
             frame = resonance_map(
                 store, run, target=target, control=control, span=span,
                 method="rd" if method is Method.causal else method.value, paired=paired,
@@ -128,11 +129,7 @@ def resonate(
     if tokens is not None:
         show(tokens)
     if out_file is not None:
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        if suffix == ".csv":
-            frame.write_csv(out_file)
-        else:
-            frame.write_parquet(out_file)
+        write_table(frame, out_file)
         note(f"wrote {frame.height} rows to {out_file}")
 
 

@@ -31,9 +31,11 @@ round-trip exactly; the store's interventions table keeps the JSON.
 from __future__ import annotations
 
 import json
+import math
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 Span = tuple[int, ...] | tuple[tuple[bool, ...], ...]
@@ -45,18 +47,68 @@ class InterventionSpecError(ValueError):
     """A spec is malformed, or names layers or experts the model does not have."""
 
 
+_MAX_POSITION = 2**31
+"""Span positions lie in ``(-_MAX_POSITION, _MAX_POSITION)``: beyond, no sequence reaches them."""
+
+
+def _whole(value: Any, what: str) -> int:
+    """``value`` as an int: an int, a whole float (``3.0``) or a string of one (``"3"``, as JSON keys are).
+
+    Booleans, fractions (``1.5``), NaN and infinities are refused with :class:`InterventionSpecError`:
+    silently truncating them would act on another layer or expert than the one named.
+    """
+    if not isinstance(value, bool):
+        if isinstance(value, float):
+            if value.is_integer():
+                return int(value)
+        elif isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        else:
+            try:
+                return operator.index(value)
+            except TypeError:
+                pass
+    raise InterventionSpecError(f"{what} must be a whole number, got {_shown(value)}")
+
+
+def _finite(value: Any, what: str) -> float:
+    """``value`` as a finite float (an int, a float or a numeric string); NaN and ±inf are refused."""
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise InterventionSpecError(f"{what} must be a finite number, got {_shown(value)}")
+    return number
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to 80 characters (a spec may come from a URL or a file)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def expert_map(value: Any, what: str = "experts") -> ExpertMap:
     """Normalise ``{layer: [experts]}`` (or its pair form) to sorted, de-duplicated int tuples."""
     items = value.items() if isinstance(value, Mapping) else value
-    out: dict[int, set[int]] = {}
     try:
-        for layer, experts in items:
-            chosen = [experts] if isinstance(experts, int) else list(experts)
-            out.setdefault(int(layer), set()).update(int(e) for e in chosen)
+        pairs = [
+            (layer, [experts] if isinstance(experts, (int, float, str)) else list(experts))
+            for layer, experts in items
+        ]
     except (TypeError, ValueError) as exc:
         raise InterventionSpecError(
-            f"{what} must be a mapping {{layer: [expert, ...]}}, got {value!r}"
+            f"{what} must be a mapping {{layer: [expert, ...]}}, got {_shown(value)}"
         ) from exc
+    out: dict[int, set[int]] = {}
+    for layer, experts in pairs:
+        number = _whole(layer, f"{what}: a layer")
+        out.setdefault(number, set()).update(
+            _whole(e, f"{what}: an expert of layer {number}") for e in experts
+        )
     if not out:
         raise InterventionSpecError(f"{what} is empty: name at least one layer")
     return tuple((layer, tuple(sorted(experts))) for layer, experts in sorted(out.items()))
@@ -68,21 +120,39 @@ def _span(value: Any) -> Span | None:
         return None
     if hasattr(value, "tolist"):  # torch / numpy
         value = value.tolist()
-    if isinstance(value, int):
-        return (int(value),)
-    values = list(value)
+    refused = InterventionSpecError(
+        f"span must be positions (ints) or a boolean [batch, seq] mask, got {_shown(value)}"
+    )
+    if isinstance(value, (str, bytes, Mapping)):
+        raise refused
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    try:
+        values = list(value)
+    except TypeError:
+        raise refused from None
     if not values:
         raise InterventionSpecError("span is empty; pass None to apply to every token")
     if all(isinstance(v, bool) for v in values):
         return (tuple(values),)  # one sequence's mask
-    if all(isinstance(v, int) for v in values):
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        if any(not -_MAX_POSITION < v < _MAX_POSITION for v in values):
+            raise InterventionSpecError(
+                f"span positions must lie within ±{_MAX_POSITION}, got {_shown(value)}"
+            )
         return tuple(int(v) for v in values)
-    rows = [list(v.tolist() if hasattr(v, "tolist") else v) for v in values]
-    if all(isinstance(x, bool) for row in rows for x in row):
-        return tuple(tuple(row) for row in rows)
-    raise InterventionSpecError(
-        f"span must be positions (ints) or a boolean [batch, seq] mask, got {value!r}"
-    )
+    try:
+        rows = [list(v.tolist() if hasattr(v, "tolist") else v) for v in values]
+    except TypeError:
+        raise refused from None
+    if not all(isinstance(x, bool) for row in rows for x in row) or isinstance(values[0], (str, bytes)):
+        raise refused
+    if len({len(row) for row in rows}) != 1 or not rows[0]:
+        raise InterventionSpecError(
+            f"span mask rows must be non-empty and of one length (a [batch, seq] mask), got lengths "
+            f"{sorted({len(row) for row in rows})}"
+        )
+    return tuple(tuple(row) for row in rows)
 
 
 @dataclass(frozen=True)
@@ -136,6 +206,11 @@ class Zero(_PerExpert):
     kind: ClassVar[Kind] = "zero"
     renorm: bool = False
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.renorm, bool):
+            raise InterventionSpecError(f"zero: renorm must be true or false, got {_shown(self.renorm)}")
+
 
 @dataclass(frozen=True)
 class Reroute(_PerExpert):
@@ -160,7 +235,7 @@ class Bias(_PerExpert):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "delta", float(self.delta))
+        object.__setattr__(self, "delta", _finite(self.delta, "bias: delta"))
 
 
 @dataclass(frozen=True)
@@ -172,7 +247,7 @@ class Scale(_PerExpert):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "s", float(self.s))
+        object.__setattr__(self, "s", _finite(self.s, "scale: s"))
 
 
 @dataclass(frozen=True)
@@ -202,8 +277,16 @@ class PerLayer(Intervention):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.layers is not None:
-            layers = [self.layers] if isinstance(self.layers, int) else self.layers
-            object.__setattr__(self, "layers", tuple(sorted({int(x) for x in layers})))
+            layers = [self.layers] if isinstance(self.layers, (int, float, str)) else self.layers
+            try:
+                listed = list(layers)
+            except TypeError:
+                raise InterventionSpecError(
+                    f"{self.kind}: layers must be a list of layer numbers, got {_shown(self.layers)}"
+                ) from None
+            object.__setattr__(
+                self, "layers", tuple(sorted({_whole(x, f"{self.kind}: a layer") for x in listed}))
+            )
 
     def layer_experts(self) -> dict[int, tuple[int, ...]]:
         return {layer: () for layer in self.layers or ()}
@@ -218,9 +301,10 @@ class TopK(PerLayer):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if int(self.k) < 1:
+        k = _whole(self.k, "topk: k")
+        if k < 1:
             raise InterventionSpecError(f"TopK needs k >= 1, got {self.k}")
-        object.__setattr__(self, "k", int(self.k))
+        object.__setattr__(self, "k", k)
 
 
 @dataclass(frozen=True)
@@ -232,9 +316,10 @@ class TopP(PerLayer):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 < float(self.p) <= 1.0:
+        p = _finite(self.p, "topp: p")
+        if not 0.0 < p <= 1.0:
             raise InterventionSpecError(f"TopP needs 0 < p <= 1, got {self.p}")
-        object.__setattr__(self, "p", float(self.p))
+        object.__setattr__(self, "p", p)
 
 
 def Ablate(
@@ -261,15 +346,29 @@ SPEC_CLASSES: dict[str, type[Intervention]] = {
 
 def spec_from_dict(data: Mapping[str, Any]) -> Intervention:
     """Rebuild a spec from :meth:`Intervention.to_dict` output (e.g. read back from the store)."""
+    if not isinstance(data, Mapping):
+        raise InterventionSpecError(
+            f"a spec must be an object with a kind and its fields, got {_shown(data)}"
+        )
     kind = data.get("kind")
     cls = SPEC_CLASSES.get(str(kind))
     if cls is None:
-        raise InterventionSpecError(f"unknown intervention kind {kind!r}; known: {', '.join(SPEC_CLASSES)}")
+        raise InterventionSpecError(
+            f"unknown intervention kind {_shown(kind)}; known: {', '.join(SPEC_CLASSES)}"
+        )
     names = {f.name for f in fields(cls)}
     unknown = set(data) - names - {"kind"}
     if unknown:
-        raise InterventionSpecError(f"{kind}: unknown field(s) {sorted(unknown)}; fields are {sorted(names)}")
-    return cls(**{k: v for k, v in data.items() if k != "kind"})
+        raise InterventionSpecError(
+            f"{kind}: unknown field(s) {_shown(sorted(map(str, unknown)))}; fields are {sorted(names)}"
+        )
+    required = sorted(
+        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING and f.init
+    )
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise InterventionSpecError(f"{kind}: missing field(s) {missing}; fields are {sorted(names)}")
+    return cls(**{str(k): v for k, v in data.items() if k != "kind"})
 
 
 def specs_to_json(specs: Intervention | Sequence[Intervention]) -> str:
@@ -280,5 +379,10 @@ def specs_to_json(specs: Intervention | Sequence[Intervention]) -> str:
 
 def specs_from_json(text: str) -> list[Intervention]:
     """Specs from :func:`specs_to_json` (or one spec's :meth:`Intervention.to_json`)."""
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, or a number of more than 4,300 digits
+        raise InterventionSpecError(f"specs are not valid JSON ({str(exc).split(':')[0]})") from None
+    except RecursionError:
+        raise InterventionSpecError("specs are not valid JSON (nested too deeply)") from None
     return [spec_from_dict(d) for d in (data if isinstance(data, list) else [data])]
