@@ -184,6 +184,27 @@ def test_a_failed_build_warns_and_leaves_the_analyses_on_the_rows(tmp_path: Path
         _same(fast, slow)
 
 
+def test_a_process_without_the_analyses_builds_counts_and_the_next_writable_open_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "cli.duckdb"
+    with monkeypatch.context() as m:
+        m.setattr(summaries, "_BUILDERS", {})  # what `moe-workbench capture` registers: nothing
+        with Store(path) as st:
+            run_id = new_run(st)
+            st.write_batch(run_id, **make_batch([0, 1, 2]))
+            st.set_status(run_id, "complete")
+            assert summaries.valid_parts(st.con, run_id) == {summaries.COUNTS}
+            fast, slow = _both(st, "router-confidence", run_id)  # no logits part: the rows, same result
+            _same(fast, slow)
+    with Store(path, read_only=True) as st:  # a read-only open builds nothing
+        assert summaries.valid_parts(st.con, run_id) == {summaries.COUNTS}
+    with Store(path) as st:
+        assert summaries.valid_parts(st.con, run_id) == ALL_PARTS
+        fast, slow = _both(st, "router-confidence", run_id)
+        _same(fast, slow)
+
+
 def test_building_needs_a_writable_v5_store(planted: Path) -> None:
     with Store(planted, read_only=True) as st, pytest.raises(StoreError, match="read-only"):
         st.build_summaries(RUN_A)
