@@ -6,9 +6,13 @@ written through the store's real write path (``Store.write_batch``: shards, mani
 prompts). Then, on run ``bench-a``:
 
 - ``write s``: the time to write both runs (the writer path without a model; a model's forward comes
-  on top and is measured by ``capture.py`` and ``writer.py``);
+  on top and is measured by ``capture.py`` and ``writer.py``), including the per-prompt summaries
+  that completing a run builds;
+- ``summary s`` / ``summary MB``: of those, the seconds the summaries took (``summary_builds.build_s``
+  of both runs, per part) and the bytes their tables take (copied alone into a fresh DuckDB file);
 - ``store MB``: every file of the store (the DuckDB file and its shard folder);
-- each catalogued analysis that needs no model: one cold wall time (the analyses have no cache) and
+- each catalogued analysis that needs no model: one cold wall time (the analyses have no cache), the
+  CPU seconds of the process (all threads; on a busy box the wall time also counts other jobs) and
   its peak RSS above the RSS it started at (sampled every 2 ms);
 - each dashboard page's server-side work: the view functions its callbacks call, from a cold data
   cache (``dashboards.data.clear_cache``), run ``--page-repeats`` times, the maximum reported (with
@@ -38,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable as a plain script from a checkout
     sys.path.insert(0, str(ROOT))
 
+import duckdb  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.analysis import PeakRSS  # noqa: E402
@@ -76,40 +81,74 @@ def _timed(calls: list[Callable[[], Any]]) -> float:
     return time.perf_counter() - start
 
 
-def measure(tokens: int, workdir: Path, page_repeats: int) -> dict[str, Any]:
-    """Every number of one size."""
+def _summary_cost(path: Path, workdir: Path) -> tuple[dict[str, float], float]:
+    """Seconds per summary part (both runs) and the MB of the summary tables alone."""
+    from workbench.store import summaries
+
+    copy = workdir / "summaries-only.duckdb"
+    copy.unlink(missing_ok=True)
+    con = duckdb.connect(str(copy))
+    try:
+        con.execute("ATTACH ? AS src (READ_ONLY)", [str(path)])
+        built = con.sql(
+            "SELECT part, sum(build_s) AS s FROM src.summary_builds GROUP BY part ORDER BY part"
+        ).fetchall()
+        for table in (summaries.BUILDS, *(t for part in summaries.PART_TABLES.values() for t in part)):
+            con.execute(f"CREATE TABLE {table} AS SELECT * FROM src.{table}")
+        con.execute("DETACH src")
+    finally:
+        con.close()
+    size = copy.stat().st_size / 1e6
+    copy.unlink()
+    return {str(part): float(secs) for part, secs in built}, size
+
+
+def measure(tokens: int, workdir: Path, page_repeats: int, existing: Path | None = None) -> dict[str, Any]:
+    """Every number of one size; with ``existing`` (a store of this size written by ``analysis_data.build``,
+    perhaps by an older release) that store is measured in place instead of writing one: opening it
+    writable migrates it and builds its summaries (``migrate_s``), and the write is not timed."""
     from dashboards import data
 
     w = Workload(tokens=tokens)
-    path = workdir / f"scaling-{tokens}.duckdb"
-    remove_store(path)
-    start = time.perf_counter()
-    build(w, path)
+    path = existing or workdir / f"scaling-{tokens}.duckdb"
     out: dict[str, Any] = {
         "tokens": tokens,
         "rows": tokens * w.layers,
         "layers": w.layers,
         "experts": w.experts,
     }
-    out["write_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    if existing is None:
+        remove_store(path)
+        build(w, path)
+        out["write_s"] = time.perf_counter() - start
+    else:
+        Store(path).close()
+        out["write_s"] = None
+        out["migrate_s"] = time.perf_counter() - start
     out["store_mb"] = store_size(path) / 1e6
+    out["summary_s"], out["summary_mb"] = _summary_cost(path, workdir)
     analyses: dict[str, float | str] = {}
     peak: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # CPU seconds of this process (all threads): less sensitive to a busy box
     with Store(path, read_only=True) as st:
         for name, spec in sorted(ANALYSES.items()):
             if "model" in spec.needs or "contrast" in spec.needs:
                 continue
             start = time.perf_counter()
+            cpu_start = time.process_time()
             try:
                 with PeakRSS() as rss:
                     run_analysis(name, st, RUN_A, compare=RUN_B if spec.is_compare else None)
                 analyses[name] = time.perf_counter() - start
+                cpu[name] = time.process_time() - cpu_start
                 peak[name] = rss.delta_mib
             except Exception as exc:  # a refusal is a result of the table, not the end of the run
                 analyses[name] = f"{type(exc).__name__}: {exc}"[:100]
             print(f"# {tokens:,} tokens  {name}: {analyses[name]}", file=sys.stderr, flush=True)
     out["analyses"] = analyses
     out["analyses_peak_mib"] = peak
+    out["analyses_cpu_s"] = cpu
     pages: dict[str, float] = {}
     warm: dict[str, float] = {}
     for page, calls in _pages(str(path)).items():
@@ -128,7 +167,8 @@ def measure(tokens: int, workdir: Path, page_repeats: int) -> dict[str, Any]:
     data.shutdown()
     out["pages"] = pages
     out["pages_warm_p95"] = warm
-    remove_store(path)
+    if existing is None:
+        remove_store(path)
     return out
 
 
@@ -150,8 +190,12 @@ def render(results: list[dict[str, Any]]) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
 
     row("routing rows", [r["rows"] for r in results], "{:,}")
-    row("write both runs, s", [r["write_s"] for r in results])
+    row("write both runs, s (summaries included)", [r["write_s"] for r in results])
+    for part in sorted({p for r in results for p in r.get("summary_s", {})}):
+        row(f"of which summaries `{part}`, s", [r.get("summary_s", {}).get(part) for r in results])
+    row("open an existing v4 store: migrate + summaries, s", [r.get("migrate_s") for r in results])
     row("store MB (file + shards)", [r["store_mb"] for r in results])
+    row("of which summaries, MB", [r.get("summary_mb") for r in results])
     for name in sorted({n for r in results for n in r["analyses"]}):
         row(f"analysis `{name}`, s", [r["analyses"].get(name) for r in results])
     row(
@@ -217,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where the stores are built (default: a temp dir)"
     )
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="measure this existing store of the one --tokens size in place (migrated, summaries built) instead of writing one",
+    )
     parser.add_argument("--page-repeats", type=int, default=3, help="cold loads per dashboard page")
     parser.add_argument(
         "--render", type=Path, default=None, help="print the table of these JSON lines and stop"
@@ -232,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="wb-scaling-"))
     workdir.mkdir(parents=True, exist_ok=True)
     for tokens in (int(t) for t in args.tokens.split(",")):
-        result = measure(tokens, workdir, args.page_repeats)
+        result = measure(tokens, workdir, args.page_repeats, args.store)
         with args.out.open("a") as fh:
             fh.write(json.dumps(result) + "\n")
     print(render(load_results(args.out)))

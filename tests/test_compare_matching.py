@@ -233,6 +233,7 @@ def test_duplicate_prompts_pair_occurrence_by_occurrence(st: Store) -> None:
 
 # -- an old store ---------------------------------------------------------------------------------
 def test_v2_store_is_migrated_and_unknown_hashes_refuse(db: Path) -> None:
+    saved_v5 = schema_mod.MIGRATIONS.pop(5)
     saved_v4 = schema_mod.MIGRATIONS.pop(4)
     saved = schema_mod.MIGRATIONS.pop(3)
     try:
@@ -260,12 +261,13 @@ def test_v2_store_is_migrated_and_unknown_hashes_refuse(db: Path) -> None:
     finally:
         schema_mod.MIGRATIONS[3] = saved
         schema_mod.MIGRATIONS[4] = saved_v4
+        schema_mod.MIGRATIONS[5] = saved_v5
     with pytest.raises(
-        SchemaVersionError, match=r"(?s)v2, older than v4.*import workbench.store as s; s.open\("
+        SchemaVersionError, match=r"(?s)v2, older than v5.*import workbench.store as s; s.open\("
     ):
         Store(db, read_only=True)
     with Store(db) as st:
-        assert st.schema_version == 4
+        assert st.schema_version == 5
         hashes = st.prompts("old-a").select("text", "content_hash").rows()
         assert hashes == [(t, prompt_content_hash(t, ids)) for t, ids in _suite("s", 5)]
         assert st.prompts("old-c")["content_hash"].null_count() == 1
@@ -274,7 +276,7 @@ def test_v2_store_is_migrated_and_unknown_hashes_refuse(db: Path) -> None:
         with pytest.raises(PromptMismatchError, match=r"(?s)no content hash.*'old-c': 1 of 5.*Re-capture"):
             routing_drift(st, "old-a", "old-c")
     con = duckdb.connect(str(db))
-    assert con.execute("SELECT max(version) FROM schema_version").fetchone() == (4,)
+    assert con.execute("SELECT max(version) FROM schema_version").fetchone() == (5,)
     con.close()
 
 

@@ -55,6 +55,24 @@ CONTRACT = {
     # v4: routing is a view over Parquet shards (same columns and types as above); this is their manifest
     "routing_shards": [("run_id", "VARCHAR"), ("path", "VARCHAR"), ("n_rows", "BIGINT"), ("n_bytes", "BIGINT"),
                        ("created_at", "TIMESTAMP")],
+    # v5: the per-prompt summaries and what each part was built from
+    "summary_builds": [("run_id", "VARCHAR"), ("part", "VARCHAR"), ("n_prompts", "BIGINT"), ("n_shards", "BIGINT"),
+                       ("n_rows", "BIGINT"), ("built_at", "TIMESTAMP"), ("build_s", "DOUBLE")],
+    "summary_tokens": [("run_id", "VARCHAR"), ("prompt_id", "INTEGER"), ("layer", "INTEGER"), ("n_tokens", "BIGINT"),
+                       ("n_weights", "BIGINT")],
+    "summary_experts": [("run_id", "VARCHAR"), ("prompt_id", "INTEGER"), ("layer", "INTEGER"), ("expert", "INTEGER"),
+                        ("n", "BIGINT"), ("n_top1", "BIGINT"), ("w_sum", "DOUBLE")],
+    "summary_stats": [("run_id", "VARCHAR"), ("prompt_id", "INTEGER"), ("layer", "INTEGER"), ("expert", "INTEGER"),
+                      ("n", "BIGINT"), ("n_norm", "BIGINT"), ("norm_sum", "DOUBLE"), ("n_zero", "BIGINT"),
+                      ("zero_sum", "DOUBLE"), ("norm_absmax", "FLOAT")],
+    "summary_confidence": [("run_id", "VARCHAR"), ("prompt_id", "INTEGER"), ("layer", "INTEGER"), ("n", "BIGINT"),
+                           ("entropy_sum", "DOUBLE"), ("margin_sum", "DOUBLE"), ("n_fragile", "BIGINT")],
+    "summary_scores": [("run_id", "VARCHAR"), ("prompt_id", "INTEGER"), ("layer", "INTEGER"), ("expert", "INTEGER"),
+                       ("score_sum", "DOUBLE")],
+    "summary_pairs": [("run_id", "VARCHAR"), ("layer", "INTEGER"), ("a", "INTEGER"), ("b", "INTEGER"),
+                      ("n_ab", "BIGINT"), ("n_a", "BIGINT"), ("n_b", "BIGINT"), ("n_tokens", "BIGINT")],
+    "summary_transitions": [("run_id", "VARCHAR"), ("layer_from", "INTEGER"), ("layer_to", "INTEGER"),
+                            ("expert_from", "INTEGER"), ("expert_to", "INTEGER"), ("n", "BIGINT")],
 }  # fmt: skip
 
 
@@ -76,7 +94,7 @@ def test_schema_has_exactly_the_contract_columns(st: Store) -> None:
     for table, col, typ in rows:
         found.setdefault(table, []).append((col, typ))
     assert found == CONTRACT
-    assert SCHEMA_VERSION == 4 and st.schema_version == 4
+    assert SCHEMA_VERSION == 5 and st.schema_version == 5
     big = ["routing", "tokens", "expert_stats"]
     assert st.con.execute(
         "SELECT count(*) FROM duckdb_indexes() WHERE table_name = ANY(?)", [big]
@@ -95,11 +113,13 @@ def test_migration_from_empty_db_applies_once(db: Path) -> None:
         (2,),
         (3,),
         (4,),
+        (5,),
     ]
     con.close()
 
 
-def test_v1_store_migrates_to_v4_keeping_its_runs(db: Path, restore_migrations: None) -> None:
+def test_v1_store_migrates_to_v5_keeping_its_runs(db: Path, restore_migrations: None) -> None:
+    v5 = schema_mod.MIGRATIONS.pop(5)
     v4 = schema_mod.MIGRATIONS.pop(4)
     v3 = schema_mod.MIGRATIONS.pop(3)
     v2 = schema_mod.MIGRATIONS.pop(2)
@@ -109,10 +129,11 @@ def test_v1_store_migrates_to_v4_keeping_its_runs(db: Path, restore_migrations: 
     schema_mod.MIGRATIONS[2] = v2
     schema_mod.MIGRATIONS[3] = v3
     schema_mod.MIGRATIONS[4] = v4
+    schema_mod.MIGRATIONS[5] = v5
     with pytest.raises(SchemaVersionError, match=r"(?s)v1.*Open it writable once"):
         Store(db, read_only=True)
     with Store(db) as st:
-        assert st.schema_version == 4
+        assert st.schema_version == 5
         assert st.run(run_id)["status"] == "running"
         assert st.sql("SELECT count(*) AS n FROM resonance")["n"][0] == 0
 
@@ -124,20 +145,20 @@ def test_migration_chain_with_registered_migration(
         run_id = new_run(st)
     calls: list[int] = []
 
-    @schema_mod.migration(5)
+    @schema_mod.migration(6)
     def _add_note(con: duckdb.DuckDBPyConnection, shards: object) -> None:
-        calls.append(5)
+        calls.append(6)
         con.execute("ALTER TABLE runs ADD COLUMN note VARCHAR")
 
-    with pytest.raises(SchemaVersionError, match=r"(?s)v4.*Open it writable once"):
+    with pytest.raises(SchemaVersionError, match=r"(?s)v5.*Open it writable once"):
         Store(db, read_only=True)
     with Store(db) as st:
-        assert st.schema_version == 5
+        assert st.schema_version == 6
         assert "note" in st.sql("SELECT * FROM runs").columns
         assert st.run(run_id)["status"] == "running"  # data survived
     with Store(db, read_only=True) as st:
-        assert st.schema_version == 5
-    # a fresh file walks the whole chain 0 -> 1 -> 2 -> 3 -> 4 -> 5, in order
+        assert st.schema_version == 6
+    # a fresh file walks the whole chain 0 -> 1 -> 2 -> 3 -> 4 -> 5 -> 6, in order
     with Store(tmp_path / "fresh.duckdb") as st:
         assert st.sql("SELECT version FROM schema_version ORDER BY version")["version"].to_list() == [
             1,
@@ -145,19 +166,20 @@ def test_migration_chain_with_registered_migration(
             3,
             4,
             5,
+            6,
         ]
-    assert calls == [5, 5]
+    assert calls == [6, 6]
 
-    @schema_mod.migration(6)
+    @schema_mod.migration(7)
     def _broken(con: duckdb.DuckDBPyConnection, shards: object) -> None:
         con.execute("CREATE TABLE half_done (x INTEGER)")
         raise RuntimeError("boom")
 
     with pytest.raises(StoreError, match="boom"):
         Store(db)
-    schema_mod.MIGRATIONS.pop(6)
+    schema_mod.MIGRATIONS.pop(7)
     with Store(db) as st:  # the failed migration rolled back completely
-        assert st.schema_version == 5
+        assert st.schema_version == 6
         assert st.sql("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = 'half_done'")["n"][0] == 0
 
 

@@ -46,12 +46,24 @@ def v3_store(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def as_v3() -> Iterator[None]:
-    """This code with the v4 migration unregistered: it reads a v3 store in place, routing as a table."""
+    """This code with the v4 (and v5) migration unregistered: it reads a v3 store in place, routing as a table."""
+    saved_v5 = schema_mod.MIGRATIONS.pop(5)
     saved = schema_mod.MIGRATIONS.pop(4)
     try:
         yield
     finally:
         schema_mod.MIGRATIONS[4] = saved
+        schema_mod.MIGRATIONS[5] = saved_v5
+
+
+@pytest.fixture
+def upto_v4() -> Iterator[None]:
+    """This code without the v5 migration (the summaries, whose tables would grow the compacted file)."""
+    saved = schema_mod.MIGRATIONS.pop(5)
+    try:
+        yield
+    finally:
+        schema_mod.MIGRATIONS[5] = saved
 
 
 def _raw_v3(path: Path) -> dict[str, pl.DataFrame]:
@@ -71,7 +83,7 @@ def _shard_files(st: Store, run_id: str) -> list[Path]:
     return [st.shard_folder / p for p in rows]
 
 
-def test_v3_store_migrates_to_shards_row_for_row(v3_store: Path) -> None:
+def test_v3_store_migrates_to_shards_row_for_row(v3_store: Path, upto_v4: None) -> None:
     raw = _raw_v3(v3_store)
     size_v3 = v3_store.stat().st_size
     with Store(v3_store) as st:

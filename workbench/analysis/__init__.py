@@ -14,8 +14,12 @@ from workbench.analysis.scores import router_scores
 from workbench.analysis.specialisation import domain_share_polars, domain_specialisation
 from workbench.analysis.stats import benjamini_hochberg, cluster_bootstrap, cluster_permutation_pvalue
 
+# importing it registers the logits part of the store's per-prompt summaries (workbench.store.summaries)
+from workbench.analysis.summaries import build_logit_summaries
+
 __all__ = [
     "benjamini_hochberg",
+    "build_logit_summaries",
     "cluster_bootstrap",
     "cluster_permutation_pvalue",
     "coactivation",

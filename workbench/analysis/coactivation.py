@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 
 from workbench.analysis.common import layer_groups
-from workbench.store import Store, queries
+from workbench.store import Store, queries, summaries
 
 __all__ = [
     "COACTIVATION_COLUMNS",
@@ -74,9 +74,7 @@ def coactivation(store: Store, run_id: str, layers: Iterable[int] | None = None)
     Sorted by layer, a, b. ``n_tokens`` is N at that layer. Raises for an unknown run.
     """
     info = store.layers(run_id)  # raises UnknownRunError for an unknown run
-    out = _pair_counts(store, run_id, info, layers)
-    if out is None:  # negative expert ids: count them exactly as the SQL always did
-        out = queries.pair_counts(store, run_id, layers)
+    out = pair_table(store, run_id, info, layers)
     if out.height == 0:
         return pl.DataFrame(schema=_COACT_SCHEMA)
     out = out.with_columns(
@@ -95,9 +93,7 @@ def pathways(store: Store, run_id: str, top: int | None = 20) -> pl.DataFrame:
     store.layers(run_id)
     if top is not None and top < 1:
         raise ValueError(f"top must be >= 1 or None, got {top}")
-    trans = _transitions(store, run_id)
-    if trans is None:  # rows not stored in (prompt, position, layer) order: self-join in DuckDB
-        trans = queries.top1_transitions(store, run_id)
+    trans = transition_table(store, run_id)
     out = (
         trans.with_columns(pl.col("n").sum().over("layer_from", "expert_from").alias("n_from"))
         .with_columns((pl.col("n") / pl.col("n_from")).alias("p"))
@@ -140,6 +136,32 @@ def fixed_partners(
         .with_columns(pl.col("n_partners").mean().over("layer").alias("layer_mean"))
     )
     return out.select(list(FIXED_PARTNER_COLUMNS)).cast(_FIXED_SCHEMA).sort("layer", "expert")  # type: ignore[arg-type]
+
+
+def pair_table(store: Store, run_id: str, info: pl.DataFrame, layers: Iterable[int] | None) -> pl.DataFrame:
+    """``layer, a, b, n_ab, n_a, n_b, n_tokens`` of the selected layers, by layer, a, b.
+
+    From the run's ``pairs`` summary when it is valid, else counted over the routing rows.
+    """
+    if summaries.usable(store, run_id, summaries.PAIRS):
+        return queries.summary_pair_counts(store, run_id, layers)
+    out = _pair_counts(store, run_id, info, layers)
+    if out is None:  # negative expert ids: count them exactly as the SQL always did
+        out = queries.pair_counts(store, run_id, layers)
+    return out
+
+
+def transition_table(store: Store, run_id: str) -> pl.DataFrame:
+    """``layer_from, layer_to, expert_from, expert_to, n``: top-1 transitions of consecutive MoE layers.
+
+    From the run's ``transitions`` summary when it is valid, else counted over the routing rows.
+    """
+    if summaries.usable(store, run_id, summaries.TRANSITIONS):
+        return queries.summary_transitions(store, run_id)
+    trans = _transitions(store, run_id)
+    if trans is None:  # rows not stored in (prompt, position, layer) order: self-join in DuckDB
+        trans = queries.top1_transitions(store, run_id)
+    return trans
 
 
 def _expert_lists(batch: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:

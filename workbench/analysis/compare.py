@@ -53,7 +53,11 @@ def routing_drift(
     match = store.match_prompts(run_a, run_b)  # refuses disjoint runs and runs without hashes
     layer_list = None if layers is None else [int(x) for x in layers]
     # the in-step scan is only valid when every prompt of both runs pairs with its own prompt_id
-    per_prompt = _aligned_overlap(store, run_a, run_b, layer_list) if match.identical else None
+    per_prompt = None
+    if match.identical:  # unordered scans first (cheapest); their shard order may differ, then sorted ranges
+        per_prompt = _aligned_overlap(store, run_a, run_b, layer_list, ordered=False)
+        if per_prompt is None:
+            per_prompt = _aligned_overlap(store, run_a, run_b, layer_list, ordered=True)
     if per_prompt is None:  # join the shared prompts' tokens in DuckDB
         per_prompt = queries.matched_overlap(store, run_a, run_b, layer_list)
     if per_prompt.height == 0:
@@ -96,18 +100,23 @@ def _aligned_frames(
         buf_l, buf_r = buf_l.slice(n), buf_r.slice(n)
 
 
-def _aligned_overlap(store: Store, run_a: str, run_b: str, layers: list[int] | None) -> pl.DataFrame | None:
-    """Per (layer, prompt) ``n`` and Σ overlap from two unsorted scans read in step, or None.
+def _aligned_overlap(
+    store: Store, run_a: str, run_b: str, layers: list[int] | None, *, ordered: bool
+) -> pl.DataFrame | None:
+    """Per (layer, prompt) ``n`` and Σ overlap from two scans read in step, or None.
 
     Two captures of the same prompts are normally stored in the same (prompt, position,
     layer) order, so row i of one run is row i of the other: then no join is needed, and the
     overlap ``|S ∩ S'| / max(|S|, |S'|, 1)`` (distinct common ids, list lengths as stored) is
     counted in numpy. Every row's key is checked; on the first mismatch (or a NULL list or a
-    negative id, which the SQL path handles) this gives up and returns None.
+    negative id, which the SQL path handles) this gives up and returns None. Unordered scans
+    (``ordered=False``) follow each run's shard order, which differs between runs whose writes were
+    cut into parallel shards; ordered scans sort ranges of prompts (bounded memory) and always
+    align two runs holding the same tokens.
     """
     e_max = max([1, *store.layers(run_a)["n_experts"].to_list(), *store.layers(run_b)["n_experts"].to_list()])
     rows_per_batch = min(1 << 18, max(1 << 12, (1 << 23) // e_max))  # two (rows × ids) bool matrices
-    kw: dict[str, Any] = {"layers": layers, "logits": False, "batch_rows": rows_per_batch, "ordered": False}
+    kw: dict[str, Any] = {"layers": layers, "logits": False, "batch_rows": rows_per_batch, "ordered": ordered}
     parts: list[pl.DataFrame] = []
     for a, b in _aligned_frames(store.iter_routing(run_a, **kw), store.iter_routing(run_b, **kw)):
         if a.height != b.height:

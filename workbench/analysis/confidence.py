@@ -47,13 +47,17 @@ from workbench.analysis.common import (
     transposed_f64,
 )
 from workbench.analysis.scores import router_scores, router_scores_t
-from workbench.store import Store, queries
+from workbench.store import Store, queries, summaries
 
 __all__ = ["CONFIDENCE_COLUMNS", "router_confidence"]
 
 CONFIDENCE_COLUMNS: tuple[str, ...] = (
     "layer", "n_tokens", "entropy", "entropy_norm", "margin", "fragility",
 )  # fmt: skip
+
+#: The perturbation and seed whose fragility the run's summaries hold (router_confidence's defaults).
+SUMMARY_NOISE = 0.01
+SUMMARY_SEED = 0
 
 _CONFIDENCE_SCHEMA: dict[str, type[pl.DataType]] = {
     "layer": pl.Int32,
@@ -296,8 +300,8 @@ def router_confidence(
     run_id: str,
     layers: Iterable[int] | None = None,
     *,
-    noise: float = 0.01,
-    seed: int = 0,
+    noise: float = SUMMARY_NOISE,
+    seed: int = SUMMARY_SEED,
     batch_rows: int = 200_000,
 ) -> pl.DataFrame:
     """Mean per-token router entropy, margin ``π(k) − π(k+1)`` and routing fragility per layer.
@@ -309,7 +313,8 @@ def router_confidence(
     prompt_id, position, layer)`` (:func:`_keyed_normals`), drawn only for the experts that
     could change places (see :func:`_fragile_sorted`): the result is deterministic for a given
     ``seed`` whatever the batch size, the (unsorted, parallel) order rows are streamed in, or
-    the layers selected.
+    the layers selected. With the default ``noise`` and ``seed`` and valid per-prompt summaries
+    (:mod:`workbench.store.summaries`) the sums come from ``summary_confidence`` instead of the logits.
     """
     info = layer_info(store, run_id, layers)
     layer_list = [int(x) for x in info["layer"].to_list()]
@@ -324,6 +329,14 @@ def router_confidence(
         int(r["layer"]): (int(r["n_experts"]), int(r["top_k"]), r["score_fn"])
         for r in info.iter_rows(named=True)
     }
+    if noise == SUMMARY_NOISE and seed == SUMMARY_SEED and summaries.usable(store, run_id, summaries.LOGITS):
+        sums = queries.confidence_sums(store, run_id, layer_list)
+        totals_by_layer = {
+            int(r[0]): np.array(r[1:], dtype=np.float64)
+            for r in sums.select("layer", "n", "entropy_sum", "margin_sum", "n_fragile").iter_rows()
+        }
+        totals = np.array([totals_by_layer.get(x, np.zeros(4)) for x in layer_list]).reshape(-1, 4)
+        return _confidence_frame(layer_list, meta, totals)
     signatures = [meta[x] for x in layer_list]
     widths = np.array([meta[x][0] for x in layer_list], dtype=np.int64)
     n_layers = len(layer_list)
@@ -353,6 +366,13 @@ def router_confidence(
     totals = np.zeros((n_layers, 4))
     for part in map_ordered(one_batch, batches):
         totals += part
+    return _confidence_frame(layer_list, meta, totals)
+
+
+def _confidence_frame(
+    layer_list: list[int], meta: dict[int, tuple[int, int, str | None]], totals: np.ndarray
+) -> pl.DataFrame:
+    """The result table from per-layer ``(n, Σ entropy, Σ margin, Σ flipped)`` (rows of ``totals``)."""
     rows = []
     for i, layer in enumerate(layer_list):
         n, s_ent, s_margin, s_flip = totals[i]

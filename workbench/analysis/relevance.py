@@ -45,7 +45,7 @@ from workbench.analysis.common import (
     transposed_f64,
 )
 from workbench.analysis.scores import router_scores_t
-from workbench.store import Store, queries
+from workbench.store import Store, queries, summaries
 
 __all__ = ["esft_scores", "expert_top_tokens", "tcess", "vocab_specialisation"]
 
@@ -166,7 +166,6 @@ def tcess(
     all label-t tokens; otherwise only over those whose score for e is ``>= r``.
     """
     info = layer_info(store, run_id, layers)
-    frames: list[pl.DataFrame] = []
     meta = {
         int(layer): (int(e), fn) for layer, e, fn in info.select("layer", "n_experts", "score_fn").iter_rows()
     }
@@ -176,6 +175,9 @@ def tcess(
     n_layers = len(layer_list)
     widths = np.array([meta[x][0] for x in layer_list], dtype=np.int64)
     signatures = [meta[x] for x in layer_list]
+    if r is None and summaries.usable(store, run_id, summaries.LOGITS):
+        from_summary = _tcess_from_summaries(store, run_id, layer_list, label_names, widths)
+        return _tcess_frame(run_id, info, meta, label_names, from_summary[0], {}, from_summary[1], r)
     # Per (layer, label) group: Σ π (or Σ π·[π >= r]) per expert, tokens, and counted tokens.
     acc: dict[int, _TcessSums] = {}
     batches = stream_logits(store, run_id, layer_list, labels=label_names, batch_rows=_BATCH_ROWS)
@@ -212,6 +214,42 @@ def tcess(
             if part.n_rows[block].sum() == 0 or part.sums.shape[1] != meta[layer][0]:
                 continue
             sums[layer], kept[layer], n_rows[layer] = part.sums[block], part.kept[block], part.n_rows[block]
+    return _tcess_frame(run_id, info, meta, label_names, sums, kept, n_rows, r)
+
+
+def _tcess_from_summaries(
+    store: Store, run_id: str, layer_list: list[int], label_names: list[str], widths: np.ndarray
+) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Σ π per (label, expert) and rows per label of each layer with logits, from the run's summaries."""
+    code = {name: j for j, name in enumerate(label_names)}
+    sums: dict[int, np.ndarray] = {}
+    n_rows: dict[int, np.ndarray] = {}
+    for layer, label, n in queries.label_logit_rows(store, run_id, layer_list).iter_rows():
+        n_rows.setdefault(int(layer), np.zeros(len(label_names)))[code[label]] = n
+    width = dict(zip(layer_list, widths.tolist(), strict=True))
+    for layer, label, expert, total in queries.label_score_sums(store, run_id, layer_list).iter_rows():
+        sums.setdefault(int(layer), np.zeros((len(label_names), width[int(layer)])))[code[label], expert] = (
+            total
+        )
+    for (
+        layer
+    ) in n_rows:  # a layer whose labelled rows all have logits but no score rows cannot occur; keep shapes
+        sums.setdefault(layer, np.zeros((len(label_names), width[layer])))
+    return sums, n_rows
+
+
+def _tcess_frame(
+    run_id: str,
+    info: pl.DataFrame,
+    meta: dict[int, tuple[int, str | None]],
+    label_names: list[str],
+    sums: dict[int, np.ndarray],
+    kept: dict[int, np.ndarray],
+    n_rows: dict[int, np.ndarray],
+    r: float | None,
+) -> pl.DataFrame:
+    """TCESS's table from per-layer Σ π (label × expert), kept rows (only with ``r``) and rows per label."""
+    frames: list[pl.DataFrame] = []
     any_logits = bool(sums)
     for layer in sorted(sums):
         n_experts = meta[layer][0]

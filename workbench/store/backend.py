@@ -10,6 +10,8 @@ cycle), ``ingest`` (atomic Arrow batches), ``readers`` (polars out), ``maintenan
 from __future__ import annotations
 
 import threading
+import time
+import warnings
 import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from workbench.store import effects, ingest, maintenance, matching, readers
+from workbench.store import effects, ingest, maintenance, matching, readers, summaries
 from workbench.store import runs as runs_mod
 from workbench.store.connection import connect
 from workbench.store.errors import StoreError
@@ -46,6 +48,8 @@ class Store:
         self._read_only = read_only
         self._lock = threading.RLock()
         self._closed = False
+        if not read_only:
+            self._build_missing_summaries()
 
     @classmethod
     def open(cls, path: str | Path, read_only: bool = False) -> Store:
@@ -124,6 +128,12 @@ class Store:
             )
         return self.con
 
+    @contextmanager
+    def locked(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The connection, held exclusively for the block (several statements that belong together)."""
+        with self._lock:
+            yield self.con
+
     def sql(self, query: str, params: list[Any] | None = None) -> pl.DataFrame:
         """Run a parameterised query and return a polars DataFrame."""
         with self._lock:
@@ -153,6 +163,78 @@ class Store:
         """Set a run's status ('running', 'complete', 'failed'); ``error`` goes with 'failed'."""
         with self._lock:
             runs_mod.set_status(self._writable(), run_id, status, error)
+        if status == "complete":
+            self._try_build_summaries(run_id)
+
+    # -- per-prompt summaries (workbench.store.summaries) --------------------------------
+    def build_summaries(self, run_id: str, parts: Iterable[str] | None = None) -> dict[str, float]:
+        """(Re)build the run's per-prompt summaries (``parts``, default all); returns the seconds each part took.
+
+        A part whose builder saw the run change while it read (another batch written) is not stored;
+        the readers then keep to the token rows. Raises what a builder raises (e.g. malformed logits).
+        """
+        with self._lock:
+            con = self._writable()
+            runs_mod.status_of(con, run_id)
+            if not summaries.has_tables(con):
+                raise StoreError(
+                    f"store {self._path} predates the summaries (schema v5); open it writable to migrate"
+                )
+            wanted = set(summaries.PART_TABLES) if parts is None else set(parts)
+            unknown = wanted - set(summaries.PART_TABLES)
+            if unknown:
+                raise StoreError(
+                    f"unknown summary parts {sorted(unknown)}; known: {sorted(summaries.PART_TABLES)}"
+                )
+            took = (
+                {summaries.COUNTS: summaries.build_counts(con, run_id)} if summaries.COUNTS in wanted else {}
+            )
+        for part, builder in summaries.registered().items():
+            if part not in wanted:
+                continue
+            start = time.perf_counter()
+            with self._lock:
+                before = summaries.fingerprint(self.con, run_id)
+            with summaries.row_path():  # a builder reads the rows, never a summary it is replacing
+                tables = builder(self, run_id)
+            with self._lock:
+                if summaries.write_part(self.con, run_id, part, tables, before, time.perf_counter() - start):
+                    took[part] = time.perf_counter() - start
+        return took
+
+    def _try_build_summaries(self, run_id: str, parts: list[str] | None = None) -> None:
+        """Build the run's summaries where the schema has them; a failure leaves the readers on the rows."""
+        with self._lock:
+            if not summaries.has_tables(self.con):
+                return
+        for part in parts or [
+            summaries.COUNTS,
+            *summaries.registered(),
+        ]:  # one failing part spares the others
+            try:
+                self.build_summaries(run_id, [part])
+            except (duckdb.Error, ValueError, KeyError, StoreError) as exc:
+                warnings.warn(
+                    f"run {run_id!r}: its summary part {part!r} was not built ({type(exc).__name__}: {exc}); "
+                    "the analyses that read it read the token rows instead (slower, same results)",
+                    stacklevel=3,
+                )
+
+    def _build_missing_summaries(self) -> None:
+        """Build the summary parts that complete runs lack (a store migrated from v4 or older, or a run
+        completed by a process that had not imported ``workbench.analysis``, which registers some parts)."""
+        parts = [summaries.COUNTS, *summaries.registered()]
+        with self._lock:
+            if not summaries.has_tables(self.con):
+                return
+            rows = self.con.execute(
+                f"SELECT r.run_id, list(b.part) FROM runs r LEFT JOIN {summaries.BUILDS} b ON b.run_id = r.run_id"
+                " WHERE r.status = 'complete' GROUP BY r.run_id, r.created_at ORDER BY r.created_at, r.run_id"
+            ).fetchall()
+        for run_id, built in rows:
+            missing = [p for p in parts if p not in set(built or ())]
+            if missing:
+                self._try_build_summaries(str(run_id), missing)
 
     def run(self, run_id: str) -> dict[str, Any]:
         """One run's row as a dict with ``config`` parsed and its ``error`` (or None)."""

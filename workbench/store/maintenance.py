@@ -14,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 
+from workbench.store import summaries
 from workbench.store.errors import StoreError
 from workbench.store.ingest import transaction
 from workbench.store.readers import select_cols
@@ -66,6 +67,8 @@ def delete_run(con: duckdb.DuckDBPyConnection, run_id: str, shards: ShardFolder)
         for table in reversed(RUN_TABLES):
             if table not in VIEWS:
                 con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+        if summaries.has_tables(con):
+            summaries.drop_run(con, run_id)
         paths = shards.unregister_run(con, run_id)
     shards.remove(paths)
 

@@ -30,6 +30,10 @@ Design notes
   types, so every reader's SQL is unchanged. The migration writes each run's rows to shards (float
   lists as IEEE half where that is lossless, e.g. logits captured with ``--logits fp16``) and drops
   the table. Migrations get the store's :class:`~workbench.store.shards.ShardFolder` for that.
+* v5 adds the per-prompt summaries of :mod:`workbench.store.summaries`: ``summary_builds`` (what each
+  summary part of a run was built from) and the ``summary_*`` tables (sums per prompt, layer and
+  expert that the analyses read instead of the token rows). The migration only creates them; the
+  next writable open builds them for every complete run (``connection.py``).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ if TYPE_CHECKING:  # the shard folder builds on this module's names; migrations 
 MANIFEST = "routing_shards"
 
 #: The schema version this release of moe-workbench writes.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: The first version that keeps routing in shards (what a migration from below it compacts the file for).
 SHARDED_VERSION = 4
@@ -176,6 +180,87 @@ SCHEMA_ADDED: dict[int, dict[str, Columns]] = {
             ("n_rows", "BIGINT"),
             ("n_bytes", "BIGINT"),
             ("created_at", "TIMESTAMP"),
+        ),
+    },
+    5: {
+        # what each summary part of a run was built from: valid while this still matches the run
+        "summary_builds": (
+            ("run_id", "VARCHAR"),
+            ("part", "VARCHAR"),
+            ("n_prompts", "BIGINT"),
+            ("n_shards", "BIGINT"),
+            ("n_rows", "BIGINT"),
+            ("built_at", "TIMESTAMP"),
+            ("build_s", "DOUBLE"),
+        ),
+        # per (prompt, layer): routing rows, and those with gate weights
+        "summary_tokens": (
+            ("run_id", "VARCHAR"),
+            ("prompt_id", "INTEGER"),
+            ("layer", "INTEGER"),
+            ("n_tokens", "BIGINT"),
+            ("n_weights", "BIGINT"),
+        ),
+        # per (prompt, layer, expert id as stored): list entries, top-1 routed choices, Σ gate weight
+        "summary_experts": (
+            ("run_id", "VARCHAR"),
+            ("prompt_id", "INTEGER"),
+            ("layer", "INTEGER"),
+            ("expert", "INTEGER"),
+            ("n", "BIGINT"),
+            ("n_top1", "BIGINT"),
+            ("w_sum", "DOUBLE"),
+        ),
+        # per (prompt, layer, expert) of expert_stats: rows, non-NULL values, sums and the largest |out_norm|
+        "summary_stats": (
+            ("run_id", "VARCHAR"),
+            ("prompt_id", "INTEGER"),
+            ("layer", "INTEGER"),
+            ("expert", "INTEGER"),
+            ("n", "BIGINT"),
+            ("n_norm", "BIGINT"),
+            ("norm_sum", "DOUBLE"),
+            ("n_zero", "BIGINT"),
+            ("zero_sum", "DOUBLE"),
+            ("norm_absmax", "FLOAT"),
+        ),
+        # per (prompt, layer) of the rows with logits: rows, Σ entropy, Σ margin, fragile rows (σ 0.01, seed 0)
+        "summary_confidence": (
+            ("run_id", "VARCHAR"),
+            ("prompt_id", "INTEGER"),
+            ("layer", "INTEGER"),
+            ("n", "BIGINT"),
+            ("entropy_sum", "DOUBLE"),
+            ("margin_sum", "DOUBLE"),
+            ("n_fragile", "BIGINT"),
+        ),
+        # per (prompt, layer, routed expert) of the rows with logits: Σ router score π
+        "summary_scores": (
+            ("run_id", "VARCHAR"),
+            ("prompt_id", "INTEGER"),
+            ("layer", "INTEGER"),
+            ("expert", "INTEGER"),
+            ("score_sum", "DOUBLE"),
+        ),
+        # per (layer, routed a ≠ b) over the whole run: tokens choosing both, each, and the layer's tokens
+        "summary_pairs": (
+            ("run_id", "VARCHAR"),
+            ("layer", "INTEGER"),
+            ("a", "INTEGER"),
+            ("b", "INTEGER"),
+            ("n_ab", "BIGINT"),
+            ("n_a", "BIGINT"),
+            ("n_b", "BIGINT"),
+            ("n_tokens", "BIGINT"),
+        ),
+        # per top-1 expert pair of consecutive MoE layers over the whole run: tokens
+        "summary_transitions": (
+            ("run_id", "VARCHAR"),
+            ("layer_from", "INTEGER"),
+            ("layer_to", "INTEGER"),
+            ("expert_from", "INTEGER"),
+            ("expert_to", "INTEGER"),
+            ("n", "BIGINT"),
         ),
     },
 }
@@ -313,6 +398,14 @@ def _routing_to_shards(con: duckdb.DuckDBPyConnection, shards: ShardFolder) -> N
             shards.record(con, shard)
     con.execute("DROP TABLE routing")
     shards.refresh_view(con)
+
+
+@migration(5)
+def _add_summaries(con: duckdb.DuckDBPyConnection, shards: ShardFolder) -> None:
+    """v4 -> v5: add the per-prompt summary tables (built for complete runs at the next writable open)."""
+    for table, columns in SCHEMA_ADDED[5].items():
+        cols = ", ".join(f'"{name}" {typ}' for name, typ in columns)
+        con.execute(f'CREATE TABLE "{table}" ({cols})')
 
 
 def latest_version() -> int:

@@ -59,18 +59,28 @@ from workbench.store.queries.routing import (
     top1_transitions,
 )
 from workbench.store.queries.spans import span_selections, span_token_counts, span_token_selections
+from workbench.store.queries.summary import (
+    confidence_sums,
+    label_logit_rows,
+    label_score_sums,
+    summary_pair_counts,
+    summary_transitions,
+)
 
 __all__ = [
     "BATCH_TABLES",
     "SPAN_HELP",
     "TokenSpan",
     "batch_tables",
+    "confidence_sums",
     "contrast_prompts",
     "distinct_labels",
     "expert_norm_maxima",
     "expert_stats_means",
     "has_gate_weights",
     "label_gate_sums",
+    "label_logit_rows",
+    "label_score_sums",
     "label_token_counts",
     "label_token_totals",
     "labelled_gate_mass",
@@ -90,6 +100,8 @@ __all__ = [
     "span_selections",
     "span_token_counts",
     "span_token_selections",
+    "summary_pair_counts",
+    "summary_transitions",
     "token_nll",
     "token_strings",
     "tokens_per_layer",

@@ -1,6 +1,11 @@
 """Named queries that count routing rows: tokens and selections per layer, label, prompt and expert,
 top-1 choices, expert pairs, cross-layer transitions and matched-prompt overlap.
 
+Where the run's per-prompt summaries are valid (:func:`workbench.store.summaries.usable`), the counts
+per prompt, layer, label and expert are summed from ``summary_tokens`` / ``summary_experts`` instead of
+the token rows: the same numbers (integers exactly, float sums to rounding), from a table the size of
+prompts × layers × experts.
+
 Part of :mod:`workbench.store.queries` (its docstring gives the rules every query keeps).
 """
 
@@ -15,6 +20,7 @@ from workbench.store.queries.filters import (
     count_rows,
     in_layers,
 )
+from workbench.store.summaries import usable
 
 if TYPE_CHECKING:  # polars is imported lazily: the capture path does not need it
     import polars as pl
@@ -26,6 +32,12 @@ if TYPE_CHECKING:  # polars is imported lazily: the capture path does not need i
 def n_logit_rows(store: Store, run_id: str, layers: Iterable[int] | None = None) -> int:
     """How many routing rows of ``layers`` carry router logits."""
     clause, values = in_layers(layers)
+    if usable(store, run_id, "logits"):
+        return count_rows(
+            store,
+            f"SELECT CAST(coalesce(sum(n), 0) AS BIGINT) AS n FROM summary_confidence WHERE run_id = ?{clause}",
+            [run_id, *values],
+        )
     return count_rows(
         store,
         f"SELECT count(*) AS n FROM routing WHERE run_id = ?{clause} AND logits IS NOT NULL",
@@ -36,6 +48,12 @@ def n_logit_rows(store: Store, run_id: str, layers: Iterable[int] | None = None)
 def tokens_per_layer(store: Store, run_id: str, layers: Iterable[int] | None = None) -> pl.DataFrame:
     """``layer, n``: routing rows (tokens) per layer."""
     clause, values = in_layers(layers)
+    if usable(store, run_id):
+        return store.sql(
+            "SELECT layer, CAST(sum(n_tokens) AS BIGINT) AS n FROM summary_tokens"
+            f" WHERE run_id = ?{clause} GROUP BY layer",
+            [run_id, *values],
+        )
     return store.sql(
         f"SELECT layer, count(*) AS n FROM routing WHERE run_id = ?{clause} GROUP BY layer", [run_id, *values]
     )
@@ -46,6 +64,12 @@ def tokens_per_prompt(
 ) -> pl.DataFrame:
     """``prompt_id, layer, n_tokens``: routing rows per (prompt, layer); only labelled prompts with ``labelled_only``."""
     clause, values = in_layers(layers)
+    if usable(store, run_id):
+        where = f" AND {LABELLED}" if labelled_only else ""
+        return store.sql(
+            f"SELECT prompt_id, layer, n_tokens FROM summary_tokens WHERE run_id = ?{clause}{where}",
+            [run_id, *values, *([run_id] if labelled_only else [])],
+        )
     if labelled_only:
         return store.sql(
             "SELECT prompt_id, layer, count(*) AS n_tokens FROM routing"
@@ -64,6 +88,12 @@ def selections_per_prompt(
 ) -> pl.DataFrame:
     """``prompt_id, layer, expert, n``: how often each expert id (shared ones too) was selected, per prompt and layer."""
     clause, values = in_layers(layers)
+    if usable(store, run_id):
+        where = f" AND {LABELLED}" if labelled_only else ""
+        return store.sql(
+            f"SELECT prompt_id, layer, expert, n FROM summary_experts WHERE run_id = ?{clause}{where} AND n > 0",
+            [run_id, *values, *([run_id] if labelled_only else [])],
+        )
     if labelled_only:
         return store.sql(
             "SELECT prompt_id, layer, CAST(expert AS INTEGER) AS expert, count(*) AS n FROM ("
@@ -83,6 +113,12 @@ def selections_per_prompt(
 def selections_per_layer(store: Store, run_id: str, layers: Iterable[int] | None = None) -> pl.DataFrame:
     """``layer, expert, n``: how often each expert id (shared ones too) was selected, per layer."""
     clause, values = in_layers(layers)
+    if usable(store, run_id):
+        return store.sql(
+            "SELECT layer, expert, CAST(sum(n) AS BIGINT) AS n FROM summary_experts"
+            f" WHERE run_id = ?{clause} AND n > 0 GROUP BY layer, expert",
+            [run_id, *values],
+        )
     return store.sql(
         "SELECT layer, CAST(expert AS INTEGER) AS expert, count(*) AS n FROM ("
         f"  SELECT layer, unnest(experts) AS expert FROM routing WHERE run_id = ?{clause}"
@@ -94,6 +130,14 @@ def selections_per_layer(store: Store, run_id: str, layers: Iterable[int] | None
 def label_token_counts(store: Store, run_id: str, layers: Iterable[int] | None = None) -> pl.DataFrame:
     """``layer, label, n_tokens``: routing rows of labelled prompts per (layer, label), by layer, label."""
     clause, values = in_layers(layers, "r.layer")
+    if usable(store, run_id):
+        return store.sql(
+            "SELECT r.layer, pr.label, CAST(sum(r.n_tokens) AS BIGINT) AS n_tokens FROM summary_tokens r"
+            " JOIN prompts pr ON pr.run_id = r.run_id AND pr.prompt_id = r.prompt_id"
+            f" WHERE r.run_id = ?{clause} AND pr.label IS NOT NULL GROUP BY r.layer, pr.label"
+            " ORDER BY r.layer, pr.label",
+            [run_id, *values],
+        )
     return store.sql(
         "SELECT r.layer, pr.label, count(*) AS n_tokens FROM routing r"
         " JOIN prompts pr ON pr.run_id = r.run_id AND pr.prompt_id = r.prompt_id"
@@ -106,6 +150,13 @@ def label_token_counts(store: Store, run_id: str, layers: Iterable[int] | None =
 def label_token_totals(store: Store, run_id: str, layers: Iterable[int] | None = None) -> pl.DataFrame:
     """``label, n_tokens``: routing rows of labelled prompts per label, summed over ``layers``."""
     clause, values = in_layers(layers, "r.layer")
+    if usable(store, run_id):
+        return store.sql(
+            "SELECT p.label, CAST(sum(r.n_tokens) AS BIGINT) AS n_tokens FROM summary_tokens r"
+            " JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id"
+            f" WHERE r.run_id = ? AND p.label IS NOT NULL{clause} GROUP BY p.label",
+            [run_id, *values],
+        )
     return store.sql(
         "SELECT p.label, count(*) AS n_tokens FROM routing r"
         " JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id"
@@ -117,6 +168,13 @@ def label_token_totals(store: Store, run_id: str, layers: Iterable[int] | None =
 def labelled_selections(store: Store, run_id: str, layers: Iterable[int] | None = None) -> pl.DataFrame:
     """``layer, label, expert, n``: selections of each expert id by labelled prompts, per (layer, label)."""
     clause, values = in_layers(layers, "r.layer")
+    if usable(store, run_id):
+        return store.sql(
+            "SELECT r.layer, p.label, r.expert, CAST(sum(r.n) AS BIGINT) AS n FROM summary_experts r"
+            " JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id"
+            f" WHERE r.run_id = ? AND p.label IS NOT NULL{clause} AND r.n > 0 GROUP BY r.layer, p.label, r.expert",
+            [run_id, *values],
+        )
     return store.sql(
         "SELECT layer, label, CAST(expert AS INTEGER) AS expert, count(*) AS n FROM ("
         "  SELECT r.layer, p.label, unnest(r.experts) AS expert FROM routing r"
@@ -130,6 +188,13 @@ def labelled_selections(store: Store, run_id: str, layers: Iterable[int] | None 
 def labelled_gate_mass(store: Store, run_id: str, layers: Iterable[int] | None = None) -> pl.DataFrame:
     """``prompt_id, layer, label, expert, mass``: gate weight summed per (labelled prompt, layer, expert id)."""
     clause, values = in_layers(layers, "r.layer")
+    if usable(store, run_id):
+        return store.sql(
+            "SELECT r.prompt_id, r.layer, p.label, r.expert, r.w_sum AS mass FROM summary_experts r"
+            " JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id"
+            f" WHERE r.run_id = ? AND p.label IS NOT NULL{clause}",
+            [run_id, *values],
+        )
     return store.sql(
         "SELECT prompt_id, layer, label, CAST(expert AS INTEGER) AS expert, sum(weight) AS mass FROM ("
         "  SELECT r.prompt_id, r.layer, p.label, unnest(r.experts) AS expert, unnest(r.weights) AS weight"
@@ -143,6 +208,15 @@ def labelled_gate_mass(store: Store, run_id: str, layers: Iterable[int] | None =
 def label_gate_sums(store: Store, run_id: str, layers: Iterable[int] | None = None) -> pl.DataFrame:
     """``layer, label, expert, w, n``: per (layer, label, routed expert) of labelled prompts, Σ gate weight and selections."""
     clause, values = in_layers(layers, "r.layer")
+    if usable(store, run_id):
+        return store.sql(
+            "SELECT r.layer, pr.label, r.expert, sum(r.w_sum) AS w, CAST(sum(r.n) AS BIGINT) AS n"
+            " FROM summary_experts r JOIN prompts pr ON pr.run_id = r.run_id AND pr.prompt_id = r.prompt_id"
+            " JOIN layers l ON l.run_id = r.run_id AND l.layer = r.layer"
+            f" WHERE r.run_id = ?{clause} AND pr.label IS NOT NULL AND r.expert < l.n_experts"
+            " GROUP BY r.layer, pr.label, r.expert",
+            [run_id, *values],
+        )
     return store.sql(
         "SELECT u.layer, pr.label, CAST(u.expert AS INTEGER) AS expert, sum(u.w) AS w, count(*) AS n FROM ("
         "  SELECT r.layer, r.prompt_id, unnest(r.experts) AS expert, unnest(r.weights) AS w FROM routing r"
@@ -157,6 +231,15 @@ def label_gate_sums(store: Store, run_id: str, layers: Iterable[int] | None = No
 def prompt_expert_counts(store: Store, run_id: str, layers: Iterable[int] | None = None) -> pl.DataFrame:
     """``layer, prompt_id, label, expert, n``: selections of each routed expert per labelled prompt and layer."""
     clause, values = in_layers(layers)
+    if usable(store, run_id):
+        return store.sql(
+            "SELECT u.layer, u.prompt_id, pr.label, u.expert, u.n FROM summary_experts u"
+            " JOIN prompts pr ON pr.run_id = u.run_id AND pr.prompt_id = u.prompt_id"
+            " JOIN layers l ON l.run_id = u.run_id AND l.layer = u.layer"
+            f" WHERE u.run_id = ?{in_layers(layers, 'u.layer')[0]} AND pr.label IS NOT NULL"
+            " AND u.expert < l.n_experts AND u.n > 0",
+            [run_id, *values],
+        )
     return store.sql(
         "SELECT u.layer, u.prompt_id, pr.label, CAST(u.expert AS INTEGER) AS expert, count(*) AS n FROM ("
         f"  SELECT layer, prompt_id, unnest(experts) AS expert FROM routing WHERE run_id = ?{clause}"
@@ -178,6 +261,14 @@ _TOP1 = (
 def top1_label_counts(store: Store, run_id: str, layers: Iterable[int] | None = None) -> pl.DataFrame:
     """``layer, label, expert, n``: tokens of labelled prompts per (layer, label, top-1 routed expert)."""
     clause, values = in_layers(layers, "r.layer")
+    if usable(store, run_id):
+        return store.sql(
+            "SELECT r.layer, pr.label, r.expert, CAST(sum(r.n_top1) AS BIGINT) AS n FROM summary_experts r"
+            " JOIN prompts pr ON pr.run_id = r.run_id AND pr.prompt_id = r.prompt_id"
+            f" WHERE r.run_id = ?{clause} AND pr.label IS NOT NULL AND r.n_top1 > 0"
+            " GROUP BY r.layer, pr.label, r.expert",
+            [run_id, *values],
+        )
     return store.sql(
         f"SELECT r.layer, pr.label, CAST({_TOP1} AS INTEGER) AS expert, count(*) AS n"
         " FROM routing r JOIN prompts pr ON pr.run_id = r.run_id AND pr.prompt_id = r.prompt_id"
@@ -298,6 +389,11 @@ def matched_overlap(
 
 def has_gate_weights(store: Store, run_id: str) -> bool:
     """Whether the run has a routing row with gate weights (a run imported from a serving engine has none)."""
+    if usable(store, run_id):
+        found = store.sql(
+            "SELECT 1 AS x FROM summary_tokens WHERE run_id = ? AND n_weights > 0 LIMIT 1", [run_id]
+        )
+        return found.height > 0
     return (
         store.sql(
             "SELECT 1 AS x FROM routing WHERE run_id = ? AND weights IS NOT NULL LIMIT 1", [run_id]
