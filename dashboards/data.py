@@ -277,9 +277,11 @@ def _read(db: str, version: tuple[int, int], what: str, args: Options) -> Any:
     raise KeyError(what)
 
 
-def _need_run(run: str | None) -> None:
+def _need_run(run: object) -> None:
     if not run:
         raise ValueError("no run chosen: pick one (an empty store has none; capture a run first)")
+    if not isinstance(run, str):  # a tampered request: a run id is always text
+        raise ValueError(f"a run id is text, not {type(run).__name__}: pick a run from the list")
 
 
 SLOW_READS = {"top_tokens": "top tokens", "driving_tokens": "driving tokens"}

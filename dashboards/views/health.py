@@ -10,7 +10,7 @@ import polars as pl
 from dash import html
 
 from dashboards import data
-from dashboards.components import figure, guarded, message, table
+from dashboards.components import figure, guarded, message, table, to_int
 from dashboards.components.url import clicked_expert
 from workbench.catalog import figure_for
 
@@ -48,16 +48,17 @@ def load(db: str, run: str) -> go.Figure:
 def load_click(db: str, run: str, click: dict[str, Any] | None) -> tuple[int, int] | None:
     """(layer, expert) of a click on the load figure: a bar (its trace is the layer, in order; x the
     expert) or, with many experts, a heatmap cell (y the layer, x the expert; only cells carry ``z``)."""
-    if not click or not click.get("points"):
-        return None
-    point = click["points"][0]
+    points = click.get("points") if isinstance(click, dict) else None
+    if not isinstance(points, list) or not points or not isinstance(points[0], dict):
+        return None  # no click, or not what a browser sends
+    point = points[0]
     if "z" in point:
         return clicked_expert(click)
     layers = sorted(int(x) for x in data.analysis(db, run, "load")["layer"].unique().to_list())
-    curve = int(point.get("curveNumber", -1))
-    if not 0 <= curve < len(layers) or point.get("x") is None:
+    curve, expert = to_int(point.get("curveNumber")), to_int(point.get("x"))
+    if curve is None or expert is None or not 0 <= curve < len(layers):
         return None
-    return layers[curve], int(point["x"])
+    return layers[curve], expert
 
 
 def balance(db: str, run: str) -> Any:
