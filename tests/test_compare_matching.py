@@ -344,7 +344,11 @@ def test_dashboard_compare_picker_offers_only_runs_sharing_prompts(three_runs: P
 
     with app.server.test_request_context():
         options, keep, note = page.update_compare("a", "lone")
-        assert [o["value"] for o in options] == ["b"] and keep is None and note is None
+        assert [o["value"] for o in options] == ["b"] and keep is None and note is None, (
+            options,
+            keep,
+            str(note),
+        )
         assert page.update_compare("a", "b")[1] == "b"
         options, keep, note = page.update_compare("lone", "a")
         assert options == [] and keep is None
