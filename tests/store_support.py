@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -100,3 +103,15 @@ def new_run(st: Store, run_id: str | None = None) -> str:
         model="tiny-moe", architecture="MixtralForCausalLM", probe="domains", n_experts=8, top_k=2,
         config={"batch_size": 4, "dtype": "float32"}, layers=LAYERS, run_id=run_id,
     )  # fmt: skip
+
+
+V3_FIXTURE = Path(__file__).parent / "data" / "store-v3.duckdb.gz"
+"""A store written by the v3 release (commit 1e4e6f2): the migrations' test input."""
+
+
+def unpack_v3_store(folder: Path) -> Path:
+    """A fresh, writable copy of :data:`V3_FIXTURE` in ``folder``."""
+    path = folder / "v3.duckdb"
+    with gzip.open(V3_FIXTURE, "rb") as src, path.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return path

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 from browser_support import CHROMIUM, CHROMIUM_ARGS, serving, sync_playwright_or_fail
 from test_dashboard import RUN, dashboard_db
+from test_dashboard_access import CALLBACK  # the lab's URL-state callback: cheap, and answers without a model
 
 from dashboards import data
 from dashboards.access import new_token
@@ -22,13 +23,6 @@ pytestmark = pytest.mark.browser
 
 TIMEOUT_MS = 20_000
 TOKEN = new_token()
-CALLBACK = {  # the lab's URL-state callback: cheap, and answers without a model
-    "output": "lab-query.data",
-    "outputs": {"id": "lab-query", "property": "data"},
-    "inputs": [{"id": f"lab-{k}", "property": "value", "value": None}
-               for k in ("run", "layer", "experts", "semantics", "value", "labels", "n", "text")],
-    "changedPropIds": ["lab-run.value"],
-}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ captured on probes/example.jsonl three times, as ``fp16-stats`` (``--logits fp16
 
 from __future__ import annotations
 
-import gzip
 import re
 import shutil
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from polars.testing import assert_frame_equal
-from store_support import make_batch, new_run
+from store_support import make_batch, new_run, unpack_v3_store
 
 from workbench.catalog import ANALYSES, run_analysis
 from workbench.reports.build import build_report
@@ -32,16 +31,12 @@ from workbench.store.shards import MANIFEST, shard_table
 
 pytestmark = pytest.mark.integration
 
-FIXTURE = Path(__file__).parent / "data" / "store-v3.duckdb.gz"
 RUNS = ("fp16-stats", "fp32", "ids-only")
 
 
 @pytest.fixture
 def v3_store(tmp_path: Path) -> Path:
-    path = tmp_path / "v3.duckdb"
-    with gzip.open(FIXTURE, "rb") as src, path.open("wb") as dst:
-        shutil.copyfileobj(src, dst)
-    return path
+    return unpack_v3_store(tmp_path)
 
 
 @pytest.fixture

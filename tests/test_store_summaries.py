@@ -10,8 +10,6 @@ computation); integers must be equal and floats within 1e-12 relative, bootstrap
 
 from __future__ import annotations
 
-import gzip
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 from polars.testing import assert_frame_equal
-from store_support import make_batch, new_run
+from store_support import make_batch, new_run, unpack_v3_store
 
 from benchmarks.analysis_data import RUN_A, RUN_B, Workload, build
 from workbench.catalog import ANALYSES, run_analysis
@@ -30,7 +28,6 @@ from workbench.store import schema as schema_mod
 
 pytestmark = pytest.mark.integration
 
-FIXTURE = Path(__file__).parent / "data" / "store-v3.duckdb.gz"
 #: The analyses that read the summaries (the others stay on the token rows; docs/methods.md says why).
 SUMMARISED = (
     "load", "balance", "router-confidence", "super-experts", "specialisation", "esft", "tcess",
@@ -220,10 +217,7 @@ def test_registering_an_unknown_part_is_refused() -> None:
 
 @pytest.fixture
 def v3_store(tmp_path: Path) -> Path:
-    path = tmp_path / "v3.duckdb"
-    with gzip.open(FIXTURE, "rb") as src, path.open("wb") as dst:
-        shutil.copyfileobj(src, dst)
-    return path
+    return unpack_v3_store(tmp_path)
 
 
 def test_a_v3_store_migrates_to_v5_and_its_complete_runs_get_summaries(v3_store: Path) -> None:
