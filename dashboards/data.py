@@ -390,11 +390,24 @@ def clear_cache() -> None:
     _read.cache_clear()
 
 
-def current_db() -> str:
-    """The store path of the app serving this request (``create_app`` puts it in the server config)."""
+def _server_config() -> Any:
+    """The config of the Flask server handling this request, else of the last Dash app created.
+
+    Flask's ``current_app`` is the request's own server. ``dash.get_app()`` alone can name another
+    app when several exist in one process (tests, notebooks): it read one test's store for another's.
+    """
+    import flask
+
+    if flask.has_app_context():
+        return flask.current_app.config
     import dash
 
-    return str(dash.get_app().server.config["WORKBENCH_DB"])
+    return dash.get_app().server.config
+
+
+def current_db() -> str:
+    """The store path of the app serving this request (``create_app`` puts it in the server config)."""
+    return str(_server_config()["WORKBENCH_DB"])
 
 
 def current_model() -> Any:
@@ -404,9 +417,7 @@ def current_model() -> Any:
 
 def attached() -> Any:
     """The app's :class:`dashboards.jobs.Attached` model (name, loaded model or load error)."""
-    import dash
-
     from dashboards.jobs import Attached
 
-    found = dash.get_app().server.config.get("WORKBENCH_MODEL")
+    found = _server_config().get("WORKBENCH_MODEL")
     return found if isinstance(found, Attached) else Attached()
