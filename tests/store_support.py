@@ -5,12 +5,15 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from workbench.store import Store
+from workbench.store import schema as schema_mod
 
 LAYERS = [
     {
@@ -115,3 +118,13 @@ def unpack_v3_store(folder: Path) -> Path:
     with gzip.open(V3_FIXTURE, "rb") as src, path.open("wb") as dst:
         shutil.copyfileobj(src, dst)
     return path
+
+
+@contextmanager
+def schema_upto(version: int) -> Iterator[None]:
+    """This code with the migrations above ``version`` unregistered: it writes a store as that release did."""
+    saved = {v: schema_mod.MIGRATIONS.pop(v) for v in sorted(schema_mod.MIGRATIONS) if v > version}
+    try:
+        yield
+    finally:
+        schema_mod.MIGRATIONS.update(saved)

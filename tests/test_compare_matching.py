@@ -16,11 +16,11 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
+from store_support import schema_upto
 from synthetic import lists
 
 from workbench.analysis.compare import drift_coverage, routing_drift
-from workbench.store import PromptMismatchError, SchemaVersionError, Store, StoreError
-from workbench.store import schema as schema_mod
+from workbench.store import SCHEMA_VERSION, PromptMismatchError, SchemaVersionError, Store, StoreError
 from workbench.store.content import prompt_content_hash
 
 pytestmark = pytest.mark.unit
@@ -233,41 +233,33 @@ def test_duplicate_prompts_pair_occurrence_by_occurrence(st: Store) -> None:
 
 # -- an old store ---------------------------------------------------------------------------------
 def test_v2_store_is_migrated_and_unknown_hashes_refuse(db: Path) -> None:
-    saved_v5 = schema_mod.MIGRATIONS.pop(5)
-    saved_v4 = schema_mod.MIGRATIONS.pop(4)
-    saved = schema_mod.MIGRATIONS.pop(3)
-    try:
-        with Store(db) as st:  # a store as the v2 release wrote it: prompts without content_hash
-            assert st.schema_version == 2
-            for run_id, suite, broken in (("old-a", _suite("s", 5), False), ("old-b", _suite("s", 5), False),
-                                          ("old-c", _suite("s", 5), True)):  # fmt: skip
-                _create(st, run_id)
-                tables = _tables(suite, list(range(5)), np.random.default_rng(len(run_id) + broken))
-                con = st.con
-                for name, table in tables.items():
-                    if broken and name == "tokens":  # prompt 2 lost its last token row
-                        keep = [
-                            not (p == 2 and q == 5)
-                            for p, q in zip(
-                                table["prompt_id"].to_pylist(), table["position"].to_pylist(), strict=True
-                            )
-                        ]
-                        table = table.filter(pa.array(keep))
-                    con.register("v", table)
-                    cols = ", ".join(table.column_names)
-                    con.execute(f"INSERT INTO {name} (run_id, {cols}) SELECT ?, {cols} FROM v", [run_id])
-                    con.unregister("v")
-                st.set_status(run_id, "complete")
-    finally:
-        schema_mod.MIGRATIONS[3] = saved
-        schema_mod.MIGRATIONS[4] = saved_v4
-        schema_mod.MIGRATIONS[5] = saved_v5
+    with schema_upto(2), Store(db) as st:  # a store as the v2 release wrote it: prompts without content_hash
+        assert st.schema_version == 2
+        for run_id, suite, broken in (("old-a", _suite("s", 5), False), ("old-b", _suite("s", 5), False),
+                                      ("old-c", _suite("s", 5), True)):  # fmt: skip
+            _create(st, run_id)
+            tables = _tables(suite, list(range(5)), np.random.default_rng(len(run_id) + broken))
+            con = st.con
+            for name, table in tables.items():
+                if broken and name == "tokens":  # prompt 2 lost its last token row
+                    keep = [
+                        not (p == 2 and q == 5)
+                        for p, q in zip(
+                            table["prompt_id"].to_pylist(), table["position"].to_pylist(), strict=True
+                        )
+                    ]
+                    table = table.filter(pa.array(keep))
+                con.register("v", table)
+                cols = ", ".join(table.column_names)
+                con.execute(f"INSERT INTO {name} (run_id, {cols}) SELECT ?, {cols} FROM v", [run_id])
+                con.unregister("v")
+            st.set_status(run_id, "complete")
     with pytest.raises(
-        SchemaVersionError, match=r"(?s)v2, older than v5.*import workbench.store as s; s.open\("
+        SchemaVersionError, match=r"(?s)v2, older than v6.*import workbench.store as s; s.open\("
     ):
         Store(db, read_only=True)
     with Store(db) as st:
-        assert st.schema_version == 5
+        assert st.schema_version == 6
         hashes = st.prompts("old-a").select("text", "content_hash").rows()
         assert hashes == [(t, prompt_content_hash(t, ids)) for t, ids in _suite("s", 5)]
         assert st.prompts("old-c")["content_hash"].null_count() == 1
@@ -276,7 +268,7 @@ def test_v2_store_is_migrated_and_unknown_hashes_refuse(db: Path) -> None:
         with pytest.raises(PromptMismatchError, match=r"(?s)no content hash.*'old-c': 1 of 5.*Re-capture"):
             routing_drift(st, "old-a", "old-c")
     con = duckdb.connect(str(db))
-    assert con.execute("SELECT max(version) FROM schema_version").fetchone() == (5,)
+    assert con.execute("SELECT max(version) FROM schema_version").fetchone() == (SCHEMA_VERSION,)
     con.close()
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
-from store_support import make_batch, new_run
+from store_support import make_batch, new_run, schema_upto
 
 from workbench import store
 from workbench.store import SCHEMA_VERSION, Store, StoreError, StoreLockedError
@@ -29,14 +29,15 @@ pytestmark = pytest.mark.unit
 CONTRACT = {
     "runs": [("run_id", "VARCHAR"), ("model", "VARCHAR"), ("architecture", "VARCHAR"), ("probe", "VARCHAR"),
              ("n_experts", "INTEGER"), ("top_k", "INTEGER"), ("created_at", "TIMESTAMP"),
-             ("status", "VARCHAR"), ("config", "JSON")],
+             ("status", "VARCHAR"), ("config", "JSON"),
+             ("pid", "INTEGER"), ("host", "VARCHAR"), ("heartbeat_at", "TIMESTAMP")],  # v6: the capturing process
     "layers": [("run_id", "VARCHAR"), ("layer", "INTEGER"), ("module_path", "VARCHAR"), ("n_experts", "INTEGER"),
                ("top_k", "INTEGER"), ("n_shared", "INTEGER"), ("score_fn", "VARCHAR")],
     "prompts": [("run_id", "VARCHAR"), ("prompt_id", "INTEGER"), ("text", "VARCHAR"), ("label", "VARCHAR"),
                 ("pair_id", "VARCHAR"), ("split", "VARCHAR"), ("meta", "JSON"), ("n_tokens", "INTEGER"),
                 ("content_hash", "VARCHAR")],  # v3
     "tokens": [("run_id", "VARCHAR"), ("prompt_id", "INTEGER"), ("position", "INTEGER"), ("token_id", "INTEGER"),
-               ("token", "VARCHAR"), ("nll", "FLOAT")],
+               ("token", "VARCHAR"), ("nll", "FLOAT"), ("segment", "VARCHAR")],  # v6: segment
     "routing": [("run_id", "VARCHAR"), ("prompt_id", "INTEGER"), ("position", "INTEGER"), ("layer", "INTEGER"),
                 ("experts", "SMALLINT[]"), ("weights", "FLOAT[]"), ("logits", "FLOAT[]")],
     "expert_stats": [("run_id", "VARCHAR"), ("prompt_id", "INTEGER"), ("position", "INTEGER"), ("layer", "INTEGER"),
@@ -94,7 +95,7 @@ def test_schema_has_exactly_the_contract_columns(st: Store) -> None:
     for table, col, typ in rows:
         found.setdefault(table, []).append((col, typ))
     assert found == CONTRACT
-    assert SCHEMA_VERSION == 5 and st.schema_version == 5
+    assert SCHEMA_VERSION == 6 and st.schema_version == 6
     big = ["routing", "tokens", "expert_stats"]
     assert st.con.execute(
         "SELECT count(*) FROM duckdb_indexes() WHERE table_name = ANY(?)", [big]
@@ -114,26 +115,19 @@ def test_migration_from_empty_db_applies_once(db: Path) -> None:
         (3,),
         (4,),
         (5,),
+        (6,),
     ]
     con.close()
 
 
-def test_v1_store_migrates_to_v5_keeping_its_runs(db: Path, restore_migrations: None) -> None:
-    v5 = schema_mod.MIGRATIONS.pop(5)
-    v4 = schema_mod.MIGRATIONS.pop(4)
-    v3 = schema_mod.MIGRATIONS.pop(3)
-    v2 = schema_mod.MIGRATIONS.pop(2)
-    with Store(db) as st:  # a store as the v1 release wrote it
+def test_v1_store_migrates_to_v6_keeping_its_runs(db: Path, restore_migrations: None) -> None:
+    with schema_upto(1), Store(db) as st:  # a store as the v1 release wrote it
         assert st.schema_version == 1
         run_id = new_run(st)
-    schema_mod.MIGRATIONS[2] = v2
-    schema_mod.MIGRATIONS[3] = v3
-    schema_mod.MIGRATIONS[4] = v4
-    schema_mod.MIGRATIONS[5] = v5
     with pytest.raises(SchemaVersionError, match=r"(?s)v1.*Open it writable once"):
         Store(db, read_only=True)
     with Store(db) as st:
-        assert st.schema_version == 5
+        assert st.schema_version == 6
         assert st.run(run_id)["status"] == "running"
         assert st.sql("SELECT count(*) AS n FROM resonance")["n"][0] == 0
 
@@ -145,41 +139,38 @@ def test_migration_chain_with_registered_migration(
         run_id = new_run(st)
     calls: list[int] = []
 
-    @schema_mod.migration(6)
+    nxt = SCHEMA_VERSION + 1  # a release after this one
+
+    @schema_mod.migration(nxt)
     def _add_note(con: duckdb.DuckDBPyConnection, shards: object) -> None:
-        calls.append(6)
+        calls.append(nxt)
         con.execute("ALTER TABLE runs ADD COLUMN note VARCHAR")
 
-    with pytest.raises(SchemaVersionError, match=r"(?s)v5.*Open it writable once"):
+    with pytest.raises(SchemaVersionError, match=rf"(?s)v{SCHEMA_VERSION}.*Open it writable once"):
         Store(db, read_only=True)
     with Store(db) as st:
-        assert st.schema_version == 6
+        assert st.schema_version == nxt
         assert "note" in st.sql("SELECT * FROM runs").columns
         assert st.run(run_id)["status"] == "running"  # data survived
     with Store(db, read_only=True) as st:
-        assert st.schema_version == 6
-    # a fresh file walks the whole chain 0 -> 1 -> 2 -> 3 -> 4 -> 5 -> 6, in order
+        assert st.schema_version == nxt
+    # a fresh file walks the whole chain 0 -> 1 -> ... -> nxt, in order
     with Store(tmp_path / "fresh.duckdb") as st:
-        assert st.sql("SELECT version FROM schema_version ORDER BY version")["version"].to_list() == [
-            1,
-            2,
-            3,
-            4,
-            5,
-            6,
-        ]
-    assert calls == [6, 6]
+        assert st.sql("SELECT version FROM schema_version ORDER BY version")["version"].to_list() == list(
+            range(1, nxt + 1)
+        )
+    assert calls == [nxt, nxt]
 
-    @schema_mod.migration(7)
+    @schema_mod.migration(nxt + 1)
     def _broken(con: duckdb.DuckDBPyConnection, shards: object) -> None:
         con.execute("CREATE TABLE half_done (x INTEGER)")
         raise RuntimeError("boom")
 
     with pytest.raises(StoreError, match="boom"):
         Store(db)
-    schema_mod.MIGRATIONS.pop(7)
+    schema_mod.MIGRATIONS.pop(nxt + 1)
     with Store(db) as st:  # the failed migration rolled back completely
-        assert st.schema_version == 6
+        assert st.schema_version == nxt
         assert st.sql("SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = 'half_done'")["n"][0] == 0
 
 
@@ -412,3 +403,19 @@ def test_done_prompt_ids(st: Store) -> None:
     st.write_batch(run_b, **make_batch([0]))
     assert st.done_prompt_ids(run_a) == {0, 1, 2, 10}
     assert st.done_prompt_ids(run_b) == {0}
+
+
+def test_v5_store_migrates_to_v6_with_every_token_read_from_a_prompt(db: Path) -> None:
+    with schema_upto(5), Store(db) as st:  # a store as the v5 release wrote it
+        run_id = new_run(st)
+        st.write_batch(run_id, **make_batch([0, 1]))
+        assert "segment" not in st.sql("SELECT * FROM tokens").columns
+    with Store(db) as st:
+        assert st.schema_version == 6
+        assert st.tokens(run_id)["segment"].to_list() == ["prompt"] * 6
+        assert st.sql("SELECT pid, host, heartbeat_at FROM runs").rows() == [(None, None, None)]
+        later = new_run(st)
+        batch = make_batch([0])
+        batch["tokens"] = batch["tokens"].append_column("segment", pa.array(["prompt", "prompt", "response"]))
+        st.write_batch(later, **batch)
+        assert st.tokens(later)["segment"].to_list() == ["prompt", "prompt", "response"]

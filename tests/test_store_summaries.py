@@ -19,7 +19,7 @@ import polars as pl
 import pyarrow as pa
 import pytest
 from polars.testing import assert_frame_equal
-from store_support import make_batch, new_run, unpack_v3_store
+from store_support import make_batch, new_run, schema_upto, unpack_v3_store
 
 from benchmarks.analysis_data import RUN_A, RUN_B, Workload, build
 from workbench.catalog import ANALYSES, run_analysis
@@ -222,7 +222,7 @@ def v3_store(tmp_path: Path) -> Path:
 
 def test_a_v3_store_migrates_to_v5_and_its_complete_runs_get_summaries(v3_store: Path) -> None:
     with Store(v3_store) as st:
-        assert st.schema_version == schema_mod.SCHEMA_VERSION == 5
+        assert st.schema_version == schema_mod.SCHEMA_VERSION == 6
         runs = st.runs()["run_id"].to_list()
         for run_id in runs:
             assert summaries.valid_parts(st.con, run_id) == ALL_PARTS
@@ -244,18 +244,14 @@ def test_a_v3_store_migrates_to_v5_and_its_complete_runs_get_summaries(v3_store:
 
 def test_a_v4_store_migrates_to_v5(tmp_path: Path) -> None:
     path = tmp_path / "v4.duckdb"
-    saved = schema_mod.MIGRATIONS.pop(5)
-    try:
-        with Store(path) as st:  # a store as the v4 release wrote it
-            assert st.schema_version == 4
-            run_id = new_run(st)
-            st.write_batch(run_id, **make_batch([0, 1, 2]))
-            st.set_status(run_id, "complete")
-            old = run_analysis("load", st, run_id, n_boot=50)
-            assert not summaries.has_tables(st.con)
-    finally:
-        schema_mod.MIGRATIONS[5] = saved
+    with schema_upto(4), Store(path) as st:  # a store as the v4 release wrote it
+        assert st.schema_version == 4
+        run_id = new_run(st)
+        st.write_batch(run_id, **make_batch([0, 1, 2]))
+        st.set_status(run_id, "complete")
+        old = run_analysis("load", st, run_id, n_boot=50)
+        assert not summaries.has_tables(st.con)
     with Store(path) as st:
-        assert st.schema_version == 5
+        assert st.schema_version == schema_mod.SCHEMA_VERSION
         assert summaries.valid_parts(st.con, run_id) == ALL_PARTS
         _same(run_analysis("load", st, run_id, n_boot=50), old)

@@ -29,16 +29,15 @@ if TYPE_CHECKING:  # polars is imported lazily: the capture path does not need i
 
 ArrowLike: TypeAlias = "pa.Table | pl.DataFrame"
 
-#: Columns a batch table may omit, with the SQL value used instead.
-OPTIONAL_COLUMNS: dict[str, dict[str, str]] = {
-    "prompts": {"label": "NULL", "pair_id": "NULL", "split": "NULL", "meta": "NULL", "content_hash": "NULL"},
-    "tokens": {"nll": "NULL"},
-    "routing": {"logits": "NULL"},
-    "expert_stats": {"zero_frac": "NULL"},
-    "evaluations": {"label": "NULL", "ci_low": "NULL", "ci_high": "NULL", "n": "NULL", "meta": "NULL"},
-    "resonance": {
-        c: "NULL"
-        for c in (
+#: Columns a batch table may omit; an omitted one takes the column's default (NULL unless the schema says).
+OPTIONAL_COLUMNS: dict[str, frozenset[str]] = {
+    "prompts": frozenset({"label", "pair_id", "split", "meta", "content_hash"}),
+    "tokens": frozenset({"nll", "segment"}),  # segment defaults to 'prompt' (schema v6)
+    "routing": frozenset({"logits"}),
+    "expert_stats": frozenset({"zero_frac"}),
+    "evaluations": frozenset({"label", "ci_low", "ci_high", "n", "meta"}),
+    "resonance": frozenset(
+        {
             "span",
             "rd",
             "ftri",
@@ -50,8 +49,8 @@ OPTIONAL_COLUMNS: dict[str, dict[str, str]] = {
             "q",
             "n_target",
             "n_control",
-        )
-    },
+        }
+    ),
 }
 
 
@@ -85,7 +84,7 @@ def select_list(table: str, arrow: pa.Table, *, leading: str = "run_id") -> tupl
     """
     wanted = [c for c in column_names(table) if c != leading]
     present = set(arrow.column_names)
-    optional = OPTIONAL_COLUMNS.get(table, {})
+    optional = OPTIONAL_COLUMNS.get(table, frozenset())
     missing = [c for c in wanted if c not in present and c not in optional]
     extra = sorted(present - set(wanted))
     if missing or extra:
@@ -95,8 +94,9 @@ def select_list(table: str, arrow: pa.Table, *, leading: str = "run_id") -> tupl
         if extra:
             parts.append(f"unexpected columns {extra}")
         raise StoreError(f"{table} batch table: {'; '.join(parts)}. Expected columns: {wanted}")
-    targets = ", ".join(f'"{c}"' for c in [leading, *wanted])
-    values = ", ".join(f'"{c}"' if c in present else optional[c] for c in wanted)
+    given = [c for c in wanted if c in present]  # an omitted optional column takes its default
+    targets = ", ".join(f'"{c}"' for c in [leading, *given])
+    values = ", ".join(f'"{c}"' for c in given)
     return targets, f"?, {values}"
 
 
@@ -186,11 +186,8 @@ def _insert_prompts(
                 "column out to let the store compute it"
             )
     select_list("prompts", arrow)  # validates the columns
-    cols = [c for c in column_names("prompts") if c != "run_id"]
-    optional = OPTIONAL_COLUMNS["prompts"]
-    values = [
-        computed if c == "content_hash" else (f'p."{c}"' if c in present else optional[c]) for c in cols
-    ]
+    cols = [c for c in column_names("prompts") if c != "run_id" and (c in present or c == "content_hash")]
+    values = [computed if c == "content_hash" else f'p."{c}"' for c in cols]
     targets = ", ".join(f'"{c}"' for c in ["run_id", *cols])
     con.execute(f"INSERT INTO prompts ({targets}) SELECT ?, {', '.join(values)} FROM {source}", [run_id])
 
