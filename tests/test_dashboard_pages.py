@@ -256,6 +256,10 @@ def test_pickers_follow_the_run_in_the_pages_callbacks(app: dash.Dash, db: str) 
         assert [o["value"] for o in page["lab"].labels_of(RUN)][1:] == ["code", "math", "prose"]
         assert page["lab"].typed_only("math") == (True, False)
         assert page["lab"].typed_only(page["lab"].view.TYPED) == (False, True)
+        assert page["lab"].query(RUN, 0, [1, 3], "zero", None, "code", 8, "x") == (
+            f"?run={RUN}&layer=0&experts=1%2C3&semantics=zero&labels=code&n=8"
+        )
+        assert "experts" not in page["lab"].query(RUN, 0, 0.5, "zero", None, "code", 8, None)  # not a list
         options, keep, note = page["runs"].update_compare(RUN, "other")
         assert options == [] and keep is None and "No other run shares a prompt" in _text(note)
 

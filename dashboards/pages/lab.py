@@ -155,9 +155,11 @@ def labels_of(run: str | None) -> list[dict[str, Any]]:
 def query(
     run: Any, layer: Any, experts: Any, semantics: Any, value: Any, labels: Any, n: Any, text: Any
 ) -> str:
-    """The lab setup as a query string (the address shares the setup, not the result)."""
+    """The lab setup as a query string (the address shares the setup, not the result); experts that are
+    not a list (a tampered request) are left out."""
+    chosen = experts if isinstance(experts, (list, tuple)) else []
     return query_string(
-        run=run, layer=layer, experts=",".join(str(e) for e in experts or []) or None,
+        run=run, layer=layer, experts=",".join(str(e) for e in chosen) or None,
         semantics=semantics, value=value, labels=labels, n=n, text=text if labels == view.TYPED else None,
     )  # fmt: skip
 
