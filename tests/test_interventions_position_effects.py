@@ -17,7 +17,7 @@ import pytest
 import torch
 from planted import EARLY, PLANT_EXPERT, PLANT_LAYER, planted_model
 
-from workbench.interventions import Reroute, Scale, intervene
+from workbench.interventions import Reroute, Scale, Zero, intervene
 from workbench.interventions.effects import generation_diff
 from workbench.interventions.position_effects import SUMMARY_SCHEMA, position_effects, position_summary
 from workbench.probefile import Prompt
@@ -131,6 +131,13 @@ def test_a_no_op_changes_nothing(planted: Any) -> None:
     summary = position_summary(same)
     assert summary["top1_changed"].sum() == 0 and summary["routing_changed"].sum() == 0
     assert same["kl"].max() == 0.0 and (same["logp_base"] == same["logp_int"]).all()
+
+
+def test_zero_keeps_the_set_at_its_own_layer(planted: Any) -> None:
+    """What the lab's text says: a zeroed expert keeps its slot, so no set changes at its layer (KL still moves)."""
+    zeroed = position_effects(planted, PROMPTS[:2], Zero({PLANT_LAYER: [PLANT_EXPERT]}))
+    assert not any(PLANT_LAYER in layers for layers in zeroed["changed_layers"].to_list())
+    assert zeroed["kl"].max() > 1e-4
 
 
 def test_batched_generations_equal_one_at_a_time(planted: Any) -> None:
