@@ -121,7 +121,7 @@ def tiny_ref_model() -> object:
 
 #: The prompts of :func:`generated_run`: refusal probes asked in tiny-ref's chat format, so that some
 #: responses end with <eos> (the refusal) and others run to --generate's limit (the compliance).
-GENERATED_PROBES = 8
+GENERATED_PROBES = 6
 
 
 @pytest.fixture(scope="session")
