@@ -244,10 +244,15 @@ def prepare_model(
     loaded = model if isinstance(model, LoadedModel) else load_model(model, tokenizer, **_placement(opts))
     if opts.expert_stats:
         check_expert_stats(loaded.layers)
-    _prompt_encoder(loaded, opts)  # --chat without a chat template is refused here
+    _check_prompting(loaded, opts)
+    return loaded, _routing_check(loaded, opts)
+
+
+def _check_prompting(loaded: LoadedModel, opts: CaptureOptions) -> None:
+    """Refuse ``chat`` without a chat template, and ``generate`` a model cannot do, before anything is written."""
+    _prompt_encoder(loaded, opts)
     if opts.generate:
         check_generation(loaded.model, loaded.name, opts.generate, context_length(loaded.model))
-    return loaded, _routing_check(loaded, opts)
 
 
 def _prompt_encoder(loaded: LoadedModel, opts: CaptureOptions) -> Encoder | None:
@@ -344,6 +349,7 @@ def resume(
             )
         )
         verify_model(run_id, config, loaded)
+        _check_prompting(loaded, opts)
         _routing_check(loaded, opts)
         store.set_status(run_id, "running")
         remaining = (p for p in stream() if p.prompt_id not in done)
