@@ -29,6 +29,7 @@ from dashboards.components.url import clicked_expert
 from dashboards.views import coactivation, expert, health, resonance, routing, runs, specialisation
 from workbench.analysis.resonance import resonance_map
 from workbench.cli import app as cli_app
+from workbench.plots.theme import FONT, INK
 from workbench.store import Store, copy_store
 
 pytestmark = pytest.mark.unit
@@ -231,6 +232,15 @@ def test_coactivation_network() -> None:
     ]  # the strongest 10% instead of nothing
     flat = df.with_columns(pl.lit(0.5).alias("lift"))  # everything below independence: no edge
     assert coactivation.network_edges(flat, 0, "lift", None)[0].height == 0
+    # Node labels stay readable: white on the darkest nodes (most pairs drawn), dark ink on light ones;
+    # the colour bar says what the colour counts.
+    fig = coactivation.network_figure(df, 0, "count", 10)  # pairs 0–1, 2–3, 1–3: degrees 1, 2, 1, 2
+    nodes = fig.data[-1]
+    assert [int(c[2]) for c in nodes.customdata] == [1, 2, 1, 2]
+    assert list(nodes.textfont.color) == [INK, "white", INK, "white"]
+    bar = nodes.marker.colorbar.title.text
+    assert "pairs drawn" in bar and "(count)" in bar and bar != "edges"
+    assert fig.layout.template.layout.font.family == FONT
     with pytest.raises(ValueError, match="edge weight"):
         coactivation.network_edges(df, 0, "pmi", None)
     with pytest.raises(ValueError, match="layer 3"):

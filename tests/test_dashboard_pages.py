@@ -244,8 +244,13 @@ def test_pickers_follow_the_run_in_the_pages_callbacks(app: dash.Dash, db: str) 
         labels, label, prompts, prompt, layers, layer = page["routing"].options(RUN, "math", None, 1)
         assert (label, len(prompts), prompt, layer) == ("math", 8, prompts[0]["value"], 1)
         assert page["routing"].options(None, "math", 3, 1) == ([labels[0]], ALL, [], None, [], None)
+        from dashboards.views.coactivation import default_layer
+
+        # a layer the run lacks (or none): the layer the figures draw, never a blank picker
+        assert page["coactivation"].layers_of(RUN, 5)[1] == default_layer(db, RUN) is not None
+        assert page["coactivation"].layers_of(RUN, None)[1] == default_layer(db, RUN)
         assert (
-            page["coactivation"].layers_of(RUN, 5)[1] == 0 and page["coactivation"].layers_of(RUN, 1)[1] == 1
+            page["coactivation"].layers_of(RUN, 1)[1] == 1 and page["coactivation"].layers_of(RUN, 0)[1] == 0
         )
         assert page["expert"].layers_of(RUN) == layers
         assert page["resonance"].labels_of(RUN, "prose", "code")[1::2] == ("prose", "code")
@@ -253,6 +258,31 @@ def test_pickers_follow_the_run_in_the_pages_callbacks(app: dash.Dash, db: str) 
         assert [o["value"] for o in page["lab"].labels_of(RUN)][1:] == ["code", "math", "prose"]
         options, keep, note = page["runs"].update_compare(RUN, "other")
         assert options == [] and keep is None and "No other run shares a prompt" in _text(note)
+
+
+def test_the_coactivation_layer_picker_names_the_layer_drawn(app: dash.Dash, db: str) -> None:
+    """The picker was blank while the default layer was still being computed and then drawn: now the
+    picker and the figures agree at every step (both waiting, then both the default layer)."""
+    from dashboards.pages import coactivation as page
+    from dashboards.views.coactivation import default_layer
+
+    data.clear_cache()
+    with app.server.test_request_context():
+        with data.nonblocking() as pending:
+            options, shown, *_, matrix_msg = page.update(RUN, None, "lift", None, None, None)[:5]
+        assert [o["value"] for o in options] == [0, 1]
+        assert pending and shown is None and "computing coactivation" in _text(matrix_msg)
+        data.clear_cache()  # (not waiting for the background workers: they start slowly on a busy machine)
+        data.analysis(db, RUN, "coactivation")  # computed here, blocking: now the table is ready
+        with data.nonblocking():
+            out = page.update(RUN, None, "lift", None, None, None)
+    expected = default_layer(db, RUN)
+    shown, matrix, network = out[1], out[2], out[5]
+    assert shown == expected is not None
+    assert (
+        f"layer {expected}" in matrix.layout.title.text and f"layer {expected}" in network.layout.title.text
+    )
+    assert out[11] == f"?run={RUN}&layer={expected}"  # the address names it too
 
 
 def test_a_registered_page_joins_the_nav(app: dash.Dash, db: str) -> None:

@@ -100,7 +100,7 @@ def layout(
                         className="wb-controls",
                     ),
                     dcc.Textarea(id="lab-text", value=DEFAULT_TEXT if text is None else text,
-                                 maxLength=MAX_PROMPT_CHARS, style={"width": "40em", "height": "3.5em"}),
+                                 maxLength=MAX_PROMPT_CHARS, className="wb-textarea"),
                     html.Div(
                         [
                             html.Button("Run intervention", id="lab-go", n_clicks=0, disabled=loaded is None),

@@ -53,6 +53,7 @@ from workbench.interventions.effects import Evaluation, evaluate, generation_dif
 from workbench.interventions.routing_shift import routing_shift
 from workbench.interventions.specs import expert_map
 from workbench.models.loading import LoadedModel
+from workbench.plots.theme import TEMPLATE
 from workbench.probefile import Prompt
 from workbench.store import Store, StoreError, StoreLockedError
 
@@ -337,7 +338,9 @@ def effects_figure(summary: pl.DataFrame) -> go.Figure:
             row=1, col=i,
         )  # fmt: skip
     fig.update_layout(
-        title="Effects per label (95% prompt-bootstrap CI; none where n < 2 prompts)", margin={"t": 70}
+        title="Effects per label (95% prompt-bootstrap CI; none where n < 2 prompts)",
+        margin={"t": 70},
+        template=TEMPLATE,
     )
     return fig
 
@@ -351,7 +354,7 @@ def shift_figure(shift: pl.DataFrame) -> go.Figure:
     ])  # fmt: skip
     fig.update_layout(
         barmode="group", title="Routing shift: selection share per token (sums to top-k per layer)",
-        yaxis_title="share", xaxis_title="layer · expert",
+        yaxis_title="share", xaxis_title="layer · expert", template=TEMPLATE,
     )  # fmt: skip
     return fig
 
