@@ -146,7 +146,27 @@ def test_runs_views(db: str) -> None:
     assert isinstance(runs.runs_table(db), DataTable)
     detail = _text(runs.run_detail(db, RUN))
     assert "Synthetic" in detail and "code" in detail and "m.1" in detail
+    assert "error" not in detail  # no `error None` for a run without one
+    assert "None" not in runs.run_metadata(data.run_info(db, RUN))["value"].to_list()
+    assert "no capture options stored" in detail  # the synthetic run was written by a script
     assert _is_message(runs.run_detail(db, None))
+    info = {"model": "m", "status": "failed", "error": "CUDA out of memory"}
+    meta = runs.run_metadata(info)
+    assert (
+        dict(meta.iter_rows())["error"] == "CUDA out of memory"
+        and dict(meta.iter_rows())["status"] == "failed"
+    )
+    assert "error" not in runs.run_metadata({**info, "error": None})["field"].to_list()
+    config = {
+        "options": {"dtype": "bfloat16", "batch_size": 16, "device": None, "device_map": {"model.layers.0": 0}},
+        "model_source": "tiny-ref", "workbench": "0.9.0", "integrity": {"probe": "abc"},
+    }  # fmt: skip
+    options = dict(runs.capture_options(config).iter_rows())
+    assert options == {
+        "dtype": "bfloat16", "batch_size": "16", "device": runs.NOT_SET, "device_map": '{"model.layers.0": 0}',
+        "model_source": "tiny-ref", "workbench": "0.9.0",
+    }  # fmt: skip
+    assert runs.capture_options({}).height == 0
 
 
 def test_routing_views(db: str) -> None:
