@@ -263,6 +263,7 @@ def _read(db: str, version: tuple[int, int], what: str, args: Options) -> Any:
                 expert=kw["expert"],
                 target=kw["target"],
                 control=kw["control"],
+                span=kw.get("span"),
             )
         if what == "contrast":
             return default_contrast(store, kw["run"])
@@ -346,11 +347,14 @@ def top_tokens(db: str, run: str, layer: int, expert: int, n: int = 15, min_coun
     return result
 
 
-def driving_tokens(db: str, run: str, layer: int, expert: int, target: str, control: str) -> pl.DataFrame:
-    """``resonance_tokens``: the tokens that make one expert resonate on the target prompts."""
+def driving_tokens(
+    db: str, run: str, layer: int, expert: int, target: str, control: str, span: str | None = None
+) -> pl.DataFrame:
+    """``resonance_tokens``: the tokens that make one expert resonate on the target prompts (within ``span``)."""
     result: pl.DataFrame = _call(
-        db, "driving_tokens", run=run, layer=int(layer), expert=int(expert), target=target, control=control
-    )
+        db, "driving_tokens", run=run, layer=int(layer), expert=int(expert), target=target, control=control,
+        span=span,
+    )  # fmt: skip
     return result
 
 

@@ -285,6 +285,28 @@ def test_the_coactivation_layer_picker_names_the_layer_drawn(app: dash.Dash, db:
     assert out[11] == f"?run={RUN}&layer={expected}"  # the address names it too
 
 
+def test_the_resonance_page_shows_a_stored_map_with_its_own_contrast(app: dash.Dash, db: str) -> None:
+    from dashboards.pages import resonance as page
+    from dashboards.views.resonance import LIVE
+
+    map_id = data.stored_resonance(db, RUN)["map_id"][0]
+    with app.server.test_request_context():
+        options, value = page.maps_of(RUN)
+        assert [o["value"] for o in options] == [LIVE, map_id] and value == LIVE
+        assert page.maps_choice(db, RUN, map_id).value == map_id
+        assert page.maps_choice(db, RUN, "rm-of-another-run").value == LIVE
+        laid = _by_id(page.layout(run=RUN, span="last:2", map=map_id))
+        assert laid["res-span"].value == "last:2" and laid["res-map"].value == map_id
+        # a stored map: drawn with its own labels (here prose vs code are ignored), pickers disabled
+        fig, _, note, tokens, *fixed, query = page.update(RUN, "prose", "code", "rd", [1, 5], "", map_id)
+        assert map_id in fig.layout.title.text and note is None and fixed == [True] * 4
+        assert "on 'code' vs 'math'" in _text(tokens)
+        assert query == f"?run={RUN}&target=prose&control=code&method=rd&map={map_id}&layer=1&expert=5"
+        fig, _, _, _, *fixed, query = page.update(RUN, "code", "math", "ftri", None, "first:3", LIVE)
+        assert fixed == [False] * 4 and fig.layout.title.text.endswith("span first:3")
+        assert query == f"?run={RUN}&target=code&control=math&method=ftri&span=first%3A3"
+
+
 def test_a_registered_page_joins_the_nav(app: dash.Dash, db: str) -> None:
     from dashboards.app import create_app
 
