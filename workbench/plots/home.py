@@ -62,7 +62,7 @@ def collapse_panels(df: pl.DataFrame) -> go.Figure:
                     "color": as_floats(part["layer"]),
                     "colorscale": "Viridis",
                     "showscale": name == "routed",
-                    "colorbar": {"title": "layer", "len": 0.8, **beside},
+                    "colorbar": {"title": "layer", "len": 0.8, **beside, **integer_ticks(df["layer"])},
                     "line": {"width": 0.5, "color": "black"},
                 },
                 customdata=np.column_stack(
