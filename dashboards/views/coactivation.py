@@ -11,7 +11,7 @@ import polars as pl
 
 from dashboards import data
 from workbench.catalog import figure_for
-from workbench.plots.theme import TEMPLATE, label_colours
+from workbench.plots.theme import TEMPLATE, integer_ticks, label_colours
 
 __all__ = [
     "ALL_NODES_UP_TO",
@@ -223,7 +223,8 @@ def network_figure(
             x=x, y=y, mode="markers+text", text=[str(e) for e in ids], textposition="middle center",
             textfont={"size": 9, "color": ink} if small else {"color": ink},
             marker={"size": size, "color": degree, "colorscale": NODE_SCALE, "line": {"width": 1, "color": "#335"},
-                    "colorbar": {"title": NODE_COLOURBAR}, "cmin": 0, "cmax": top_degree},
+                    "colorbar": {"title": NODE_COLOURBAR, **integer_ticks(range(top_degree + 1))}, "cmin": 0,
+                    "cmax": top_degree},
             customdata=np.column_stack([ids, n_a, degree]),
             hovertemplate="expert %{customdata[0]:.0f}<br>selected for %{customdata[1]:.0f} tokens"
             "<br>in %{customdata[2]:.0f} of the pairs drawn<extra></extra>",
