@@ -136,8 +136,9 @@ def update(
     db = current_db()
     at = _cell(cell)
     stored = map_id if isinstance(map_id, str) and map_id != view.LIVE else None
+    span = span.strip() if isinstance(span, str) else ""  # a request may carry anything
     query = query_string(
-        run=run, target=target, control=control, method=method, span=(span or "").strip() or None, map=stored,
+        run=run, target=target, control=control, method=method, span=span or None, map=stored,
         layer=at[0] if at else None, expert=at[1] if at else None,
     )  # fmt: skip
     fixed = stored is not None

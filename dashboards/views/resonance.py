@@ -4,6 +4,7 @@ that make a clicked expert resonate."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import plotly.graph_objects as go
@@ -63,17 +64,25 @@ def resonance_figure(
     return fig
 
 
+@dataclass(frozen=True)
 class StoredMap:
     """One stored map's rows and the contrast it was computed on (target, control, span, method)."""
 
-    def __init__(self, rows: pl.DataFrame) -> None:
+    rows: pl.DataFrame
+    map_id: str
+    target: str
+    control: str
+    span: str
+    method: str
+
+    @classmethod
+    def of(cls, rows: pl.DataFrame) -> StoredMap:
+        """The map whose rows (one ``map_id``, at least one row) are ``rows``."""
         first = rows.row(0, named=True)
-        self.rows = rows
-        self.map_id: str = str(first["map_id"])
-        self.target: str = str(first["target"])
-        self.control: str = str(first["control"])
-        self.span: str = str(first["span"] or "all")
-        self.method: str = str(first["method"])
+        return cls(
+            rows, str(first["map_id"]), str(first["target"]), str(first["control"]),
+            str(first["span"] or "all"), str(first["method"]),
+        )  # fmt: skip
 
 
 def stored_map(db: str, run: str, map_id: str) -> StoredMap:
@@ -86,7 +95,7 @@ def stored_map(db: str, run: str, map_id: str) -> StoredMap:
             f"run {run!r} has no stored resonance map {map_id!r}; its stored maps: {have or 'none'} "
             "(`moe-workbench resonate --store` stores one)"
         )
-    return StoredMap(rows)
+    return StoredMap.of(rows)
 
 
 def stored_map_figure(db: str, run: str, map_id: str) -> go.Figure:
