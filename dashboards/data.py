@@ -265,6 +265,7 @@ def _read(db: str, version: tuple[int, int], what: str, args: Options) -> Any:
                     expert=kw["expert"],
                     target=kw["target"],
                     control=kw["control"],
+                    span=kw.get("span"),
                 )
         if what == "segments":
             return segment_counts(store, kw["run"])
@@ -351,13 +352,21 @@ def top_tokens(db: str, run: str, layer: int, expert: int, n: int = 15, min_coun
 
 
 def driving_tokens(
-    db: str, run: str, layer: int, expert: int, target: str, control: str, segment: str | None = None
+    db: str,
+    run: str,
+    layer: int,
+    expert: int,
+    target: str,
+    control: str,
+    span: str | None = None,
+    segment: str | None = None,
 ) -> pl.DataFrame:
-    """``resonance_tokens``: the tokens that make one expert resonate on the target prompts (of ``segment``)."""
+    """``resonance_tokens``: the tokens that make one expert resonate on the target prompts (within ``span``
+    of ``segment``'s tokens)."""
     scoped = {"segment": segment} if segment not in (None, "all") else {}
     result: pl.DataFrame = _call(
         db, "driving_tokens", run=run, layer=int(layer), expert=int(expert), target=target, control=control,
-        **scoped,
+        span=span, **scoped,
     )  # fmt: skip
     return result
 

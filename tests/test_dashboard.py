@@ -9,6 +9,7 @@ expert (code → layer 1 expert 5) and one stored resonance map.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from dashboards.components.url import clicked_expert
 from dashboards.views import coactivation, expert, health, resonance, routing, runs, specialisation
 from workbench.analysis.resonance import resonance_map
 from workbench.cli import app as cli_app
+from workbench.plots.theme import FONT, INK
 from workbench.store import Store, copy_store
 
 pytestmark = pytest.mark.unit
@@ -145,7 +147,27 @@ def test_runs_views(db: str) -> None:
     assert isinstance(runs.runs_table(db), DataTable)
     detail = _text(runs.run_detail(db, RUN))
     assert "Synthetic" in detail and "code" in detail and "m.1" in detail
+    assert "error" not in detail  # no `error None` for a run without one
+    assert "None" not in runs.run_metadata(data.run_info(db, RUN))["value"].to_list()
+    assert "no capture options stored" in detail  # the synthetic run was written by a script
     assert _is_message(runs.run_detail(db, None))
+    info = {"model": "m", "status": "failed", "error": "CUDA out of memory"}
+    meta = runs.run_metadata(info)
+    assert (
+        dict(meta.iter_rows())["error"] == "CUDA out of memory"
+        and dict(meta.iter_rows())["status"] == "failed"
+    )
+    assert "error" not in runs.run_metadata({**info, "error": None})["field"].to_list()
+    config = {
+        "options": {"dtype": "bfloat16", "batch_size": 16, "device": None, "device_map": {"model.layers.0": 0}},
+        "model_source": "tiny-ref", "workbench": "0.9.0", "integrity": {"probe": "abc"},
+    }  # fmt: skip
+    options = dict(runs.capture_options(config).iter_rows())
+    assert options == {
+        "dtype": "bfloat16", "batch_size": "16", "device": runs.NOT_SET, "device_map": '{"model.layers.0": 0}',
+        "model_source": "tiny-ref", "workbench": "0.9.0",
+    }  # fmt: skip
+    assert runs.capture_options({}).height == 0
 
 
 def test_routing_views(db: str) -> None:
@@ -231,6 +253,15 @@ def test_coactivation_network() -> None:
     ]  # the strongest 10% instead of nothing
     flat = df.with_columns(pl.lit(0.5).alias("lift"))  # everything below independence: no edge
     assert coactivation.network_edges(flat, 0, "lift", None)[0].height == 0
+    # Node labels stay readable: white on the darkest nodes (most pairs drawn), dark ink on light ones;
+    # the colour bar says what the colour counts.
+    fig = coactivation.network_figure(df, 0, "count", 10)  # pairs 0–1, 2–3, 1–3: degrees 1, 2, 1, 2
+    nodes = fig.data[-1]
+    assert [int(c[2]) for c in nodes.customdata] == [1, 2, 1, 2]
+    assert list(nodes.textfont.color) == [INK, "white", INK, "white"]
+    bar = nodes.marker.colorbar.title.text
+    assert "pairs drawn" in bar and "(count)" in bar and bar != "edges"
+    assert fig.layout.template.layout.font.family == FONT
     with pytest.raises(ValueError, match="edge weight"):
         coactivation.network_edges(df, 0, "pmi", None)
     with pytest.raises(ValueError, match="layer 3"):
@@ -255,6 +286,49 @@ def test_resonance_views(db: str) -> None:
         resonance.resonance_figure(db, RUN, None, "math", "rd")
     with pytest.raises(ValueError, match="same label"):
         resonance.resonance_figure(db, RUN, "code", "code", "rd")
+
+
+def test_resonance_span_and_stored_maps(db: str, tmp_path: Path) -> None:
+    # A span restricts the tokens scored (and is named); a span the grammar refuses says what it accepts.
+    whole = resonance.resonance_figure(db, RUN, "code", "math", "rd", "")
+    last = resonance.resonance_figure(db, RUN, "code", "math", "rd", "last:2")
+    assert "span" not in whole.layout.title.text and last.layout.title.text.endswith("span last:2")
+    assert not np.allclose(np.asarray(whole.data[0].z, float), np.asarray(last.data[0].z, float))
+    assert resonance.span_of(" all ") is None and resonance.span_of("first:3") == "first:3"
+    with pytest.raises(ValueError, match=re.escape("not understood; use all | last:N | first:N")):
+        resonance.resonance_figure(db, RUN, "code", "math", "rd", "the end")
+    tokens = _text(resonance.driving_tokens(db, RUN, "code", "math", PLANT, "first:4"))
+    assert "(span first:4)" in tokens
+
+    # The stored maps are offered after the map computed here, and drawn with their own contrast.
+    options = resonance.map_options(db, RUN)
+    assert options[0]["value"] == resonance.LIVE and len(options) == 2
+    stored = data.stored_resonance(db, RUN)
+    map_id = stored["map_id"][0]
+    assert options[1]["value"] == map_id and "rd · code vs math · span all" in options[1]["label"]
+    fig = resonance.stored_map_figure(db, RUN, map_id)
+    assert map_id in fig.layout.title.text and "'code' vs 'math'" in fig.layout.title.text
+    cell = stored.filter((pl.col("layer") == PLANT[0]) & (pl.col("expert") == PLANT[1]))
+    assert np.asarray(fig.data[0].z, float)[PLANT] == pytest.approx(cell["rd"][0])
+    with pytest.raises(
+        ValueError, match=f"no stored resonance map 'rm-nope'; its stored maps: \\['{map_id}'\\]"
+    ):
+        resonance.stored_map_figure(db, RUN, "rm-nope")
+
+    # A causal map (resonate --method causal --store) shows its effect, the colour bar in its unit.
+    copy = copy_store(db, tmp_path / "causal.duckdb")
+    causal = stored.filter(pl.col("map_id") == map_id).select(
+        "layer", "expert", "rd", "ftri", "ci_low", "ci_high", "p", "q", "n_target", "n_control"
+    )
+    causal = causal.with_columns((pl.col("layer") * 10 + pl.col("expert")).cast(pl.Float64).alias("effect"))
+    with Store(copy) as st:
+        causal_id = st.write_resonance(
+            RUN, causal, target="code", control="math", method="causal", span="last:3"
+        )
+    fig = resonance.stored_map_figure(str(copy), RUN, causal_id)
+    assert np.asarray(fig.data[0].z, float)[PLANT] == PLANT[0] * 10 + PLANT[1]
+    assert "effect" in fig.data[0].colorbar.title.text and "span last:3" in fig.layout.title.text
+    assert "causal · code vs math · span last:3" in resonance.map_options(str(copy), RUN)[2]["label"]
 
 
 def test_expert_card(db: str) -> None:

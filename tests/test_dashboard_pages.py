@@ -247,8 +247,13 @@ def test_pickers_follow_the_run_in_the_pages_callbacks(app: dash.Dash, db: str) 
         labels, label, prompts, prompt, layers, layer = page["routing"].options(RUN, "math", None, 1)
         assert (label, len(prompts), prompt, layer) == ("math", 8, prompts[0]["value"], 1)
         assert page["routing"].options(None, "math", 3, 1) == ([labels[0]], ALL, [], None, [], None)
+        from dashboards.views.coactivation import default_layer
+
+        # a layer the run lacks (or none): the layer the figures draw, never a blank picker
+        assert page["coactivation"].layers_of(RUN, 5)[1] == default_layer(db, RUN) is not None
+        assert page["coactivation"].layers_of(RUN, None)[1] == default_layer(db, RUN)
         assert (
-            page["coactivation"].layers_of(RUN, 5)[1] == 0 and page["coactivation"].layers_of(RUN, 1)[1] == 1
+            page["coactivation"].layers_of(RUN, 1)[1] == 1 and page["coactivation"].layers_of(RUN, 0)[1] == 0
         )
         assert page["expert"].layers_of(RUN) == layers
         assert page["resonance"].labels_of(RUN, "prose", "code")[1::2] == ("prose", "code")
@@ -262,6 +267,53 @@ def test_pickers_follow_the_run_in_the_pages_callbacks(app: dash.Dash, db: str) 
         assert "experts" not in page["lab"].query(RUN, 0, 0.5, "zero", None, "code", 8, None)  # not a list
         options, keep, note = page["runs"].update_compare(RUN, "other")
         assert options == [] and keep is None and "No other run shares a prompt" in _text(note)
+
+
+def test_the_coactivation_layer_picker_names_the_layer_drawn(app: dash.Dash, db: str) -> None:
+    """The picker was blank while the default layer was still being computed and then drawn: now the
+    picker and the figures agree at every step (both waiting, then both the default layer)."""
+    from dashboards.pages import coactivation as page
+    from dashboards.views.coactivation import default_layer
+
+    data.clear_cache()
+    with app.server.test_request_context():
+        with data.nonblocking() as pending:
+            options, shown, *_, matrix_msg = page.update(RUN, None, "lift", None, None, None)[:5]
+        assert [o["value"] for o in options] == [0, 1]
+        assert pending and shown is None and "computing coactivation" in _text(matrix_msg)
+        data.clear_cache()  # (not waiting for the background workers: they start slowly on a busy machine)
+        data.analysis(db, RUN, "coactivation")  # computed here, blocking: now the table is ready
+        with data.nonblocking():
+            out = page.update(RUN, None, "lift", None, None, None)
+    expected = default_layer(db, RUN)
+    shown, matrix, network = out[1], out[2], out[5]
+    assert shown == expected is not None
+    assert (
+        f"layer {expected}" in matrix.layout.title.text and f"layer {expected}" in network.layout.title.text
+    )
+    assert out[11] == f"?run={RUN}&layer={expected}"  # the address names it too
+
+
+def test_the_resonance_page_shows_a_stored_map_with_its_own_contrast(app: dash.Dash, db: str) -> None:
+    from dashboards.pages import resonance as page
+    from dashboards.views.resonance import LIVE
+
+    map_id = data.stored_resonance(db, RUN)["map_id"][0]
+    with app.server.test_request_context():
+        options, value = page.maps_of(RUN)
+        assert [o["value"] for o in options] == [LIVE, map_id] and value == LIVE
+        assert page.maps_choice(db, RUN, map_id).value == map_id
+        assert page.maps_choice(db, RUN, "rm-of-another-run").value == LIVE
+        laid = _by_id(page.layout(run=RUN, span="last:2", map=map_id))
+        assert laid["res-span"].value == "last:2" and laid["res-map"].value == map_id
+        # a stored map: drawn with its own labels (here prose vs code are ignored), pickers disabled
+        fig, _, note, tokens, *fixed, query = page.update(RUN, "prose", "code", "rd", [1, 5], "", map_id)
+        assert map_id in fig.layout.title.text and note is None and fixed == [True] * 5
+        assert "on 'code' vs 'math'" in _text(tokens)
+        assert query == f"?run={RUN}&target=prose&control=code&method=rd&map={map_id}&layer=1&expert=5"
+        fig, _, _, _, *fixed, query = page.update(RUN, "code", "math", "ftri", None, "first:3", LIVE)
+        assert fixed == [False] * 5 and fig.layout.title.text.endswith("span first:3")
+        assert query == f"?run={RUN}&target=code&control=math&method=ftri&span=first%3A3"
 
 
 def test_a_registered_page_joins_the_nav(app: dash.Dash, db: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -20,6 +21,7 @@ from workbench.catalog import (
     figure_options,
     run_analysis,
 )
+from workbench.plots.theme import FONT
 from workbench.store import Store
 
 pytestmark = pytest.mark.unit
@@ -167,6 +169,34 @@ def _needed_column(name: str, df: pl.DataFrame) -> str | None:
     return None
 
 
+def _axes(fig: go.Figure) -> dict[str, Any]:
+    """Every x/y axis of the figure's layout, by name (``xaxis``, ``yaxis2`` ...)."""
+    layout = fig.layout
+    return {k: layout[k] for k in layout if k.startswith(("xaxis", "yaxis")) and layout[k] is not None}
+
+
+def _check_look(name: str, fig: go.Figure) -> None:
+    """The workbench template; whole-number ticks on every layer axis; no colorbar inside a plot area."""
+    assert fig.layout.template.layout.font.family == FONT, f"{name}: not drawn in the workbench template"
+    axes = _axes(fig)
+    for axis_name, axis in axes.items():
+        if (axis.title.text or "").split(" (")[0] != "layer":
+            continue
+        if axis.tickmode == "array":
+            ticks = list(axis.tickvals)
+            assert ticks and all(float(t).is_integer() for t in ticks), (name, axis_name, ticks)
+        else:
+            assert axis.tickmode == "linear" and float(axis.dtick).is_integer(), (name, axis_name, axis.dtick)
+    domains = [tuple(a.domain) for k, a in axes.items() if k.startswith("xaxis") and a.domain is not None]
+    for trace in fig.data:
+        bars = [getattr(trace, "colorbar", None), getattr(getattr(trace, "marker", None), "colorbar", None)]
+        for bar in bars:
+            if bar is None or bar.x is None:
+                continue
+            inside = [d for d in domains if d[0] < bar.x < d[1]]
+            assert not inside, f"{name}: colorbar at x={bar.x} lies over the plot area {inside}"
+
+
 @pytest.mark.parametrize("name", sorted(ANALYSES))
 def test_every_figure_draws_its_table(name: str, tables: dict[str, pl.DataFrame]) -> None:
     df = tables[name]
@@ -180,6 +210,7 @@ def test_every_figure_draws_its_table(name: str, tables: dict[str, pl.DataFrame]
         assert hover and "%{" in hover, f"{name}: trace {trace.name!r} has no numeric hover"
     html = fig.to_html(include_plotlyjs=False)
     assert "plotly" in html.lower()
+    _check_look(name, fig)
     assert _needed_column(name, df) is not None, f"{name}: no dropped column gives a ValueError naming it"
     with pytest.raises(ValueError, match=r"empty|no labels|no layers"):
         figure_for(name, df.clear())

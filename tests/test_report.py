@@ -25,6 +25,7 @@ from workbench.analysis.specialisation import specialised_cells
 from workbench.catalog import ANALYSES, findings_for, run_analysis
 from workbench.catalog.findings_specialisation import specialist_sentence
 from workbench.cli import app
+from workbench.plots.theme import FONT
 from workbench.reports import write_report
 from workbench.reports.html import anchor
 from workbench.store import Store
@@ -36,6 +37,8 @@ E, K = 8, 2
 XSS = '<script>window.__xss = 1</script><img src="https://example.invalid/x.png">'
 LABELS = ("code", "math", XSS)
 PLANT_LAYER, PLANT_EXPERT, PLANT_PROB = 1, 5, 0.9
+TOC_MARKER_PX = 32
+"""Room the contents' second column needs for its item numbers ("20." at the page's size, and a space)."""
 
 
 def _routing(rng: np.random.Generator, sk: Any, labels: list[str]) -> np.ndarray:
@@ -241,11 +244,28 @@ def _open(browser: Any, report: Path, shot: Path) -> dict[str, Any]:
     page.wait_for_function(f"() => ({drawn_js})() === {expected}", timeout=30_000)
     drawn = page.evaluate(drawn_js)
     xss = page.evaluate("() => window.__xss === undefined")
+    # The contents' second column starts far enough right of the first for its numbers (which sit
+    # outside the items) not to cover the first column's text, as they once did.
+    toc_gap = page.evaluate(
+        """() => {
+            const boxes = [...document.querySelectorAll('nav.toc li')].map(li => li.getBoundingClientRect());
+            const left = Math.min(...boxes.map(b => b.left));
+            const first = boxes.filter(b => b.left === left), second = boxes.filter(b => b.left > left);
+            if (!second.length) { return null; }
+            return Math.min(...second.map(b => b.left)) - Math.max(...first.map(b => b.right));
+        }"""
+    )
+    fonts = page.evaluate(
+        "() => [...document.querySelectorAll('div.js-plotly-plot')].map(d => d._fullLayout.font.family)"
+    )
     page.screenshot(path=str(shot), full_page=False)
     if expected:
         page.locator("div.plotly-graph-div").first.screenshot(path=str(shot.with_suffix(".figure.png")))
     page.close()
-    return {"errors": errors, "outside": outside, "expected": expected, "drawn": drawn, "xss_safe": xss}
+    return {
+        "errors": errors, "outside": outside, "expected": expected, "drawn": drawn, "xss_safe": xss,
+        "toc_gap": toc_gap, "fonts": fonts,
+    }  # fmt: skip
 
 
 def test_report_renders_in_headless_chromium(synthetic_report: Path, tiny_ref_report: Path) -> None:
@@ -264,6 +284,11 @@ def test_report_renders_in_headless_chromium(synthetic_report: Path, tiny_ref_re
         assert res["outside"] == [], (name, res["outside"])
         assert res["xss_safe"], name
         assert res["drawn"] == res["expected"], (name, res)
+        assert res["toc_gap"] is None or res["toc_gap"] >= TOC_MARKER_PX, (name, res["toc_gap"])
+        assert set(res["fonts"]) == {FONT}, (
+            name,
+            set(res["fonts"]),
+        )  # every figure in the workbench template
     # The real capture has logits, expert stats and the model: all but drift and resonance are drawn.
     assert results["tiny-ref"]["expected"] >= len(ANALYSES) - 2
     assert results["synthetic"]["expected"] >= 10

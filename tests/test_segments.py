@@ -19,7 +19,13 @@ import workbench.analysis  # noqa: F401  (registers the logits part of the summa
 from workbench.catalog import ANALYSES, run_analysis
 from workbench.cli import app
 from workbench.store import Store, StoreError, queries, summaries
-from workbench.store.segments import check_segment, parse_segment, segment_counts
+from workbench.store.segments import (
+    check_segment,
+    parse_segment,
+    segment_counts,
+    split_stored_span,
+    stored_span,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -210,7 +216,7 @@ def test_dashboard_resonance_page_offers_the_run_segments(
     assert choice.options[2]["label"] == f"response tokens ({counts['response']:,})"
     only_prompts = segment_choice(str(copies), "prompt-only", "response")  # a run without responses
     assert [o["value"] for o in only_prompts.options] == ["all", "prompt"] and only_prompts.value == "all"
-    fig = resonance.resonance_figure(str(db), run, "harmful", "benign", "rd", "response")
+    fig = resonance.resonance_figure(str(db), run, "harmful", "benign", "rd", segment="response")
     with Store(db, read_only=True) as store:
         want = run_analysis("resonance", store, run, segment="response", target="harmful", control="benign")
         every = run_analysis("resonance", store, run, target="harmful", control="benign")
@@ -220,5 +226,21 @@ def test_dashboard_resonance_page_offers_the_run_segments(
     assert not (
         every.sort("layer", "expert")["rd"].to_numpy().reshape(-1, n_experts) == z
     ).all()  # ... not all
-    tokens = resonance.driving_tokens(str(db), run, "harmful", "benign", (0, 0), "response")
+    tokens = resonance.driving_tokens(str(db), run, "harmful", "benign", (0, 0), segment="response")
     assert tokens is not None
+
+
+@pytest.mark.parametrize(
+    ("segment", "span"),
+    [(None, "all"), ("response", "all"), ("prompt", "last:4"), ("response", "positions:2-5")],
+)
+def test_a_stored_span_names_its_segment_and_gives_it_back(segment: str | None, span: str) -> None:
+    stored = stored_span(segment, span)
+    assert stored == (span if segment is None else f"{segment}:{span}")
+    assert split_stored_span(stored) == (segment, span)
+
+
+def test_a_span_without_a_segment_is_not_read_as_one() -> None:
+    assert split_stored_span("last:4") == (None, "last:4")  # 'last' is no segment
+    assert split_stored_span(None) == (None, "all")
+    assert split_stored_span("response") == (None, "response")  # no span after it: not this encoding

@@ -4,7 +4,9 @@
   choice is invalid (a page never shows a traceback);
 * :func:`guarded` — runs a view function and turns the errors a user can cause or meet
   (unknown run, locked store, an analysis that needs what the run lacks) into a message;
-* :func:`table` / :func:`figure` — a DataTable from a polars frame, a Graph from a figure;
+* :func:`table` / :func:`figure` — a DataTable from a polars frame (numbers right-aligned, text
+  left), a Graph from a figure (every figure shown gets the workbench plotly template,
+  :mod:`workbench.plots.theme`, whoever built it);
 * :func:`query_string` / :func:`expert_href` / :func:`to_int` / :func:`to_float` — the URL state: every view is
   described by its query string, so any view can be shared by copying the address.
 """
@@ -23,6 +25,7 @@ import polars as pl
 from dash import dcc, html
 from dash.dash_table.DataTable import DataTable
 
+from workbench.plots.theme import themed
 from workbench.store import StoreError
 
 __all__ = [
@@ -130,10 +133,15 @@ def table(
     page_size: int = 15,
     empty: str = "no rows",
 ) -> DataTable | html.Div:
-    """A sortable, filterable DataTable of ``df`` (``columns`` to pick and order), or a message if empty."""
+    """A sortable, filterable DataTable of ``df`` (``columns`` to pick and order), or a message if empty.
+
+    Numeric columns are right-aligned (digits line up), every other column left-aligned (text reads
+    from its start).
+    """
     if df.height == 0:
         return message(empty)
     shown = df.select(list(columns)) if columns else df
+    numeric = [name for name, dtype in shown.schema.items() if dtype.is_numeric()]
     records = [{k: _cell(v) for k, v in row.items()} for row in shown.iter_rows(named=True)]
     kwargs: dict[str, Any] = {"id": table_id} if table_id else {}
     kwargs["data"] = records  # cells are str/number/bool/None; the stub's Sequence[dict] is narrower
@@ -147,15 +155,17 @@ def table(
             "fontFamily": "monospace",
             "fontSize": "12px",
             "padding": "2px 6px",
-            "textAlign": "right",
+            "textAlign": "left",
         },
+        style_cell_conditional=[{"if": {"column_id": name}, "textAlign": "right"} for name in numeric],
         style_header={"fontWeight": "bold"},
         **kwargs,
     )
 
 
 def figure(fig: go.Figure, graph_id: str | None = None, height: int | None = None) -> dcc.Graph:
-    """A Graph of ``fig`` (``graph_id`` when a callback listens to its clicks)."""
+    """A Graph of ``fig`` in the workbench template (``graph_id`` when a callback listens to its clicks)."""
+    themed(fig)
     if height is not None:
         fig.update_layout(height=height)
     kwargs: dict[str, Any] = {"id": graph_id} if graph_id else {}
@@ -173,7 +183,7 @@ def slot(graph_id: str) -> html.Div:
     """
     return html.Div(
         [
-            dcc.Graph(id=graph_id, figure=go.Figure(), style=HIDDEN, config={"displaylogo": False}),
+            dcc.Graph(id=graph_id, figure=themed(go.Figure()), style=HIDDEN, config={"displaylogo": False}),
             html.Div(id=f"{graph_id}-msg"),
         ],
         className="wb-slot",
@@ -181,11 +191,12 @@ def slot(graph_id: str) -> html.Div:
 
 
 def fill(fn: Callable[..., go.Figure], *args: Any, **kwargs: Any) -> tuple[go.Figure, dict[str, str], Any]:
-    """(figure, graph style, message) for a :func:`slot`: the figure ``fn`` draws, or why there is none."""
+    """(figure, graph style, message) for a :func:`slot`: the figure ``fn`` draws (in the workbench
+    template), or why there is none."""
     result = guarded(fn, *args, **kwargs)
     if isinstance(result, go.Figure):
-        return result, {}, None
-    return go.Figure(), HIDDEN, result
+        return themed(result), {}, None
+    return themed(go.Figure()), HIDDEN, result
 
 
 def choices(fn: Callable[..., list[dict[str, Any]]], *args: Any) -> tuple[list[dict[str, Any]], Any]:

@@ -2,7 +2,11 @@
 card), the same layer as a network of its strongest pairs (by lift or count above a threshold, at
 most N of them; click an expert for its card), and the cross-layer top-1 pathways as a Sankey
 diagram (the N most frequent per layer pair). Both Ns have a control: at E = 256 thousands of pairs
-pass the threshold, and drawn all at once they hide each other."""
+pass the threshold, and drawn all at once they hide each other.
+
+The layer picker always names the layer the figures show: when none is chosen (or the run lacks the
+chosen one) the page shows the run's most structured layer and writes it into the picker, so the
+picker is never blank beside a drawn layer (it was while that default was still being computed)."""
 
 from __future__ import annotations
 
@@ -53,7 +57,7 @@ def layout(
             html.Div(
                 [
                     runs.dropdown("coact-run"),
-                    Choice(layers.options, chosen).dropdown("coact-layer", clearable=True),
+                    Choice(layers.options, chosen).dropdown("coact-layer"),
                 ],
                 className="wb-controls",
             ),
@@ -112,26 +116,37 @@ def count_input(input_id: str, value: Any, default: int) -> dcc.Input:
     )
 
 
-def layers_of(run: str | None, layer: int | None) -> tuple[list[Any], Any]:
-    """The run's layers, keeping the chosen one when the run has it."""
-    return layer_choice(current_db(), run, layer).update()
+def layers_of(run: str | None, layer: Any) -> tuple[list[Any], Any]:
+    """(options, value) of the layer picker: the run's layers, the chosen one when the run has it, else
+    the run's most structured layer (:func:`dashboards.views.coactivation.default_layer`; None while
+    that is still being computed, or when the run has no co-activations)."""
+    db = current_db()
+    layers = layer_choice(db, run, layer)
+    if layers.offers(to_int(layer)) or not run:
+        return layers.update()
+    found = guarded(view.default_layer, db, run)
+    return layers.options, found if isinstance(found, int) and layers.offers(found) else None
 
 
 def update(
-    run: str | None, layer: int | None, metric: str | None, threshold: Any, top: Any, paths: Any
+    run: str | None, layer: Any, metric: str | None, threshold: Any, top: Any, paths: Any
 ) -> tuple[Any, ...]:
-    """Matrix, network and Sankey for the choices, and the view's query string (defaults left out)."""
+    """The layer picker (:func:`layers_of`: it names the layer drawn), matrix, network and Sankey for the
+    choices, and the view's query string (defaults left out)."""
     db = current_db()
+    options, shown = layers_of(run, layer)
     metric = metric or "lift"
     minimum = to_float(threshold)
     pairs = to_int(top) or view.DEFAULT_TOP_PAIRS
     per_pair = to_int(paths) or view.DEFAULT_PATHS
     return (
-        *fill(view.matrix, db, run, to_int(layer)),
-        *fill(view.network, db, run, to_int(layer), metric, minimum, pairs),
+        options,
+        shown,
+        *fill(view.matrix, db, run, shown),
+        *fill(view.network, db, run, shown, metric, minimum, pairs),
         *fill(view.pathways, db, run, per_pair),
         query_string(
-            run=run, layer=layer, metric=None if metric == "lift" else metric, min=minimum,
+            run=run, layer=shown, metric=None if metric == "lift" else metric, min=minimum,
             top=None if pairs == view.DEFAULT_TOP_PAIRS else pairs,
             paths=None if per_pair == view.DEFAULT_PATHS else per_pair,
         ),
@@ -153,9 +168,6 @@ def open_card(click: Any, net_click: Any, run: str | None, layer: int | None) ->
 
 callback(
     Output("coact-layer", "options"), Output("coact-layer", "value"),
-    Input("coact-run", "value"), State("coact-layer", "value"), prevent_initial_call=True,
-)(layers_of)  # fmt: skip
-callback(
     Output("coact-matrix", "figure"), Output("coact-matrix", "style"), Output("coact-matrix-msg", "children"),
     Output("coact-network", "figure"), Output("coact-network", "style"), Output("coact-network-msg", "children"),
     Output("coact-sankey", "figure"), Output("coact-sankey", "style"), Output("coact-sankey-msg", "children"),

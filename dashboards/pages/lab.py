@@ -120,7 +120,7 @@ def layout(
                         className="wb-controls",
                     ),
                     dcc.Textarea(id="lab-text", value=DEFAULT_TEXT if text is None else text,
-                                 maxLength=MAX_PROMPT_CHARS, style={"width": "40em", "height": "3.5em"},
+                                 maxLength=MAX_PROMPT_CHARS, className="wb-textarea",
                                  disabled=not typed, title=TEXT_TITLE),
                     html.Div(
                         [

@@ -25,6 +25,7 @@ from dashboards.views.common import ci_column
 from workbench.interventions.circuits import CircuitComparison, compare_circuits
 from workbench.interventions.metrics import gold_logprob
 from workbench.models.loading import LoadedModel
+from workbench.plots.theme import TEMPLATE
 from workbench.probefile import Prompt
 
 __all__ = [
@@ -122,7 +123,7 @@ def importance_scatter(result: CircuitComparison) -> go.Figure:
         )  # fmt: skip
     fig.update_layout(
         title=f"Expert importance: {a.label} vs {b.label} (Δ gold log-prob when ablated alone)",
-        xaxis_title=f"importance for {a.label}", yaxis_title=f"importance for {b.label}",
+        xaxis_title=f"importance for {a.label}", yaxis_title=f"importance for {b.label}", template=TEMPLATE,
     )  # fmt: skip
     return fig
 

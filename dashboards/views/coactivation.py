@@ -11,6 +11,7 @@ import polars as pl
 
 from dashboards import data
 from workbench.catalog import figure_for
+from workbench.plots.theme import TEMPLATE, integer_ticks, label_colours
 
 __all__ = [
     "ALL_NODES_UP_TO",
@@ -34,6 +35,10 @@ DEFAULT_MIN_LIFT = 1.5
 """Default lift threshold: pairs selected together 1.5× as often as if they were independent."""
 COUNT_QUANTILE = 0.9
 """Default count threshold: the layer's 90th percentile of pair counts (its strongest 10% of pairs)."""
+NODE_SCALE = "Blues"
+"""Node fill: how many of the drawn pairs an expert is in (white: none, dark blue: the most)."""
+NODE_COLOURBAR = "pairs drawn<br>with the expert<br>(count)"
+"""What a node's colour measures, and in what unit."""
 WIDTHS = (1.0, 2.5, 4.5, 7.0)
 """Edge line widths, weakest to strongest quarter of the kept edges' weights."""
 DEFAULT_TOP_PAIRS = 40
@@ -211,15 +216,18 @@ def network_figure(
                 "<br>lift %{customdata[3]:.3f}<br>P(b|a) %{customdata[4]:.4f}<extra></extra>",
             )
         )  # fmt: skip
+    top_degree = max(1, int(degree.max(initial=0)))
+    ink = label_colours(degree, NODE_SCALE, 0, top_degree)  # white on dark nodes, dark on light ones
     traces.append(
         go.Scatter(
             x=x, y=y, mode="markers+text", text=[str(e) for e in ids], textposition="middle center",
-            textfont={"size": 9} if small else None,
-            marker={"size": size, "color": degree, "colorscale": "Blues", "line": {"width": 1, "color": "#335"},
-                    "colorbar": {"title": "edges"}, "cmin": 0, "cmax": max(1, int(degree.max(initial=0)))},
+            textfont={"size": 9, "color": ink} if small else {"color": ink},
+            marker={"size": size, "color": degree, "colorscale": NODE_SCALE, "line": {"width": 1, "color": "#335"},
+                    "colorbar": {"title": NODE_COLOURBAR, **integer_ticks(range(top_degree + 1))}, "cmin": 0,
+                    "cmax": top_degree},
             customdata=np.column_stack([ids, n_a, degree]),
             hovertemplate="expert %{customdata[0]:.0f}<br>selected for %{customdata[1]:.0f} tokens"
-            "<br>%{customdata[2]:.0f} edges shown<extra></extra>",
+            "<br>in %{customdata[2]:.0f} of the pairs drawn<extra></extra>",
             showlegend=False,
         )
     )  # fmt: skip
@@ -239,7 +247,7 @@ def network_figure(
     fig.update_layout(
         title=title,
         xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"},
-        template="plotly_white", height=560, margin={"l": 20, "r": 20, "t": 60, "b": 20},
+        template=TEMPLATE, height=560, margin={"l": 20, "r": 20, "t": 60, "b": 20},
     )  # fmt: skip
     return fig
 

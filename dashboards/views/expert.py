@@ -17,6 +17,7 @@ from dashboards.components import expert_href, figure, guarded, message, table
 from dashboards.components.common import is_pending
 from dashboards.views.coactivation import partner_count, partners
 from dashboards.views.common import ci_column
+from workbench.plots.theme import TEMPLATE
 
 __all__ = [
     "ABLATIONS",
@@ -106,7 +107,7 @@ def label_shares(db: str, run: str, layer: int, expert: int) -> go.Figure:
     )  # fmt: skip
     fig.update_layout(
         title="Share of each label's tokens routed here<br><sup>95% CI; * = specialised vs the other labels</sup>",
-        yaxis_title="share", template="plotly_white",
+        yaxis_title="share", template=TEMPLATE,
         height=320,
     )  # fmt: skip
     return fig

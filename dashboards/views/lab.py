@@ -60,6 +60,7 @@ from workbench.interventions.position_effects import position_effects
 from workbench.interventions.routing_shift import routing_shift
 from workbench.interventions.specs import expert_map
 from workbench.models.loading import LoadedModel
+from workbench.plots.theme import TEMPLATE
 from workbench.probefile import Prompt
 from workbench.store import Store, StoreError, StoreLockedError
 
@@ -381,7 +382,7 @@ def effects_figure(summary: pl.DataFrame) -> go.Figure:
             ),
             row=1, col=i,
         )  # fmt: skip
-    fig.update_layout(title=effects_title(summary), margin={"t": 70})
+    fig.update_layout(title=effects_title(summary), margin={"t": 70}, template=TEMPLATE)
     return fig
 
 
@@ -409,7 +410,7 @@ def shift_figure(shift: pl.DataFrame) -> go.Figure:
     ])  # fmt: skip
     fig.update_layout(
         barmode="group", title="Routing shift: selection share per token (sums to top-k per layer)",
-        yaxis_title="share", xaxis_title="layer · expert",
+        yaxis_title="share", xaxis_title="layer · expert", template=TEMPLATE,
     )  # fmt: skip
     return fig
 

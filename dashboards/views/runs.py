@@ -1,7 +1,12 @@
-"""Runs page: every run's metadata, and the chosen run's layers and labels with links into it."""
+"""Runs page: every run's metadata, and the chosen run's capture options, layers and labels with links into it.
+
+A run's status is shown as the store reports it (``running``, ``complete``, ``failed`` …); its error
+only when it has one.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import polars as pl
@@ -13,9 +18,12 @@ from dashboards.components.nav import nav_pages
 from workbench.analysis.compare import drift_coverage
 from workbench.catalog import figure_for
 
-__all__ = ["run_detail", "run_drift", "runs_table"]
+__all__ = ["capture_options", "run_detail", "run_drift", "run_metadata", "runs_table"]
 
 RUN_COLUMNS = ("run_id", "model", "architecture", "probe", "n_experts", "top_k", "status", "created_at")
+META_KEYS = ("model", "architecture", "probe", "n_experts", "top_k", "status", "created_at")
+NOT_SET = "default"
+"""How an option the capture left unset shows (the model's or the library's default applied)."""
 
 
 def runs_table(db: str) -> Any:
@@ -30,13 +38,34 @@ def runs_table(db: str) -> Any:
     return table(shown, table_id="runs-table")
 
 
+def run_metadata(info: dict[str, Any]) -> pl.DataFrame:
+    """(field, value) rows of a run's metadata; ``error`` only when the run has one."""
+    keys = [*META_KEYS, "error"] if info.get("error") else list(META_KEYS)
+    return pl.DataFrame({"field": keys, "value": [str(info.get(k)) for k in keys]})
+
+
+def capture_options(config: dict[str, Any]) -> pl.DataFrame:
+    """(option, value) rows: how the run was captured (dtype, device, backend, batch size … as stored in its
+    config), then where the model came from and which workbench version wrote it. Unset options say
+    :data:`NOT_SET`; a run imported or written by a script may have none (an empty frame)."""
+    options = config.get("options")
+    rows = [(str(k), NOT_SET if v is None else _option(v)) for k, v in (options or {}).items()]
+    rows += [(k, _option(config[k])) for k in ("model_source", "workbench") if config.get(k) is not None]
+    return pl.DataFrame(rows, schema={"option": pl.Utf8, "value": pl.Utf8}, orient="row")
+
+
+def _option(value: Any) -> str:
+    """An option's value as text: JSON for structures (a device map), else ``str``."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+
+
 def run_detail(db: str, run: str | None) -> Any:
-    """One run: its metadata, its MoE layers, its labels (prompts and tokens), links to every view."""
+    """One run: its metadata, capture options, MoE layers, labels (prompts and tokens), links to every view."""
     if not run:
         return message("Pick a run above.")
     info = data.run_info(db, run)
-    keys = ("model", "architecture", "probe", "n_experts", "top_k", "status", "created_at", "error")
-    meta = pl.DataFrame({"field": list(keys), "value": [str(info.get(k)) for k in keys]})
+    meta = run_metadata(info)
+    options = capture_options(info.get("config") or {})
     prompts = data.prompts(db, run)
     labels = (
         prompts.group_by("label")
@@ -54,8 +83,19 @@ def run_detail(db: str, run: str | None) -> Any:
             html.Div(links, className="wb-links"),
             html.Div(
                 [
-                    html.Div([html.H4("Metadata"), table(meta)], className="wb-col"),
-                    html.Div([html.H4("MoE layers"), table(data.layers(db, run))], className="wb-col"),
+                    html.Div([html.H4("Metadata"), table(meta, table_id="runs-meta")], className="wb-col"),
+                    html.Div(
+                        [
+                            html.H4("Capture options"),
+                            table(
+                                options,
+                                table_id="runs-options",
+                                page_size=40,
+                                empty="no capture options stored (an imported run, or one written by a script)",
+                            ),
+                        ],
+                        className="wb-col",
+                    ),
                     html.Div(
                         [html.H4("Labels"), table(labels, empty="the run has no prompts yet")],
                         className="wb-col",
@@ -63,6 +103,8 @@ def run_detail(db: str, run: str | None) -> Any:
                 ],
                 className="wb-row",
             ),
+            # a row of its own: the layers table is wide (module paths), and in a column it was clipped
+            html.Div([html.H4("MoE layers"), table(data.layers(db, run), table_id="runs-layers")]),
         ]
     )
 

@@ -87,7 +87,7 @@ def resonate(
 
     from workbench.analysis.resonance import resonance_map, resonance_tokens
     from workbench.store import Store
-    from workbench.store.segments import check_segment, parse_segment, segment_scope
+    from workbench.store.segments import check_segment, parse_segment, segment_scope, stored_span
 
     suffix = out_file.suffix.lower() if out_file is not None else None
     if suffix not in (None, ".csv", ".parquet"):
@@ -131,7 +131,7 @@ def resonate(
                 map_id = store.write_resonance(
                     run, frame.drop("method", "rate_target", "rate_control"),
                     target=target, control=control, method=method.value,
-                    span=span if chosen is None else f"{chosen}:{span}",
+                    span=stored_span(chosen, span),
                 )  # fmt: skip
                 note(f"stored as resonance map {map_id}")
     except user_errors() as exc:

@@ -13,7 +13,7 @@ from workbench.plots.health import balance_lines, load_bars, router_confidence_l
 from workbench.plots.home import collapse_panels, degradation_scatter, underfitting_bars
 from workbench.plots.information import mutual_information_lines, probe_accuracy
 from workbench.plots.relevance import agreement_heatmap, esft_heatmap, tcess_heatmap, vocab_lines
-from workbench.plots.specialisation import resonance_heatmap, specialisation_heatmap
+from workbench.plots.specialisation import resonance_heatmap, specialisation_heatmap, stored_resonance_heatmap
 
 __all__ = [
     "agreement_heatmap",
@@ -33,6 +33,7 @@ __all__ = [
     "resonance_heatmap",
     "router_confidence_lines",
     "specialisation_heatmap",
+    "stored_resonance_heatmap",
     "super_expert_strip",
     "tcess_heatmap",
     "underfitting_bars",

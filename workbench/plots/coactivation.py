@@ -13,8 +13,10 @@ from workbench.plots.common import (
     SQUARE_HEIGHT,
     as_floats,
     check_frame,
+    colorbar_beside,
     colour,
     compact,
+    integer_ticks,
     layer_expert_grid,
     pick_layer,
     require_columns,
@@ -180,7 +182,7 @@ def fixed_partners_heatmap(df: pl.DataFrame) -> go.Figure:
         cols=2,
         column_widths=[0.78, 0.22],
         shared_yaxes=True,
-        horizontal_spacing=0.03,
+        horizontal_spacing=0.12,
         subplot_titles=("partners covering the share, per expert", "layer mean"),
     )
     fig.add_trace(
@@ -190,7 +192,7 @@ def fixed_partners_heatmap(df: pl.DataFrame) -> go.Figure:
             y=layers,
             customdata=custom,
             colorscale="Viridis_r",
-            colorbar={"title": "partners", "x": 0.74},
+            colorbar={"title": "partners", **colorbar_beside(fig)},
             hovertemplate=(
                 "layer %{y}, expert %{x}<br>partners needed %{z:.0f}<br>distinct partners"
                 " %{customdata[0]:.0f}<br>co-activations %{customdata[1]:.0f}<extra></extra>"
@@ -215,5 +217,6 @@ def fixed_partners_heatmap(df: pl.DataFrame) -> go.Figure:
     fig.update_xaxes(title_text="expert", row=1, col=1)
     fig.update_xaxes(title_text="mean partners", row=1, col=2)
     fig.update_yaxes(title_text="layer", row=1, col=1)
+    fig.update_yaxes(**integer_ticks(layers))  # both panels: they share the layer axis
     fig.update_layout(title="Fixed partners: fewest co-activation partners per expert", **LAYOUT)
     return fig

@@ -15,14 +15,12 @@ import numpy as np
 import plotly.graph_objects as go
 import polars as pl
 
-#: Layout keywords every builder passes to ``fig.update_layout`` (one template, closest-point hover).
-LAYOUT: dict[str, Any] = {"template": "plotly_white", "hovermode": "closest"}
-#: Qualitative colours, cycled by position (labels, experts) so a colour means the same thing
-#: across the traces of one figure.
-PALETTE: tuple[str, ...] = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-)  # fmt: skip
+from workbench.plots.theme import PALETTE as PALETTE  # re-exported: the builders' colours
+from workbench.plots.theme import TEMPLATE
+from workbench.plots.theme import integer_ticks as integer_ticks
+
+#: Layout keywords every builder passes to ``fig.update_layout`` (the workbench template, closest-point hover).
+LAYOUT: dict[str, Any] = {"template": TEMPLATE, "hovermode": "closest"}
 
 
 #: Grids with more numbers than this go to the browser as float32: half the bytes of float64, and its
@@ -194,10 +192,21 @@ def layer_expert_heatmap(
         heatmap.update(text=text, texttemplate="%{text}")
     fig = go.Figure(heatmap)
     fig.update_layout(title=title, xaxis_title="expert", yaxis_title="layer", **LAYOUT)
+    fig.update_yaxes(**integer_ticks(layers))
     height = layer_rows_height(len(layers))
     if height is not None:
         fig.update_layout(height=height)
     return fig
+
+
+def colorbar_beside(fig: go.Figure, axis: str = "xaxis") -> dict[str, Any]:
+    """Colorbar settings that put it in the gap right of the subplot of ``axis`` (not over its neighbour).
+
+    For a colour scale that belongs to the left panel of a row of subplots: the bar starts just
+    past that panel's domain, so the subplot spacing must leave room for it (about 0.12 of the width).
+    """
+    end = float(fig.layout[axis].domain[1])
+    return {"x": end + 0.01, "xanchor": "left", "thickness": 14}
 
 
 def ci_error_bars(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from workbench.plots.common import (
     check_frame,
     ci_error_bars,
     compact,
+    integer_ticks,
     layer_line,
     pick_layer,
 )
@@ -47,6 +48,7 @@ def drift_lines(df: pl.DataFrame) -> go.Figure:
         yaxis_title="overlap |S∩S'|/k",
         **LAYOUT,
     )
+    fig.update_xaxes(**integer_ticks(part["layer"]))
     return fig
 
 

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from workbench.plots.common import LAYOUT, as_floats, check_frame, colour, labels_of
+from workbench.plots.common import LAYOUT, as_floats, check_frame, colour, integer_ticks, labels_of
 
 __all__ = ["dynamic_k_lines"]
 
@@ -88,5 +88,6 @@ def dynamic_k_lines(df: pl.DataFrame, p: float | None = None) -> go.Figure:
     fig.update_yaxes(title_text="mean k_p (experts)", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(title_text="Spearman ρ", range=[-1.05, 1.05], row=2, col=1)
     fig.update_xaxes(title_text="layer", row=2, col=1)
+    fig.update_xaxes(**integer_ticks(df["layer"]))  # both panels: they share the layer axis
     fig.update_layout(title="Dynamic routing: experts needed per token", height=700, **LAYOUT)
     return fig

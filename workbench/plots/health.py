@@ -14,6 +14,7 @@ from workbench.plots.common import (
     ci_error_bars,
     colour,
     flagged,
+    integer_ticks,
     layer_expert_heatmap,
     layers_of,
     require_columns,
@@ -160,6 +161,7 @@ def balance_lines(df: pl.DataFrame) -> go.Figure:
     fig.update_yaxes(title_text="ratio (0–1)", range=[0, 1.05], row=1, col=1)
     fig.update_yaxes(title_text="CV (unitless)", rangemode="tozero", row=2, col=1)
     fig.update_xaxes(title_text="layer", row=2, col=1)
+    fig.update_xaxes(**integer_ticks(x))  # both panels: they share the layer axis
     fig.update_layout(title="Load balance per layer", **LAYOUT)
     return fig
 
@@ -212,6 +214,7 @@ def router_confidence_lines(df: pl.DataFrame) -> go.Figure:
         )
         fig.update_yaxes(title_text=unit, rangemode="tozero", row=row, col=1)
     fig.update_xaxes(title_text="layer", row=3, col=1)
+    fig.update_xaxes(**integer_ticks(x))  # all three panels: they share the layer axis
     fig.update_layout(title="Router confidence per layer", height=750, **LAYOUT)
     return fig
 
@@ -265,4 +268,5 @@ def super_expert_strip(df: pl.DataFrame) -> go.Figure:
         yaxis_type="log",
         **LAYOUT,
     )
+    fig.update_xaxes(**integer_ticks(df["layer"]))
     return fig

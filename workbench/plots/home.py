@@ -9,7 +9,15 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from workbench.plots.common import LAYOUT, as_floats, check_frame, colour, labels_of
+from workbench.plots.common import (
+    LAYOUT,
+    as_floats,
+    check_frame,
+    colorbar_beside,
+    colour,
+    integer_ticks,
+    labels_of,
+)
 
 __all__ = ["collapse_panels", "degradation_scatter", "underfitting_bars"]
 
@@ -31,9 +39,10 @@ def collapse_panels(df: pl.DataFrame) -> go.Figure:
         rows=1,
         cols=2,
         column_widths=[0.6, 0.4],
-        horizontal_spacing=0.12,
+        horizontal_spacing=0.16,
         subplot_titles=("experts: output norm vs zero fraction", "per layer: norm spread, routing collapse"),
     )
+    beside = colorbar_beside(fig)
     for name, mask, symbol in (
         ("routed", ~pl.col("shared"), "circle"),
         ("shared", pl.col("shared"), "diamond"),
@@ -53,7 +62,7 @@ def collapse_panels(df: pl.DataFrame) -> go.Figure:
                     "color": as_floats(part["layer"]),
                     "colorscale": "Viridis",
                     "showscale": name == "routed",
-                    "colorbar": {"title": "layer", "x": 0.5, "len": 0.8},
+                    "colorbar": {"title": "layer", "len": 0.8, **beside, **integer_ticks(df["layer"])},
                     "line": {"width": 0.5, "color": "black"},
                 },
                 customdata=np.column_stack(
@@ -110,7 +119,7 @@ def collapse_panels(df: pl.DataFrame) -> go.Figure:
     )
     fig.update_xaxes(title_text="mean output norm ‖out‖", row=1, col=1)
     fig.update_yaxes(title_text="mean hidden zero fraction (0–1)", row=1, col=1)
-    fig.update_xaxes(title_text="layer", row=1, col=2)
+    fig.update_xaxes(title_text="layer", row=1, col=2, **integer_ticks(x))
     fig.update_yaxes(title_text="ratio (unitless)", rangemode="tozero", row=1, col=2)
     fig.update_layout(title="Expert collapse (HoME)", legend={"orientation": "h", "y": -0.2}, **LAYOUT)
     return fig

@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 import polars as pl
 
-from workbench.plots.common import LAYOUT, as_floats, chance_line, check_frame, layer_line
+from workbench.plots.common import LAYOUT, as_floats, chance_line, check_frame, integer_ticks, layer_line
 
 __all__ = ["mutual_information_lines", "probe_accuracy"]
 
@@ -60,6 +60,7 @@ def mutual_information_lines(df: pl.DataFrame) -> go.Figure:
         yaxis_range=[0, 1.05],
         **LAYOUT,
     )
+    fig.update_xaxes(**integer_ticks(x))
     return fig
 
 
@@ -89,4 +90,5 @@ def probe_accuracy(df: pl.DataFrame) -> go.Figure:
         yaxis_title="accuracy",
         **LAYOUT,
     )
+    fig.update_xaxes(**integer_ticks(part["layer"]))
     return fig

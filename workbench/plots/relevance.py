@@ -14,6 +14,7 @@ from workbench.plots.common import (
     chance_line,
     check_frame,
     flagged,
+    integer_ticks,
     labels_of,
     layer_expert_heatmap,
     pick_label,
@@ -57,6 +58,7 @@ def vocab_lines(df: pl.DataFrame) -> go.Figure:
         yaxis_range=[0, 1.05],
         **LAYOUT,
     )
+    fig.update_xaxes(**integer_ticks(part["layer"]))
     return fig
 
 

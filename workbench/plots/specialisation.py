@@ -14,7 +14,14 @@ from workbench.plots.common import (
     significant,
 )
 
-__all__ = ["resonance_heatmap", "specialisation_heatmap"]
+__all__ = ["STORED_SCORES", "resonance_heatmap", "specialisation_heatmap", "stored_resonance_heatmap"]
+
+#: The score a stored map's method refers to, and its colour-bar title with units.
+STORED_SCORES: dict[str, tuple[str, str]] = {
+    "rd": ("rd", "rd (selection-rate<br>difference)"),
+    "ftri": ("ftri", "fTRI (gate weight<br>per token)"),
+    "causal": ("effect", "effect (Δ behaviour<br>margin, nats)"),
+}
 
 
 def specialisation_heatmap(df: pl.DataFrame, label: str | None = None) -> go.Figure:
@@ -77,6 +84,40 @@ def resonance_heatmap(df: pl.DataFrame) -> go.Figure:
         hover=f"{method} %{{z:.4f}} (95% CI %{{customdata[0]:.4f}}–%{{customdata[1]:.4f}})"
         "<br>rd %{customdata[2]:.4f}, fTRI %{customdata[3]:.4f}"
         "<br>rate target %{customdata[4]:.4f}, control %{customdata[5]:.4f}"
+        "<br>prompts target %{customdata[6]:.0f}, control %{customdata[7]:.0f}"
+        "<br>p %{customdata[8]:.3g}, q %{customdata[9]:.3g}",
+    )  # fmt: skip
+
+
+def stored_resonance_heatmap(df: pl.DataFrame) -> go.Figure:
+    """Layer × expert heatmap of one stored resonance map (``Store.resonance`` rows of one ``map_id``).
+
+    ``moe-workbench resonate`` stores correlational maps (``method`` rd or ftri) and causal ones
+    (``causal``: ``effect`` is the change of the behaviour margin on the target prompts when the expert
+    alone is ablated, and CI, p and q refer to it). The colour is the score the map's method names
+    (:data:`STORED_SCORES`), diverging around 0; ``*`` marks q < 0.05. The title names the map, its
+    labels and span; hover gives every score the map holds (a missing one shows NaN).
+    """
+    what = "stored_resonance_heatmap"
+    cols = ["map_id", "target", "control", "span", "method", "layer", "expert", "rd", "ftri", "effect"]
+    check_frame(df, [*cols, "attribution", "ci_low", "ci_high", "p", "q", "n_target", "n_control"], what)
+    maps = sorted({str(x) for x in df["map_id"].unique().to_list()})
+    if len(maps) != 1:
+        raise ValueError(f"{what}: one map at a time, got {maps}")
+    first = df.row(0, named=True)
+    method = str(first["method"])
+    if method not in STORED_SCORES:
+        raise ValueError(f"{what}: unknown method {method!r}; expected one of {sorted(STORED_SCORES)}")
+    score, colorbar = STORED_SCORES[method]
+    extra = ("ci_low", "ci_high", "rd", "ftri", "effect", "attribution", "n_target", "n_control", "p", "q")
+    return layer_expert_heatmap(
+        df, score, extra,
+        title=f"Stored resonance map {maps[0]}: {score} per expert, {first['target']!r} vs {first['control']!r}, "
+        f"span {first['span']} (* = q < 0.05)",
+        colorbar=colorbar, colorscale="RdBu_r", zmid=0.0, mark=("q", "*", significant),
+        hover=f"{score} %{{z:.4f}} (95% CI %{{customdata[0]:.4f}}–%{{customdata[1]:.4f}})"
+        "<br>rd %{customdata[2]:.4f}, fTRI %{customdata[3]:.4f}"
+        "<br>effect %{customdata[4]:.4f}, attribution %{customdata[5]:.4f}"
         "<br>prompts target %{customdata[6]:.0f}, control %{customdata[7]:.0f}"
         "<br>p %{customdata[8]:.3g}, q %{customdata[9]:.3g}",
     )  # fmt: skip

@@ -4,7 +4,9 @@ Everything that comes from the store (labels, prompt text, model names, error me
 through :func:`esc` before it reaches the page; figure data is JSON-encoded by plotly, which
 escapes ``<``, ``>`` and ``/`` so a label such as ``</script>`` cannot close a script element.
 The page loads nothing from the network: plotly.js is embedded once, inline (:func:`page`),
-and each figure is a ``div`` plus a small inline script that draws it.
+and each figure is a ``div`` plus a small inline script that draws it. Figures are drawn in the
+workbench plotly template and the page uses its font and ink colours (:mod:`workbench.plots.theme`),
+so the report looks like the dashboard.
 """
 
 from __future__ import annotations
@@ -18,16 +20,21 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import polars as pl
 
+from workbench.plots.theme import FONT, INK, MUTED, themed
+
 #: plotly config of every figure: no plotly logo (it links to plotly.com), responsive layout.
 FIGURE_CONFIG: dict[str, Any] = {"displaylogo": False, "responsive": True}
 
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; color: #1d2733;
-       background: #fafbfc; line-height: 1.45; }
+_CSS = (
+    """
+body { font-family: FONT; margin: 0; color: INK; background: #fafbfc; line-height: 1.45; }""".replace(
+        "FONT", FONT
+    ).replace("INK", INK)
+    + """
 main { max-width: 1100px; margin: 0 auto; padding: 1.5rem 2rem 4rem; }
 h1 { font-size: 1.6rem; margin-bottom: .2rem; }
 h2 { font-size: 1.25rem; margin-top: 2.4rem; border-bottom: 1px solid #d8dee4; padding-bottom: .2rem; }
-.sub { color: #57606a; margin-top: 0; }
+.sub { color: MUTED; margin-top: 0; }
 table { border-collapse: collapse; font-size: .85rem; margin: .6rem 0; }
 th, td { border: 1px solid #d8dee4; padding: .2rem .5rem; text-align: left; vertical-align: top; }
 th { background: #f0f3f6; }
@@ -36,12 +43,16 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 ul.findings li { margin: .25rem 0; }
 .skipped { background: #fff8e5; border-left: 4px solid #d4a72c; padding: .5rem .8rem; }
 .failed { background: #ffebe9; border-left: 4px solid #cf222e; padding: .5rem .8rem; }
-.summary { color: #57606a; font-style: italic; }
-nav.toc ol { columns: 2; font-size: .9rem; }
+.summary { color: MUTED; font-style: italic; }
+/* Two columns when there is room; the gap leaves space for the second column's numbers (they sit
+   outside the text and overlapped the first column's long lines), and an item never splits. */
+nav.toc ol { columns: 2 26rem; column-gap: 4rem; font-size: .9rem; padding-left: 2rem; }
+nav.toc li { break-inside: avoid; margin: 0 0 .2rem; }
 .figure { margin: .8rem 0; background: white; border: 1px solid #e3e8ee; }
 details { margin: .5rem 0; }
-footer { color: #57606a; font-size: .8rem; margin-top: 3rem; }
-"""
+footer { color: MUTED; font-size: .8rem; margin-top: 3rem; }
+""".replace("MUTED", MUTED)
+)
 
 
 def esc(value: Any) -> str:
@@ -98,9 +109,10 @@ def bullet_list(items: Sequence[str], css_class: str = "findings") -> str:
 
 
 def figure_div(fig: go.Figure, div_id: str) -> str:
-    """One figure as a ``div`` and the inline script that draws it (plotly.js must be on the page)."""
+    """One figure, in the workbench template, as a ``div`` and the inline script that draws it (plotly.js
+    must be on the page)."""
     inner: str = pio.to_html(
-        fig,
+        themed(fig),
         full_html=False,
         include_plotlyjs=False,
         include_mathjax=False,

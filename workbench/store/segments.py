@@ -38,6 +38,8 @@ __all__ = [
     "parse_segment",
     "segment_counts",
     "segment_scope",
+    "split_stored_span",
+    "stored_span",
 ]
 
 #: The values of ``tokens.segment``.
@@ -59,6 +61,21 @@ def parse_segment(value: str | None) -> str | None:
     if value not in SEGMENTS:
         raise ValueError(f"segment must be one of {', '.join(SEGMENT_CHOICES)}, got {value!r}")
     return value
+
+
+def stored_span(segment: str | None, span: str) -> str:
+    """The ``resonance.span`` a map of ``span`` over ``segment``'s tokens is stored with: ``response:last:4``."""
+    chosen = parse_segment(segment)
+    return span if chosen is None else f"{chosen}:{span}"
+
+
+def split_stored_span(text: str | None) -> tuple[str | None, str]:
+    """(segment or None for all tokens, span) of a stored ``resonance.span`` (:func:`stored_span` undone)."""
+    span = text or "all"
+    head, _, rest = span.partition(":")
+    if head in SEGMENTS and rest:
+        return head, rest
+    return None, span
 
 
 def _quoted(name: str) -> str:
