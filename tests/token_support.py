@@ -57,11 +57,12 @@ def tokenizer() -> object:
     return Tokenizer.from_file(str(TOKENIZER))
 
 
-def worded_db(path: Path, long_prompt_tokens: int = 0) -> Path:
-    """Write the planted run (see the module docstring) to ``path``; returns it.
+def worded_db(path: Path, long_prompt_tokens: int = 0, run_id: str = RUN, with_weights: bool = True) -> Path:
+    """Write the planted run (see the module docstring) to ``path`` as ``run_id``; returns the path.
 
     ``long_prompt_tokens`` > 0 adds one more prose prompt of at least that many tokens (the routing
-    page must wrap it).
+    page must wrap it); ``with_weights=False`` stores no gate weights (as a run imported from a serving
+    engine), so nothing can be ranked by weight.
     """
     tok = tokenizer()
     rows = texts()
@@ -111,15 +112,16 @@ def worded_db(path: Path, long_prompt_tokens: int = 0) -> Path:
     routing = pa.table({
         "prompt_id": np.repeat(np.asarray(pid_tok, np.int32), len(LAYERS)),
         "position": np.repeat(np.asarray(pos_tok, np.int32), len(LAYERS)),
-        "layer": np.tile(np.asarray(LAYERS, np.int32), n), "experts": lists(experts), "weights": lists(weights),
+        "layer": np.tile(np.asarray(LAYERS, np.int32), n), "experts": lists(experts),
+        "weights": lists(weights) if with_weights else pa.nulls(n_rows, pa.list_(pa.float32())),
         "logits": pa.nulls(n_rows, pa.list_(pa.float32())),
     })  # fmt: skip
     layer_rows = [{"layer": x, "module_path": f"m.{x}", "n_experts": E, "top_k": K} for x in LAYERS]
     with Store(path) as st:
         st.create_run(
             model="tiny-ref", architecture="Synthetic", probe="worded", n_experts=E, top_k=K,
-            config={}, layers=layer_rows, run_id=RUN,
+            config={}, layers=layer_rows, run_id=run_id,
         )  # fmt: skip
-        st.write_batch(RUN, prompts=prompts, tokens=tokens, routing=routing)
-        st.set_status(RUN, "complete")
+        st.write_batch(run_id, prompts=prompts, tokens=tokens, routing=routing)
+        st.set_status(run_id, "complete")
     return path

@@ -37,7 +37,7 @@ from functools import lru_cache
 
 __all__ = [
     "EMPTY",
-    "MARKER_PATTERN",
+    "MARKER_PATTERNS",
     "PARTIAL",
     "Piece",
     "Scheme",
@@ -84,20 +84,41 @@ def byte_level_table() -> dict[str, int]:
 
 
 _SHIFTED_FIRST, _SHIFTED_LAST = 0x100, 0x143
-MARKER_PATTERN = f"[{_SP_SPACE}\u0100-\u0143]|<0x[0-9A-Fa-f]{{2}}>"
-"""A regular expression (Python and DuckDB alike) matching the symbols that tell a scheme apart:
-those holding ``▁``, a byte fallback ``<0xNN>`` or a shifted byte-level character (``Ġ``, ``Ċ`` ...).
-A store query can fetch a run's few such symbols and pass them to :func:`scheme_of`."""
+MARKER_PATTERNS: tuple[str, ...] = (
+    f"{_SP_SPACE}|^<0x[0-9A-Fa-f]{{2}}>$",
+    "[\u0100-\u0143]",
+    "[\u00c2-\u00f4][\u00a1-\u00bf\u0121-\u0142]",
+)
+"""Regular expressions (Python and DuckDB alike) for the symbols that tell a scheme apart: SentencePiece's
+``▁`` or a whole byte fallback ``<0xNN>``; a shifted byte-level character (``Ġ``, ``Ċ`` ...); and a
+byte-level UTF-8 lead byte followed by a continuation byte (``Ã©`` is ``é``). A store query fetches a
+few symbols matching each (:func:`workbench.store.queries.marked_symbols`) for :func:`scheme_of`."""
+
+
+def _byte_level_text(symbol: str) -> bool:
+    """Whether ``symbol``, read as byte-level BPE, is whole UTF-8 text with a multi-byte character."""
+    table = byte_level_table()
+    if not symbol or any(c not in table for c in symbol):
+        return False
+    raw = bytes(table[c] for c in symbol)
+    if max(raw) < 0x80:
+        return False
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def scheme_of(symbols: Iterable[str | None]) -> Scheme:
     """The scheme of a run whose tokens include ``symbols`` (any subset holding its marked symbols).
 
     SentencePiece when a symbol holds ``▁`` or is a byte fallback ``<0xNN>`` (byte-level BPE writes
-    ``▁`` as three characters, so it never holds one); byte-level when a symbol holds a shifted
-    byte character (U+0100–U+0143: every byte-level space, newline or control byte); plain
-    otherwise. A byte-level run whose text has no space, newline or non-ASCII character at all
-    reads as plain, which decodes its symbols identically.
+    ``▁`` as three characters, so it never holds one). Byte-level when a symbol holds a shifted
+    byte character (U+0100–U+0143: every byte-level space, newline or control byte), or reads as
+    whole multi-byte UTF-8 when taken as bytes (``Ã©``: a plain or SentencePiece ``é`` is one
+    character, whose lone byte is not UTF-8). Plain otherwise: a byte-level run whose text is ASCII
+    without spaces or newlines reads as plain, which decodes its symbols identically.
     """
     seen_byte_level = False
     for symbol in symbols:
@@ -105,7 +126,11 @@ def scheme_of(symbols: Iterable[str | None]) -> Scheme:
             continue
         if _SP_SPACE in symbol or _FALLBACK.fullmatch(symbol):
             return Scheme.SENTENCEPIECE
-        seen_byte_level = seen_byte_level or any(_SHIFTED_FIRST <= ord(c) <= _SHIFTED_LAST for c in symbol)
+        seen_byte_level = (
+            seen_byte_level
+            or any(_SHIFTED_FIRST <= ord(c) <= _SHIFTED_LAST for c in symbol)
+            or _byte_level_text(symbol)
+        )
     return Scheme.BYTE_LEVEL if seen_byte_level else Scheme.PLAIN
 
 

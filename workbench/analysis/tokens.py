@@ -20,7 +20,7 @@ import polars as pl
 
 from workbench.analysis.common import layer_info
 from workbench.store import Store, queries
-from workbench.tokentext import MARKER_PATTERN, Scheme, hover, scheme_of, sequence_pieces, token_text
+from workbench.tokentext import MARKER_PATTERNS, Scheme, hover, scheme_of, sequence_pieces, token_text
 
 __all__ = [
     "ExpertContexts",
@@ -37,7 +37,7 @@ UNLABELLED = "(no label)"
 
 def token_scheme(store: Store, run_id: str) -> Scheme:
     """How the run's tokenizer writes its symbols (:func:`workbench.tokentext.scheme_of` of its marked ones)."""
-    return scheme_of(queries.marked_symbols(store, run_id, MARKER_PATTERN))
+    return scheme_of(queries.marked_symbols(store, run_id, MARKER_PATTERNS))
 
 
 def with_token_text(frame: pl.DataFrame, scheme: Scheme) -> pl.DataFrame:

@@ -16,15 +16,18 @@ if TYPE_CHECKING:  # polars is imported lazily: the capture path does not need i
     from workbench.store.backend import Store
 
 
-def marked_symbols(store: Store, run_id: str, pattern: str, limit: int = 64) -> list[str]:
-    """Up to ``limit`` token symbols of the run matching the regular expression ``pattern``.
+def marked_symbols(store: Store, run_id: str, patterns: Sequence[str], limit: int = 16) -> list[str]:
+    """Up to ``limit`` token symbols of the run matching each regular expression of ``patterns``.
 
-    Stops reading at the ``limit``-th match, so a run whose text has spaces answers at once.
+    Each pattern's scan stops at its ``limit``-th match, so a run whose text has spaces answers at once.
     """
-    df = store.sql(
-        "SELECT token FROM tokens WHERE run_id = ? AND regexp_matches(token, ?) LIMIT ?",
-        [run_id, pattern, int(limit)],
-    )
+    if not patterns:
+        return []
+    part = "(SELECT token FROM tokens WHERE run_id = ? AND regexp_matches(token, ?) LIMIT ?)"
+    params: list[object] = []
+    for pattern in patterns:
+        params += [run_id, pattern, int(limit)]
+    df = store.sql(" UNION ALL ".join([part] * len(patterns)), params)
     return [str(t) for t in df["token"].to_list()]
 
 
