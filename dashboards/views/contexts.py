@@ -17,7 +17,7 @@ from dash import dcc, html
 from dashboards import data
 from dashboards.components import message, query_string
 
-__all__ = ["CONTEXTS_SHOWN", "WINDOW", "contexts_section", "label_mix_table"]
+__all__ = ["CONTEXTS_SHOWN", "SEED", "WINDOW", "contexts_section", "label_mix_table"]
 
 CONTEXTS_SHOWN = 10
 """Top contexts listed, and contexts in the random sample."""
