@@ -7,9 +7,9 @@ loadable). The scheme is told once per run from a few tell-tale symbols (:func:`
 **Example contexts** (:func:`expert_contexts`): for an expert at a layer, the ``n`` tokens where it
 was selected with the highest gate weight, each with a window of decoded text around it and its
 prompt's label; a seeded random sample of ``n`` of its selections, so a reader can see whether the
-top ones are typical; and the label mix of both sets next to that of all its selections. Two
-store scans of the layer's routing rows (:mod:`workbench.store.queries.contexts`), then one small
-join for the windows: fast at a million tokens (benchmarks/contexts.py).
+top ones are typical; and the label mix of both sets next to that of all its selections. One
+scan of the layer's routing rows answers all three (:mod:`workbench.store.queries.contexts`),
+then one small join reads the windows: about a second at a million tokens (benchmarks/contexts.py).
 """
 
 from __future__ import annotations
@@ -36,7 +36,14 @@ UNLABELLED = "(no label)"
 
 
 def token_scheme(store: Store, run_id: str) -> Scheme:
-    """How the run's tokenizer writes its symbols (:func:`workbench.tokentext.scheme_of` of its marked ones)."""
+    """How the run's tokenizer writes its symbols (:func:`workbench.tokentext.scheme_of`).
+
+    Told from the first few thousand symbols DuckDB reads (any text with a space names its scheme);
+    only when those look plain are all the run's symbols searched for a tell-tale one (one scan).
+    """
+    found = scheme_of(queries.first_symbols(store, run_id))
+    if found is not Scheme.PLAIN:
+        return found
     return scheme_of(queries.marked_symbols(store, run_id, MARKER_PATTERNS))
 
 
@@ -168,21 +175,25 @@ def _windows(store: Store, run_id: str, picks: pl.DataFrame, window: int, scheme
     return pl.DataFrame(out, schema=schema)
 
 
-def _label_mix(picked: pl.DataFrame, everything: pl.DataFrame) -> pl.DataFrame:
+def _label_mix(picked: pl.DataFrame, per_prompt: pl.DataFrame) -> pl.DataFrame:
     """``label, n_top, n_sample, n_all, share_top, share_sample, share_all``, most frequent overall first."""
     named = pl.col("label").fill_null(UNLABELLED)
     counts = [
         picked.filter(pl.col("pick") == pick).group_by(named).agg(pl.len().cast(pl.Int64).alias(f"n_{pick}"))
         for pick in ("top", "sample")
     ]
-    mix = everything.select(named, pl.col("n").cast(pl.Int64).alias("n_all"))
+    mix = per_prompt.group_by(named).agg(pl.col("n").sum().cast(pl.Int64).alias("n_all"))
     for part in counts:
         mix = mix.join(part, on="label", how="left")
     mix = mix.with_columns(pl.col("n_top", "n_sample").fill_null(0))
-    return mix.with_columns(
-        (pl.col(f"n_{x}") / pl.col(f"n_{x}").sum()).fill_nan(None).alias(f"share_{x}")
-        for x in ("top", "sample", "all")
-    ).select("label", "n_top", "n_sample", "n_all", "share_top", "share_sample", "share_all")
+    return (
+        mix.with_columns(
+            (pl.col(f"n_{x}") / pl.col(f"n_{x}").sum()).fill_nan(None).alias(f"share_{x}")
+            for x in ("top", "sample", "all")
+        )
+        .sort(["n_all", "label"], descending=[True, False])
+        .select("label", "n_top", "n_sample", "n_all", "share_top", "share_sample", "share_all")
+    )
 
 
 def expert_contexts(
@@ -204,21 +215,24 @@ def expert_contexts(
         raise ValueError(f"layer {layer} has experts 0..{n_experts - 1}, not {expert}")
     if n < 1 or window < 0:
         raise ValueError(f"n must be at least 1 and window at least 0 (got n={n}, window={window})")
-    picked = queries.expert_contexts(store, run_id, layer, expert, n, seed)
-    everything = queries.expert_context_labels(store, run_id, layer, expert)
+    found = queries.expert_contexts(store, run_id, layer, expert, n, seed).join(
+        queries.prompt_labels(store, run_id), on="prompt_id", how="left"
+    )
+    picked = found.filter(pl.col("pick") != "count")
+    per_prompt = found.filter(pl.col("pick") == "count")
     scheme = token_scheme(store, run_id)
     windows = _windows(store, run_id, picked, window, scheme) if picked.height else None
 
     def part(pick: str) -> pl.DataFrame:
-        rows = picked.filter(pl.col("pick") == pick).drop("pick")
-        if windows is None:
-            return rows.with_columns(
+        rows = picked.filter(pl.col("pick") == pick).drop("pick", "n")
+        rows = rows.with_columns(pl.col("prompt_id", "position").cast(pl.Int64))
+        if windows is None:  # the expert is never selected at the layer: no rows, the same columns
+            joined = rows.with_columns(
                 pl.lit(None, pl.Int64).alias("token_id"),
                 *(pl.lit(None, pl.Utf8).alias(c) for c in ("token", "before", "text", "after", "hover")),
             )
-        joined = rows.with_columns(pl.col("prompt_id", "position").cast(pl.Int64)).join(
-            windows, on=["prompt_id", "position"], how="left"
-        )
+        else:
+            joined = rows.join(windows, on=["prompt_id", "position"], how="left")
         return joined.select(
             "rank",
             "prompt_id",
@@ -238,8 +252,8 @@ def expert_contexts(
         expert=expert,
         top=part("top"),
         sample=part("sample"),
-        labels=_label_mix(picked, everything),
-        n_selected=int(everything["n"].sum()) if everything.height else 0,
+        labels=_label_mix(picked, per_prompt),
+        n_selected=int(per_prompt["n"].sum()) if per_prompt.height else 0,
         by_weight=queries.has_gate_weights(store, run_id),
         seed=seed,
         window=window,

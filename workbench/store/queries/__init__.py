@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from workbench.store.queries.batches import BATCH_TABLES, batch_tables
 from workbench.store.queries.contexts import (
-    expert_context_labels,
     expert_contexts,
+    first_symbols,
     marked_symbols,
     token_windows,
 )
@@ -81,10 +81,10 @@ __all__ = [
     "confidence_sums",
     "contrast_prompts",
     "distinct_labels",
-    "expert_context_labels",
     "expert_contexts",
     "expert_norm_maxima",
     "expert_stats_means",
+    "first_symbols",
     "has_gate_weights",
     "label_gate_sums",
     "label_logit_rows",

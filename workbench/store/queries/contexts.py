@@ -16,18 +16,26 @@ if TYPE_CHECKING:  # polars is imported lazily: the capture path does not need i
     from workbench.store.backend import Store
 
 
-def marked_symbols(store: Store, run_id: str, patterns: Sequence[str], limit: int = 16) -> list[str]:
-    """Up to ``limit`` token symbols of the run matching each regular expression of ``patterns``.
+def first_symbols(store: Store, run_id: str, limit: int = 4096) -> list[str]:
+    """Up to ``limit`` token symbols of the run, whichever DuckDB reads first (no order, no full scan)."""
+    df = store.sql(
+        "SELECT token FROM tokens WHERE run_id = ? AND token IS NOT NULL LIMIT ?", [run_id, int(limit)]
+    )
+    return [str(t) for t in df["token"].to_list()]
 
-    Each pattern's scan stops at its ``limit``-th match, so a run whose text has spaces answers at once.
+
+def marked_symbols(store: Store, run_id: str, patterns: Sequence[str], limit: int = 64) -> list[str]:
+    """Up to ``limit`` token symbols of the run matching any regular expression of ``patterns``.
+
+    One scan of the run's tokens, stopping at the ``limit``-th match.
     """
     if not patterns:
         return []
-    part = "(SELECT token FROM tokens WHERE run_id = ? AND regexp_matches(token, ?) LIMIT ?)"
-    params: list[object] = []
-    for pattern in patterns:
-        params += [run_id, pattern, int(limit)]
-    df = store.sql(" UNION ALL ".join([part] * len(patterns)), params)
+    either = "|".join(f"({p})" for p in patterns)
+    df = store.sql(
+        "SELECT token FROM tokens WHERE run_id = ? AND regexp_matches(token, ?) LIMIT ?",
+        [run_id, either, int(limit)],
+    )
     return [str(t) for t in df["token"].to_list()]
 
 
@@ -39,35 +47,24 @@ _SELECTED = (
 
 
 def expert_contexts(store: Store, run_id: str, layer: int, expert: int, n: int, seed: int) -> pl.DataFrame:
-    """``pick, rank, prompt_id, position, weight, label``: an expert's strongest and a sample of its selections.
+    """``pick, rank, prompt_id, position, weight, n``: an expert's strongest selections, a sample, its count per prompt.
 
-    ``pick`` is ``'top'`` for the ``n`` selections with the highest gate weight (ties, and runs
-    without weights, by prompt_id then position) and ``'sample'`` for ``n`` drawn by a seeded hash
-    of (prompt_id, position, ``seed``): the same store and seed give the same sample. ``rank``
-    counts from 1 within each pick. The selections are read once (one scan of the layer's rows).
+    Rows with ``pick`` ``'top'`` are the ``n`` selections of ``expert`` at ``layer`` with the highest
+    gate weight (ties, and runs without weights, by prompt_id then position), ``rank`` 1.. in that
+    order; ``'sample'`` rows are ``n`` drawn by a seeded hash of (prompt_id, position, ``seed``), ranked
+    in draw order (the same store and seed give the same sample); ``'count'`` rows give ``n``, the
+    expert's selections in each prompt (``rank``, ``position`` and ``weight`` NULL). One scan of the layer's routing rows answers all three.
     """
-    params = [expert, run_id, layer, expert]
+    top_order = "weight DESC NULLS LAST, prompt_id, position"
+    sample_order = "hash(prompt_id, position, ?), prompt_id, position"
     return store.sql(
-        f"WITH sel AS MATERIALIZED ({_SELECTED}), "
-        "picked AS ("
-        "  SELECT 'top' AS pick, row_number() OVER (ORDER BY weight DESC NULLS LAST, prompt_id, position) AS rank,"
-        "    prompt_id, position, weight FROM sel QUALIFY rank <= ? "
-        "  UNION ALL "
-        "  SELECT 'sample' AS pick, row_number() OVER (ORDER BY hash(prompt_id, position, ?), prompt_id, position)"
-        "    AS rank, prompt_id, position, weight FROM sel QUALIFY rank <= ?"
-        ") "
-        "SELECT c.pick, c.rank, c.prompt_id, c.position, c.weight, p.label FROM picked c "
-        "JOIN prompts p ON p.run_id = ? AND p.prompt_id = c.prompt_id ORDER BY c.pick DESC, c.rank",
-        [*params, int(n), int(seed), int(n), run_id],
-    )
-
-
-def expert_context_labels(store: Store, run_id: str, layer: int, expert: int) -> pl.DataFrame:
-    """``label, n``: how many of the expert's selections at ``layer`` fall on each prompt label (NULL too)."""
-    return store.sql(
-        f"SELECT p.label, count(*) AS n FROM ({_SELECTED}) s "
-        "JOIN prompts p ON p.run_id = ? AND p.prompt_id = s.prompt_id GROUP BY p.label ORDER BY n DESC, p.label",
-        [expert, run_id, layer, expert, run_id],
+        f"WITH sel AS MATERIALIZED ({_SELECTED}) "
+        f"SELECT 'top' AS pick, row_number() OVER (ORDER BY {top_order}) AS rank, prompt_id, position, weight, "
+        f"  NULL::BIGINT AS n FROM (SELECT * FROM sel ORDER BY {top_order} LIMIT ?) "
+        f"UNION ALL SELECT 'sample', row_number() OVER (ORDER BY {sample_order}), prompt_id, position, weight, NULL "
+        f"  FROM (SELECT * FROM sel ORDER BY {sample_order} LIMIT ?) "
+        "UNION ALL SELECT 'count', NULL, prompt_id, NULL, NULL, count(*) FROM sel GROUP BY prompt_id",
+        [expert, run_id, layer, expert, int(n), int(seed), int(seed), int(n)],
     )
 
 
