@@ -7,12 +7,15 @@ below 0.5, so its top contexts are the ``return`` tokens and a random sample of 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 import token_support as ts
 from dash import html
+from synthetic import save_run, skeleton
 from test_dashboard import _text
 from typer.testing import CliRunner
 
@@ -33,6 +36,9 @@ pytestmark = pytest.mark.unit
 RAW = ("Ġ", "Ċ", "ĉ")
 """Characters of raw byte-level symbols that must never reach a reader."""
 NO_WEIGHTS = "no-weights"
+CONTEXT_COLUMNS = ("rank", "prompt_id", "position", "label", "weight", "token_id", "token", "before", "text", "after",
+                   "hover")  # fmt: skip
+"""The columns of ExpertContexts.top and .sample (docs/notebook.md lists them)."""
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +93,7 @@ def test_top_contexts_are_the_planted_tokens_and_the_sample_is_seeded(db: str) -
         tokens = st.tokens(ts.RUN)
     assert found.by_weight and found.n_selected == truth.height
     top = found.top
+    assert top.columns == list(CONTEXT_COLUMNS)
     assert top["rank"].to_list() == list(range(1, 7))
     assert set(top["token"]) == {ts.PLANTED_SYMBOL} and set(top["text"]) == {"·return"}
     assert top["weight"].to_list() == pytest.approx([ts.TOP_WEIGHT] * 6)
@@ -209,3 +216,32 @@ def test_windows_read_a_character_cut_by_the_window_edge_whole(db: str) -> None:
     assert rows.height and toks.height
     for r in rows.iter_rows(named=True):
         assert "\\x" not in r["before"] + r["text"] + r["after"], r
+
+
+def test_messages_for_an_empty_run_and_an_idle_expert(tmp_path: Path) -> None:
+    path = tmp_path / "small.duckdb"
+    sk = skeleton(["a", "b"], np.array([3, 4]), (0,))
+    experts = np.tile(np.array([0, 1], np.int16), (sk.n_rows, 1))  # expert 2 is never selected
+    weights = np.full((sk.n_rows, 2), 0.5, np.float32)
+    save_run(path, sk, experts=experts, weights=weights, n_experts=4, top_k=2, run_id="idle")
+    layers = [{"layer": 0, "module_path": "m.0", "n_experts": 4, "top_k": 2}]
+    with Store(path) as st:
+        st.create_run(
+            model="m",
+            architecture="A",
+            probe="p",
+            n_experts=4,
+            top_k=2,
+            config={},
+            layers=layers,
+            run_id="empty",
+        )
+        with pytest.raises(ValueError, match="no tokens for prompt 0; it has no prompts yet"):
+            prompt_tokens(st, "empty", 0)
+        idle = expert_contexts(st, "idle", 0, 2)
+    assert idle.n_selected == 0 and idle.top.height == 0 and idle.labels.height == 0
+    assert idle.top.columns == list(CONTEXT_COLUMNS)  # the same columns as when there are rows
+    data.clear_cache()
+    shown = _text(context_view.contexts_section(str(path), "idle", 0, 2))
+    assert "Never selected at layer 0: no contexts to show." in shown
+    assert "Never selected" not in _text(context_view.contexts_section(str(path), "idle", 0, 1))

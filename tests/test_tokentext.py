@@ -18,6 +18,10 @@ from token_support import tokenizer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from workbench.tokentext import (
+    BEGINS,
+    BROKEN,
+    COMPLETES,
+    DANGLES,
     EMPTY,
     MARKER_PATTERNS,
     PARTIAL,
@@ -110,6 +114,14 @@ def test_a_character_split_over_tokens_shows_once_where_it_completes() -> None:
     assert token_text("æĹ¥", Scheme.BYTE_LEVEL) == "日"
     # A sequence that ends inside a character shows the unfinished bytes, nothing is dropped.
     assert sequence_texts(["x", "æĹ"], Scheme.BYTE_LEVEL) == ["x", "\\xe6\\x97"]
+    # Held bytes that the next token does not complete: shown escaped there, and the hovers say so
+    # (the "a later token completes" claim would be false here).
+    held = sequence_pieces(["x", "æĹ", "a"], Scheme.BYTE_LEVEL, [1, 2, 3])
+    assert [p.display for p in held] == ["x", PARTIAL, "\\xe6\\x97a"]
+    assert [p.joins for p in held] == ["", DANGLES, BROKEN]
+    assert "no later token makes a whole character" in hover("æĹ", 2, Scheme.BYTE_LEVEL, held[1])
+    assert "follows 2 byte(s) that are not a whole character" in hover("a", 3, Scheme.BYTE_LEVEL, held[2])
+    assert [p.joins for p in pieces] == ["", "", BEGINS, COMPLETES, BEGINS, COMPLETES]
 
 
 def test_sentencepiece_byte_fallback_and_spaces() -> None:
@@ -160,6 +172,8 @@ def test_visible_and_unnamed_tokens() -> None:
     assert visible("\x00\u200b\ufeff") == "\\u0000\\u200b\\ufeff"
     assert visible("x\u00a0y") == "x·y"
     assert token_text(None, Scheme.BYTE_LEVEL, 42) == "#42"  # imported runs store no symbol
-    assert sequence_texts(["æĹ", None, "a"], Scheme.BYTE_LEVEL, [7, 8, 9]) == [PARTIAL, "\\xe6\\x97#8", "a"]
+    unnamed = sequence_pieces(["æĹ", None, "a"], Scheme.BYTE_LEVEL, [7, 8, 9])
+    assert [p.display for p in unnamed] == [PARTIAL, "\\xe6\\x97#8", "a"]
+    assert [p.joins for p in unnamed] == [DANGLES, BROKEN, ""]
     assert "no symbol stored" in hover(None, 8, Scheme.BYTE_LEVEL)
     assert sequence_texts([""], Scheme.PLAIN) == [EMPTY]

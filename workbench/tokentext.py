@@ -36,6 +36,10 @@ from enum import Enum
 from functools import lru_cache
 
 __all__ = [
+    "BEGINS",
+    "BROKEN",
+    "COMPLETES",
+    "DANGLES",
     "EMPTY",
     "MARKER_PATTERNS",
     "PARTIAL",
@@ -184,23 +188,32 @@ def token_text(symbol: str | None, scheme: Scheme, token_id: int | None = None) 
     return visible(raw.decode("utf-8", errors="backslashreplace"))
 
 
+BEGINS, DANGLES, COMPLETES, BROKEN = "begins", "dangles", "completes", "broken"
+"""How a token takes part in a character split across tokens (:attr:`Piece.joins`): it only begins
+one that a later token completes; it only begins bytes that no later token makes whole (they show as
+``\\xNN`` on the next token); it completes one begun earlier; it follows held bytes that were not
+a whole character (shown here as ``\\xNN``)."""
+
+
 @dataclass(frozen=True)
 class Piece:
     """One token of a decoded sequence.
 
     ``text`` is the text completed by this token (joined over the sequence, the decoded text),
-    ``raw`` the token's own bytes, ``carried`` how many bytes of an earlier token's unfinished
-    character this token completes (or carries on), and ``display`` what a view shows.
+    ``raw`` the token's own bytes, ``carried`` how many held bytes of earlier tokens it takes on,
+    ``display`` what a view shows, and ``joins`` how it takes part in a split character
+    (:data:`BEGINS` ... :data:`BROKEN`, "" when it does not).
     """
 
     text: str
     raw: bytes
     carried: int
     display: str
+    joins: str = ""
 
     @property
     def partial(self) -> bool:
-        """Whether the token's bytes only begin (or continue) a character a later token completes."""
+        """Whether the token completes no character: its bytes wait for a later token."""
         return not self.text and bool(self.raw)
 
 
@@ -210,9 +223,24 @@ def _incomplete_tail(buf: bytes) -> int:
         lead = buf[-back]
         if lead & 0xC0 == 0x80:  # a continuation byte: look further back for the lead
             continue
-        need = 2 if lead & 0xE0 == 0xC0 else 3 if lead & 0xF0 == 0xE0 else 4 if lead & 0xF8 == 0xF0 else 1
+        need = _char_length(lead)
         return back if need > back else 0
     return 0
+
+
+def _char_length(lead: int) -> int:
+    """The length of the UTF-8 character a lead byte announces (1 for anything that is not a lead)."""
+    return 2 if lead & 0xE0 == 0xC0 else 3 if lead & 0xF0 == 0xE0 else 4 if lead & 0xF8 == 0xF0 else 1
+
+
+def _whole_first_character(buf: bytes) -> bool:
+    """Whether ``buf`` starts with one whole, valid UTF-8 character."""
+    need = _char_length(buf[0])
+    try:
+        buf[:need].decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return len(buf) >= need
 
 
 def sequence_pieces(
@@ -225,30 +253,37 @@ def sequence_pieces(
     as ``\\xNN``. A token without a stored symbol shows ``#<id>`` and ends any held character.
     """
     ids = list(token_ids) if token_ids is not None else [None] * len(symbols)
-    pieces: list[Piece] = []
+    rows: list[tuple[str, bytes, int, str]] = []  # text, raw, carried, display
+    joins: list[str] = []
+    waiting: list[int] = []  # rows that only began the held character, until it is resolved
     held = b""
     for i, symbol in enumerate(symbols):
         if symbol is None:  # an unnamed token ends any held character (its bytes show escaped)
             flushed = held.decode("utf-8", errors="backslashreplace")
-            pieces.append(
-                Piece(
-                    flushed,
-                    b"",
-                    len(held),
-                    visible(flushed) + _unnamed(ids[i]) if flushed else _unnamed(ids[i]),
-                )
-            )
-            held = b""
+            shown = visible(flushed) + _unnamed(ids[i]) if flushed else _unnamed(ids[i])
+            rows.append((flushed, b"", len(held), shown))
+            joins.append(BROKEN if held else "")
+            for w in waiting:
+                joins[w] = DANGLES
+            waiting, held = [], b""
             continue
         raw = symbol_bytes(symbol, scheme)
         buf = held + raw
-        last = i == len(symbols) - 1
-        keep = 0 if last else min(_incomplete_tail(buf), len(buf))
+        keep = 0 if i == len(symbols) - 1 else min(_incomplete_tail(buf), len(buf))
         text = buf[: len(buf) - keep].decode("utf-8", errors="backslashreplace")
         display = visible(text) if text else (PARTIAL if raw else EMPTY)
-        pieces.append(Piece(text, raw, len(held), display))
+        joins.append("")
+        if held and text:  # the held character is decided here
+            whole = _whole_first_character(buf)
+            joins[-1] = COMPLETES if whole else BROKEN
+            for w in waiting:
+                joins[w] = BEGINS if whole else DANGLES
+            waiting = []
+        rows.append((text, raw, len(held), display))
+        if not text and raw:
+            waiting.append(len(rows) - 1)
         held = buf[len(buf) - keep :]
-    return pieces
+    return [Piece(*row, joins=j) for row, j in zip(rows, joins, strict=True)]
 
 
 def sequence_texts(
@@ -262,15 +297,17 @@ def hover(symbol: str | None, token_id: int | None, scheme: Scheme, piece: Piece
     """Hover text naming a token exactly: id, raw symbol and bytes, and any split character.
 
     e.g. ``token id 301 · symbol 'Ġe' · bytes 20 65``. With a :class:`Piece` of a sequence, also
-    says when the token only begins a character or completes one begun earlier.
+    says how it takes part in a character split across tokens (:attr:`Piece.joins`).
     """
     head = f"token id {token_id if token_id is not None else '?'}"
     if symbol is None:
         return f"{head} · no symbol stored"
     raw = symbol_bytes(symbol, scheme)
     text = f"{head} · symbol {symbol!r} · bytes {raw.hex(' ') or '(none)'}"
-    if piece is not None and piece.partial:
-        text += " · begins a character that a later token completes"
-    elif piece is not None and piece.carried:
-        text += f" · completes a character begun {piece.carried} byte(s) earlier"
-    return text
+    notes = {
+        BEGINS: " · begins a character that a later token completes",
+        DANGLES: " · begins bytes that no later token makes a whole character",
+        COMPLETES: f" · completes a character begun {piece.carried if piece else 0} byte(s) earlier",
+        BROKEN: f" · follows {piece.carried if piece else 0} byte(s) that are not a whole character",
+    }
+    return text + (notes.get(piece.joins, "") if piece is not None else "")
