@@ -58,6 +58,7 @@ from workbench.analysis.resonance import default_contrast, resonance_tokens
 from workbench.analysis.tokens import ExpertContexts, decode_tokens, token_scheme
 from workbench.catalog import PAGE_ANALYSES, RunFacts, prewarm_options, run_analysis
 from workbench.store import Store, StoreError
+from workbench.store.segments import segment_counts, segment_scope
 
 __all__ = [
     "PAGE_ANALYSES",
@@ -267,14 +268,17 @@ def _read(db: str, version: tuple[int, int], what: str, args: Options) -> Any:
                 store, kw["run"], kw["layer"], kw["expert"], n=kw["n"], min_count=kw["min_count"]
             )
         if what == "driving_tokens":
-            return resonance_tokens(
-                store,
-                kw["run"],
-                layer=kw["layer"],
-                expert=kw["expert"],
-                target=kw["target"],
-                control=kw["control"],
-            )
+            with segment_scope(store, kw.get("segment")) as view:
+                return resonance_tokens(
+                    view,
+                    kw["run"],
+                    layer=kw["layer"],
+                    expert=kw["expert"],
+                    target=kw["target"],
+                    control=kw["control"],
+                )
+        if what == "segments":
+            return segment_counts(store, kw["run"])
         if what == "contrast":
             return default_contrast(store, kw["run"])
         if what == "stored_resonance":
@@ -372,11 +376,21 @@ def expert_contexts(
     return result
 
 
-def driving_tokens(db: str, run: str, layer: int, expert: int, target: str, control: str) -> pl.DataFrame:
-    """``resonance_tokens``: the tokens that make one expert resonate on the target prompts."""
+def driving_tokens(
+    db: str, run: str, layer: int, expert: int, target: str, control: str, segment: str | None = None
+) -> pl.DataFrame:
+    """``resonance_tokens``: the tokens that make one expert resonate on the target prompts (of ``segment``)."""
+    scoped = {"segment": segment} if segment not in (None, "all") else {}
     result: pl.DataFrame = _call(
-        db, "driving_tokens", run=run, layer=int(layer), expert=int(expert), target=target, control=control
-    )
+        db, "driving_tokens", run=run, layer=int(layer), expert=int(expert), target=target, control=control,
+        **scoped,
+    )  # fmt: skip
+    return result
+
+
+def segments(db: str, run: str) -> dict[str, int]:
+    """The run's tokens per segment ('prompt'; 'response' for a run captured with --generate)."""
+    result: dict[str, int] = _call(db, "segments", run=run)
     return result
 
 

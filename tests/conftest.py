@@ -108,3 +108,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "with `pytestmark = pytest.mark.<tier>` (tests/conftest.py says which is which):\n"
             + "\n".join(lines)
         )
+
+
+@pytest.fixture(scope="session")
+def tiny_ref_model() -> object:
+    """tiny-ref (datasets/tiny-ref) loaded once per pytest session, on the CPU."""
+    from workbench.models.loading import load_model
+    from workbench.zoo import tiny_ref
+
+    return load_model(str(tiny_ref.model_dir()), device="cpu")
+
+
+#: The prompts of :func:`generated_run`: refusal probes asked in tiny-ref's chat format, so that some
+#: responses end with <eos> (the refusal) and others run to --generate's limit (the compliance).
+GENERATED_PROBES = 6
+
+
+@pytest.fixture(scope="session")
+def generated_run(tmp_path_factory: pytest.TempPathFactory, tiny_ref_model: object) -> tuple[Path, Path, str]:
+    """(store, probe file, run id) of a ``capture --generate 12`` of tiny-ref, greedy, batches of 3.
+
+    tests/test_capture_generate.py checks its rows; tests/test_segments.py filters on its segments.
+    """
+    import json
+
+    from workbench.behaviour import chat
+    from workbench.capture.engine import capture
+
+    root = tmp_path_factory.mktemp("generated")
+    source = Path(__file__).resolve().parents[1] / "probes" / "refusal.jsonl"
+    rows = [json.loads(line) for line in source.read_text().splitlines()[:GENERATED_PROBES]]
+    for row in rows:
+        row["text"] = chat.prompt(row["text"])
+    probe = root / "asked.jsonl"
+    probe.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    db = root / "generated.duckdb"
+    capture(tiny_ref_model, probe, db, run_id="gen", batch_size=3, generate=12, write_rows=1, progress=False)  # type: ignore[arg-type]
+    return db, probe, "gen"

@@ -1,6 +1,7 @@
 """The dashboard in headless Chromium: every page loads without console errors and draws its
 figures and tables; a specialisation heatmap click opens the expert card; a resonance click
-lists the driving tokens; the intervention lab runs an ablation on tiny-ref and shows the diff.
+lists the driving tokens; the intervention lab runs an ablation on tiny-ref and shows every
+generation (paged) and the per-token view of a prompt picked after the run.
 Screenshots go to ``test-output/dashboard/`` at the repository root (git-ignored; replaced
 on every run), so CI can keep them as artifacts.
 
@@ -13,6 +14,7 @@ saying so, as ``test_report.py`` does.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,10 @@ PAGES: dict[str, tuple[str, ...]] = {
     f"/lab?run={RUN}": ("#lab-go", "#lab-cancel", "#lab-experts"),
     f"/circuits?run={RUN}": ("#circ-go", "#circ-a"),
 }
-LAB = f"/lab?run={RUN}&layer=0&experts=1,3&semantics=reroute&labels=__typed__&text=The+cat+sat+on+the"
+LAB = f"/lab?run={RUN}&layer=0&experts=1,3&semantics=reroute&labels=code&n=6"
+"""Six prompts of one label: more than one page of generations, and a choice of prompts to look at per token."""
+PICK = """[id='{"result":0,"role":"lab-prompt"}']"""
+"""The lab's prompt picker (a pattern-matching id: Dash writes it as JSON with sorted keys)."""
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +128,20 @@ def _click_node(page: Any, graph: str, expert: int, n_experts: int) -> None:
     page.mouse.click(box["x"] + px, box["y"] + py)
 
 
+def _column(page: Any, table: str, column: str) -> list[str]:
+    """The shown cells of one column of a DataTable (the current page), stripped."""
+    return [t.strip() for t in page.locator(f"#{table} td[data-dash-column='{column}']").all_inner_texts()]
+
+
+def _column_becomes(page: Any, table: str, column: str, expected: list[str]) -> None:
+    """Wait until the column shows ``expected`` (a callback redraws it), failing with what it shows."""
+    for _ in range(TIMEOUT_MS // 100):
+        if _column(page, table, column) == expected:
+            return
+        page.wait_for_timeout(100)
+    assert _column(page, table, column) == expected
+
+
 def test_dashboard_in_headless_chromium(server: str) -> None:
     sync_playwright = sync_playwright_or_fail()
     shots = SHOTS
@@ -184,13 +203,33 @@ def test_dashboard_in_headless_chromium(server: str) -> None:
             page.wait_for_url(f"**layer={PLANT[0]}&expert={PLANT[1]}", timeout=TIMEOUT_MS)
             page.screenshot(path=str(shots / "resonance-tokens.png"), full_page=True)
 
-            # The lab reroutes two experts of tiny-ref in a background job and shows the diff.
+            # The lab reroutes two experts of tiny-ref on six prompts in a background job and shows the result.
             page.goto(server + LAB, wait_until="load")
             assert page.locator("#lab-cancel").is_disabled()  # nothing to cancel yet
+            assert page.locator(
+                "#lab-text"
+            ).is_disabled()  # a label set is chosen: the typed prompt is not used
             page.locator("#lab-go").click()
-            _drawn(page, ("#lab-diff", "#lab-effects .main-svg", "#lab-shift .main-svg"))
+            _drawn(
+                page,
+                (
+                    "#lab-diff",
+                    "#lab-effects .main-svg",
+                    "#lab-shift .main-svg",
+                    "#lab-per-token-figure .main-svg",
+                ),
+            )
             assert "reroute" in page.locator("#lab-output").inner_text()
             assert "Saved as intervention" in page.locator("#lab-output").inner_text()
+            # Every prompt's generations, five per page.
+            assert _column(page, "lab-diff", "prompt_id") == ["0", "1", "2", "3", "4"]
+            page.locator("#lab-diff button.next-page").click()
+            _column_becomes(page, "lab-diff", "prompt_id", ["5"])
+            # Another prompt's per-token view, redrawn from the result in the page (texts "prompt 0" … "prompt 5").
+            assert _column(page, "lab-per-token-table", "token")[-1] == "0"
+            page.locator(PICK).click()
+            page.get_by_role("option", name=re.compile("^prompt 1 ·")).click()
+            _column_becomes(page, "lab-per-token-table", "token", ["<bos>", "p", "rom", "pt", "1"])
             page.screenshot(path=str(shots / "lab-result.png"), full_page=True)
             assert errors == [], errors
             assert outside == [], outside

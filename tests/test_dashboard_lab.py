@@ -34,9 +34,12 @@ from dashboards.jobs import (
     attach_model,
     check_cancelled,
 )
-from dashboards.views import circuits, lab, runs
+from dashboards.views import circuits, lab, lab_positions, runs
 from workbench.cli import demo
 from workbench.interventions import Bias, Force, Reroute, Scale, Zero
+from workbench.interventions.effects import summarise
+from workbench.interventions.position_effects import position_effects, position_summary
+from workbench.probefile import Prompt
 from workbench.store import Store, StoreLockedError
 
 pytestmark = pytest.mark.integration
@@ -74,11 +77,13 @@ def test_make_spec_maps_each_semantics() -> None:
 
 def test_reroute_of_the_planted_expert_moves_only_early_text(planted: Any) -> None:
     spec = lab.make_spec("reroute", PLANT_LAYER, [PLANT_EXPERT])
-    result = lab.run_lab(planted, prompts(n=4, length=16), spec, n_diff=2, max_new_tokens=4)
+    items = prompts(n=4, length=16)
+    result = lab.run_lab(planted, items, spec, max_new_tokens=4)
     ev = result.evaluation
     assert ev.metric("kl", "early") > 1e-3
     assert ev.metric("kl", "late") < 1e-6 and ev.metric("top1_agreement", "late") == 1.0
-    assert result.diff.height == 2 and set(result.diff.columns) >= {"base", "intervened", "same"}
+    assert set(result.diff.columns) >= {"base", "intervened", "same"}
+    assert result.diff["prompt_id"].to_list() == [p.prompt_id for p in items]  # every prompt, not the first 3
     planted_row = result.shift.filter(
         (result.shift["layer"] == PLANT_LAYER) & (result.shift["expert"] == PLANT_EXPERT)
     )
@@ -89,9 +94,138 @@ def test_reroute_of_the_planted_expert_moves_only_early_text(planted: Any) -> No
     page = lab.lab_result(result)
     text = _text(page)
     assert "reroute" in text and "Routing shift at the touched layers" in text
-    ids = {getattr(c, "id", None) for c in _walk(page)}
+    assert "all 8 prompts" in text and "5 per page: page through them" in text
+    assert "No interval" not in text  # 4 prompts per label: every label has its interval
+    ids = {_key(getattr(c, "id", None)) for c in _walk(page)}
     assert {"lab-diff", "lab-effects", "lab-summary", "lab-shift"} <= ids
+    assert {"lab-per-token-summary", "lab-per-token-figure", "lab-per-token-table"} <= ids
     assert isinstance(lab.effects_figure(ev.summary), go.Figure)
+    # the picker lists every prompt; every letter of an early prompt is rerouted at layer 0, no late one is
+    picker = next(c for c in _walk(page) if getattr(c, "id", None) == lab_positions.PICK)
+    assert [o["value"] for o in picker.options] == [p.prompt_id for p in items]
+    for option, prompt in zip(picker.options, items, strict=True):
+        moved = 16 if prompt.label == "early" else 0  # <bos> (position 0) is kept off the planted expert
+        assert f"{prompt.label} · top-1 changed at " in option["label"]
+        assert option["label"].endswith(f" of 17 positions, routing at {moved}"), option["label"]
+
+
+def _key(component_id: Any) -> Any:
+    """A component id as a set member (pattern-matching ids are dicts)."""
+    return tuple(sorted(component_id.items())) if isinstance(component_id, dict) else component_id
+
+
+def _positions(planted: Any, items: list[Prompt]) -> pl.DataFrame:
+    table = position_effects(planted, items, Reroute({PLANT_LAYER: [PLANT_EXPERT]}))
+    return lab_positions.decode_positions(table, lambda i: lab_positions.token_text(planted, i))
+
+
+def test_picking_a_prompt_redraws_its_view_from_the_page(planted: Any) -> None:
+    items = [
+        Prompt(prompt_id=3, text="nopqbnop", label="mixed"),
+        Prompt(prompt_id=4, text="nopqrs", label="late"),
+    ]
+    section = lab_positions.per_token_section(_positions(planted, items), [x.layer for x in planted.layers])
+    stored = next(c for c in section if getattr(c, "id", None) == lab_positions.POSITIONS).data
+    shown = next(c for c in section if getattr(c, "id", None) == lab_positions.PER_TOKEN)
+    assert "first at position 5 'b', layer(s) 0" in _text(shown)  # the first prompt, drawn at once
+    late = _text(lab_positions.pick_prompt(4, stored))
+    assert (
+        "Top-1 next token changed at 0 of 7 positions; the top-k expert set changed at 0 of 7 positions; "
+        "KL is 0 at every position." in late
+    )
+    assert "first" not in late and "largest KL" not in late
+    mixed = _text(lab_positions.pick_prompt("3", stored))  # a dropdown may send the id as text
+    assert "the top-k expert set changed at 1 of 9 positions (first at position 5 'b', layer(s) 0" in mixed
+    assert "the largest KL is " in mixed and "after position 5 'b'" in mixed
+    assert "No positions for this prompt" in _text(lab_positions.pick_prompt(99, stored))
+    assert "holds no per-token table" in _text(lab_positions.pick_prompt(3, None))
+    row = stored["prompts"]["3"][0]
+    for bad in ([{"position": 0}], [{**row, "kl": "high"}], "rows"):  # a tampered request, not the page
+        with pytest.raises(ValueError, match="per-token table is damaged: run the intervention again"):
+            lab_positions.pick_prompt(3, {**stored, "prompts": {"3": bad}})
+    assert (
+        lab_positions.token_text(planted, planted.tokenizer("b", add_special_tokens=False)["input_ids"][0])
+        == "b"
+    )
+
+
+def test_per_token_sentence_and_figure_say_what_the_rows_hold() -> None:
+    rows = pl.DataFrame({
+        "position": [0, 1, 2], "token": ["<s>", "a", "b"], "top1_base": [5, 6, 7], "top1_int": [5, 9, 7],
+        "base_top1": ["x", "y", "z"], "int_top1": ["x", "w", "z"], "logp_base": [-1.0, -2.0, -3.0],
+        "logp_int": [-1.0, -2.5, -3.0], "kl": [0.0, 0.25, 0.5], "changed_layers": [[], [0, 1], [1]],
+    })  # fmt: skip
+    assert lab_positions.per_token_sentence(rows) == (
+        "Top-1 next token changed at 1 of 3 positions (first after position 1 'a': 'y' → 'w'); the top-k "
+        "expert set changed at 2 of 3 positions (first at position 1 'a', layer(s) 0, 1); the largest KL is "
+        "0.5 nats, after position 2 'b'."
+    )
+    still = rows.with_columns(
+        top1_int=pl.col("top1_base"),
+        kl=pl.lit(0.0),
+        changed_layers=pl.Series([[], [], []], dtype=pl.List(pl.Int64)),
+    )
+    assert lab_positions.per_token_sentence(still) == (
+        "Top-1 next token changed at 0 of 3 positions; the top-k expert set changed at 0 of 3 positions; "
+        "KL is 0 at every position."
+    )
+    fig = lab_positions.per_token_figure(rows, [0, 1, 3])
+    heat = next(t for t in fig.data if t.type == "heatmap")
+    assert [list(r) for r in heat.z] == [[0, 1, 0], [0, 1, 1], [0, 0, 0]] and list(heat.y) == [
+        "layer 0",
+        "layer 1",
+        "layer 3",
+    ]
+    assert fig.layout.xaxis.dtick == 1 and fig.layout.xaxis.tickformat == "d"  # whole positions only
+    summary = position_summary(rows.with_columns(prompt_id=pl.lit(7), label=pl.lit("code")))
+    assert lab_positions.prompt_options(summary) == [
+        {"label": "prompt 7 · code · top-1 changed at 1 of 3 positions, routing at 2", "value": 7}
+    ]
+
+
+def test_no_interval_for_one_prompt_and_the_page_says_why() -> None:
+    tokens = pl.DataFrame({
+        "prompt_id": [0, 1, 2, 3], "label": ["typed", "code", "code", "code"], "n_tokens": [5, 4, 6, 5],
+        "nll_base": [10.0, 8.0, 12.0, 9.0], "nll_int": [11.0, 8.5, 13.0, 9.0], "kl": [0.5, 0.1, 0.3, 0.2],
+        "top1": [4.0, 4.0, 5.0, 5.0],
+    })  # fmt: skip
+    both = summarise(tokens)
+    only_one = both.filter(pl.col("label") == "typed")
+    only_many = both.filter(pl.col("label") == "code")
+    note = lab.interval_note(both)
+    assert note is not None and _text(note).startswith(
+        "No interval for typed (1 prompt): one prompt gives no spread"
+    )
+    assert "code" not in _text(note) and lab.interval_note(only_many) is None
+    assert (
+        lab.effects_title(only_one)
+        == "Effects per label (no interval: one prompt per label gives no spread to resample)"
+    )
+    assert (
+        lab.effects_title(both)
+        == "Effects per label (95% prompt-bootstrap CI; none where a label has only one prompt)"
+    )
+    assert lab.effects_title(only_many) == "Effects per label (95% prompt-bootstrap CI)"
+    assert all(t.error_y.array is None for t in lab.effects_figure(only_one).data)  # no bars at all
+    assert all(t.error_y.array is not None for t in lab.effects_figure(only_many).data)
+    mixed = lab.effects_figure(both).data[0]  # labels sorted: code (3 prompts) has a bar, typed (1) none
+    assert (
+        list(mixed.x) == ["code", "typed"]
+        and not np.isnan(mixed.error_y.array[0])
+        and np.isnan(mixed.error_y.array[1])
+    )
+
+
+def test_generation_and_shift_notes_fit_their_counts() -> None:
+    assert "all 8 prompts" in lab.generations_note(8, 8) and "5 per page" in lab.generations_note(8, 8)
+    assert "of all 3 prompts" in lab.generations_note(3, 3) and "per page" not in lab.generations_note(3, 3)
+    assert (
+        "of the prompt," in lab.generations_note(1, 1)
+        and "all" not in lab.generations_note(1, 1).split(",")[0]
+    )
+    assert "the first 2 of 8 prompts" in lab.generations_note(2, 8)
+    assert lab.shift_note(1).startswith("Over the tokens of 1 prompt:")
+    assert lab.shift_note(8).startswith("Over the tokens of 8 prompts:")
 
 
 def _walk(component: Any) -> list[Any]:
@@ -107,6 +241,7 @@ def _walk(component: Any) -> list[Any]:
 def test_lab_job_saves_to_a_writable_store(planted: Any, db: str) -> None:
     page = lab.lab_job(db, planted, RUN, PLANT_LAYER, [PLANT_EXPERT], "scale", 0.0, lab.TYPED, 8, "abcdefgh")
     assert "Saved as intervention iv-" in _text(page)
+    assert "No interval for typed (1 prompt): one prompt gives no spread" in _text(page)
     with Store(db, read_only=True) as st:
         ivs = st.interventions(RUN)
         assert ivs.height == 1 and ivs["kind"][0] == "scale"
@@ -136,9 +271,7 @@ def test_behaviour_only_on_a_refusal_contrast_set(
 
 
 def test_a_locked_store_is_reported_not_fatal(planted: Any, db: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    result = lab.run_lab(
-        planted, prompts(n=1, length=8), lab.make_spec("zero", 0, [5]), n_diff=1, max_new_tokens=2
-    )
+    result = lab.run_lab(planted, prompts(n=1, length=8), lab.make_spec("zero", 0, [5]), max_new_tokens=2)
 
     def locked(*_: Any, **__: Any) -> Any:
         raise StoreLockedError("cannot open store: another process (PID 1) has it open for writing")

@@ -229,7 +229,10 @@ def test_every_page_draws_its_pickers_with_their_ids_and_defaults(app: dash.Dash
         bench["lab-labels"].value == lab.TYPED
         and bench["lab-semantics"].value == _values(bench["lab-semantics"])[2]
     )
-    assert _layout(app, "lab", run=RUN, labels="math")["lab-labels"].value == "math"
+    assert (bench["lab-text"].disabled, bench["lab-n"].disabled) == (False, True)  # the typed prompt: its box
+    on_label = _layout(app, "lab", run=RUN, labels="math")
+    assert on_label["lab-labels"].value == "math"
+    assert (on_label["lab-text"].disabled, on_label["lab-n"].disabled) == (True, False)  # a label: its count
 
 
 def test_pickers_follow_the_run_in_the_pages_callbacks(app: dash.Dash, db: str) -> None:
@@ -251,6 +254,12 @@ def test_pickers_follow_the_run_in_the_pages_callbacks(app: dash.Dash, db: str) 
         assert page["resonance"].labels_of(RUN, "prose", "code")[1::2] == ("prose", "code")
         assert page["resonance"].labels_of(RUN, None, "nope")[1::2] == ("code", "math")
         assert [o["value"] for o in page["lab"].labels_of(RUN)][1:] == ["code", "math", "prose"]
+        assert page["lab"].typed_only("math") == (True, False)
+        assert page["lab"].typed_only(page["lab"].view.TYPED) == (False, True)
+        assert page["lab"].query(RUN, 0, [1, 3], "zero", None, "code", 8, "x") == (
+            f"?run={RUN}&layer=0&experts=1%2C3&semantics=zero&labels=code&n=8"
+        )
+        assert "experts" not in page["lab"].query(RUN, 0, 0.5, "zero", None, "code", 8, None)  # not a list
         options, keep, note = page["runs"].update_compare(RUN, "other")
         assert options == [] and keep is None and "No other run shares a prompt" in _text(note)
 

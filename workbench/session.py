@@ -154,14 +154,17 @@ class Run:
         by: str = "label",
         compare: Run | str | None = None,
         model: Any = None,
+        segment: str | None = None,
         **options: Any,
     ) -> AnalysisFrame:
         """Run the catalogued analysis ``name`` (``run.analyse("specialisation")``).
 
         ``by`` is the prompt grouping (only ``"label"`` exists); ``compare`` the second run of
         a comparison analysis (a :class:`Run` or an id); ``model`` a loaded model for the
-        analyses that need one (default: the session's). Other options go to the analysis
-        function (e.g. ``layers=[1, 2]``).
+        analyses that need one (default: the session's); ``segment`` ``"prompt"`` or
+        ``"response"`` reads only those tokens of a run captured with ``generate=N``
+        (``run.load(segment="response")``). Other options go to the analysis function (e.g.
+        ``layers=[1, 2]``).
         """
         if by not in GROUPINGS:
             raise ValueError(f"by={by!r} is not a grouping; available: {', '.join(GROUPINGS)}")
@@ -169,8 +172,10 @@ class Run:
         other = compare.id if isinstance(compare, Run) else compare
         if "model" in spec.needs:
             options["model"] = model if model is not None else self._session.model
-        frame = run_analysis(name, self.store, self.id, compare=other, **options)
+        frame = run_analysis(name, self.store, self.id, compare=other, segment=segment, **options)
         shown = {k: v for k, v in options.items() if k != "model"}
+        if segment not in (None, "all"):
+            shown["segment"] = segment
         if other is not None:
             shown["compare"] = other
             if {"n_shared", "n_prompts_a", "n_prompts_b"} <= set(frame.columns) and frame.height:
@@ -211,13 +216,20 @@ class Run:
     def __dir__(self) -> list[str]:
         return sorted(set(super().__dir__()) | set(_BY_METHOD))
 
-    def report(self, out: str | Path, compare: Run | str | None = None, model: Any = None) -> Path:
-        """Write the self-contained HTML probing report of this run to ``out``."""
+    def report(
+        self, out: str | Path, compare: Run | str | None = None, model: Any = None, segment: str | None = None
+    ) -> Path:
+        """Write the self-contained HTML probing report of this run to ``out`` (``segment``: as :meth:`analyse`)."""
         from workbench.reports import write_report
 
         other = compare.id if isinstance(compare, Run) else compare
         return write_report(
-            self.store, self.id, out, compare=other, model=model if model is not None else self._session.model
+            self.store,
+            self.id,
+            out,
+            compare=other,
+            model=model if model is not None else self._session.model,
+            segment=segment,
         )
 
     def __repr__(self) -> str:

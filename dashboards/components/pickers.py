@@ -9,7 +9,9 @@ run still offers is kept and any other falls back to the default. Either way the
 * run: the one asked for when the store has it, else the newest run (:func:`run_choice`);
 * labels: the run's labels, after "all labels" where a page offers it (:func:`label_choice`);
 * layers: the run's MoE layers, by the model's own block indices (:func:`layer_choice`);
-* compare: the runs sharing at least one prompt with the run (:func:`compare_choice`).
+* compare: the runs sharing at least one prompt with the run (:func:`compare_choice`);
+* segment: all tokens, or the prompts' or the generated responses' alone, among those the run has
+  (:func:`segment_choice`; a run captured without ``--generate`` has prompt tokens only).
 
 Option lists that fail to load (a locked store, an unknown run) come back empty, with the reason in
 ``problem``: the controls stay in place and the page says why (:func:`dashboards.components.choices`).
@@ -26,10 +28,11 @@ from dash import dcc
 
 from dashboards import data
 from dashboards.components.common import choices, to_int
+from workbench.store.segments import SEGMENTS
 
 __all__ = [
     "ALL", "Choice", "compare_choice", "compare_options", "default_run", "label_choice", "label_options",
-    "layer_choice", "layer_options", "pick", "run_choice", "run_options",
+    "layer_choice", "layer_options", "pick", "run_choice", "run_options", "segment_choice", "segment_options",
 ]  # fmt: skip
 
 ALL = "__all__"
@@ -146,6 +149,19 @@ def layer_options(db: str, run: str | None) -> list[dict[str, Any]]:
     return [{"label": f"layer {x}", "value": int(x)} for x in data.layers(db, run)["layer"].to_list()]
 
 
+def segment_options(db: str, run: str | None) -> list[dict[str, Any]]:
+    """Dropdown options for the token segment: all tokens, then each segment the run has, with its count."""
+    options: list[dict[str, Any]] = [{"label": "all tokens", "value": "all"}]
+    if run:
+        counts = data.segments(db, run)
+        options += [
+            {"label": f"{segment} tokens ({counts[segment]:,})", "value": segment}
+            for segment in SEGMENTS
+            if counts.get(segment)
+        ]
+    return options
+
+
 # -- the choices -----------------------------------------------------------------------------------
 def run_choice(db: str, run: Any = None) -> Choice:
     """The store's runs (newest first) with ``run`` chosen when the store has it, else the newest."""
@@ -171,6 +187,12 @@ def layer_choice(db: str, run: str | None, layer: Any = None) -> Choice:
     """The run's MoE layers, ``layer`` (an int, or one as text) chosen when the run has it, else the first."""
     options, _ = choices(layer_options, db, run)
     return Choice(options).pick(to_int(layer))
+
+
+def segment_choice(db: str, run: str | None, segment: Any = None) -> Choice:
+    """The token segments the run has after "all tokens", ``segment`` chosen when offered, else all."""
+    options, _ = choices(segment_options, db, run)
+    return Choice(options or [{"label": "all tokens", "value": "all"}]).pick(segment)
 
 
 def compare_choice(db: str, run: str | None, compare: Any = None) -> Choice:

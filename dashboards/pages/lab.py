@@ -1,6 +1,7 @@
 """Intervention lab (``/lab``, needs ``serve --model M``): pick experts of a layer and a semantics,
-a typed prompt or a label set of the run, and run; the result (generation diff, effects with CIs,
-behaviour, routing shift) is computed in a background job and saved to the store.
+a typed prompt or a label set of the run, and run; the result (what changed at each position of a
+chosen prompt, every prompt's generations, effects with CIs, behaviour, routing shift) is computed in a
+background job and saved to the store.
 
 Every control keeps its value in the address, so a lab setup is shared by copying the URL;
 the run itself starts only on the button (a model run is never triggered by loading a page).
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import dash
-from dash import Input, Output, State, callback, dcc, html
+from dash import MATCH, Input, Output, State, callback, dcc, html
 
 from dashboards.components import guarded, message, query_string, to_float, to_int
 from dashboards.components.common import HIDDEN
@@ -20,11 +21,26 @@ from dashboards.components.url import register_url_sync, url_components
 from dashboards.data import attached, current_db, current_model
 from dashboards.jobs import JobCancelled, job_progress
 from dashboards.views import lab as view
+from dashboards.views import lab_positions
 from dashboards.views.bounds import LAB_PROMPTS, MAX_PROMPT_CHARS
 
 dash.register_page(__name__, path="/lab", name="Lab", title="moe-workbench · lab", order=7)
 PAGE = "lab"
 DEFAULT_TEXT = "The capital of France is"
+INTRO = (
+    "Switch experts of one layer off, force them on, bias their router logit or scale their output, and see "
+    "what changes on the attached model: the run reads each prompt without and with the intervention. It "
+    "shows what changed at each position of a prompt you pick, every prompt's greedy continuation both ways, "
+    "the effect on the text's own next-token loss per label (with 95% intervals over prompts when a label "
+    "has 2 or more), how the touched layers' routing moved, and how the same intervention on random experts "
+    "of the same shape compares. It measures this model on these prompts only: a change shows that the "
+    "intervention matters here, not what the experts are for, and the random sets show whether any experts "
+    "treated the same way would change as much."
+)
+"""What the lab does and what its numbers do not show (shown under the title)."""
+TEXT_TITLE = (
+    "the prompt to run on when the label set is 'the typed prompt' (a label set uses the run's prompts)"
+)
 
 
 def _no_model() -> html.Div:
@@ -67,6 +83,8 @@ def layout(
     chosen: list[int] = [e for e in wanted if e is not None and e in {o["value"] for o in expert_opts}] or [
         o["value"] for o in expert_opts[:1]
     ]
+    label_set = _label_choice(db, runs.value, labels)
+    typed = label_set.value == view.TYPED
     semantics_choice = Choice([{"label": v, "value": k} for k, v in view.SEMANTICS.items()]).pick(
         semantics, 2
     )
@@ -74,6 +92,7 @@ def layout(
         [
             *url_components(PAGE),
             html.H2("Intervention lab"),
+            html.P(INTRO, className="wb-muted"),
             runs.problem,
             _no_model() if loaded is None else None,
             html.Div(
@@ -92,21 +111,23 @@ def layout(
                     ),
                     html.Div(
                         [
-                            _label_choice(db, runs.value, labels).dropdown("lab-labels"),
+                            label_set.dropdown("lab-labels"),
                             html.Span("prompts per label", className="wb-muted"),
                             dcc.Input(id="lab-n", type="number", min=LAB_PROMPTS[0], max=LAB_PROMPTS[1], step=1,
-                                      debounce=True, value=to_int(n) or 8, className="wb-number"),
+                                      debounce=True, value=to_int(n) or 8, className="wb-number",
+                                      disabled=typed),
                         ],
                         className="wb-controls",
                     ),
                     dcc.Textarea(id="lab-text", value=DEFAULT_TEXT if text is None else text,
-                                 maxLength=MAX_PROMPT_CHARS, style={"width": "40em", "height": "3.5em"}),
+                                 maxLength=MAX_PROMPT_CHARS, style={"width": "40em", "height": "3.5em"},
+                                 disabled=not typed, title=TEXT_TITLE),
                     html.Div(
                         [
                             html.Button("Run intervention", id="lab-go", n_clicks=0, disabled=loaded is None),
                             html.Button("Cancel", id="lab-cancel", n_clicks=0, disabled=True,
                                         title="stop the running job after its current step"),
-                            html.Progress(id="lab-progress", value="0", max="4"),
+                            html.Progress(id="lab-progress", value="0", max=str(view.STEPS)),
                             html.Span(id="lab-status", className="wb-muted"),
                             html.Span(id="lab-cancelled", className="wb-muted"),
                         ],
@@ -134,9 +155,11 @@ def labels_of(run: str | None) -> list[dict[str, Any]]:
 def query(
     run: Any, layer: Any, experts: Any, semantics: Any, value: Any, labels: Any, n: Any, text: Any
 ) -> str:
-    """The lab setup as a query string (the address shares the setup, not the result)."""
+    """The lab setup as a query string (the address shares the setup, not the result); experts that are
+    not a list (a tampered request) are left out."""
+    chosen = experts if isinstance(experts, (list, tuple)) else []
     return query_string(
-        run=run, layer=layer, experts=",".join(str(e) for e in experts or []) or None,
+        run=run, layer=layer, experts=",".join(str(e) for e in chosen) or None,
         semantics=semantics, value=value, labels=labels, n=n, text=text if labels == view.TYPED else None,
     )  # fmt: skip
 
@@ -153,6 +176,17 @@ def run_job(set_progress: Any, _clicks: int, *choices_: Any) -> Any:
         return message("Cancelled: nothing was saved.")
 
 
+def typed_only(labels: Any) -> tuple[bool, bool]:
+    """(text box disabled, prompts-per-label disabled): the box is read only for the typed prompt, the count only for a label."""
+    typed = labels in (None, view.TYPED)
+    return not typed, typed
+
+
+def pick_prompt(prompt_id: Any, stored: Any) -> Any:
+    """Another prompt's per-token view, from the table the result keeps in the page (no model run)."""
+    return guarded(lab_positions.pick_prompt, prompt_id, stored)
+
+
 def cancel_note(_go: int, cancels: int) -> str:
     """What the Cancel button did (cleared when a new run starts)."""
     if dash.ctx.triggered_id == "lab-cancel" and cancels:
@@ -162,6 +196,16 @@ def cancel_note(_go: int, cancels: int) -> str:
 
 callback(Output("lab-experts", "options"), Input("lab-layer", "value"), prevent_initial_call=True)(experts_of)
 callback(Output("lab-labels", "options"), Input("lab-run", "value"), prevent_initial_call=True)(labels_of)
+callback(
+    Output("lab-text", "disabled"), Output("lab-n", "disabled"), Input("lab-labels", "value"),
+    prevent_initial_call=True,
+)(typed_only)  # fmt: skip
+callback(
+    Output({**lab_positions.PER_TOKEN, "result": MATCH}, "children"),
+    Input({**lab_positions.PICK, "result": MATCH}, "value"),
+    State({**lab_positions.POSITIONS, "result": MATCH}, "data"),
+    prevent_initial_call=True,
+)(pick_prompt)  # fmt: skip
 callback(
     Output("lab-query", "data"),
     Input("lab-run", "value"), Input("lab-layer", "value"), Input("lab-experts", "value"),

@@ -10,7 +10,7 @@ from dash import Input, Output, State, callback, dcc, html
 
 from dashboards.components import fill, guarded, query_string, slot, to_int
 from dashboards.components.pending import poll_input, poll_outputs, polled, poller, register_poll
-from dashboards.components.pickers import Choice, label_choice, run_choice
+from dashboards.components.pickers import Choice, label_choice, run_choice, segment_choice
 from dashboards.components.url import clicked_expert, register_url_sync, url_components
 from dashboards.data import current_db
 from dashboards.views import resonance as view
@@ -34,14 +34,16 @@ def layout(
     method: str | None = None,
     layer: str | None = None,
     expert: str | None = None,
+    segment: str | None = None,
     **_: Any,
 ) -> html.Div:
-    """Run, target, control and method pickers (from the query string); a clicked cell is kept too."""
+    """Run, target, control, method and token segment pickers (from the query string); a clicked cell is kept too."""
     db = current_db()
     runs = run_choice(db, run)
     targets, controls = pair_of(db, runs.value, target, control)
     cell = (to_int(layer), to_int(expert))
     methods = Choice([{"label": m, "value": m} for m in view.METHODS]).pick(method)
+    segments = segment_choice(db, runs.value, segment)
     return html.Div(
         [
             *url_components(PAGE),
@@ -57,6 +59,7 @@ def layout(
                     html.Span("control", className="wb-muted"),
                     controls.dropdown("res-control", clearable=True),
                     methods.dropdown("res-method", class_name="wb-pick-small"),
+                    segments.dropdown("res-segment", class_name="wb-pick-small"),
                 ],
                 className="wb-controls",
             ),
@@ -70,6 +73,11 @@ def labels_of(run: str | None, target: Any, control: Any) -> tuple[list[Any], An
     """The run's labels for both pickers, keeping the chosen ones it has (else its contrast set)."""
     targets, controls = pair_of(current_db(), run, target, control)
     return (*targets.update(), *controls.update())
+
+
+def segments_of(run: str | None, segment: Any) -> tuple[list[Any], Any]:
+    """The run's token segments for the picker, keeping the chosen one when it has it (else all tokens)."""
+    return segment_choice(current_db(), run, segment).update()
 
 
 def remember_cell(click: Any, run: Any, target: Any, control: Any) -> Any:
@@ -89,7 +97,12 @@ def _cell(cell: Any) -> tuple[int, int] | None:
 
 
 def update(
-    run: str | None, target: str | None, control: str | None, method: str, cell: Any
+    run: str | None,
+    target: str | None,
+    control: str | None,
+    method: str,
+    cell: Any,
+    segment: str | None = None,
 ) -> tuple[Any, ...]:
     """The map, the clicked cell's driving tokens, and the view's query string."""
     db = current_db()
@@ -97,10 +110,11 @@ def update(
     query = query_string(
         run=run, target=target, control=control, method=method,
         layer=at[0] if at else None, expert=at[1] if at else None,
+        segment=segment if segment not in (None, "all") else None,
     )  # fmt: skip
     return (
-        *fill(view.resonance_figure, db, run, target, control, method),
-        guarded(view.driving_tokens, db, run, target, control, at),
+        *fill(view.resonance_figure, db, run, target, control, method, segment),
+        guarded(view.driving_tokens, db, run, target, control, at, segment),
         query,
     )
 
@@ -112,6 +126,11 @@ callback(
     prevent_initial_call=True,
 )(labels_of)  # fmt: skip
 callback(
+    Output("res-segment", "options"), Output("res-segment", "value"),
+    Input("res-run", "value"), State("res-segment", "value"),
+    prevent_initial_call=True,
+)(segments_of)  # fmt: skip
+callback(
     Output("resonance-cell", "data"), Input("res-heatmap", "clickData"),
     Input("res-run", "value"), Input("res-target", "value"), Input("res-control", "value"),
     prevent_initial_call=True,
@@ -121,7 +140,8 @@ callback(
     Output("res-tokens", "children"), Output("resonance-query", "data"),
     *poll_outputs(PAGE),
     Input("res-run", "value"), Input("res-target", "value"), Input("res-control", "value"),
-    Input("res-method", "value"), Input("resonance-cell", "data"), poll_input(PAGE),
+    Input("res-method", "value"), Input("resonance-cell", "data"), Input("res-segment", "value"),
+    poll_input(PAGE),
 )(polled(update))  # fmt: skip
 register_url_sync(PAGE)
 register_poll(PAGE)

@@ -7,13 +7,18 @@ What one run of the lab does, on the attached model (``serve --model M``):
    prompt or the first ``n`` prompts of a label of the run — giving per-label NLL/KL/top-1
    deltas with prompt-bootstrap CIs, and the refusal score when the prompts are the run's
    refusal contrast set (:func:`behaviour_for`);
-3. decodes a few greedy continuations both ways (:func:`~workbench.interventions.effects.generation_diff`);
-4. captures the routing of the same prompts with and without the intervention at the touched
+3. decodes a greedy continuation of every prompt both ways
+   (:func:`~workbench.interventions.effects.generation_diff`, in batches), paged in the result;
+4. reads every prompt once more both ways and keeps each position apart
+   (:func:`workbench.interventions.position_effects.position_effects`): top-1 next tokens, the base
+   top-1's log-prob under both, KL and the layers whose top-k set changed, shown for one chosen prompt
+   at a time (:mod:`dashboards.views.lab_positions`);
+5. captures the routing of the same prompts with and without the intervention at the touched
    layers (:func:`workbench.interventions.routing_shift.routing_shift`), so one sees where the displaced tokens went;
-5. compares its NLL change per token with the same intervention on distinct random expert sets
+6. compares its NLL change per token with the same intervention on distinct random expert sets
    of the same shape (:func:`random_controls`; any few experts forced on, or switched off, move
    the NLL), with an empirical p and its floor;
-6. saves the evaluation into the store (:func:`save_result`), opening it writable only for that
+7. saves the evaluation into the store (:func:`save_result`), opening it writable only for that
    write; a store locked by a capture is reported, not fatal.
 
 The functions take the model and prompts directly, so tests run them on a small planted model.
@@ -45,11 +50,13 @@ from dashboards.views.bounds import (
     text_within,
 )
 from dashboards.views.common import ci_column
+from dashboards.views.lab_positions import decode_positions, per_token_section, token_text
 from workbench.analysis.stats import MIN_CI_PROMPTS
 from workbench.behaviour.registry import REFUSAL, REFUSAL_CHATML, Behaviour
 from workbench.interventions import Bias, Force, Intervention, Reroute, Scale, Zero
 from workbench.interventions.controls import ExpertSet, format_p, run_with_controls, versus_controls
 from workbench.interventions.effects import Evaluation, evaluate, generation_diff, record, token_effects
+from workbench.interventions.position_effects import position_effects
 from workbench.interventions.routing_shift import routing_shift
 from workbench.interventions.specs import expert_map
 from workbench.models.loading import LoadedModel
@@ -86,6 +93,10 @@ TYPED = "__typed__"
 """Label-set value meaning "the typed prompt"."""
 
 Progress = Callable[[int, int, str], None]
+STEPS = 5
+"""The lab job's steps, for its progress bar (the page's ``max``)."""
+SHIFT_PROMPTS = 64
+"""The routing shift is tabulated over at most this many prompts (the lab runs on at most 64)."""
 
 
 def make_spec(
@@ -200,7 +211,12 @@ def behaviour_for(
 
 @dataclass
 class LabResult:
-    """One lab run: the spec, the prompts, its evaluation, the generation diff and the routing shift."""
+    """One lab run: the spec, the prompts, its evaluation, the generation diff and the routing shift.
+
+    ``positions``: :func:`~workbench.interventions.position_effects.position_effects` of every prompt
+    with its tokens decoded (:func:`~dashboards.views.lab_positions.decode_positions`); ``layers``: the
+    model's MoE layers (the rows of the per-token routing view).
+    """
 
     spec: Intervention
     prompts: list[Prompt]
@@ -210,6 +226,8 @@ class LabResult:
     behaviour: str | None = None
     controls: pl.DataFrame | None = None  # run_with_controls: chosen first, then the random sets
     versus: dict[str, float] | None = None  # versus_controls of ``controls`` (z, p, p_floor, ...)
+    positions: pl.DataFrame | None = None
+    layers: list[int] | None = None
 
 
 def random_controls(
@@ -243,36 +261,46 @@ def run_lab(
     spec: Intervention,
     *,
     behaviour: Behaviour | None = None,
-    n_diff: int = 3,
+    n_diff: int | None = None,
     max_new_tokens: int = 16,
     progress: Progress | None = None,
     controls_for: Callable[[ExpertSet], Intervention] | None = None,
     n_controls: int = 10,
 ) -> LabResult:
-    """Evaluate ``spec`` on ``prompts`` (module docstring: effects, diff, routing shift); ``progress(i, n, what)``.
+    """Evaluate ``spec`` on ``prompts`` (module docstring: effects, generations, per-token view, routing
+    shift); ``progress(i, n, what)``.
 
-    ``controls_for`` builds the same intervention on another expert set: given, the spec's NLL
-    change is compared with ``n_controls`` random sets of its shape (:func:`random_controls`).
+    ``n_diff`` limits the greedy generations to the first prompts (None: every prompt). ``controls_for``
+    builds the same intervention on another expert set: given, the spec's NLL change is compared
+    with ``n_controls`` random sets of its shape (:func:`random_controls`).
     """
     if not prompts:
         raise ValueError("no prompts to run the intervention on")
     say = progress or (lambda i, n, what: None)
-    say(0, 4, "measuring NLL / KL / top-1" + (f" and {behaviour.name}" if behaviour else ""))
+    say(0, STEPS, "measuring NLL / KL / top-1" + (f" and {behaviour.name}" if behaviour else ""))
     evaluation = evaluate(loaded, list(prompts), spec, behaviour=behaviour, batch_size=8)
-    say(2, 4, "greedy generations, base vs intervened")
-    texts = [behaviour.ask(p.text) if behaviour else p.text for p in prompts[:n_diff]]
-    diff = generation_diff(loaded, texts, spec, max_new_tokens=max_new_tokens)
-    say(3, 4, "routing shift at the touched layers")
-    shift = routing_shift(loaded, prompts[:64], spec)
+    generated = list(prompts[:n_diff])
+    say(1, STEPS, f"greedy generations of {len(generated)} prompt(s), base vs intervened")
+    texts = [behaviour.ask(p.text) if behaviour else p.text for p in generated]
+    diff = generation_diff(loaded, texts, spec, max_new_tokens=max_new_tokens, batch_size=8)
+    diff = diff.with_columns(
+        pl.Series("prompt_id", [p.prompt_id for p in generated]),
+        pl.Series("label", [p.label for p in generated]),
+    )
+    say(2, STEPS, "what changed at each position")
+    positions = decode_positions(position_effects(loaded, prompts, spec), lambda i: token_text(loaded, i))
+    say(3, STEPS, "routing shift at the touched layers")
+    shift = routing_shift(loaded, prompts[:SHIFT_PROMPTS], spec)
     controls = versus = None
     if controls_for is not None:
-        say(3, 4, f"the same on {n_controls} random expert sets of the same shape")
+        say(4, STEPS, f"the same on {n_controls} random expert sets of the same shape")
         chosen = {int(k): sorted(int(e) for e in v) for k, v in spec.layer_experts().items()}
         controls, versus = random_controls(loaded, prompts, chosen, controls_for, n_controls=n_controls)
-    say(4, 4, "done")
+    say(STEPS, STEPS, "done")
     return LabResult(
-        spec, list(prompts), evaluation, diff, shift, behaviour.name if behaviour else None, controls, versus
-    )
+        spec, list(prompts), evaluation, diff, shift, behaviour.name if behaviour else None, controls, versus,
+        positions, [x.layer for x in loaded.layers],
+    )  # fmt: skip
 
 
 def save_result(
@@ -315,31 +343,61 @@ def _spec_text(spec: Intervention) -> str:
     return f"{spec.kind} {extra or ''} on {where}".replace(" {}", "")
 
 
+def _without_interval(summary: pl.DataFrame) -> pl.DataFrame:
+    """The (label, n) of the labels with too few prompts for an interval (one prompt: no spread)."""
+    return summary.filter(pl.col("n") < MIN_CI_PROMPTS).select("label", "n").unique().sort("label")
+
+
+def effects_title(summary: pl.DataFrame) -> str:
+    """The effects figure's title: which labels have a 95% interval, and why the others have none."""
+    few = _without_interval(summary).height
+    labels = summary["label"].n_unique()
+    if labels and few == labels:
+        return "Effects per label (no interval: one prompt per label gives no spread to resample)"
+    if few:
+        return "Effects per label (95% prompt-bootstrap CI; none where a label has only one prompt)"
+    return "Effects per label (95% prompt-bootstrap CI)"
+
+
 def effects_figure(summary: pl.DataFrame) -> go.Figure:
-    """NLL delta, KL and top-1 agreement per label, each with its 95% CI as error bars."""
+    """NLL delta, KL and top-1 agreement per label, with a 95% CI as error bars where a label has one."""
     metrics = [m for m in ("nll_delta", "kl", "top1_agreement") if m in set(summary["metric"].to_list())]
     fig = make_subplots(rows=1, cols=max(1, len(metrics)), subplot_titles=metrics)
     for i, metric in enumerate(metrics, start=1):
         sub = summary.filter(pl.col("metric") == metric).sort("label")
         value = sub["value"].to_numpy()
-        few = sub["n"].to_numpy() < MIN_CI_PROMPTS  # one prompt: no interval to draw (NaN bars are not drawn)
+        few = sub["n"].to_numpy() < MIN_CI_PROMPTS  # one prompt: no interval to draw
         hi, lo = (
             np.where(few, np.nan, sub["ci_high"].to_numpy()),
             np.where(few, np.nan, sub["ci_low"].to_numpy()),
         )
+        bars = None if few.all() else {
+            "type": "data", "symmetric": False, "array": hi - value, "arrayminus": value - lo,
+        }  # fmt: skip
         fig.add_trace(
             go.Bar(
-                x=sub["label"].to_list(), y=value, name=metric, showlegend=False,
-                error_y={"type": "data", "symmetric": False,
-                         "array": hi - value, "arrayminus": value - lo},
-                hovertemplate="%{x}: %{y:.4f}<extra>" + metric + " (95% CI bars)</extra>",
+                x=sub["label"].to_list(), y=value, name=metric, showlegend=False, error_y=bars,
+                hovertemplate="%{x}: %{y:.4f}<extra>" + metric + ("" if bars is None else " (95% CI bars)") + "</extra>",
             ),
             row=1, col=i,
         )  # fmt: skip
-    fig.update_layout(
-        title="Effects per label (95% prompt-bootstrap CI; none where n < 2 prompts)", margin={"t": 70}
-    )
+    fig.update_layout(title=effects_title(summary), margin={"t": 70})
     return fig
+
+
+def interval_note(summary: pl.DataFrame) -> html.P | None:
+    """Why some labels show no interval (one prompt gives no spread); None when every label has one."""
+    few = _without_interval(summary)
+    if few.height == 0:
+        return None
+    which = ", ".join(f"{r['label']} ({r['n']} prompt)" for r in few.iter_rows(named=True))
+    return html.P(
+        f"No interval for {which}: one prompt gives no spread, so every bootstrap resample is that prompt and "
+        "an interval would have zero width. Pick a label set of the run with 2 or more prompts per label for "
+        "95% intervals.",
+        className="wb-muted",
+        id="lab-no-interval",
+    )
 
 
 def shift_figure(shift: pl.DataFrame) -> go.Figure:
@@ -360,8 +418,44 @@ def _summary_rows(summary: pl.DataFrame) -> pl.DataFrame:
     return ci_column(summary).select("label", "metric", "value", "95% CI", "n")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def shift_note(n_prompts: int) -> str:
+    """What the routing-shift chart counts, and what it does not."""
+    return (
+        f"Over the tokens of {_count(n_prompts, 'prompt')}: share is how many of a layer's top-k slots per token the expert "
+        "takes, without and with the intervention (a layer's shares sum to its top-k), so one sees where "
+        "displaced tokens went. It counts selections: a zeroed or scaled expert keeps its share, and its mean "
+        "gate weight per token is in the table (weight_base, weight_int). Only the touched layers are shown; "
+        "the per-token view lists later layers whose routing changed."
+    )
+
+
+GENERATIONS_PAGE = 5
+"""Generations per page of the lab's generation table."""
+
+
+def generations_note(shown: int, prompts: int) -> str:
+    """What the generation table holds (and, when it has more than one page, how to see the rest)."""
+    which = f"all {shown} prompts" if shown == prompts and shown > 1 else (
+        "the prompt" if shown == prompts else f"the first {shown} of {prompts} prompts"
+    )  # fmt: skip
+    text = (
+        f"Greedy continuations (the most likely token at each step) of {which}, without and with the "
+        "intervention; same: the two texts are identical."
+    )
+    if shown > GENERATIONS_PAGE:
+        text += f" {GENERATIONS_PAGE} per page: page through them with the arrows under the table."
+    return text + (
+        " A continuation can differ after a change too small to flip any top-1 of the prompt itself: once one "
+        "generated token differs, everything after it is read from a different text."
+    )
+
+
 def lab_result(result: LabResult, saved: Any = None) -> html.Div:
-    """The lab's output: what ran, the generation diff, effects with CIs, behaviour, routing shift."""
+    """The lab's output: what ran, the per-token view, generations, effects with CIs, behaviour, routing shift."""
     summary = result.evaluation.summary
     token_rows = summary.filter(
         ~pl.col("metric").str.starts_with("behaviour") & (pl.col("metric") != "margin_delta")
@@ -370,19 +464,31 @@ def lab_result(result: LabResult, saved: Any = None) -> html.Div:
         html.H3("Result", id="lab-result-title"),
         html.P(f"{_spec_text(result.spec)} · {len(result.prompts)} prompt(s)", className="wb-summary"),
         saved,
+    ]
+    if result.positions is not None:
+        parts += per_token_section(result.positions, result.layers or [])
+    parts += [
         html.H4("Greedy generation, base vs intervened"),
-        table(result.diff.select("prompt", "base", "intervened", "same"), table_id="lab-diff", page_size=5),
+        html.P(generations_note(result.diff.height, len(result.prompts)), className="wb-muted"),
+        table(
+            result.diff.select(*(c for c in ("prompt_id", "label") if c in result.diff.columns),
+                               "prompt", "base", "intervened", "same"),
+            table_id="lab-diff", page_size=GENERATIONS_PAGE,
+        ),
         html.H4("Token effects: NLL change, KL, top-1 agreement"),
         html.P(
-            "nll_delta: intervened − baseline NLL per token (a change); kl: KL(baseline ‖ intervened); "
-            "top1_agreement: share of tokens whose top-1 prediction is unchanged (a level, 1 = no change); "
-            "nll_base: the baseline NLL (a level). Intervals are 95% prompt-bootstrap CIs, none with fewer than "
-            "2 prompts.",
+            "Over all positions of each label's prompts (the per-token view above keeps them apart). "
+            "nll_delta: intervened − baseline NLL of the text's own next token, per token (a change); "
+            "kl: KL(baseline ‖ intervened), per token; top1_agreement: share of tokens whose top-1 prediction "
+            "is unchanged (a level, 1 = no change); nll_base: the baseline NLL (a level). Intervals are 95% "
+            "prompt-bootstrap CIs: prompts are resampled, so they say how much the value depends on which "
+            "prompts were picked, not how it would change on other kinds of text.",
             className="wb-muted",
         ),
+        interval_note(token_rows),
         figure(effects_figure(token_rows), graph_id="lab-effects"),
         table(_summary_rows(token_rows), table_id="lab-summary", page_size=12),
-    ]
+    ]  # fmt: skip
     if result.behaviour:
         beh = summary.filter(
             pl.col("metric").str.starts_with("behaviour") | (pl.col("metric") == "margin_delta")
@@ -411,6 +517,7 @@ def lab_result(result: LabResult, saved: Any = None) -> html.Div:
         ]
     parts += [
         html.H4("Routing shift at the touched layers"),
+        html.P(shift_note(min(len(result.prompts), SHIFT_PROMPTS)), className="wb-muted"),
         figure(shift_figure(result.shift), graph_id="lab-shift"),
         table(result.shift, table_id="lab-shift-table", page_size=16),
     ]
@@ -438,7 +545,7 @@ def lab_job(
     behaviour = behaviour_for(db, run, prompts, loaded)
     if not MODEL_LOCK.acquire(blocking=False):
         if progress:
-            progress(0, 4, "waiting for another job on the model")
+            progress(0, STEPS, "waiting for another job on the model")
         MODEL_LOCK.acquire()
     try:
         result = run_lab(

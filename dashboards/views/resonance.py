@@ -26,18 +26,33 @@ def default_pair(db: str, run: str) -> tuple[str | None, str | None]:
     return (labels[0] if labels else None, labels[1] if len(labels) > 1 else None)
 
 
-def resonance_figure(db: str, run: str, target: str | None, control: str | None, method: str) -> go.Figure:
-    """``figure_for("resonance")`` of the resonance map of ``target`` vs ``control`` (``method`` rd or ftri)."""
+def _segment(segment: str | None) -> dict[str, str]:
+    """``segment=`` for the data layer: nothing for all tokens, so the cache key stays the plain one."""
+    return {"segment": segment} if segment not in (None, "all") else {}
+
+
+def resonance_figure(
+    db: str, run: str, target: str | None, control: str | None, method: str, segment: str | None = None
+) -> go.Figure:
+    """``figure_for("resonance")`` of the resonance map of ``target`` vs ``control`` (``method`` rd or ftri),
+    over ``segment``'s tokens (all, prompt, or the generated responses)."""
     if not target or not control:
         raise ValueError("pick a target and a control label (the run needs at least two labels)")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
-    df = data.analysis(db, run, "resonance", target=target, control=control, method=method)
+    df = data.analysis(
+        db, run, "resonance", target=target, control=control, method=method, **_segment(segment)
+    )
     return figure_for("resonance", df)
 
 
 def driving_tokens(
-    db: str, run: str, target: str | None, control: str | None, cell: tuple[int, int] | None
+    db: str,
+    run: str,
+    target: str | None,
+    control: str | None,
+    cell: tuple[int, int] | None,
+    segment: str | None = None,
 ) -> Any:
     """The tokens driving the clicked expert (``resonance_tokens``), with a link to its card."""
     if cell is None:
@@ -45,7 +60,7 @@ def driving_tokens(
     if not target or not control:
         raise ValueError("pick a target and a control label")
     layer, expert = cell
-    df = data.driving_tokens(db, run, layer, expert, target, control)
+    df = data.driving_tokens(db, run, layer, expert, target, control, segment)
     return html.Div(
         [
             html.H4(f"Layer {layer}, expert {expert}: tokens that drive it on {target!r} vs {control!r}"),

@@ -20,9 +20,10 @@ from typing import Any
 import torch
 
 from workbench.capture.backends import make_backend
-from workbench.capture.batching import batches
+from workbench.capture.batching import Encoder, batches, chat_encoder
 from workbench.capture.coalesce import DEFAULT_WRITE_ROWS, WriteBuffer
 from workbench.capture.finite import first_nonfinite, nonfinite_error
+from workbench.capture.generation import check_generation, continue_batch
 from workbench.capture.integrity import (
     PYTHON_PROBES,
     integrity_config,
@@ -84,6 +85,17 @@ class CaptureOptions:
     #: DuckDB's memory limit while the capture writes, in MiB (store/memory.py): it would otherwise
     #: cache every block written, so the process grew with the run rather than with the batch
     store_memory_mib: int = DEFAULT_STORE_MEMORY_MIB
+    #: continue each prompt by up to this many generated tokens and record prompt and response
+    #: (capture/generation.py); 0 reads the prompts only
+    generate: int = 0
+    #: sample the continuation instead of taking the argmax (with ``seed``, ``temperature``, ``top_p``)
+    sample: bool = False
+    #: the sampling seed; each prompt draws from its own generator seeded from it and its prompt id
+    seed: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    #: put each prompt in the tokenizer's chat template (a user turn, then the assistant's turn opened)
+    chat: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -120,6 +132,35 @@ class CaptureOptions:
                     "device_map works with the hooks and nnsight backends; TransformerLens' bridge is not "
                     "tested on a divided model, so it is refused rather than trusted"
                 )
+        self._check_generation()
+
+    def _check_generation(self) -> None:
+        if self.generate < 0:
+            raise ValueError(
+                f"generate must be >= 0 (new tokens per prompt; 0: read the prompts only), got {self.generate}"
+            )
+        if not self.sample and (self.temperature != 1.0 or self.top_p != 1.0):
+            raise ValueError(
+                "temperature and top_p shape sampling: add sample=True (--sample), or leave them out"
+            )
+        if self.sample and self.generate == 0:
+            raise ValueError(
+                "sample=True (--sample) samples generated tokens: give generate=N (--generate N) too"
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.generate and self.tp_plan is not None:
+            raise ValueError(
+                "generate is not supported under tensor parallelism (tp_plan, tp_size, expert_parallel): it has "
+                "not been tested there; capture data-parallel (torchrun without --tp-plan) or in one process"
+            )
+        if self.generate and self.backend == "transformer_lens":
+            raise ValueError(
+                "generate works with the hooks and nnsight backends; TransformerLens' bridge replaces the "
+                "model's forward, which generation is not tested on: use --backend hooks"
+            )
 
 
 def prompt_stream(source: str | Path | Iterable[Prompt]) -> tuple[Iterator[Prompt], str]:
@@ -203,7 +244,20 @@ def prepare_model(
     loaded = model if isinstance(model, LoadedModel) else load_model(model, tokenizer, **_placement(opts))
     if opts.expert_stats:
         check_expert_stats(loaded.layers)
+    _check_prompting(loaded, opts)
     return loaded, _routing_check(loaded, opts)
+
+
+def _check_prompting(loaded: LoadedModel, opts: CaptureOptions) -> None:
+    """Refuse ``chat`` without a chat template, and ``generate`` a model cannot do, before anything is written."""
+    _prompt_encoder(loaded, opts)
+    if opts.generate:
+        check_generation(loaded.model, loaded.name, opts.generate, context_length(loaded.model))
+
+
+def _prompt_encoder(loaded: LoadedModel, opts: CaptureOptions) -> Encoder | None:
+    """How prompts become token ids: the chat template with ``chat``, else the tokenizer's default (None)."""
+    return chat_encoder(loaded.tokenizer, loaded.name) if opts.chat else None
 
 
 def open_run(
@@ -295,6 +349,7 @@ def resume(
             )
         )
         verify_model(run_id, config, loaded)
+        _check_prompting(loaded, opts)
         _routing_check(loaded, opts)
         store.set_status(run_id, "running")
         remaining = (p for p in stream() if p.prompt_id not in done)
@@ -373,7 +428,8 @@ def run_batches(
         )
 
     buffer = WriteBuffer(write, max_rows=opts.write_rows)
-    max_length, limit = token_limit(opts.max_length, context_length(loaded.model))
+    max_length, limit = token_limit(opts.max_length, context_length(loaded.model), opts.generate)
+    encoder = _prompt_encoder(loaded, opts)
 
     def sink(host: Any) -> None:  # runs on the writer thread
         if host is _FLUSH:
@@ -397,7 +453,21 @@ def run_batches(
                 max_length=max_length,
                 padding_side=padding_side,
                 limit=limit,
+                encoder=encoder,
             ):
+                if opts.generate:
+                    batch = continue_batch(
+                        loaded.model,
+                        tokenizer,
+                        batch,
+                        max_new_tokens=opts.generate,
+                        padding_side=padding_side,
+                        device=device,
+                        sample=opts.sample,
+                        seed=opts.seed,
+                        temperature=opts.temperature,
+                        top_p=opts.top_p,
+                    )
                 on_device = batch.to(device)
                 cap = backend.run(on_device)
                 writer.put(to_host(on_device, cap, opts.logits))
@@ -424,14 +494,19 @@ def context_length(model: torch.nn.Module) -> int | None:
     return None
 
 
-def token_limit(max_length: int | None, context: int | None) -> tuple[int | None, str]:
+def token_limit(max_length: int | None, context: int | None, generate: int = 0) -> tuple[int | None, str]:
     """The tokens a prompt may keep, and what to call that limit in the truncation warning.
 
     A prompt longer than the model's context would run past its position embeddings (and a 1 MB
-    prompt tried to allocate 80 GB of attention), so the context caps ``--max-length``.
+    prompt tried to allocate 80 GB of attention), so the context caps ``--max-length``. With
+    ``generate`` N the prompt and its response share the context: a prompt keeps at most the context
+    less N tokens (``--max-length`` limits the prompt alone).
     """
-    if context is not None and (max_length is None or context < max_length):
-        return context, "the model's context"
+    room = None if context is None else context - generate
+    if room is not None and (max_length is None or room < max_length):
+        return room, (
+            "the model's context" if not generate else f"the model's context less --generate {generate}"
+        )
     return max_length, "--max-length"
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench.capture.generation import strip_response
 from workbench.models.fingerprint import METHOD, weights_fingerprint
 from workbench.probefile import (
     DigestBuilder,
@@ -115,13 +116,20 @@ def _recorded(config: dict[str, Any], key: str) -> dict[str, Any] | None:
     return section if isinstance(section, dict) else None
 
 
-def _captured_hashes(store: Store, run_id: str) -> dict[int, str]:
-    """Record hash of every prompt the run holds, from the store's own ``prompts`` rows."""
+def _captured_hashes(store: Store, run_id: str, generated: bool) -> dict[int, str]:
+    """Record hash of every prompt the run holds, from the store's own ``prompts`` rows.
+
+    A run that generated (``capture --generate``) stored each response in its prompt's meta; the
+    prompt's own meta is the stored one without it.
+    """
     frame = store.prompts(run_id)
     hashes: dict[int, str] = {}
     for row in frame.select("prompt_id", "text", "label", "pair_id", "split", "meta").iter_rows():
         prompt_id, text, label, pair_id, split, meta = row
-        stored = Prompt(int(prompt_id), text, label, pair_id, split, json.loads(meta) if meta else None)
+        own = json.loads(meta) if meta else None
+        if generated:
+            own = strip_response(own)
+        stored = Prompt(int(prompt_id), text, label, pair_id, split, own)
         hashes[int(prompt_id)] = record_hash(stored)
     return hashes
 
@@ -184,7 +192,8 @@ def probe_for_resume(
                 "resume accepts it if its prompts are the ones captured"
             )
         source = path
-    captured = _captured_hashes(store, run_id)
+    generated = bool((info["config"].get("options") or {}).get("generate"))
+    captured = _captured_hashes(store, run_id, generated)
     if isinstance(source, (str, Path)):
         where = str(Path(source).resolve())
         cmp = _compare(iter_probe_file(where), where, captured)

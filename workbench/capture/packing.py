@@ -18,6 +18,7 @@ import pyarrow as pa
 import torch
 
 from workbench.capture.batching import Batch
+from workbench.capture.generation import RESPONSE_META_KEY
 from workbench.capture.modes import LogitsMode
 from workbench.capture.records import BatchCapture
 
@@ -129,6 +130,25 @@ def _positions(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     return prompt_ids, positions
 
 
+def _meta(batch: Batch) -> list[str | None]:
+    """Each prompt's ``meta`` as JSON; a generated response is added under :data:`RESPONSE_META_KEY`."""
+    if batch.responses is None:
+        return [None if p.meta is None else json.dumps(p.meta) for p in batch.prompts]
+    return [
+        json.dumps({**(p.meta or {}), RESPONSE_META_KEY: r.as_meta()})
+        for p, r in zip(batch.prompts, batch.responses, strict=True)
+    ]
+
+
+def _segments(batch: Batch) -> pa.Array:
+    """``tokens.segment`` of a generated batch: 'prompt' for the first ``n_prompt`` tokens of a row, then 'response'."""
+    assert batch.n_prompt is not None
+    labels = np.concatenate([np.arange(n) >= k for n, k in zip(batch.lengths, batch.n_prompt, strict=True)])
+    return pa.DictionaryArray.from_arrays(
+        pa.array(labels.astype(np.int8)), pa.array(["prompt", "response"])
+    ).cast(pa.string())
+
+
 def to_arrow(host: HostBatch, tokenizer: object) -> dict[str, pa.Table | None]:
     """Arrow tables (prompts, tokens, routing, expert_stats) for the store, without run_id."""
     if host.event is not None:
@@ -146,22 +166,21 @@ def to_arrow(host: HostBatch, tokenizer: object) -> dict[str, pa.Table | None]:
             "label": pa.array([p.label for p in batch.prompts], pa.string()),
             "pair_id": pa.array([p.pair_id for p in batch.prompts], pa.string()),
             "split": pa.array([p.split for p in batch.prompts], pa.string()),
-            "meta": pa.array(
-                [None if p.meta is None else json.dumps(p.meta) for p in batch.prompts], pa.string()
-            ),
+            "meta": pa.array(_meta(batch), pa.string()),
             "n_tokens": pa.array(batch.lengths, pa.int32()),
             # no content_hash: the store computes it at ingest from the text and these token ids
         }
     )
-    tokens = pa.table(
-        {
-            "prompt_id": prompt_ids,
-            "position": positions,
-            "token_id": token_ids,
-            "token": pa.array([str(t) for t in tokens_text], pa.string()),
-            "nll": pa.array(nll, pa.float32(), mask=np.isnan(nll)),
-        }
-    )
+    token_columns: dict[str, pa.Array | np.ndarray] = {
+        "prompt_id": prompt_ids,
+        "position": positions,
+        "token_id": token_ids,
+        "token": pa.array([str(t) for t in tokens_text], pa.string()),
+        "nll": pa.array(nll, pa.float32(), mask=np.isnan(nll)),
+    }
+    if batch.n_prompt is not None:  # a prompt-only batch leaves segment to its default, 'prompt'
+        token_columns["segment"] = _segments(batch)
+    tokens = pa.table(token_columns)
     # rows ordered (prompt, position, layer): stack layers on axis 1 then flatten
     k = host.indices[0].shape[1]
     idx = np.stack([t.numpy() for t in host.indices], axis=1)  # [n, L, k]

@@ -22,6 +22,7 @@ from workbench.catalog.spec import (
     UnknownFigureError,
 )
 from workbench.store import queries
+from workbench.store.segments import check_segment, parse_segment, segment_scope
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -107,6 +108,7 @@ def run_analysis(
     run_id: str,
     compare: str | None = None,
     model: Any = None,
+    segment: str | None = None,
     **kwargs: Any,
 ) -> pl.DataFrame:
     """Run analysis ``name`` on ``run_id`` and return its tidy table.
@@ -114,9 +116,17 @@ def run_analysis(
     ``compare`` is the second run for comparison analyses (``needs`` has ``"compare"``).
     ``model`` is the loaded model (``workbench.models.loading.load_model``) for analyses whose
     ``needs`` has ``"model"``; it is passed on as ``model=`` and ignored by the others, so a
-    caller holding a model may pass it to every analysis. Other keyword arguments go to the
-    analysis function.
+    caller holding a model may pass it to every analysis. ``segment`` ('prompt', 'response' or
+    'all'/None) restricts the analysis to those tokens (:mod:`workbench.store.segments`); a run
+    without such tokens is refused. Other keyword arguments go to the analysis function.
     """
+    chosen = parse_segment(segment)
+    if chosen is not None:
+        for rid in (run_id, compare):
+            if rid is not None:
+                check_segment(store, rid, chosen)
+        with segment_scope(store, chosen) as view:
+            return run_analysis(name, view, run_id, compare=compare, model=model, **kwargs)
     spec = get_analysis(name)
     if "weights" in spec.needs and not _has_weights(store, run_id):
         raise ValueError(

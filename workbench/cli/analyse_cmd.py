@@ -9,10 +9,19 @@ from typing import Annotated
 import typer
 
 from workbench.cli.app import app, fail, note, out, reading_store, safe, show, user_errors, write_table
+from workbench.store.segments import SEGMENT_HELP
 
 
 class GroupBy(str, Enum):
     label = "label"
+
+
+class Segment(str, Enum):
+    """``--segment`` of analyse, report and resonate: the values of ``workbench.store.segments.SEGMENT_CHOICES``."""
+
+    prompt = "prompt"
+    response = "response"
+    all = "all"
 
 
 @app.command()
@@ -32,6 +41,7 @@ def analyse(
     compare: Annotated[
         str | None, typer.Option("--compare", help="Second run id, for comparison analyses (drift).")
     ] = None,
+    segment: Annotated[Segment, typer.Option("--segment", help=SEGMENT_HELP)] = Segment.all,
     model: Annotated[
         str | None,
         typer.Option(
@@ -72,6 +82,9 @@ def analyse(
     Analyses that run the model: moe-workbench analyse expert-similarity --db runs.duckdb --run R --model M
 
     Resampling and other options: --set n_perm=20000 (a smaller permutation p floor for large maps).
+
+    Generated text (capture --generate): --segment response analyses the responses alone, --segment
+    prompt the prompts alone.
     """
     from workbench.catalog import (
         ANALYSES,
@@ -108,7 +121,9 @@ def analyse(
         kwargs = parse_settings(settings or [], analysis_options(name), name, list_options(name))
         loaded = _load_model(name, model, device)
         with reading_store(db), Store(db, read_only=True) as store:
-            frame = run_analysis(name, store, run, compare=compare, model=loaded, **kwargs)
+            frame = run_analysis(
+                name, store, run, compare=compare, model=loaded, segment=segment.value, **kwargs
+            )
     except errors as exc:
         fail(str(exc))
     if (

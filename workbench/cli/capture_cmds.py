@@ -147,11 +147,60 @@ def capture(
             "broken weights or an overflowing dtype); the run's config flags it (options.allow_nonfinite).",
         ),
     ] = False,
+    generate: Annotated[
+        int,
+        typer.Option(
+            "--generate",
+            min=0,
+            help="Continue each prompt by up to N generated tokens (greedy unless --sample; a row stops after "
+            "its end-of-sequence token) and record prompt and response: tokens.segment says which is which. "
+            "Routing is that of the forward pass that reads the text (docs/capture.md).",
+        ),
+    ] = 0,
+    sample: Annotated[
+        bool,
+        typer.Option(
+            "--sample", help="Sample the --generate tokens instead of taking the most likely (see --seed)."
+        ),
+    ] = False,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            help="Seed of --sample (default 0): each prompt draws from its own generator seeded from it and the "
+            "prompt id, so a continuation does not depend on the batch or on a resume.",
+        ),
+    ] = None,
+    temperature: Annotated[
+        float | None,
+        typer.Option(
+            "--temperature",
+            help="Divide the logits by T before --sample draws (default 1).",
+        ),
+    ] = None,
+    top_p: Annotated[
+        float | None,
+        typer.Option(
+            "--top-p",
+            help="--sample draws from the most likely tokens whose probability reaches P (default 1: all).",
+        ),
+    ] = None,
+    chat: Annotated[
+        bool,
+        typer.Option(
+            "--chat",
+            help="Put each prompt in the tokenizer's chat template (a user turn, then the assistant's turn "
+            "opened); positions index that text. prompts.text keeps the prompt as written.",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Record per-token routing of MODEL on the prompts of PROBE into DB; prints the run id.
 
     Example: moe-workbench capture --model tiny:qwen2_moe --probe probes/example.jsonl --db runs.duckdb
+
+    Generated text: --generate 32 [--chat] records the prompt and the model's greedy continuation
+    (--sample --seed S to sample); analyse, report and resonate take --segment response for it alone.
 
     Data-parallel on N processes (GPUs, or CPU with gloo): torchrun --nproc-per-node N -m workbench.capture
     with the same options. Ranks split the prompts; the store holds one run (docs/capture.md).
@@ -166,6 +215,13 @@ def capture(
     from workbench.capture.engine import capture as run_capture
     from workbench.models.loading import load_model, parse_device_map
 
+    for option, given in (("--seed", seed), ("--temperature", temperature), ("--top-p", top_p)):
+        if given is not None and not sample:
+            fail(
+                f"{option} shapes the sampling of --sample: add --sample (and --generate N), or leave {option} out"
+            )
+    if sample and not generate:
+        fail("--sample samples the generated tokens: give --generate N too")
     writable_db(db)
     ranks = rank_env()
     parallel = ranks is not None and ranks.world_size > 1
@@ -198,6 +254,12 @@ def capture(
             allow_nonfinite=allow_nonfinite,
             tp_size=tp_size,
             expert_parallel=expert_parallel,
+            generate=generate,
+            sample=sample,
+            seed=seed if seed is not None else 0,
+            temperature=temperature if temperature is not None else 1.0,
+            top_p=top_p if top_p is not None else 1.0,
+            chat=chat,
         )
         if tp_plan is not None:
             rid = capture_tensor_parallel(model, probe, db, run_id=run_id, options=opts, progress=not quiet)

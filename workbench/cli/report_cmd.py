@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
+from workbench.cli.analyse_cmd import Segment
 from workbench.cli.app import app, console, fail, note, reading_store, user_errors
+from workbench.store.segments import SEGMENT_HELP
 
 
 @app.command()
@@ -34,6 +36,7 @@ def report(
         list[str] | None,
         typer.Option("--analysis", "-a", help="Only this analysis (repeatable; default: all catalogued)."),
     ] = None,
+    segment: Annotated[Segment, typer.Option("--segment", help=SEGMENT_HELP)] = Segment.all,
 ) -> None:
     """Write a self-contained HTML report: every analysis as sentences with CIs, figures and tables.
 
@@ -69,7 +72,14 @@ def report(
         try:
             with reading_store(db):
                 path = write_report(
-                    db, run, out_file, compare=compare, model=model, analyses=analyses, progress=step
+                    db,
+                    run,
+                    out_file,
+                    compare=compare,
+                    model=model,
+                    analyses=analyses,
+                    progress=step,
+                    segment=segment.value,
                 )
         except errors as exc:
             fail(str(exc))

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from workbench.cli.analyse_cmd import Segment
 from workbench.cli.app import app, existing_run, fail, note, reading_store, show, user_errors, write_table
+from workbench.store.segments import SEGMENT_HELP
 
 if TYPE_CHECKING:
     import polars as pl
@@ -29,8 +31,13 @@ def resonate(
     target: Annotated[str, typer.Option("--target", help="Label of the prompts showing the behaviour.")],
     control: Annotated[str, typer.Option("--control", help="Label of the matched prompts without it.")],
     span: Annotated[
-        str, typer.Option("--span", help="Tokens to score: all | last:N | first:N | positions:A-B.")
+        str,
+        typer.Option(
+            "--span",
+            help="Tokens to score: all | last:N | first:N | positions:A-B (counted within --segment).",
+        ),
     ] = "all",
+    segment: Annotated[Segment, typer.Option("--segment", help=SEGMENT_HELP)] = Segment.all,
     method: Annotated[
         Method,
         typer.Option(
@@ -72,11 +79,15 @@ def resonate(
     correlational; an expert can fire more on the target without causing the behaviour.
 
     Example: moe-workbench resonate --db demo.duckdb --run R --target harmful --control benign --out map.csv
+
+    On a run captured with --generate, --segment response scores the generated responses alone (a
+    stored map then records its span as response:SPAN).
     """
     import polars as pl
 
     from workbench.analysis.resonance import resonance_map, resonance_tokens
     from workbench.store import Store
+    from workbench.store.segments import check_segment, parse_segment, segment_scope
 
     suffix = out_file.suffix.lower() if out_file is not None else None
     if suffix not in (None, ".csv", ".parquet"):
@@ -92,28 +103,37 @@ def resonate(
         fail(
             "--method causal ablates experts in the model: give --model M (the model the run was captured from)"
         )
+    if method is Method.causal and segment is not Segment.all:
+        fail(
+            "--method causal measures the behaviour margin at the end of each prompt, not over a segment: "
+            "leave --segment out (or use rd or ftri)"
+        )
     existing_run(db, run)
     agreement = None
+    chosen = parse_segment(segment.value)
     try:
         with reading_store(db), Store(db, read_only=not store_map) as store:
-            frame = resonance_map(
-                store, run, target=target, control=control, span=span,
-                method="rd" if method is Method.causal else method.value, paired=paired,
-            )  # fmt: skip
+            check_segment(store, run, chosen)
+            with segment_scope(store, chosen) as view:
+                frame = resonance_map(
+                    view, run, target=target, control=control, span=span,
+                    method="rd" if method is Method.causal else method.value, paired=paired,
+                )  # fmt: skip
+                tokens = None
+                if cell is not None:
+                    tokens = resonance_tokens(
+                        view, run, layer=cell[0], expert=cell[1], target=target, control=control, span=span
+                    )
             if method is Method.causal:
                 assert model is not None  # checked above
                 frame, agreement = _with_causal(store, run, frame, target, model, behaviour, max_prompts)
             if store_map:
                 map_id = store.write_resonance(
                     run, frame.drop("method", "rate_target", "rate_control"),
-                    target=target, control=control, method=method.value, span=span,
+                    target=target, control=control, method=method.value,
+                    span=span if chosen is None else f"{chosen}:{span}",
                 )  # fmt: skip
                 note(f"stored as resonance map {map_id}")
-            tokens = None
-            if cell is not None:
-                tokens = resonance_tokens(
-                    store, run, layer=cell[0], expert=cell[1], target=target, control=control, span=span
-                )
     except user_errors() as exc:
         fail(str(exc))
     key = "effect" if method is Method.causal else method.value

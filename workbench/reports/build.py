@@ -35,6 +35,7 @@ from workbench.catalog import (
 from workbench.reports import html as H
 from workbench.reports.contexts import specialist_contexts
 from workbench.store import PromptMismatchError, Store, queries
+from workbench.store.segments import check_segment, parse_segment, segment_scope
 from workbench.wording import Context
 
 __all__ = ["ReportMeta", "Section", "build_report", "compute_sections", "render", "write_report"]
@@ -64,6 +65,8 @@ class ReportMeta:
     contrast: tuple[str, str] | None = None
     #: whether routing rows hold gate weights (a run imported from a serving engine holds ids only)
     has_weights: bool = True
+    #: the token segment the report reads ('prompt' or 'response'), None for every token
+    segment: str | None = None
 
 
 @dataclass
@@ -115,6 +118,7 @@ def read_meta(store: Store, run_id: str, compare: str | None = None) -> ReportMe
         compare_info=compare_info,
         contrast=_contrast(store, run_id),
         has_weights=queries.has_gate_weights(store, run_id),
+        segment=store.segment,
     )
 
 
@@ -311,8 +315,13 @@ def _header(meta: ReportMeta) -> str:
     if meta.compare is not None:
         ci = meta.compare_info or {}
         rows.append(("compared with", f"{meta.compare} ({ci.get('model')} on {ci.get('probe')})"))
+    if meta.segment is not None:
+        rows.insert(5, ("tokens read", _SEGMENT_READ[meta.segment]))
+    title = f"MoE probing report: {H.esc(meta.run_id)}" + (
+        f" ({H.esc(meta.segment)} tokens)" if meta.segment else ""
+    )
     parts = [
-        f"<h1>MoE probing report: {H.esc(meta.run_id)}</h1>",
+        f"<h1>{title}</h1>",
         f'<p class="sub">{H.esc(info.get("model"))} ({H.esc(info.get("architecture"))}) on '
         f"{H.esc(info.get('probe'))}</p>",
     ]
@@ -331,6 +340,13 @@ def _header(meta: ReportMeta) -> str:
         )
         parts.append("<h3>Labels</h3>" + H.table(labels, max_rows=50))
     return "\n".join(parts)
+
+
+#: The header's "tokens read" line of a report restricted to a segment (``--segment``).
+_SEGMENT_READ = {
+    "prompt": "the prompts' tokens only (--segment prompt); prompts and tokens above count those",
+    "response": "the generated responses' tokens only (--segment response); prompts and tokens above count those",
+}
 
 
 def _toc(sections: list[Section]) -> str:
@@ -404,13 +420,20 @@ def build_report(
     model: Any = None,
     analyses: Iterable[str] | None = None,
     progress: Progress | None = None,
+    segment: str | None = None,
 ) -> str:
     """The report for ``run_id`` as an HTML string (see :func:`write_report`)."""
-    meta, sections = compute_sections(store, run_id, compare, model, analyses, progress)
-    specialisation = next(
-        (s.table for s in sections if s.name == "specialisation" and s.status == "ok"), None
-    )
-    return render(meta, sections, specialist_contexts(store, run_id, specialisation))
+    chosen = parse_segment(segment)
+    for rid in (run_id, compare):
+        if rid is not None and chosen is not None:
+            check_segment(store, rid, chosen)
+    with segment_scope(store, chosen) as view:
+        meta, sections = compute_sections(view, run_id, compare, model, analyses, progress)
+        specialisation = next(
+            (s.table for s in sections if s.name == "specialisation" and s.status == "ok"), None
+        )
+        appendix = specialist_contexts(view, run_id, specialisation)
+    return render(meta, sections, appendix)
 
 
 def write_report(
@@ -421,20 +444,22 @@ def write_report(
     model: Any = None,
     analyses: Iterable[str] | None = None,
     progress: Progress | None = None,
+    segment: str | None = None,
 ) -> Path:
     """Write a self-contained HTML probing report of ``run_id`` to ``out``; returns the path.
 
     ``store_or_path`` is an open :class:`~workbench.store.Store` or a DuckDB file (opened read-only).
     ``compare`` is a second run for comparison analyses (drift); ``model`` (a loaded model or a
     name/path for ``load_model``) enables analyses that run the model (expert similarity);
-    ``analyses`` restricts the sections (default: every catalogued analysis). Unknown runs or
+    ``analyses`` restricts the sections (default: every catalogued analysis); ``segment``
+    ('prompt' or 'response') reads only those tokens (a run without any is refused). Unknown runs or
     analysis names raise before anything is written.
     """
     if isinstance(store_or_path, Store):
-        text = build_report(store_or_path, run_id, compare, model, analyses, progress)
+        text = build_report(store_or_path, run_id, compare, model, analyses, progress, segment)
     else:
         with Store(store_or_path, read_only=True) as store:
-            text = build_report(store, run_id, compare, model, analyses, progress)
+            text = build_report(store, run_id, compare, model, analyses, progress, segment)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from workbench.store import effects, ingest, maintenance, matching, readers, summaries
+from workbench.store import effects, ingest, maintenance, matching, readers, segments, summaries
 from workbench.store import runs as runs_mod
 from workbench.store.connection import connect
 from workbench.store.errors import StoreError
@@ -48,6 +48,9 @@ class Store:
         self._read_only = read_only
         self._lock = threading.RLock()
         self._closed = False
+        #: the token segment this store object reads ('prompt' or 'response'), None for all (:meth:`segment_view`)
+        self.segment: str | None = None
+        self._view_of: Store | None = None
         if not read_only:
             self._build_missing_summaries()
 
@@ -67,15 +70,41 @@ class Store:
 
     def __repr__(self) -> str:
         mode = "read-only" if self._read_only else "writable"
+        if self.segment is not None:
+            mode = f"{self.segment} tokens only"
         return f"Store({str(self._path or ':memory:')!r}, {mode}{', closed' if self._closed else ''})"
 
     def close(self) -> None:
-        """Close the connection (idempotent); releases the file lock for other processes."""
+        """Close the connection (idempotent); releases the file lock for other processes.
+
+        A segment view closes only its own cursor; the store it came from stays open.
+        """
         with self._lock:
             if not self._closed:
                 self._conn.close()
-                self._shards.close()
+                if self._view_of is None:
+                    self._shards.close()
                 self._closed = True
+
+    def segment_view(self, segment: str) -> Store:
+        """This store reading only the tokens of ``segment`` ('prompt' or 'response'), on its own cursor.
+
+        Every reader, named query and analysis given the view reads the segment's tokens, routing rows
+        and expert stats alone (:mod:`workbench.store.segments`), and never the per-prompt summaries,
+        which sum over all tokens. The view only reads; close it when done (the store stays open).
+        """
+        chosen = segments.parse_segment(segment)
+        if chosen is None:
+            raise ValueError(
+                "a segment view reads 'prompt' or 'response' tokens; for all of them use the store"
+            )
+        with self._lock:
+            cursor = self._cursor(chosen)
+        view = Store.__new__(Store)
+        view._conn, view._path, view._shards = cursor, self._path, self._shards
+        view._read_only, view._lock, view._closed = True, self._lock, False
+        view.segment, view._view_of = chosen, self
+        return view
 
     @property
     def path(self) -> Path | None:
@@ -121,7 +150,23 @@ class Store:
                 if not self._closed:
                     restore_memory_limit(self._conn, before)
 
+    def _cursor(self, segment: str | None = None) -> duckdb.DuckDBPyConnection:
+        """A connection of its own to the same database, seeing ``segment`` (default: this store's) alone."""
+        cursor = self.con.cursor()
+        segment = segment or self.segment
+        if segment is not None:  # a cursor does not see its parent's temporary views: attach them again
+            try:
+                segments.attach_segment_views(cursor, segment)
+            except BaseException:
+                cursor.close()
+                raise
+        return cursor
+
     def _writable(self) -> duckdb.DuckDBPyConnection:
+        if self._view_of is not None:
+            raise StoreError(
+                f"{self!r} is a view of the {self.segment} tokens and only reads; write through the store itself"
+            )
         if self._read_only:
             raise StoreError(
                 f"store {self._path} was opened read-only; open it with read_only=False to write"
@@ -375,7 +420,7 @@ class Store:
         """
         with self._lock:
             runs_mod.status_of(self.con, run_id)
-            cursor = self.con.cursor()
+            cursor = self._cursor()
         if not ordered:
             sql, params = readers.routing_sql(run_id, layers, labels, prompt_ids, logits)
             sql = sql.partition(" ORDER BY ")[0]
@@ -398,7 +443,7 @@ class Store:
         """
         with self._lock:
             runs_mod.status_of(self.con, run_id)
-            cursor = self.con.cursor()
+            cursor = self._cursor()
         sql, params = readers.logits_sql(run_id, layers, labels)
         return _stream_arrow(cursor, sql, params, batch_rows)
 

@@ -164,8 +164,11 @@ def valid_parts(con: duckdb.DuckDBPyConnection, run_id: str) -> set[str]:
 
 
 def usable(store: Store, run_id: str, part: str = COUNTS) -> bool:
-    """Whether readers may answer from ``part`` of the run's summaries (valid, and not in :func:`row_path`)."""
-    if _ROW_PATH.get():
+    """Whether readers may answer from ``part`` of the run's summaries (valid, and not in :func:`row_path`).
+
+    Never on a segment view (:meth:`Store.segment_view`): a summary sums over all of a prompt's tokens.
+    """
+    if _ROW_PATH.get() or store.segment is not None:
         return False
     with store.locked() as con:
         return part in valid_parts(con, run_id)

@@ -2,6 +2,8 @@
 
 Special tokens ``<pad>`` (id 0), ``<bos>`` (1) and ``<eos>`` (2); the post-processor prepends
 ``<bos>`` to every encoded text (``<eos>`` is appended by the training code, not the tokenizer).
+Its chat template is the chat format the zoo's models learn (:data:`workbench.behaviour.chat.CHAT_TEMPLATE`),
+so ``capture --chat`` and ``apply_chat_template`` ask in that format.
 Byte-level means every string is encodable: no unknown token exists.
 """
 
@@ -10,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from transformers import PreTrainedTokenizerFast
+
+from workbench.behaviour.chat import CHAT_TEMPLATE
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 SPECIALS = (PAD, BOS, EOS)
@@ -40,5 +44,10 @@ def train_tokenizer(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, padding_side="right"
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        padding_side="right",
+        chat_template=CHAT_TEMPLATE,
     )

@@ -64,14 +64,20 @@ class TokenSpan:
             raise ValueError(f"span {span!r}: the end position is before the start")
         return cls("positions", lo, hi)
 
-    def condition(self) -> tuple[str, list[int]]:
-        """SQL condition on ``r.position`` (and ``p.n_tokens`` for ``last``) and its parameters."""
+    def condition(self, segmented: bool = False) -> tuple[str, list[int]]:
+        """SQL condition on ``r.position`` (and ``p.n_tokens`` for ``last``) and its parameters.
+
+        ``segmented``: the prompts are a segment view's (:mod:`workbench.store.segments`), whose
+        ``p.seg_start`` is where the segment starts; positions then count from there, so ``first:5`` of
+        the response segment is the first five generated tokens.
+        """
+        start = "p.seg_start + " if segmented else ""
         if self.kind == "last":
-            return "r.position >= p.n_tokens - ?", [self.hi]
+            return f"r.position >= {start}p.n_tokens - ?", [self.hi]
         if self.kind == "first":
-            return "r.position < ?", [self.hi]
+            return f"r.position < {start}?", [self.hi]
         if self.kind == "positions":
-            return "r.position BETWEEN ? AND ?", [self.lo, self.hi]
+            return f"r.position BETWEEN {start}? AND {start}?", [self.lo, self.hi]
         return "TRUE", []
 
 
