@@ -12,7 +12,7 @@ the store readers and analysis functions; nothing here formats SQL.
 
 **Callbacks never wait for an analysis.** An analysis of a 1M-token run takes seconds, and a
 callback that runs one holds the page (and, on a busy box, its neighbours) that long. So the
-slow results (every analysis, an expert's top tokens, resonance driving tokens) are computed
+slow results (every analysis, an expert's top tokens and example contexts, resonance driving tokens) are computed
 by a small pool of background processes (:mod:`dashboards.background`). Inside
 :func:`nonblocking` — every Dash request of the app (``create_app`` installs it) — asking for a
 result that is not ready starts
@@ -52,8 +52,10 @@ from dashboards.background import (
     end_nonblocking,
     nonblocking,
 )
+from workbench.analysis import tokens as token_reads
 from workbench.analysis.relevance import expert_top_tokens
 from workbench.analysis.resonance import default_contrast, resonance_tokens
+from workbench.analysis.tokens import ExpertContexts, decode_tokens, token_scheme
 from workbench.catalog import PAGE_ANALYSES, RunFacts, prewarm_options, run_analysis
 from workbench.store import Store, StoreError
 from workbench.store.segments import segment_counts, segment_scope
@@ -73,6 +75,7 @@ __all__ = [
     "driving_tokens",
     "end_nonblocking",
     "evaluations",
+    "expert_contexts",
     "file_version",
     "interventions",
     "labels",
@@ -250,8 +253,16 @@ def _read(db: str, version: tuple[int, int], what: str, args: Options) -> Any:
             return store.prompts(kw["run"])
         if what == "prompt_routing":
             routing = store.routing(kw["run"], prompt_ids=[kw["prompt_id"]])
-            tokens = store.tokens(kw["run"], prompt_ids=[kw["prompt_id"]])
-            return routing.join(tokens.select("position", "token"), on="position", how="left")
+            tokens = decode_tokens(
+                store.tokens(kw["run"], prompt_ids=[kw["prompt_id"]]), token_scheme(store, kw["run"])
+            )
+            return routing.join(
+                tokens.select("position", "token_id", "token", "text", "hover"), on="position", how="left"
+            )
+        if what == "expert_contexts":
+            return token_reads.expert_contexts(
+                store, kw["run"], kw["layer"], kw["expert"], n=kw["n"], window=kw["window"], seed=kw["seed"]
+            )
         if what == "top_tokens":
             return expert_top_tokens(
                 store, kw["run"], kw["layer"], kw["expert"], n=kw["n"], min_count=kw["min_count"]
@@ -289,7 +300,11 @@ def _need_run(run: object) -> None:
         raise ValueError(f"a run id is text, not {type(run).__name__}: pick a run from the list")
 
 
-SLOW_READS = {"top_tokens": "top tokens", "driving_tokens": "driving tokens"}
+SLOW_READS = {
+    "top_tokens": "top tokens",
+    "driving_tokens": "driving tokens",
+    "expert_contexts": "example contexts",
+}
 """Readers that scan the routing table (hundreds of ms on a 1M-token run): computed in the pool."""
 
 
@@ -338,7 +353,8 @@ def labels(db: str, run: str) -> list[str]:
 
 
 def prompt_routing(db: str, run: str, prompt_id: int) -> pl.DataFrame:
-    """Routing rows of one prompt (every layer) with each position's token string."""
+    """Routing rows of one prompt (every layer) with each position's token: ``token_id``, ``token`` (the raw
+    symbol), ``text`` (decoded, whitespace visible) and ``hover`` (id, symbol and bytes)."""
     result: pl.DataFrame = _call(db, "prompt_routing", run=run, prompt_id=int(prompt_id))
     return result
 
@@ -347,6 +363,16 @@ def top_tokens(db: str, run: str, layer: int, expert: int, n: int = 15, min_coun
     """``expert_top_tokens``: the token ids most specialised to one expert (top-1 routing)."""
     result: pl.DataFrame = _call(
         db, "top_tokens", run=run, layer=int(layer), expert=int(expert), n=n, min_count=min_count
+    )
+    return result
+
+
+def expert_contexts(
+    db: str, run: str, layer: int, expert: int, n: int = 10, window: int = 8, seed: int = 0
+) -> ExpertContexts:
+    """``expert_contexts``: an expert's top contexts by gate weight, a seeded sample, and their label mix."""
+    result: ExpertContexts = _call(
+        db, "expert_contexts", run=run, layer=int(layer), expert=int(expert), n=n, window=window, seed=seed
     )
     return result
 

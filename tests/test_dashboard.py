@@ -185,8 +185,10 @@ def test_routing_views(db: str) -> None:
     assert len(prompts) == 8 and "[math]" in prompts[0]["label"]
     pid = prompts[0]["value"]
     text = routing.token_text(db, RUN, pid, 1)
-    spans = [c for c in text.children if isinstance(c, html.Span)]
+    strip = next(c for c in text.children if getattr(c, "id", None) == "routing-strip")
+    spans = [c for c in strip.children if isinstance(c, html.Span)]
     assert spans and "top-k experts" in spans[0].title and "their logits" in spans[0].title
+    assert "token id 0" in spans[0].title  # the synthetic token ids are the positions
     assert "not stored" not in spans[0].title  # logits were captured
     grid = routing.token_grid(db, RUN, pid)
     assert grid.data[0].z.shape[0] == 2

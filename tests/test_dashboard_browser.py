@@ -37,9 +37,6 @@ WIDTH = 1400
 """The window's width: no page may be wider (issue 16: the routing page was 2,421 px)."""
 OVERFLOW_TOLERANCE = 4
 """Pixels of sub-pixel rounding allowed past the window's width."""
-MAY_OVERFLOW = {"routing"}
-"""Pages not yet held to the width: the routing token strip wraps on the ``tokens`` branch; once it is
-merged, empty this set."""
 FIGURE_FONTS = "() => [...document.querySelectorAll('.js-plotly-plot')].map(d => d._fullLayout.font.family)"
 """The font of every figure drawn on the page: the workbench template's (plotly's own is "Open Sans")."""
 SETTLE_MS = 1_000
@@ -185,7 +182,7 @@ def test_dashboard_in_headless_chromium(server: str) -> None:
                 assert set(page.evaluate(FIGURE_FONTS)) <= {FONT}, (path, page.evaluate(FIGURE_FONTS))
             print(f"page widths at a {WIDTH} px window: {widths}")
             too_wide = {
-                n: w for n, w in widths.items() if w > WIDTH + OVERFLOW_TOLERANCE and n not in MAY_OVERFLOW
+                n: w for n, w in widths.items() if w > WIDTH + OVERFLOW_TOLERANCE
             }
             assert too_wide == {}, f"pages wider than the {WIDTH} px window: {too_wide}"
 

@@ -9,6 +9,7 @@ Chromium and Playwright are test requirements: ``make test`` installs them (Debi
 from __future__ import annotations
 
 import html
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -303,5 +304,22 @@ def test_tiny_ref_report_states_real_findings(tiny_ref_report: Path) -> None:
         assert f'data-analysis="{name}" data-status="{status}"' in page, name
     text = html.unescape(page)
     assert "Qwen2MoeForCausalLM" in text  # header: architecture from the store
+    seen = re.sub(r"<script.*?</script>", "", page, flags=re.S)  # what a reader sees: no raw BPE symbols
+    assert not any(c in seen for c in ("Ġ", "Ċ"))
     assert "% of routed slots (95% CI " in text
     assert "accuracy (± " in text
+
+
+def test_example_contexts_of_the_strongest_specialists(synthetic_report: Path) -> None:
+    page = _text(synthetic_report)
+    part = page[page.index('<section id="example-contexts">') :]
+    part = part[: part.index("</section>")]
+    text = html.unescape(part)
+    # Both plants are specialists, each listed with top contexts and a sample (the token marked).
+    assert (
+        "Layer 1 · expert 5 (specialised to code)" in text
+        and "Layer 0 · expert 2 (specialised to math)" in text
+    )
+    assert text.count("<h4>Top contexts</h4>") == text.count("<h4>Random sample</h4>") >= 2
+    assert '<mark title="token id' in part
+    assert XSS not in part  # labels reach the page escaped here too

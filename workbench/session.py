@@ -132,6 +132,20 @@ class Run:
         """The run's per-token routing; ``filters`` as :meth:`Store.routing` (layers, labels ...)."""
         return self.store.routing(self.id, **filters)
 
+    def tokens(self, prompt_id: int, *, long: bool = False) -> pl.DataFrame:
+        """Prompt ``prompt_id``'s tokens as readable text, with their routing.
+
+        One row per token: ``position``, ``token_id``, ``token`` (the tokenizer's raw symbol, e.g.
+        ``Ġreturn``), ``text`` (what it reads as, whitespace visible: ``·return``), ``segment``,
+        ``nll``, then per MoE layer ``L<layer>`` (its top-k experts, highest weight first) and
+        ``L<layer>_w`` (their gate weights): ``run.tokens(3)["L1"].list.first()`` is each token's
+        top-1 expert at layer 1. ``long=True`` gives one row per (token, layer) with ``layer,
+        experts, weights`` instead (for ``group_by`` and plotting). Decoded from the store alone.
+        """
+        from workbench.analysis.tokens import prompt_tokens
+
+        return prompt_tokens(self.store, self.id, prompt_id, long=long)
+
     # -- analyses -------------------------------------------------------------------------
     def analyse(
         self,

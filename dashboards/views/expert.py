@@ -1,6 +1,6 @@
-"""Expert card (Neuronpedia-style) for one (layer, expert): load, top tokens, label shares,
-co-activation partners, health flags, stored resonance, ablation effect and similar experts —
-everything the store says about it."""
+"""Expert card (Neuronpedia-style) for one (layer, expert): load, top tokens, label shares, example
+contexts (:mod:`dashboards.views.contexts`), co-activation partners, health flags, stored resonance,
+ablation effect and similar experts — everything the store says about it."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from dashboards.components import expert_href, figure, guarded, message, table
 from dashboards.components.common import is_pending
 from dashboards.views.coactivation import partner_count, partners
 from dashboards.views.common import ci_column
+from dashboards.views.contexts import contexts_section
 from workbench.plots.theme import TEMPLATE
 
 __all__ = [
@@ -355,7 +356,11 @@ def expert_card(db: str, run: str, layer: int | None, expert: int | None) -> htm
                     html.Div(
                         [
                             html.H4("Top tokens (top-1 routing, share of the token's occurrences)"),
-                            table(tokens, empty="no token was routed here often enough")
+                            table(
+                                tokens,
+                                columns=["text", "token_id", "n_routed", "n_total", "share"],
+                                empty="no token was routed here often enough",
+                            )
                             if isinstance(tokens, pl.DataFrame)
                             else tokens,
                         ],
@@ -371,6 +376,8 @@ def expert_card(db: str, run: str, layer: int | None, expert: int | None) -> htm
                 ],
                 className="wb-row",
             ),
+            html.H4("Example contexts"),
+            html.Div(guarded(contexts_section, db, run, layer, expert), id="expert-contexts"),
             html.H4("Co-activation partners (same layer)"),
             guarded(_partners, db, run, layer, expert),
             html.H4("Health flags"),

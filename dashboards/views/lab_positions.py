@@ -22,6 +22,7 @@ from plotly.subplots import make_subplots
 from dashboards.components import figure, message, table
 from workbench.interventions.position_effects import POSITION_SCHEMA, position_summary
 from workbench.models.loading import LoadedModel
+from workbench.tokentext import visible
 
 __all__ = [
     "PER_TOKEN",
@@ -60,9 +61,10 @@ EXPLAIN = (
 
 
 def token_text(loaded: LoadedModel, token_id: int) -> str:
-    """How the lab shows one token id: the tokenizer's own decoding of that single id."""
+    """How the lab shows one token id: the tokenizer's own decoding of that single id, whitespace made
+    visible as on every other page (``workbench.tokentext.visible``)."""
     text: str = loaded.tokenizer.decode([int(token_id)])
-    return text
+    return visible(text)
 
 
 def decode_positions(table: pl.DataFrame, decode: Callable[[int], str]) -> pl.DataFrame:

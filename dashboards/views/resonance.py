@@ -165,8 +165,15 @@ def driving_tokens(
                 f"Layer {layer}, expert {expert}: tokens that drive it on {target!r} vs {control!r}{within}"
             ),
             dcc.Link("open the expert card", href=expert_href(run, layer, expert), id="resonance-card-link"),
+            html.P(
+                "Each token as it reads (· a space, ⏎ a newline, → a tab) with its id, most selected on "
+                "the target beyond the control rate first.",
+                className="wb-muted",
+            ),
             table(
-                df, table_id="resonance-tokens", empty="no token occurs often enough in the target prompts"
+                df.drop("token"),
+                table_id="resonance-tokens",
+                empty="no token occurs often enough in the target prompts",
             ),
         ]
     )

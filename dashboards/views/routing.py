@@ -16,7 +16,15 @@ from dashboards import data
 from dashboards.components.pickers import ALL
 from workbench.plots.common import layer_expert_heatmap, layer_rows_height
 
-__all__ = ["expert_colour", "prompt_options", "selection_share", "share_heatmap", "token_grid", "token_text"]
+__all__ = [
+    "expert_colorscale",
+    "expert_colour",
+    "prompt_options",
+    "selection_share",
+    "share_heatmap",
+    "token_grid",
+    "token_text",
+]
 
 
 def selection_share(db: str, run: str, label: str | None) -> pl.DataFrame:
@@ -71,10 +79,33 @@ def _short(text: str, n: int = 60) -> str:
     return flat if len(flat) <= n else flat[: n - 1] + "…"
 
 
+GOLDEN = 0.381966
+"""Successive expert ids turn the hue by the golden angle (as a fraction of the circle): neighbours differ."""
+LIGHTNESS = (0.80, 0.71, 0.88)
+"""Lightness cycles over three levels too, so ids whose hues come close again still differ; all stay
+light enough for dark text on them."""
+
+
 def expert_colour(expert: int) -> str:
-    """A light background colour for an expert id: golden-angle hues, distinct for neighbours."""
-    r, g, b = colorsys.hls_to_rgb((expert * 0.381966) % 1.0, 0.78, 0.65)
-    return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
+    """The categorical colour of an expert id: the same on the token strip and the top-1 grid.
+
+    Golden-angle hues with cycling lightness (:data:`GOLDEN`, :data:`LIGHTNESS`): an id's colour does
+    not depend on how many experts the run has, and neighbouring ids never look alike.
+    """
+    if expert < 0:
+        return "#dddddd"
+    r, g, b = colorsys.hls_to_rgb((expert * GOLDEN) % 1.0, LIGHTNESS[expert % 3], 0.65)
+    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+
+
+def expert_colorscale(n_ids: int) -> list[list[Any]]:
+    """A stepped plotly colorscale giving each id ``0..n_ids-1`` its :func:`expert_colour` (z from -0.5 to n_ids-0.5)."""
+    n = max(1, n_ids)
+    scale: list[list[Any]] = []
+    for e in range(n):
+        colour = expert_colour(e)
+        scale += [[e / n, colour], [(e + 1) / n, colour]]
+    return scale
 
 
 def _numbers(values: Any) -> str:
@@ -84,14 +115,15 @@ def _numbers(values: Any) -> str:
 
 
 def _hover(row: dict[str, Any]) -> str:
-    """Hover text of one (token, layer): top-k experts with weights, and their router logits."""
+    """Hover text of one (token, layer): the token exactly, its top-k experts with weights, and their logits."""
     experts = list(row["experts"] or [])
     logits = row.get("logits")
     chosen_logits = (
         [logits[e] for e in experts if logits is not None and 0 <= e < len(logits)] if logits else None
     )
     return (
-        f"token {row['token']!r} (position {row['position']}), layer {row['layer']}\n"
+        f"{row['text']} (position {row['position']}), layer {row['layer']}\n"
+        f"{row['hover']}\n"
         f"top-k experts: {', '.join(str(e) for e in experts)}\n"
         f"weights: {_numbers(row['weights'])}\n"
         f"their logits: {_numbers(chosen_logits)}"
@@ -108,7 +140,10 @@ def _routing(db: str, run: str, prompt_id: int | None) -> pl.DataFrame:
 
 
 def token_text(db: str, run: str, prompt_id: int | None, layer: int | None) -> html.Div:
-    """The prompt's tokens coloured by their top-1 expert at ``layer``; hover gives top-k, weights, logits."""
+    """The prompt's decoded tokens coloured by their top-1 expert at ``layer``; hover: id, top-k, weights, logits.
+
+    The strip wraps like text (tokens are inline boxes, a long one may break inside): it never widens the page.
+    """
     rows = _routing(db, run, prompt_id)
     layers = sorted(set(rows["layer"].to_list()))
     if layer is None or layer not in layers:
@@ -118,7 +153,7 @@ def token_text(db: str, run: str, prompt_id: int | None, layer: int | None) -> h
         top1 = int(row["experts"][0]) if row["experts"] else -1
         spans.append(
             html.Span(
-                [html.Span(str(row["token"]), className="wb-tok-text"), html.Sub(str(top1))],
+                [html.Span(str(row["text"]), className="wb-tok-text"), html.Sub(str(top1))],
                 title=_hover(row),
                 className="wb-token",
                 style={"backgroundColor": expert_colour(top1)},
@@ -127,9 +162,10 @@ def token_text(db: str, run: str, prompt_id: int | None, layer: int | None) -> h
     return html.Div(
         [
             html.P(
-                f"Layer {layer}: each token is coloured by its top-1 expert (subscript); hover for the top-k."
+                f"Layer {layer}: each token is coloured by its top-1 expert (subscript; the same colours as the "
+                "grid below); · is a space, ⏎ a newline, → a tab. Hover for the token id and the top-k."
             ),
-            *spans,
+            html.Div(spans, className="wb-token-strip", id="routing-strip"),
         ],
         className="wb-tokens",
     )
@@ -142,7 +178,8 @@ MAX_TICKS = 80
 
 
 def token_grid(db: str, run: str, prompt_id: int | None) -> go.Figure:
-    """Position × layer grid of each token's top-1 expert (hover: top-k, weights, logits); click → card."""
+    """Position × layer grid of each token's top-1 expert, in :func:`expert_colour` (hover: token, top-k, weights,
+    logits); click → card."""
     rows = _routing(db, run, prompt_id)
     layers = sorted(set(rows["layer"].to_list()))
     positions = sorted(set(rows["position"].to_list()))
@@ -153,13 +190,18 @@ def token_grid(db: str, run: str, prompt_id: int | None) -> go.Figure:
         li, pi = layers.index(row["layer"]), positions.index(row["position"])
         z[li, pi] = row["experts"][0] if row["experts"] else np.nan
         hover[li, pi] = html_lib.escape(_hover(row)).replace("\n", "<br>")
-        tokens[row["position"]] = str(row["token"])
+        tokens[row["position"]] = str(row["text"])
+    n_experts = [int(x) for x in data.layers(db, run)["n_experts"].to_list()]
+    n_ids = max([*n_experts, int(np.nanmax(z)) + 1 if np.isfinite(z).any() else 0])
     # Cell numbers and one tick per token are drawn as SVG text each: on a 500-token prompt × 8 layers
     # that froze the browser for seconds. Numbers only on small grids; at most MAX_TICKS token labels.
+    every = max(1, -(-n_ids // 16))
     fig = go.Figure(
         go.Heatmap(
-            z=z, x=positions, y=layers, customdata=z, text=hover, colorscale="Turbo",
-            colorbar={"title": "top-1 expert"}, hovertemplate="%{text}<extra></extra>",
+            z=z, x=positions, y=layers, customdata=z, text=hover,
+            colorscale=expert_colorscale(n_ids), zmin=-0.5, zmax=n_ids - 0.5,
+            colorbar={"title": "top-1 expert", "tickvals": list(range(0, n_ids, every))},
+            hovertemplate="%{text}<extra></extra>", xgap=1 if len(positions) <= MAX_TICKS else 0, ygap=1,
             texttemplate="%{z:.0f}" if z.size <= MAX_CELL_TEXT else None,
         )
     )  # fmt: skip

@@ -45,6 +45,7 @@ from workbench.analysis.common import (
     transposed_f64,
 )
 from workbench.analysis.scores import router_scores_t
+from workbench.analysis.tokens import token_scheme, with_token_text
 from workbench.store import Store, queries, summaries
 
 __all__ = ["esft_scores", "expert_top_tokens", "tcess", "vocab_specialisation"]
@@ -330,9 +331,10 @@ def expert_top_tokens(
 ) -> pl.DataFrame:
     """The token ids most specialised to one expert at one layer, under top-1 routing.
 
-    Columns ``token_id, token, n_routed, n_total, share``: ``share = n(e,x)/n(x)``, over token
+    Columns ``token_id, token, text, n_routed, n_total, share``: ``share = n(e,x)/n(x)``, over token
     ids with ``n(x) >= min_count`` that the expert receives at least once; sorted by share then
-    ``n_routed`` (descending), the first ``n`` rows.
+    ``n_routed`` (descending), the first ``n`` rows. ``token`` is the tokenizer's raw symbol, ``text``
+    what it reads as (:func:`workbench.analysis.tokens.with_token_text`).
     """
     info = layer_info(store, run_id, [layer])
     if info.height == 0:
@@ -343,7 +345,7 @@ def expert_top_tokens(
     counts = queries.top1_token_counts(store, run_id, layer, n_experts)
     totals = counts.group_by("token_id").agg(pl.col("n").sum().alias("n_total"))
     names = queries.token_strings(store, run_id)
-    return (
+    top = (
         counts.filter(pl.col("expert") == expert)
         .join(totals, on="token_id")
         .filter(pl.col("n_total") >= min_count)
@@ -357,4 +359,7 @@ def expert_top_tokens(
         )
         .sort(["share", "n_routed", "token_id"], descending=[True, True, False])
         .head(n)
+    )
+    return with_token_text(top, token_scheme(store, run_id)).select(
+        "token_id", "token", "text", "n_routed", "n_total", "share"
     )

@@ -43,6 +43,7 @@ import polars as pl
 from workbench.analysis.common import layer_info
 from workbench.analysis.contrast import contrast_test
 from workbench.analysis.stats import benjamini_hochberg
+from workbench.analysis.tokens import token_scheme, with_token_text
 from workbench.store import Store, queries
 from workbench.store.queries import SPAN_HELP, TokenSpan
 
@@ -245,7 +246,7 @@ def resonance_tokens(
 ) -> pl.DataFrame:
     """Drill-down: the tokens that drive expert (``layer``, ``expert``) on the target prompts.
 
-    Per token string: how often it occurs in target and control prompts (within ``span``), how
+    Per token (id; ``token`` is its raw symbol, ``text`` what it reads as): how often it occurs in target and control prompts (within ``span``), how
     often e was selected on it there, the two selection rates, their difference, and
     ``excess`` = target selections beyond the control rate (``n_sel_target − n_target ×
     rate_control``, with rate_control falling back to the expert's overall control rate for
@@ -261,7 +262,9 @@ def resonance_tokens(
     base_rate = float(ctl["n_sel"].sum()) / max(int(ctl["n"].sum()), 1)
     out = (
         tgt.rename({"n": "n_target", "n_sel": "n_sel_target"})
-        .join(ctl.rename({"n": "n_control", "n_sel": "n_sel_control"}), on="token", how="left")
+        .join(
+            ctl.rename({"n": "n_control", "n_sel": "n_sel_control"}).drop("token"), on="token_id", how="left"
+        )
         .with_columns(pl.col("n_control", "n_sel_control").fill_null(0))
         .filter(pl.col("n_target") >= min_count)
         .with_columns(
@@ -277,10 +280,10 @@ def resonance_tokens(
             ),
             (pl.col("rate_target") - pl.col("rate_control")).alias("rate_diff"),
         )
-        .sort("excess", "n_target", descending=[True, True])
+        .sort("excess", "n_target", "token_id", descending=[True, True, False])
         .head(top)
     )
-    return out.select(
-        "token", "n_target", "n_sel_target", "rate_target", "n_control", "n_sel_control", "rate_control",
-        "rate_diff", "excess",
+    return with_token_text(out, token_scheme(store, run_id)).select(
+        "token_id", "token", "text", "n_target", "n_sel_target", "rate_target", "n_control", "n_sel_control",
+        "rate_control", "rate_diff", "excess",
     )  # fmt: skip

@@ -146,8 +146,8 @@ def resonate(
     if agreement is not None:
         show("rank agreement with the causal effect:")
         show(agreement)
-    if tokens is not None:
-        show(tokens)
+    if tokens is not None:  # decoded text and id; the raw symbol (Ġ for a space ...) would only confuse
+        show(tokens.drop("token"))
     if out_file is not None:
         write_table(frame, out_file)
         note(f"wrote {frame.height} rows to {out_file}")

@@ -21,6 +21,12 @@ unless the docstring gives one.
 from __future__ import annotations
 
 from workbench.store.queries.batches import BATCH_TABLES, batch_tables
+from workbench.store.queries.contexts import (
+    expert_contexts,
+    first_symbols,
+    marked_symbols,
+    token_windows,
+)
 from workbench.store.queries.expert_stats import (
     expert_norm_maxima,
     expert_stats_means,
@@ -75,8 +81,10 @@ __all__ = [
     "confidence_sums",
     "contrast_prompts",
     "distinct_labels",
+    "expert_contexts",
     "expert_norm_maxima",
     "expert_stats_means",
+    "first_symbols",
     "has_gate_weights",
     "label_gate_sums",
     "label_logit_rows",
@@ -85,6 +93,7 @@ __all__ = [
     "label_token_totals",
     "labelled_gate_mass",
     "labelled_selections",
+    "marked_symbols",
     "matched_overlap",
     "n_expert_stats_rows",
     "n_logit_rows",
@@ -104,6 +113,7 @@ __all__ = [
     "summary_transitions",
     "token_nll",
     "token_strings",
+    "token_windows",
     "tokens_per_layer",
     "tokens_per_prompt",
     "top1_label_counts",

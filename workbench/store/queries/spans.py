@@ -74,14 +74,14 @@ def span_token_selections(
     control: str,
     span: TokenSpan | None = None,
 ) -> pl.DataFrame:
-    """``token, is_target, n, n_sel``: per token string and class, tokens in ``span`` and how many selected ``expert``."""
+    """``token_id, token, is_target, n, n_sel``: per token and class, tokens in ``span`` and how many selected ``expert``."""
     cond, cond_params = (span or TokenSpan()).condition(segmented=store.segment is not None)
     return store.sql(
-        "SELECT t.token, p.label = ? AS is_target, count(*) AS n, "
+        "SELECT t.token_id, any_value(t.token) AS token, p.label = ? AS is_target, count(*) AS n, "
         "  count(*) FILTER (WHERE list_contains(r.experts, ?)) AS n_sel "
         "FROM routing r "
         "JOIN prompts p ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id "
         "JOIN tokens t ON t.run_id = r.run_id AND t.prompt_id = r.prompt_id AND t.position = r.position "
-        f"WHERE r.run_id = ? AND r.layer = ? AND p.label IN (?, ?) AND {cond} GROUP BY ALL",
+        f"WHERE r.run_id = ? AND r.layer = ? AND p.label IN (?, ?) AND {cond} GROUP BY t.token_id, is_target",
         [target, expert, run_id, layer, target, control, *cond_params],
     )
