@@ -12,6 +12,7 @@ from dashboards.components import figure, message, query_string, table
 from dashboards.components.nav import nav_pages
 from workbench.analysis.compare import drift_coverage
 from workbench.catalog import figure_for
+from workbench.store.liveness import INTERRUPTED, resume_command
 
 __all__ = ["run_detail", "run_drift", "runs_table"]
 
@@ -48,9 +49,22 @@ def run_detail(db: str, run: str | None) -> Any:
         for p in nav_pages()
         if p.path != "/"
     ]
+    status: list[Any] = []
+    if info.get("status") == INTERRUPTED:
+        status = [
+            html.P(
+                [
+                    "This run was interrupted: its capture process is gone. Finish it with ",
+                    html.Code(resume_command(db, run)),
+                    ".",
+                ],
+                id="runs-interrupted",
+            )
+        ]
     return html.Div(
         [
             html.H3(f"Run {run}"),
+            *status,
             html.Div(links, className="wb-links"),
             html.Div(
                 [

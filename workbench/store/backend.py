@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from workbench.store import effects, ingest, maintenance, matching, readers, summaries
+from workbench.store import effects, ingest, liveness, maintenance, matching, readers, summaries
 from workbench.store import runs as runs_mod
 from workbench.store.connection import connect
 from workbench.store.errors import StoreError
@@ -242,9 +242,9 @@ class Store:
             return runs_mod.run_info(self.con, run_id)
 
     def runs(self) -> pl.DataFrame:
-        """All runs, oldest first."""
+        """All runs, oldest first; a running run whose process is gone reads ``interrupted`` (store/liveness.py)."""
         with self._lock:
-            return readers.runs(self.con)
+            return liveness.with_observed_status(readers.runs(self.con))
 
     def delete_run(self, run_id: str) -> None:
         """Delete a run with its layers, prompts, tokens, routing, stats and interventions."""
