@@ -71,10 +71,15 @@ lock: $(BIN)/python
 	mv $(LOCK).tmp $(LOCK)
 	@echo "requirements.lock: $$(grep -c '^[a-z0-9]' $(LOCK)) packages pinned (torch: $(TORCH), installed first)"
 
-# SERVE=0 skips serving the dashboard at the end (make demo SERVE=0)
+# SERVE=0 skips serving the dashboard at the end (make demo SERVE=0); PORT=N serves on port N (a taken
+# port is replaced by a free one, said before the capture); demo.duckdb is reused when its runs are
+# complete and current (same weights, prompts and store schema); FRESH=1 captures again.
 SERVE   ?= 1
+PORT    ?=
+FRESH   ?=
 demo: $(STAMP)
-	$(BIN)/python -m workbench.cli.demo --db demo.duckdb $(if $(filter 0 no false,$(SERVE)),--no-serve,--serve)
+	$(BIN)/python -m workbench.cli.demo --db demo.duckdb $(if $(filter 0 no false,$(SERVE)),--no-serve,--serve) \
+	  $(if $(PORT),--port $(PORT)) $(if $(filter 1 yes true,$(FRESH)),--fresh)
 
 lint: $(STAMP)
 	$(BIN)/ruff check workbench tests benchmarks dashboards

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ HOST = socket.gethostname()
 
 
 def _now() -> datetime:
-    return datetime.utcnow()  # noqa: DTZ003 - the store's timestamps are naive UTC
+    return datetime.now(timezone.utc).replace(tzinfo=None)  # the store's timestamps are naive UTC
 
 
 @pytest.fixture

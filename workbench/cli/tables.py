@@ -32,17 +32,31 @@ def cell(value: Any) -> str:
     return str(value)
 
 
+def _width(frame: pl.DataFrame, col: str) -> int:
+    return max([len(col), *(len(cell(v)) for v in frame[col].to_list())])
+
+
+def key_width(frame: pl.DataFrame, col: str, width: int) -> int:
+    """The width of the key (first) column: its longest value, but at most half the terminal.
+
+    A longer value (a 5,000-character run id) folds over lines, whole: it is never cut, and it
+    does not push every other column off the table.
+    """
+    return min(_width(frame, col), max(width // 2, 1))
+
+
 def fitting_columns(frame: pl.DataFrame, width: int, first: Sequence[str] = ()) -> list[str]:
     """The columns of ``frame`` that fit side by side in ``width`` characters: ``first``, then the rest, in order.
 
-    The first column is always kept (whole, even if it alone is wider than ``width``: an id is never cut).
+    The first of them is the key column, always kept (:func:`key_width`).
     """
     order = [c for c in first if c in frame.columns] + [c for c in frame.columns if c not in first]
-    chosen: list[str] = []
-    used = 0
-    for col in order:
-        need = max([len(col), *(len(cell(v)) for v in frame[col].to_list())]) + (GAP if chosen else 0)
-        if chosen and used + need > width:
+    if not order:
+        return []
+    chosen, used = [order[0]], key_width(frame, order[0], width)
+    for col in order[1:]:
+        need = _width(frame, col) + GAP
+        if used + need > width:
             continue  # a narrower column further on may still fit
         chosen.append(col)
         used += need
@@ -64,8 +78,11 @@ def print_frame(
     width = out.width
     cols = fitting_columns(frame, width, first)
     table = Table(box=box.SIMPLE_HEAD, title=title, pad_edge=False, show_edge=False)
-    for col in cols:
-        table.add_column(safe(col), no_wrap=True, overflow="ignore")
+    for i, col in enumerate(cols):
+        if i == 0:  # the key: folded whole when longer than its share, never cut
+            table.add_column(safe(col), overflow="fold", min_width=key_width(frame, col, width))
+        else:
+            table.add_column(safe(col), no_wrap=True, overflow="ignore")
     for row in frame.select(cols).iter_rows():
         table.add_row(*(safe(cell(v), keep="") for v in row))
     out.print(table, crop=False)

@@ -35,6 +35,7 @@ __all__ = [
     "STALE_AFTER_S",
     "beat",
     "claim",
+    "has_writer_columns",
     "interrupted_runs",
     "observe",
     "observed_status",
@@ -66,17 +67,28 @@ def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def has_writer_columns(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether ``runs`` has the v6 writer columns (a writable open migrates every store to v6; tests
+    simulating an older release, tests/store_support.schema_upto, write stores without them)."""
+    row = con.execute(
+        "SELECT count(*) FROM duckdb_columns() WHERE table_name = 'runs' AND column_name = 'heartbeat_at'"
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def claim(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
     """Record this process as the writer of ``run_id`` (pid, host) with a fresh heartbeat."""
-    con.execute(
-        "UPDATE runs SET pid = ?, host = ?, heartbeat_at = ? WHERE run_id = ?",
-        [os.getpid(), socket.gethostname(), _now(), run_id],
-    )
+    if has_writer_columns(con):
+        con.execute(
+            "UPDATE runs SET pid = ?, host = ?, heartbeat_at = ? WHERE run_id = ?",
+            [os.getpid(), socket.gethostname(), _now(), run_id],
+        )
 
 
 def beat(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
     """Refresh ``run_id``'s heartbeat; called inside the transaction of the batch being written."""
-    con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [_now(), run_id])
+    if has_writer_columns(con):
+        con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [_now(), run_id])
 
 
 def _process_start(pid: int) -> datetime | None:

@@ -163,9 +163,10 @@ def set_status(con: duckdb.DuckDBPyConnection, run_id: str, status: str, error: 
 def run_info(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     """The ``runs`` row as a dict, ``config`` parsed, ``error`` lifted out of it, and the status a reader
     should see (``interrupted`` for a running run whose process is gone: :mod:`workbench.store.liveness`)."""
+    writer = ", pid, host, heartbeat_at" if liveness.has_writer_columns(con) else ""
     cur = con.execute(
         "SELECT run_id, model, architecture, probe, n_experts, top_k, created_at, status, "
-        "config::VARCHAR AS config, pid, host, heartbeat_at FROM runs WHERE run_id = ?",
+        f"config::VARCHAR AS config{writer} FROM runs WHERE run_id = ?",
         [run_id],
     )
     rows = cur.fetchall()
