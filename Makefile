@@ -31,7 +31,7 @@ export TORCH_HINT
 # Minimum Python (keep in step with requires-python in pyproject.toml; CI tests CPython 3.11).
 PY_MIN  := 3.11
 
-.PHONY: demo test test-fast lint typecheck pytest browser bench clean lock test-latest
+.PHONY: demo test test-fast lint typecheck pytest browser bench clean lock test-latest notebook
 
 $(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < tuple(map(int, "$(PY_MIN)".split("."))))' 2>/dev/null || { \
@@ -80,6 +80,13 @@ FRESH   ?=
 demo: $(STAMP)
 	$(BIN)/python -m workbench.cli.demo --db demo.duckdb $(if $(filter 0 no false,$(SERVE)),--no-serve,--serve) \
 	  $(if $(PORT),--port $(PORT)) $(if $(filter 1 yes true,$(FRESH)),--fresh)
+
+# JupyterLab and ipywidgets (the `notebook` extra, not locked: CI does not install it) into .venv, the
+# locked packages held at their pins (-c), then the kernel registered as "moe-workbench".
+notebook: $(STAMP)
+	$(UV) pip install --quiet --python $(BIN)/python -c $(LOCK) -e ".[notebook]"
+	$(BIN)/python -m ipykernel install --user --name moe-workbench --display-name "moe-workbench"
+	@echo "start it with: $(BIN)/jupyter lab   (then pick the moe-workbench kernel)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check workbench tests benchmarks dashboards
