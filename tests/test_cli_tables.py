@@ -38,26 +38,34 @@ def test_runs_fits_80_columns_and_names_the_interrupted_run(db: Path, narrow: No
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
         st.con.execute(
-            "UPDATE runs SET pid = ?, model = ? WHERE run_id = ?", [dead.pid, "/a/long/" * 6, ids[2]]
+            "UPDATE runs SET pid = ?, model = ?, config = ? WHERE run_id = ?",
+            [dead.pid, "/a/long/" * 6, '{"options": {"batch_size": 4}}', ids[2]],  # a capture's config
         )
+        imported = new_run(st, "imported")  # written by another tool (no capture options): not resumable
+        st.con.execute("UPDATE runs SET pid = ? WHERE run_id = ?", [dead.pid, imported])
     result = CliRunner().invoke(app, ["runs", "--db", str(db)])
     assert result.exit_code == 0, result.output
     table = _lines(result.stdout)
     assert max(len(line) for line in table) <= 80, result.stdout
     for rid in ids:  # whole, on one line
         assert any(line.startswith(rid) for line in table)
-    assert [line.split()[1] for line in table if line.startswith("run-")] == [
+    assert [line.split()[1] for line in table if line.startswith(("run-", "imported"))] == [
         "complete",
         "complete",
+        "interrupted",
         "interrupted",
     ]
     assert "not shown:" in result.stdout  # the columns that did not fit are named
     note = " ".join(result.stderr.split())
     assert (
-        f"run {ids[2]} was interrupted (its capture process is gone): moe-workbench resume --db {db} --run {ids[2]}"
-        in note
+        f"run {ids[2]} was interrupted (the process writing it is gone): finish it with "
+        f"moe-workbench resume --db {db} --run {ids[2]}" in note
     )
     assert f"run {ids[0]} was interrupted" not in note
+    assert (
+        "run imported was interrupted (the process writing it is gone): it is not a capture, so resume "
+        f"cannot finish it; moe-workbench runs --db {db} --prune removes it if it holds no rows"
+    ) in note
 
 
 def test_fitting_columns_keeps_the_key_and_skips_what_does_not_fit() -> None:

@@ -124,3 +124,23 @@ def test_serve_help_names_the_lab_and_circuits() -> None:
     text = " ".join(result.output.split())
     assert result.exit_code == 0
     assert re.search(r"intervention lab \(/lab\)", text) and "circuits (/circuits)" in text
+
+
+def test_a_capture_into_a_store_this_process_reads_says_so_before_loading(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notebook with `db = wb.open(...)` open: the capture refuses at once, saying what to close."""
+    import workbench as wb
+    import workbench.capture.engine as engine
+    from workbench.store import Store, StoreError
+
+    Store(db).close()
+    monkeypatch.setattr(engine, "prepare_model", lambda *a, **k: pytest.fail("the model was loaded first"))
+    reader = wb.open(db)
+    assert Store.held_read_only(db)
+    with pytest.raises(
+        StoreError, match=r"is open read-only in this process .*close it first \(db\.close\(\)"
+    ):
+        wb.capture_routing("tiny-ref", ["a prompt"], db)
+    reader.close()
+    assert not Store.held_read_only(db)

@@ -111,7 +111,7 @@ def test_dashboard_sees_a_writer_die_without_the_file_changing(
 
     with Store(db) as st:
         new_run(st, "r")
-    _set_writer(db, "r", pid=sleeper.pid)
+    _set_writer(db, "r", pid=sleeper.pid, config='{"options": {}}')  # a capture's run: resume finishes it
     assert data.runs(str(db))["status"].to_list() == ["running"]
     assert data.run_info(str(db), "r")["status"] == "running"
     before = db.stat().st_mtime_ns
@@ -121,4 +121,5 @@ def test_dashboard_sees_a_writer_die_without_the_file_changing(
     assert data.runs(str(db))["status"].to_list() == [INTERRUPTED]
     assert data.run_info(str(db), "r")["status"] == INTERRUPTED
     page = str(run_detail(str(db), "r"))
-    assert "runs-interrupted" in page and f"moe-workbench resume --db {db} --run r" in page
+    assert "runs-interrupted" in page
+    assert f"the process writing it is gone; finish it with moe-workbench resume --db {db} --run r." in page

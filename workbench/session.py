@@ -208,11 +208,12 @@ class Run:
 
     def resume_hint(self) -> str:
         """For a run whose capture process is gone (status ``interrupted``), the command that finishes it; else ``""``."""
-        from workbench.store.liveness import INTERRUPTED, resume_command
+        from workbench.store.liveness import INTERRUPTED, finish_hint
 
         if self.info.get("status") != INTERRUPTED:
             return ""
-        return f"interrupted: its capture process is gone; finish it with {resume_command(self.store.path, self.id)}"
+        how = finish_hint(self.store.path, self.id, self.info.get("config"))
+        return f"interrupted: the process writing it is gone; {how}"
 
     def __repr__(self) -> str:
         i = self.info

@@ -12,7 +12,7 @@ from dashboards.components import figure, message, query_string, table
 from dashboards.components.nav import nav_pages
 from workbench.analysis.compare import drift_coverage
 from workbench.catalog import figure_for
-from workbench.store.liveness import INTERRUPTED, resume_command
+from workbench.store.liveness import INTERRUPTED, finish_hint
 
 __all__ = ["run_detail", "run_drift", "runs_table"]
 
@@ -53,11 +53,7 @@ def run_detail(db: str, run: str | None) -> Any:
     if info.get("status") == INTERRUPTED:
         status = [
             html.P(
-                [
-                    "This run was interrupted: its capture process is gone. Finish it with ",
-                    html.Code(resume_command(db, run)),
-                    ".",
-                ],
+                f"This run was interrupted: the process writing it is gone; {finish_hint(db, run, info.get('config'))}.",
                 id="runs-interrupted",
             )
         ]

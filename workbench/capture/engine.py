@@ -40,7 +40,7 @@ from workbench.models.expert_math import check_expert_stats
 from workbench.models.loading import LoadedModel, load_model, parse_device_map
 from workbench.models.routing_check import check_routing
 from workbench.probefile import ProbeFileError, Prompt, PromptLike, as_prompts, check_prompt, iter_probe_file
-from workbench.store import Store
+from workbench.store import Store, StoreError
 from workbench.store.memory import MIN_MEMORY_MIB
 
 #: DuckDB's share of a capture's memory: its writes are a coalesced batch's prompts and tokens
@@ -183,6 +183,11 @@ def capture(
     """
     opts = merge_options(options, option_overrides)
     prompts, probe_name = prompt_stream(probes)
+    if not isinstance(db, Store) and str(db) != ":memory:" and Store.held_read_only(db):
+        raise StoreError(
+            f"store {db} is open read-only in this process (e.g. db = wb.open(...)), and a capture needs to "
+            "write it: close it first (db.close(), or open it in a `with wb.open(...) as db:` block), then capture"
+        )
     loaded, checked = prepare_model(model, opts, tokenizer)
     store = db if isinstance(db, Store) else Store(db)
     try:

@@ -335,7 +335,7 @@ def runs(
     that finishes it (docs/capture.md).
     """
     from workbench.store import Store
-    from workbench.store.liveness import interrupted_runs, resume_command
+    from workbench.store.liveness import finish_hint, interrupted_runs
     from workbench.store.runs import empty_unfinished_runs
 
     with reading_store(db):
@@ -351,8 +351,13 @@ def runs(
     if prune:
         note(f"removed {len(empty)} run(s) that held no rows" + (f": {', '.join(empty)}" if empty else ""))
     print_frame(runs_view(frame), first=RUNS_COLUMNS, title=str(db), more=None)
+    configs = (
+        dict(zip(frame["run_id"].to_list(), frame["config"].to_list(), strict=True)) if frame.height else {}
+    )
     for rid in interrupted_runs(frame):
-        note(f"run {rid} was interrupted (its capture process is gone): {resume_command(db, rid)}")
+        note(
+            f"run {rid} was interrupted (the process writing it is gone): {finish_hint(db, rid, configs[rid])}"
+        )
     if empty and not prune:
         note(
             f"{len(empty)} run(s) are not complete and hold no rows ({', '.join(empty[:5])}"

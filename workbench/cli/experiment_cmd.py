@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from workbench.cli.app import app, fail, note, scratch_dir, show, user_errors
+from workbench.cli.app import app, fail, note, scratch_dir, user_errors
+from workbench.cli.tables import print_frame
 
 experiment_app = typer.Typer(
     help="Recorded experiments: run them (into a scratch folder, or --out docs/experiments/... to record them).",
@@ -190,8 +191,10 @@ def mote(
     json_path.write_text(to_json(result), encoding="utf-8")
     if (card if card is not None else recorded) and model == "tiny-ref":
         _update_card(result, full=set(config.scorers) == set(SCORERS))
-    show(result.agreement)
-    show(result.summary.select("scorer", "semantics", "n", "chosen", "control_mean", "z", "p"))
+    print_frame(result.agreement, more=None)
+    print_frame(
+        result.summary.select("scorer", "semantics", "n", "chosen", "control_mean", "z", "p"), more=None
+    )
     note(f"wrote {out_file} and {json_path}")
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from workbench.cli.app import app, existing_run, fail, note, reading_store, show, user_errors, write_table
+from workbench.cli.tables import print_frame
 
 if TYPE_CHECKING:
     import polars as pl
@@ -122,12 +123,13 @@ def resonate(
         for c in ("layer", "expert", "rd", "ftri", "effect", "attribution", "ci_low", "ci_high", "q")
         if c in frame.columns
     ]
-    show(frame.sort(pl.col(key).abs(), descending=True).head(10).select(shown))
+    top = frame.sort(pl.col(key).abs(), descending=True).head(10).select(shown)
+    print_frame(top, total=frame.height, more="--out FILE writes the whole map")
     if agreement is not None:
         show("rank agreement with the causal effect:")
-        show(agreement)
+        print_frame(agreement, more=None)
     if tokens is not None:
-        show(tokens)
+        print_frame(tokens, more=None)
     if out_file is not None:
         write_table(frame, out_file)
         note(f"wrote {frame.height} rows to {out_file}")

@@ -34,6 +34,10 @@ if TYPE_CHECKING:  # polars is imported lazily: the capture path does not need i
     import pyarrow as pa
 
 
+_OPEN: weakref.WeakSet[Store] = weakref.WeakSet()
+"""Every Store of this process that was opened (closed ones are skipped where it matters)."""
+
+
 class Store:
     """A DuckDB file holding many capture runs (schema: ``workbench.store.schema``)."""
 
@@ -48,8 +52,19 @@ class Store:
         self._read_only = read_only
         self._lock = threading.RLock()
         self._closed = False
+        _OPEN.add(self)
         if not read_only:
             self._build_missing_summaries()
+
+    @staticmethod
+    def held_read_only(path: str | Path) -> bool:
+        """Whether a read-only :class:`Store` of this process has ``path`` open (``wb.open`` in a notebook).
+
+        DuckDB lets one process open a file in one mode only, so a capture into it would fail; the
+        capture asks first, before minutes of model loading (capture/engine.py).
+        """
+        resolved = Path(path).expanduser().resolve()
+        return any(s._read_only and not s._closed and s._path == resolved for s in list(_OPEN))
 
     @classmethod
     def open(cls, path: str | Path, read_only: bool = False) -> Store:

@@ -22,6 +22,7 @@ runs) keeps the stored status. ``interrupted`` is never stored: it is what reade
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from datetime import datetime, timedelta, timezone
@@ -35,11 +36,11 @@ __all__ = [
     "STALE_AFTER_S",
     "beat",
     "claim",
+    "finish_hint",
     "has_writer_columns",
     "interrupted_runs",
     "observe",
     "observed_status",
-    "resume_command",
     "stale_after_s",
     "with_observed_status",
 ]
@@ -160,9 +161,21 @@ def with_observed_status(runs: pl.DataFrame) -> pl.DataFrame:
     return runs.with_columns(pl.Series("status", statuses, dtype=runs.schema["status"]))
 
 
-def resume_command(db: object, run_id: str) -> str:
-    """The command that finishes an interrupted run."""
-    return f"moe-workbench resume --db {db} --run {run_id}"
+def finish_hint(db: object, run_id: str, config: dict[str, Any] | str | None = None) -> str:
+    """How to finish an interrupted run, as a clause: ``moe-workbench resume`` for a capture (its
+    ``config`` holds the capture options that resume re-reads). A run another writer made
+    (``import-routing``) has none, and resume cannot finish it. ``config`` may be the stored JSON text."""
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError:
+            config = None
+    if isinstance(config, dict) and "options" not in config:
+        return (
+            f"it is not a capture, so resume cannot finish it; moe-workbench runs --db {db} --prune "
+            "removes it if it holds no rows"
+        )
+    return f"finish it with moe-workbench resume --db {db} --run {run_id}"
 
 
 def interrupted_runs(runs: pl.DataFrame) -> list[str]:
