@@ -27,6 +27,13 @@ def test_a_taken_port_is_replaced_by_a_free_one() -> None:
     assert demo.free_port(demo.HOST, taken) == taken  # free again once released
 
 
+def test_port_comes_from_make_or_the_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PORT", raising=False)
+    assert demo.parse_args([]).port == demo.PORT
+    monkeypatch.setenv("PORT", "9000")  # make demo PORT=9000 passes --port too; the variable alone works
+    assert demo.parse_args([]).port == 9000 and demo.parse_args(["--port", "81"]).port == 81
+
+
 def test_the_port_is_settled_before_the_capture(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -164,7 +164,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("PORT") or PORT),
+        default=os.environ.get("PORT") or PORT,  # argparse converts (and refuses in one line) a PORT string
         help=f"port to serve on (default: PORT or {PORT}); a taken port is replaced by a free one, before the capture",
     )
     parser.add_argument(
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     loaded = load_model(args.model)
     suites = list(args.suites or DEFAULT_SUITES)
     reused, why = (
-        (None, "--fresh")
+        (None, "--fresh (FRESH=1) asked for it")
         if args.fresh
         else reusable_runs(db, loaded, args.model, {suite: suite_path(suite) for suite in suites})
     )

@@ -77,7 +77,9 @@ def print_frame(
     """
     width = out.width
     cols = fitting_columns(frame, width, first)
-    table = Table(box=box.SIMPLE_HEAD, title=title, pad_edge=False, show_edge=False)
+    table = Table(
+        box=box.SIMPLE_HEAD, title=None if title is None else safe(title), pad_edge=False, show_edge=False
+    )
     for i, col in enumerate(cols):
         if i == 0:  # the key: folded whole when longer than its share, never cut
             table.add_column(safe(col), overflow="fold", min_width=key_width(frame, col, width))
