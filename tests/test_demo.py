@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -119,3 +120,21 @@ def test_runs_that_are_not_current_are_captured_again(
     with Store(copy) as st:  # the same run, failed
         st.con.execute("UPDATE runs SET status = 'failed'")
     assert why(copy) == f"run {model}-mini is failed, not complete"
+
+
+def test_makefile_passes_port_and_fresh() -> None:
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+
+    def dry(*args: str) -> str:
+        env = {k: v for k, v in os.environ.items() if k not in ("PORT", "FRESH", "SERVE", "MAKEFLAGS")}
+        done = subprocess.run(
+            ["make", "-n", "-C", str(repo), "demo", *args], capture_output=True, text=True, env=env
+        )
+        return done.stdout
+
+    told = dry("PORT=8123", "FRESH=1")
+    assert "--port 8123" in told and "--fresh" in told
+    plain = dry()
+    assert "workbench.cli.demo" in plain and "--port" not in plain and "--fresh" not in plain
