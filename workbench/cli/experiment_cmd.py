@@ -123,7 +123,7 @@ def mote(
     ] = None,
     device: Annotated[
         str | None,
-        typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
+        typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: cpu)."),
     ] = None,
 ) -> None:
     """Do the experts picked by resonance (rd, fTRI), by causal ablation or by attribution control refusal?
