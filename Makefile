@@ -31,7 +31,7 @@ export TORCH_HINT
 # Minimum Python (keep in step with requires-python in pyproject.toml; CI tests CPython 3.11).
 PY_MIN  := 3.11
 
-.PHONY: demo test test-fast lint typecheck pytest browser bench clean lock test-latest
+.PHONY: demo test test-fast lint typecheck pytest browser bench clean lock test-latest notebook
 
 $(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(sys.version_info < tuple(map(int, "$(PY_MIN)".split("."))))' 2>/dev/null || { \
@@ -71,10 +71,22 @@ lock: $(BIN)/python
 	mv $(LOCK).tmp $(LOCK)
 	@echo "requirements.lock: $$(grep -c '^[a-z0-9]' $(LOCK)) packages pinned (torch: $(TORCH), installed first)"
 
-# SERVE=0 skips serving the dashboard at the end (make demo SERVE=0)
+# SERVE=0 skips serving the dashboard at the end (make demo SERVE=0); PORT=N serves on port N (a taken
+# port is replaced by a free one, said before the capture); demo.duckdb is reused when its runs are
+# complete and current (same weights, prompts and store schema); FRESH=1 captures again.
 SERVE   ?= 1
+PORT    ?=
+FRESH   ?=
 demo: $(STAMP)
-	$(BIN)/python -m workbench.cli.demo --db demo.duckdb $(if $(filter 0 no false,$(SERVE)),--no-serve,--serve)
+	$(BIN)/python -m workbench.cli.demo --db demo.duckdb $(if $(filter 0 no false,$(SERVE)),--no-serve,--serve) \
+	  $(if $(PORT),--port $(PORT)) $(if $(filter 1 yes true,$(FRESH)),--fresh)
+
+# JupyterLab and ipywidgets (the `notebook` extra, not locked: CI does not install it) into .venv, the
+# locked packages held at their pins (-c), then the kernel registered as "moe-workbench".
+notebook: $(STAMP)
+	$(UV) pip install --quiet --python $(BIN)/python -c $(LOCK) -e ".[notebook]"
+	$(BIN)/python -m ipykernel install --user --name moe-workbench --display-name "moe-workbench"
+	@echo "start it with: $(BIN)/jupyter lab   (then pick the moe-workbench kernel)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check workbench tests benchmarks dashboards

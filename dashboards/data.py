@@ -58,6 +58,7 @@ from workbench.analysis.resonance import default_contrast, resonance_tokens
 from workbench.analysis.tokens import ExpertContexts, decode_tokens, token_scheme
 from workbench.catalog import PAGE_ANALYSES, RunFacts, prewarm_options, run_analysis
 from workbench.store import Store, StoreError
+from workbench.store.liveness import observe, with_observed_status
 from workbench.store.segments import segment_counts, segment_scope
 
 __all__ = [
@@ -324,15 +325,19 @@ def _call(db: str, what: str, **args: Any) -> Any:
 
 
 def runs(db: str) -> pl.DataFrame:
-    """All runs in the store, oldest first."""
+    """All runs in the store, oldest first.
+
+    The status is observed on every call, not cached with the file's version: a capture that dies
+    leaves the file unchanged, and its run must turn ``interrupted`` (workbench/store/liveness.py).
+    """
     result: pl.DataFrame = _call(db, "runs")
-    return result
+    return with_observed_status(result)
 
 
 def run_info(db: str, run: str) -> dict[str, Any]:
-    """One run's metadata (raises ``UnknownRunError`` listing the runs for an unknown id)."""
+    """One run's metadata (raises ``UnknownRunError`` listing the runs for an unknown id); status as in :func:`runs`."""
     result: dict[str, Any] = _call(db, "run_info", run=run)
-    return result
+    return observe(dict(result))
 
 
 def layers(db: str, run: str) -> pl.DataFrame:

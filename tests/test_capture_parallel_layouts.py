@@ -65,7 +65,7 @@ def test_two_groups_of_two_ranks_capture_one_run_and_resume_after_a_kill(tmp_pat
     assert proc.returncode != 0, "the job fails when its ranks die"
     with Store(parallel, read_only=True) as store:
         info = store.run("tpdp")
-        assert info["status"] == "running"
+        assert info["status"] == "interrupted"  # unfinished, and its ranks are gone
         assert store.done_prompt_ids("tpdp") == set(), "rank 0 absorbs only when every group is done"
     assert info["config"]["parallel"]["mode"] == "tensor+data"
     assert {k: info["config"]["parallel"][k] for k in ("world_size", "tp_size", "dp_size")} == {

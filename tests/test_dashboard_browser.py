@@ -181,9 +181,7 @@ def test_dashboard_in_headless_chromium(server: str) -> None:
                 widths[name] = page.evaluate("() => document.documentElement.scrollWidth")
                 assert set(page.evaluate(FIGURE_FONTS)) <= {FONT}, (path, page.evaluate(FIGURE_FONTS))
             print(f"page widths at a {WIDTH} px window: {widths}")
-            too_wide = {
-                n: w for n, w in widths.items() if w > WIDTH + OVERFLOW_TOLERANCE
-            }
+            too_wide = {n: w for n, w in widths.items() if w > WIDTH + OVERFLOW_TOLERANCE}
             assert too_wide == {}, f"pages wider than the {WIDTH} px window: {too_wide}"
 
             # The navigation bar keeps the run the pages are showing.

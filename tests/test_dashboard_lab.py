@@ -491,7 +491,7 @@ def test_demo_serve_flag_plumbing(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert command == "moe-workbench serve --db demo.duckdb --model tiny-ref" and served == []
     demo.finish(Path("demo.duckdb"), "tiny-ref", "LOADED", serve=True, server=lambda *a: served.append(a))
-    assert served == [(Path("demo.duckdb"), "LOADED")]
+    assert served == [(Path("demo.duckdb"), "LOADED", demo.PORT)]
 
 
 def test_makefile_demo_passes_serve() -> None:

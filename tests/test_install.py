@@ -41,6 +41,9 @@ KEY_PACKAGES = [
     "dash",
     "scikit-learn",
 ]
+#: Extras deliberately left out of the lock and of CI's install (CI time): ``notebook`` (JupyterLab,
+#: ipywidgets) is installed on demand (README: Python (and Jupyter)). Any other extra must be locked.
+NOT_LOCKED = {"notebook"}
 CUDA_PACKAGE = re.compile(r"^(nvidia-.*|triton|cuda-.*|cupy.*|torch)$")
 
 
@@ -71,11 +74,34 @@ def installed(name: str) -> str | None:
         return None
 
 
+def locked_specs() -> list[str]:
+    """The requirements the lock must cover: the dependencies and every extra but :data:`NOT_LOCKED`."""
+    meta = project()
+    extras = meta["optional-dependencies"]
+    return [
+        *meta["dependencies"],
+        *(spec for name, specs in extras.items() if name not in NOT_LOCKED for spec in specs),
+    ]
+
+
+def test_unlocked_extras_are_named_and_exist() -> None:
+    extras = project()["optional-dependencies"]
+    assert set(extras) >= NOT_LOCKED, (
+        f"NOT_LOCKED names extras pyproject.toml lacks: {NOT_LOCKED - set(extras)}"
+    )
+    assert {canonicalize_name(Requirement(s).name) for s in extras["notebook"]} >= {
+        "jupyterlab",
+        "ipywidgets",
+    }
+    assert "dev" not in NOT_LOCKED  # CI installs dev from the lock
+    locked = {canonicalize_name(Requirement(s).name) for s in locked_specs()}
+    assert "jupyterlab" not in locked and "jupyterlab" not in lock_pins()
+
+
 def test_lock_covers_every_direct_dependency_within_its_range() -> None:
     pins = lock_pins()
-    meta = project()
     problems = []
-    for spec in [*meta["dependencies"], *meta["optional-dependencies"]["dev"]]:
+    for spec in locked_specs():
         req = Requirement(spec)
         name = canonicalize_name(req.name)
         if name == "torch":  # installed first from $(TORCH); see test_torch_is_the_cpu_build

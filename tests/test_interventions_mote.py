@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import polars as pl
@@ -113,16 +114,32 @@ def test_a_scorer_subset_runs_only_what_it_needs() -> None:
         run_mote(wb.load_model("tiny-ref"), MoteConfig(scorers=("vibes",)))
 
 
-def test_cli_passes_every_option(tmp_path: Path) -> None:
+def test_cli_passes_every_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also: without --out it writes to a scratch folder and leaves the tiny-ref card alone; it reports progress."""
     from typer.testing import CliRunner
 
     from workbench.cli import app
+    from workbench.zoo.card import MOTE_FILE
+    from workbench.zoo.tiny_ref import model_dir
 
-    out = tmp_path / "mote.md"
+    monkeypatch.setenv("MOE_WORKBENCH_SCRATCH", str(tmp_path / "scratch"))
+    card = model_dir() / MOTE_FILE
+    before = card.read_bytes() if card.exists() else None
     args = ["experiment", "mote", "--scorers", "rd", "--doses", "1", "--controls", "5", "--semantics", "reroute",
-            "--pairs", "8", "--domain-prompts", "6", "--no-card", "--out", str(out)]  # fmt: skip
+            "--pairs", "8", "--domain-prompts", "6"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    (out,) = (tmp_path / "scratch").glob("mote-*/mote.md")
+    said = " ".join(result.stderr.split())
+    assert f"writing to the scratch folder {out.parent} (--out FILE to record the run elsewhere)" in said
+    assert f"wrote {out} and {out.with_suffix('.json')}" in said
+    assert (card.read_bytes() if card.exists() else None) == before  # a scratch run never touches the card
+    # 1 scoring step + 1 dose point + 1 forced set; the last says no estimate (nothing is left)
+    assert re.search(
+        r"\[1/3\] scoring the experts done: \d+ (s|min \d+ s) so far, about \d+ (s|min \d+ s) left", said
+    )
+    assert "[3/3] rd: forcing its experts on benign prompts done: " in said
+    assert not re.search(r"\[3/3\][^\[]* left", said)
     data = json.loads(out.with_suffix(".json").read_text())
     assert (
         data["config"]["scorers"] == ["rd"]

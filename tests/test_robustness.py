@@ -111,7 +111,11 @@ def test_killed_capture_resumes_exactly(
         prompts = store.prompts("victim")
         tokens = store.tokens("victim")
         routing = store.routing("victim", logits=False)
-    assert info["status"] == "running"  # clearly marked as unfinished, never looks whole
+    # clearly unfinished, never looks whole: its process is gone, so it reads as interrupted, with the fix
+    assert info["status"] == "interrupted" and info["pid"] == child.pid
+    listed = CliRunner().invoke(app, ["runs", "--db", str(db)])
+    assert listed.exit_code == 0 and "interrupted" in listed.stdout
+    assert f"moe-workbench resume --db {db} --run victim" in " ".join(listed.stderr.split())
     committed = batch + 1 if phase == "committed" else batch  # a write cut short commits nothing
     assert committed * BATCH <= len(done) <= (batch + 1) * BATCH < N_PROMPTS
     # every committed prompt is whole: all its tokens and all its routing rows

@@ -61,7 +61,9 @@ def open(path: str | Path, read_only: bool = True, model: Any = None) -> Session
 def capture_routing(model: Any, probes: Any, db: str | Path, **kwargs: Any) -> str:
     """Capture routing of ``model`` on ``probes`` into ``db``; returns the run id.
 
-    See :func:`workbench.capture.engine.capture` for the options. Not called ``capture``: that
+    ``probes`` is a probe file (JSONL/CSV/Parquet) or prompts from Python: plain strings, dicts with
+    ``text`` (and ``label``, ``pair_id``, ``split``, ``meta``, ``prompt_id``) or
+    :class:`~workbench.probefile.Prompt` objects, in a list or a generator. See :func:`workbench.capture.engine.capture` for the options. Not called ``capture``: that
     name is the subpackage :mod:`workbench.capture`, which importing any of its modules binds here.
     """
     from workbench.capture.engine import capture as _capture

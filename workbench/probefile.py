@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -322,6 +322,52 @@ def iter_probe_file(path: str | Path) -> Iterator[Prompt]:
         raise ProbeFileError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
     if empty:
         raise ProbeFileError(f"{path}: the probe file has no prompts; add rows with text and label")
+
+
+UNLABELLED = "unlabelled"
+"""The label of a prompt passed from Python as a plain string, or as a dict without ``label``."""
+
+_PROMPT_KEYS = ("prompt_id", *REQUIRED, *OPTIONAL)
+
+PromptLike = Prompt | str | Mapping[str, Any]
+"""A prompt passed from Python: a :class:`Prompt`, its text, or a dict of probe-file fields."""
+
+
+def as_prompts(items: Iterable[PromptLike]) -> Iterator[Prompt]:
+    """Prompts passed from Python (:class:`Prompt` objects, plain strings or dicts) as :class:`Prompt` objects.
+
+    A string is a prompt's text, labelled ``"unlabelled"``; a dict holds the probe-file fields
+    (``text``, and optionally ``label``, ``pair_id``, ``split``, ``meta``, ``prompt_id``), validated as a
+    file row is. A prompt without an id gets its 0-based position in ``items``, as a file's row does.
+    Anything else, or a dict with a key outside those fields, is a :class:`ProbeFileError` naming it.
+    Lazy, so a generator still streams.
+    """
+    for index, item in enumerate(items):
+        where = f"prompt {index} (from Python)"
+        if isinstance(item, Prompt):
+            yield item
+        elif isinstance(item, str):
+            yield check_prompt(Prompt(index, item, UNLABELLED), where)
+        elif isinstance(item, Mapping):
+            yield _prompt_of_mapping(item, index, where)
+        else:
+            raise ProbeFileError(
+                f"{where}: a prompt is a string, a dict with `text` (and `label` ...) or a Prompt, "
+                f"not {type(item).__name__}"
+            )
+
+
+def _prompt_of_mapping(item: Mapping[str, Any], index: int, where: str) -> Prompt:
+    unknown = sorted(str(k) for k in item if k not in _PROMPT_KEYS)
+    if unknown:
+        raise ProbeFileError(
+            f"{where}: unknown field(s) {', '.join(unknown)}; a prompt has {', '.join(_PROMPT_KEYS)}"
+        )
+    prompt_id = item.get("prompt_id", index)
+    if isinstance(prompt_id, bool) or not isinstance(prompt_id, int) or prompt_id < 0:
+        raise ProbeFileError(f"{where}: `prompt_id` must be an integer >= 0, got {prompt_id!r}")
+    row = {"label": UNLABELLED, **{k: v for k, v in item.items() if k != "prompt_id"}}
+    return _prompt(row, prompt_id, where)
 
 
 def read_probe_file(path: str | Path) -> list[Prompt]:

@@ -232,11 +232,20 @@ class Run:
             segment=segment,
         )
 
+    def resume_hint(self) -> str:
+        """For a run whose capture process is gone (status ``interrupted``), the command that finishes it; else ``""``."""
+        from workbench.store.liveness import INTERRUPTED, finish_hint
+
+        if self.info.get("status") != INTERRUPTED:
+            return ""
+        how = finish_hint(self.store.path, self.id, self.info.get("config"))
+        return f"interrupted: the process writing it is gone; {how}"
+
     def __repr__(self) -> str:
         i = self.info
         return (
             f"Run({self.id!r}: {i.get('model')} [{i.get('architecture')}], probe {i.get('probe')}, "
-            f"{i.get('n_experts')} experts top-{i.get('top_k')}, {i.get('status')})"
+            f"{i.get('n_experts')} experts top-{i.get('top_k')}, {self.resume_hint() or i.get('status')})"
         )
 
     def _repr_html_(self) -> str:
@@ -245,7 +254,8 @@ class Run:
             f"<tr><th style='text-align:left'>{k}</th><td>{html.escape(str(self.info.get(k)))}</td></tr>"
             for k in keys
         )
+        hint = f"<p>{html.escape(self.resume_hint())}</p>" if self.resume_hint() else ""
         return (
-            f"<p><b>run</b> <code>{html.escape(self.id)}</code></p><table>{rows}</table>"
+            f"<p><b>run</b> <code>{html.escape(self.id)}</code></p><table>{rows}</table>{hint}"
             f"<p>analyses: {', '.join(sorted(_BY_METHOD))}</p>"
         )

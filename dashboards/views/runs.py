@@ -17,6 +17,7 @@ from dashboards.components import figure, message, query_string, table
 from dashboards.components.nav import nav_pages
 from workbench.analysis.compare import drift_coverage
 from workbench.catalog import figure_for
+from workbench.store.liveness import INTERRUPTED, finish_hint
 
 __all__ = ["capture_options", "run_detail", "run_drift", "run_metadata", "runs_table"]
 
@@ -77,9 +78,18 @@ def run_detail(db: str, run: str | None) -> Any:
         for p in nav_pages()
         if p.path != "/"
     ]
+    status: list[Any] = []
+    if info.get("status") == INTERRUPTED:
+        status = [
+            html.P(
+                f"This run was interrupted: the process writing it is gone; {finish_hint(db, run, info.get('config'))}.",
+                id="runs-interrupted",
+            )
+        ]
     return html.Div(
         [
             html.H3(f"Run {run}"),
+            *status,
             html.Div(links, className="wb-links"),
             html.Div(
                 [

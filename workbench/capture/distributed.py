@@ -43,7 +43,7 @@ from workbench.capture.integrity import probe_for_resume
 from workbench.capture.rank_stores import absorb_rank_stores, rank_store_dir
 from workbench.models.loading import LoadedModel
 from workbench.models.parallelism import ParallelLayout, parallel_layout, tp_group_of
-from workbench.probefile import Prompt
+from workbench.probefile import Prompt, PromptLike
 from workbench.store import Store
 
 __all__ = [
@@ -83,7 +83,7 @@ def rank_env() -> RankEnv | None:
 
 def capture_data_parallel(
     model: LoadedModel | str | Path | torch.nn.Module,
-    probes: str | Path | Iterable[Prompt],
+    probes: str | Path | Iterable[PromptLike],
     db: str | Path,
     *,
     tokenizer: Any = None,
@@ -125,7 +125,7 @@ def capture_data_parallel(
 
 def capture_tensor_parallel(
     model: str | Path,
-    probes: str | Path | Iterable[Prompt],
+    probes: str | Path | Iterable[PromptLike],
     db: str | Path,
     *,
     tokenizer: Any = None,

@@ -40,8 +40,8 @@ from workbench.capture.writer import StreamingWriter
 from workbench.models.expert_math import check_expert_stats
 from workbench.models.loading import LoadedModel, load_model, parse_device_map
 from workbench.models.routing_check import check_routing
-from workbench.probefile import ProbeFileError, Prompt, check_prompt, iter_probe_file
-from workbench.store import Store
+from workbench.probefile import ProbeFileError, Prompt, PromptLike, as_prompts, check_prompt, iter_probe_file
+from workbench.store import Store, StoreError
 from workbench.store.memory import MIN_MEMORY_MIB
 
 #: DuckDB's share of a capture's memory: its writes are a coalesced batch's prompts and tokens
@@ -163,20 +163,21 @@ class CaptureOptions:
             )
 
 
-def prompt_stream(source: str | Path | Iterable[Prompt]) -> tuple[Iterator[Prompt], str]:
+def prompt_stream(source: str | Path | Iterable[PromptLike]) -> tuple[Iterator[Prompt], str]:
     """The prompts to capture and the name the run records for them.
 
     A probe file is read and validated whole before any run exists (a bad row anywhere is refused
     with its line), then streamed again with a check that it did not change meanwhile; its name is
     its absolute path, so a resume from another working directory reads the same file. Prompts from
-    Python are checked one by one as they stream (their name is ``<python>``).
+    Python (:class:`Prompt` objects, plain strings or dicts: :func:`~workbench.probefile.as_prompts`) are
+    checked one by one as they stream (their name is ``<python>``).
     """
     if isinstance(source, (str, Path)):
         scanned = scan_for_capture(source)
         it = verified_stream(iter_probe_file(scanned.path), scanned)
         name = scanned.path
     else:
-        it, name = (check_prompt(p) for p in source), PYTHON_PROBES
+        it, name = (check_prompt(p) for p in as_prompts(source)), PYTHON_PROBES
     try:
         first = next(it)  # an empty iterable is refused before a run is created
     except StopIteration:
@@ -205,7 +206,7 @@ def _layer_rows(loaded: LoadedModel) -> list[dict[str, Any]]:
 
 def capture(
     model: LoadedModel | str | Path | torch.nn.Module,
-    probes: str | Path | Iterable[Prompt],
+    probes: str | Path | Iterable[PromptLike],
     db: str | Path | Store,
     *,
     tokenizer: Any = None,
@@ -216,11 +217,18 @@ def capture(
 ) -> str:
     """Capture routing of ``model`` on ``probes`` into ``db``; returns the run id.
 
-    ``probes`` is a probe file (JSONL/CSV/Parquet) or any iterable of :class:`Prompt` (a generator
-    streams: memory is bounded by the batch, not the number of prompts).
+    ``probes`` is a probe file (JSONL/CSV/Parquet) or any iterable of prompts: :class:`Prompt`
+    objects, plain strings (labelled ``unlabelled``) or dicts with ``text`` and optionally ``label``,
+    ``pair_id``, ``split``, ``meta``, ``prompt_id`` (a generator streams: memory is bounded by the
+    batch, not the number of prompts).
     """
     opts = merge_options(options, option_overrides)
     prompts, probe_name = prompt_stream(probes)
+    if not isinstance(db, Store) and str(db) != ":memory:" and Store.held_read_only(db):
+        raise StoreError(
+            f"store {db} is open read-only in this process (e.g. db = wb.open(...)), and a capture needs to "
+            "write it: close it first (db.close(), or open it in a `with wb.open(...) as db:` block), then capture"
+        )
     loaded, checked = prepare_model(model, opts, tokenizer)
     store = db if isinstance(db, Store) else Store(db)
     try:
@@ -307,7 +315,7 @@ def resume(
     *,
     model: LoadedModel | str | Path | torch.nn.Module | None = None,
     tokenizer: Any = None,
-    probes: str | Path | Iterable[Prompt] | None = None,
+    probes: str | Path | Iterable[PromptLike] | None = None,
     progress: bool = True,
 ) -> str:
     """Finish an interrupted run: re-open its model and probe file, skip committed prompts.

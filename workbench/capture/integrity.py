@@ -34,6 +34,8 @@ from workbench.probefile import (
     ProbeDigest,
     ProbeFileError,
     Prompt,
+    PromptLike,
+    as_prompts,
     check_prompt,
     iter_probe_file,
     record_hash,
@@ -174,7 +176,7 @@ def _what_differs(cmp: _Comparison, recorded: dict[str, Any] | None, n_captured:
 
 
 def probe_for_resume(
-    store: Store, run_id: str, info: dict[str, Any], source: str | Path | Iterable[Prompt] | None
+    store: Store, run_id: str, info: dict[str, Any], source: str | Path | Iterable[PromptLike] | None
 ) -> Callable[[], Iterator[Prompt]]:
     """Verify the probe source of an unfinished run; returns a fresh stream of its prompts.
 
@@ -198,7 +200,7 @@ def probe_for_resume(
         where = str(Path(source).resolve())
         cmp = _compare(iter_probe_file(where), where, captured)
     else:
-        listed = list(source)
+        listed = list(as_prompts(source))
         where = "the prompts passed from Python"
         cmp = _compare(listed, where, captured)
     problem = _what_differs(cmp, recorded, len(captured))

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from workbench.cli.app import app, fail, note, out, reading_store, safe, show, user_errors, write_table
+from workbench.cli.tables import id_columns, print_frame, significant_first
 from workbench.store.segments import SEGMENT_HELP
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from workbench.wording import Context
 
 
 class GroupBy(str, Enum):
@@ -60,7 +66,9 @@ def analyse(
     out_file: Annotated[
         Path | None,
         typer.Option(
-            "--out", help="Write the table to FILE: .csv, .parquet or .json (default: print the head)."
+            "--out",
+            help="Write the table to FILE: .csv, .parquet or .json (default: print the findings and the "
+            "first rows, significant ones first).",
         ),
     ] = None,
     settings: Annotated[
@@ -124,6 +132,7 @@ def analyse(
             frame = run_analysis(
                 name, store, run, compare=compare, model=loaded, segment=segment.value, **kwargs
             )
+            ctx = None if out_file is not None else _context(store, run, compare, kwargs)
     except errors as exc:
         fail(str(exc))
     if (
@@ -135,10 +144,51 @@ def analyse(
 
         note(drift_coverage(frame, run, compare))  # how many prompts the two runs share
     if out_file is None:
-        show(frame.head(20))
+        assert ctx is not None
+        print_findings(name, frame, ctx)
         return
     write_table(frame, out_file)
     note(f"wrote {frame.height} rows × {frame.width} columns to {out_file}")
+
+
+SHOWN_ROWS = 15
+"""Rows printed without --out (significant ones first); --out writes them all."""
+
+
+def _context(store: Any, run: str, compare: str | None, options: dict[str, Any]) -> Context:
+    """What the finding sentences need besides the table (as the report builds it)."""
+    from workbench.wording import Context
+
+    info = store.run(run)
+    labels = tuple(sorted(str(x) for x in store.prompts(run)["label"].drop_nulls().unique().to_list()))
+    contrast = (options["target"], options["control"]) if {"target", "control"} <= set(options) else None
+    return Context(
+        n_experts=int(info.get("n_experts") or 0),
+        top_k=int(info.get("top_k") or 0),
+        labels=labels,
+        compare=compare,
+        extra={"contrast": contrast} if contrast else {},
+    )
+
+
+def print_findings(name: str, frame: pl.DataFrame, ctx: Context) -> None:
+    """The analysis' findings as sentences (as the report states them), then its rows, significant first."""
+    from workbench.catalog import findings_for
+
+    if frame.height == 0:
+        show("The analysis returned no rows for this run.")
+        return
+    try:
+        sentences = findings_for(name, frame, ctx)
+    except Exception as exc:  # the rows are still worth showing
+        sentences = [f"The findings could not be summarised ({str(exc).splitlines()[0]}); see the rows."]
+    for sentence in sentences:
+        show(f"- {sentence}")
+    rows = significant_first(frame)
+    flags = [c for c in ("specialised", "significant") if c in frame.columns]
+    first = [*id_columns(frame.columns), *flags, *(c for c in ("q", "p") if c in frame.columns)]
+    show("")
+    print_frame(rows.head(SHOWN_ROWS), first=first, total=frame.height)
 
 
 def _load_model(name: str, model: str | None, device: str | None) -> object:

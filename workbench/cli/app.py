@@ -159,6 +159,38 @@ def existing_run(db: Path, run: str) -> None:
             fail(str(exc))
 
 
+SCRATCH_ENV = "MOE_WORKBENCH_SCRATCH"
+DEFAULT_SCRATCH = Path("~/.cache/moe-workbench/scratch")
+"""Where commands whose outputs would otherwise overwrite tracked files (``experiment mote``, ``zoo train``)
+write by default: ``$MOE_WORKBENCH_SCRATCH`` or this folder."""
+
+
+def scratch_dir(name: str) -> Path:
+    """A new folder ``<scratch>/<name>-<UTC time>`` for a command's output that nobody asked to keep in place.
+
+    The repository's recorded outputs (docs/experiments, datasets/tiny-ref) change only when a
+    command is told to write there with ``--out``.
+    """
+    import os
+    from datetime import datetime, timezone
+
+    root = Path(os.environ.get(SCRATCH_ENV) or DEFAULT_SCRATCH).expanduser()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        folder = root / (f"{name}-{stamp}" + (f"-{n}" if n else ""))
+        try:
+            folder.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            fail(
+                f"cannot create the scratch folder {folder} ({exc.strerror or exc}); pass --out, or set ${SCRATCH_ENV}"
+            )
+        return folder
+    fail(f"no new scratch folder under {root}: pass --out")
+    raise AssertionError("unreachable: fail exits")
+
+
 def write_table(frame: object, path: Path) -> None:
     """Write polars ``frame`` to ``path`` (.csv, .parquet or .json, by suffix), creating its folder.
 

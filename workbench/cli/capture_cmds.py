@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -15,14 +15,16 @@ from workbench.cli.app import (
     existing_run,
     fail,
     note,
-    out,
     reading_store,
-    safe,
     show,
     user_errors,
     warn,
     writable_db,
 )
+from workbench.cli.tables import print_frame
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 class Backend(str, Enum):
@@ -356,6 +358,27 @@ def resume(
         fail(str(exc))
 
 
+RUNS_COLUMNS = ("run_id", "status", "model", "probe", "experts", "created", "architecture")
+"""The columns of `runs`, most wanted first: those that do not fit the terminal are named below it."""
+
+
+def runs_view(frame: pl.DataFrame) -> pl.DataFrame:
+    """The ``runs`` table as printed: the probe's file name, ``8 top-2``, the creation time to the minute."""
+    import polars as pl
+
+    if frame.height == 0:
+        return pl.DataFrame({c: [] for c in RUNS_COLUMNS}, schema=dict.fromkeys(RUNS_COLUMNS, pl.Utf8))
+    return frame.select(
+        "run_id",
+        "status",
+        "model",
+        pl.col("probe").map_elements(lambda p: Path(p).name, return_dtype=pl.Utf8),  # "<python>" stays
+        pl.format("{} top-{}", "n_experts", "top_k").alias("experts"),
+        pl.col("created_at").dt.strftime("%Y-%m-%d %H:%M").alias("created"),
+        "architecture",
+    )
+
+
 @app.command()
 def runs(
     db: Annotated[Path, typer.Option("--db", help="DuckDB file to read.")],
@@ -368,10 +391,13 @@ def runs(
         ),
     ] = False,
 ) -> None:
-    """List the runs stored in DB with their model, probe, size and status."""
-    from rich.table import Table
+    """List the runs stored in DB with their status, model, probe and size.
 
+    A capture whose process died (killed, out of memory) shows as `interrupted`, with the command
+    that finishes it (docs/capture.md).
+    """
     from workbench.store import Store
+    from workbench.store.liveness import finish_hint, interrupted_runs
     from workbench.store.runs import empty_unfinished_runs
 
     with reading_store(db):
@@ -386,17 +412,14 @@ def runs(
             fail(str(exc))
     if prune:
         note(f"removed {len(empty)} run(s) that held no rows" + (f": {', '.join(empty)}" if empty else ""))
-    table = Table(title=safe(db))
-    cols = [
-        c
-        for c in ("run_id", "model", "architecture", "probe", "n_experts", "top_k", "status", "created_at")
-        if c in frame.columns
-    ]
-    for col in cols:
-        table.add_column(col, overflow="fold")  # a long id wraps whole, never cut to an ellipsis
-    for row in frame.select(cols).iter_rows():
-        table.add_row(*(safe(v, keep="") for v in row))
-    out.print(table)
+    print_frame(runs_view(frame), first=RUNS_COLUMNS, title=str(db), more=None)
+    configs = (
+        dict(zip(frame["run_id"].to_list(), frame["config"].to_list(), strict=True)) if frame.height else {}
+    )
+    for rid in interrupted_runs(frame):
+        note(
+            f"run {rid} was interrupted (the process writing it is gone): {finish_hint(db, rid, configs[rid])}"
+        )
     if empty and not prune:
         note(
             f"{len(empty)} run(s) are not complete and hold no rows ({', '.join(empty[:5])}"

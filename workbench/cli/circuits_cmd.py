@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from workbench.cli.app import app, fail, note, show, user_errors
+from workbench.cli.tables import print_frame
 
 
 @app.command()
@@ -66,8 +67,8 @@ def circuits(
         f"(95% CI {lo:+.2f} to {hi:+.2f}, permutation p = {result.spearman_p:.3f})"
     )
     show("cross-ablation on the evaluation prompts only:")
-    show(result.cross)
-    show(result.importance_agreement)
+    print_frame(result.cross, more=None)
+    print_frame(result.importance_agreement, more=None)
     if out_file is not None:
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(json.dumps(summary, indent=1), encoding="utf-8")

@@ -8,12 +8,34 @@ from typing import Annotated, Any
 
 import typer
 
-from workbench.cli.app import app, fail, note, show, user_errors
+from workbench.cli.app import app, fail, note, scratch_dir, user_errors
+from workbench.cli.tables import print_frame
 
 experiment_app = typer.Typer(
-    help="Recorded experiments: run them, and write their numbers to docs/experiments/.", no_args_is_help=True
+    help="Recorded experiments: run them (into a scratch folder, or --out docs/experiments/... to record them).",
+    no_args_is_help=True,
 )
 app.add_typer(experiment_app, name="experiment")
+
+
+QUICK: dict[str, Any] = {
+    "doses": "1,4",
+    "controls": 5,
+    "semantics": "zero",
+    "pairs": 16,
+    "domain_prompts": 12,
+    "scorers": "rd,ftri,causal,attribution",
+}
+"""--quick: a first look in minutes (two doses, five random sets, 16 pairs, no greedy search)."""
+FULL: dict[str, Any] = {
+    "doses": "1,2,4,8",
+    "controls": 10,
+    "semantics": "zero,reroute",
+    "pairs": 96,
+    "domain_prompts": 60,
+    "scorers": "rd,ftri,causal,attribution,causal-greedy",
+}
+"""The recorded run's sizes (docs/experiments/mote.md)."""
 
 
 @experiment_app.command("mote")
@@ -22,34 +44,68 @@ def mote(
         str, typer.Option("--model", "-m", help="Model speaking tiny-ref's chat format.")
     ] = "tiny-ref",
     out_file: Annotated[
-        Path, typer.Option("--out", help="Markdown write-up; a .json with every table goes next to it.")
-    ] = Path("docs/experiments/mote.md"),
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Markdown write-up; a .json with every table goes next to it. Default: a new scratch folder "
+            "(~/.cache/moe-workbench/scratch/mote-TIME/, or $MOE_WORKBENCH_SCRATCH), so the recorded "
+            "docs/experiments/mote.md changes only when you say --out docs/experiments/mote.md.",
+        ),
+    ] = None,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help=f"A first look in minutes: doses {QUICK['doses']}, {QUICK['controls']} random sets, "
+            f"{QUICK['pairs']} pairs, {QUICK['domain_prompts']} domain prompts, semantics {QUICK['semantics']}, "
+            f"scorers {QUICK['scorers']} (an option given explicitly still wins).",
+        ),
+    ] = False,
     doses: Annotated[
-        str, typer.Option("--doses", help="Numbers of experts switched off, comma-separated.")
-    ] = "1,2,4,8",
+        str | None,
+        typer.Option("--doses", help=f"Numbers of experts switched off, comma-separated [{FULL['doses']}]."),
+    ] = None,
     controls: Annotated[
-        int, typer.Option("--controls", help="Random expert sets per point and per forced set (≥ 5).")
-    ] = 10,
+        int | None,
+        typer.Option(
+            "--controls", help=f"Random expert sets per point and per forced set (≥ 5) [{FULL['controls']}]."
+        ),
+    ] = None,
     semantics: Annotated[
-        str, typer.Option("--semantics", help="zero, zero-renorm, reroute (comma-separated).")
-    ] = "zero,reroute",
-    pairs: Annotated[int, typer.Option("--pairs", help="Pairs in each half (selection, evaluation).")] = 96,
+        str | None,
+        typer.Option(
+            "--semantics", help=f"zero, zero-renorm, reroute (comma-separated) [{FULL['semantics']}]."
+        ),
+    ] = None,
+    pairs: Annotated[
+        int | None,
+        typer.Option("--pairs", help=f"Pairs in each half (selection, evaluation) [{FULL['pairs']}]."),
+    ] = None,
     domain_prompts: Annotated[
-        int, typer.Option("--domain-prompts", help="Held-out domain prompts for the NLL cost.")
-    ] = 60,
+        int | None,
+        typer.Option(
+            "--domain-prompts", help=f"Held-out domain prompts for the NLL cost [{FULL['domain_prompts']}]."
+        ),
+    ] = None,
     behaviour: Annotated[
         str,
         typer.Option("--behaviour", help="refusal (tiny-ref's chat format) or refusal-chatml (SmolLM2's)."),
     ] = "refusal",
     scorers: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--scorers", help="Comma-separated subset of rd, ftri, causal, attribution, causal-greedy."
+            "--scorers",
+            help=f"Comma-separated subset of rd, ftri, causal, attribution, causal-greedy [{FULL['scorers']}].",
         ),
-    ] = "rd,ftri,causal,attribution,causal-greedy",
+    ] = None,
     card: Annotated[
-        bool, typer.Option("--card/--no-card", help="With tiny-ref: put the headline into its model card.")
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--card/--no-card",
+            help="With tiny-ref: put the headline into its model card (datasets/tiny-ref). Default: only "
+            "with --out (a recorded run), never for a scratch run.",
+        ),
+    ] = None,
     eval_probe: Annotated[
         Path | None,
         typer.Option(
@@ -65,17 +121,30 @@ def mote(
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Where the JSON goes (default: next to --out).")
     ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: cpu)."),
+    ] = None,
 ) -> None:
     """Do the experts picked by resonance (rd, fTRI), by causal ablation or by attribution control refusal?
 
     Splits the refusal contrast set into a selection and an evaluation half, switches off each
     scorer's top-N experts, and compares the refusal rate with random expert sets of the same size
-    on the same layers. Example: moe-workbench experiment mote --model tiny-ref
+    on the same layers. Prints each step with the time so far and an estimate of the time left.
+    Example: moe-workbench experiment mote --model tiny-ref --quick
+    (the recorded run: moe-workbench experiment mote --model tiny-ref --out docs/experiments/mote.md)
     """
     from workbench.interventions.mote import SCORERS, SEMANTICS, MoteConfig, run_mote
     from workbench.interventions.mote_report import to_json, to_markdown
     from workbench.models.loading import load_model
 
+    sizes = QUICK if quick else FULL
+    doses = doses if doses is not None else sizes["doses"]
+    controls = controls if controls is not None else sizes["controls"]
+    semantics = semantics if semantics is not None else sizes["semantics"]
+    pairs = pairs if pairs is not None else sizes["pairs"]
+    domain_prompts = domain_prompts if domain_prompts is not None else sizes["domain_prompts"]
+    scorers = scorers if scorers is not None else sizes["scorers"]
     try:
         dose_list = tuple(int(x) for x in doses.split(","))
     except ValueError:
@@ -99,10 +168,16 @@ def mote(
         scorers=tuple(x.strip() for x in scorers.split(",")),
         eval_probe=None if eval_probe is None else str(eval_probe),
     )
+    recorded = out_file is not None
     try:
-        result = run_mote(load_model(model), config, log=note)
+        loaded = load_model(model, device=device)
+        if out_file is None:
+            out_file = scratch_dir("mote") / "mote.md"
+            note(f"writing to the scratch folder {out_file.parent} (--out FILE to record the run elsewhere)")
+        result = run_mote(loaded, config, log=note)
     except user_errors() as exc:
         fail(str(exc))
+    assert out_file is not None  # for the type checker: set above, or fail exited
     command = f"moe-workbench experiment mote --model {model} --doses {doses} --controls {controls} " \
         f"--semantics {semantics} --pairs {pairs} --domain-prompts {domain_prompts} --behaviour {behaviour} --scorers {scorers}"  # fmt: skip
     if eval_probe is not None:
@@ -114,10 +189,12 @@ def mote(
     out_file.write_text(to_markdown(result, model, command), encoding="utf-8")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(to_json(result), encoding="utf-8")
-    if card and model == "tiny-ref":
+    if (card if card is not None else recorded) and model == "tiny-ref":
         _update_card(result, full=set(config.scorers) == set(SCORERS))
-    show(result.agreement)
-    show(result.summary.select("scorer", "semantics", "n", "chosen", "control_mean", "z", "p"))
+    print_frame(result.agreement, more=None)
+    print_frame(
+        result.summary.select("scorer", "semantics", "n", "chosen", "control_mean", "z", "p"), more=None
+    )
     note(f"wrote {out_file} and {json_path}")
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from workbench.cli.app import app, fail, note, show, user_errors
+from workbench.cli.tables import print_frame
 
 
 @app.command()
@@ -68,7 +69,7 @@ def prune(
         tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
         tbl_formatting="ASCII_MARKDOWN", float_precision=3, tbl_width_chars=400,
     ):  # fmt: skip
-        show(table.drop("experts"))
+        print_frame(table.drop("experts"), more=None)
     for line in summary_lines(table):
         show(line)
     if out_file is not None:

@@ -10,6 +10,7 @@ import typer
 
 from workbench.cli.analyse_cmd import Segment
 from workbench.cli.app import app, existing_run, fail, note, reading_store, show, user_errors, write_table
+from workbench.cli.tables import print_frame
 from workbench.store.segments import SEGMENT_HELP
 
 if TYPE_CHECKING:
@@ -142,12 +143,13 @@ def resonate(
         for c in ("layer", "expert", "rd", "ftri", "effect", "attribution", "ci_low", "ci_high", "q")
         if c in frame.columns
     ]
-    show(frame.sort(pl.col(key).abs(), descending=True).head(10).select(shown))
+    top = frame.sort(pl.col(key).abs(), descending=True).head(10).select(shown)
+    print_frame(top, total=frame.height, more="--out FILE writes the whole map")
     if agreement is not None:
         show("rank agreement with the causal effect:")
-        show(agreement)
+        print_frame(agreement, more=None)
     if tokens is not None:  # decoded text and id; the raw symbol (Ġ for a space ...) would only confuse
-        show(tokens.drop("token"))
+        print_frame(tokens.drop("token"), more=None)
     if out_file is not None:
         write_table(frame, out_file)
         note(f"wrote {frame.height} rows to {out_file}")

@@ -63,7 +63,10 @@ def serve(
     model: Annotated[
         str | None,
         typer.Option(
-            "--model", "-m", help="Model the runs were captured from (path or zoo name), for the lab."
+            "--model",
+            "-m",
+            help="Model the runs were captured from (path or zoo name): adds the intervention lab (/lab) and "
+            "circuits (/circuits), which run it.",
         ),
     ] = None,
     host: Annotated[
@@ -122,6 +125,9 @@ def serve(
     ] = False,
 ) -> None:
     """Serve the dashboard: runs, routing, specialisation, health, co-activation, resonance, expert cards.
+
+    With --model, also the intervention lab (/lab: switch experts off, reroute, force or bias them and see
+    what changes) and circuits (/circuits: two tasks' expert circuits, their overlap and cross-ablations).
 
     Every request needs an access token, loopback included (docs/dashboard.md says why): the address
     printed at start carries it (?token=...); the browser then keeps it in a cookie. Scripts send

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli.app import app, fail, note, show
+from workbench.cli.app import app, fail, note, scratch_dir, show
 
 zoo_app = typer.Typer(
     help="Reference MoE models: tiny-ref (committed, trained here) and smollm2-moe (a real model made into an MoE).",
@@ -20,14 +20,23 @@ app.add_typer(zoo_app, name="zoo")
 def zoo_train(
     name: Annotated[str, typer.Argument(help="Model to train: tiny-ref.")],
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Output directory (default datasets/tiny-ref).")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Output directory. Default: a new scratch folder (~/.cache/moe-workbench/scratch/tiny-ref-TIME/, "
+            "or $MOE_WORKBENCH_SCRATCH); --out datasets/tiny-ref replaces the committed model that `tiny-ref` loads.",
+        ),
     ] = None,
     steps: Annotated[
         int | None, typer.Option("--steps", help="Optimiser steps (default: the card's recipe).")
     ] = None,
     card: Annotated[bool, typer.Option("--card/--no-card", help="Measure and write the model card.")] = True,
 ) -> None:
-    """Train a reference model from the committed corpora (deterministic, seeded; CPU is enough)."""
+    """Train a reference model from the committed corpora (deterministic, seeded; CPU is enough).
+
+    Writes to a scratch folder unless --out says where: the committed datasets/tiny-ref changes only
+    with --out datasets/tiny-ref.
+    """
     if name != "tiny-ref":
         fail(f"unknown trainable model {name!r}; available: tiny-ref")
     from dataclasses import replace
@@ -36,6 +45,11 @@ def zoo_train(
     from workbench.zoo.train import TrainConfig
 
     config = TrainConfig() if steps is None else replace(TrainConfig(), steps=steps)
+    if out_dir is None:
+        out_dir = scratch_dir("tiny-ref")
+        note(
+            f"training into the scratch folder {out_dir} (--out datasets/tiny-ref replaces the committed model)"
+        )
     note(f"trained into {build(out_dir, config, card=card, log=note)}")
 
 

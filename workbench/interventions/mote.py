@@ -34,6 +34,7 @@ Nothing here assumes the answer: whatever the scorers do is what gets recorded.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,6 +303,38 @@ def _force_set(ranking: list[tuple[int, int]], n: int, top_k: dict[int, int]) ->
     return out
 
 
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min 5 s``, ``1 h 02 min``."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class Steps:
+    """The experiment's steps counted off, each reported with the time so far and an estimate of the rest.
+
+    The estimate is the mean time of the steps done so far times the steps left: the first step
+    (scoring every expert) is the longest, so early estimates run high and then settle.
+    """
+
+    def __init__(
+        self, total: int, log: Callable[[str], None], clock: Callable[[], float] = time.perf_counter
+    ):
+        self.total, self.done, self._log, self._clock = total, 0, log, clock
+        self._start = clock()
+
+    def step(self, what: str) -> None:
+        """Count one step done and report it."""
+        self.done += 1
+        elapsed = self._clock() - self._start
+        left = elapsed / self.done * (self.total - self.done)
+        eta = f", about {_duration(left)} left" if self.done < self.total else ""
+        self._log(f"[{self.done}/{self.total}] {what} done: {_duration(elapsed)} so far{eta}")
+
+
 def run_mote(
     loaded: LoadedModel, config: MoteConfig | None = None, log: Callable[[str], None] = lambda _: None
 ) -> MoteResult:
@@ -319,7 +352,9 @@ def run_mote(
     domain = [p for label in labels for p in [q for q in domain_pool if q.label == label][:per_label]]
     behaviour = get_behaviour(cfg.behaviour)
     n_greedy = max(cfg.doses) if "causal-greedy" in cfg.scorers else 0
+    steps = Steps(1 + len(cfg.scorers) * (len(cfg.semantics) * len(cfg.doses) + 1), log)
     scores = _score_experts(loaded, select, behaviour, n_greedy, log)
+    steps.step("scoring the experts")
     agreement = rank_agreement(scores)
     harmful = [p for p in evaluation if p.label == "harmful"]
     benign = [p for p in evaluation if p.label == "benign"]
@@ -349,6 +384,7 @@ def run_mote(
                 )
                 point = {"scorer": scorer, "semantics": semantics, "n": n}
                 summaries += [{**row, **point} for row in _versus(table, outcomes)]
+                steps.step(f"{scorer} / {semantics} / N={n}")
     top_k = {x.layer: x.top_k for x in loaded.layers}
     benign_asked = [behaviour.ask(p.text) for p in benign]
     base_benign = float(
@@ -387,6 +423,7 @@ def run_mote(
             "benign_refusal_forced": stats.pop("chosen"), **stats,
             "control_sets": "|".join(table.filter(pl.col("set") == "random")["experts"].to_list()),
         })  # fmt: skip
+        steps.step(f"{scorer}: forcing its experts on benign prompts")
     harmful_refusal, harmful_compliance = measure.rates(measure.texts(None))
     baseline = {
         "harmful_refusal": harmful_refusal, "benign_refusal": base_benign,

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import plotly.graph_objects as go
 import polars as pl
@@ -436,11 +436,28 @@ def build_report(
     return render(meta, sections, appendix)
 
 
+class RunLike(Protocol):
+    """A run handle with an ``id`` (the notebook API's ``workbench.session.Run``), where a run id is expected."""
+
+    @property
+    def id(self) -> str: ...
+
+
+def run_id_of(run: str | RunLike) -> str:
+    """The run id of ``run``: an id as given, or a run handle's ``.id``; else a ValueError saying what to pass."""
+    if isinstance(run, str):
+        return run
+    rid = getattr(run, "id", None)
+    if not isinstance(rid, str):
+        raise ValueError(f"expected a run id or a run (db.run(id)), got {type(run).__name__}")
+    return rid
+
+
 def write_report(
     store_or_path: Store | str | Path,
-    run_id: str,
+    run_id: str | RunLike,
     out: str | Path,
-    compare: str | None = None,
+    compare: str | RunLike | None = None,
     model: Any = None,
     analyses: Iterable[str] | None = None,
     progress: Progress | None = None,
@@ -449,12 +466,15 @@ def write_report(
     """Write a self-contained HTML probing report of ``run_id`` to ``out``; returns the path.
 
     ``store_or_path`` is an open :class:`~workbench.store.Store` or a DuckDB file (opened read-only).
-    ``compare`` is a second run for comparison analyses (drift); ``model`` (a loaded model or a
+    ``run_id`` and ``compare`` are run ids or run handles (``db.run(id)``); ``compare`` is a second
+    run for comparison analyses (drift); ``model`` (a loaded model or a
     name/path for ``load_model``) enables analyses that run the model (expert similarity);
     ``analyses`` restricts the sections (default: every catalogued analysis); ``segment``
     ('prompt' or 'response') reads only those tokens (a run without any is refused). Unknown runs or
     analysis names raise before anything is written.
     """
+    run_id = run_id_of(run_id)
+    compare = None if compare is None else run_id_of(compare)
     if isinstance(store_or_path, Store):
         text = build_report(store_or_path, run_id, compare, model, analyses, progress, segment)
     else:

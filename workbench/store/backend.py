@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from workbench.store import effects, ingest, maintenance, matching, readers, segments, summaries
+from workbench.store import effects, ingest, liveness, maintenance, matching, readers, segments, summaries
 from workbench.store import runs as runs_mod
 from workbench.store.connection import connect
 from workbench.store.errors import StoreError
@@ -32,6 +32,10 @@ from workbench.store.schema import current_version
 if TYPE_CHECKING:  # polars is imported lazily: the capture path does not need it
     import polars as pl
     import pyarrow as pa
+
+
+_OPEN: weakref.WeakSet[Store] = weakref.WeakSet()
+"""Every Store of this process that was opened (closed ones are skipped where it matters)."""
 
 
 class Store:
@@ -51,8 +55,19 @@ class Store:
         #: the token segment this store object reads ('prompt' or 'response'), None for all (:meth:`segment_view`)
         self.segment: str | None = None
         self._view_of: Store | None = None
+        _OPEN.add(self)
         if not read_only:
             self._build_missing_summaries()
+
+    @staticmethod
+    def held_read_only(path: str | Path) -> bool:
+        """Whether a read-only :class:`Store` of this process has ``path`` open (``wb.open`` in a notebook).
+
+        DuckDB lets one process open a file in one mode only, so a capture into it would fail; the
+        capture asks first, before minutes of model loading (capture/engine.py).
+        """
+        resolved = Path(path).expanduser().resolve()
+        return any(s._read_only and not s._closed and s._path == resolved for s in list(_OPEN))
 
     @classmethod
     def open(cls, path: str | Path, read_only: bool = False) -> Store:
@@ -287,9 +302,9 @@ class Store:
             return runs_mod.run_info(self.con, run_id)
 
     def runs(self) -> pl.DataFrame:
-        """All runs, oldest first."""
+        """All runs, oldest first; a running run whose process is gone reads ``interrupted`` (store/liveness.py)."""
         with self._lock:
-            return readers.runs(self.con)
+            return liveness.with_observed_status(readers.runs(self.con))
 
     def delete_run(self, run_id: str) -> None:
         """Delete a run with its layers, prompts, tokens, routing, stats and interventions."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, TypeAlias
 import duckdb
 import pyarrow as pa
 
+from workbench.store import liveness
 from workbench.store.content import hash_sql, token_ids_sql
 from workbench.store.errors import StoreError
 from workbench.store.schema import column_names
@@ -214,6 +215,7 @@ def write_batch(
             views[name] = register(con, name, arrow.select(["prompt_id"]) if name == "routing" else arrow)
         with transaction(con):
             _check_batch(con, run_id, views)
+            liveness.beat(con, run_id)  # the writer is alive: in this batch's transaction, not one of its own
             if "prompts" in arrows:
                 _insert_prompts(con, run_id, views, arrows["prompts"])
             for name in ("tokens", "expert_stats"):

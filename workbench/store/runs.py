@@ -1,7 +1,8 @@
 """Run bookkeeping: creating runs, their status life cycle, and looking them up.
 
 A run is ``running`` from creation until the writer marks it ``complete``; a crash
-leaves it ``running`` (resumable) and a caught error marks it ``failed`` with the message
+leaves it ``running`` (resumable; readers report it ``interrupted`` once its process is gone, see
+:mod:`workbench.store.liveness`) and a caught error marks it ``failed`` with the message
 kept in ``config["error"]``. ``complete`` and ``failed`` are only reached from
 ``running``, so a failed run has to be resumed (set back to ``running``) before it can be
 called complete: a run never looks whole when it is not.
@@ -17,6 +18,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from workbench.store import liveness
 from workbench.store.errors import StoreError, UnknownRunError
 from workbench.store.ingest import insert_view, register, transaction
 from workbench.store.schema import RUN_STATUSES
@@ -124,6 +126,7 @@ def create_run(
                 "status, config) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?)",
                 [rid, model, architecture, probe, int(n_experts), int(top_k), now, config_json],
             )
+            liveness.claim(con, rid)  # this process writes it (pid, host, heartbeat)
             insert_view(con, "layers", view, table, rid)
     finally:
         con.unregister(view)
@@ -153,13 +156,17 @@ def set_status(con: duckdb.DuckDBPyConnection, run_id: str, status: str, error: 
         con.execute(
             "UPDATE runs SET status = ?, config = ? WHERE run_id = ?", [status, json.dumps(config), run_id]
         )
+        if status == "running":  # (re)started: this process writes it now
+            liveness.claim(con, run_id)
 
 
 def run_info(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
-    """The ``runs`` row as a dict, ``config`` parsed, and ``error`` lifted out of it."""
+    """The ``runs`` row as a dict, ``config`` parsed, ``error`` lifted out of it, and the status a reader
+    should see (``interrupted`` for a running run whose process is gone: :mod:`workbench.store.liveness`)."""
+    writer = ", pid, host, heartbeat_at" if liveness.has_writer_columns(con) else ""
     cur = con.execute(
         "SELECT run_id, model, architecture, probe, n_experts, top_k, created_at, status, "
-        "config::VARCHAR AS config FROM runs WHERE run_id = ?",
+        f"config::VARCHAR AS config{writer} FROM runs WHERE run_id = ?",
         [run_id],
     )
     rows = cur.fetchall()
@@ -171,7 +178,7 @@ def run_info(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     config = json.loads(info["config"]) if info["config"] else {}
     info["error"] = config.pop("error", None)
     info["config"] = config
-    return info
+    return liveness.observe(info)
 
 
 def empty_unfinished_runs(con: duckdb.DuckDBPyConnection) -> list[str]:
