@@ -1,6 +1,7 @@
 """Readable tokens in headless Chromium at 1,400 px: the routing page's strip wraps a prompt of
-hundreds of tokens without widening the page, and the routing page, the expert card (with its example
-contexts) and the resonance drill-down show decoded text, never a raw byte-level symbol (``Ġ``, ``Ċ``).
+hundreds of tokens without widening the page, and the routing page and the expert card (with its
+example contexts) show decoded text, never a raw byte-level symbol (``Ġ``, ``Ċ``). The resonance
+drill-down's text is checked without a browser (tests/test_token_contexts.py).
 
 Each page is checked once what it shows here is drawn (other sections may still be computing: the
 whole-page screenshot test covers them). One browser, one app over the planted store of tests/token_support.py (tiny-ref's real symbols), with
@@ -29,7 +30,6 @@ LONG = 24
 PAGES = {
     f"/routing?run={ts.RUN}&label=prose&prompt={LONG}&layer={ts.LAYER}": "#routing-strip .wb-token",
     f"/expert?run={ts.RUN}&layer={ts.LAYER}&expert={ts.EXPERT}": "#expert-contexts-top mark",
-    f"/resonance?run={ts.RUN}&target=code&control=prose&layer={ts.LAYER}&expert={ts.EXPERT}": "#resonance-tokens",
 }
 
 
@@ -39,11 +39,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     data.clear_cache()
     db = str(ts.worded_db(tmp_path_factory.mktemp("tokens-browser") / "w.duckdb", long_prompt_tokens=200))
-    # The two reads checked here, computed now into the data layer's cache (the app runs in this process):
-    # the pages then show them at once instead of queueing them behind the pool's analyses. The pending
-    # path itself is tested by tests/test_dashboard_pending.py.
+    # The card's contexts, computed now into the data layer's cache (the app runs in this process): the
+    # card then shows them at once instead of queueing them behind the pool's analyses. The pending path
+    # itself is tested by tests/test_dashboard_pending.py.
     data.expert_contexts(db, ts.RUN, ts.LAYER, ts.EXPERT, n=CONTEXTS_SHOWN, window=WINDOW, seed=SEED)
-    data.driving_tokens(db, ts.RUN, ts.LAYER, ts.EXPERT, "code", "prose")
     with serving(create_app(str(db)).server) as url:
         yield url
 
