@@ -20,6 +20,7 @@ import pytest
 
 from tests.store_support import make_batch, new_run
 from workbench.store import Store
+from workbench.store.envnum import env_seconds
 from workbench.store.liveness import INTERRUPTED, observed_status, stale_after_s, with_observed_status
 
 pytestmark = pytest.mark.unit
@@ -123,3 +124,15 @@ def test_dashboard_sees_a_writer_die_without_the_file_changing(
     page = str(run_detail(str(db), "r"))
     assert "runs-interrupted" in page
     assert f"the process writing it is gone; finish it with moe-workbench resume --db {db} --run r." in page
+
+
+@pytest.mark.parametrize(
+    ("raw", "allow_zero", "want"),
+    [("", False, 7.0), ("12", False, 12.0), ("0", False, 7.0), ("0", True, 0.0), ("-3", True, 7.0),
+     ("nan", True, 7.0), ("inf", True, 7.0), ("soon", True, 7.0), (" 2.5 ", False, 2.5)],
+)  # fmt: skip
+def test_env_seconds_takes_only_a_usable_number(
+    monkeypatch: pytest.MonkeyPatch, raw: str, allow_zero: bool, want: float
+) -> None:
+    monkeypatch.setenv("WB_TEST_SECONDS", raw)
+    assert env_seconds("WB_TEST_SECONDS", 7.0, allow_zero=allow_zero) == want

@@ -31,6 +31,8 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from workbench.store.envnum import env_seconds
+
 __all__ = [
     "INTERRUPTED",
     "STALE_AFTER_S",
@@ -56,12 +58,7 @@ _ENV = "MOE_WORKBENCH_STALE_S"
 
 def stale_after_s() -> float:
     """The heartbeat age limit for runs of other hosts: ``$MOE_WORKBENCH_STALE_S`` or :data:`STALE_AFTER_S`."""
-    raw = os.environ.get(_ENV, "").strip()
-    try:
-        value = float(raw) if raw else STALE_AFTER_S
-    except ValueError:
-        return STALE_AFTER_S
-    return value if value > 0 else STALE_AFTER_S
+    return env_seconds(_ENV, STALE_AFTER_S, allow_zero=False)
 
 
 def _now() -> datetime:

@@ -28,6 +28,7 @@ from typing import TypeVar
 
 import duckdb
 
+from workbench.store.envnum import env_seconds
 from workbench.store.errors import StoreLockedError
 
 __all__ = [
@@ -54,12 +55,7 @@ T = TypeVar("T")
 
 def lock_wait_s() -> float:
     """The wait for readers: ``$MOE_WORKBENCH_LOCK_WAIT`` when it is a number >= 0, else :data:`LOCK_WAIT_S`."""
-    raw = os.environ.get(LOCK_WAIT_ENV, "").strip()
-    try:
-        value = float(raw) if raw else LOCK_WAIT_S
-    except ValueError:
-        return LOCK_WAIT_S
-    return value if value >= 0 and value == value and value != float("inf") else LOCK_WAIT_S
+    return env_seconds(LOCK_WAIT_ENV, LOCK_WAIT_S, allow_zero=True)
 
 
 def is_lock_error(exc: BaseException) -> bool:
