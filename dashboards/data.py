@@ -88,6 +88,7 @@ __all__ = [
     "prompts",
     "run_info",
     "runs",
+    "scoped",
     "shutdown",
     "start_workers",
     "stored_resonance",
@@ -394,12 +395,17 @@ def driving_tokens(
 ) -> pl.DataFrame:
     """``resonance_tokens``: the tokens that make one expert resonate on the target prompts (within ``span``
     of ``segment``'s tokens)."""
-    scoped = {"segment": segment} if segment not in (None, "all") else {}
     result: pl.DataFrame = _call(
         db, "driving_tokens", run=run, layer=int(layer), expert=int(expert), target=target, control=control,
-        span=span, **scoped,
+        span=span, **scoped(segment),
     )  # fmt: skip
     return result
+
+
+def scoped(segment: str | None) -> dict[str, str]:
+    """``segment=`` for :func:`analysis` and the address: nothing for every token (None or ``all``), so the
+    cache key and the query string stay the plain ones; else ``{"segment": segment}``."""
+    return {"segment": segment} if segment not in (None, "all") else {}
 
 
 def segments(db: str, run: str) -> dict[str, int]:

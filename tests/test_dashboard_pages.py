@@ -204,6 +204,10 @@ def test_every_page_draws_its_pickers_with_their_ids_and_defaults(app: dash.Dash
     spec = _layout(app, "specialisation", run=RUN)
     assert _values(spec["spec-label"]) == ["code", "math", "prose"] and spec["spec-label"].value == "code"
     assert _layout(app, "specialisation", run=RUN, label="prose")["spec-label"].value == "prose"
+    for page, picker in (("specialisation", "spec-segment"), ("health", "health-segment")):
+        asked = _layout(app, page, run=RUN, segment="response")[picker]  # a run without responses
+        assert (_values(asked), asked.value) == (["all", "prompt"], "all"), page
+        assert _layout(app, page, run=RUN, segment="prompt")[picker].value == "prompt", page
 
     coact = _layout(app, "coactivation", run=RUN)
     assert (

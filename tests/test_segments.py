@@ -8,7 +8,9 @@ view that read the generated run's summaries (which sum over prompt *and* respon
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -228,6 +230,48 @@ def test_dashboard_resonance_page_offers_the_run_segments(
     ).all()  # ... not all
     tokens = resonance.driving_tokens(str(db), run, "harmful", "benign", (0, 0), segment="response")
     assert tokens is not None
+
+
+def test_dashboard_specialisation_and_health_views_draw_the_chosen_segment(
+    generated_run: tuple[Path, Path, str],
+) -> None:
+    from dashboards import data
+    from dashboards.components import table
+    from dashboards.views import health, specialisation
+    from workbench.catalog import figure_for
+
+    db, _, run = generated_run
+    data.clear_cache()
+    drawn = {
+        "specialisation": lambda segment: specialisation.lift_heatmap(str(db), run, "harmful", segment),
+        "vocab": lambda segment: specialisation.vocab(str(db), run, segment),
+        "load": lambda segment: health.load(str(db), run, segment),
+    }
+    options = {"specialisation": {"label": "harmful"}}
+    with Store(db, read_only=True) as store:
+        for name, draw in drawn.items():
+            want = figure_for(
+                name, run_analysis(name, store, run, segment="response"), **options.get(name, {})
+            )
+            every = figure_for(name, run_analysis(name, store, run), **options.get(name, {}))
+            got = draw("response")
+            assert traces(got) == traces(want), name  # the responses' ...
+            assert traces(got) != traces(every), name  # ... not all tokens'
+            assert got.layout.title.text.endswith(", response tokens"), name
+            assert "response" not in str(draw("all").layout.title.text), name  # all tokens: the plain title
+        balance = {
+            segment: table(run_analysis("balance", store, run, segment=segment)).data
+            for segment in ("response", None)
+        }
+    got = health.balance(str(db), run, "response").data
+    assert (
+        got == balance["response"] and got != balance[None]
+    )  # the table of the responses, not of all tokens
+
+
+def traces(fig: Any) -> Any:
+    """A figure's traces as plain JSON (numpy arrays as lists), comparable with ``==``."""
+    return json.loads(fig.to_json())["data"]
 
 
 @pytest.mark.parametrize(

@@ -172,6 +172,15 @@ def figure(fig: go.Figure, graph_id: str | None = None, height: int | None = Non
     return dcc.Graph(figure=fig, config={"displaylogo": False}, **kwargs)
 
 
+def of_segment(fig: go.Figure, segment: str | None) -> go.Figure:
+    """``fig`` with ``, <segment> tokens`` after its title when it was drawn from one segment (prompt or
+    response), so a figure never passes for one of every token; as it is for all tokens (None or ``all``)."""
+    if segment in (None, "all"):
+        return fig
+    title = fig.layout.title.text
+    return fig.update_layout(title=f"{title}, {segment} tokens" if title else f"{segment} tokens")
+
+
 HIDDEN = {"display": "none"}
 
 

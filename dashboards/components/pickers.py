@@ -33,6 +33,7 @@ from workbench.store.segments import SEGMENTS
 __all__ = [
     "ALL", "Choice", "compare_choice", "compare_options", "default_run", "label_choice", "label_options",
     "layer_choice", "layer_options", "pick", "run_choice", "run_options", "segment_choice", "segment_options",
+    "segments_of",
 ]  # fmt: skip
 
 ALL = "__all__"
@@ -193,6 +194,12 @@ def segment_choice(db: str, run: str | None, segment: Any = None) -> Choice:
     """The token segments the run has after "all tokens", ``segment`` chosen when offered, else all."""
     options, _ = choices(segment_options, db, run)
     return Choice(options or [{"label": "all tokens", "value": "all"}]).pick(segment)
+
+
+def segments_of(run: str | None, segment: Any) -> tuple[list[dict[str, Any]], Any]:
+    """The segment picker for a new run (a page's callback on its run picker): the run's segments,
+    keeping the chosen one when it has it (else all tokens)."""
+    return segment_choice(data.current_db(), run, segment).update()
 
 
 def compare_choice(db: str, run: str | None, compare: Any = None) -> Choice:

@@ -14,7 +14,7 @@ from dash import Input, Output, State, callback, dcc, html
 
 from dashboards.components import choices, fill, guarded, query_string, slot, to_int
 from dashboards.components.pending import poll_input, poll_outputs, polled, poller, register_poll
-from dashboards.components.pickers import Choice, label_choice, run_choice, segment_choice
+from dashboards.components.pickers import Choice, label_choice, run_choice, segment_choice, segments_of
 from dashboards.components.url import clicked_expert, register_url_sync, url_components
 from dashboards.data import current_db
 from dashboards.views import resonance as view
@@ -106,11 +106,6 @@ def labels_of(run: str | None, target: Any, control: Any) -> tuple[list[Any], An
     """The run's labels for both pickers, keeping the chosen ones it has (else its contrast set)."""
     targets, controls = pair_of(current_db(), run, target, control)
     return (*targets.update(), *controls.update())
-
-
-def segments_of(run: str | None, segment: Any) -> tuple[list[Any], Any]:
-    """The run's token segments for the picker, keeping the chosen one when it has it (else all tokens)."""
-    return segment_choice(current_db(), run, segment).update()
 
 
 def remember_cell(

@@ -1,5 +1,6 @@
 """Health page: per-expert load, and the collapse, degradation and underfitting flags with the
-numbers behind each flag (docs/methods.md §1 and §3)."""
+numbers behind each flag (docs/methods.md §1 and §3); each over the tokens of one segment (prompt,
+response) or all of them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import polars as pl
 from dash import html
 
 from dashboards import data
-from dashboards.components import figure, guarded, message, table, to_int
+from dashboards.components import figure, guarded, message, of_segment, table, to_int
 from dashboards.components.url import clicked_expert
 from workbench.catalog import figure_for
 
@@ -40,12 +41,15 @@ FLAGS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def load(db: str, run: str) -> go.Figure:
-    """``figure_for("load")``: each expert's selection share with its bootstrap CI; dead experts marked."""
-    return figure_for("load", data.analysis(db, run, "load"))
+def load(db: str, run: str, segment: str | None = None) -> go.Figure:
+    """``figure_for("load")``: each expert's selection share with its bootstrap CI over ``segment``'s
+    tokens (None or ``all``: every token); dead experts marked."""
+    return of_segment(figure_for("load", data.analysis(db, run, "load", **data.scoped(segment))), segment)
 
 
-def load_click(db: str, run: str, click: dict[str, Any] | None) -> tuple[int, int] | None:
+def load_click(
+    db: str, run: str, click: dict[str, Any] | None, segment: str | None = None
+) -> tuple[int, int] | None:
     """(layer, expert) of a click on the load figure: a bar (its trace is the layer, in order; x the
     expert) or, with many experts, a heatmap cell (y the layer, x the expert; only cells carry ``z``)."""
     points = click.get("points") if isinstance(click, dict) else None
@@ -54,21 +58,22 @@ def load_click(db: str, run: str, click: dict[str, Any] | None) -> tuple[int, in
     point = points[0]
     if "z" in point:
         return clicked_expert(click)
-    layers = sorted(int(x) for x in data.analysis(db, run, "load")["layer"].unique().to_list())
+    shown = data.analysis(db, run, "load", **data.scoped(segment))  # the table the figure was drawn from
+    layers = sorted(int(x) for x in shown["layer"].unique().to_list())
     curve, expert = to_int(point.get("curveNumber")), to_int(point.get("x"))
     if curve is None or expert is None or not 0 <= curve < len(layers):
         return None
     return layers[curve], expert
 
 
-def balance(db: str, run: str) -> Any:
-    """Per-layer load balance (CV, normalised entropy, dead experts) as a table."""
-    return table(data.analysis(db, run, "balance"))
+def balance(db: str, run: str, segment: str | None = None) -> Any:
+    """Per-layer load balance (CV, normalised entropy, dead experts) over ``segment``'s tokens, as a table."""
+    return table(data.analysis(db, run, "balance", **data.scoped(segment)))
 
 
-def _flag_table(db: str, run: str, name: str) -> Any:
+def _flag_table(db: str, run: str, name: str, segment: str | None = None) -> Any:
     column, _, _ = FLAGS[name]
-    df = data.analysis(db, run, name)
+    df = data.analysis(db, run, name, **data.scoped(segment))
     if df.height == 0:
         return message(f"{name}: the analysis returned no rows for this run.")
     if df.schema.get(column) == pl.Boolean:
@@ -78,7 +83,10 @@ def _flag_table(db: str, run: str, name: str) -> Any:
         summary = f"{df.height} rows, highest {column} first."
         order = f"highest {column} first"
     ordered = df.sort(column, descending=True, nulls_last=True) if column in df.columns else df
-    parts: list[Any] = [html.P(summary, className="wb-summary"), figure(figure_for(name, df))]
+    parts: list[Any] = [
+        html.P(summary, className="wb-summary"),
+        figure(of_segment(figure_for(name, df), segment)),
+    ]
     if ordered.height > TABLE_ROWS:  # a browser table of every row would carry them all to the page
         parts.append(
             html.P(
@@ -92,14 +100,15 @@ def _flag_table(db: str, run: str, name: str) -> Any:
     return html.Div(parts)
 
 
-def flag_section(db: str, run: str, name: str) -> html.Div:
-    """One health check: what its flag means, how many rows are flagged, the figure and the evidence table."""
+def flag_section(db: str, run: str, name: str, segment: str | None = None) -> html.Div:
+    """One health check over ``segment``'s tokens: what its flag means, how many rows are flagged, the
+    figure and the evidence table."""
     _, meaning, evidence = FLAGS[name]
     return html.Div(
         [
             html.H3(name.capitalize()),
             html.P(f"{meaning} Evidence: {evidence}."),
-            guarded(_flag_table, db, run, name),
+            guarded(_flag_table, db, run, name, segment),
         ],
         className="wb-section",
         id=f"health-{name}",

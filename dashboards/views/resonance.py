@@ -37,11 +37,6 @@ def default_pair(db: str, run: str) -> tuple[str | None, str | None]:
     return (labels[0] if labels else None, labels[1] if len(labels) > 1 else None)
 
 
-def _segment(segment: str | None) -> dict[str, str]:
-    """``segment=`` for the data layer: nothing for all tokens, so the cache key stays the plain one."""
-    return {"segment": segment} if segment not in (None, "all") else {}
-
-
 def span_of(text: Any) -> str | None:
     """The span as the analysis takes it: None for every token (empty, ``all``), else the text checked
     against :data:`SPAN_HELP` (``ValueError`` saying what is accepted)."""
@@ -70,11 +65,11 @@ def resonance_figure(
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     chosen = span_of(span)
     options: dict[str, Any] = {} if chosen is None else {"span": chosen}  # all: the prewarmed table
-    options.update(_segment(segment))
+    options.update(data.scoped(segment))
     df = data.analysis(db, run, "resonance", target=target, control=control, method=method, **options)
     fig = figure_for("resonance", df)
     named = ([f"span {chosen}"] if chosen is not None else []) + (
-        [f"{segment} tokens"] if _segment(segment) else []
+        [f"{segment} tokens"] if data.scoped(segment) else []
     )
     if named:
         fig.update_layout(title=f"{fig.layout.title.text}, {', '.join(named)}")
@@ -158,7 +153,7 @@ def driving_tokens(
     layer, expert = cell
     df = data.driving_tokens(db, run, layer, expert, target, control, span=chosen, segment=segment)
     within = "" if chosen is None else f" (span {chosen})"
-    within += f" ({segment} tokens)" if _segment(segment) else ""
+    within += f" ({segment} tokens)" if data.scoped(segment) else ""
     return html.Div(
         [
             html.H4(
