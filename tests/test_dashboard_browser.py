@@ -245,10 +245,10 @@ def test_dashboard_in_headless_chromium(server: str) -> None:
             page.locator("#lab-diff button.next-page").click()
             _column_becomes(page, "lab-diff", "prompt_id", ["5"])
             # Another prompt's per-token view, redrawn from the result in the page (texts "prompt 0" … "prompt 5").
-            assert _column(page, "lab-per-token-table", "token")[-1] == "0"
+            assert _column(page, "lab-per-token-table", "token")[-1] == "·0"  # the space made visible
             page.locator(PICK).click()
             page.get_by_role("option", name=re.compile("^prompt 1 ·")).click()
-            _column_becomes(page, "lab-per-token-table", "token", ["<bos>", "p", "rom", "pt", "1"])
+            _column_becomes(page, "lab-per-token-table", "token", ["<bos>", "p", "rom", "pt", "·1"])
             page.screenshot(path=str(shots / "lab-result.png"), full_page=True)
             fonts = page.evaluate(FIGURE_FONTS)
             assert len(fonts) >= 2 and set(fonts) == {FONT}, fonts  # the lab's figures: not plotly's grey
