@@ -352,11 +352,15 @@ def test_bad_input(files: dict[str, Path], tmp_path: Path, args: list[str], frag
     assert not (tmp_path / "none.duckdb").exists()  # a mistyped store is never created empty
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workbench/cli/serve_cmd.py is being changed by the dashboard owner (issue 15 items 4-5); "
-    "--port 99999 still ends in Dash's AssertionError there",
+@pytest.mark.parametrize(
+    ("port", "says"),
+    [
+        ("99999", "less than or equal to 65535"),
+        ("0", "greater than or equal to 1"),
+        ("-1", "greater than or equal to 1"),
+    ],
 )
-def test_serve_port_out_of_range(files: dict[str, Path]) -> None:
-    result = runner.invoke(app, ["serve", "--db", str(files["db"]), "--port", "99999"])
-    assert clear_outcome(result) in ("error", "usage")
+def test_serve_port_out_of_range(files: dict[str, Path], port: str, says: str) -> None:
+    result = runner.invoke(app, ["serve", "--db", str(files["db"]), "--port", port])
+    assert clear_outcome(result) == "usage"  # before: Dash's AssertionError for 99999
+    assert f"Invalid value for '--port': Input should be {says}" in result.output

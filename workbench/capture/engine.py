@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import torch
 
 from workbench.capture.backends import make_backend
@@ -481,15 +482,22 @@ def run_batches(
                 writer.put(to_host(on_device, cap, opts.logits))
             writer.put(_FLUSH)
             writer.close()
+            if store is not None:  # builds the run's summaries: under the limit too (they grow with the run)
+                store.set_status(run_id, "complete")
     except BaseException as exc:
         _drain(writer)
         if store is not None:
-            store.set_status(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
+            _mark_failed(store, run_id, exc)
         raise
     finally:
         backend.close()
-    if store is not None:
-        store.set_status(run_id, "complete")
+
+
+def _mark_failed(store: Store, run_id: str, exc: BaseException) -> None:
+    """Record ``exc`` on the run as ``failed``. A database DuckDB invalidated takes nothing more: the run
+    stays ``running``, which resume finishes too, and ``exc`` is what the caller sees."""
+    with suppress(duckdb.FatalException):
+        store.set_status(run_id, "failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def context_length(model: torch.nn.Module) -> int | None:

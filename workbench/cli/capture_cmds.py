@@ -211,7 +211,7 @@ def capture(
     """
     import torch
 
-    from workbench.capture.batching import PromptTooLongWarning
+    from workbench.capture.batching import TruncationTally
     from workbench.capture.distributed import capture_data_parallel, capture_tensor_parallel, rank_env
     from workbench.capture.engine import CaptureOptions
     from workbench.capture.engine import capture as run_capture
@@ -276,19 +276,15 @@ def capture(
             device_map=parse_device_map(device_map) if device_map is not None else None,
             offload_folder=offload_folder,
         )
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", PromptTooLongWarning)
+        with TruncationTally() as truncated:  # constant memory however many prompts are truncated
             if parallel:
                 rid = capture_data_parallel(
                     loaded, probe, db, run_id=run_id, options=opts, progress=not quiet
                 )
             else:
                 rid = run_capture(loaded, probe, db, run_id=run_id, options=opts, progress=not quiet)
-        truncated = [w.message for w in caught if isinstance(w.message, PromptTooLongWarning)]
-        if truncated:
-            ids = ", ".join(str(w.prompt_id) for w in truncated[:10])
-            more = f" and {len(truncated) - 10} more" if len(truncated) > 10 else ""
-            warn(f"{len(truncated)} prompt(s) truncated: prompt_id {ids}{more} (first: {truncated[0]})")
+        if (summary := truncated.summary()) is not None:
+            warn(summary)
     except user_errors() as exc:
         fail(str(exc))
     if not parallel or (ranks is not None and ranks.rank == 0):

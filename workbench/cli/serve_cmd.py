@@ -77,7 +77,7 @@ def serve(
             "it and has the token can use the dashboard (with --model: run model jobs, write interventions).",
         ),
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8050,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port (1 to 65535).")] = 8050,
     debug: Annotated[
         bool,
         typer.Option(

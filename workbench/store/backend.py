@@ -14,7 +14,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -163,7 +163,9 @@ class Store:
         finally:
             with self._lock:
                 if not self._closed:
-                    restore_memory_limit(self._conn, before)
+                    # an invalidated database has no limit to restore (its error is the one propagating)
+                    with suppress(duckdb.FatalException):
+                        restore_memory_limit(self._conn, before)
 
     def _cursor(self, segment: str | None = None) -> duckdb.DuckDBPyConnection:
         """A connection of its own to the same database, seeing ``segment`` (default: this store's) alone."""

@@ -17,6 +17,7 @@ import duckdb
 from workbench.store.errors import StoreError, StoreLockedError
 from workbench.store.locking import is_lock_error, locked_message, waiting_writer, with_write_lock
 from workbench.store.maintenance import compact_store
+from workbench.store.memory import no_row_group_merges
 from workbench.store.schema import SHARDED_VERSION, current_version, ensure_schema
 from workbench.store.shards import ShardFolder
 
@@ -47,6 +48,7 @@ def connect(
     The returned path is resolved, or ``None`` for an in-memory store (whose shards live in a
     temporary folder that the caller closes). A writable open removes shard files that no batch
     committed (a capture killed mid-write); any open refuses a store whose shard files are missing.
+    A writable connection never merges row groups at a checkpoint (:func:`~workbench.store.memory.no_row_group_merges`).
     """
     if str(path) == MEMORY:
         if read_only:
@@ -82,6 +84,8 @@ def connect(
             raise StoreError(f"cannot open store {resolved}: {exc}") from exc
     shards = ShardFolder.beside(resolved)
     try:
+        if not read_only:
+            no_row_group_merges(con)
         shards.attach(con)
         before = current_version(con)
         ensure_schema(con, read_only=read_only, path=resolved, shards=shards)
@@ -90,6 +94,7 @@ def connect(
             con.close()
             compact_store(resolved)
             con = duckdb.connect(str(resolved))
+            no_row_group_merges(con)
             shards.attach(con)
         if not read_only:
             shards.sweep(con)

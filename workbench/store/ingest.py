@@ -202,13 +202,17 @@ def write_batch(
     """Insert one batch (prompts, tokens, routing[, expert_stats]) for ``run_id`` atomically.
 
     Routing rows become a shard file, written inside the transaction and listed in the manifest by
-    it; if anything fails the file is removed and nothing of the batch stays.
+    it; if anything fails the file is removed and nothing of the batch stays. An error raised by the
+    COMMIT itself keeps the files: DuckDB may have committed the batch (its checkpoint after a
+    commit can fail, which invalidates the database), and a file the manifest does not list is
+    removed at the next writable open anyway.
     """
     arrows = {name: as_arrow(t, name) for name, t in tables.items() if t is not None}
     for name, arrow in arrows.items():  # validate columns before touching the database
         select_list(name, arrow)
     views: dict[str, str] = {}
     written: list[Shard] = []
+    committing = False
     try:
         for name, arrow in arrows.items():
             # only routing's keys go through DuckDB (its floats may be half precision, which DuckDB lacks)
@@ -226,7 +230,10 @@ def write_batch(
                 for shard in written:
                     shards.record(con, shard)
                 shards.refresh_view(con)
+            committing = True  # the body is done: an error from here on is the COMMIT's
     except BaseException as exc:
+        if committing and isinstance(exc, duckdb.Error):
+            raise StoreError(_commit_failed(run_id, exc)) from exc
         for shard in written:
             shards.discard(shard)
         if isinstance(exc, (duckdb.Error, pa.ArrowException, OSError)) and not isinstance(exc, StoreError):
@@ -234,4 +241,22 @@ def write_batch(
         raise
     finally:
         for view in views.values():
-            con.unregister(view)
+            _unregister(con, view)
+
+
+def _commit_failed(run_id: str, exc: duckdb.Error) -> str:
+    """What an error raised by a batch's COMMIT means for the batch, in one line."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "COMMIT succeeded" in first:  # DuckDB says so when the checkpoint after the commit failed
+        done = f"batch for run {run_id!r} was committed, but DuckDB failed right after ({first})"
+    else:
+        done = f"batch for run {run_id!r} may or may not have been committed: DuckDB failed at the commit ({first})"
+    return f"{done}; resume the run (it keeps every prompt that was committed and captures the rest)"
+
+
+def _unregister(con: duckdb.DuckDBPyConnection, view: str) -> None:
+    """Drop a registered Arrow view; nothing to drop once DuckDB has invalidated the database."""
+    try:
+        con.unregister(view)
+    except duckdb.FatalException:  # the error that invalidated it is the one being raised
+        return

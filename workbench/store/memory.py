@@ -16,7 +16,7 @@ import duckdb
 
 from workbench.store.errors import StoreError
 
-__all__ = ["MIN_MEMORY_MIB", "restore_memory_limit", "set_memory_limit"]
+__all__ = ["MIN_MEMORY_MIB", "no_row_group_merges", "restore_memory_limit", "set_memory_limit"]
 
 _SIZE = re.compile(r"[0-9]+(\.[0-9]+)? ?[KMGT]?i?B")
 
@@ -48,3 +48,20 @@ def restore_memory_limit(con: duckdb.DuckDBPyConnection, before: str) -> None:
     con.execute("RESET memory_limit")
     if _setting(con) != before and _SIZE.fullmatch(before):
         con.execute(f"SET memory_limit = '{before}'")  # DuckDB's own text, checked by _SIZE
+
+
+def no_row_group_merges(con: duckdb.DuckDBPyConnection) -> None:
+    """Stop DuckDB from merging small row groups when it checkpoints (``max_vacuum_tasks = 0``).
+
+    Why: after each checkpoint DuckDB appends into a new row group, and the next checkpoint's
+    vacuum merges that small row group into the one before, rewriting both. A capture writes far
+    less than a row group (122,880 rows) between two checkpoints (one per 16 MiB of log), so every
+    checkpoint rewrote the ``prompts`` row group that holds the run's prompts so far, texts
+    included: its memory grew with the run. With 1 MB prompt texts it passed the 256 MiB store
+    limit at about 650 prompts and DuckDB invalidated the database ("failed to pin block"). Without
+    merges a checkpoint writes only the rows since the last one. What it costs: a table gets one
+    row group per checkpoint rather than full ones, and rows deleted from part of a row group keep
+    their space until the store is compacted (``compact_store``); whole row groups deleted (a
+    deleted run's) are freed as before.
+    """
+    con.execute("SET max_vacuum_tasks = 0")
