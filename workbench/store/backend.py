@@ -3,15 +3,13 @@
 It owns a single DuckDB connection (one writer process per file; see
 ``connection.py``), serialises its own calls with a lock so a capture thread and the
 main thread can share it, and delegates the SQL to small modules: ``runs`` (life
-cycle), ``ingest`` (atomic Arrow batches), ``readers`` (polars out), ``maintenance``
-(export, delete).
+cycle), ``ingest`` (atomic Arrow batches), ``readers`` (polars out and streams), ``maintenance``
+(export, delete), ``summary_builds`` (per-prompt summaries when a run completes).
 """
 
 from __future__ import annotations
 
 import threading
-import time
-import warnings
 import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -21,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from workbench.store import effects, ingest, liveness, maintenance, matching, readers, segments, summaries
+from workbench.store import effects, ingest, liveness, maintenance, matching, readers, segments
 from workbench.store import runs as runs_mod
 from workbench.store.connection import connect
 from workbench.store.errors import StoreError
 from workbench.store.memory import restore_memory_limit, set_memory_limit
 from workbench.store.readers import Query
 from workbench.store.schema import current_version
+from workbench.store.summary_builds import SummaryBuilds
 
 if TYPE_CHECKING:  # polars is imported lazily: the capture path does not need it
     import polars as pl
@@ -38,7 +37,7 @@ _OPEN: weakref.WeakSet[Store] = weakref.WeakSet()
 """Every Store of this process that was opened (closed ones are skipped where it matters)."""
 
 
-class Store:
+class Store(SummaryBuilds):
     """A DuckDB file holding many capture runs (schema: ``workbench.store.schema``)."""
 
     def __init__(
@@ -228,76 +227,6 @@ class Store:
         if status == "complete":
             self._try_build_summaries(run_id)
 
-    # -- per-prompt summaries (workbench.store.summaries) --------------------------------
-    def build_summaries(self, run_id: str, parts: Iterable[str] | None = None) -> dict[str, float]:
-        """(Re)build the run's per-prompt summaries (``parts``, default all); returns the seconds each part took.
-
-        A part whose builder saw the run change while it read (another batch written) is not stored;
-        the readers then keep to the token rows. Raises what a builder raises (e.g. malformed logits).
-        """
-        with self._lock:
-            con = self._writable()
-            runs_mod.status_of(con, run_id)
-            if not summaries.has_tables(con):
-                raise StoreError(
-                    f"store {self._path} predates the summaries (schema v5); open it writable to migrate"
-                )
-            wanted = set(summaries.PART_TABLES) if parts is None else set(parts)
-            unknown = wanted - set(summaries.PART_TABLES)
-            if unknown:
-                raise StoreError(
-                    f"unknown summary parts {sorted(unknown)}; known: {sorted(summaries.PART_TABLES)}"
-                )
-            took = (
-                {summaries.COUNTS: summaries.build_counts(con, run_id)} if summaries.COUNTS in wanted else {}
-            )
-        for part, builder in summaries.registered().items():
-            if part not in wanted:
-                continue
-            start = time.perf_counter()
-            with self._lock:
-                before = summaries.fingerprint(self.con, run_id)
-            with summaries.row_path():  # a builder reads the rows, never a summary it is replacing
-                tables = builder(self, run_id)
-            with self._lock:
-                if summaries.write_part(self.con, run_id, part, tables, before, time.perf_counter() - start):
-                    took[part] = time.perf_counter() - start
-        return took
-
-    def _try_build_summaries(self, run_id: str, parts: list[str] | None = None) -> None:
-        """Build the run's summaries where the schema has them; a failure leaves the readers on the rows."""
-        with self._lock:
-            if not summaries.has_tables(self.con):
-                return
-        for part in parts or [
-            summaries.COUNTS,
-            *summaries.registered(),
-        ]:  # one failing part spares the others
-            try:
-                self.build_summaries(run_id, [part])
-            except (duckdb.Error, ValueError, KeyError, StoreError) as exc:
-                warnings.warn(
-                    f"run {run_id!r}: its summary part {part!r} was not built ({type(exc).__name__}: {exc}); "
-                    "the analyses that read it read the token rows instead (slower, same results)",
-                    stacklevel=3,
-                )
-
-    def _build_missing_summaries(self) -> None:
-        """Build the summary parts that complete runs lack (a store migrated from v4 or older, or a run
-        completed by a process that had not imported ``workbench.analysis``, which registers some parts)."""
-        parts = [summaries.COUNTS, *summaries.registered()]
-        with self._lock:
-            if not summaries.has_tables(self.con):
-                return
-            rows = self.con.execute(
-                f"SELECT r.run_id, list(b.part) FROM runs r LEFT JOIN {summaries.BUILDS} b ON b.run_id = r.run_id"
-                " WHERE r.status = 'complete' GROUP BY r.run_id, r.created_at ORDER BY r.created_at, r.run_id"
-            ).fetchall()
-        for run_id, built in rows:
-            missing = [p for p in parts if p not in set(built or ())]
-            if missing:
-                self._try_build_summaries(str(run_id), missing)
-
     def run(self, run_id: str) -> dict[str, Any]:
         """One run's row as a dict with ``config`` parsed and its ``error`` (or None)."""
         with self._lock:
@@ -441,8 +370,8 @@ class Store:
         if not ordered:
             sql, params = readers.routing_sql(run_id, layers, labels, prompt_ids, logits)
             sql = sql.partition(" ORDER BY ")[0]
-            return _stream_sql(cursor, sql, params, batch_rows)
-        return _stream(cursor, run_id, layers, labels, prompt_ids, logits, batch_rows)
+            return readers.stream_query(cursor, sql, params, batch_rows)
+        return readers.stream_routing(cursor, run_id, layers, labels, prompt_ids, logits, batch_rows)
 
     def iter_logits(
         self,
@@ -462,7 +391,7 @@ class Store:
             runs_mod.status_of(self.con, run_id)
             cursor = self._cursor()
         sql, params = readers.logits_sql(run_id, layers, labels)
-        return _stream_arrow(cursor, sql, params, batch_rows)
+        return readers.stream_arrow(cursor, sql, params, batch_rows)
 
     def expert_stats(
         self, run_id: str, layers: Iterable[int] | None = None, prompt_ids: Iterable[int] | None = None
@@ -520,39 +449,3 @@ class Store:
         sql, params = effects.resonance_sql(run_id, map_id)
         with self._lock:
             return readers.frame(self.con, sql, params)
-
-
-def _stream(
-    cursor: duckdb.DuckDBPyConnection,
-    run_id: str,
-    layers: Iterable[int] | None,
-    labels: Iterable[str] | None,
-    prompt_ids: Iterable[int] | None,
-    logits: bool,
-    batch_rows: int,
-) -> Iterator[pl.DataFrame]:
-    """Yield routing batches from ``cursor`` and close it when done or abandoned."""
-    try:
-        yield from readers.routing_batches(cursor, run_id, layers, labels, prompt_ids, logits, batch_rows)
-    finally:
-        cursor.close()
-
-
-def _stream_sql(
-    cursor: duckdb.DuckDBPyConnection, sql: str, params: list[Any], batch_rows: int
-) -> Iterator[pl.DataFrame]:
-    """Yield the batches of one query from ``cursor`` and close it when done or abandoned."""
-    try:
-        yield from readers.batches(cursor, sql, params, batch_rows)
-    finally:
-        cursor.close()
-
-
-def _stream_arrow(
-    cursor: duckdb.DuckDBPyConnection, sql: str, params: list[Any], batch_rows: int
-) -> Iterator[pa.RecordBatch]:
-    """Yield the Arrow record batches of one query from ``cursor`` and close it when done or abandoned."""
-    try:
-        yield from cursor.sql(sql, params=params).to_arrow_reader(max(1, int(batch_rows)))
-    finally:
-        cursor.close()

@@ -18,6 +18,7 @@ from workbench.store.schema import ORDER_BY, column_names, column_type
 
 if TYPE_CHECKING:  # polars is imported lazily: the capture path does not need it
     import polars as pl
+    import pyarrow as pa
 
 
 class Query:
@@ -200,3 +201,40 @@ def routing_batches(
         yield pl.from_arrow(pending.slice(0, need).combine_chunks())  # type: ignore[misc]
         pending = pending.slice(need)
         emitted += need
+
+
+# -- streams on their own cursor, closed when done or abandoned ---------------------------
+def stream_routing(
+    cursor: duckdb.DuckDBPyConnection,
+    run_id: str,
+    layers: Iterable[int] | None,
+    labels: Iterable[str] | None,
+    prompt_ids: Iterable[int] | None,
+    logits: bool,
+    batch_rows: int,
+) -> Iterator[pl.DataFrame]:
+    """Yield routing batches (:func:`routing_batches`) from ``cursor`` and close it when done or abandoned."""
+    try:
+        yield from routing_batches(cursor, run_id, layers, labels, prompt_ids, logits, batch_rows)
+    finally:
+        cursor.close()
+
+
+def stream_query(
+    cursor: duckdb.DuckDBPyConnection, sql: str, params: list[Any], batch_rows: int
+) -> Iterator[pl.DataFrame]:
+    """Yield the batches of one query from ``cursor`` and close it when done or abandoned."""
+    try:
+        yield from batches(cursor, sql, params, batch_rows)
+    finally:
+        cursor.close()
+
+
+def stream_arrow(
+    cursor: duckdb.DuckDBPyConnection, sql: str, params: list[Any], batch_rows: int
+) -> Iterator[pa.RecordBatch]:
+    """Yield the Arrow record batches of one query from ``cursor`` and close it when done or abandoned."""
+    try:
+        yield from cursor.sql(sql, params=params).to_arrow_reader(max(1, int(batch_rows)))
+    finally:
+        cursor.close()
