@@ -34,7 +34,7 @@ from dashboards.jobs import (
     attach_model,
     check_cancelled,
 )
-from dashboards.views import circuits, lab, lab_positions, runs
+from dashboards.views import circuits, lab, lab_positions, lab_result, runs
 from workbench.cli import demo
 from workbench.interventions import Bias, Force, Reroute, Scale, Zero
 from workbench.interventions.effects import summarise
@@ -99,7 +99,7 @@ def test_reroute_of_the_planted_expert_moves_only_early_text(planted: Any) -> No
     ids = {_key(getattr(c, "id", None)) for c in _walk(page)}
     assert {"lab-diff", "lab-effects", "lab-summary", "lab-shift"} <= ids
     assert {"lab-per-token-summary", "lab-per-token-figure", "lab-per-token-table"} <= ids
-    assert isinstance(lab.effects_figure(ev.summary), go.Figure)
+    assert isinstance(lab_result.effects_figure(ev.summary), go.Figure)
     # the picker lists every prompt; every letter of an early prompt is rerouted at layer 0, no late one is
     picker = next(c for c in _walk(page) if getattr(c, "id", None) == lab_positions.PICK)
     assert [o["value"] for o in picker.options] == [p.prompt_id for p in items]
@@ -192,23 +192,25 @@ def test_no_interval_for_one_prompt_and_the_page_says_why() -> None:
     both = summarise(tokens)
     only_one = both.filter(pl.col("label") == "typed")
     only_many = both.filter(pl.col("label") == "code")
-    note = lab.interval_note(both)
+    note = lab_result.interval_note(both)
     assert note is not None and _text(note).startswith(
         "No interval for typed (1 prompt): one prompt gives no spread"
     )
-    assert "code" not in _text(note) and lab.interval_note(only_many) is None
+    assert "code" not in _text(note) and lab_result.interval_note(only_many) is None
     assert (
-        lab.effects_title(only_one)
+        lab_result.effects_title(only_one)
         == "Effects per label (no interval: one prompt per label gives no spread to resample)"
     )
     assert (
-        lab.effects_title(both)
+        lab_result.effects_title(both)
         == "Effects per label (95% prompt-bootstrap CI; none where a label has only one prompt)"
     )
-    assert lab.effects_title(only_many) == "Effects per label (95% prompt-bootstrap CI)"
-    assert all(t.error_y.array is None for t in lab.effects_figure(only_one).data)  # no bars at all
-    assert all(t.error_y.array is not None for t in lab.effects_figure(only_many).data)
-    mixed = lab.effects_figure(both).data[0]  # labels sorted: code (3 prompts) has a bar, typed (1) none
+    assert lab_result.effects_title(only_many) == "Effects per label (95% prompt-bootstrap CI)"
+    assert all(t.error_y.array is None for t in lab_result.effects_figure(only_one).data)  # no bars at all
+    assert all(t.error_y.array is not None for t in lab_result.effects_figure(only_many).data)
+    mixed = lab_result.effects_figure(both).data[
+        0
+    ]  # labels sorted: code (3 prompts) has a bar, typed (1) none
     assert (
         list(mixed.x) == ["code", "typed"]
         and not np.isnan(mixed.error_y.array[0])
@@ -217,15 +219,19 @@ def test_no_interval_for_one_prompt_and_the_page_says_why() -> None:
 
 
 def test_generation_and_shift_notes_fit_their_counts() -> None:
-    assert "all 8 prompts" in lab.generations_note(8, 8) and "5 per page" in lab.generations_note(8, 8)
-    assert "of all 3 prompts" in lab.generations_note(3, 3) and "per page" not in lab.generations_note(3, 3)
+    assert "all 8 prompts" in lab_result.generations_note(
+        8, 8
+    ) and "5 per page" in lab_result.generations_note(8, 8)
+    assert "of all 3 prompts" in lab_result.generations_note(
+        3, 3
+    ) and "per page" not in lab_result.generations_note(3, 3)
     assert (
-        "of the prompt," in lab.generations_note(1, 1)
-        and "all" not in lab.generations_note(1, 1).split(",")[0]
+        "of the prompt," in lab_result.generations_note(1, 1)
+        and "all" not in lab_result.generations_note(1, 1).split(",")[0]
     )
-    assert "the first 2 of 8 prompts" in lab.generations_note(2, 8)
-    assert lab.shift_note(1).startswith("Over the tokens of 1 prompt:")
-    assert lab.shift_note(8).startswith("Over the tokens of 8 prompts:")
+    assert "the first 2 of 8 prompts" in lab_result.generations_note(2, 8)
+    assert lab_result.shift_note(1).startswith("Over the tokens of 1 prompt:")
+    assert lab_result.shift_note(8).startswith("Over the tokens of 8 prompts:")
 
 
 def _walk(component: Any) -> list[Any]:

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from synthetic import save_run, skeleton
 
-from dashboards.views.lab import effects_figure
+from dashboards.views.lab_result import effects_figure
 from workbench.analysis.specialisation import domain_specialisation
 from workbench.analysis.stats import MIN_CI_PROMPTS, cluster_bootstrap
 from workbench.catalog.findings_structure import dynamic_k, expert_similarity
