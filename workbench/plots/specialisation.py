@@ -81,11 +81,7 @@ def resonance_heatmap(df: pl.DataFrame) -> go.Figure:
         df, method, (*extra, "p", "q"),
         title=f"Resonance: {method} per expert, target vs control (* = q < 0.05)",
         colorbar=method, colorscale="RdBu_r", zmid=0.0, mark=("q", "*", significant),
-        hover=f"{method} %{{z:.4f}} (95% CI %{{customdata[0]:.4f}}–%{{customdata[1]:.4f}})"
-        "<br>rd %{customdata[2]:.4f}, fTRI %{customdata[3]:.4f}"
-        "<br>rate target %{customdata[4]:.4f}, control %{customdata[5]:.4f}"
-        "<br>prompts target %{customdata[6]:.0f}, control %{customdata[7]:.0f}"
-        "<br>p %{customdata[8]:.3g}, q %{customdata[9]:.3g}",
+        hover=_resonance_hover(method, "rate target %{customdata[4]:.4f}, control %{customdata[5]:.4f}"),
     )  # fmt: skip
 
 
@@ -115,9 +111,20 @@ def stored_resonance_heatmap(df: pl.DataFrame) -> go.Figure:
         title=f"Stored resonance map {maps[0]}: {score} per expert, {first['target']!r} vs {first['control']!r}, "
         f"span {first['span']} (* = q < 0.05)",
         colorbar=colorbar, colorscale="RdBu_r", zmid=0.0, mark=("q", "*", significant),
-        hover=f"{score} %{{z:.4f}} (95% CI %{{customdata[0]:.4f}}–%{{customdata[1]:.4f}})"
-        "<br>rd %{customdata[2]:.4f}, fTRI %{customdata[3]:.4f}"
-        "<br>effect %{customdata[4]:.4f}, attribution %{customdata[5]:.4f}"
-        "<br>prompts target %{customdata[6]:.0f}, control %{customdata[7]:.0f}"
-        "<br>p %{customdata[8]:.3g}, q %{customdata[9]:.3g}",
+        hover=_resonance_hover(score, "effect %{customdata[4]:.4f}, attribution %{customdata[5]:.4f}"),
     )  # fmt: skip
+
+
+def _resonance_hover(score: str, third_line: str) -> str:
+    """A resonance map's hover: the score with its CI, rd and fTRI, ``third_line``, prompt counts, p and q.
+
+    The custom data columns are (ci_low, ci_high, rd, ftri, two for ``third_line``, n_target, n_control,
+    p, q), in that order, as both resonance heatmaps pass them.
+    """
+    return (
+        f"{score} %{{z:.4f}} (95% CI %{{customdata[0]:.4f}}–%{{customdata[1]:.4f}})"
+        "<br>rd %{customdata[2]:.4f}, fTRI %{customdata[3]:.4f}"
+        f"<br>{third_line}"
+        "<br>prompts target %{customdata[6]:.0f}, control %{customdata[7]:.0f}"
+        "<br>p %{customdata[8]:.3g}, q %{customdata[9]:.3g}"
+    )
