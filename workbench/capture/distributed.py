@@ -31,15 +31,9 @@ from typing import Any
 
 import torch
 
-from workbench.capture.engine import (
-    CaptureOptions,
-    merge_options,
-    open_run,
-    prepare_model,
-    prompt_stream,
-    run_batches,
-)
+from workbench.capture.engine import open_run, prepare_model, prompt_stream, run_batches
 from workbench.capture.integrity import probe_for_resume
+from workbench.capture.options import CaptureOptions, merge_options
 from workbench.capture.rank_stores import absorb_rank_stores, rank_store_dir
 from workbench.models.loading import LoadedModel
 from workbench.models.parallelism import ParallelLayout, parallel_layout, tp_group_of
