@@ -66,6 +66,7 @@ def capture_routing(model: Any, probes: Any, db: str | Path, **kwargs: Any) -> s
     :class:`~workbench.probefile.Prompt` objects, in a list or a generator. See :func:`workbench.capture.engine.capture` for the options. Not called ``capture``: that
     name is the subpackage :mod:`workbench.capture`, which importing any of its modules binds here.
     """
+    import workbench.analysis.summaries  # noqa: F401  (registers every summary part the run's completion builds)
     from workbench.capture.engine import capture as _capture
 
     return _capture(model, probes, db, **kwargs)
@@ -73,6 +74,7 @@ def capture_routing(model: Any, probes: Any, db: str | Path, **kwargs: Any) -> s
 
 def resume(db: str | Path, run_id: str, **kwargs: Any) -> str:
     """Complete an interrupted run; see :func:`workbench.capture.engine.resume`."""
+    import workbench.analysis.summaries  # noqa: F401  (registers every summary part the run's completion builds)
     from workbench.capture.engine import resume as _resume
 
     return _resume(db, run_id, **kwargs)

@@ -159,6 +159,16 @@ def existing_run(db: Path, run: str) -> None:
             fail(str(exc))
 
 
+def summary_builders() -> None:
+    """Register every part of the per-prompt summaries, so the runs this command completes get them all.
+
+    The store builds only the counting part alone; the logits, pairs and transitions parts are built
+    by the analyses' kernels (``workbench.analysis.summaries``), which the store, a lower floor, never
+    imports. Importing that module (not the whole of ``workbench.analysis``) registers them.
+    """
+    import workbench.analysis.summaries  # noqa: F401  (registers the parts with workbench.store.summaries)
+
+
 SCRATCH_ENV = "MOE_WORKBENCH_SCRATCH"
 DEFAULT_SCRATCH = Path("~/.cache/moe-workbench/scratch")
 """Where commands whose outputs would otherwise overwrite tracked files (``experiment mote``, ``zoo train``)

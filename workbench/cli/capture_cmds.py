@@ -17,6 +17,7 @@ from workbench.cli.app import (
     note,
     reading_store,
     show,
+    summary_builders,
     user_errors,
     warn,
     writable_db,
@@ -213,8 +214,8 @@ def capture(
 
     from workbench.capture.batching import TruncationTally
     from workbench.capture.distributed import capture_data_parallel, capture_tensor_parallel, rank_env
-    from workbench.capture.engine import CaptureOptions
     from workbench.capture.engine import capture as run_capture
+    from workbench.capture.options import CaptureOptions
     from workbench.models.loading import load_model, parse_device_map
 
     for option, given in (("--seed", seed), ("--temperature", temperature), ("--top-p", top_p)):
@@ -225,6 +226,7 @@ def capture(
     if sample and not generate:
         fail("--sample samples the generated tokens: give --generate N too")
     writable_db(db)
+    summary_builders()
     ranks = rank_env()
     parallel = ranks is not None and ranks.world_size > 1
     if (tp_plan is not None or tp_size is not None or expert_parallel) and not parallel:
@@ -331,6 +333,7 @@ def resume(
     from workbench.capture.engine import resume as run_resume
     from workbench.capture.integrity import UnverifiedResumeWarning
 
+    summary_builders()
     ranks = rank_env()
     try:
         if ranks is not None and ranks.world_size > 1:

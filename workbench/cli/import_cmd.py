@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli.app import app, fail, note, show
+from workbench.cli.app import app, fail, note, show, summary_builders
 
 
 class EngineFormat(str, Enum):
@@ -96,6 +96,7 @@ def import_routing_cmd(
     from workbench.capture.import_routing import RoutingImportError, import_routing
     from workbench.store import Store, StoreError
 
+    summary_builders()
     try:
         with Store(db) as st:
             result = import_routing(
