@@ -168,3 +168,56 @@ def test_mutual_information_and_probe(synthetic: tuple[Store, str, dict]) -> Non
     assert rows[PLANTED]["accuracy"] > 0.9
     assert rows[RANDOM]["accuracy"] < 0.6
     assert rows[PLANTED]["n_prompts"] == 60
+
+
+def _probe_as_first_written(st: Store, run: str, layer: int, folds: int, seed: int) -> np.ndarray:
+    """Per-fold accuracies of the probe as it was first written: histograms counted from the token
+    rows, string labels, ``make_pipeline`` + ``cross_val_score`` (on one BLAS thread: on a busy
+    machine its default threads make this reference the slowest part of the test)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    rows = st.sql(
+        "SELECT r.prompt_id, r.experts, p.label FROM routing r JOIN prompts p"
+        " ON p.run_id = r.run_id AND p.prompt_id = r.prompt_id"
+        " WHERE r.run_id = ? AND r.layer = ? AND p.label IS NOT NULL",
+        [run, layer],
+    )
+    label_of = dict(zip(rows["prompt_id"].to_list(), rows["label"].to_list(), strict=True))
+    pids = sorted(label_of)
+    x = np.zeros((len(pids), E))
+    for pid, experts in zip(rows["prompt_id"].to_list(), rows["experts"].to_list(), strict=True):
+        for e in experts:
+            if e < E:
+                x[pids.index(pid), e] += 1
+    x /= x.sum(axis=1, keepdims=True)
+    y = np.array([label_of[p] for p in pids], dtype=object)
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    with threadpool_limits(limits=1, user_api="blas"):
+        return np.asarray(cross_val_score(model, x, y, cv=cv, scoring="accuracy"))
+
+
+@pytest.mark.parametrize(("folds", "seed", "layers"), [(5, 0, LAYERS), (3, 7, (RANDOM,))])
+def test_probe_gives_the_first_versions_bits(
+    synthetic: tuple[Store, str, dict], folds: int, seed: int, layers: tuple[int, ...]
+) -> None:
+    """Integer label codes, one BLAS/OpenMP thread, fits on two threads: the same accuracies to the bit
+    (issue 14 item 7), at every layer, planted or chance-level, and BLAS threads as they were after."""
+    from threadpoolctl import threadpool_info
+
+    st, run, _ = synthetic
+    blas_before = [x["num_threads"] for x in threadpool_info() if x["user_api"] == "blas"]
+    probe = routing_probe(st, run, layers=layers, folds=folds, seed=seed)
+    assert [x["num_threads"] for x in threadpool_info() if x["user_api"] == "blas"] == blas_before
+    assert probe["layer"].to_list() == list(layers)
+    for row in probe.iter_rows(named=True):
+        scores = _probe_as_first_written(st, run, row["layer"], folds, seed)
+        assert (row["accuracy"], row["accuracy_std"]) == (scores.mean(), scores.std()), row
+        assert row["n_folds"] == folds and row["n_prompts"] == 60
+    accuracy = dict(zip(probe["layer"].to_list(), probe["accuracy"].to_list(), strict=True))
+    assert accuracy[RANDOM] < 0.6
+    assert accuracy.get(PLANTED, 1.0) > 0.9  # the planted truth is still found

@@ -22,11 +22,12 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sklearn.pipeline import make_pipeline
+from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
-from workbench.analysis.common import layer_info
+from workbench.analysis.common import layer_info, map_ordered
+from workbench.analysis.stats import one_blas_thread
 from workbench.store import Store, queries
 
 __all__ = ["routing_mutual_information", "routing_probe"]
@@ -79,6 +80,44 @@ def routing_mutual_information(
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
+def _layer_samples(
+    counts: pl.DataFrame, label_pids: np.ndarray, label_codes: np.ndarray, n_experts: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One layer's samples: each prompt's normalised expert histogram, and its label's code.
+
+    ``counts`` holds the layer's ``prompt_id, expert, n`` rows of labelled prompts;
+    ``label_pids`` (sorted) and ``label_codes`` give every labelled prompt's label as an integer
+    (codes ordered as the labels sort, so a classifier sees the same classes in the same order
+    as with the strings). The samples are the prompts with a selection at the layer, by prompt id.
+    """
+    row = np.searchsorted(label_pids, counts["prompt_id"].to_numpy())
+    x = np.zeros((label_pids.size, n_experts))
+    x[row, counts["expert"].to_numpy().astype(np.int64)] = counts["n"].to_numpy()
+    present = np.flatnonzero(np.bincount(row, minlength=label_pids.size))
+    x = x[present]
+    x /= x.sum(axis=1, keepdims=True)
+    return x, label_codes[present]
+
+
+def _fold_accuracies(x: np.ndarray, y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """Held-out accuracy of each ``StratifiedKFold`` fold of the StandardScaler + LogisticRegression probe.
+
+    What ``cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+    x, y, cv=StratifiedKFold(n_folds, shuffle=True, random_state=seed))`` returns, to the same
+    bits, without its per-fold cloning and scorer lookups. Runs on one OpenMP thread (the
+    caller holds one BLAS thread): the fits are small (prompts × experts), and threads that
+    wait for a busy machine's cores cost far more than they save.
+    """
+    with threadpool_limits(limits=1, user_api="openmp"):
+        folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x, y)
+        out: list[float] = []
+        for train, test in folds:
+            scaler = StandardScaler().fit(x[train])
+            model = LogisticRegression(max_iter=2000).fit(scaler.transform(x[train]), y[train])
+            out.append(float(np.mean(model.predict(scaler.transform(x[test])) == y[test])))
+    return np.asarray(out)
+
+
 def routing_probe(
     store: Store, run_id: str, *, layers: Iterable[int] | None = None, folds: int = 5, seed: int = 0
 ) -> pl.DataFrame:
@@ -86,38 +125,37 @@ def routing_probe(
 
     Columns ``layer, accuracy, accuracy_std, chance, n_prompts, n_folds``. The number of folds
     is ``min(folds, smallest label's prompt count)``; a layer with fewer than two labels or
-    fewer than two prompts per label gets NaN accuracy.
+    fewer than two prompts per label gets NaN accuracy. Layers are fitted on two threads, each
+    fit on one BLAS and one OpenMP thread (the same bits as any thread count).
     """
     info = layer_info(store, run_id, layers)
-    rows: list[dict[str, object]] = []
-    # one grouped pass over all selected layers
+    # one grouped pass over all selected layers; each prompt's label once, as a code
     everything = queries.prompt_expert_counts(store, run_id, info["layer"].to_list())
-    for layer, n_experts in info.select("layer", "n_experts").iter_rows():
-        df = everything.filter(pl.col("layer") == layer).drop("layer")
-        if df.height == 0:
-            continue
-        pids = np.unique(df["prompt_id"].to_numpy())
-        x = np.zeros((pids.size, n_experts))
-        x[np.searchsorted(pids, df["prompt_id"].to_numpy()), df["expert"].to_numpy().astype(np.int64)] = df[
-            "n"
-        ].to_numpy()
-        x /= x.sum(axis=1, keepdims=True)
-        label_of = dict(zip(df["prompt_id"].to_list(), df["label"].to_list(), strict=False))
-        y = np.array([label_of[int(p)] for p in pids], dtype=object)
+    labels = queries.prompt_labels(store, run_id, labelled_only=True)
+    label_pids = labels["prompt_id"].to_numpy()
+    codes = np.unique(labels["label"].to_numpy(), return_inverse=True)[1]  # in the names' sorted order
+    by_layer = everything.partition_by("layer", as_dict=True, include_key=False)
+    samples = [
+        (int(layer), _layer_samples(by_layer[(layer,)], label_pids, codes, n_experts))
+        for layer, n_experts in info.select("layer", "n_experts").iter_rows()
+        if (layer,) in by_layer
+    ]
+
+    def one_layer(item: tuple[int, tuple[np.ndarray, np.ndarray]]) -> dict[str, object]:
+        layer, (x, y) = item
         _, class_counts = np.unique(y, return_counts=True)
-        chance = float(class_counts.max() / y.size)
         n_folds = int(min(folds, class_counts.min()))
-        if class_counts.size < 2 or n_folds < 2:
-            acc = std = float("nan")
-        else:
-            model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-            cv = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-            scores = cross_val_score(model, x, y, cv=cv, scoring="accuracy")
+        acc = std = float("nan")
+        if class_counts.size >= 2 and n_folds >= 2:
+            scores = _fold_accuracies(x, y, n_folds, seed)
             acc, std = float(scores.mean()), float(scores.std())
-        rows.append({
-            "layer": layer, "accuracy": acc, "accuracy_std": std, "chance": chance,
-            "n_prompts": int(pids.size), "n_folds": n_folds,
-        })  # fmt: skip
+        return {
+            "layer": layer, "accuracy": acc, "accuracy_std": std,
+            "chance": float(class_counts.max() / y.size), "n_prompts": int(y.size), "n_folds": n_folds,
+        }  # fmt: skip
+
+    with one_blas_thread():
+        rows = list(map_ordered(one_layer, samples))
     schema = {
         "layer": pl.Int32, "accuracy": pl.Float64, "accuracy_std": pl.Float64, "chance": pl.Float64,
         "n_prompts": pl.Int64, "n_folds": pl.Int64,

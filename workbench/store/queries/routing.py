@@ -229,23 +229,25 @@ def label_gate_sums(store: Store, run_id: str, layers: Iterable[int] | None = No
 
 
 def prompt_expert_counts(store: Store, run_id: str, layers: Iterable[int] | None = None) -> pl.DataFrame:
-    """``layer, prompt_id, label, expert, n``: selections of each routed expert per labelled prompt and layer."""
+    """``layer, prompt_id, expert, n``: selections of each routed expert per labelled prompt and layer.
+
+    The label is left out (``prompt_labels`` gives it once per prompt): a string on each of the
+    prompts × layers × experts rows costs more to hand over than the counts themselves.
+    """
     clause, values = in_layers(layers)
     if usable(store, run_id):
         return store.sql(
-            "SELECT u.layer, u.prompt_id, pr.label, u.expert, u.n FROM summary_experts u"
-            " JOIN prompts pr ON pr.run_id = u.run_id AND pr.prompt_id = u.prompt_id"
+            "SELECT u.layer, u.prompt_id, u.expert, u.n FROM summary_experts u"
             " JOIN layers l ON l.run_id = u.run_id AND l.layer = u.layer"
-            f" WHERE u.run_id = ?{in_layers(layers, 'u.layer')[0]} AND pr.label IS NOT NULL"
+            f" WHERE u.run_id = ?{in_layers(layers, 'u.layer')[0]} AND u.{LABELLED}"
             " AND u.expert < l.n_experts AND u.n > 0",
-            [run_id, *values],
+            [run_id, *values, run_id],
         )
     return store.sql(
-        "SELECT u.layer, u.prompt_id, pr.label, CAST(u.expert AS INTEGER) AS expert, count(*) AS n FROM ("
-        f"  SELECT layer, prompt_id, unnest(experts) AS expert FROM routing WHERE run_id = ?{clause}"
-        ") u JOIN prompts pr ON pr.run_id = ? AND pr.prompt_id = u.prompt_id"
-        " JOIN layers l ON l.run_id = ? AND l.layer = u.layer"
-        " WHERE pr.label IS NOT NULL AND u.expert < l.n_experts GROUP BY ALL",
+        "SELECT u.layer, u.prompt_id, CAST(u.expert AS INTEGER) AS expert, count(*) AS n FROM ("
+        f"  SELECT layer, prompt_id, unnest(experts) AS expert FROM routing WHERE run_id = ?{clause} AND {LABELLED}"
+        ") u JOIN layers l ON l.run_id = ? AND l.layer = u.layer"
+        " WHERE u.expert < l.n_experts GROUP BY ALL",
         [run_id, *values, run_id, run_id],
     )
 
