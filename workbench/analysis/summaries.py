@@ -1,8 +1,11 @@
-"""The summary parts the store cannot build alone (:mod:`workbench.store.summaries`): logits, pairs, transitions.
+"""The summary parts the store cannot build alone (:mod:`workbench.store.summaries`): logits, pairs, transitions, vocab, dynamic.
 
 The ``pairs`` and ``transitions`` parts are co-activation's and pathways' whole-run counts, counted by
 their own code (:func:`~workbench.analysis.coactivation.pair_table`,
-:func:`~workbench.analysis.coactivation.transition_table`) on the token rows.
+:func:`~workbench.analysis.coactivation.transition_table`) on the token rows. The ``vocab`` part is
+vocabulary specialisation's top-1 counts per (layer, token id, expert), counted by the row path's
+query; the ``dynamic`` part is dynamic k's sufficient statistics at the default levels, computed by
+its own pass (:func:`~workbench.analysis.dynamic.k_stats`, :mod:`workbench.analysis.dynamic_stats`).
 
 Router confidence and TCESS turn every routing row's logits into per-token numbers (entropy,
 margin, fragility, router scores π) before they sum them; no count the store keeps gives those.
@@ -39,10 +42,18 @@ from workbench.analysis.common import (
     transposed_f64,
 )
 from workbench.analysis.confidence import SUMMARY_NOISE, SUMMARY_SEED, _confidence_rows, _row_ids
+from workbench.analysis.dynamic import k_stats
+from workbench.analysis.dynamic_stats import SUMMARY_LEVELS, to_tables
 from workbench.analysis.scores import router_scores_t
-from workbench.store import Store, summaries
+from workbench.store import Store, queries, summaries
 
-__all__ = ["build_logit_summaries", "build_pair_summaries", "build_transition_summaries"]
+__all__ = [
+    "build_dynamic_summaries",
+    "build_logit_summaries",
+    "build_pair_summaries",
+    "build_transition_summaries",
+    "build_vocab_summaries",
+]
 
 #: Routing rows per streamed batch.
 _BATCH_ROWS = 200_000
@@ -143,6 +154,23 @@ def build_transition_summaries(store: Store, run_id: str) -> dict[str, pa.Table]
     return {"summary_transitions": table.select(list(_TRANSITION_SCHEMA)).cast(_TRANSITION_SCHEMA).to_arrow()}  # type: ignore[arg-type]
 
 
+_VOCAB_SCHEMA = {"layer": pl.Int32, "token_id": pl.Int32, "expert": pl.Int32, "n": pl.Int64}
+
+
+def build_vocab_summaries(store: Store, run_id: str) -> dict[str, pa.Table]:
+    """``summary_vocab``: top-1 routed choices per (layer, token id, expert), as vocab's row path counts them."""
+    table = queries.top1_token_table(store, run_id)
+    return {"summary_vocab": table.select(list(_VOCAB_SCHEMA)).cast(_VOCAB_SCHEMA).to_arrow()}  # type: ignore[arg-type]
+
+
+def build_dynamic_summaries(store: Store, run_id: str) -> dict[str, pa.Table]:
+    """dynamic k's sufficient statistics at :data:`~workbench.analysis.dynamic_stats.SUMMARY_LEVELS`, every layer
+    (empty tables when the run has no logits)."""
+    return to_tables(k_stats(store, run_id, SUMMARY_LEVELS, store.layers(run_id)))
+
+
 summaries.register(summaries.LOGITS, build_logit_summaries)
 summaries.register(summaries.PAIRS, build_pair_summaries)
 summaries.register(summaries.TRANSITIONS, build_transition_summaries)
+summaries.register(summaries.VOCAB, build_vocab_summaries)
+summaries.register(summaries.DYNAMIC, build_dynamic_summaries)
