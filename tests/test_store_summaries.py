@@ -22,7 +22,9 @@ from polars.testing import assert_frame_equal
 from store_support import make_batch, new_run, schema_upto, unpack_v3_store
 
 from benchmarks.analysis_data import RUN_A, RUN_B, Workload, build
+from workbench.analysis import summaries as analysis_summaries
 from workbench.analysis.relevance import expert_top_tokens
+from workbench.analysis.summaries import build_vocab_summaries, prompt_ranges
 from workbench.catalog import ANALYSES, run_analysis
 from workbench.store import Store, StoreError, copy_store, summaries
 from workbench.store import schema as schema_mod
@@ -152,6 +154,23 @@ def test_expert_top_tokens_reads_the_vocab_summary_bit_for_bit(planted: Path) ->
             slow = expert_top_tokens(st, RUN_A, 2, 5, min_count=3)
     assert fast.height > 0
     assert_frame_equal(fast, slow, check_exact=True)
+
+
+def test_the_vocab_build_counts_a_range_of_prompts_at_a_time(
+    planted: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its memory is bounded by the chunk; the counts added over chunks are the one-query counts."""
+    assert prompt_ranges(np.array([0, 1, 2, 5, 6]), np.array([3, 3, 3, 9, 1]), 6) == [(0, 1), (2, 5), (6, 6)]
+    assert prompt_ranges(np.array([4]), np.array([100]), 6) == [(4, 4)]
+    assert prompt_ranges(np.zeros(0, np.int64), np.zeros(0, np.int64), 6) == []
+    with Store(planted, read_only=True) as st:
+        whole = pl.from_arrow(build_vocab_summaries(st, RUN_A)["summary_vocab"])
+        monkeypatch.setattr(analysis_summaries, "_VOCAB_CHUNK_ROWS", 24_000)  # 20 prompts a query, 4 queries
+        chunked = pl.from_arrow(build_vocab_summaries(st, RUN_A)["summary_vocab"])
+    keys = ["layer", "token_id", "expert"]
+    assert isinstance(whole, pl.DataFrame) and isinstance(chunked, pl.DataFrame)
+    assert whole.height > 0 and int(whole["n"].sum()) == 12_000 * 8
+    assert_frame_equal(whole.sort(keys), chunked.sort(keys), check_exact=True)
 
 
 def test_a_store_written_before_the_vocab_and_dynamic_parts_gets_them_at_a_writable_open(

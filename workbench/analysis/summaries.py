@@ -53,6 +53,7 @@ __all__ = [
     "build_pair_summaries",
     "build_transition_summaries",
     "build_vocab_summaries",
+    "prompt_ranges",
 ]
 
 #: Routing rows per streamed batch.
@@ -156,10 +157,39 @@ def build_transition_summaries(store: Store, run_id: str) -> dict[str, pa.Table]
 
 _VOCAB_SCHEMA = {"layer": pl.Int32, "token_id": pl.Int32, "expert": pl.Int32, "n": pl.Int64}
 
+#: Routing rows (tokens × layers) per query of the vocab build. DuckDB hashes the routing side of
+#: the token join (~80 B a row), so this bounds the build's memory (one query over 80M rows took 6 GiB).
+_VOCAB_CHUNK_ROWS = 4_000_000
+
+
+def prompt_ranges(prompt_ids: np.ndarray, rows: np.ndarray, limit: int) -> list[tuple[int, int]]:
+    """Consecutive ``(first, last)`` prompt-id ranges of the sorted ``prompt_ids`` holding about ``limit`` rows each.
+
+    A range closes once its rows reach ``limit``, so it holds at most ``limit`` + one prompt's rows.
+    """
+    ranges: list[tuple[int, int]] = []
+    start, total = 0, 0
+    for i, n in enumerate(rows.tolist()):
+        total += n
+        if total >= limit or i == len(rows) - 1:
+            ranges.append((int(prompt_ids[start]), int(prompt_ids[i])))
+            start, total = i + 1, 0
+    return ranges
+
 
 def build_vocab_summaries(store: Store, run_id: str) -> dict[str, pa.Table]:
-    """``summary_vocab``: top-1 routed choices per (layer, token id, expert), as vocab's row path counts them."""
-    table = queries.top1_token_table(store, run_id)
+    """``summary_vocab``: top-1 routed choices per (layer, token id, expert), as vocab's row path counts them.
+
+    Counted a range of prompts at a time (:data:`_VOCAB_CHUNK_ROWS`), then added up.
+    """
+    per_prompt = queries.prompt_token_counts(store, run_id)
+    n_layers = max(1, store.layers(run_id).height)
+    ranges = prompt_ranges(
+        per_prompt["prompt_id"].to_numpy(), per_prompt["n_tokens"].to_numpy() * n_layers, _VOCAB_CHUNK_ROWS
+    )
+    parts = [pl.DataFrame(schema=_VOCAB_SCHEMA)]
+    parts += [queries.top1_token_table(store, run_id, a, b).cast(_VOCAB_SCHEMA) for a, b in ranges]  # type: ignore[arg-type]
+    table = pl.concat(parts).group_by("layer", "token_id", "expert").agg(pl.col("n").sum())
     return {"summary_vocab": table.select(list(_VOCAB_SCHEMA)).cast(_VOCAB_SCHEMA).to_arrow()}  # type: ignore[arg-type]
 
 

@@ -41,6 +41,7 @@ from workbench.store.queries.labels import (
     pair_first_labels,
     paired_labels,
     prompt_labels,
+    prompt_token_counts,
     token_nll,
     token_strings,
 )
@@ -111,6 +112,7 @@ __all__ = [
     "paired_labels",
     "prompt_expert_counts",
     "prompt_labels",
+    "prompt_token_counts",
     "selections_per_layer",
     "selections_per_prompt",
     "shared_norm_mass",

@@ -299,18 +299,22 @@ def top1_token_maxima(store: Store, run_id: str, layers: Iterable[int] | None = 
     )
 
 
-def top1_token_table(store: Store, run_id: str) -> pl.DataFrame:
-    """``layer, token_id, expert, n``: tokens per (layer, token id, top-1 routed expert), every layer.
+def top1_token_table(store: Store, run_id: str, first_prompt: int, last_prompt: int) -> pl.DataFrame:
+    """``layer, token_id, expert, n``: tokens per (layer, token id, top-1 routed expert) of the prompts
+    ``first_prompt..last_prompt``, every layer.
 
     What the run's ``vocab`` summary keeps; the same counts as :func:`top1_token_counts` per layer.
+    The prompt range bounds the join's memory: DuckDB hashes the routing side.
     """
+    where = "run_id = ? AND prompt_id BETWEEN ? AND ?"
+    span = [run_id, int(first_prompt), int(last_prompt)]
     return store.sql(
-        "WITH t AS (SELECT prompt_id, position, token_id FROM tokens WHERE run_id = ?)"
+        f"WITH t AS (SELECT prompt_id, position, token_id FROM tokens WHERE {where})"
         f" SELECT r.layer, t.token_id, CAST({_TOP1} AS INTEGER) AS expert, count(*) AS n"
-        " FROM routing r JOIN t USING (prompt_id, position)"
+        " FROM (SELECT * FROM routing WHERE " + where + ") r JOIN t USING (prompt_id, position)"
         " JOIN layers l ON l.run_id = r.run_id AND l.layer = r.layer"
-        f" WHERE r.run_id = ? AND ({_TOP1}) IS NOT NULL GROUP BY r.layer, t.token_id, {_TOP1}",
-        [run_id, run_id],
+        f" WHERE ({_TOP1}) IS NOT NULL GROUP BY r.layer, t.token_id, {_TOP1}",
+        [*span, *span],
     )
 
 
