@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
+from polars.testing import assert_frame_equal
 from scipy.stats import rankdata, spearmanr
 from synthetic import lists, prompt_tables
 
@@ -26,12 +27,13 @@ from workbench.analysis.confidence import (
     _topk_changed,
     router_confidence,
 )
-from workbench.analysis.dynamic import _k_levels, _spearman_from_counts, _Tokens, dynamic_k, k_at_p
+from workbench.analysis.dynamic import _k_levels, _Tokens, dynamic_k, k_at_p
+from workbench.analysis.dynamic_stats import spearman_from_counts as _spearman_from_counts
 from workbench.analysis.relevance import _tcess_sums
 from workbench.analysis.scores import router_scores, router_scores_t
 from workbench.analysis.specialisation import domain_specialisation
 from workbench.analysis.stats import one_blas_thread, percentile_interval
-from workbench.store import Store
+from workbench.store import Store, summaries
 
 pytestmark = pytest.mark.unit
 
@@ -229,6 +231,18 @@ def test_dynamic_k_matches_straightforward_reference(tmp_path: Path) -> None:
             assert np.isnan(row["spearman_nll"])
         else:
             assert row["spearman_nll"] == pytest.approx(expect, abs=1e-12)
+
+
+def test_dynamic_k_summary_holds_a_layers_own_ranks(tmp_path: Path) -> None:
+    """Layer 1's groups are ranked on their own rows; the run's ``dynamic`` summary keeps those sums exactly."""
+    run, _ = _dynamic_store(tmp_path / "dyn.duckdb")
+    with Store(tmp_path / "dyn.duckdb", read_only=True) as st:
+        assert summaries.DYNAMIC in summaries.valid_parts(st.con, run)
+        fast = dynamic_k(st, run)
+        with summaries.row_path():
+            slow = dynamic_k(st, run)
+    assert fast.filter(pl.col("layer") == 1)["spearman_nll"].is_not_nan().sum() > 0
+    assert_frame_equal(fast, slow, check_exact=True)
 
 
 def test_token_index_falls_back_to_search() -> None:

@@ -22,6 +22,9 @@ from polars.testing import assert_frame_equal
 from store_support import make_batch, new_run, schema_upto, unpack_v3_store
 
 from benchmarks.analysis_data import RUN_A, RUN_B, Workload, build
+from workbench.analysis import summaries as analysis_summaries
+from workbench.analysis.relevance import expert_top_tokens
+from workbench.analysis.summaries import build_vocab_summaries, prompt_ranges
 from workbench.catalog import ANALYSES, run_analysis
 from workbench.store import Store, StoreError, copy_store, summaries
 from workbench.store import schema as schema_mod
@@ -32,7 +35,7 @@ pytestmark = pytest.mark.integration
 SUMMARISED = (
     "load", "balance", "router-confidence", "super-experts", "specialisation", "esft", "tcess",
     "agreement", "mutual-information", "probe", "collapse", "degradation", "underfitting",
-    "coactivation", "fixed-partners", "pathways",
+    "coactivation", "fixed-partners", "pathways", "vocab", "dynamic-k",
 )  # fmt: skip
 ALL_PARTS = set(summaries.PART_TABLES)
 #: Every catalogued analysis this synthetic store can feed.
@@ -46,10 +49,14 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _same(fast: pl.DataFrame, slow: pl.DataFrame) -> None:
-    """Equal frames: same columns, dtypes and row order; integers exact, floats to 1e-12 relative."""
+#: Analyses whose summaries hold integers and exact half-integer rank sums: equal bit for bit.
+EXACT = ("vocab", "dynamic-k")
+
+
+def _same(fast: pl.DataFrame, slow: pl.DataFrame, exact: bool = False) -> None:
+    """Equal frames: same columns, dtypes and row order; integers exact, floats to 1e-12 relative (or exact)."""
     assert fast.height > 0
-    assert_frame_equal(fast, slow, check_exact=False, rel_tol=1e-12, abs_tol=0.0)
+    assert_frame_equal(fast, slow, check_exact=exact, rel_tol=1e-12, abs_tol=0.0)
 
 
 def _both(st: Store, name: str, run_id: str, **options: Any) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -83,7 +90,7 @@ def test_complete_runs_get_summaries_that_match_their_rows(planted: Path) -> Non
 def test_every_analysis_gives_the_row_paths_result(planted: Path, name: str) -> None:
     with Store(planted, read_only=True) as st:
         fast, slow = _both(st, name, RUN_A)
-    _same(fast, slow)
+    _same(fast, slow, exact=name in EXACT)
 
 
 @pytest.mark.parametrize(
@@ -101,12 +108,15 @@ def test_every_analysis_gives_the_row_paths_result(planted: Path, name: str) -> 
         ("coactivation", {"layers": [2, 6]}),
         ("fixed-partners", {"layers": [1], "coverage": 0.8}),
         ("pathways", {"top": None}),
+        ("vocab", {"layers": [3], "min_count": 20}),
+        ("dynamic-k", {"p_levels": (0.5, 0.8)}),  # 0.8 is not summarised: the row path runs
+        ("dynamic-k", {"layers": [1, 6], "p_levels": (0.9,)}),
     ],
 )
 def test_options_give_the_row_paths_result(planted: Path, name: str, options: dict[str, Any]) -> None:
     with Store(planted, read_only=True) as st:
         fast, slow = _both(st, name, RUN_A, **options)
-    _same(fast, slow)
+    _same(fast, slow, exact=name in EXACT)
 
 
 def test_the_summarised_analyses_never_read_a_token_row(planted: Path, tmp_path: Path) -> None:
@@ -134,6 +144,59 @@ def test_the_summarised_analyses_never_read_a_token_row(planted: Path, tmp_path:
             run_analysis("collapse", st, RUN_A)
         for name in SUMMARISED:
             _same(run_analysis(name, st, RUN_A), expected[name])
+
+
+def test_expert_top_tokens_reads_the_vocab_summary_bit_for_bit(planted: Path) -> None:
+    with Store(planted, read_only=True) as st:
+        assert summaries.VOCAB in summaries.valid_parts(st.con, RUN_A)
+        fast = expert_top_tokens(st, RUN_A, 2, 5, min_count=3)
+        with summaries.row_path():
+            slow = expert_top_tokens(st, RUN_A, 2, 5, min_count=3)
+    assert fast.height > 0
+    assert_frame_equal(fast, slow, check_exact=True)
+
+
+def test_the_vocab_build_counts_a_range_of_prompts_at_a_time(
+    planted: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its memory is bounded by the chunk; the counts added over chunks are the one-query counts."""
+    assert prompt_ranges(np.array([0, 1, 2, 5, 6]), np.array([3, 3, 3, 9, 1]), 6) == [(0, 1), (2, 5), (6, 6)]
+    assert prompt_ranges(np.array([4]), np.array([100]), 6) == [(4, 4)]
+    assert prompt_ranges(np.zeros(0, np.int64), np.zeros(0, np.int64), 6) == []
+    with Store(planted, read_only=True) as st:
+        whole = pl.from_arrow(build_vocab_summaries(st, RUN_A)["summary_vocab"])
+        monkeypatch.setattr(analysis_summaries, "_VOCAB_CHUNK_ROWS", 24_000)  # 20 prompts a query, 4 queries
+        chunked = pl.from_arrow(build_vocab_summaries(st, RUN_A)["summary_vocab"])
+    keys = ["layer", "token_id", "expert"]
+    assert isinstance(whole, pl.DataFrame) and isinstance(chunked, pl.DataFrame)
+    assert whole.height > 0 and int(whole["n"].sum()) == 12_000 * 8
+    assert_frame_equal(whole.sort(keys), chunked.sort(keys), check_exact=True)
+
+
+def test_a_store_written_before_the_vocab_and_dynamic_parts_gets_them_at_a_writable_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "older.duckdb"
+    later = {summaries.VOCAB, summaries.DYNAMIC}
+    with monkeypatch.context() as m:  # a release without these parts: no builders, no tables
+        m.setattr(summaries, "_BUILDERS", {k: v for k, v in summaries.registered().items() if k not in later})
+        with Store(path) as st:
+            run_id, gone = new_run(st), new_run(st, run_id="gone")
+            for run in (run_id, gone):
+                st.write_batch(run, **make_batch([0, 1, 2]))
+                st.set_status(run, "complete")
+            assert summaries.valid_parts(st.con, run_id) == ALL_PARTS - later
+            st.delete_run(gone)  # deleting a run needs no table of a part never built
+    with Store(path, read_only=True) as st:  # read-only: nothing is built, the rows answer
+        assert not st.sql(
+            "SELECT * FROM duckdb_tables() WHERE table_name IN ('summary_vocab', 'summary_dynamic_k')"
+        ).height
+        assert summaries.valid_parts(st.con, run_id) == ALL_PARTS - later
+        before = {name: run_analysis(name, st, run_id) for name in ("vocab", "dynamic-k")}
+    with Store(path) as st:  # the first writable open builds the missing parts, tables included
+        assert summaries.valid_parts(st.con, run_id) == ALL_PARTS
+        for name, slow in before.items():
+            _same(run_analysis(name, st, run_id), slow, exact=True)
 
 
 def test_a_summary_is_never_used_once_the_run_changed(tmp_path: Path) -> None:
@@ -210,7 +273,7 @@ def test_building_needs_a_writable_v5_store(planted: Path) -> None:
 def test_registering_an_unknown_part_is_refused() -> None:
     with pytest.raises(
         ValueError,
-        match=r"unknown summary part 'nope'; registrable parts: \['logits', 'pairs', 'transitions'\]",
+        match=r"unknown summary part 'nope'; registrable parts: \['dynamic', 'logits', 'pairs', 'transitions', 'vocab'\]",
     ):
         summaries.register("nope", lambda st, run_id: {})
 

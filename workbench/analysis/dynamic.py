@@ -19,20 +19,26 @@ side is constant). Tokens of one prompt are not independent, so ρ's 95% CI and 
 (:func:`workbench.analysis.rank.fisher_interval`, :func:`~workbench.analysis.rank.fisher_p`)
 with the *prompts* as the independent units: ``n_prompts_nll``, the label's prompts with an
 NLL, the smallest effective sample size a positive within-prompt correlation can give (design
-effect ≤ tokens per prompt), so the interval is conservative. Prompts with a NULL label form their own group (label NULL). Rows whose logits are
-NULL are skipped; a run (or layer selection) with no logits at all raises ``ValueError``.
+effect ≤ tokens per prompt), so the interval is conservative. Prompts with a NULL label form their
+own group (label NULL). Rows whose logits are NULL are skipped; a run (or layer selection) with no
+logits at all raises ``ValueError``.
+
+ρ comes from sufficient statistics (:mod:`workbench.analysis.dynamic_stats`): the k counts and the
+sums of centred NLL ranks per k. :func:`k_stats` computes them in one pass over the rows; a complete
+run keeps them for the default levels in its ``dynamic`` summary, which :func:`dynamic_k` reads
+instead of the rows (same numbers, bit for bit).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from scipy.stats import rankdata, spearmanr
+from scipy.stats import rankdata
 
 from workbench.analysis.common import (
     BatchLogits,
@@ -45,11 +51,11 @@ from workbench.analysis.common import (
     stream_logits,
     transposed_f64,
 )
-from workbench.analysis.rank import fisher_interval, fisher_p
+from workbench.analysis.dynamic_stats import KStats, from_summary, table_rows
 from workbench.analysis.scores import router_scores, router_scores_t
-from workbench.store import Store, queries
+from workbench.store import Store, queries, summaries
 
-__all__ = ["DYNAMIC_K_COLUMNS", "dynamic_k", "k_at_p"]
+__all__ = ["DYNAMIC_K_COLUMNS", "dynamic_k", "k_at_p", "k_stats"]
 
 DYNAMIC_K_COLUMNS: tuple[str, ...] = (
     "layer",
@@ -96,13 +102,6 @@ def k_at_p(scores: np.ndarray, p: float) -> np.ndarray:
 def _token_key(prompt_id: np.ndarray, position: np.ndarray) -> np.ndarray:
     """One sortable int64 per (prompt_id, position)."""
     return (prompt_id.astype(np.int64) << 32) + position.astype(np.int64)
-
-
-def _spearman(k: np.ndarray, nll: np.ndarray) -> float:
-    """Spearman's ρ of ``k`` and ``nll`` (NaN below 3 values or when either side is constant)."""
-    if k.size < 3 or np.all(k == k[0]) or np.all(nll == nll[0]):
-        return float("nan")
-    return float(spearmanr(k, nll).statistic)
 
 
 def _k_levels_rows(scores: np.ndarray, levels: Sequence[float]) -> np.ndarray:
@@ -319,69 +318,24 @@ def _cells(
     return _Cells(counts, counts_ok, sum_xy)
 
 
-def _spearman_from_counts(counts: np.ndarray, sum_xy_by_k: np.ndarray, sum_yy: float) -> float:
-    """Spearman's ρ of k and NLL from the group's k counts, ``Σ centred NLL rank`` per k and ``Σ y²``.
+def _own_ranks(stats: KStats, every: _Rows, li: int, ranks: _Ranks, nll: np.ndarray) -> None:
+    """Rank the NLLs of layer ``li``'s rows within each label group on their own, into ``stats``.
 
-    The average ranks of the small integers k follow from their counts; with both rank vectors
-    centred on ``(m + 1)/2`` (their exact mean), ρ is their Pearson correlation, as
-    ``np.corrcoef`` of the ranks computes it (the half-integer sums are exact).
+    For a layer whose rows do not hold every usable token exactly once (some logits missing, say),
+    the ranks shared by all layers are not its ranks: its groups' ``rank_sum`` and ``rank_ss`` are
+    recomputed from its own rows (the k counts stay).
     """
-    m = int(counts.sum())
-    if m < 3 or int((counts > 0).sum()) < 2 or sum_yy == 0:
-        return float("nan")
-    below = np.cumsum(counts) - counts
-    x = below + (counts + 1) / 2.0 - (m + 1) / 2.0
-    sxy = float(x @ sum_xy_by_k) / (m - 1)
-    sxx = float(counts @ (x * x)) / (m - 1)
-    rho = sxy / np.sqrt(sxx) / np.sqrt(sum_yy / (m - 1))
-    return float(np.clip(rho, -1.0, 1.0))
-
-
-def _summarise(
-    cells: _Cells,
-    shared: np.ndarray,
-    rows: Callable[[], _Rows],
-    ranks: _Ranks,
-    nll: np.ndarray,
-    layer_list: list[int],
-    groups: list[str | None],
-    levels: list[float],
-    n_bins: dict[int, int],
-) -> list[dict[str, object]]:
-    """The output rows per (layer, label, p); layers not ``shared`` are ranked on their own from ``rows()``."""
-    n_groups = len(groups)
-    n_rows, n_ok = cells.counts[0].sum(axis=1), cells.counts_ok[0].sum(axis=1)
-    out: list[dict[str, object]] = []
-    for li, layer in enumerate(layer_list):
-        if layer not in n_bins:
-            continue
-        present = [g for g in range(n_groups) if n_rows[li * n_groups + g] > 0]
-        if not shared[li]:
-            every = rows()
-            in_layer = np.flatnonzero(every.li == li)
-            ok = every.tok[in_layer] >= 0
-            ok[ok] = ranks.usable[every.tok[in_layer][ok]]
-        for i, p in enumerate(levels):
-            for g in present:
-                c = li * n_groups + g
-                if shared[li]:
-                    rho = _spearman_from_counts(
-                        cells.counts_ok[i][c], cells.sum_xy[i][c], float(ranks.sum_yy[g])
-                    )
-                else:
-                    sel = in_layer[ok & (every.code[in_layer] == g)]
-                    rho = _spearman(every.ks[i][sel].astype(np.int64), nll[every.tok[sel]])
-                k_counts = cells.counts[i][c][: n_bins[layer]]
-                units = min(int(ranks.n_prompts[g]), int(n_ok[c]))
-                ci_low, ci_high = fisher_interval(rho, units)
-                out.append({
-                    "layer": layer, "label": groups[g], "p": p,
-                    "mean_k": float(k_counts @ np.arange(1, k_counts.size + 1)) / int(n_rows[c]),
-                    "k_counts": k_counts.tolist(), "n_tokens": int(n_rows[c]),
-                    "spearman_nll": rho, "n_nll": int(n_ok[c]), "spearman_ci_low": ci_low,
-                    "spearman_ci_high": ci_high, "spearman_p": fisher_p(rho, units), "n_prompts_nll": units,
-                })  # fmt: skip
-    return out
+    n_groups, width = len(stats.groups), stats.rank_sum.shape[-1]
+    in_layer = np.flatnonzero(every.li == li)
+    ok = every.tok[in_layer] >= 0
+    ok[ok] = ranks.usable[every.tok[in_layer][ok]]
+    for g in range(n_groups):
+        c = li * n_groups + g
+        sel = in_layer[ok & (every.code[in_layer] == g)]
+        y = rankdata(nll[every.tok[sel]]) - (sel.size + 1) / 2.0 if sel.size else np.zeros(0)
+        stats.rank_ss[c] = float(y @ y)
+        for i in range(len(stats.levels)):
+            stats.rank_sum[i][c] = np.bincount(every.ks[i][sel] - 1, weights=y, minlength=width)[:width]
 
 
 def dynamic_k(
@@ -393,7 +347,8 @@ def dynamic_k(
 ) -> pl.DataFrame:
     """Mean ``k_p``, its distribution and Spearman ρ(k_p, NLL) per (layer, label, p), with its CI and p.
 
-    Sorted by layer, label (NULL first), p. Needs router logits in the store.
+    Sorted by layer, label (NULL first), p. Needs router logits in the store. Reads the run's
+    ``dynamic`` summary where it is valid and holds every level asked for (the same numbers).
     """
     levels = [float(x) for x in p_levels]
     if not levels or any(not 0.0 < x <= 1.0 for x in levels):
@@ -401,10 +356,28 @@ def dynamic_k(
     layer_info = store.layers(run_id)  # raises UnknownRunError for an unknown run
     if layers is not None:
         layer_info = layer_info.filter(pl.col("layer").is_in(sorted({int(x) for x in layers})))
+    stats = None
+    if summaries.usable(store, run_id, summaries.DYNAMIC):
+        stats = from_summary(store, run_id, levels, [int(x) for x in layer_info["layer"].to_list()])
+    rows = table_rows(stats if stats is not None else k_stats(store, run_id, levels, layer_info))
+    if not rows and layer_info.height > 0:
+        raise ValueError(
+            f"run {run_id!r} has no router logits for the selected layers; dynamic k needs them: "
+            "capture the run again with --logits fp16 or --logits fp32"
+        )
+    out = pl.DataFrame(rows, schema=_SCHEMA)
+    return out.select(list(DYNAMIC_K_COLUMNS)).sort("layer", "label", "p", nulls_last=False)
+
+
+def k_stats(store: Store, run_id: str, levels: Sequence[float], layer_info: pl.DataFrame) -> KStats:
+    """:class:`~workbench.analysis.dynamic_stats.KStats` of the run's rows at the layers of ``layer_info``.
+
+    One unsorted pass over the routing rows with logits, a batch at a time, for all layers; labels
+    and NLLs are looked up per row in numpy (prompt- and token-sized tables). Raises ``ValueError``
+    where a layer's logits rows differ in length.
+    """
+    levels = list(levels)
     meta = {int(r["layer"]): (int(r["n_experts"]), r["score_fn"]) for r in layer_info.iter_rows(named=True)}
-    # Labels and NLLs are looked up per routing row in numpy (prompt- and token-sized tables),
-    # so the routing table is read once, unsorted and a batch at a time, for all layers, and
-    # summarised with bincounts over (layer, label, k) at the end.
     prompts = queries.prompt_labels(store, run_id)
     groups: list[str | None] = [None, *sorted({x for x in prompts["label"].to_list() if x is not None})]
     p_ids = prompts["prompt_id"].to_numpy().astype(np.int64)
@@ -469,22 +442,20 @@ def dynamic_k(
             if width.setdefault(layer, n_scores) != n_scores:
                 raise ValueError(f"layer {layer}: router logits have differing lengths")
         parts.append(part)
-    if not parts and layer_info.height > 0:
-        raise ValueError(
-            f"run {run_id!r} has no router logits for the selected layers; dynamic k needs them: "
-            "capture the run again with --logits fp16 or --logits fp32"
+    ranks = ranks_future.result()
+    if cells is None or coverage is None:
+        empty = np.zeros((len(levels), 0, 1), np.int64)
+        return KStats(
+            [], groups, levels, empty, empty, empty.astype(np.float64), np.zeros(0), ranks.n_prompts, {}
         )
-    if not parts or cells is None or coverage is None:
-        return pl.DataFrame(schema=_SCHEMA)
-
-    def rows() -> _Rows:
-        """Every batch's rows together (only built when a layer needs its own ranks)."""
+    stats = KStats(
+        layer_list, groups, levels, cells.counts, cells.counts_ok, cells.sum_xy,
+        np.tile(ranks.sum_yy, len(layer_list)), ranks.n_prompts, {x: max(meta[x][0], width[x]) for x in width},
+    )  # fmt: skip
+    own = [li for li in np.flatnonzero(~coverage.shared()).tolist() if layer_list[li] in width]
+    if own:  # every batch's rows together, only when a layer needs its own ranks
         fields = ("li", "code", "tok", "ks")
-        return _Rows(*(np.concatenate([getattr(x, f) for x in parts], axis=-1) for f in fields))
-
-    n_bins = {x: max(meta[x][0], width[x]) for x in width}
-    summary = _summarise(
-        cells, coverage.shared(), rows, ranks_future.result(), tokens.nll, layer_list, groups, levels, n_bins
-    )
-    out = pl.DataFrame(summary, schema=_SCHEMA)
-    return out.select(list(DYNAMIC_K_COLUMNS)).sort("layer", "label", "p", nulls_last=False)
+        every = _Rows(*(np.concatenate([getattr(x, f) for x in parts], axis=-1) for f in fields))
+        for li in own:
+            _own_ranks(stats, every, li, ranks, tokens.nll)
+    return stats

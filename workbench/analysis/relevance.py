@@ -20,7 +20,9 @@
 Prompts with a NULL label are left out of the label-conditioned scores (ESFT, TCESS); the
 vocabulary scores use every prompt. Expert ids ``>= n_experts`` (shared pseudo-experts) are
 never counted. Counting happens in DuckDB, one grouped query over all layers; TCESS streams the
-logits of all layers once, unsorted, in batches of ``_BATCH_ROWS`` rows.
+logits of all layers once, unsorted, in batches of ``_BATCH_ROWS`` rows. Where the run's summaries
+are valid, the vocabulary scores read its ``vocab`` part (top-1 counts per layer, token id and
+expert) and TCESS its ``logits`` part, instead of the rows.
 """
 
 from __future__ import annotations
@@ -304,10 +306,15 @@ def vocab_specialisation(
     """
     info = layer_info(store, run_id, layers)
     rows: list[dict[str, object]] = []
-    # One pass over all selected layers: the top-1 counts per (layer, token id, expert) are
-    # reduced in DuckDB to (n_max, n_x) per (layer, token id), so only vocabulary-sized rows
-    # reach Python.
-    all_ids = queries.top1_token_maxima(store, run_id, info["layer"].to_list())
+    # One pass over all selected layers: the top-1 counts per (layer, token id, expert), from the
+    # run's ``vocab`` summary or the rows, are reduced in DuckDB to (n_max, n_x) per (layer, token
+    # id), sorted by token id, so only vocabulary-sized rows reach Python, in one order.
+    maxima = (
+        queries.summary_top1_token_maxima
+        if summaries.usable(store, run_id, summaries.VOCAB)
+        else queries.top1_token_maxima
+    )
+    all_ids = maxima(store, run_id, info["layer"].to_list())
     for layer, n_experts in info.select("layer", "n_experts").iter_rows():
         per_id = all_ids.filter((pl.col("layer") == layer) & (pl.col("n_x") >= min_count))
         value = (
@@ -342,7 +349,10 @@ def expert_top_tokens(
     n_experts = int(info["n_experts"][0])
     if not 0 <= expert < n_experts:
         raise ValueError(f"expert must be in [0, {n_experts}), got {expert}")
-    counts = queries.top1_token_counts(store, run_id, layer, n_experts)
+    if summaries.usable(store, run_id, summaries.VOCAB):
+        counts = queries.summary_top1_token_counts(store, run_id, layer)
+    else:
+        counts = queries.top1_token_counts(store, run_id, layer, n_experts)
     totals = counts.group_by("token_id").agg(pl.col("n").sum().alias("n_total"))
     names = queries.token_strings(store, run_id)
     top = (

@@ -1,8 +1,11 @@
-"""The summary parts the store cannot build alone (:mod:`workbench.store.summaries`): logits, pairs, transitions.
+"""The summary parts the store cannot build alone (:mod:`workbench.store.summaries`): logits, pairs, transitions, vocab, dynamic.
 
 The ``pairs`` and ``transitions`` parts are co-activation's and pathways' whole-run counts, counted by
 their own code (:func:`~workbench.analysis.coactivation.pair_table`,
-:func:`~workbench.analysis.coactivation.transition_table`) on the token rows.
+:func:`~workbench.analysis.coactivation.transition_table`) on the token rows. The ``vocab`` part is
+vocabulary specialisation's top-1 counts per (layer, token id, expert), counted by the row path's
+query; the ``dynamic`` part is dynamic k's sufficient statistics at the default levels, computed by
+its own pass (:func:`~workbench.analysis.dynamic.k_stats`, :mod:`workbench.analysis.dynamic_stats`).
 
 Router confidence and TCESS turn every routing row's logits into per-token numbers (entropy,
 margin, fragility, router scores π) before they sum them; no count the store keeps gives those.
@@ -39,10 +42,19 @@ from workbench.analysis.common import (
     transposed_f64,
 )
 from workbench.analysis.confidence import SUMMARY_NOISE, SUMMARY_SEED, _confidence_rows, _row_ids
+from workbench.analysis.dynamic import k_stats
+from workbench.analysis.dynamic_stats import SUMMARY_LEVELS, to_tables
 from workbench.analysis.scores import router_scores_t
-from workbench.store import Store, summaries
+from workbench.store import Store, queries, summaries
 
-__all__ = ["build_logit_summaries", "build_pair_summaries", "build_transition_summaries"]
+__all__ = [
+    "build_dynamic_summaries",
+    "build_logit_summaries",
+    "build_pair_summaries",
+    "build_transition_summaries",
+    "build_vocab_summaries",
+    "prompt_ranges",
+]
 
 #: Routing rows per streamed batch.
 _BATCH_ROWS = 200_000
@@ -143,6 +155,52 @@ def build_transition_summaries(store: Store, run_id: str) -> dict[str, pa.Table]
     return {"summary_transitions": table.select(list(_TRANSITION_SCHEMA)).cast(_TRANSITION_SCHEMA).to_arrow()}  # type: ignore[arg-type]
 
 
+_VOCAB_SCHEMA = {"layer": pl.Int32, "token_id": pl.Int32, "expert": pl.Int32, "n": pl.Int64}
+
+#: Routing rows (tokens × layers) per query of the vocab build. DuckDB hashes the routing side of
+#: the token join (~80 B a row), so this bounds the build's memory (one query over 80M rows took 6 GiB).
+_VOCAB_CHUNK_ROWS = 4_000_000
+
+
+def prompt_ranges(prompt_ids: np.ndarray, rows: np.ndarray, limit: int) -> list[tuple[int, int]]:
+    """Consecutive ``(first, last)`` prompt-id ranges of the sorted ``prompt_ids`` holding about ``limit`` rows each.
+
+    A range closes once its rows reach ``limit``, so it holds at most ``limit`` + one prompt's rows.
+    """
+    ranges: list[tuple[int, int]] = []
+    start, total = 0, 0
+    for i, n in enumerate(rows.tolist()):
+        total += n
+        if total >= limit or i == len(rows) - 1:
+            ranges.append((int(prompt_ids[start]), int(prompt_ids[i])))
+            start, total = i + 1, 0
+    return ranges
+
+
+def build_vocab_summaries(store: Store, run_id: str) -> dict[str, pa.Table]:
+    """``summary_vocab``: top-1 routed choices per (layer, token id, expert), as vocab's row path counts them.
+
+    Counted a range of prompts at a time (:data:`_VOCAB_CHUNK_ROWS`), then added up.
+    """
+    per_prompt = queries.prompt_token_counts(store, run_id)
+    n_layers = max(1, store.layers(run_id).height)
+    ranges = prompt_ranges(
+        per_prompt["prompt_id"].to_numpy(), per_prompt["n_tokens"].to_numpy() * n_layers, _VOCAB_CHUNK_ROWS
+    )
+    parts = [pl.DataFrame(schema=_VOCAB_SCHEMA)]
+    parts += [queries.top1_token_table(store, run_id, a, b).cast(_VOCAB_SCHEMA) for a, b in ranges]  # type: ignore[arg-type]
+    table = pl.concat(parts).group_by("layer", "token_id", "expert").agg(pl.col("n").sum())
+    return {"summary_vocab": table.select(list(_VOCAB_SCHEMA)).cast(_VOCAB_SCHEMA).to_arrow()}  # type: ignore[arg-type]
+
+
+def build_dynamic_summaries(store: Store, run_id: str) -> dict[str, pa.Table]:
+    """dynamic k's sufficient statistics at :data:`~workbench.analysis.dynamic_stats.SUMMARY_LEVELS`, every layer
+    (empty tables when the run has no logits)."""
+    return to_tables(k_stats(store, run_id, SUMMARY_LEVELS, store.layers(run_id)))
+
+
 summaries.register(summaries.LOGITS, build_logit_summaries)
 summaries.register(summaries.PAIRS, build_pair_summaries)
 summaries.register(summaries.TRANSITIONS, build_transition_summaries)
+summaries.register(summaries.VOCAB, build_vocab_summaries)
+summaries.register(summaries.DYNAMIC, build_dynamic_summaries)

@@ -19,6 +19,16 @@ Parts and their tables (columns in :data:`workbench.store.schema.SCHEMA_ADDED` [
   analyses that never resample: co-selected expert pairs per layer (``summary_pairs``, what
   co-activation and fixed partners count) and top-1 transitions between consecutive layers
   (``summary_transitions``, what pathways counts). O(layers × experts²) rows.
+* ``vocab`` and ``dynamic`` (registered likewise, whole-run): top-1 routed choices per (layer,
+  token id, expert) (``summary_vocab``: vocabulary specialisation's counts, O(layers × token ids ×
+  experts) rows, bounded by the vocabulary), and dynamic k's sufficient statistics per (layer,
+  label, level p, k) and (layer, label) (``summary_dynamic_k``, ``summary_dynamic_nll``; see
+  :mod:`workbench.analysis.dynamic_stats`).
+
+Tables added after schema v6 (:data:`LATER_TABLES`: the ``vocab`` and ``dynamic`` parts') are not
+created by a migration: the first build of their part creates them. They only ever hold what the
+rows give again, and where they are missing (a store no build has written to since, or one opened
+read-only) the part is simply not valid and the analyses read the rows.
 
 Validity: ``summary_builds`` records, per run and part, the run's prompt count and its shard
 manifest (shards, rows) at build time. A part is used only while those still match the run
@@ -44,7 +54,7 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from workbench.store.ingest import transaction
-from workbench.store.schema import MANIFEST, SCHEMA_ADDED
+from workbench.store.schema import MANIFEST, SCHEMA_ADDED, Columns
 from workbench.store.sqlutil import first
 
 if TYPE_CHECKING:
@@ -55,10 +65,13 @@ if TYPE_CHECKING:
 __all__ = [
     "BUILDS",
     "COUNTS",
+    "DYNAMIC",
+    "LATER_TABLES",
     "LOGITS",
     "PAIRS",
     "PART_TABLES",
     "TRANSITIONS",
+    "VOCAB",
     "Fingerprint",
     "PartBuilder",
     "build_counts",
@@ -78,6 +91,8 @@ COUNTS = "counts"
 LOGITS = "logits"
 PAIRS = "pairs"
 TRANSITIONS = "transitions"
+VOCAB = "vocab"
+DYNAMIC = "dynamic"
 
 #: The tables each part fills.
 PART_TABLES: dict[str, tuple[str, ...]] = {
@@ -85,6 +100,39 @@ PART_TABLES: dict[str, tuple[str, ...]] = {
     LOGITS: ("summary_confidence", "summary_scores"),
     PAIRS: ("summary_pairs",),
     TRANSITIONS: ("summary_transitions",),
+    VOCAB: ("summary_vocab",),
+    DYNAMIC: ("summary_dynamic_k", "summary_dynamic_nll"),
+}
+
+#: Summary tables added after schema v6, created by their part's first build (``CREATE TABLE IF NOT EXISTS``).
+LATER_TABLES: dict[str, Columns] = {
+    # per (layer, token id, top-1 routed expert) over the whole run: tokens
+    "summary_vocab": (
+        ("run_id", "VARCHAR"),
+        ("layer", "INTEGER"),
+        ("token_id", "INTEGER"),
+        ("expert", "INTEGER"),
+        ("n", "BIGINT"),
+    ),
+    # per (layer, label or NULL, level p, k) over the whole run: rows, rows with an NLL, Σ centred NLL rank
+    "summary_dynamic_k": (
+        ("run_id", "VARCHAR"),
+        ("layer", "INTEGER"),
+        ("label", "VARCHAR"),
+        ("p", "DOUBLE"),
+        ("k", "INTEGER"),
+        ("n", "BIGINT"),
+        ("n_nll", "BIGINT"),
+        ("rank_sum", "DOUBLE"),
+    ),
+    # per (layer, label or NULL): Σ squared centred NLL rank, the label's prompts with an NLL
+    "summary_dynamic_nll": (
+        ("run_id", "VARCHAR"),
+        ("layer", "INTEGER"),
+        ("label", "VARCHAR"),
+        ("rank_ss", "DOUBLE"),
+        ("n_prompts", "BIGINT"),
+    ),
 }
 
 #: Computes a part's tables (Arrow, without run_id, columns as in the schema) from the store's rows.
@@ -128,15 +176,20 @@ class Fingerprint:
     n_rows: int
 
 
-def has_tables(con: duckdb.DuckDBPyConnection) -> bool:
-    """Whether the open store has the summary tables (schema v5 or later)."""
+def _exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Whether the open store has the table ``table``."""
     row = first(
         con,
         "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
         "AND schema_name = 'main' AND table_name = ?",
-        [BUILDS],
+        [table],
     )
     return bool(row and row[0])
+
+
+def has_tables(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the open store has the summary tables (schema v5 or later)."""
+    return _exists(con, BUILDS)
 
 
 def fingerprint(con: duckdb.DuckDBPyConnection, run_id: str) -> Fingerprint:
@@ -174,11 +227,20 @@ def usable(store: Store, run_id: str, part: str = COUNTS) -> bool:
         return part in valid_parts(con, run_id)
 
 
+def _create_later_tables(con: duckdb.DuckDBPyConnection, part: str) -> None:
+    """Create the part's :data:`LATER_TABLES` that the store lacks (in the caller's transaction)."""
+    for table in PART_TABLES[part]:
+        if table in LATER_TABLES:
+            cols = ", ".join(f'"{name}" {typ}' for name, typ in LATER_TABLES[table])
+            con.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({cols})')
+
+
 def drop_run(con: duckdb.DuckDBPyConnection, run_id: str, parts: tuple[str, ...] | None = None) -> None:
     """Delete the run's summary rows of ``parts`` (all by default), in the caller's transaction."""
     for part in parts or tuple(PART_TABLES):
         for table in PART_TABLES[part]:
-            con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+            if table not in LATER_TABLES or _exists(con, table):
+                con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
         con.execute(f"DELETE FROM {BUILDS} WHERE run_id = ? AND part = ?", [run_id, part])
 
 
@@ -255,9 +317,10 @@ def write_part(
     with transaction(con):
         if fingerprint(con, run_id) != built_from:
             return False
+        _create_later_tables(con, part)
         drop_run(con, run_id, (part,))
         for table, data in tables.items():
-            names = [name for name, _ in SCHEMA_ADDED[5][table] if name != "run_id"]
+            names = [name for name, _ in {**SCHEMA_ADDED[5], **LATER_TABLES}[table] if name != "run_id"]
             con.register("summary_part", data)
             try:
                 cols = ", ".join(names)

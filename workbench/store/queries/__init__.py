@@ -41,6 +41,7 @@ from workbench.store.queries.labels import (
     pair_first_labels,
     paired_labels,
     prompt_labels,
+    prompt_token_counts,
     token_nll,
     token_strings,
 )
@@ -62,14 +63,20 @@ from workbench.store.queries.routing import (
     top1_label_counts,
     top1_token_counts,
     top1_token_maxima,
+    top1_token_table,
     top1_transitions,
 )
 from workbench.store.queries.spans import span_selections, span_token_counts, span_token_selections
 from workbench.store.queries.summary import (
     confidence_sums,
+    dynamic_k_cells,
+    dynamic_k_levels,
+    dynamic_k_nll,
     label_logit_rows,
     label_score_sums,
     summary_pair_counts,
+    summary_top1_token_counts,
+    summary_top1_token_maxima,
     summary_transitions,
 )
 
@@ -81,6 +88,9 @@ __all__ = [
     "confidence_sums",
     "contrast_prompts",
     "distinct_labels",
+    "dynamic_k_cells",
+    "dynamic_k_levels",
+    "dynamic_k_nll",
     "expert_contexts",
     "expert_norm_maxima",
     "expert_stats_means",
@@ -102,6 +112,7 @@ __all__ = [
     "paired_labels",
     "prompt_expert_counts",
     "prompt_labels",
+    "prompt_token_counts",
     "selections_per_layer",
     "selections_per_prompt",
     "shared_norm_mass",
@@ -110,6 +121,8 @@ __all__ = [
     "span_token_counts",
     "span_token_selections",
     "summary_pair_counts",
+    "summary_top1_token_counts",
+    "summary_top1_token_maxima",
     "summary_transitions",
     "token_nll",
     "token_strings",
@@ -119,5 +132,6 @@ __all__ = [
     "top1_label_counts",
     "top1_token_counts",
     "top1_token_maxima",
+    "top1_token_table",
     "top1_transitions",
 ]

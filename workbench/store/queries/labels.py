@@ -62,6 +62,14 @@ def token_nll(store: Store, run_id: str) -> pl.DataFrame:
     return store.sql("SELECT prompt_id, position, nll FROM tokens WHERE run_id = ?", [run_id])
 
 
+def prompt_token_counts(store: Store, run_id: str) -> pl.DataFrame:
+    """``prompt_id, n_tokens``: the tokens table's rows per prompt, by prompt id."""
+    return store.sql(
+        "SELECT prompt_id, count(*) AS n_tokens FROM tokens WHERE run_id = ? GROUP BY prompt_id ORDER BY prompt_id",
+        [run_id],
+    )
+
+
 def token_strings(store: Store, run_id: str) -> pl.DataFrame:
     """``token_id, token``: one string per token id seen in the run."""
     return store.sql(

@@ -284,6 +284,8 @@ def top1_label_counts(store: Store, run_id: str, layers: Iterable[int] | None = 
 def top1_token_maxima(store: Store, run_id: str, layers: Iterable[int] | None = None) -> pl.DataFrame:
     """``layer, token_id, n_max, n_x``: per (layer, token id) its tokens ``n_x`` and the largest top-1 expert count ``n_max``.
 
+    Sorted by layer, token id.
+
     Top-1 is the first routed expert (rows with none are left out); the (layer, token id,
     expert) counts are reduced in DuckDB, so only vocabulary-sized rows come back.
     """
@@ -293,8 +295,28 @@ def top1_token_maxima(store: Store, run_id: str, layers: Iterable[int] | None = 
         " c AS (SELECT r.layer, t.token_id, count(*) AS n FROM routing r JOIN t USING (prompt_id, position)"
         "   JOIN layers l ON l.run_id = r.run_id AND l.layer = r.layer"
         f"   WHERE r.run_id = ?{clause} AND ({_TOP1}) IS NOT NULL GROUP BY r.layer, t.token_id, {_TOP1})"
-        " SELECT layer, token_id, max(n) AS n_max, CAST(sum(n) AS BIGINT) AS n_x FROM c GROUP BY layer, token_id",
+        " SELECT layer, token_id, max(n) AS n_max, CAST(sum(n) AS BIGINT) AS n_x FROM c GROUP BY layer, token_id"
+        " ORDER BY layer, token_id",
         [run_id, run_id, *values],
+    )
+
+
+def top1_token_table(store: Store, run_id: str, first_prompt: int, last_prompt: int) -> pl.DataFrame:
+    """``layer, token_id, expert, n``: tokens per (layer, token id, top-1 routed expert) of the prompts
+    ``first_prompt..last_prompt``, every layer.
+
+    What the run's ``vocab`` summary keeps; the same counts as :func:`top1_token_counts` per layer.
+    The prompt range bounds the join's memory: DuckDB hashes the routing side.
+    """
+    where = "run_id = ? AND prompt_id BETWEEN ? AND ?"
+    span = [run_id, int(first_prompt), int(last_prompt)]
+    return store.sql(
+        f"WITH t AS (SELECT prompt_id, position, token_id FROM tokens WHERE {where})"
+        f" SELECT r.layer, t.token_id, CAST({_TOP1} AS INTEGER) AS expert, count(*) AS n"
+        " FROM (SELECT * FROM routing WHERE " + where + ") r JOIN t USING (prompt_id, position)"
+        " JOIN layers l ON l.run_id = r.run_id AND l.layer = r.layer"
+        f" WHERE ({_TOP1}) IS NOT NULL GROUP BY r.layer, t.token_id, {_TOP1}",
+        [*span, *span],
     )
 
 

@@ -73,3 +73,52 @@ def summary_transitions(store: Store, run_id: str) -> pl.DataFrame:
         "SELECT layer_from, layer_to, expert_from, expert_to, n FROM summary_transitions WHERE run_id = ?",
         [run_id],
     )
+
+
+def summary_top1_token_maxima(store: Store, run_id: str, layers: Iterable[int] | None = None) -> pl.DataFrame:
+    """``layer, token_id, n_max, n_x`` from the run's ``vocab`` summary, sorted by layer, token id.
+
+    The same table as :func:`~workbench.store.queries.routing.top1_token_maxima` counts from the rows.
+    """
+    clause, values = in_layers(layers)
+    return store.sql(
+        "SELECT layer, token_id, max(n) AS n_max, CAST(sum(n) AS BIGINT) AS n_x FROM summary_vocab"
+        f" WHERE run_id = ?{clause} GROUP BY layer, token_id ORDER BY layer, token_id",
+        [run_id, *values],
+    )
+
+
+def summary_top1_token_counts(store: Store, run_id: str, layer: int) -> pl.DataFrame:
+    """``token_id, expert, n`` at one layer from the run's ``vocab`` summary.
+
+    The same table as :func:`~workbench.store.queries.routing.top1_token_counts` counts from the rows.
+    """
+    return store.sql(
+        "SELECT token_id, expert, n FROM summary_vocab WHERE run_id = ? AND layer = ?", [run_id, int(layer)]
+    )
+
+
+def dynamic_k_levels(store: Store, run_id: str) -> list[float]:
+    """The levels p the run's ``dynamic`` summary holds (none for a run without logits)."""
+    rows = store.sql("SELECT DISTINCT p FROM summary_dynamic_k WHERE run_id = ? ORDER BY p", [run_id])
+    return [float(x) for x in rows["p"].to_list()]
+
+
+def dynamic_k_cells(store: Store, run_id: str, layers: Iterable[int] | None = None) -> pl.DataFrame:
+    """``layer, label, p, k, n, n_nll, rank_sum`` from the run's ``dynamic`` summary (label NULL included)."""
+    clause, values = in_layers(layers)
+    return store.sql(
+        "SELECT layer, label, p, k, n, n_nll, rank_sum FROM summary_dynamic_k"
+        f" WHERE run_id = ?{clause} ORDER BY layer, label NULLS FIRST, p, k",
+        [run_id, *values],
+    )
+
+
+def dynamic_k_nll(store: Store, run_id: str, layers: Iterable[int] | None = None) -> pl.DataFrame:
+    """``layer, label, rank_ss, n_prompts`` from the run's ``dynamic`` summary (label NULL included)."""
+    clause, values = in_layers(layers)
+    return store.sql(
+        "SELECT layer, label, rank_ss, n_prompts FROM summary_dynamic_nll"
+        f" WHERE run_id = ?{clause} ORDER BY layer, label NULLS FIRST",
+        [run_id, *values],
+    )
