@@ -255,11 +255,12 @@ def test_v2_store_is_migrated_and_unknown_hashes_refuse(db: Path) -> None:
                 con.unregister("v")
             st.set_status(run_id, "complete")
     with pytest.raises(
-        SchemaVersionError, match=r"(?s)v2, older than v6.*import workbench.store as s; s.open\("
+        SchemaVersionError,
+        match=rf"(?s)v2, older than v{SCHEMA_VERSION}.*import workbench.store as s; s.open\(",
     ):
         Store(db, read_only=True)
     with Store(db) as st:
-        assert st.schema_version == 6
+        assert st.schema_version == SCHEMA_VERSION
         hashes = st.prompts("old-a").select("text", "content_hash").rows()
         assert hashes == [(t, prompt_content_hash(t, ids)) for t, ids in _suite("s", 5)]
         assert st.prompts("old-c")["content_hash"].null_count() == 1

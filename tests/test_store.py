@@ -74,6 +74,13 @@ CONTRACT = {
                       ("n_ab", "BIGINT"), ("n_a", "BIGINT"), ("n_b", "BIGINT"), ("n_tokens", "BIGINT")],
     "summary_transitions": [("run_id", "VARCHAR"), ("layer_from", "INTEGER"), ("layer_to", "INTEGER"),
                             ("expert_from", "INTEGER"), ("expert_to", "INTEGER"), ("n", "BIGINT")],
+    # v7: the vocab and dynamic summary parts
+    "summary_vocab": [("run_id", "VARCHAR"), ("layer", "INTEGER"), ("token_id", "INTEGER"), ("expert", "INTEGER"),
+                      ("n", "BIGINT")],
+    "summary_dynamic_k": [("run_id", "VARCHAR"), ("layer", "INTEGER"), ("label", "VARCHAR"), ("p", "DOUBLE"),
+                          ("k", "INTEGER"), ("n", "BIGINT"), ("n_nll", "BIGINT"), ("rank_sum", "DOUBLE")],
+    "summary_dynamic_nll": [("run_id", "VARCHAR"), ("layer", "INTEGER"), ("label", "VARCHAR"), ("rank_ss", "DOUBLE"),
+                            ("n_prompts", "BIGINT")],
 }  # fmt: skip
 
 
@@ -95,7 +102,7 @@ def test_schema_has_exactly_the_contract_columns(st: Store) -> None:
     for table, col, typ in rows:
         found.setdefault(table, []).append((col, typ))
     assert found == CONTRACT
-    assert SCHEMA_VERSION == 6 and st.schema_version == 6
+    assert SCHEMA_VERSION == 7 and st.schema_version == 7
     big = ["routing", "tokens", "expert_stats"]
     assert st.con.execute(
         "SELECT count(*) FROM duckdb_indexes() WHERE table_name = ANY(?)", [big]
@@ -116,18 +123,21 @@ def test_migration_from_empty_db_applies_once(db: Path) -> None:
         (4,),
         (5,),
         (6,),
+        (7,),
     ]
     con.close()
 
 
-def test_v1_store_migrates_to_v6_keeping_its_runs(db: Path, restore_migrations: None) -> None:
+def test_v1_store_migrates_to_the_current_version_keeping_its_runs(
+    db: Path, restore_migrations: None
+) -> None:
     with schema_upto(1), Store(db) as st:  # a store as the v1 release wrote it
         assert st.schema_version == 1
         run_id = new_run(st)
     with pytest.raises(SchemaVersionError, match=r"(?s)v1.*Open it writable once"):
         Store(db, read_only=True)
     with Store(db) as st:
-        assert st.schema_version == 6
+        assert st.schema_version == SCHEMA_VERSION
         assert st.run(run_id)["status"] == "running"
         assert st.sql("SELECT count(*) AS n FROM resonance")["n"][0] == 0
 
@@ -411,7 +421,7 @@ def test_v5_store_migrates_to_v6_with_every_token_read_from_a_prompt(db: Path) -
         st.write_batch(run_id, **make_batch([0, 1]))
         assert "segment" not in st.sql("SELECT * FROM tokens").columns
     with Store(db) as st:
-        assert st.schema_version == 6
+        assert st.schema_version == SCHEMA_VERSION
         assert st.tokens(run_id)["segment"].to_list() == ["prompt"] * 6
         assert st.sql("SELECT pid, host, heartbeat_at FROM runs").rows() == [(None, None, None)]
         later = new_run(st)

@@ -26,7 +26,7 @@ from workbench.analysis import summaries as analysis_summaries
 from workbench.analysis.relevance import expert_top_tokens
 from workbench.analysis.summaries import build_vocab_summaries, prompt_ranges
 from workbench.catalog import ANALYSES, run_analysis
-from workbench.store import Store, StoreError, copy_store, summaries
+from workbench.store import SCHEMA_VERSION, SchemaVersionError, Store, StoreError, copy_store, summaries
 from workbench.store import schema as schema_mod
 
 pytestmark = pytest.mark.integration
@@ -173,29 +173,29 @@ def test_the_vocab_build_counts_a_range_of_prompts_at_a_time(
     assert_frame_equal(whole.sort(keys), chunked.sort(keys), check_exact=True)
 
 
-def test_a_store_written_before_the_vocab_and_dynamic_parts_gets_them_at_a_writable_open(
+def test_a_v6_store_gets_the_vocab_and_dynamic_parts_at_its_migration_to_v7(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "older.duckdb"
     later = {summaries.VOCAB, summaries.DYNAMIC}
-    with monkeypatch.context() as m:  # a release without these parts: no builders, no tables
+    with monkeypatch.context() as m, schema_upto(6):  # the v6 release: no such parts, no tables
         m.setattr(summaries, "_BUILDERS", {k: v for k, v in summaries.registered().items() if k not in later})
         with Store(path) as st:
-            run_id, gone = new_run(st), new_run(st, run_id="gone")
-            for run in (run_id, gone):
-                st.write_batch(run, **make_batch([0, 1, 2]))
-                st.set_status(run, "complete")
+            run_id = new_run(st)
+            st.write_batch(run_id, **make_batch([0, 1, 2]))
+            st.set_status(run_id, "complete")
             assert summaries.valid_parts(st.con, run_id) == ALL_PARTS - later
-            st.delete_run(gone)  # deleting a run needs no table of a part never built
-    with Store(path, read_only=True) as st:  # read-only: nothing is built, the rows answer
-        assert not st.sql(
-            "SELECT * FROM duckdb_tables() WHERE table_name IN ('summary_vocab', 'summary_dynamic_k')"
-        ).height
-        assert summaries.valid_parts(st.con, run_id) == ALL_PARTS - later
-        before = {name: run_analysis(name, st, run_id) for name in ("vocab", "dynamic-k")}
-    with Store(path) as st:  # the first writable open builds the missing parts, tables included
+            assert not st.sql(
+                "SELECT * FROM duckdb_tables() WHERE table_name IN ('summary_vocab', 'summary_dynamic_k')"
+            ).height
+    with pytest.raises(SchemaVersionError, match="Open it writable once"):
+        Store(path, read_only=True)
+    with Store(path) as st:  # the migration adds the tables; the writable open builds the missing parts
+        assert st.schema_version == SCHEMA_VERSION
         assert summaries.valid_parts(st.con, run_id) == ALL_PARTS
-        for name, slow in before.items():
+        for name in ("vocab", "dynamic-k"):
+            with summaries.row_path():
+                slow = run_analysis(name, st, run_id)
             _same(run_analysis(name, st, run_id), slow, exact=True)
 
 
@@ -283,9 +283,11 @@ def v3_store(tmp_path: Path) -> Path:
     return unpack_v3_store(tmp_path)
 
 
-def test_a_v3_store_migrates_to_v5_and_its_complete_runs_get_summaries(v3_store: Path) -> None:
+def test_a_v3_store_migrates_to_the_current_schema_and_its_complete_runs_get_summaries(
+    v3_store: Path,
+) -> None:
     with Store(v3_store) as st:
-        assert st.schema_version == schema_mod.SCHEMA_VERSION == 6
+        assert st.schema_version == schema_mod.SCHEMA_VERSION == 7
         runs = st.runs()["run_id"].to_list()
         for run_id in runs:
             assert summaries.valid_parts(st.con, run_id) == ALL_PARTS

@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # the shard folder builds on this module's names; migrations 
 MANIFEST = "routing_shards"
 
 #: The schema version this release of moe-workbench writes.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 #: The first version that keeps routing in shards (what a migration from below it compacts the file for).
 SHARDED_VERSION = 4
@@ -263,6 +263,35 @@ SCHEMA_ADDED: dict[int, dict[str, Columns]] = {
             ("n", "BIGINT"),
         ),
     },
+    7: {
+        # per (layer, token id, top-1 routed expert) over the whole run: tokens
+        "summary_vocab": (
+            ("run_id", "VARCHAR"),
+            ("layer", "INTEGER"),
+            ("token_id", "INTEGER"),
+            ("expert", "INTEGER"),
+            ("n", "BIGINT"),
+        ),
+        # per (layer, label or NULL, level p, k) over the whole run: rows, rows with an NLL, Σ centred NLL rank
+        "summary_dynamic_k": (
+            ("run_id", "VARCHAR"),
+            ("layer", "INTEGER"),
+            ("label", "VARCHAR"),
+            ("p", "DOUBLE"),
+            ("k", "INTEGER"),
+            ("n", "BIGINT"),
+            ("n_nll", "BIGINT"),
+            ("rank_sum", "DOUBLE"),
+        ),
+        # per (layer, label or NULL): Σ squared centred NLL rank, the label's prompts with an NLL
+        "summary_dynamic_nll": (
+            ("run_id", "VARCHAR"),
+            ("layer", "INTEGER"),
+            ("label", "VARCHAR"),
+            ("rank_ss", "DOUBLE"),
+            ("n_prompts", "BIGINT"),
+        ),
+    },
 }
 
 #: Tables that v4 turned into views over files (same columns and types as before).
@@ -427,6 +456,14 @@ def _add_segment_and_heartbeat(con: duckdb.DuckDBPyConnection, shards: ShardFold
                 f'ALTER TABLE "{table}" ADD COLUMN "{name}" {typ}'
                 + (f" DEFAULT {default}" if default else "")
             )
+
+
+@migration(7)
+def _add_token_summaries(con: duckdb.DuckDBPyConnection, shards: ShardFolder) -> None:
+    """v6 -> v7: the ``vocab`` and ``dynamic`` summary parts' tables (built at the next writable open)."""
+    for table, columns in SCHEMA_ADDED[7].items():
+        cols = ", ".join(f'"{name}" {typ}' for name, typ in columns)
+        con.execute(f'CREATE TABLE "{table}" ({cols})')
 
 
 def latest_version() -> int:

@@ -25,10 +25,8 @@ Parts and their tables (columns in :data:`workbench.store.schema.SCHEMA_ADDED` [
   label, level p, k) and (layer, label) (``summary_dynamic_k``, ``summary_dynamic_nll``; see
   :mod:`workbench.analysis.dynamic_stats`).
 
-Tables added after schema v6 (:data:`LATER_TABLES`: the ``vocab`` and ``dynamic`` parts') are not
-created by a migration: the first build of their part creates them. They only ever hold what the
-rows give again, and where they are missing (a store no build has written to since, or one opened
-read-only) the part is simply not valid and the analyses read the rows.
+The ``vocab`` and ``dynamic`` parts' tables came with schema v7; a store migrated to v7 gets them built
+at its first writable open by a process that has registered their builders, like any missing part.
 
 Validity: ``summary_builds`` records, per run and part, the run's prompt count and its shard
 manifest (shards, rows) at build time. A part is used only while those still match the run
@@ -54,7 +52,7 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from workbench.store.ingest import transaction
-from workbench.store.schema import MANIFEST, SCHEMA_ADDED, Columns
+from workbench.store.schema import MANIFEST, SCHEMA_ADDED
 from workbench.store.sqlutil import first
 
 if TYPE_CHECKING:
@@ -66,7 +64,6 @@ __all__ = [
     "BUILDS",
     "COUNTS",
     "DYNAMIC",
-    "LATER_TABLES",
     "LOGITS",
     "PAIRS",
     "PART_TABLES",
@@ -102,37 +99,6 @@ PART_TABLES: dict[str, tuple[str, ...]] = {
     TRANSITIONS: ("summary_transitions",),
     VOCAB: ("summary_vocab",),
     DYNAMIC: ("summary_dynamic_k", "summary_dynamic_nll"),
-}
-
-#: Summary tables added after schema v6, created by their part's first build (``CREATE TABLE IF NOT EXISTS``).
-LATER_TABLES: dict[str, Columns] = {
-    # per (layer, token id, top-1 routed expert) over the whole run: tokens
-    "summary_vocab": (
-        ("run_id", "VARCHAR"),
-        ("layer", "INTEGER"),
-        ("token_id", "INTEGER"),
-        ("expert", "INTEGER"),
-        ("n", "BIGINT"),
-    ),
-    # per (layer, label or NULL, level p, k) over the whole run: rows, rows with an NLL, Σ centred NLL rank
-    "summary_dynamic_k": (
-        ("run_id", "VARCHAR"),
-        ("layer", "INTEGER"),
-        ("label", "VARCHAR"),
-        ("p", "DOUBLE"),
-        ("k", "INTEGER"),
-        ("n", "BIGINT"),
-        ("n_nll", "BIGINT"),
-        ("rank_sum", "DOUBLE"),
-    ),
-    # per (layer, label or NULL): Σ squared centred NLL rank, the label's prompts with an NLL
-    "summary_dynamic_nll": (
-        ("run_id", "VARCHAR"),
-        ("layer", "INTEGER"),
-        ("label", "VARCHAR"),
-        ("rank_ss", "DOUBLE"),
-        ("n_prompts", "BIGINT"),
-    ),
 }
 
 #: Computes a part's tables (Arrow, without run_id, columns as in the schema) from the store's rows.
@@ -227,20 +193,11 @@ def usable(store: Store, run_id: str, part: str = COUNTS) -> bool:
         return part in valid_parts(con, run_id)
 
 
-def _create_later_tables(con: duckdb.DuckDBPyConnection, part: str) -> None:
-    """Create the part's :data:`LATER_TABLES` that the store lacks (in the caller's transaction)."""
-    for table in PART_TABLES[part]:
-        if table in LATER_TABLES:
-            cols = ", ".join(f'"{name}" {typ}' for name, typ in LATER_TABLES[table])
-            con.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({cols})')
-
-
 def drop_run(con: duckdb.DuckDBPyConnection, run_id: str, parts: tuple[str, ...] | None = None) -> None:
     """Delete the run's summary rows of ``parts`` (all by default), in the caller's transaction."""
     for part in parts or tuple(PART_TABLES):
         for table in PART_TABLES[part]:
-            if table not in LATER_TABLES or _exists(con, table):
-                con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+            con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
         con.execute(f"DELETE FROM {BUILDS} WHERE run_id = ? AND part = ?", [run_id, part])
 
 
@@ -317,10 +274,9 @@ def write_part(
     with transaction(con):
         if fingerprint(con, run_id) != built_from:
             return False
-        _create_later_tables(con, part)
         drop_run(con, run_id, (part,))
         for table, data in tables.items():
-            names = [name for name, _ in {**SCHEMA_ADDED[5], **LATER_TABLES}[table] if name != "run_id"]
+            names = [name for name, _ in {**SCHEMA_ADDED[5], **SCHEMA_ADDED[7]}[table] if name != "run_id"]
             con.register("summary_part", data)
             try:
                 cols = ", ".join(names)
