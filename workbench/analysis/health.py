@@ -102,12 +102,14 @@ def expert_load(
 
     One row per routed expert ``0..E-1`` of each selected layer that has tokens (unused
     experts get ``f = 0``), sorted by layer, expert. All prompts count, labelled or not.
-    ``dead`` is ``f < dead_threshold / E``. Deterministic for a given ``seed``.
+    ``dead`` is ``f < dead_threshold / E``. Deterministic for a given ``seed``. Layers with the same
+    prompts and tokens per prompt (every layer of a capture) share their bootstrap draws.
     """
     info = layer_info(store, run_id, layers)
     selections = queries.selections_per_prompt(store, run_id, info["layer"].to_list())
     tokens = queries.tokens_per_prompt(store, run_id, info["layer"].to_list())
-    frames: list[pl.DataFrame] = []
+    # Per layer: sorted prompt ids, slots per prompt (N_p·k) and (prompts × experts) selection counts.
+    per_layer: list[tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]] = []
     for li, (layer, n_experts, top_k) in enumerate(info.select("layer", "n_experts", "top_k").iter_rows()):
         tok = tokens.filter(pl.col("layer") == layer)
         if tok.height == 0 or n_experts <= 0:
@@ -122,22 +124,41 @@ def expert_load(
         counts = np.zeros((pids.size, n_experts))
         rows = np.searchsorted(pids, sel["prompt_id"].to_numpy().astype(np.int64))
         counts[rows, sel["expert"].to_numpy().astype(np.int64)] = sel["n"].to_numpy()
-        rng = np.random.default_rng(np.random.SeedSequence([seed, li]))
-        f, low, high = cluster_bootstrap(counts, den, n_boot=n_boot, seed=rng)
-        frames.append(
-            pl.DataFrame(
-                {
-                    "layer": np.full(n_experts, layer, np.int32),
-                    "expert": np.arange(n_experts, dtype=np.int32),
-                    "n_selected": counts.sum(axis=0).astype(np.int64),
-                    "f": f,
-                    "utilisation": f * n_experts,
-                    "ci_low": low,
-                    "ci_high": high,
-                    "dead": f < dead_threshold / n_experts,
-                }
+        per_layer.append((li, int(layer), int(n_experts), pids, den, counts))
+    # Layers with the same prompts and slots per prompt (every layer of a capture) share one set of
+    # bootstrap draws, seeded by (seed, index of the group's first layer): one product for all.
+    groups: list[list[tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]]] = []
+    for item in per_layer:
+        for group in groups:
+            if np.array_equal(group[0][3], item[3]) and np.array_equal(group[0][4], item[4]):
+                group.append(item)
+                break
+        else:
+            groups.append([item])
+    frames: list[pl.DataFrame] = []
+    for group in groups:
+        first, den = group[0][0], group[0][4]
+        stacked = np.hstack([item[5] for item in group])
+        rng = np.random.default_rng(np.random.SeedSequence([seed, first]))
+        f_all, low_all, high_all = cluster_bootstrap(stacked, den, n_boot=n_boot, seed=rng)
+        start = 0
+        for _, layer, n_experts, _, _, counts in group:
+            f, low, high = (x[start : start + n_experts] for x in (f_all, low_all, high_all))
+            start += n_experts
+            frames.append(
+                pl.DataFrame(
+                    {
+                        "layer": np.full(n_experts, layer, np.int32),
+                        "expert": np.arange(n_experts, dtype=np.int32),
+                        "n_selected": counts.sum(axis=0).astype(np.int64),
+                        "f": f,
+                        "utilisation": f * n_experts,
+                        "ci_low": low,
+                        "ci_high": high,
+                        "dead": f < dead_threshold / n_experts,
+                    }
+                )
             )
-        )
     if not frames:
         return pl.DataFrame(schema=_LOAD_SCHEMA)
     return pl.concat(frames).select(list(LOAD_COLUMNS)).cast(_LOAD_SCHEMA).sort("layer", "expert")  # type: ignore[arg-type]

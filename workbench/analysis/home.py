@@ -250,7 +250,9 @@ def underfitting(
     """
     info = layer_info(store, run_id, layers)
     layer_list = info["layer"].to_list()
-    spec = domain_specialisation(store, run_id, layers=layer_list, n_boot=0, n_perm=n_perm, seed=seed)
+    spec = domain_specialisation(
+        store, run_id, layers=layer_list, n_boot=0, n_perm=n_perm, seed=seed, alpha=alpha
+    )
     significant = spec.filter(is_specialised(alpha))
     top = spec.sort("log_odds", descending=True).group_by("layer", "label", maintain_order=True).first()
     fallback = top.join(significant.select("layer", "label").unique(), on=["layer", "label"], how="anti")

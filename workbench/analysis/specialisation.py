@@ -33,22 +33,28 @@ specialist among 192 tests has q ≥ 192/1001 ≈ 0.19 at the 1,000-shuffle floo
 Prompts with a NULL label are left out (they belong to no domain), as are expert ids
 ``>= n_experts`` (shared pseudo-experts are never mixed into E). The per-prompt counting is
 done in DuckDB (unnest the top-k lists, group by prompt, layer, expert); numpy does the
-resampling on the resulting (prompts × experts) count matrices, one layer at a time.
+resampling on the resulting (prompts × experts) count matrices. Layers with the same prompts and
+tokens per prompt (every layer of a capture) are resampled together: one set of label shuffles and
+one set of within-label bootstrap draws serves all their experts (:class:`_DrawGroup`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
 
-from workbench.analysis.common import map_ordered
 from workbench.analysis.stats import (
+    BLOCK,
     MIN_CI_PROMPTS,
     auto_n_perm_max,
     benjamini_hochberg,
+    bootstrap_weights,
     cluster_permutation_pvalue,
+    fits_float32,
     one_blas_thread,
     percentile_interval,
 )
@@ -171,26 +177,39 @@ def domain_specialisation(
     auto = isinstance(n_perm_max, str) and n_perm_max.strip().lower() == "auto"
     refine = None if auto else _resolve_n_perm_max(n_perm_max, n_tests, n_perm, alpha)
 
-    def layer_rows(
-        item: tuple[int, tuple[int, int, int]], boot: int, extra: int | None
-    ) -> pl.DataFrame | None:
-        """:func:`_one_layer` for the li-th selected layer (seeded by ``(seed, li)``)."""
-        li, (layer, n_experts, top_k) = item
-        return _one_layer(
+    layers_data = [
+        _layer_data(
             int(layer), int(n_experts), int(top_k),
             selections.filter(pl.col("layer") == layer), tokens.filter(pl.col("layer") == layer),
-            prompt_ids, prompt_codes, label_names,
-            n_boot=boot, n_perm=n_perm, n_perm_max=extra, seed=np.random.SeedSequence([seed, li]),
-        )  # fmt: skip
+        )
+        for layer, n_experts, top_k in layer_info.select("layer", "n_experts", "top_k").iter_rows()
+    ]  # fmt: skip
+    groups = [
+        _DrawGroup(first, members, prompt_ids, prompt_codes, seed)
+        for first, members in _same_prompt_groups(layers_data)
+    ]
 
-    # Each layer resamples from its own seed, so the layers can run on two threads (numpy's
-    # draws and products release the GIL) with the same results in the same order.
-    items = list(enumerate(layer_info.select("layer", "n_experts", "top_k").iter_rows()))
-    with one_blas_thread():
-        done = list(map_ordered(lambda item: layer_rows(item, n_boot, refine), items))
-        if auto and n_perm > 0:
-            done = _refine_floor(done, items, n_tests, n_perm, alpha, lambda it, m: layer_rows(it, 0, m))
-    frames = [f for f in done if f is not None]
+    def all_pvalues() -> list[np.ndarray]:
+        if auto and n_perm > 0 and len(groups) == 1:
+            # One set of shuffles covers the whole map: size the refinement from its cells at the floor.
+            def sized(at_floor: int) -> int:
+                return auto_n_perm_max(-(-n_tests // at_floor), n_perm, alpha)
+
+            return [groups[0].pvalues(n_perm, sized)]
+        ps = [g.pvalues(n_perm, refine) for g in groups]
+        return _refine_floor(ps, groups, n_tests, n_perm, alpha) if auto and n_perm > 0 else ps
+
+    # The bootstrap and the shuffles draw from separate streams: they run on two threads (numpy's
+    # draws and products release the GIL) with the same results as one after the other.
+    with one_blas_thread(), ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(lambda: [g.bootstrap(n_boot) for g in groups])
+        ps = all_pvalues()
+        boots = pending.result()
+    frames = [
+        frame
+        for group, p, boot in zip(groups, ps, boots, strict=True)
+        for frame in group.rows(p, boot, label_names)
+    ]
     if not frames:
         return pl.DataFrame(schema=_SCHEMA)
     out = pl.concat(frames)
@@ -200,38 +219,125 @@ def domain_specialisation(
 
 
 def _refine_floor(
-    done: list[pl.DataFrame | None],
-    items: list[tuple[int, tuple[int, int, int]]],
-    n_tests: int,
-    n_perm: int,
-    alpha: float,
-    rerun: Callable[[tuple[int, tuple[int, int, int]], int], pl.DataFrame | None],
-) -> list[pl.DataFrame | None]:
-    """``n_perm_max="auto"``: more shuffles for the cells at the ``1/(n_perm + 1)`` floor, as many as BH needs.
+    ps: list[np.ndarray], groups: list[_DrawGroup], n_tests: int, n_perm: int, alpha: float
+) -> list[np.ndarray]:
+    """``n_perm_max="auto"`` when layers differ in their prompts: more shuffles for the cells at the floor.
 
-    With R cells of the whole map at the floor, BH gives them ``q = n_tests / ((n + 1)·R)``; the
-    floor is refined to ``n = auto_n_perm_max(n_tests / R)`` shuffles, so that q is at most α/2 —
-    for a lone specialist (R = 1) that is ``2·n_tests/α``; when many cells sit at the floor
-    already (R·α/2 ≥ n_tests/(n_perm + 1)) nothing is rerun. Only layers with a floor cell are
-    rerun, without the bootstrap (the permutation stream is seeded apart from it, so the first
-    ``n_perm`` shuffles and every other cell's p are the same bits).
+    With R cells of the whole map at the floor ``1/(n_perm + 1)``, BH gives them
+    ``q = n_tests / ((n + 1)·R)``; the floor is refined to ``n = auto_n_perm_max(n_tests / R)``
+    shuffles, so that q is at most α/2 — for a lone specialist (R = 1) that is ``2·n_tests/α``; when
+    many cells sit at the floor already (R·α/2 ≥ n_tests/(n_perm + 1)) nothing is rerun. Only groups
+    with a floor cell are rerun, from their own seed, so the first ``n_perm`` shuffles and every
+    other cell's p are the same bits. (When every layer has the same prompts — the usual case — one
+    set of shuffles covers the map and :func:`~workbench.analysis.stats.cluster_permutation_pvalue`
+    continues its stream instead of rerunning it.)
     """
     floor = 1.0 / (n_perm + 1.0)
-    at_floor = [0 if f is None else int((f["p"].fill_nan(None) <= floor * (1 + 1e-9)).sum()) for f in done]
+    at_floor = [int((np.nan_to_num(p, nan=1.0) <= floor * (1 + 1e-9)).sum()) for p in ps]
     total = sum(at_floor)
     if total == 0:
-        return done
+        return ps
     n_max = auto_n_perm_max(int(np.ceil(n_tests / total)), n_perm, alpha)
     if n_max <= n_perm:
-        return done
-    redo = [i for i, n in enumerate(at_floor) if n]
-    fresh = list(map_ordered(lambda i: rerun(items[i], n_max), redo))
-    out = list(done)
-    for i, f in zip(redo, fresh, strict=True):
-        base = out[i]
-        if base is not None and f is not None:
-            out[i] = base.with_columns(f["p"])
-    return out
+        return ps
+    return [g.pvalues(n_perm, n_max) if n else p for g, p, n in zip(groups, ps, at_floor, strict=True)]
+
+
+class _LayerData(NamedTuple):
+    """One layer's dense per-prompt matrices over the labelled prompts that have tokens in it."""
+
+    layer: int
+    n_experts: int
+    top_k: int
+    pids: np.ndarray  # (n,) sorted prompt ids
+    den: np.ndarray  # (n,) tokens per prompt
+    counts: np.ndarray  # (n, E) selections of each expert per prompt
+
+
+def _layer_data(
+    layer: int, n_experts: int, top_k: int, selections: pl.DataFrame, tokens: pl.DataFrame
+) -> _LayerData | None:
+    if tokens.height == 0 or n_experts <= 0:
+        return None
+    tok_pid = tokens["prompt_id"].to_numpy().astype(np.int64)
+    order = np.argsort(tok_pid)
+    tok_pid = tok_pid[order]
+    den = tokens["n_tokens"].to_numpy().astype(np.float64)[order]
+    counts = np.zeros((tok_pid.size, n_experts))
+    sel = selections.filter((pl.col("expert") >= 0) & (pl.col("expert") < n_experts))
+    rows = np.searchsorted(tok_pid, sel["prompt_id"].to_numpy().astype(np.int64))
+    counts[rows, sel["expert"].to_numpy().astype(np.int64)] = sel["n"].to_numpy()
+    return _LayerData(layer, n_experts, top_k, tok_pid, den, counts)
+
+
+def _same_prompt_groups(layers_data: list[_LayerData | None]) -> list[tuple[int, list[_LayerData]]]:
+    """Layers that share their prompts and token counts, as ``(index of the first, [their data])``.
+
+    Such layers share their shuffles and bootstrap draws (one draw serves every layer's experts):
+    in a capture every prompt has the same tokens at every layer, so there is one group.
+    """
+    groups: list[tuple[int, list[_LayerData]]] = []
+    for i, data in enumerate(layers_data):
+        if data is None:
+            continue
+        for _, members in groups:
+            if np.array_equal(members[0].pids, data.pids) and np.array_equal(members[0].den, data.den):
+                members.append(data)
+                break
+        else:
+            groups.append((i, [data]))
+    return groups
+
+
+class _DrawGroup:
+    """Layers with the same prompts, tested and bootstrapped together with one stream per group.
+
+    The stream is seeded by ``(seed, index of the group's first selected layer)`` and split into a
+    permutation stream and a bootstrap stream, so p-values do not depend on ``n_boot``.
+    """
+
+    def __init__(
+        self,
+        first: int,
+        layers: list[_LayerData],
+        prompt_ids: np.ndarray,
+        prompt_codes: np.ndarray,
+        seed: int,
+    ) -> None:
+        self.layers = layers
+        base = layers[0]
+        self.den = base.den
+        self.codes = prompt_codes[np.searchsorted(prompt_ids, base.pids)]
+        self.present = np.unique(self.codes)
+        self.counts = np.hstack([d.counts for d in layers])  # (n, Σ E) every layer's experts side by side
+        self.offsets = np.cumsum([0] + [d.n_experts for d in layers])
+        self.boot_seed, self.perm_seed = np.random.SeedSequence([seed, first]).spawn(2)
+
+    def pvalues(self, n_perm: int, n_perm_max: int | Callable[[int], int] | None) -> np.ndarray:
+        """One-sided permutation p of ``share > share_rest``, ``(labels present, Σ E)``."""
+        _, p = cluster_permutation_pvalue(
+            self.counts, self.den, np.searchsorted(self.present, self.codes), n_perm=n_perm,
+            seed=np.random.default_rng(self.perm_seed), alternative="greater", n_perm_max=n_perm_max,
+        )  # fmt: skip
+        if self.present.size < 2:
+            p = np.full_like(p, np.nan)
+        return p
+
+    def bootstrap(self, n_boot: int) -> tuple[np.ndarray, np.ndarray] | None:
+        if n_boot <= 0:
+            return None
+        return _label_bootstrap(
+            self.counts, self.den, self.codes, self.present, n_boot, np.random.default_rng(self.boot_seed)
+        )
+
+    def rows(
+        self, p: np.ndarray, boot: tuple[np.ndarray, np.ndarray] | None, label_names: list[str]
+    ) -> list[pl.DataFrame]:
+        out = []
+        for data, lo, hi in zip(self.layers, self.offsets[:-1], self.offsets[1:], strict=True):
+            part = None if boot is None else (boot[0][:, :, lo:hi], boot[1])
+            out.append(_layer_frame(data, self.codes, self.present, p[:, lo:hi], part, label_names))
+        return out
 
 
 def _label_bootstrap(
@@ -242,11 +348,13 @@ def _label_bootstrap(
     n_boot: int,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per label, ``n_boot`` replicate sums of ``counts`` ``(G, n_boot, E)`` and of ``den`` ``(G, n_boot)``.
+    """Per label, ``n_boot`` replicate sums of ``counts`` ``(G, n_boot, m)`` and of ``den`` ``(G, n_boot)``.
 
-    Each label's prompts are resampled with replacement within the label (multinomial draw counts
-    as weights, in blocks), label after label from one stream: the same draws, and so the same
-    share CIs, as :func:`~workbench.analysis.stats.cluster_bootstrap` run label by label.
+    Each label's prompts are resampled with replacement within the label
+    (:func:`~workbench.analysis.stats.bootstrap_weights`, in blocks), label after label from one
+    stream: the same draws, and so the same share CIs, as
+    :func:`~workbench.analysis.stats.cluster_bootstrap` run label by label. Every column (every
+    layer's experts) shares the draws of its label.
     """
     n_e = counts.shape[1]
     sums = np.empty((present.size, n_boot, n_e))
@@ -255,11 +363,11 @@ def _label_bootstrap(
     for gi, code in enumerate(present):
         rows = both[codes == code]
         n = rows.shape[0]
-        uniform = np.full(n, 1.0 / n)
-        for start in range(0, n_boot, 256):
-            b = min(256, n_boot - start)
-            w = rng.multinomial(n, uniform, size=b).astype(np.float64)
-            block = w @ rows
+        dtype: type[np.floating[Any]] = np.float32 if fits_float32(rows, n, n) else np.float64
+        rows = rows.astype(dtype)
+        for start in range(0, n_boot, BLOCK):
+            b = min(BLOCK, n_boot - start)
+            block = (bootstrap_weights(rng, n, b, dtype) @ rows).astype(np.float64)
             sums[gi, start : start + b], dens[gi, start : start + b] = block[:, :n_e], block[:, n_e]
     return sums, dens
 
@@ -270,43 +378,23 @@ def _log_odds(a: np.ndarray, slots: np.ndarray, c: np.ndarray, slots_rest: np.nd
     return odds
 
 
-def _one_layer(
-    layer: int,
-    n_experts: int,
-    top_k: int,
-    selections: pl.DataFrame,
-    tokens: pl.DataFrame,
-    prompt_ids: np.ndarray,
-    prompt_codes: np.ndarray,
-    label_names: list[str],
-    *,
-    n_boot: int,
-    n_perm: int,
-    seed: np.random.SeedSequence,
-    n_perm_max: int | None = None,
-) -> pl.DataFrame | None:
-    """Rows for one layer, without q (BH runs over all layers together)."""
-    if tokens.height == 0 or n_experts <= 0:
-        return None
-    # Dense per-prompt matrices over the prompts that have tokens in this layer.
-    tok_pid = tokens["prompt_id"].to_numpy().astype(np.int64)
-    order = np.argsort(tok_pid)
-    tok_pid = tok_pid[order]
-    den = tokens["n_tokens"].to_numpy().astype(np.float64)[order]
-    codes = prompt_codes[np.searchsorted(prompt_ids, tok_pid)]
-    counts = np.zeros((tok_pid.size, n_experts))
-    sel = selections.filter((pl.col("expert") >= 0) & (pl.col("expert") < n_experts))
-    rows = np.searchsorted(tok_pid, sel["prompt_id"].to_numpy().astype(np.int64))
-    counts[rows, sel["expert"].to_numpy().astype(np.int64)] = sel["n"].to_numpy()
+def _label_intervals(reps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """95% percentile interval ``(G, E)`` of every label's replicates ``(G, n_boot, E)``, in one call."""
+    g, n_boot, e = reps.shape
+    low, high = percentile_interval(reps.transpose(1, 0, 2).reshape(n_boot, g * e), 0.025)
+    return np.asarray(low).reshape(g, e), np.asarray(high).reshape(g, e)
 
-    boot_seed, perm_seed = seed.spawn(2)
-    present = np.unique(codes)
-    _, p_all = cluster_permutation_pvalue(
-        counts, den, np.searchsorted(present, codes), n_perm=n_perm,
-        seed=np.random.default_rng(perm_seed), alternative="greater", n_perm_max=n_perm_max,
-    )  # fmt: skip
-    if present.size < 2:
-        p_all = np.full_like(p_all, np.nan)
+
+def _layer_frame(
+    data: _LayerData,
+    codes: np.ndarray,
+    present: np.ndarray,
+    p_all: np.ndarray,
+    boot: tuple[np.ndarray, np.ndarray] | None,
+    label_names: list[str],
+) -> pl.DataFrame:
+    """Rows for one layer, without q (BH runs over all layers together)."""
+    layer, n_experts, top_k, den, counts = data.layer, data.n_experts, data.top_k, data.den, data.counts
     # Per-label totals: selections of each expert (G, E) and tokens (G,); "rest" = all other labels.
     member = (codes[None, :] == present[:, None]).astype(np.float64)
     hits, n_tok = member @ counts, member @ den
@@ -320,12 +408,11 @@ def _one_layer(
         log_odds = np.full_like(log_odds, np.nan)
     nan = np.full(share.shape, np.nan)
     ci_low, ci_high, lo_low, lo_high = nan, nan.copy(), nan.copy(), nan.copy()
-    if n_boot > 0:
-        sums, dens = _label_bootstrap(counts, den, codes, present, n_boot, np.random.default_rng(boot_seed))
+    if boot is not None:
+        sums, dens = boot
         with np.errstate(divide="ignore", invalid="ignore"):
             rep_share = sums / dens[:, :, None]
-        for gi in range(present.size):
-            ci_low[gi], ci_high[gi] = percentile_interval(rep_share[gi], 0.025)
+        ci_low, ci_high = _label_intervals(rep_share)
         if present.size >= 2:
             rep_lo = _log_odds(
                 sums,
@@ -333,8 +420,7 @@ def _one_layer(
                 sums.sum(axis=0) - sums,
                 top_k * (dens.sum(axis=0) - dens)[:, :, None],
             )
-            for gi in range(present.size):
-                lo_low[gi], lo_high[gi] = percentile_interval(rep_lo[gi], 0.025)
+            lo_low, lo_high = _label_intervals(rep_lo)
         few = member.sum(axis=1) < MIN_CI_PROMPTS  # one prompt: every replicate equals the estimate
         ci_low[few], ci_high[few], lo_low[few], lo_high[few] = np.nan, np.nan, np.nan, np.nan
     uniform = top_k / n_experts

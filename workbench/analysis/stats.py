@@ -13,7 +13,7 @@ elsewhere (DuckDB) and the resampling is a few matrix products in numpy.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -23,6 +23,7 @@ __all__ = [
     "MIN_CI_PROMPTS",
     "auto_n_perm_max",
     "benjamini_hochberg",
+    "bootstrap_weights",
     "cluster_bootstrap",
     "cluster_permutation_pvalue",
     "one_blas_thread",
@@ -129,6 +130,43 @@ def _integral(*arrays: np.ndarray) -> bool:
     return True
 
 
+#: float32 holds every whole number of magnitude below 2**24 exactly.
+_F32_EXACT = 2.0**24
+
+
+def fits_float32(x: np.ndarray, max_weight: float, weight_total: float) -> bool:
+    """Whether sums ``w @ x`` of whole-number ``x`` stay exact in float32 for whole weights ``0 <= w <= max_weight``.
+
+    Every partial sum of a column is at most ``min(max_weight · Σ|x|, weight_total · max|x|)`` in
+    magnitude (``weight_total`` bounds ``Σ w``), so below 2**24 each partial sum is a whole number
+    float32 holds exactly, whatever order BLAS adds in: the float32 product then equals the float64
+    one bit for bit, at half the cost. Call only on data :func:`_integral` accepts.
+    """
+    if x.size == 0:
+        return True
+    mag = np.abs(x)
+    bound = np.minimum(max_weight * mag.sum(axis=0), weight_total * mag.max(axis=0))
+    return bool(float(bound.max()) < _F32_EXACT)
+
+
+def bootstrap_weights(
+    rng: np.random.Generator, n: int, size: int, dtype: type[np.floating[Any]] = np.float64
+) -> np.ndarray:
+    """``(size, n)`` cluster-bootstrap weights: how often each of ``n`` prompts is drawn in each replicate.
+
+    Each replicate draws ``n`` prompt indices uniformly with replacement (``rng.integers``) and
+    counts them (``np.bincount``). The count vector has exactly the multinomial(n, 1/n) distribution
+    of the textbook bootstrap, but costs a sixth of ``rng.multinomial`` to draw, which walks n
+    conditional binomials per replicate. Replicates are drawn in order from ``rng``, so a stream cut
+    into blocks gives the same weights as one draw of all of them.
+    """
+    if n == 0 or size == 0:
+        return np.zeros((size, n), dtype=dtype)
+    idx = rng.integers(0, n, size=(size, n))
+    idx += (np.arange(size, dtype=np.int64) * n)[:, None]
+    return np.bincount(idx.ravel(), minlength=size * n).reshape(size, n).astype(dtype)
+
+
 def safe_ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(bottom > 0, top / np.where(bottom > 0, bottom, 1.0), np.nan)
@@ -148,8 +186,9 @@ def cluster_bootstrap(
     cluster, one column per statistic (e.g. per-prompt token counts routed to each expert).
     ``den`` is ``(n_prompts,)`` (shared by all columns, e.g. the prompt's token count) or
     ``(n_prompts, m)``. Each replicate draws ``n_prompts`` prompts with replacement — the
-    multinomial count of how often each prompt is drawn is a weight vector ``w`` — and
-    computes ``(w @ num) / (w @ den)``; all replicates of a block are one matrix product.
+    count of how often each prompt is drawn is a weight vector ``w`` (:func:`bootstrap_weights`) —
+    and computes ``(w @ num) / (w @ den)``; all replicates of a block are one matrix product, so
+    every column shares the same draws (pass many statistics at once for one set of draws).
     Resampling whole prompts keeps within-prompt token correlation in every replicate,
     which is what makes the interval honest for token-level shares.
 
@@ -167,15 +206,18 @@ def cluster_bootstrap(
         return estimate, nan, nan.copy()
     rng = np.random.default_rng(seed)
     reps = np.empty((n_boot, m))
-    uniform = np.full(n, 1.0 / n)
-    # With whole-number statistics one product with [num | den] gives both sums exactly.
+    # With whole-number statistics one product with [num | den] gives both sums exactly, in
+    # float32 when its partial sums stay below 2**24 (the same bits at half the cost).
     both = np.hstack([num2, den2]) if _integral(num2, den2) else None
+    dtype: type[np.floating[Any]] = np.float64
+    if both is not None and fits_float32(both, n, n):
+        dtype, both = np.float32, both.astype(np.float32)
     with one_blas_thread():
         for start in range(0, n_boot, BLOCK):
             b = min(BLOCK, n_boot - start)
-            w = rng.multinomial(n, uniform, size=b).astype(np.float64)  # (b, n) draw counts
+            w = bootstrap_weights(rng, n, b, dtype)  # (b, n) draw counts
             if both is not None:
-                sums = w @ both
+                sums = (w @ both).astype(np.float64)
                 reps[start : start + b] = safe_ratio(sums[:, :m], sums[:, m:])
             else:
                 reps[start : start + b] = safe_ratio(w @ num2, w @ den2)
@@ -208,7 +250,7 @@ def cluster_permutation_pvalue(
     n_perm: int = 1000,
     seed: int | np.random.Generator = 0,
     alternative: Literal["greater", "less", "two-sided"] = "greater",
-    n_perm_max: int | None = None,
+    n_perm_max: int | Callable[[int], int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Label-permutation test of "the ratio in group g differs from the ratio in the other groups".
 
@@ -217,7 +259,8 @@ def cluster_permutation_pvalue(
     and column, the statistic is ``d_g = Σ_{p∈g} num / Σ_{p∈g} den − Σ_{p∉g} num / Σ_{p∉g} den``
     (e.g. an expert's share of label-g tokens minus its share of all other tokens). The
     null distribution comes from shuffling the labels **across prompts** (each prompt
-    keeps all its tokens), ``n_perm`` times; the same shuffles serve every group and column.
+    keeps all its tokens), ``n_perm`` times; the same shuffles serve every group and column
+    (pass many statistics at once — e.g. every layer's experts — for one set of shuffles).
 
     ``alternative``: ``"greater"`` (default) tests ``d_g > 0`` — "is this expert used more
     by label g than by the rest" — ``"less"`` tests ``d_g < 0``, ``"two-sided"`` compares
@@ -231,6 +274,8 @@ def cluster_permutation_pvalue(
     (one true effect among 768 tests has q ≥ 0.77 at the 1000-shuffle floor); this buys it only
     where it matters. The two-stage p is still valid: below ``2/(n_perm + 1)`` it rejects only
     when the full ``n_perm_max``-shuffle p would, and above it no more often than the first stage.
+    ``n_perm_max`` may be a function of the number of cells at the floor after the first stage
+    (how :func:`auto_n_perm_max` sizes it from the whole map) that returns the total shuffle count.
 
     Returns ``(observed, p)``, each ``(G, m)``. Where a group or its complement has no
     denominator (e.g. only one group) the statistic and p are NaN.
@@ -239,45 +284,55 @@ def cluster_permutation_pvalue(
     codes = np.asarray(groups)
     if codes.shape != (num2.shape[0],):
         raise ValueError(f"groups must have shape ({num2.shape[0]},), got {codes.shape}")
+    if alternative not in ("greater", "less", "two-sided"):
+        raise ValueError(f"alternative must be 'greater', 'less' or 'two-sided', not {alternative!r}")
     n_groups = int(codes.max()) + 1 if codes.size else 0
-    tot_num, tot_den = num2.sum(axis=0), den2.sum(axis=0)
+    if isinstance(n_perm_max, int) and n_perm_max < n_perm:
+        raise ValueError(f"n_perm_max ({n_perm_max}) must be at least n_perm ({n_perm})")
+    sums = _GroupSums(num2, den2)
+    member = (codes[None, :] == np.arange(n_groups)[:, None]).astype(np.float64)  # (G, n)
+    observed = sums.diff(sums.sums64(member))
+    if n_groups == 0 or n_perm <= 0:
+        return observed, np.full(observed.shape, np.nan)
+    with one_blas_thread():
+        p = _permutation_loop(
+            observed, codes, n_groups, sums, num2, den2, n_perm, seed, alternative, n_perm_max
+        )
+    return observed, p
 
-    m = num2.shape[1]
-    both = np.hstack([num2, den2]) if _integral(num2, den2) else None
 
-    def diff(onehot: np.ndarray) -> np.ndarray:
-        # onehot: (..., n) 0/1 membership; returns ratio(in) - ratio(out) with shape (..., m)
-        if both is not None:  # exact whole-number sums: one product for numerator and denominator
-            sums = onehot @ both
-            in_num, in_den = sums[..., :m], sums[..., m:]
-        else:
-            in_num, in_den = onehot @ num2, onehot @ den2
-        out: np.ndarray = safe_ratio(in_num, in_den) - safe_ratio(tot_num - in_num, tot_den - in_den)
+class _GroupSums:
+    """``ratio(in) − ratio(out)`` of columns of ``[num | den]`` for 0/1 group memberships of the prompts.
+
+    Whole-number data (:func:`_integral`) is summed in one exact product, in float32 where every
+    partial sum stays below 2**24 (:func:`fits_float32`; the same bits as float64 at half the
+    cost), and the last group's sums are the totals minus the others' (exact, one group fewer to
+    multiply). Other data is summed in float64, every group multiplied.
+    """
+
+    def __init__(self, num2: np.ndarray, den2: np.ndarray) -> None:
+        self.m = num2.shape[1]
+        self.tot_num, self.tot_den = num2.sum(axis=0), den2.sum(axis=0)
+        both = np.hstack([num2, den2])
+        self.exact = _integral(num2, den2)
+        self.tot = both.sum(axis=0)
+        self.dtype: type[np.floating[Any]] = np.float64
+        if self.exact and fits_float32(both, 1.0, float(num2.shape[0])):
+            self.dtype = np.float32
+        self.both = np.ascontiguousarray(both, dtype=self.dtype)
+
+    def sums64(self, onehot: np.ndarray) -> np.ndarray:
+        """Sums of every column over each membership row of ``onehot`` ``(..., n)``, as float64."""
+        out: np.ndarray = (onehot.astype(self.dtype, copy=False) @ self.both).astype(np.float64, copy=False)
         return out
 
-    def narrow(cols: np.ndarray) -> Any:
-        """``diff`` restricted to the columns ``cols`` (same values: the sums are exact, see _integral)."""
-        sub_num = num2[:, cols]
-        sub_den = den2 if den2.shape[1] == 1 else den2[:, cols]
-        sub_tot_den = tot_den if den2.shape[1] == 1 else tot_den[cols]
-        sub_both, k = np.hstack([sub_num, sub_den]), cols.size
-
-        def sub_diff(onehot: np.ndarray) -> np.ndarray:
-            sums = onehot @ sub_both
-            in_num, in_den = sums[..., :k], sums[..., k:]
-            out: np.ndarray = safe_ratio(in_num, in_den) - safe_ratio(
-                tot_num[cols] - in_num, sub_tot_den - in_den
-            )
-            return out
-
-        return sub_diff
-
-    member = (codes[None, :] == np.arange(n_groups)[:, None]).astype(np.float64)  # (G, n)
-    with one_blas_thread():
-        return _permutation_loop(
-            diff(member), codes, n_groups, diff, n_perm, seed, alternative, both is not None, n_perm_max,
-            narrow if both is not None else None,
-        )  # fmt: skip
+    def diff(self, sums: np.ndarray) -> np.ndarray:
+        """``ratio(in) − ratio(out)`` ``(..., m)`` from in-group sums ``(..., m + d)``."""
+        in_num, in_den = sums[..., : self.m], sums[..., self.m :]
+        out: np.ndarray = safe_ratio(in_num, in_den) - safe_ratio(
+            self.tot_num - in_num, self.tot_den - in_den
+        )
+        return out
 
 
 def auto_n_perm_max(n_tests: int, n_perm: int, alpha: float = 0.05, cap: int = 1_000_000) -> int:
@@ -297,45 +352,39 @@ def _permutation_loop(
     observed: np.ndarray,
     codes: np.ndarray,
     n_groups: int,
-    diff: Any,
+    sums: _GroupSums,
+    num2: np.ndarray,
+    den2: np.ndarray,
     n_perm: int,
     seed: int | np.random.Generator,
     alternative: str,
-    stacked_ok: bool,
-    n_perm_max: int | None = None,
-    narrow: Any = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The shuffles of :func:`cluster_permutation_pvalue` (its ``diff`` closure does the sums).
+    n_perm_max: int | Callable[[int], int] | None = None,
+) -> np.ndarray:
+    """The shuffles of :func:`cluster_permutation_pvalue`: the p-values ``(G, m)``.
 
-    The refinement stage draws the same shuffles for every column but, given ``narrow(cols)`` (a
-    ``diff`` over the columns ``cols`` only), sums only the columns that have a cell at the floor:
-    on a large map the extra shuffles then cost a fraction of the first ones.
+    The refinement stage draws the same shuffles for every column but sums only the columns that
+    have a cell at the floor: on a large map the extra shuffles then cost a fraction of the first ones.
     """
-    if n_groups == 0 or n_perm <= 0:
-        return observed, np.full(observed.shape, np.nan)
-    if alternative not in ("greater", "less", "two-sided"):
-        raise ValueError(f"alternative must be 'greater', 'less' or 'two-sided', not {alternative!r}")
-    if n_perm_max is not None and n_perm_max < n_perm:
-        raise ValueError(f"n_perm_max ({n_perm_max}) must be at least n_perm ({n_perm})")
     rng = np.random.default_rng(seed)
-    count = np.zeros(observed.shape)
     # Tolerance so that a permutation reproducing the observed split counts as ">=" despite
     # floating-point summation order.
     tol = 1e-12 * np.maximum(1.0, np.abs(np.nan_to_num(observed)))
-    shuffles = _Shuffles(observed, codes, n_groups, diff, alternative, stacked_ok, tol, rng)
+    shuffles = _Shuffles(observed, codes, n_groups, sums, alternative, tol, rng)
+    count = np.zeros(observed.shape)
     for start in range(0, n_perm, BLOCK):
         count += shuffles.hits(min(BLOCK, n_perm - start))
     p = (count + 1.0) / (n_perm + 1.0)
     floor = (count == 0) & ~np.isnan(observed)
+    if callable(n_perm_max):
+        n_perm_max = int(n_perm_max(int(floor.sum()))) if floor.any() else None
+        if n_perm_max is not None and n_perm_max < n_perm:
+            raise ValueError(f"n_perm_max ({n_perm_max}) must be at least n_perm ({n_perm})")
     if n_perm_max is not None and n_perm_max > n_perm and floor.any():
         cols = np.flatnonzero(floor.any(axis=0))
-        if narrow is not None and cols.size < observed.shape[1]:
-            sub = observed[:, cols]
-            shuffles = _Shuffles(
-                sub, codes, n_groups, narrow(cols), alternative, stacked_ok, tol[:, cols], rng
-            )
-        else:
-            cols = np.arange(observed.shape[1])
+        if cols.size < observed.shape[1]:
+            sub_den = den2 if den2.shape[1] == 1 else den2[:, cols]
+            sub = _GroupSums(num2[:, cols], sub_den)
+            shuffles = _Shuffles(observed[:, cols], codes, n_groups, sub, alternative, tol[:, cols], rng)
         extra = np.zeros((observed.shape[0], cols.size))
         for start in range(n_perm, n_perm_max, BLOCK):
             extra += shuffles.hits(min(BLOCK, n_perm_max - start))
@@ -344,45 +393,64 @@ def _permutation_loop(
         refined[at_floor] = (extra[at_floor] + 1.0) / (n_perm_max + 1.0)
         p[:, cols] = refined
     p[np.isnan(observed)] = np.nan
-    return observed, p
+    return p
 
 
 class _Shuffles:
-    """Blocks of label shuffles for :func:`_permutation_loop`: per cell, how many reach the observed value."""
+    """Blocks of label shuffles for :func:`_permutation_loop`: per cell, how many reach the observed value.
+
+    Each shuffle is a row of ``rng.permuted`` over the prompts' group codes. The memberships of a
+    block are one ``(G·b, n)`` 0/1 matrix (one group fewer for exact data, see :class:`_GroupSums`);
+    its buffers are kept between blocks so that no block pays for fresh pages.
+    """
 
     def __init__(
         self,
         observed: np.ndarray,
         codes: np.ndarray,
         n_groups: int,
-        diff: Any,
+        sums: _GroupSums,
         alternative: str,
-        stacked_ok: bool,
         tol: np.ndarray,
         rng: np.random.Generator,
     ) -> None:
-        self.observed, self.codes, self.n_groups, self.diff = observed, codes, n_groups, diff
-        self.alternative, self.stacked_ok, self.tol, self.rng = alternative, stacked_ok, tol, rng
+        self.observed, self.codes, self.n_groups, self.sums = observed, codes, n_groups, sums
+        self.alternative, self.tol, self.rng = alternative, tol, rng
+        self.n_mult = n_groups - 1 if sums.exact and n_groups > 1 else n_groups
+        self.small_codes = np.min_scalar_type(-max(n_groups, 1))
+        self._buffers: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def _buffers_for(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if b not in self._buffers:
+            shape = (self.n_mult, b, self.codes.size)
+            self._buffers[b] = (  # shuffled as int64: numpy's fastest item size for permuted()
+                np.empty((b, self.codes.size), dtype=np.int64),
+                np.empty(shape, dtype=bool),
+                np.empty(shape, dtype=self.sums.dtype),
+            )
+        return self._buffers[b]
 
     def hits(self, b: int) -> np.ndarray:
         """``(G, m)`` counts of the next ``b`` shuffles whose statistic reaches the observed one."""
-        observed, n_groups, tol = self.observed, self.n_groups, self.tol
-        count = np.zeros(observed.shape)
-        # permuted() returns a column-major array: make it row-major so the stacked indicator
-        # below reshapes without a copy and feeds BLAS contiguous rows (same values).
-        perm = np.ascontiguousarray(
-            self.rng.permuted(np.broadcast_to(self.codes, (b, self.codes.size)), axis=1)
-        )
-        if self.stacked_ok:  # all groups in one (G·b, n) product (exact, see _integral)
-            stacked = (perm[None, :, :] == np.arange(n_groups)[:, None, None]).astype(np.float64)
-            nulls = self.diff(stacked.reshape(n_groups * b, -1)).reshape(n_groups, b, -1)
-        for g in range(n_groups):
-            null = nulls[g] if self.stacked_ok else self.diff((perm == g).astype(np.float64))  # (b, m)
-            if self.alternative == "greater":
-                hit = null >= observed[g] - tol[g]
-            elif self.alternative == "less":
-                hit = null <= observed[g] + tol[g]
-            else:
-                hit = np.abs(null) >= np.abs(observed[g]) - tol[g]
-            count[g] += hit.sum(axis=0)
-        return count
+        perm, mask, onehot = self._buffers_for(b)
+        # Shuffle each row of a row-major copy of the codes in place: the same draws as permuting
+        # a fresh copy, and contiguous rows for the memberships below.
+        perm[:] = self.codes
+        self.rng.permuted(perm, axis=1, out=perm)
+        small = perm.astype(self.small_codes)  # 8× less to read per group below than int64
+        for g in range(self.n_mult):
+            np.equal(small, g, out=mask[g])
+        np.copyto(onehot, mask)
+        part = self.sums.sums64(onehot.reshape(self.n_mult * b, -1)).reshape(self.n_mult, b, -1)
+        if self.n_mult < self.n_groups:  # the last group: totals minus the others (exact whole numbers)
+            part = np.concatenate([part, (self.sums.tot - part.sum(axis=0))[None]], axis=0)
+        nulls = self.sums.diff(part)  # (G, b, m)
+        observed, tol = self.observed[:, None, :], self.tol[:, None, :]
+        if self.alternative == "greater":
+            hit = nulls >= observed - tol
+        elif self.alternative == "less":
+            hit = nulls <= observed + tol
+        else:
+            hit = np.abs(nulls) >= np.abs(observed) - tol
+        counts: np.ndarray = hit.sum(axis=1).astype(np.float64)
+        return counts
