@@ -4,12 +4,15 @@ Planted runs: two captures of the same prompts whose shards come in other orders
 batches in reverse prompt order), captured in the same batches (key chunks byte-identical, so
 only A's keys are decoded), with top-3 sets (float rounding only), with lists of any length,
 duplicate ids, empty lists and ids past 64 (several mask words), with a row missing from one run
-(the scan gives up and SQL answers), and through a segment view (never read from the shards).
+(the scan gives up and SQL answers), with shard statistics that do not cover the rows (it gives
+up), and through a segment view (never read from the shards).
 Then the shared bootstrap draws: the same CIs as one draw per layer within Monte-Carlo error, and
 still covering the planted overlap.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -17,12 +20,12 @@ import pyarrow as pa
 import pytest
 from polars.testing import assert_frame_equal
 
-from workbench.analysis import compare
+from workbench.analysis import compare, drift_scan
 from workbench.analysis.compare import routing_drift
 from workbench.analysis.drift_scan import shard_overlap
 from workbench.analysis.stats import cluster_bootstrap
 from workbench.store import Store, queries
-from workbench.store.shard_reader import run_pieces, same_encoding
+from workbench.store.shard_reader import ShardPiece, run_pieces, same_encoding
 
 pytestmark = pytest.mark.unit
 
@@ -240,3 +243,21 @@ def test_layers_over_other_prompts_draw_apart() -> None:
     # two groups drawing in layer order from one generator: exactly the previous draws
     assert [(r["ci_low"], r["ci_high"]) for r in new.iter_rows(named=True)] == [old[0], old[1]]
     assert new["n_prompts"].to_list() == [60, 40]
+
+
+def test_statistics_that_do_not_cover_the_rows_give_up(st: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(8)
+    _write(st, "a", _top_k(rng, N_ROWS, 8, 2), N_TOK, [list(range(12))], 8)
+    _write(st, "b", _top_k(rng, N_ROWS, 8, 2), N_TOK, [list(range(12))], 8)
+    assert shard_overlap(st, "a", "b", None, 8) is not None
+    honest = drift_scan.run_pieces
+    for shift in (1, -1):  # the grid starts past the first prompt, or ends before the last
+
+        def lying(store: Store, run_id: str, shift: int = shift) -> list[ShardPiece] | None:
+            pieces = honest(store, run_id) or []
+            if shift > 0:
+                return [replace(p, prompt_min=p.prompt_min + shift) for p in pieces]
+            return [replace(p, prompt_max=p.prompt_max + shift) for p in pieces]
+
+        monkeypatch.setattr(drift_scan, "run_pieces", lying)
+        assert shard_overlap(st, "a", "b", None, 8) is None
