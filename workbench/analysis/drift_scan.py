@@ -4,10 +4,12 @@ Why: comparing two runs token by token needs every routing row of both. Read thr
 polars, a 10M-token pair took 133 CPU-s (benchmarks/README.md, "Scaling curves"). Here each run's
 ``prompt_id, position, layer, experts`` columns are decoded by pyarrow, one row group at a time,
 each run on its own thread (:mod:`workbench.store.shard_reader`), and each top-k set becomes a
-bitmask (``ceil(E/64)`` 64-bit words), so ``|S ∩ S'|`` is a popcount of ``S & S'``.
+bitmask (one unsigned word up to 64 experts, ``ceil(E/64)`` 64-bit words beyond), so
+``|S ∩ S'|`` is a popcount of ``S & S'``.
 
 Same answer as the in-step scan of :mod:`workbench.analysis.compare`: row i of one run must have
-row i's (prompt_id, position, layer) in the other, checked on every row; the overlap of a row is
+row i's (prompt_id, position, layer) in the other, checked on every row (or, where the two runs'
+row groups hold byte-identical key chunks, once per row group); the overlap of a row is
 the number of distinct common ids over ``max(|S|, |S'|, 1)`` with list lengths as stored. It gives
 up (returns None, and the caller takes the SQL-backed paths) on the first key mismatch, a NULL
 list or id, a negative id, ids far beyond the layers' experts, or where the shards cannot be read
