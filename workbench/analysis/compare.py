@@ -11,7 +11,13 @@
   of the two runs normally agree). 1 = identical routing; two independent uniform top-k
   routers give ``k/E`` in expectation (``E|S ∩ S'| = k²/E``), reported as ``chance``. The 95%
   CI is a prompt-cluster percentile bootstrap of the ratio of sums (``Σ_p overlap_p /
-  Σ_p tokens_p``). Raises ``ValueError`` when the shared prompts share no routed tokens.
+  Σ_p tokens_p``); layers over the same prompts share its draws. Raises ``ValueError`` when the
+  shared prompts share no routed tokens.
+
+Where every prompt pairs with its own prompt id, the tokens are paired by reading both runs in
+step: first straight from their shards (:mod:`workbench.analysis.drift_scan`, the fast path), then
+through DuckDB's unordered and sorted scans; a partial overlap, or rows that do not line up, go
+through a DuckDB join.
 
 Expert similarity (weights, and outputs on the run's tokens) needs the model, so it lives with
 the interventions: :mod:`workbench.interventions.expert_weights` and
@@ -27,6 +33,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from workbench.analysis.drift_scan import shard_overlap
 from workbench.analysis.stats import cluster_bootstrap
 from workbench.store import Store, queries
 from workbench.store.matching import coverage
@@ -49,13 +56,16 @@ def routing_drift(
     ``layers`` table (NaN for a layer it does not describe).
     """
     info = store.layers(run_a)  # raise UnknownRunError for unknown runs
-    store.layers(run_b)
+    info_b = store.layers(run_b)
     match = store.match_prompts(run_a, run_b)  # refuses disjoint runs and runs without hashes
     layer_list = None if layers is None else [int(x) for x in layers]
-    # the in-step scan is only valid when every prompt of both runs pairs with its own prompt_id
+    e_max = max([1, *info["n_experts"].to_list(), *info_b["n_experts"].to_list()])
+    # the in-step scans are only valid when every prompt of both runs pairs with its own prompt_id
     per_prompt = None
-    if match.identical:  # unordered scans first (cheapest); their shard order may differ, then sorted ranges
-        per_prompt = _aligned_overlap(store, run_a, run_b, layer_list, ordered=False)
+    if match.identical:  # the shards read directly (cheapest), then DuckDB's unordered and sorted scans
+        per_prompt = shard_overlap(store, run_a, run_b, layer_list, e_max)
+        if per_prompt is None:
+            per_prompt = _aligned_overlap(store, run_a, run_b, layer_list, ordered=False)
         if per_prompt is None:
             per_prompt = _aligned_overlap(store, run_a, run_b, layer_list, ordered=True)
     if per_prompt is None:  # join the shared prompts' tokens in DuckDB
@@ -163,25 +173,51 @@ def _aligned_overlap(
 
 
 def _drift_rows(per_prompt: pl.DataFrame, info: pl.DataFrame, *, n_boot: int, seed: int) -> pl.DataFrame:
-    """One row per layer: overlap, bootstrap CI, chance, token and prompt counts."""
+    """One row per layer: overlap, bootstrap CI, chance, token and prompt counts.
+
+    Layers over the same prompts share their bootstrap draws (one prompt-cluster resample gives every
+    such layer's replicate), so the draws cost one layer's, not one per layer (docs/methods.md §7).
+    """
     chance = {
         int(layer): (k / e if e else math.nan)
         for layer, e, k in info.select("layer", "n_experts", "top_k").iter_rows()
     }
+    parts = {int(layer): part for (layer,), part in per_prompt.group_by(["layer"], maintain_order=True)}
+    num = {layer: part["overlap"].to_numpy().astype(np.float64) for layer, part in parts.items()}
+    den = {layer: part["n"].to_numpy().astype(np.float64) for layer, part in parts.items()}
     rng = np.random.default_rng(seed)
+    interval: dict[int, tuple[float, float]] = {}
+    for group in _same_prompts(parts):
+        _, low, high = cluster_bootstrap(
+            np.column_stack([num[x] for x in group]), np.column_stack([den[x] for x in group]),
+            n_boot=n_boot, seed=rng,
+        )  # fmt: skip
+        interval.update({x: (float(lo), float(hi)) for x, lo, hi in zip(group, low, high, strict=True)})
     rows: list[dict[str, object]] = []
-    for (layer,), part in per_prompt.group_by(["layer"], maintain_order=True):
-        num = part["overlap"].to_numpy().astype(np.float64)
-        den = part["n"].to_numpy().astype(np.float64)
-        est, low, high = cluster_bootstrap(num, den, n_boot=n_boot, seed=rng)
+    for layer, part in parts.items():
+        est = cluster_bootstrap(num[layer], den[layer], n_boot=0)[0]  # each layer's own sums, as before
         rows.append({
-            "layer": int(layer),
-            "overlap": float(est[0]), "ci_low": float(low[0]), "ci_high": float(high[0]),
-            "chance": chance.get(int(layer), math.nan),
-            "n_tokens": int(den.sum()), "n_prompts": int(part.height),
+            "layer": layer,
+            "overlap": float(est[0]), "ci_low": interval[layer][0], "ci_high": interval[layer][1],
+            "chance": chance.get(layer, math.nan),
+            "n_tokens": int(den[layer].sum()), "n_prompts": int(part.height),
         })  # fmt: skip
     schema = {
         "layer": pl.Int32, "overlap": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64,
         "chance": pl.Float64, "n_tokens": pl.Int64, "n_prompts": pl.Int64,
     }  # fmt: skip
     return pl.DataFrame(rows, schema=schema).sort("layer")
+
+
+def _same_prompts(parts: dict[int, pl.DataFrame]) -> list[list[int]]:
+    """The layers grouped by identical prompt lists (each part sorted by prompt), in order of first layer."""
+    groups: list[tuple[np.ndarray, list[int]]] = []
+    for layer, part in parts.items():
+        prompts = part["prompt_id"].to_numpy()
+        for seen, members in groups:
+            if np.array_equal(seen, prompts):
+                members.append(layer)
+                break
+        else:
+            groups.append((prompts, [layer]))
+    return [members for _, members in groups]
