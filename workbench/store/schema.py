@@ -34,6 +34,10 @@ Design notes
   summary part of a run was built from) and the ``summary_*`` tables (sums per prompt, layer and
   expert that the analyses read instead of the token rows). The migration only creates them; the
   next writable open builds them for every complete run (``connection.py``).
+* v6 adds ``tokens.segment`` (``'prompt'`` or ``'response'``, for captures of generated text) and the
+  capturing process on ``runs`` (``pid``, ``host``, ``heartbeat_at``: a dead capture reads ``interrupted``).
+* v7 adds the tables of the ``vocab`` and ``dynamic`` summary parts; like v5, the migration only
+  creates them and the next writable open builds them.
 """
 
 from __future__ import annotations
