@@ -370,8 +370,10 @@ class Store(SummaryBuilds):
         if not ordered:
             sql, params = readers.routing_sql(run_id, layers, labels, prompt_ids, logits)
             sql = sql.partition(" ORDER BY ")[0]
-            return readers.stream_query(cursor, sql, params, batch_rows)
-        return readers.stream_routing(cursor, run_id, layers, labels, prompt_ids, logits, batch_rows)
+            return readers.closing(cursor, readers.batches(cursor, sql, params, batch_rows))
+        return readers.closing(
+            cursor, readers.routing_batches(cursor, run_id, layers, labels, prompt_ids, logits, batch_rows)
+        )
 
     def iter_logits(
         self,
@@ -391,7 +393,7 @@ class Store(SummaryBuilds):
             runs_mod.status_of(self.con, run_id)
             cursor = self._cursor()
         sql, params = readers.logits_sql(run_id, layers, labels)
-        return readers.stream_arrow(cursor, sql, params, batch_rows)
+        return readers.closing(cursor, readers.arrow_batches(cursor, sql, params, batch_rows))
 
     def expert_stats(
         self, run_id: str, layers: Iterable[int] | None = None, prompt_ids: Iterable[int] | None = None

@@ -10,7 +10,7 @@ tables with tens of millions of rows.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 
@@ -19,6 +19,8 @@ from workbench.store.schema import ORDER_BY, column_names, column_type
 if TYPE_CHECKING:  # polars is imported lazily: the capture path does not need it
     import polars as pl
     import pyarrow as pa
+
+T = TypeVar("T")
 
 
 class Query:
@@ -203,38 +205,16 @@ def routing_batches(
         emitted += need
 
 
-# -- streams on their own cursor, closed when done or abandoned ---------------------------
-def stream_routing(
-    cursor: duckdb.DuckDBPyConnection,
-    run_id: str,
-    layers: Iterable[int] | None,
-    labels: Iterable[str] | None,
-    prompt_ids: Iterable[int] | None,
-    logits: bool,
-    batch_rows: int,
-) -> Iterator[pl.DataFrame]:
-    """Yield routing batches (:func:`routing_batches`) from ``cursor`` and close it when done or abandoned."""
-    try:
-        yield from routing_batches(cursor, run_id, layers, labels, prompt_ids, logits, batch_rows)
-    finally:
-        cursor.close()
-
-
-def stream_query(
-    cursor: duckdb.DuckDBPyConnection, sql: str, params: list[Any], batch_rows: int
-) -> Iterator[pl.DataFrame]:
-    """Yield the batches of one query from ``cursor`` and close it when done or abandoned."""
-    try:
-        yield from batches(cursor, sql, params, batch_rows)
-    finally:
-        cursor.close()
-
-
-def stream_arrow(
-    cursor: duckdb.DuckDBPyConnection, sql: str, params: list[Any], batch_rows: int
+def arrow_batches(
+    con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any], batch_rows: int
 ) -> Iterator[pa.RecordBatch]:
-    """Yield the Arrow record batches of one query from ``cursor`` and close it when done or abandoned."""
+    """Stream a query as Arrow record batches of at most ``batch_rows`` rows (the query runs at the first one)."""
+    yield from con.sql(sql, params=list(params)).to_arrow_reader(max(1, int(batch_rows)))
+
+
+def closing(cursor: duckdb.DuckDBPyConnection, items: Iterator[T]) -> Iterator[T]:
+    """Yield ``items`` (a lazy stream reading ``cursor``), then close ``cursor``, also when abandoned."""
     try:
-        yield from cursor.sql(sql, params=params).to_arrow_reader(max(1, int(batch_rows)))
+        yield from items
     finally:
         cursor.close()
