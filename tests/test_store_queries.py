@@ -251,11 +251,12 @@ def test_label_gate_sums_and_prompt_expert_counts(st: Store, q: Plant, layers: l
             if e < N_EXPERTS[r["layer"]]:
                 sums[(r["layer"], label, e)][0] += w
                 sums[(r["layer"], label, e)][1] += 1
-                per_prompt[(r["layer"], r["prompt_id"], label, e)] += 1
+                per_prompt[(r["layer"], r["prompt_id"], e)] += 1
     got = queries.label_gate_sums(st, "q", layers)
     _close(_as_dict(got, ["layer", "label", "expert"], ["w", "n"]), {k: tuple(v) for k, v in sums.items()})
-    got = queries.prompt_expert_counts(st, "q", layers)
-    keys = ["layer", "prompt_id", "label", "expert"]
+    got = queries.prompt_expert_counts(st, "q", layers)  # labelled prompts only; the label is left out
+    assert "label" not in got.columns
+    keys = ["layer", "prompt_id", "expert"]
     assert _as_dict(got, keys, ["n"]) == {k: (n,) for k, n in per_prompt.items()}
 
 

@@ -13,7 +13,8 @@ last prompt, then path) and each file's row groups in file order, which puts a r
 prompt order back in that order however its writes were cut into parallel shards. The order is not checked here: a consumer that pairs rows of two runs checks
 their keys itself. :func:`run_pieces` answers None where the view is not the raw shards (a
 :meth:`~workbench.store.Store.segment_view` filters it) or a row group lacks its statistics
-(not written by this store's writer); callers then read through SQL.
+(not written by this store's writer), and for a store older than the shards; callers then read
+through SQL.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workbench.store.schema import MANIFEST
+from workbench.store.schema import MANIFEST, SHARDED_VERSION
 
 if TYPE_CHECKING:
     from workbench.store.backend import Store
@@ -50,10 +51,11 @@ class ShardPiece:
 def run_pieces(store: Store, run_id: str) -> list[ShardPiece] | None:
     """The row groups of ``run_id``'s shards in prompt order, or None where they are not what the view reads.
 
-    None for a segment view (its ``routing`` keeps only some positions) and for a shard whose row
+    None for a segment view (its ``routing`` keeps only some positions), for a store older than the
+    shards (schema v3 or below, read in place: ``routing`` is a table) and for a shard whose row
     groups lack min/max statistics of ``prompt_id`` or ``layer``. Reads only the files' footers.
     """
-    if store.segment is not None:
+    if store.segment is not None or store.schema_version < SHARDED_VERSION:
         return None
     paths = store.sql(f"SELECT path FROM {MANIFEST} WHERE run_id = ? ORDER BY path", [run_id])["path"]
     files: list[list[ShardPiece]] = []
