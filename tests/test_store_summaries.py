@@ -28,6 +28,7 @@ from workbench.analysis.summaries import build_vocab_summaries, prompt_ranges
 from workbench.catalog import ANALYSES, run_analysis
 from workbench.store import SCHEMA_VERSION, SchemaVersionError, Store, StoreError, copy_store, summaries
 from workbench.store import schema as schema_mod
+from workbench.store import tables as tables_mod
 
 pytestmark = pytest.mark.integration
 
@@ -131,11 +132,11 @@ def test_the_summarised_analyses_never_read_a_token_row(planted: Path, tmp_path:
         boom = "CAST('token rows were read ' || range AS INTEGER)"
         cols = ", ".join(
             f"CAST({'[' + boom + ']' if t.endswith('[]') else boom} AS {t}) AS {c}"
-            for c, t in schema_mod.TABLES["routing"]
+            for c, t in tables_mod.TABLES["routing"]
         )
         st.con.execute(f"CREATE OR REPLACE VIEW routing AS SELECT {cols} FROM range(1)")
         st.con.execute("ALTER TABLE expert_stats RENAME TO expert_stats_hidden")
-        cols = ", ".join(f"CAST({boom} AS {t}) AS {c}" for c, t in schema_mod.TABLES["expert_stats"])
+        cols = ", ".join(f"CAST({boom} AS {t}) AS {c}" for c, t in tables_mod.TABLES["expert_stats"])
         st.con.execute(f"CREATE VIEW expert_stats AS SELECT {cols} FROM range(1)")
     with Store(path, read_only=True) as st:
         with pytest.raises(duckdb.Error, match="token rows were read"), summaries.row_path():

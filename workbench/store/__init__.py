@@ -22,7 +22,8 @@ from workbench.store.backend import Store
 from workbench.store.errors import SchemaVersionError, StoreError, StoreLockedError, UnknownRunError
 from workbench.store.maintenance import compact_store, copy_store, move_store, remove_store, store_size
 from workbench.store.matching import PromptMatch, PromptMismatchError
-from workbench.store.schema import RUN_STATUSES, SCHEMA_VERSION
+from workbench.store.schema import SCHEMA_VERSION
+from workbench.store.tables import RUN_STATUSES
 
 __all__ = [
     "RUN_STATUSES",

@@ -21,9 +21,9 @@ import pyarrow as pa
 from workbench.store import liveness
 from workbench.store.content import hash_sql, token_ids_sql
 from workbench.store.errors import StoreError
-from workbench.store.schema import column_names
 from workbench.store.shards import Shard, ShardFolder
 from workbench.store.sqlutil import first
+from workbench.store.tables import column_names
 
 if TYPE_CHECKING:  # polars is imported lazily: the capture path does not need it
     import polars as pl

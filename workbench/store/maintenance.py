@@ -18,8 +18,9 @@ from workbench.store import summaries
 from workbench.store.errors import StoreError
 from workbench.store.ingest import transaction
 from workbench.store.readers import select_cols
-from workbench.store.schema import ORDER_BY, SCHEMA_VERSION, VIEWS, column_names
+from workbench.store.schema import SCHEMA_VERSION
 from workbench.store.shards import MANIFEST, Shard, ShardFolder, run_key
+from workbench.store.tables import ORDER_BY, VIEWS, column_names
 
 #: Tables holding rows keyed by run_id (evaluations hang off interventions instead).
 RUN_TABLES: tuple[str, ...] = (

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 
-from workbench.store.schema import ORDER_BY, column_names, column_type
+from workbench.store.tables import ORDER_BY, column_names, column_type
 
 if TYPE_CHECKING:  # polars is imported lazily: the capture path does not need it
     import polars as pl

@@ -21,8 +21,8 @@ import pyarrow as pa
 from workbench.store import liveness
 from workbench.store.errors import StoreError, UnknownRunError
 from workbench.store.ingest import insert_view, register, transaction
-from workbench.store.schema import RUN_STATUSES
 from workbench.store.sqlutil import first
+from workbench.store.tables import RUN_STATUSES
 
 #: status -> statuses it may move to.
 TRANSITIONS: dict[str, frozenset[str]] = {

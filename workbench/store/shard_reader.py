@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from workbench.store.schema import MANIFEST, SHARDED_VERSION
+from workbench.store.schema import SHARDED_VERSION
+from workbench.store.tables import MANIFEST
 
 if TYPE_CHECKING:
     from workbench.store.backend import Store

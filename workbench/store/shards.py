@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from workbench.store.errors import StoreError
-from workbench.store.schema import MANIFEST, column_names, column_type
+from workbench.store.tables import MANIFEST, column_names, column_type
 
 __all__ = ["MANIFEST", "Shard", "ShardFolder", "run_key", "shard_table"]
 

@@ -52,8 +52,8 @@ from typing import TYPE_CHECKING
 import duckdb
 
 from workbench.store.ingest import transaction
-from workbench.store.schema import MANIFEST, SCHEMA_ADDED
 from workbench.store.sqlutil import first
+from workbench.store.tables import MANIFEST, SCHEMA_ADDED
 
 if TYPE_CHECKING:
     import pyarrow as pa
