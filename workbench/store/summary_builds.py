@@ -28,15 +28,15 @@ if TYPE_CHECKING:
 class SummaryBuilds:
     """The summary-building methods of :class:`~workbench.store.backend.Store`."""
 
+    # What it uses of Store, declared for type checkers only: Store defines each of them.
     _lock: threading.RLock
     _path: Path | None
+    if TYPE_CHECKING:
 
-    @property
-    def con(self) -> duckdb.DuckDBPyConnection:  # pragma: no cover - Store defines it
-        raise NotImplementedError
+        @property
+        def con(self) -> duckdb.DuckDBPyConnection: ...
 
-    def _writable(self) -> duckdb.DuckDBPyConnection:  # pragma: no cover - Store defines it
-        raise NotImplementedError
+        def _writable(self) -> duckdb.DuckDBPyConnection: ...
 
     def build_summaries(self, run_id: str, parts: Iterable[str] | None = None) -> dict[str, float]:
         """(Re)build the run's per-prompt summaries (``parts``, default all); returns the seconds each part took.
